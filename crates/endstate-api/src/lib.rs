@@ -1,0 +1,333 @@
+//! The HTTP wire types of the endstate API, version 1: requests, views, events and problem details.
+//!
+//! Everything here is a serialized format, and so part of the API: a field is added, never
+//! renamed or removed, within `/v1`. The server maps its domain and store types to these views;
+//! the client and the CLI read them. Every type derives `utoipa::ToSchema`, so `/openapi.json`
+//! is generated from the same definitions that are serialized.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// The version prefix of every route.
+pub const API_PREFIX: &str = "/v1";
+
+/// The largest request body the server accepts, in bytes (a spec of many files fits well below).
+pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+/// The content type of error responses (RFC 9457).
+pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
+
+/// One file of a desired state, as read from a spec directory.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Document {
+    /// The path the document was read from, relative to where the spec directory was given; used in error locations.
+    pub path: String,
+    /// The YAML text of the file (one or more documents separated by `---`).
+    pub content: String,
+}
+
+/// Where a revision came from.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub struct RevisionSource {
+    /// `cli`, `api` or `git` (later `git` carries the commit).
+    pub kind: String,
+    /// A free reference: the spec directory, a commit id, a URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+}
+
+/// `POST /v1/revisions`: submit a desired state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitRevision {
+    /// The spec files. At least one.
+    pub documents: Vec<Document>,
+    /// Why this change is made, as in a commit message.
+    #[serde(default)]
+    pub message: String,
+    /// Where the documents came from.
+    #[serde(default)]
+    pub source: RevisionSource,
+}
+
+/// `POST /v1/plan`: preview what a desired state would change, without storing anything.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlanRequest {
+    /// The spec files.
+    pub documents: Vec<Document>,
+}
+
+/// A problem found in a spec, located in its file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SpecDiagnostic {
+    /// `error` or `warning`.
+    pub severity: String,
+    /// The file, as given in [`Document::path`].
+    pub file: String,
+    /// 1-based line.
+    pub line: u64,
+    /// 1-based column.
+    pub column: u64,
+    /// A stable identifier of the kind of problem, e.g. `unknown-field`.
+    pub code: String,
+    /// What was found.
+    pub message: String,
+    /// What was expected, when that can be said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected: Option<String>,
+}
+
+/// The answer to a submitted revision.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SubmitResponse {
+    /// The revision stored.
+    pub revision: RevisionView,
+    /// The change that will reach it.
+    pub change: ChangeView,
+    /// Warnings from validation and static policy checks (errors would have refused the revision).
+    pub warnings: Vec<SpecDiagnostic>,
+}
+
+/// A stored desired-state revision.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RevisionView {
+    /// The number of the revision, from 1.
+    pub id: u64,
+    /// When it was stored (RFC 3339).
+    pub created_at: String,
+    /// Who submitted it (the token's name).
+    pub author: String,
+    /// The submitter's message.
+    pub message: String,
+    /// Where it came from.
+    pub source: RevisionSource,
+    /// `sha256:` digest of the canonical desired state.
+    pub digest: String,
+    /// Counts of the objects it declares, by kind.
+    pub counts: BTreeMap<String, u64>,
+    /// The normalised desired state, only on `GET /v1/revisions/{id}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub desired: Option<serde_json::Value>,
+}
+
+/// A change: the work of reaching a revision.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ChangeView {
+    /// The number of the change.
+    pub id: u64,
+    /// The revision it reaches.
+    pub revision: u64,
+    /// `pending`, `planning`, `rolling`, `converged`, `halted`, `rolled_back`, `failed` or `superseded`.
+    pub state: String,
+    /// Whether no more work will happen for it.
+    pub terminal: bool,
+    /// Why it is in this state (what it waits for, why it stopped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The wave being executed and the number of waves, while rolling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wave: Option<[u32; 2]>,
+    /// When the change was created (RFC 3339).
+    pub created_at: String,
+    /// When it last moved (RFC 3339).
+    pub updated_at: String,
+    /// The plan, once planned (see `endstate-plan`'s `Plan`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub plan: Option<serde_json::Value>,
+}
+
+/// A system with its rolled-up status.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SystemView {
+    /// The system's name.
+    pub name: String,
+    /// What it is.
+    pub description: String,
+    /// Who owns it.
+    pub owners: Vec<String>,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+    /// The names of its direct subsystems.
+    pub subsystems: Vec<String>,
+    /// The names of its components (`system/component`).
+    pub components: Vec<String>,
+    /// The rolled-up status: the worst of its components and subsystems.
+    pub status: StatusView,
+    /// The subsystems expanded with their own status, on `GET /v1/systems/{name}` (and `?tree=true` on the list).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub children: Vec<SystemView>,
+    /// Components with their status, on `GET /v1/systems/{name}`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub component_status: Vec<ComponentView>,
+}
+
+/// A status and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct StatusView {
+    /// `healthy`, `pending`, `unknown`, `degraded` or `unhealthy`.
+    pub status: String,
+    /// The reason for anything but healthy, naming the leaf that made it so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The path from this object to the leaf that decided the status, e.g. `["shop", "payments", "payments/api"]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub path: Vec<String>,
+}
+
+/// A component with its placement and status.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ComponentView {
+    /// `system/component`.
+    pub key: String,
+    /// Its system.
+    pub system: String,
+    /// The declared version.
+    pub version: String,
+    /// How many instances the placement asks for on the known hosts.
+    pub desired_instances: u64,
+    /// How many are running the declared version and healthy.
+    pub ready_instances: u64,
+    /// Its status.
+    pub status: StatusView,
+    /// The component's declaration, as normalised.
+    #[schema(value_type = Object)]
+    pub spec: serde_json::Value,
+}
+
+/// One instance: a placement of a component on a host.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct InstanceView {
+    /// `system/component`.
+    pub component: String,
+    /// The host.
+    pub host: String,
+    /// The slot on that host, from 0.
+    pub slot: u32,
+    /// The version it should run.
+    pub desired_version: String,
+    /// The version it runs, if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actual_version: Option<String>,
+    /// Its status.
+    pub status: String,
+    /// Its state word as the agent reported it (`running`, `starting`, `exited`, …).
+    pub state: String,
+    /// Since when it is in this state (RFC 3339).
+    pub since: String,
+}
+
+/// A host of the inventory.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct HostView {
+    /// The host's name.
+    pub name: String,
+    /// Its labels (zone, rack, role, …).
+    pub labels: BTreeMap<String, String>,
+    /// Its facts (os, kernel, cpus, memory, …).
+    #[schema(value_type = Object)]
+    pub facts: serde_json::Value,
+    /// `reachable`, `unreachable` or `unknown`.
+    pub liveness: String,
+    /// When it was last heard from (RFC 3339), if ever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<String>,
+    /// The instances placed on it (`system/component#slot`).
+    pub instances: Vec<String>,
+}
+
+/// One timeline event.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct EventView {
+    /// Its position in this server's timeline; also the cursor.
+    pub seq: u64,
+    /// When it happened (RFC 3339).
+    pub time: String,
+    /// What happened, e.g. `revision.submitted`, `change.transitioned`.
+    pub kind: String,
+    /// The systems it belongs to.
+    pub systems: Vec<String>,
+    /// The host it concerns, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// The component it concerns (`system/component`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub component: Option<String>,
+    /// The change it belongs to, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<u64>,
+    /// Who did it (a token's name, `server`, an agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    /// One human line.
+    pub summary: String,
+    /// Structured details: inputs, reasons, before and after.
+    #[schema(value_type = Object)]
+    pub data: serde_json::Value,
+}
+
+/// A page of results with the cursor of the next page.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Page<T> {
+    /// The items.
+    pub items: Vec<T>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+/// `POST /v1/tokens`: create a named API token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateToken {
+    /// A name for the token, shown on the timeline for everything it does.
+    pub name: String,
+    /// `viewer` (read only) or `admin`.
+    pub role: String,
+}
+
+/// A created token. The secret is shown this once; the server keeps only its hash.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CreatedToken {
+    /// The token's name.
+    pub name: String,
+    /// Its role.
+    pub role: String,
+    /// The bearer secret.
+    pub secret: String,
+}
+
+/// An error, as RFC 9457 problem details.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Problem {
+    /// A URI naming the kind of problem (`about:blank` or `https://endstate.dev/problems/...`).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// A short summary of the kind of problem.
+    pub title: String,
+    /// The HTTP status.
+    pub status: u16,
+    /// What went wrong here.
+    pub detail: String,
+    /// Fields that were wrong, by path (e.g. `documents[0].path`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+    /// Spec problems, located in their files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub diagnostics: Vec<SpecDiagnostic>,
+}
+
+/// One wrong field of a request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FieldError {
+    /// The field's path in the request, e.g. `documents[2].content` or the query parameter's name.
+    pub field: String,
+    /// Why it is wrong.
+    pub message: String,
+}

@@ -1,0 +1,61 @@
+//! The benchmark harness: runs every benchmark of the project, prints each figure beside its
+//! target, and writes the results as JSON.
+//!
+//! `cargo xtask bench` runs it in release mode with full sizes; `--smoke` runs every benchmark
+//! on small inputs, so CI proves they still work without spending minutes (smoke figures are not
+//! compared with the targets).
+
+mod figure;
+mod spec;
+mod store;
+
+use std::path::PathBuf;
+
+use figure::{Figure, Outcome};
+
+fn main() -> anyhow::Result<()> {
+    let mut smoke = false;
+    let mut out = PathBuf::from("target/bench-results.json");
+    let mut only: Option<String> = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--smoke" => smoke = true,
+            "--out" => out = PathBuf::from(args.next().ok_or_else(|| anyhow::anyhow!("--out needs a path"))?),
+            "--only" => only = Some(args.next().ok_or_else(|| anyhow::anyhow!("--only needs a benchmark group"))?),
+            "--help" | "-h" => {
+                println!("usage: endstate-bench [--smoke] [--out FILE] [--only spec|store]");
+                return Ok(());
+            }
+            other => anyhow::bail!("unknown argument {other:?}; see --help"),
+        }
+    }
+    let groups: [(&str, fn(bool) -> anyhow::Result<Vec<Figure>>); 2] = [("spec", spec::run), ("store", store::run)];
+    let mut figures = Vec::new();
+    for (name, run) in groups {
+        if only.as_deref().is_some_and(|o| o != name) {
+            continue;
+        }
+        println!("== {name}");
+        for figure in run(smoke)? {
+            println!("{}", figure.line(smoke));
+            figures.push(figure);
+        }
+    }
+    let json = serde_json::json!({
+        "smoke": smoke,
+        "figures": figures.iter().map(|f| f.to_json(smoke)).collect::<Vec<_>>(),
+    });
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&out, serde_json::to_vec_pretty(&json)?)?;
+    println!("results written to {}", out.display());
+    let missed = figures.iter().filter(|f| f.outcome() == Outcome::Missed).count();
+    if smoke {
+        println!("smoke run: {} figures measured, targets not judged on smoke sizes", figures.len());
+    } else {
+        println!("{} figures, {} met, {} missed", figures.len(), figures.len() - missed, missed);
+    }
+    Ok(())
+}

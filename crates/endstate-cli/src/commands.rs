@@ -1,0 +1,364 @@
+//! The client commands: read a spec directory or call the server, then print for people or scripts.
+
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use endstate_api::{Document, RevisionSource, SubmitRevision};
+use endstate_client::{Client, ClientError, TimelineQuery};
+use endstate_spec::{Diagnostic, Severity, SourceFile};
+use futures_util::StreamExt;
+
+use crate::cli::{ApplyArgs, Global, Output, TimelineArgs};
+use crate::{Outcome, config, render};
+
+fn client(global: &Global) -> anyhow::Result<Client> {
+    let (server, token) = config::resolve(global)?;
+    Ok(Client::new(&server, &token)?)
+}
+
+fn color() -> bool {
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// Reads a spec directory, printing every problem of reading it.
+fn read_dir(dir: &Path) -> Result<Vec<SourceFile>, Vec<Diagnostic>> {
+    endstate_client::spec_dir::read_spec_dir(dir)
+}
+
+fn print_diagnostics(diagnostics: &[Diagnostic]) {
+    let mut err = std::io::stderr().lock();
+    for diagnostic in diagnostics {
+        let _ = writeln!(err, "{diagnostic}");
+    }
+}
+
+/// `endstate validate DIR`
+pub(crate) fn validate(global: &Global, dir: &Path) -> anyhow::Result<Outcome> {
+    let diagnostics = match read_dir(dir) {
+        Ok(files) => endstate_spec::load(&files, &[]).diagnostics,
+        Err(diagnostics) => diagnostics,
+    };
+    let n_errors = diagnostics.iter().filter(|d| d.severity == Severity::Error).count();
+    let n_warnings = diagnostics.len() - n_errors;
+    if global.output == Output::Json {
+        print_json(
+            &serde_json::json!({ "valid": n_errors == 0, "errors": n_errors, "warnings": n_warnings, "diagnostics": diagnostics }),
+        )?;
+    } else {
+        print_diagnostics(&diagnostics);
+        if n_errors == 0 {
+            println!("{}: valid ({n_warnings} warning(s))", dir.display());
+        } else {
+            eprintln!("{}: {n_errors} error(s), {n_warnings} warning(s)", dir.display());
+        }
+    }
+    Ok(if n_errors == 0 {
+        Outcome::Success
+    } else {
+        Outcome::Failed
+    })
+}
+
+fn documents(files: Vec<SourceFile>) -> Vec<Document> {
+    files
+        .into_iter()
+        .map(|file| Document {
+            path: file.path,
+            content: file.text,
+        })
+        .collect()
+}
+
+/// Prints the problem details of a refused request: spec diagnostics as file:line:column lines.
+fn print_problem(error: &ClientError) {
+    match error.problem() {
+        Some(problem) => {
+            eprintln!("error: {}", problem.detail);
+            for d in &problem.diagnostics {
+                let location = if d.line == 0 {
+                    d.file.clone()
+                } else {
+                    format!("{}:{}:{}", d.file, d.line, d.column)
+                };
+                let expected = d
+                    .expected
+                    .as_ref()
+                    .map(|e| format!("; expected {e}"))
+                    .unwrap_or_default();
+                eprintln!("{location}: {}[{}]: {}{expected}", d.severity, d.code, d.message);
+            }
+            for e in &problem.errors {
+                eprintln!("  {}: {}", e.field, e.message);
+            }
+        }
+        None => eprintln!("error: {error}"),
+    }
+}
+
+/// Plans a directory: on the server when there is one (unless offline), else locally against nothing.
+async fn make_plan(global: &Global, dir: &Path, offline: bool) -> anyhow::Result<Result<endstate_plan::Plan, Outcome>> {
+    let files = match read_dir(dir) {
+        Ok(files) => files,
+        Err(diagnostics) => {
+            print_diagnostics(&diagnostics);
+            return Ok(Err(Outcome::Failed));
+        }
+    };
+    if offline || !config::has_server(global) {
+        let loaded = endstate_spec::load(&files, &[]);
+        print_diagnostics(&loaded.diagnostics);
+        let Some(desired) = loaded.desired else {
+            return Ok(Err(Outcome::Failed));
+        };
+        if !offline {
+            eprintln!("note: no server configured; planning against an empty state (pass --offline to say so)");
+        }
+        return Ok(Ok(endstate_plan::plan(None, &desired, &[])));
+    }
+    let client = client(global)?;
+    match client.plan(documents(files)).await {
+        Ok(plan) => Ok(Ok(
+            serde_json::from_value(plan).context("the server sent a plan this CLI cannot read")?
+        )),
+        Err(error) if error.problem().is_some() => {
+            print_problem(&error);
+            Ok(Err(Outcome::Failed))
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// `endstate plan DIR`
+pub(crate) async fn plan(global: &Global, dir: &Path, offline: bool) -> anyhow::Result<Outcome> {
+    let plan = match make_plan(global, dir, offline).await? {
+        Ok(plan) => plan,
+        Err(outcome) => return Ok(outcome),
+    };
+    if global.output == Output::Json {
+        print_json(&plan)?;
+    } else {
+        print!("{}", endstate_plan::render(&plan, color()));
+    }
+    Ok(Outcome::Success)
+}
+
+fn parse_duration(text: &str) -> anyhow::Result<Duration> {
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .with_context(|| format!("{text:?} is not a duration like 90s, 10m or 1h"))?;
+    let seconds = match unit {
+        "s" | "" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => anyhow::bail!("{text:?} is not a duration like 90s, 10m or 1h"),
+    };
+    Ok(Duration::from_secs(seconds))
+}
+
+/// `endstate apply DIR`
+pub(crate) async fn apply(global: &Global, args: ApplyArgs) -> anyhow::Result<Outcome> {
+    let timeout = parse_duration(&args.timeout)?;
+    let client = client(global)?;
+    let plan = match make_plan(global, &args.dir, false).await? {
+        Ok(plan) => plan,
+        Err(outcome) => return Ok(outcome),
+    };
+    print!("{}", endstate_plan::render(&plan, color()));
+    if !args.yes {
+        if !std::io::stdin().is_terminal() {
+            eprintln!("error: not applying without confirmation: pass --yes when not on a terminal");
+            return Ok(Outcome::Refused);
+        }
+        eprint!("\nApply this plan? Only 'yes' is accepted: ");
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer)?;
+        if answer.trim() != "yes" {
+            eprintln!("Not applied.");
+            return Ok(Outcome::Refused);
+        }
+    }
+    let files =
+        read_dir(&args.dir).map_err(|d| anyhow::anyhow!("{} problem(s) reading {}", d.len(), args.dir.display()))?;
+    let request = SubmitRevision {
+        documents: documents(files),
+        message: args.message.clone(),
+        source: RevisionSource {
+            kind: "cli".into(),
+            reference: Some(args.dir.display().to_string()),
+        },
+    };
+    let submitted = match client.submit(&request).await {
+        Ok(submitted) => submitted,
+        Err(error) if error.problem().is_some() => {
+            print_problem(&error);
+            return Ok(Outcome::Refused);
+        }
+        Err(error) => return Err(error.into()),
+    };
+    for warning in &submitted.warnings {
+        eprintln!(
+            "{}:{}:{}: warning[{}]: {}",
+            warning.file, warning.line, warning.column, warning.code, warning.message
+        );
+    }
+    let change_id = submitted.change.id;
+    eprintln!("Submitted revision {} as change {}.", submitted.revision.id, change_id);
+    if args.no_wait {
+        if global.output == Output::Json {
+            print_json(&submitted)?;
+        }
+        return Ok(Outcome::Success);
+    }
+    let progress = indicatif::ProgressBar::new_spinner();
+    if !std::io::stderr().is_terminal() {
+        progress.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    progress.enable_steady_tick(Duration::from_millis(120));
+    let started = tokio::time::Instant::now();
+    let mut last_line = String::new();
+    let change = loop {
+        let change = client.change(change_id).await?;
+        let wave = change
+            .wave
+            .map(|[k, n]| format!(" wave {k} of {n}"))
+            .unwrap_or_default();
+        let line = format!(
+            "change {change_id}: {}{wave}: {}",
+            change.state,
+            change.reason.clone().unwrap_or_default()
+        );
+        if line != last_line {
+            if !std::io::stderr().is_terminal() {
+                eprintln!("{line}");
+            }
+            progress.set_message(line.clone());
+            last_line = line;
+        }
+        if change.terminal || change.state == "halted" || started.elapsed() >= timeout {
+            break change;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    progress.finish_and_clear();
+    if global.output == Output::Json {
+        print_json(&change)?;
+    }
+    let reason = change.reason.clone().unwrap_or_default();
+    Ok(match change.state.as_str() {
+        "converged" => {
+            eprintln!("Change {change_id} converged: {reason}");
+            Outcome::Success
+        }
+        state if change.terminal || state == "halted" => {
+            eprintln!("Change {change_id} ended {state}: {reason}");
+            Outcome::Failed
+        }
+        state => {
+            eprintln!(
+                "Change {change_id} is still {state} after {}: {reason}\nIt goes on; follow it with `endstate timeline --follow`.",
+                args.timeout
+            );
+            Outcome::StillOpen
+        }
+    })
+}
+
+/// `endstate status [SYSTEM]`
+pub(crate) async fn status(global: &Global, system: Option<&str>) -> anyhow::Result<Outcome> {
+    let client = client(global)?;
+    let systems = match system {
+        Some(name) => vec![client.system(name).await?],
+        None => client.systems(true).await?,
+    };
+    if global.output == Output::Json {
+        print_json(&systems)?;
+    } else if systems.is_empty() {
+        println!("No systems: nothing was applied yet (try `endstate apply examples`).");
+    } else {
+        print!("{}", render::status_tree(&systems, color()));
+    }
+    Ok(Outcome::Success)
+}
+
+/// `endstate timeline [SYSTEM]`
+pub(crate) async fn timeline(global: &Global, args: TimelineArgs) -> anyhow::Result<Outcome> {
+    let client = client(global)?;
+    let query = TimelineQuery {
+        system: args.system.clone(),
+        kind: args.kind.clone(),
+        host: args.host.clone(),
+        since: args.since.clone(),
+        until: args.until.clone(),
+        limit: Some(args.limit),
+        ..TimelineQuery::default()
+    };
+    let page = client.timeline(&query).await?;
+    let mut events = page.items;
+    events.reverse();
+    for event in &events {
+        if global.output == Output::Json {
+            println!("{}", serde_json::to_string(event)?);
+        } else {
+            println!("{}", render::event_line(event, color()));
+        }
+    }
+    if args.follow {
+        let after = events.last().map(|e| e.seq);
+        let mut stream = Box::pin(
+            client
+                .stream(&TimelineQuery {
+                    after,
+                    limit: None,
+                    since: None,
+                    until: None,
+                    ..query
+                })
+                .await?,
+        );
+        while let Some(event) = stream.next().await {
+            let event = event?;
+            if global.output == Output::Json {
+                println!("{}", serde_json::to_string(&event)?);
+            } else {
+                println!("{}", render::event_line(&event, color()));
+            }
+        }
+    }
+    Ok(Outcome::Success)
+}
+
+/// `endstate hosts`
+pub(crate) async fn hosts(global: &Global) -> anyhow::Result<Outcome> {
+    let hosts = client(global)?.hosts().await?;
+    if global.output == Output::Json {
+        print_json(&hosts)?;
+    } else if hosts.is_empty() {
+        println!("No hosts yet: hosts join the inventory when their agent enrols.");
+    } else {
+        print!("{}", render::hosts_table(&hosts));
+    }
+    Ok(Outcome::Success)
+}
+
+/// `endstate token create`
+pub(crate) async fn token_create(global: &Global, name: &str, role: &str) -> anyhow::Result<Outcome> {
+    let created = client(global)?.create_token(name, role).await?;
+    if global.output == Output::Json {
+        print_json(&created)?;
+    } else {
+        println!(
+            "token {} ({}) created; its secret is shown this once:\n{}",
+            created.name, created.role, created.secret
+        );
+    }
+    Ok(Outcome::Success)
+}

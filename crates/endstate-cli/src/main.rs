@@ -1,0 +1,79 @@
+//! The `endstate` binary: the server, the development setup and the CLI in one.
+//!
+//! Exit codes: 0 success; 1 a check or a change failed (invalid spec, change not converged);
+//! 2 bad usage or a refused request; 3 a followed change was still open at the timeout.
+
+mod cli;
+mod commands;
+mod config;
+mod dev;
+mod render;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use cli::{Cli, Command};
+
+/// How a command ended, beyond success.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// Everything went as asked.
+    Success,
+    /// What was checked or followed failed (the command already said why).
+    Failed,
+    /// The request was refused (the command already said why).
+    Refused,
+    /// A followed change was still open when we stopped following.
+    StillOpen,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(Outcome::Success) => ExitCode::SUCCESS,
+        Ok(Outcome::Failed) => ExitCode::from(1),
+        Ok(Outcome::Refused) => ExitCode::from(2),
+        Ok(Outcome::StillOpen) => ExitCode::from(3),
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(if error.downcast_ref::<endstate_client::ClientError>().is_some() {
+                2
+            } else {
+                1
+            })
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<Outcome> {
+    let global = &cli.global;
+    match cli.command {
+        Command::Server(args) => dev::server(args).await,
+        Command::Dev(args) => dev::dev(global, args).await,
+        Command::Agent => {
+            eprintln!(
+                "endstate agent: the host agent (enrolment, process runtime, observations) is not part of this build yet.\n\
+                 Nothing runs on hosts until it lands; `endstate dev` runs the server with the example systems meanwhile."
+            );
+            Ok(Outcome::Refused)
+        }
+        Command::Validate { dir } => commands::validate(global, &dir),
+        Command::Plan { dir, offline } => commands::plan(global, &dir, offline).await,
+        Command::Apply(args) => commands::apply(global, args).await,
+        Command::Status { system } => commands::status(global, system.as_deref()).await,
+        Command::Timeline(args) => commands::timeline(global, args).await,
+        Command::Hosts => commands::hosts(global).await,
+        Command::Schema => {
+            println!("{}", serde_json::to_string_pretty(&endstate_spec::json_schema())?);
+            Ok(Outcome::Success)
+        }
+        Command::Token(cli::TokenCommand::Create { name, role }) => commands::token_create(global, &name, &role).await,
+    }
+}

@@ -1,0 +1,277 @@
+//! Typed HTTP client for the endstate API (used by the CLI, the tests and, later, agents and
+//! federated peers), and the reader of spec directories.
+
+pub mod spec_dir;
+
+use std::time::Duration;
+
+use endstate_api::{
+    ChangeView, CreateToken, CreatedToken, Document, EventView, HostView, Page, PlanRequest, Problem, RevisionView,
+    SubmitResponse, SubmitRevision, SystemView,
+};
+use futures_util::{Stream, StreamExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// What a call can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server could not be reached.
+    #[error("cannot reach the endstate server at {server}")]
+    Connect {
+        /// The server's address.
+        server: String,
+        /// Why.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The server answered with problem details.
+    #[error("{} ({}): {}", .0.title, .0.status, .0.detail)]
+    Problem(Box<Problem>),
+    /// The server answered with an error that is not problem details.
+    #[error("the server answered {status}: {body}")]
+    Status {
+        /// The HTTP status.
+        status: u16,
+        /// The start of the body.
+        body: String,
+    },
+    /// The answer could not be read.
+    #[error("cannot read the server's answer to {what}")]
+    Decode {
+        /// The call.
+        what: String,
+        /// Why.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The client cannot be built (bad address).
+    #[error("invalid server address {0:?}: expected http://host:port")]
+    BadAddress(String),
+}
+
+impl ClientError {
+    /// The problem details, when the server sent them.
+    pub fn problem(&self) -> Option<&Problem> {
+        match self {
+            ClientError::Problem(problem) => Some(problem),
+            _ => None,
+        }
+    }
+}
+
+/// Filters of the timeline and the live stream (see `GET /v1/timeline`).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct TimelineQuery {
+    /// A system and all its subsystems.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub system: Option<String>,
+    /// Kinds, comma-separated; `change.` is a prefix.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Only events about this host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// RFC 3339 or a duration back from now (`1h`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    /// RFC 3339 or a duration back from now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
+    /// The `next` of the previous page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+    /// Oldest first after this sequence number.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub after: Option<u64>,
+    /// At most this many events.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+/// A connection to one endstate server with one token.
+#[derive(Clone, Debug)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Client {
+    /// A client for `server` (`http://127.0.0.1:7700`) calling with `token`.
+    ///
+    /// # Errors
+    /// When the address is not an http URL or the HTTP client cannot be built.
+    pub fn new(server: &str, token: &str) -> Result<Client, ClientError> {
+        let base = server.trim_end_matches('/').to_string();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(ClientError::BadAddress(server.to_string()));
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|source| ClientError::Connect { server: base.clone(), source })?;
+        Ok(Client { http, base, token: token.to_string() })
+    }
+
+    /// The server's address.
+    pub fn server(&self) -> &str {
+        &self.base
+    }
+
+    async fn send<T: DeserializeOwned>(&self, what: &str, request: reqwest::RequestBuilder) -> Result<T, ClientError> {
+        let response = request
+            .bearer_auth(&self.token)
+            .timeout(Duration::from_secs(60))
+            .send()
+            .await
+            .map_err(|source| ClientError::Connect { server: self.base.clone(), source })?;
+        let status = response.status();
+        if status.is_success() {
+            return response.json::<T>().await.map_err(|source| ClientError::Decode { what: what.to_string(), source });
+        }
+        let is_problem = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with(endstate_api::PROBLEM_CONTENT_TYPE));
+        let body = response.text().await.unwrap_or_default();
+        if is_problem && let Ok(problem) = serde_json::from_str::<Problem>(&body) {
+            return Err(ClientError::Problem(Box::new(problem)));
+        }
+        Err(ClientError::Status { status: status.as_u16(), body: body.chars().take(500).collect() })
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.send(path, self.http.get(format!("{}{path}", self.base))).await
+    }
+
+    async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
+        self.send(path, self.http.post(format!("{}{path}", self.base)).json(body)).await
+    }
+
+    /// Submits a desired state as a new revision.
+    ///
+    /// # Errors
+    /// As the server says (an invalid spec comes back as problem details with diagnostics).
+    pub async fn submit(&self, request: &SubmitRevision) -> Result<SubmitResponse, ClientError> {
+        self.post("/v1/revisions", request).await
+    }
+
+    /// Plans documents against the server's latest revision and inventory, storing nothing.
+    ///
+    /// # Errors
+    /// As the server says.
+    pub async fn plan(&self, documents: Vec<Document>) -> Result<serde_json::Value, ClientError> {
+        self.post("/v1/plan", &PlanRequest { documents }).await
+    }
+
+    /// A revision with its desired state; `latest` for the newest.
+    ///
+    /// # Errors
+    /// As the server says (404 when there is none).
+    pub async fn revision(&self, id: &str) -> Result<RevisionView, ClientError> {
+        self.get(&format!("/v1/revisions/{id}")).await
+    }
+
+    /// A change with its plan.
+    ///
+    /// # Errors
+    /// As the server says.
+    pub async fn change(&self, id: u64) -> Result<ChangeView, ClientError> {
+        self.get(&format!("/v1/changes/{id}")).await
+    }
+
+    /// Systems with their status; with `tree`, the top-level ones with their subtrees.
+    ///
+    /// # Errors
+    /// As the server says.
+    pub async fn systems(&self, tree: bool) -> Result<Vec<SystemView>, ClientError> {
+        self.get(&format!("/v1/systems?tree={tree}")).await
+    }
+
+    /// One system with its whole tree.
+    ///
+    /// # Errors
+    /// As the server says (404 for an unknown system).
+    pub async fn system(&self, name: &str) -> Result<SystemView, ClientError> {
+        self.get(&format!("/v1/systems/{name}")).await
+    }
+
+    /// The hosts of the inventory.
+    ///
+    /// # Errors
+    /// As the server says.
+    pub async fn hosts(&self) -> Result<Vec<HostView>, ClientError> {
+        self.get("/v1/hosts").await
+    }
+
+    /// A page of the timeline.
+    ///
+    /// # Errors
+    /// As the server says.
+    pub async fn timeline(&self, query: &TimelineQuery) -> Result<Page<EventView>, ClientError> {
+        self.send("/v1/timeline", self.http.get(format!("{}/v1/timeline", self.base)).query(query)).await
+    }
+
+    /// Creates a named token; the answer holds its secret, once.
+    ///
+    /// # Errors
+    /// As the server says (403 unless the caller is an admin).
+    pub async fn create_token(&self, name: &str, role: &str) -> Result<CreatedToken, ClientError> {
+        self.post("/v1/tokens", &CreateToken { name: name.to_string(), role: role.to_string() }).await
+    }
+
+    /// Follows the live timeline from the newest event on (or after `query.after`).
+    ///
+    /// # Errors
+    /// When the stream cannot be opened; a broken stream ends the returned stream with an error.
+    pub async fn stream(
+        &self,
+        query: &TimelineQuery,
+    ) -> Result<impl Stream<Item = Result<EventView, ClientError>> + use<>, ClientError> {
+        let response = self
+            .http
+            .get(format!("{}/v1/stream", self.base))
+            .query(query)
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|source| ClientError::Connect { server: self.base.clone(), source })?;
+        if !response.status().is_success() {
+            let status = response.status().as_u16();
+            let body = response.text().await.unwrap_or_default();
+            return Err(match serde_json::from_str::<Problem>(&body) {
+                Ok(problem) => ClientError::Problem(Box::new(problem)),
+                Err(_) => ClientError::Status { status, body },
+            });
+        }
+        let base = self.base.clone();
+        let bytes = response.bytes_stream();
+        let events = futures_util::stream::unfold((bytes, String::new()), move |(mut bytes, mut buffer)| {
+            let base = base.clone();
+            async move {
+                loop {
+                    if let Some(end) = buffer.find("\n\n") {
+                        let block: String = buffer.drain(..end + 2).collect();
+                        let data: Vec<&str> = block.lines().filter_map(|line| line.strip_prefix("data:")).map(str::trim_start).collect();
+                        if data.is_empty() {
+                            continue; // a keep-alive comment
+                        }
+                        let event = serde_json::from_str::<EventView>(&data.join("\n"))
+                            .map_err(|error| ClientError::Status { status: 200, body: format!("bad event: {error}") });
+                        return Some((event, (bytes, buffer)));
+                    }
+                    match bytes.next().await {
+                        Some(Ok(chunk)) => buffer.push_str(&String::from_utf8_lossy(&chunk).replace("\r\n", "\n")),
+                        Some(Err(source)) => {
+                            return Some((Err(ClientError::Connect { server: base, source }), (bytes, buffer)));
+                        }
+                        None => return None,
+                    }
+                }
+            }
+        });
+        Ok(events)
+    }
+}

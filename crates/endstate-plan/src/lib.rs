@@ -1,0 +1,278 @@
+//! The planner: a pure, deterministic function from (current desired state, new desired state,
+//! inventory) to a [`Plan`]: which systems, components, checks, actions and policies are added,
+//! changed or removed, with field-level differences, and which instances are started, upgraded,
+//! reconfigured or stopped on which hosts, every step with its reason.
+//!
+//! The same input always gives the same plan: every collection is ordered, and placement breaks
+//! ties by host name. The planner does no IO and knows neither the store nor the server, so the
+//! CLI runs exactly the same function for `endstate plan` as the server does for a change.
+//!
+//! Ordering into safe waves (canary, batches, failure domains, dependency order) builds on this
+//! plan and comes with the rollout work; today a plan is one set of steps.
+
+mod diff;
+mod placement;
+mod render;
+
+use std::collections::BTreeMap;
+
+use endstate_spec::{DesiredState, HostInfo};
+use serde::{Deserialize, Serialize};
+
+pub use diff::{FieldDiff, diff_values};
+pub use placement::{Placement, PlacementKey, place, runtime_config};
+pub use render::render;
+
+/// What a plan does to an object or an instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Op {
+    /// It is new.
+    Add,
+    /// It exists and some of its fields change.
+    Change,
+    /// It goes away.
+    Remove,
+}
+
+/// A declared object added, changed or removed, with its field-level differences.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ObjectChange {
+    /// `system`, `component`, `check`, `action` or `policy`.
+    pub kind: String,
+    /// The object's key (`system/component` for components).
+    pub name: String,
+    /// What happens to it.
+    pub op: Op,
+    /// For a change: every leaf field that differs, by path. Empty for add and remove.
+    pub fields: Vec<FieldDiff>,
+}
+
+/// What a step does to an instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepAction {
+    /// Start a new instance.
+    Start,
+    /// Run a new version of the artifact.
+    Upgrade,
+    /// Same version, new configuration (command, args, env, config files, ports, health check).
+    Reconfigure,
+    /// Stop an instance that is no longer desired.
+    Stop,
+}
+
+/// One concrete step on one instance, with the reason it is in the plan.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Step {
+    /// What to do.
+    pub action: StepAction,
+    /// `system/component`.
+    pub component: String,
+    /// The host.
+    pub host: String,
+    /// The slot on that host.
+    pub slot: u32,
+    /// The version running before, if any.
+    pub from_version: Option<String>,
+    /// The version running after, if any.
+    pub to_version: Option<String>,
+    /// Why the step is there.
+    pub reason: String,
+}
+
+/// A component whose placement cannot be satisfied on the known hosts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unplaced {
+    /// `system/component`.
+    pub component: String,
+    /// How many instances the placement asks for (for `per_host`, at least one host's worth).
+    pub wanted: u32,
+    /// How many could be placed.
+    pub placed: u32,
+    /// Which rule blocks it.
+    pub reason: String,
+}
+
+/// Counts for the summary line.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    /// Objects added.
+    pub add: u32,
+    /// Objects changed.
+    pub change: u32,
+    /// Objects removed.
+    pub remove: u32,
+    /// Steps by action.
+    pub start: u32,
+    /// Upgrades.
+    pub upgrade: u32,
+    /// Reconfigurations.
+    pub reconfigure: u32,
+    /// Stops.
+    pub stop: u32,
+}
+
+/// The planner's output.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    /// Declared objects that change, ordered by kind then name.
+    pub objects: Vec<ObjectChange>,
+    /// Instance steps, ordered by component, host, slot.
+    pub steps: Vec<Step>,
+    /// Placements that cannot be satisfied.
+    pub unplaced: Vec<Unplaced>,
+    /// The counts.
+    pub summary: Summary,
+}
+
+impl Plan {
+    /// Whether the plan changes nothing at all.
+    pub fn is_empty(&self) -> bool {
+        self.objects.is_empty() && self.steps.is_empty() && self.unplaced.is_empty()
+    }
+}
+
+/// Plans the way from `current` (the desired state in force, `None` for a new server) to `desired`
+/// on the given hosts.
+pub fn plan(current: Option<&DesiredState>, desired: &DesiredState, hosts: &[HostInfo]) -> Plan {
+    let empty = DesiredState::default();
+    let current = current.unwrap_or(&empty);
+    let mut objects = Vec::new();
+    diff_kind("system", &current.systems, &desired.systems, &mut objects);
+    diff_kind("component", &current.components, &desired.components, &mut objects);
+    diff_kind("check", &current.checks, &desired.checks, &mut objects);
+    diff_kind("action", &current.actions, &desired.actions, &mut objects);
+    diff_kind("policy", &current.policies, &desired.policies, &mut objects);
+
+    let (before, _) = place(current, hosts);
+    let (after, unplaced) = place(desired, hosts);
+    let steps = instance_steps(&before, &after);
+
+    let mut summary = Summary::default();
+    for object in &objects {
+        match object.op {
+            Op::Add => summary.add += 1,
+            Op::Change => summary.change += 1,
+            Op::Remove => summary.remove += 1,
+        }
+    }
+    for step in &steps {
+        match step.action {
+            StepAction::Start => summary.start += 1,
+            StepAction::Upgrade => summary.upgrade += 1,
+            StepAction::Reconfigure => summary.reconfigure += 1,
+            StepAction::Stop => summary.stop += 1,
+        }
+    }
+    Plan {
+        objects,
+        steps,
+        unplaced,
+        summary,
+    }
+}
+
+fn diff_kind<T: Serialize>(
+    kind: &str,
+    current: &BTreeMap<String, T>,
+    desired: &BTreeMap<String, T>,
+    out: &mut Vec<ObjectChange>,
+) {
+    for (name, after) in desired {
+        let after = to_value(after);
+        match current.get(name) {
+            None => out.push(ObjectChange {
+                kind: kind.to_string(),
+                name: name.clone(),
+                op: Op::Add,
+                fields: Vec::new(),
+            }),
+            Some(before) => {
+                let fields = diff_values(&to_value(before), &after);
+                if !fields.is_empty() {
+                    out.push(ObjectChange {
+                        kind: kind.to_string(),
+                        name: name.clone(),
+                        op: Op::Change,
+                        fields,
+                    });
+                }
+            }
+        }
+    }
+    for name in current.keys() {
+        if !desired.contains_key(name) {
+            out.push(ObjectChange {
+                kind: kind.to_string(),
+                name: name.clone(),
+                op: Op::Remove,
+                fields: Vec::new(),
+            });
+        }
+    }
+}
+
+/// Serializes a spec value for diffing. The spec types serialize infallibly (maps with string
+/// keys, no non-finite floats), so a failure would be a bug in them; it shows as `null`.
+fn to_value<T: Serialize>(value: &T) -> serde_json::Value {
+    serde_json::to_value(value).unwrap_or(serde_json::Value::Null)
+}
+
+fn instance_steps(before: &BTreeMap<PlacementKey, Placement>, after: &BTreeMap<PlacementKey, Placement>) -> Vec<Step> {
+    let mut steps = Vec::new();
+    for (key, want) in after {
+        match before.get(key) {
+            None => steps.push(Step {
+                action: StepAction::Start,
+                component: key.component.clone(),
+                host: key.host.clone(),
+                slot: key.slot,
+                from_version: None,
+                to_version: Some(want.version.clone()),
+                reason: format!("new instance: {}", want.reason),
+            }),
+            Some(have) if have.version != want.version => steps.push(Step {
+                action: StepAction::Upgrade,
+                component: key.component.clone(),
+                host: key.host.clone(),
+                slot: key.slot,
+                from_version: Some(have.version.clone()),
+                to_version: Some(want.version.clone()),
+                reason: format!("artifact.version changes from {} to {}", have.version, want.version),
+            }),
+            Some(have) if have.config != want.config => {
+                let fields: Vec<String> = diff_values(&have.config, &want.config)
+                    .into_iter()
+                    .map(|field| field.path)
+                    .collect();
+                steps.push(Step {
+                    action: StepAction::Reconfigure,
+                    component: key.component.clone(),
+                    host: key.host.clone(),
+                    slot: key.slot,
+                    from_version: Some(have.version.clone()),
+                    to_version: Some(want.version.clone()),
+                    reason: format!("configuration changes: {}", fields.join(", ")),
+                });
+            }
+            Some(_) => {}
+        }
+    }
+    for (key, have) in before {
+        if !after.contains_key(key) {
+            steps.push(Step {
+                action: StepAction::Stop,
+                component: key.component.clone(),
+                host: key.host.clone(),
+                slot: key.slot,
+                from_version: Some(have.version.clone()),
+                to_version: None,
+                reason: "no longer desired: the component is removed or its placement no longer selects this slot"
+                    .to_string(),
+            });
+        }
+    }
+    steps.sort_by(|a, b| (&a.component, &a.host, a.slot, a.action).cmp(&(&b.component, &b.host, b.slot, b.action)));
+    steps
+}

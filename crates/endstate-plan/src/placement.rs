@@ -1,0 +1,160 @@
+//! Placement: which instances of which component run on which host, decided from the
+//! component's placement rule and the inventory alone.
+
+use std::collections::BTreeMap;
+
+use endstate_spec::{Component, Count, DesiredState, HostInfo};
+use serde_json::Value;
+
+use crate::Unplaced;
+
+/// The identity of one instance: a component, a host and a slot on that host.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PlacementKey {
+    /// `system/component`.
+    pub component: String,
+    /// The host.
+    pub host: String,
+    /// The slot on the host, from 0.
+    pub slot: u32,
+}
+
+/// What one instance should run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Placement {
+    /// The artifact version.
+    pub version: String,
+    /// Everything that defines the running process apart from its version (see [`runtime_config`]).
+    pub config: Value,
+    /// Why this instance is placed here.
+    pub reason: String,
+}
+
+/// The part of a component that defines its running processes, apart from the artifact version:
+/// a difference here means a reconfiguration. Placement, rollout strategy and dependencies change
+/// how a change is carried out, not what runs, so they are left out.
+pub fn runtime_config(component: &Component) -> Value {
+    let mut value = serde_json::to_value(component).unwrap_or(Value::Null);
+    if let Value::Object(map) = &mut value {
+        for key in ["placement", "rollout", "depends_on", "name", "system"] {
+            map.remove(key);
+        }
+        if let Some(Value::Object(artifact)) = map.get_mut("artifact") {
+            artifact.remove("version");
+        }
+    }
+    value
+}
+
+/// Places every component of `desired` on `hosts`. Deterministic: hosts are taken in name order,
+/// and a total count is spread round-robin over the values of the spread label (in order), then
+/// over the hosts within each value.
+pub fn place(desired: &DesiredState, hosts: &[HostInfo]) -> (BTreeMap<PlacementKey, Placement>, Vec<Unplaced>) {
+    let mut sorted: Vec<&HostInfo> = hosts.iter().collect();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut placements = BTreeMap::new();
+    let mut unplaced = Vec::new();
+    for (key, component) in &desired.components {
+        let selector = &component.placement.selector;
+        let eligible: Vec<&HostInfo> = sorted
+            .iter()
+            .copied()
+            .filter(|host| selector.matches(&host.labels))
+            .collect();
+        let wanted = match component.placement.count {
+            Count::PerHost(n) => n,
+            Count::Total(n) => n,
+        };
+        if wanted == 0 {
+            continue;
+        }
+        if eligible.is_empty() {
+            unplaced.push(Unplaced {
+                component: key.clone(),
+                wanted,
+                placed: 0,
+                reason: format!(
+                    "no known host matches the selector {selector} ({} hosts known)",
+                    hosts.len()
+                ),
+            });
+            continue;
+        }
+        let version = component.artifact.version.clone();
+        let config = runtime_config(component);
+        match component.placement.count {
+            Count::PerHost(n) => {
+                for host in &eligible {
+                    for slot in 0..n {
+                        placements.insert(
+                            PlacementKey {
+                                component: key.clone(),
+                                host: host.name.clone(),
+                                slot,
+                            },
+                            Placement {
+                                version: version.clone(),
+                                config: config.clone(),
+                                reason: format!("{n} per host on every host matching {selector}"),
+                            },
+                        );
+                    }
+                }
+            }
+            Count::Total(n) => {
+                let order = spread_order(&eligible, component.placement.spread_by.as_deref());
+                let mut per_host: BTreeMap<&str, u32> = BTreeMap::new();
+                for idx in 0..n as usize {
+                    let host = order[idx % order.len()];
+                    let slot = per_host.entry(host.name.as_str()).or_insert(0);
+                    let reason = match &component.placement.spread_by {
+                        Some(label) => format!(
+                            "{n} in total over hosts matching {selector}, spread by {label} ({label}={})",
+                            host.labels.get(label).map_or("none", String::as_str)
+                        ),
+                        None => format!("{n} in total over hosts matching {selector}"),
+                    };
+                    placements.insert(
+                        PlacementKey {
+                            component: key.clone(),
+                            host: host.name.clone(),
+                            slot: *slot,
+                        },
+                        Placement {
+                            version: version.clone(),
+                            config: config.clone(),
+                            reason,
+                        },
+                    );
+                    *slot += 1;
+                }
+            }
+        }
+    }
+    (placements, unplaced)
+}
+
+/// The order in which hosts receive instances of a total count: one host of each spread value in
+/// turn, so consecutive instances land in different failure domains.
+fn spread_order<'a>(eligible: &[&'a HostInfo], spread_by: Option<&str>) -> Vec<&'a HostInfo> {
+    let Some(label) = spread_by else {
+        return eligible.to_vec();
+    };
+    let mut domains: BTreeMap<Option<&str>, Vec<&'a HostInfo>> = BTreeMap::new();
+    for host in eligible {
+        domains
+            .entry(host.labels.get(label).map(String::as_str))
+            .or_default()
+            .push(host);
+    }
+    let longest = domains.values().map(Vec::len).max().unwrap_or(0);
+    let mut order = Vec::with_capacity(eligible.len());
+    for round in 0..longest {
+        for hosts in domains.values() {
+            if let Some(host) = hosts.get(round) {
+                order.push(*host);
+            }
+        }
+    }
+    order
+}

@@ -1,0 +1,227 @@
+//! Authentication (bearer tokens, stored hashed) and authorisation, asked in one place as
+//! "may this actor do this verb on this system".
+//!
+//! # Guarantees
+//! - Every route but `/healthz` needs a valid token; a missing, unknown or revoked token is a 401.
+//! - Secrets are 32 random bytes, shown once; the store keeps only their SHA-256 (a fast hash is
+//!   right for high-entropy secrets, and keeps a lookup per request cheap).
+//!
+//! # Caveats
+//! - Roles are `viewer` and `admin` for now; named operator and approver roles scoped to systems
+//!   come with sanctioned actions, and plug into [`authorize`] without touching the routes.
+
+use axum::extract::{Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::Response;
+use endstate_store::TokenRecord;
+use sha2::{Digest, Sha256};
+
+use crate::AppState;
+use crate::error::ApiError;
+
+/// The prefix of every secret, so a leaked one is recognisable by secret scanners.
+const SECRET_PREFIX: &str = "es_";
+
+/// Who is calling, as established from their token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Actor {
+    /// The token's name; it appears on the timeline for everything the actor does.
+    pub(crate) name: String,
+    pub(crate) role: Role,
+}
+
+/// What a token may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// Reads everything, changes nothing.
+    Viewer,
+    /// Everything.
+    Admin,
+}
+
+/// What an actor wants to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Verb {
+    /// Read state, the timeline, metrics.
+    Read,
+    /// Submit revisions, add notes.
+    Write,
+    /// Manage tokens.
+    Administer,
+}
+
+impl Role {
+    pub(crate) fn parse(word: &str) -> Option<Role> {
+        match word {
+            "viewer" => Some(Role::Viewer),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+/// The one authorisation decision. `system` is the system the verb touches, when there is one;
+/// scoped tokens will use it.
+pub(crate) fn authorize(actor: &Actor, verb: Verb, system: Option<&str>) -> Result<(), ApiError> {
+    let allowed = match actor.role {
+        Role::Admin => true,
+        Role::Viewer => verb == Verb::Read,
+    };
+    if allowed {
+        Ok(())
+    } else {
+        let on = system.map(|s| format!(" on system {s}")).unwrap_or_default();
+        Err(ApiError::Forbidden(format!(
+            "token {:?} has role {} which may not {}{on}",
+            actor.name,
+            actor.role.as_str(),
+            match verb {
+                Verb::Read => "read",
+                Verb::Write => "make changes",
+                Verb::Administer => "manage tokens",
+            }
+        )))
+    }
+}
+
+/// A new random secret.
+pub(crate) fn new_secret() -> Result<String, ApiError> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|error| ApiError::Internal(format!("no randomness: {error}")))?;
+    Ok(format!("{SECRET_PREFIX}{}", hex(&bytes)))
+}
+
+/// The SHA-256 of a secret, in hex: what the store keeps.
+pub(crate) fn hash_secret(secret: &str) -> String {
+    hex(&Sha256::digest(secret.as_bytes()))
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        let _ = write!(out, "{byte:02x}");
+    }
+    out
+}
+
+/// Creates the first admin token if the store has none. Returns its secret, to be shown once.
+pub(crate) async fn bootstrap_admin(state: &AppState) -> Result<Option<String>, ApiError> {
+    if state.store().count_tokens().await? > 0 {
+        return Ok(None);
+    }
+    let secret = new_secret()?;
+    state
+        .store()
+        .put_token(TokenRecord {
+            id: hash_secret(&secret)[..16].to_string(),
+            name: "admin".to_string(),
+            role: Role::Admin.as_str().to_string(),
+            hash_hex: hash_secret(&secret),
+            created_ms: crate::now_ms(),
+            revoked: false,
+        })
+        .await?;
+    Ok(Some(secret))
+}
+
+/// Middleware: rate-limits per client, then authenticates the bearer token and puts the [`Actor`]
+/// into the request's extensions.
+pub(crate) async fn require_token(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let header = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|value| value.to_str().map(str::to_owned));
+    match authenticate(&state, header).await {
+        Ok(actor) => {
+            request.extensions_mut().insert(actor);
+            next.run(request).await
+        }
+        Err(error) => axum::response::IntoResponse::into_response(error),
+    }
+}
+
+async fn authenticate(
+    state: &AppState,
+    header: Option<Result<String, axum::http::header::ToStrError>>,
+) -> Result<Actor, ApiError> {
+    let secret = match &header {
+        None => None,
+        Some(Ok(value)) => Some(
+            value
+                .strip_prefix("Bearer ")
+                .ok_or(ApiError::Unauthenticated(
+                    "the Authorization header must be `Bearer <token>`",
+                ))?
+                .trim(),
+        ),
+        Some(Err(_)) => return Err(ApiError::Unauthenticated("the Authorization header is not valid text")),
+    };
+    let client_key = match secret {
+        Some(secret) => format!("token:{}", &hash_secret(secret)[..16]),
+        None => "anonymous".to_string(),
+    };
+    state.limiter().check(&client_key)?;
+    let secret = secret.ok_or(ApiError::Unauthenticated(
+        "this call needs a bearer token (Authorization: Bearer <token>); `endstate dev` prints one",
+    ))?;
+    let record = state
+        .store()
+        .find_token(&hash_secret(secret))
+        .await?
+        .ok_or(ApiError::Unauthenticated(
+            "the bearer token is not known to this server",
+        ))?;
+    if record.revoked {
+        return Err(ApiError::Unauthenticated("the bearer token was revoked"));
+    }
+    let role = Role::parse(&record.role)
+        .ok_or_else(|| ApiError::Internal(format!("token {:?} has an unknown role {:?}", record.name, record.role)))?;
+    Ok(Actor {
+        name: record.name,
+        role,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn viewers_only_read() {
+        let viewer = Actor {
+            name: "v".into(),
+            role: Role::Viewer,
+        };
+        let admin = Actor {
+            name: "a".into(),
+            role: Role::Admin,
+        };
+        assert!(authorize(&viewer, Verb::Read, None).is_ok());
+        assert!(
+            matches!(authorize(&viewer, Verb::Write, Some("shop")), Err(ApiError::Forbidden(m)) if m.contains("on system shop"))
+        );
+        assert!(authorize(&admin, Verb::Administer, None).is_ok());
+    }
+
+    #[test]
+    fn secrets_are_random_and_hashed() {
+        let (Ok(a), Ok(b)) = (new_secret(), new_secret()) else {
+            panic!("no randomness")
+        };
+        assert_ne!(a, b);
+        assert!(a.starts_with("es_") && a.len() == 3 + 64);
+        assert_eq!(
+            hash_secret("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}

@@ -1,0 +1,121 @@
+//! The server's errors and the one place that maps them to HTTP statuses and problem details.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use endstate_api::{FieldError, PROBLEM_CONTENT_TYPE, Problem, SpecDiagnostic};
+
+/// Everything a request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ApiError {
+    /// No bearer token, or one the server does not know.
+    #[error("{0}")]
+    Unauthenticated(&'static str),
+    /// The token is known but may not do this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The request is malformed; the fields say where.
+    #[error("{detail}")]
+    BadRequest { detail: String, errors: Vec<FieldError> },
+    /// The body is larger than the limit.
+    #[error("the request body is larger than {limit} bytes")]
+    TooLarge { limit: usize },
+    /// The spec has errors; the diagnostics locate them.
+    #[error("the desired state has {n_errors} error(s)")]
+    InvalidSpec {
+        n_errors: usize,
+        diagnostics: Vec<SpecDiagnostic>,
+    },
+    /// The thing asked for does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The client sends too fast.
+    #[error("too many requests: at most {per_second} per second with bursts of {burst}; retry after {retry_after_s} s")]
+    RateLimited {
+        per_second: u32,
+        burst: u32,
+        retry_after_s: u64,
+    },
+    /// The store failed. The details go to the log, never to the client.
+    #[error("the store failed")]
+    Store(#[source] endstate_store::StoreError),
+    /// A bug or an unexpected state. The details go to the log, never to the client.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub(crate) fn bad_field(field: impl Into<String>, message: impl Into<String>) -> ApiError {
+        let field = field.into();
+        let message = message.into();
+        ApiError::BadRequest {
+            detail: format!("invalid {field}: {message}"),
+            errors: vec![FieldError { field, message }],
+        }
+    }
+
+    fn parts(&self) -> (StatusCode, &'static str, &'static str) {
+        match self {
+            ApiError::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "unauthenticated", "Authentication required"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
+            ApiError::BadRequest { .. } => (StatusCode::BAD_REQUEST, "bad-request", "Bad request"),
+            ApiError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too-large", "Request body too large"),
+            ApiError::InvalidSpec { .. } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid-spec",
+                "The desired state is invalid",
+            ),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+            ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate-limited", "Too many requests"),
+            ApiError::Store(_) | ApiError::Internal(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal server error")
+            }
+        }
+    }
+}
+
+impl From<endstate_store::StoreError> for ApiError {
+    fn from(error: endstate_store::StoreError) -> ApiError {
+        ApiError::Store(error)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, slug, title) = self.parts();
+        if status.is_server_error() {
+            tracing::error!(error = %crate::chain(&self), "Request failed.");
+        }
+        let (errors, diagnostics) = match &self {
+            ApiError::BadRequest { errors, .. } => (errors.clone(), Vec::new()),
+            ApiError::InvalidSpec { diagnostics, .. } => (Vec::new(), diagnostics.clone()),
+            _ => (Vec::new(), Vec::new()),
+        };
+        let problem = Problem {
+            kind: format!("https://endstate.dev/problems/{slug}"),
+            title: title.to_string(),
+            status: status.as_u16(),
+            detail: self.to_string(),
+            errors,
+            diagnostics,
+        };
+        let body = serde_json::to_vec(&problem).unwrap_or_default();
+        let mut response = (status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_CONTENT_TYPE));
+        match &self {
+            ApiError::Unauthenticated(_) => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"endstate\""),
+                );
+            }
+            ApiError::RateLimited { retry_after_s, .. } => {
+                if let Ok(value) = HeaderValue::from_str(&retry_after_s.to_string()) {
+                    headers.insert(header::RETRY_AFTER, value);
+                }
+            }
+            _ => {}
+        }
+        response
+    }
+}

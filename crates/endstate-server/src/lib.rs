@@ -1,0 +1,271 @@
+//! The endstate API server: axum routes over the [`Store`], bearer-token authentication, per-client
+//! rate limits, problem+json errors, the change runner, a live event stream, Prometheus metrics
+//! and a generated OpenAPI document.
+//!
+//! # Tasks and channels
+//! - The HTTP server (axum) serves [`Server::router`].
+//! - The change runner ([`runner`]) is one task, woken by a [`tokio::sync::Notify`] whenever a
+//!   revision is submitted and by a timer; every round re-reads the open changes from the store,
+//!   so it keeps no state another replica could not rebuild, and resumes after a restart.
+//! - Stream subscribers wait on a [`tokio::sync::watch`] counter bumped after every write to the
+//!   timeline, then read the new events from the store: nothing is delivered that was not stored.
+
+mod auth;
+mod error;
+mod metrics;
+mod openapi;
+mod ratelimit;
+mod routes;
+mod runner;
+mod stream;
+mod views;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use endstate_spec::DesiredState;
+use endstate_store::{SqliteStore, Store, StoreError};
+use endstate_types::RevisionId;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+
+pub use ratelimit::RateLimitConfig;
+
+/// How the server is set up. Built by the binary from flags and environment; everything is
+/// validated before a socket is bound.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Where the SQLite database lives (`endstate.db` inside).
+    pub data_dir: PathBuf,
+    /// Per-client request rate limit.
+    pub rate_limit: RateLimitConfig,
+    /// How often the change runner looks at open changes when nothing wakes it.
+    pub runner_interval: Duration,
+}
+
+impl ServerConfig {
+    /// Defaults for a data directory.
+    pub fn new(data_dir: impl Into<PathBuf>) -> ServerConfig {
+        ServerConfig {
+            data_dir: data_dir.into(),
+            rate_limit: RateLimitConfig::default(),
+            runner_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+/// What can stop the server from starting or serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The data directory cannot be created.
+    #[error("cannot create the data directory {path}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The store cannot be opened.
+    #[error("cannot open the store in {path}")]
+    Store {
+        /// The database file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: StoreError,
+    },
+    /// The first admin token cannot be created.
+    #[error("cannot create the first admin token")]
+    Bootstrap(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// Serving failed.
+    #[error("the HTTP server failed")]
+    Serve(#[source] std::io::Error),
+}
+
+/// A server ready to serve: its store is open and its first token exists.
+pub struct Server {
+    state: AppState,
+    admin_secret: Option<String>,
+    runner_interval: Duration,
+}
+
+/// The state every handler shares. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct AppState(Arc<Inner>);
+
+struct Inner {
+    store: Arc<dyn Store>,
+    metrics: metrics::Metrics,
+    limiter: ratelimit::RateLimiter,
+    /// Wakes the change runner.
+    runner_wake: Notify,
+    /// Bumped after every write to the timeline; stream subscribers wait on it.
+    appended: watch::Sender<u64>,
+    /// Parsed desired states by revision, so requests do not re-parse the same JSON.
+    desired_cache: Mutex<BTreeMap<RevisionId, Arc<DesiredState>>>,
+}
+
+/// How many parsed desired states are kept.
+const DESIRED_CACHE_LEN: usize = 8;
+
+impl Server {
+    /// Opens (or creates) the store in the data directory and makes sure an admin token exists.
+    ///
+    /// # Errors
+    /// When the directory or the store cannot be opened, or the token cannot be written.
+    pub async fn open(config: &ServerConfig) -> Result<Server, ServerError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let path = config.data_dir.join("endstate.db");
+        let store = SqliteStore::open(&path).map_err(|source| ServerError::Store {
+            path: path.clone(),
+            source,
+        })?;
+        Server::with_store(Arc::new(store), config).await
+    }
+
+    /// A server over any store (tests use this with a store of their own).
+    ///
+    /// # Errors
+    /// When the first admin token cannot be written.
+    pub async fn with_store(store: Arc<dyn Store>, config: &ServerConfig) -> Result<Server, ServerError> {
+        let state = AppState(Arc::new(Inner {
+            store,
+            metrics: metrics::Metrics::new(),
+            limiter: ratelimit::RateLimiter::new(config.rate_limit),
+            runner_wake: Notify::new(),
+            appended: watch::channel(0).0,
+            desired_cache: Mutex::new(BTreeMap::new()),
+        }));
+        let admin_secret = auth::bootstrap_admin(&state)
+            .await
+            .map_err(|error| ServerError::Bootstrap(Box::new(error)))?;
+        Ok(Server {
+            state,
+            admin_secret,
+            runner_interval: config.runner_interval,
+        })
+    }
+
+    /// The secret of the admin token created at this start, if this start created it. It is
+    /// shown once: the store keeps only its hash.
+    pub fn admin_secret(&self) -> Option<&str> {
+        self.admin_secret.as_deref()
+    }
+
+    /// The whole HTTP application, for serving or for calling in-process (`tower::ServiceExt::oneshot`).
+    pub fn router(&self) -> axum::Router {
+        routes::router(self.state.clone())
+    }
+
+    /// Serves the API on `listener` and runs the change runner until `shutdown` completes.
+    ///
+    /// # Errors
+    /// When the listener fails.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let runner = tokio::spawn(runner::run(self.state.clone(), self.runner_interval, stop_rx));
+        let app = self.router();
+        let result = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(ServerError::Serve);
+        let _ = stop_tx.send(true);
+        let _ = runner.await;
+        result
+    }
+}
+
+impl AppState {
+    pub(crate) fn store(&self) -> &dyn Store {
+        self.0.store.as_ref()
+    }
+
+    pub(crate) fn metrics(&self) -> &metrics::Metrics {
+        &self.0.metrics
+    }
+
+    pub(crate) fn limiter(&self) -> &ratelimit::RateLimiter {
+        &self.0.limiter
+    }
+
+    /// Wakes the change runner and the stream subscribers after a write.
+    pub(crate) fn written(&self) {
+        self.0.runner_wake.notify_one();
+        self.0.appended.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// The parsed desired state of a revision.
+    pub(crate) async fn desired(&self, id: RevisionId) -> Result<Option<Arc<DesiredState>>, error::ApiError> {
+        if let Some(found) = self.cache().get(&id) {
+            return Ok(Some(found.clone()));
+        }
+        let Some(revision) = self.store().get_revision(id).await? else {
+            return Ok(None);
+        };
+        let desired: DesiredState = serde_json::from_value(revision.desired).map_err(|error| {
+            error::ApiError::Internal(format!("revision {id} holds an unreadable desired state: {error}"))
+        })?;
+        let desired = Arc::new(desired);
+        let mut cache = self.cache();
+        if cache.len() >= DESIRED_CACHE_LEN
+            && let Some(oldest) = cache.keys().next().copied()
+        {
+            cache.remove(&oldest);
+        }
+        cache.insert(id, desired.clone());
+        Ok(Some(desired))
+    }
+
+    /// The desired state of the latest revision, with its id.
+    pub(crate) async fn latest_desired(&self) -> Result<Option<(RevisionId, Arc<DesiredState>)>, error::ApiError> {
+        let Some(revision) = self.store().latest_revision().await? else {
+            return Ok(None);
+        };
+        Ok(self.desired(revision.id).await?.map(|desired| (revision.id, desired)))
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, BTreeMap<RevisionId, Arc<DesiredState>>> {
+        self.0
+            .desired_cache
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The current time in milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
+}
+
+/// RFC 3339 text of a millisecond timestamp.
+pub(crate) fn rfc3339(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms)
+        .map(|ts| ts.to_string())
+        .unwrap_or_else(|_| ms.to_string())
+}
+
+/// An error with all its sources, for logs: `a: b: c`.
+pub(crate) fn chain(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(next) = source {
+        out.push_str(": ");
+        out.push_str(&next.to_string());
+        source = next.source();
+    }
+    out
+}

@@ -1,0 +1,46 @@
+//! The OpenAPI document, generated from the handlers and the wire types.
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "endstate API", description = "Declarative, federated operations control plane. Every call needs `Authorization: Bearer <token>`; errors are RFC 9457 problem details."),
+    paths(
+        crate::routes::submit_revision,
+        crate::routes::list_revisions,
+        crate::routes::get_revision,
+        crate::routes::preview_plan,
+        crate::routes::list_changes,
+        crate::routes::get_change,
+        crate::routes::list_systems,
+        crate::routes::get_system,
+        crate::routes::list_components,
+        crate::routes::list_instances,
+        crate::routes::list_hosts,
+        crate::routes::timeline,
+        crate::stream::stream,
+        crate::routes::create_token,
+        crate::routes::openapi,
+        crate::routes::metrics,
+    ),
+    modifiers(&BearerAuth)
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The document, as served at `/openapi.json`.
+pub(crate) fn document() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}

@@ -1,0 +1,825 @@
+//! The routes of API v1 and their handlers. Handlers validate, authorise, call the store and map
+//! to the wire types of `endstate-api`; they decide nothing the planner or the runner decides.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use endstate_api::{
+    ChangeView, CreateToken, CreatedToken, Document, EventView, HostView, InstanceView, MAX_BODY_BYTES, Page,
+    PlanRequest, RevisionSource, RevisionView, SpecDiagnostic, SubmitResponse, SubmitRevision, SystemView,
+};
+use endstate_spec::{DesiredState, HostInfo, Loaded, SourceFile};
+use endstate_store::{ChangeFilter, EventQuery, InstanceFilter, NewEvent, NewRevision, PageRequest, TokenRecord};
+use endstate_types::{ChangeId, EventSeq, RevisionId};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+use utoipa::IntoParams;
+
+use crate::auth::{self, Actor, Role, Verb, authorize};
+use crate::error::ApiError;
+use crate::{AppState, now_ms, views};
+
+/// The whole application: every route, authentication, limits and metrics.
+pub(crate) fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/v1/revisions", post(submit_revision).get(list_revisions))
+        .route("/v1/revisions/{id}", get(get_revision))
+        .route("/v1/plan", post(preview_plan))
+        .route("/v1/changes", get(list_changes))
+        .route("/v1/changes/{id}", get(get_change))
+        .route("/v1/systems", get(list_systems))
+        .route("/v1/systems/{name}", get(get_system))
+        .route("/v1/components", get(list_components))
+        .route("/v1/instances", get(list_instances))
+        .route("/v1/hosts", get(list_hosts))
+        .route("/v1/timeline", get(timeline))
+        .route("/v1/stream", get(crate::stream::stream))
+        .route("/v1/tokens", post(create_token))
+        .route("/openapi.json", get(openapi))
+        .route("/metrics", get(metrics))
+        .layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .merge(api)
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(state.clone(), record_metrics))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// A JSON body whose errors name the field that is wrong (`documents[0].path`).
+pub(crate) struct JsonBody<T>(pub(crate) T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| match rejection {
+                BytesRejection::FailedToBufferBody(ref failed) if failed.body_text().contains("length limit") => {
+                    ApiError::TooLarge { limit: MAX_BODY_BYTES }
+                }
+                other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                    ApiError::TooLarge { limit: MAX_BODY_BYTES }
+                }
+                other => ApiError::bad_field("body", other.body_text()),
+            })?;
+        let mut deserializer = serde_json::Deserializer::from_slice(&bytes);
+        let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+            let path = error.path().to_string();
+            let field = if path == "." { "body".to_string() } else { path };
+            ApiError::bad_field(field, error.into_inner().to_string())
+        })?;
+        Ok(JsonBody(value))
+    }
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such route; see /openapi.json for the API".into())
+}
+
+async fn record_metrics(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let method = request.method().to_string();
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |path| path.as_str().to_string());
+    let started = tokio::time::Instant::now();
+    let response = next.run(request).await;
+    let labels = crate::metrics::RequestLabels {
+        method,
+        route,
+        status: response.status().as_u16(),
+    };
+    state.metrics().requests.get_or_create(&labels).inc();
+    state
+        .metrics()
+        .request_seconds
+        .get_or_create(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus metrics (OpenMetrics text)")), security(("bearer" = [])))]
+pub(crate) async fn metrics(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+) -> Result<Response, ApiError> {
+    authorize(&actor, Verb::Read, None)?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics().encode(),
+    )
+        .into_response())
+}
+
+#[utoipa::path(get, path = "/openapi.json", responses((status = 200, description = "This API's OpenAPI document")), security(("bearer" = [])))]
+pub(crate) async fn openapi(Extension(actor): Extension<Actor>) -> Result<Response, ApiError> {
+    authorize(&actor, Verb::Read, None)?;
+    Ok(Json(crate::openapi::document()).into_response())
+}
+
+fn source_files(documents: &[Document]) -> Result<Vec<SourceFile>, ApiError> {
+    if documents.is_empty() {
+        return Err(ApiError::bad_field("documents", "at least one document is needed"));
+    }
+    let mut errors = Vec::new();
+    for (idx, document) in documents.iter().enumerate() {
+        if document.path.trim().is_empty() {
+            errors.push(endstate_api::FieldError {
+                field: format!("documents[{idx}].path"),
+                message: "is empty".into(),
+            });
+        }
+        if document.content.len() > endstate_spec::MAX_FILE_BYTES {
+            errors.push(endstate_api::FieldError {
+                field: format!("documents[{idx}].content"),
+                message: format!(
+                    "is {} bytes; a spec file may be at most {} bytes",
+                    document.content.len(),
+                    endstate_spec::MAX_FILE_BYTES
+                ),
+            });
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::BadRequest {
+            detail: format!("{} invalid document(s)", errors.len()),
+            errors,
+        });
+    }
+    Ok(documents
+        .iter()
+        .map(|d| SourceFile {
+            path: d.path.clone(),
+            text: d.content.clone(),
+        })
+        .collect())
+}
+
+pub(crate) fn diagnostic_view(diagnostic: &endstate_spec::Diagnostic) -> SpecDiagnostic {
+    SpecDiagnostic {
+        severity: match diagnostic.severity {
+            endstate_spec::Severity::Error => "error",
+            endstate_spec::Severity::Warning => "warning",
+        }
+        .to_string(),
+        file: diagnostic.file.clone(),
+        line: diagnostic.line,
+        column: diagnostic.column,
+        code: diagnostic.code.clone(),
+        message: diagnostic.message.clone(),
+        expected: diagnostic.expected.clone(),
+    }
+}
+
+pub(crate) async fn host_infos(state: &AppState) -> Result<Vec<HostInfo>, ApiError> {
+    Ok(state
+        .store()
+        .list_hosts()
+        .await?
+        .into_iter()
+        .map(|host| HostInfo {
+            name: host.name.0,
+            labels: host.labels,
+        })
+        .collect())
+}
+
+/// Validation, then static policy checks: the desired state, or every reason it is refused.
+async fn validate(state: &AppState, documents: &[Document]) -> Result<(DesiredState, Vec<SpecDiagnostic>), ApiError> {
+    let files = source_files(documents)?;
+    let hosts = host_infos(state).await?;
+    let Loaded { desired, diagnostics } = endstate_spec::load(&files, &hosts);
+    let mut views: Vec<SpecDiagnostic> = diagnostics.iter().map(diagnostic_view).collect();
+    let n_errors = views.iter().filter(|d| d.severity == "error").count();
+    let desired = match desired {
+        Some(desired) if n_errors == 0 => desired,
+        _ => {
+            state.metrics().revisions_refused.inc();
+            return Err(ApiError::InvalidSpec {
+                n_errors: n_errors.max(1),
+                diagnostics: views,
+            });
+        }
+    };
+    let findings = endstate_policy::check(&desired);
+    let mut n_denied = 0;
+    for finding in findings {
+        let denied = finding.severity == endstate_policy::Severity::Deny;
+        n_denied += usize::from(denied);
+        views.push(SpecDiagnostic {
+            severity: if denied { "error" } else { "warning" }.to_string(),
+            file: format!("policy {}", finding.policy),
+            line: 0,
+            column: 0,
+            code: format!("policy-{}", finding.rule.replace('_', "-")),
+            message: format!("{}: {}", finding.object, finding.message),
+            expected: None,
+        });
+    }
+    if n_denied > 0 {
+        state.metrics().revisions_refused.inc();
+        return Err(ApiError::InvalidSpec {
+            n_errors: n_denied,
+            diagnostics: views,
+        });
+    }
+    Ok((desired, views))
+}
+
+/// The systems a plan touches: the systems whose own declaration, components, checks or actions change.
+pub(crate) fn touched_systems(
+    plan: &endstate_plan::Plan,
+    before: Option<&DesiredState>,
+    after: &DesiredState,
+) -> Vec<String> {
+    let mut systems = BTreeSet::new();
+    let system_of = |kind: &str, name: &str| -> Option<String> {
+        let find = |state: &DesiredState| match kind {
+            "system" => Some(name.to_string()),
+            "component" => state.components.get(name).map(|c| c.system.clone()),
+            "check" => state.checks.get(name).map(|c| c.system.clone()),
+            "action" => state.actions.get(name).map(|a| a.system.clone()),
+            _ => None,
+        };
+        find(after).or_else(|| before.and_then(find))
+    };
+    for object in &plan.objects {
+        if let Some(system) = system_of(&object.kind, &object.name) {
+            systems.insert(system);
+        }
+    }
+    for step in &plan.steps {
+        if let Some(system) = system_of("component", &step.component) {
+            systems.insert(system);
+        }
+    }
+    systems.into_iter().collect()
+}
+
+fn source_word(source: &RevisionSource) -> String {
+    match &source.reference {
+        Some(reference) => format!("{}:{reference}", source.kind),
+        None => source.kind.clone(),
+    }
+}
+
+fn parse_source(word: &str) -> RevisionSource {
+    match word.split_once(':') {
+        Some((kind, reference)) => RevisionSource {
+            kind: kind.to_string(),
+            reference: Some(reference.to_string()),
+        },
+        None => RevisionSource {
+            kind: word.to_string(),
+            reference: None,
+        },
+    }
+}
+
+pub(crate) fn revision_view(
+    meta: &endstate_store::RevisionMeta,
+    desired: Option<(&DesiredState, serde_json::Value)>,
+    counts: BTreeMap<String, u64>,
+) -> RevisionView {
+    RevisionView {
+        id: meta.id.0,
+        created_at: crate::rfc3339(meta.created_ms),
+        author: meta.author.clone(),
+        message: meta.message.clone(),
+        source: parse_source(&meta.source),
+        digest: meta.digest.clone(),
+        counts,
+        desired: desired.map(|(_, json)| json),
+    }
+}
+
+pub(crate) fn counts(desired: &DesiredState) -> BTreeMap<String, u64> {
+    BTreeMap::from([
+        ("systems".to_string(), desired.systems.len() as u64),
+        ("components".to_string(), desired.components.len() as u64),
+        ("checks".to_string(), desired.checks.len() as u64),
+        ("actions".to_string(), desired.actions.len() as u64),
+        ("policies".to_string(), desired.policies.len() as u64),
+    ])
+}
+
+fn meta_of(revision: &endstate_store::Revision) -> endstate_store::RevisionMeta {
+    endstate_store::RevisionMeta {
+        id: revision.id,
+        author: revision.author.clone(),
+        message: revision.message.clone(),
+        source: revision.source.clone(),
+        digest: revision.digest.clone(),
+        created_ms: revision.created_ms,
+    }
+}
+
+pub(crate) fn change_view(change: &endstate_store::Change, with_plan: bool) -> ChangeView {
+    ChangeView {
+        id: change.id.0,
+        revision: change.revision.0,
+        state: change.state.as_str().to_string(),
+        terminal: change.state.is_terminal(),
+        reason: change.reason.clone(),
+        wave: change.wave.map(|(k, n)| [k, n]),
+        created_at: crate::rfc3339(change.created_ms),
+        updated_at: crate::rfc3339(change.updated_ms),
+        plan: if with_plan { change.plan.clone() } else { None },
+    }
+}
+
+/// Submit a desired state: validate, run static policy checks, store it as the next revision
+/// with its change. The change runner takes it from there.
+#[utoipa::path(post, path = "/v1/revisions", request_body = SubmitRevision,
+    responses((status = 201, body = SubmitResponse), (status = 400, body = endstate_api::Problem), (status = 401, body = endstate_api::Problem),
+        (status = 403, body = endstate_api::Problem), (status = 413, body = endstate_api::Problem), (status = 422, description = "invalid spec or denied by policy", body = endstate_api::Problem)),
+    security(("bearer" = [])))]
+pub(crate) async fn submit_revision(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    JsonBody(request): JsonBody<SubmitRevision>,
+) -> Result<(StatusCode, Json<SubmitResponse>), ApiError> {
+    authorize(&actor, Verb::Write, None)?;
+    let (desired, warnings) = validate(&state, &request.documents).await?;
+    let source = if request.source.kind.is_empty() {
+        RevisionSource {
+            kind: "api".into(),
+            reference: None,
+        }
+    } else {
+        request.source.clone()
+    };
+    let canonical = serde_json::to_value(&desired)
+        .map_err(|error| ApiError::Internal(format!("cannot serialize a desired state: {error}")))?;
+    let digest = format!(
+        "sha256:{}",
+        auth::hex(&Sha256::digest(canonical.to_string().as_bytes()))
+    );
+    let previous = state.latest_desired().await?;
+    let hosts = host_infos(&state).await?;
+    let plan = endstate_plan::plan(previous.as_ref().map(|(_, d)| d.as_ref()), &desired, &hosts);
+    let systems = touched_systems(&plan, previous.as_ref().map(|(_, d)| d.as_ref()), &desired);
+    let now = now_ms();
+    let summary = format!(
+        "revision submitted by {}: {} ({} to add, {} to change, {} to remove)",
+        actor.name,
+        if request.message.is_empty() {
+            "(no message)"
+        } else {
+            request.message.as_str()
+        },
+        plan.summary.add,
+        plan.summary.change,
+        plan.summary.remove
+    );
+    let event = NewEvent {
+        systems,
+        actor: Some(actor.name.clone()),
+        data: serde_json::json!({
+            "message": request.message,
+            "source": source_word(&source),
+            "digest": digest,
+            "summary": plan.summary,
+            "objects": plan.objects.iter().map(|o| format!("{:?} {} {}", o.op, o.kind, o.name).to_lowercase()).collect::<Vec<_>>(),
+        }),
+        ..NewEvent::new(now, "revision.submitted", summary)
+    };
+    let (revision, change) = state
+        .store()
+        .submit_revision(
+            NewRevision {
+                author: actor.name.clone(),
+                message: request.message.clone(),
+                source: source_word(&source),
+                digest,
+                desired: canonical,
+                created_ms: now,
+            },
+            vec![event],
+        )
+        .await?;
+    state.metrics().revisions_submitted.inc();
+    state.written();
+    let counts = counts(&desired);
+    Ok((
+        StatusCode::CREATED,
+        Json(SubmitResponse {
+            revision: revision_view(&meta_of(&revision), None, counts),
+            change: change_view(&change, true),
+            warnings,
+        }),
+    ))
+}
+
+/// Preview what a desired state would change against the latest revision, on the known hosts.
+/// Nothing is stored. The same planner runs for the change itself.
+#[utoipa::path(post, path = "/v1/plan", request_body = PlanRequest,
+    responses((status = 200, description = "the plan (see endstate-plan's Plan)"), (status = 422, body = endstate_api::Problem)),
+    security(("bearer" = [])))]
+pub(crate) async fn preview_plan(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    JsonBody(request): JsonBody<PlanRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&actor, Verb::Read, None)?;
+    let (desired, _warnings) = validate(&state, &request.documents).await?;
+    let previous = state.latest_desired().await?;
+    let hosts = host_infos(&state).await?;
+    let plan = endstate_plan::plan(previous.as_ref().map(|(_, d)| d.as_ref()), &desired, &hosts);
+    serde_json::to_value(&plan)
+        .map(Json)
+        .map_err(|error| ApiError::Internal(error.to_string()))
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct PageParams {
+    /// The `next` of the previous page.
+    cursor: Option<String>,
+    /// At most this many items (default 100, at most 1000).
+    limit: Option<u32>,
+    /// For changes: only those not terminal.
+    open: Option<bool>,
+}
+
+fn query<T>(result: Result<Query<T>, axum::extract::rejection::QueryRejection>) -> Result<T, ApiError> {
+    result
+        .map(|Query(value)| value)
+        .map_err(|rejection| ApiError::bad_field("query", rejection.body_text()))
+}
+
+fn parse_cursor(cursor: Option<&str>) -> Result<Option<u64>, ApiError> {
+    cursor
+        .map(|text| {
+            text.parse::<u64>()
+                .map_err(|_| ApiError::bad_field("cursor", format!("{text:?} is not a cursor this server gave")))
+        })
+        .transpose()
+}
+
+/// List revisions, newest first.
+#[utoipa::path(get, path = "/v1/revisions", params(PageParams), responses((status = 200, body = Page<RevisionView>)), security(("bearer" = [])))]
+pub(crate) async fn list_revisions(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    params: Result<Query<PageParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Page<RevisionView>>, ApiError> {
+    authorize(&actor, Verb::Read, None)?;
+    let params = query(params)?;
+    let page = state
+        .store()
+        .list_revisions(PageRequest {
+            before: parse_cursor(params.cursor.as_deref())?,
+            limit: params.limit.unwrap_or(0),
+        })
+        .await?;
+    Ok(Json(Page {
+        items: page
+            .items
+            .iter()
+            .map(|meta| revision_view(meta, None, BTreeMap::new()))
+            .collect(),
+        next: page.next.map(|n| n.to_string()),
+    }))
+}
+
+/// One revision with its normalised desired state; `latest` names the newest.
+#[utoipa::path(get, path = "/v1/revisions/{id}", params(("id" = String, Path, description = "a revision number, or `latest`")),
+    responses((status = 200, body = RevisionView), (status = 404, body = endstate_api::Problem)), security(("bearer" = [])))]
+pub(crate) async fn get_revision(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+) -> Result<Json<RevisionView>, ApiError> {
+    authorize(&actor, Verb::Read, None)?;
+    let revision = if id == "latest" {
+        state
+            .store()
+            .latest_revision()
+            .await?
+            .ok_or_else(|| ApiError::NotFound("no revision was submitted yet".into()))?
+    } else {
+        let number = id
+            .trim_start_matches('r')
+            .parse::<u64>()
+            .map_err(|_| ApiError::bad_field("id", format!("{id:?} is neither a revision number nor `latest`")))?;
+        state
+            .store()
+            .get_revision(RevisionId(number))
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("revision {number} does not exist")))?
+    };
+    let desired = state
+        .desired(revision.id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("revision {} vanished", revision.id)))?;
+    Ok(Json(revision_view(
+        &meta_of(&revision),
+        Some((&desired, revision.desired.clone())),
+        counts(&desired),
+    )))
+}
+
+/// List changes, newest first.
+#[utoipa::path(get, path = "/v1/changes", params(PageParams), responses((status = 200, body = Page<ChangeView>)), security(("bearer" = [])))]
+pub(crate) async fn list_changes(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    params: Result<Query<PageParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Page<ChangeView>>, ApiError> {
+    authorize(&actor, Verb::Read, None)?;
+    let params = query(params)?;
+    let page = state
+        .store()
+        .list_changes(
+            ChangeFilter {
+                open_only: params.open.unwrap_or(false),
+                revision: None,
+            },
+            PageRequest {
+                before: parse_cursor(params.cursor.as_deref())?,
+                limit: params.limit.unwrap_or(0),
+            },
+        )
+        .await?;
+    Ok(Json(Page {
+        items: page.items.iter().map(|change| change_view(change, false)).collect(),
+        next: page.next.map(|n| n.to_string()),
+    }))
+}
+
+/// One change with its plan.
+#[utoipa::path(get, path = "/v1/changes/{id}", params(("id" = u64, Path, description = "the change number")),
+    responses((status = 200, body = ChangeView), (status = 404, body = endstate_api::Problem)), security(("bearer" = [])))]
+pub(crate) async fn get_change(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+) -> Result<Json<ChangeView>, ApiError> {
+    authorize(&actor, Verb::Read, None)?;
+    let number = id
+        .trim_start_matches('c')
+        .parse::<u64>()
+        .map_err(|_| ApiError::bad_field("id", format!("{id:?} is not a change number")))?;
+    let change = state
+        .store()
+        .get_change(ChangeId(number))
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("change {number} does not exist")))?;
+    Ok(Json(change_view(&change, true)))
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct SystemsParams {
+    /// Only the top-level systems (those that are no other system's subsystem), each with its tree.
+    tree: Option<bool>,
+}
+
+/// List systems with their rolled-up status.
+#[utoipa::path(get, path = "/v1/systems", params(SystemsParams), responses((status = 200, body = Vec<SystemView>)), security(("bearer" = [])))]
+pub(crate) async fn list_systems(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    params: Result<Query<SystemsParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<SystemView>>, ApiError> {
+    authorize(&actor, Verb::Read, None)?;
+    let params = query(params)?;
+    let Some(world) = views::World::load(&state).await? else {
+        return Ok(Json(Vec::new()));
+    };
+    Ok(Json(world.systems(params.tree.unwrap_or(false))))
+}
+
+/// One system with its subsystems and components, each with its status.
+#[utoipa::path(get, path = "/v1/systems/{name}", params(("name" = String, Path)),
+    responses((status = 200, body = SystemView), (status = 404, body = endstate_api::Problem)), security(("bearer" = [])))]
+pub(crate) async fn get_system(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(name): Path<String>,
+) -> Result<Json<SystemView>, ApiError> {
+    authorize(&actor, Verb::Read, Some(&name))?;
+    let world = views::World::load(&state).await?;
+    world
+        .and_then(|world| world.system(&name))
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("system {name:?} is not in the latest revision")))
+}
+
+/// List components with placement and status.
+#[utoipa::path(get, path = "/v1/components", responses((status = 200, body = Vec<endstate_api::ComponentView>)), security(("bearer" = [])))]
+pub(crate) async fn list_components(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+) -> Result<Json<Vec<endstate_api::ComponentView>>, ApiError> {
+    authorize(&actor, Verb::Read, None)?;
+    let world = views::World::load(&state).await?;
+    Ok(Json(world.map(|world| world.components()).unwrap_or_default()))
+}
+
+/// List instances, desired and actual.
+#[utoipa::path(get, path = "/v1/instances", responses((status = 200, body = Vec<InstanceView>)), security(("bearer" = [])))]
+pub(crate) async fn list_instances(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+) -> Result<Json<Vec<InstanceView>>, ApiError> {
+    authorize(&actor, Verb::Read, None)?;
+    let world = views::World::load(&state).await?;
+    Ok(Json(world.map(|world| world.instances()).unwrap_or_default()))
+}
+
+/// List hosts of the inventory with liveness and what runs on them.
+#[utoipa::path(get, path = "/v1/hosts", responses((status = 200, body = Vec<HostView>)), security(("bearer" = [])))]
+pub(crate) async fn list_hosts(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+) -> Result<Json<Vec<HostView>>, ApiError> {
+    authorize(&actor, Verb::Read, None)?;
+    let hosts = state.store().list_hosts().await?;
+    let instances = state.store().list_instances(InstanceFilter::default()).await?;
+    Ok(Json(views::hosts(&hosts, &instances, now_ms())))
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct TimelineParams {
+    /// A system: its events and those of all its subsystems.
+    pub(crate) system: Option<String>,
+    /// Kinds, comma-separated; a kind ending in `.` is a prefix (`change.`).
+    pub(crate) kind: Option<String>,
+    /// Only events about this host.
+    pub(crate) host: Option<String>,
+    /// From this time on: RFC 3339, or a duration back from now (`90s`, `15m`, `1h`, `7d`).
+    pub(crate) since: Option<String>,
+    /// Before this time: RFC 3339, or a duration back from now.
+    pub(crate) until: Option<String>,
+    /// The `next` of the previous page (newest first).
+    pub(crate) cursor: Option<String>,
+    /// Oldest first, after this sequence number (to follow the timeline).
+    pub(crate) after: Option<u64>,
+    /// At most this many events (default 100, at most 1000).
+    pub(crate) limit: Option<u32>,
+}
+
+/// Parses `since`/`until`: RFC 3339 or a duration back from `now_ms`.
+pub(crate) fn parse_time(field: &str, text: &str, now_ms: i64) -> Result<i64, ApiError> {
+    if let Ok(ts) = text.parse::<jiff::Timestamp>() {
+        return Ok(ts.as_millisecond());
+    }
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let factor: i64 = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => 0,
+    };
+    match number.parse::<i64>() {
+        Ok(n) if factor > 0 => Ok(now_ms.saturating_sub(n.saturating_mul(factor))),
+        _ => Err(ApiError::bad_field(
+            field,
+            format!("{text:?} is neither an RFC 3339 time nor a duration like 90s, 15m, 1h or 7d"),
+        )),
+    }
+}
+
+/// Builds the store query for timeline parameters, expanding a system into its subtree.
+pub(crate) async fn event_query(state: &AppState, params: &TimelineParams) -> Result<EventQuery, ApiError> {
+    let now = now_ms();
+    let systems = match &params.system {
+        None => None,
+        Some(system) => {
+            let subtree = match state.latest_desired().await? {
+                Some((_, desired)) if desired.systems.contains_key(system) => desired.subsystems_closure(system),
+                // A system no longer declared still has its history.
+                _ => vec![system.clone()],
+            };
+            Some(subtree)
+        }
+    };
+    let kinds = params.kind.as_ref().map(|kinds| {
+        kinds
+            .split(',')
+            .map(|k| k.trim().to_string())
+            .filter(|k| !k.is_empty())
+            .collect()
+    });
+    let before = match params.cursor.as_deref() {
+        Some(_) if params.after.is_some() => {
+            return Err(ApiError::bad_field("cursor", "give either cursor or after, not both"));
+        }
+        cursor => parse_cursor(cursor)?.map(EventSeq),
+    };
+    Ok(EventQuery {
+        systems,
+        kinds,
+        host: params.host.clone(),
+        since_ms: params
+            .since
+            .as_deref()
+            .map(|t| parse_time("since", t, now))
+            .transpose()?,
+        until_ms: params
+            .until
+            .as_deref()
+            .map(|t| parse_time("until", t, now))
+            .transpose()?,
+        after: params.after.map(EventSeq),
+        before,
+        limit: params.limit.unwrap_or(0),
+    })
+}
+
+/// The timeline: newest first by default; with `after`, oldest first from a position.
+#[utoipa::path(get, path = "/v1/timeline", params(TimelineParams), responses((status = 200, body = Page<EventView>), (status = 400, body = endstate_api::Problem)), security(("bearer" = [])))]
+pub(crate) async fn timeline(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    params: Result<Query<TimelineParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Page<EventView>>, ApiError> {
+    authorize(&actor, Verb::Read, None)?;
+    let params = query(params)?;
+    let event_query = event_query(&state, &params).await?;
+    let page = state.store().query_events(&event_query).await?;
+    Ok(Json(Page {
+        items: page.items.iter().map(views::event_view).collect(),
+        next: page.next.map(|n| n.to_string()),
+    }))
+}
+
+/// Create a named token. Its secret is in the answer and never again.
+#[utoipa::path(post, path = "/v1/tokens", request_body = CreateToken, responses((status = 201, body = CreatedToken), (status = 403, body = endstate_api::Problem)), security(("bearer" = [])))]
+pub(crate) async fn create_token(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    JsonBody(request): JsonBody<CreateToken>,
+) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
+    authorize(&actor, Verb::Administer, None)?;
+    endstate_types::validate_name(&request.name).map_err(|error| ApiError::bad_field("name", error.to_string()))?;
+    let role = Role::parse(&request.role).ok_or_else(|| {
+        ApiError::bad_field(
+            "role",
+            format!("{:?} is not a role; expected viewer or admin", request.role),
+        )
+    })?;
+    let secret = auth::new_secret()?;
+    let hash_hex = auth::hash_secret(&secret);
+    let now = now_ms();
+    state
+        .store()
+        .put_token(TokenRecord {
+            id: hash_hex[..16].to_string(),
+            name: request.name.clone(),
+            role: role.as_str().to_string(),
+            hash_hex,
+            created_ms: now,
+            revoked: false,
+        })
+        .await?;
+    state
+        .store()
+        .append_events(vec![NewEvent {
+            actor: Some(actor.name.clone()),
+            data: serde_json::json!({ "name": request.name, "role": role.as_str() }),
+            ..NewEvent::new(
+                now,
+                "token.created",
+                format!("token {} ({}) created by {}", request.name, role.as_str(), actor.name),
+            )
+        }])
+        .await?;
+    state.written();
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedToken {
+            name: request.name,
+            role: role.as_str().to_string(),
+            secret,
+        }),
+    ))
+}

@@ -1,0 +1,352 @@
+//! Views: the desired state joined with the inventory and observed instances, with statuses
+//! rolled up through components and subsystems, worst first, always naming the leaf that decided.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use endstate_api::{ComponentView, EventView, HostView, InstanceView, StatusView, SystemView};
+use endstate_plan::{Placement, PlacementKey, Unplaced};
+use endstate_spec::{DesiredState, HostInfo};
+use endstate_store::{Event, HostRecord, InstanceFilter, InstanceRecord};
+use endstate_types::Status;
+
+use crate::AppState;
+use crate::error::ApiError;
+
+/// A host not heard from for this long is unreachable.
+const HOST_STALE_MS: i64 = 30_000;
+
+/// Everything a status needs, read once per request.
+pub(crate) struct World {
+    desired: Arc<DesiredState>,
+    records: BTreeMap<PlacementKey, InstanceRecord>,
+    placements: BTreeMap<PlacementKey, Placement>,
+    unplaced: Vec<Unplaced>,
+}
+
+/// A computed status with its reason and the path to the leaf that decided it.
+#[derive(Clone, Debug)]
+struct Rolled {
+    status: Status,
+    reason: Option<String>,
+    path: Vec<String>,
+}
+
+impl World {
+    /// Reads the latest desired state, the hosts and the instances. `None` before the first revision.
+    pub(crate) async fn load(state: &AppState) -> Result<Option<World>, ApiError> {
+        let Some((_, desired)) = state.latest_desired().await? else {
+            return Ok(None);
+        };
+        let hosts: Vec<HostInfo> = crate::routes::host_infos(state).await?;
+        let (placements, unplaced) = endstate_plan::place(&desired, &hosts);
+        let records = state
+            .store()
+            .list_instances(InstanceFilter::default())
+            .await?
+            .into_iter()
+            .map(|record| {
+                (
+                    PlacementKey {
+                        component: record.component_key.clone(),
+                        host: record.host.0.clone(),
+                        slot: record.slot,
+                    },
+                    record,
+                )
+            })
+            .collect();
+        Ok(Some(World {
+            desired,
+            records,
+            placements,
+            unplaced,
+        }))
+    }
+
+    fn component_status(&self, key: &str) -> (Rolled, u64, u64) {
+        if let Some(unplaced) = self.unplaced.iter().find(|u| u.component == key) {
+            let rolled = Rolled {
+                status: Status::Pending,
+                reason: Some(format!(
+                    "{key}: {} of {} instances can be placed: {}",
+                    unplaced.placed, unplaced.wanted, unplaced.reason
+                )),
+                path: vec![key.to_string()],
+            };
+            return (rolled, u64::from(unplaced.wanted), 0);
+        }
+        let mut worst = Rolled {
+            status: Status::Healthy,
+            reason: None,
+            path: vec![key.to_string()],
+        };
+        let mut n_desired = 0u64;
+        let mut n_ready = 0u64;
+        for (placement_key, placement) in self.placements.range(range_of(key)) {
+            n_desired += 1;
+            let instance = format!("{key}#{} on {}", placement_key.slot, placement_key.host);
+            let (status, reason) = match self.records.get(placement_key).and_then(|r| r.actual.as_ref()) {
+                None => (Status::Pending, format!("{instance} is not running yet")),
+                Some(actual) if actual.version.as_deref() != Some(placement.version.as_str()) => (
+                    Status::Pending,
+                    format!(
+                        "{instance} runs {} instead of {}",
+                        actual.version.as_deref().unwrap_or("nothing"),
+                        placement.version
+                    ),
+                ),
+                Some(actual) if actual.status == Status::Healthy => {
+                    n_ready += 1;
+                    continue;
+                }
+                Some(actual) => (
+                    actual.status,
+                    format!("{instance} is {} ({})", actual.status.as_str(), actual.state),
+                ),
+            };
+            if status > worst.status {
+                worst = Rolled {
+                    status,
+                    reason: Some(reason),
+                    path: vec![key.to_string()],
+                };
+            }
+        }
+        if let Some(reason) = &mut worst.reason {
+            *reason = format!("{n_ready}/{n_desired} instances ready; {reason}");
+        }
+        (worst, n_desired, n_ready)
+    }
+
+    fn system_status(&self, name: &str, memo: &mut HashMap<String, Rolled>) -> Rolled {
+        if let Some(found) = memo.get(name) {
+            return found.clone();
+        }
+        // Cycles are refused when a spec is loaded; this guard only keeps a corrupt store from looping.
+        memo.insert(
+            name.to_string(),
+            Rolled {
+                status: Status::Unknown,
+                reason: Some(format!("{name}: cycle")),
+                path: vec![],
+            },
+        );
+        let mut worst = Rolled {
+            status: Status::Healthy,
+            reason: None,
+            path: vec![name.to_string()],
+        };
+        for (key, _) in self.desired.components_of(name) {
+            let (rolled, _, _) = self.component_status(key);
+            if rolled.status > worst.status {
+                let mut path = vec![name.to_string()];
+                path.extend(rolled.path);
+                worst = Rolled {
+                    status: rolled.status,
+                    reason: rolled.reason,
+                    path,
+                };
+            }
+        }
+        if let Some(system) = self.desired.systems.get(name) {
+            for sub in &system.subsystems {
+                let rolled = self.system_status(sub, memo);
+                if rolled.status > worst.status {
+                    let mut path = vec![name.to_string()];
+                    path.extend(rolled.path);
+                    worst = Rolled {
+                        status: rolled.status,
+                        reason: rolled.reason,
+                        path,
+                    };
+                }
+            }
+        }
+        if worst.status == Status::Healthy {
+            worst.path.clear();
+        }
+        memo.insert(name.to_string(), worst.clone());
+        worst
+    }
+
+    fn system_view(&self, name: &str, depth: usize, memo: &mut HashMap<String, Rolled>) -> Option<SystemView> {
+        let system = self.desired.systems.get(name)?;
+        let rolled = self.system_status(name, memo);
+        let children = if depth > 0 {
+            system
+                .subsystems
+                .iter()
+                .filter_map(|sub| self.system_view(sub, depth - 1, memo))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let component_status = if depth > 0 {
+            self.desired
+                .components_of(name)
+                .map(|(key, _)| self.component_view(key))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Some(SystemView {
+            name: system.name.clone(),
+            description: system.description.clone(),
+            owners: system.owners.clone(),
+            labels: system.labels.clone(),
+            subsystems: system.subsystems.clone(),
+            components: self.desired.components_of(name).map(|(key, _)| key.clone()).collect(),
+            status: status_view(&rolled),
+            children,
+            component_status,
+        })
+    }
+
+    fn component_view(&self, key: &str) -> ComponentView {
+        let (rolled, n_desired, n_ready) = self.component_status(key);
+        let component = self.desired.components.get(key);
+        ComponentView {
+            key: key.to_string(),
+            system: component.map(|c| c.system.clone()).unwrap_or_default(),
+            version: component.map(|c| c.artifact.version.clone()).unwrap_or_default(),
+            desired_instances: n_desired,
+            ready_instances: n_ready,
+            status: status_view(&rolled),
+            spec: component.and_then(|c| serde_json::to_value(c).ok()).unwrap_or_default(),
+        }
+    }
+
+    /// One system and its whole tree of subsystems and components.
+    pub(crate) fn system(&self, name: &str) -> Option<SystemView> {
+        self.system_view(name, usize::MAX, &mut HashMap::new())
+    }
+
+    /// Every system (flat), or the top-level systems with their trees.
+    pub(crate) fn systems(&self, tree: bool) -> Vec<SystemView> {
+        let mut memo = HashMap::new();
+        if tree {
+            let mut is_sub = std::collections::BTreeSet::new();
+            for system in self.desired.systems.values() {
+                is_sub.extend(system.subsystems.iter().cloned());
+            }
+            self.desired
+                .systems
+                .keys()
+                .filter(|name| !is_sub.contains(*name))
+                .filter_map(|name| self.system_view(name, usize::MAX, &mut memo))
+                .collect()
+        } else {
+            self.desired
+                .systems
+                .keys()
+                .filter_map(|name| self.system_view(name, 0, &mut memo))
+                .collect()
+        }
+    }
+
+    /// Every component with its status.
+    pub(crate) fn components(&self) -> Vec<ComponentView> {
+        self.desired
+            .components
+            .keys()
+            .map(|key| self.component_view(key))
+            .collect()
+    }
+
+    /// Every desired instance with what was observed, then observed instances no longer desired.
+    pub(crate) fn instances(&self) -> Vec<InstanceView> {
+        let mut out = Vec::new();
+        for (key, placement) in &self.placements {
+            let record = self.records.get(key);
+            let actual = record.and_then(|r| r.actual.as_ref());
+            out.push(InstanceView {
+                component: key.component.clone(),
+                host: key.host.clone(),
+                slot: key.slot,
+                desired_version: placement.version.clone(),
+                actual_version: actual.and_then(|a| a.version.clone()),
+                status: actual.map_or(Status::Pending, |a| a.status).as_str().to_string(),
+                state: actual.map_or_else(|| "not started".to_string(), |a| a.state.clone()),
+                since: actual.map(|a| crate::rfc3339(a.since_ms)).unwrap_or_default(),
+            });
+        }
+        for (key, record) in &self.records {
+            if self.placements.contains_key(key) {
+                continue;
+            }
+            let actual = record.actual.as_ref();
+            out.push(InstanceView {
+                component: key.component.clone(),
+                host: key.host.clone(),
+                slot: key.slot,
+                desired_version: "(to be stopped)".to_string(),
+                actual_version: actual.and_then(|a| a.version.clone()),
+                status: actual.map_or(Status::Unknown, |a| a.status).as_str().to_string(),
+                state: actual.map_or_else(|| "unknown".to_string(), |a| a.state.clone()),
+                since: actual.map(|a| crate::rfc3339(a.since_ms)).unwrap_or_default(),
+            });
+        }
+        out
+    }
+}
+
+/// The range of placement keys of one component.
+fn range_of(key: &str) -> std::ops::RangeInclusive<PlacementKey> {
+    PlacementKey {
+        component: key.to_string(),
+        host: String::new(),
+        slot: 0,
+    }..=PlacementKey {
+        component: key.to_string(),
+        host: "\u{10FFFF}".to_string(),
+        slot: u32::MAX,
+    }
+}
+
+fn status_view(rolled: &Rolled) -> StatusView {
+    StatusView {
+        status: rolled.status.as_str().to_string(),
+        reason: rolled.reason.clone(),
+        path: rolled.path.clone(),
+    }
+}
+
+/// Hosts with liveness and what is placed on them.
+pub(crate) fn hosts(hosts: &[HostRecord], instances: &[InstanceRecord], now_ms: i64) -> Vec<HostView> {
+    hosts
+        .iter()
+        .map(|host| HostView {
+            name: host.name.0.clone(),
+            labels: host.labels.clone(),
+            facts: host.facts.clone(),
+            liveness: match host.last_seen_ms {
+                None => "unknown",
+                Some(seen) if now_ms - seen > HOST_STALE_MS => "unreachable",
+                Some(_) => "reachable",
+            }
+            .to_string(),
+            last_seen: host.last_seen_ms.map(crate::rfc3339),
+            instances: instances
+                .iter()
+                .filter(|i| i.host == host.name)
+                .map(|i| format!("{}#{}", i.component_key, i.slot))
+                .collect(),
+        })
+        .collect()
+}
+
+pub(crate) fn event_view(event: &Event) -> EventView {
+    EventView {
+        seq: event.seq.0,
+        time: crate::rfc3339(event.time_ms),
+        kind: event.kind.clone(),
+        systems: event.systems.clone(),
+        host: event.host.clone(),
+        component: event.component.clone(),
+        change: event.change.map(|c| c.0),
+        actor: event.actor.clone(),
+        summary: event.summary.clone(),
+        data: event.data.clone(),
+    }
+}

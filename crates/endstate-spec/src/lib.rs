@@ -1,0 +1,310 @@
+//! Spec v1: parses, validates and normalises the YAML documents that declare an end state into a
+//! [`DesiredState`]. Pure: no IO (reading a directory is `endstate_client::spec_dir`).
+//!
+//! # Using it
+//!
+//! ```
+//! use endstate_spec::{SourceFile, load};
+//!
+//! let yaml = "apiVersion: endstate/v1\nkind: System\nname: shop\nowners: [team-shop]\n";
+//! let file = SourceFile::from_bytes("specs/shop.yaml", yaml.as_bytes()).expect("small UTF-8 text");
+//! let loaded = load(&[file], &[]);
+//! assert!(!loaded.has_errors());
+//! assert!(loaded.desired.expect("valid").systems.contains_key("shop"));
+//! ```
+//!
+//! [`load`] reports *every* problem it finds, each with its file, line and column, what was found
+//! and what was expected, sorted by position:
+//!
+//! ```text
+//! specs/shop.yaml:12:5: error[unknown-field]: found field `replica`; expected one of `apiVersion`, `kind`, ...
+//! ```
+//!
+//! A document with a problem does not hide the problems of the other documents (even a YAML syntax
+//! error only stops its own document, since every `---` starts afresh). Within one document, parsing
+//! stops at the first structural problem (wrong type, unknown field); the checks of its values run
+//! only when the document parsed.
+//!
+//! # The format
+//!
+//! A spec is a directory of `*.yaml` / `*.yml` files; each file holds one or more documents
+//! separated by `---` lines. Every document is a mapping that starts with:
+//!
+//! | field | meaning |
+//! |---|---|
+//! | `apiVersion` | always `endstate/v1` |
+//! | `kind` | `System`, `Component`, `Check`, `Action` or `Policy` |
+//! | `name` | lowercase letters, digits, `-`, `_`, `.`; starts with a letter or digit; at most 63 characters |
+//!
+//! followed by the fields of its kind, flat (no `spec:` level). Unknown fields are errors.
+//! Booleans are only `true` and `false` (`yes`, `no`, `on`, `off` are errors, not booleans).
+//! Durations are strings of `<integer><unit>` parts, largest unit first, with the units `ms`, `s`,
+//! `m`, `h` and `d`: `500ms`, `30s`, `1h30m`. Numbers that should be strings (versions) must be
+//! quoted only when they would lose something (`"1.10"` is safe either way; quoting is always fine).
+//! Names are unique per kind; component names are unique per system and referred to as `name` from
+//! the same system or `system/name` from anywhere.
+//!
+//! A selector (`placement.selector`, `targets.selector`, `applies_to.selector`) is a mapping of label
+//! keys to a value (`role: web`) or a list of accepted values (`zone: [a, b]`); every key must match.
+//! An empty selector matches everything.
+//!
+//! ## `System`
+//!
+//! ```yaml
+//! apiVersion: endstate/v1
+//! kind: System
+//! name: shop
+//! description: The web shop customers buy from.      # optional, default ""
+//! owners: [team-shop]                                 # optional, default []
+//! escalation:                                         # optional
+//!   contact: shop-oncall                              # required in escalation
+//!   pager: pagerduty:P123ABC                          # optional
+//!   phone: "+41 44 000 00 00"                         # optional
+//!   email: shop-oncall@example.com                    # optional
+//!   url: https://wiki.example.com/shop/escalation     # optional
+//! links:                                              # optional; url must be http(s)
+//!   - title: Dashboard
+//!     url: https://grafana.example.com/d/shop
+//! labels: { tier: production }                        # optional, matched by policy selectors
+//! subsystems: [payments, catalog]                     # optional; systems this one aggregates
+//! ```
+//!
+//! Subsystems are many-to-many (no parent pointer); a cycle (`a -> b -> a`) is an error.
+//!
+//! ## `Component`
+//!
+//! ```yaml
+//! apiVersion: endstate/v1
+//! kind: Component
+//! name: api
+//! system: shop                        # required: a declared system
+//! description: JSON API behind the web front end.
+//! artifact:                           # required: version plus exactly one of path / url
+//!   version: "2.4.1"
+//!   url: https://artifacts.example.com/shop-api-2.4.1.tar.gz   # http(s); requires sha256
+//!   sha256: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
+//!   # path: /opt/artifacts/shop-api-2.4.1                      # or a path on the host
+//! command: bin/shop-api               # required
+//! args: ["--listen", "0.0.0.0:{{ ports.http }}"]
+//! env: { RUST_LOG: info, SHOP_HOST: "{{ instance.host }}" }
+//! config_files:
+//!   - path: etc/shop-api.toml         # relative to the instance directory or absolute, no `..`
+//!     template: |
+//!       zone = "{{ host.labels.zone }}"
+//!       index = {{ instance.index }}
+//! ports:
+//!   - name: http                      # used by health, checks and {{ ports.http }}
+//!     number: 8080                    # optional: without it the agent picks a free port
+//!     exclusive: true                 # optional, default false: one instance per host holds it
+//! health:                             # optional; exactly one of http / tcp / exec
+//!   http: { port: http, path: /healthz }   # port: a declared port name; path default "/"
+//!   # tcp: { port: http }
+//!   # exec: { command: bin/check, args: [] }
+//!   interval: 10s                     # default 10s
+//!   timeout: 2s                       # default 2s, at most interval
+//!   healthy_threshold: 1              # default 1
+//!   unhealthy_threshold: 3            # default 3
+//! placement:                          # required
+//!   selector: { role: web, zone: [a, b] }   # default {}: every host
+//!   count: { total: 6 }               # required: { per_host: N } or { total: N }, N >= 1
+//!   spread_by: zone                   # optional host label to spread over
+//! rollout:                            # optional; every field has a default
+//!   canary: 1                         # default 1 (0: no canary); at most a `total` count
+//!   batch: { percent: 25 }            # default { size: 1 }; or { size: N }; percent 1..=100
+//!   max_unavailable: 2                # default 1, at least 1
+//!   one_domain_at_a_time: zone        # optional failure-domain host label
+//!   pause: 30s                        # optional pause between batches
+//!   min_healthy_time: 10s             # default 10s
+//!   on_failure: rollback              # default halt; or rollback
+//! depends_on: [db, payments/gateway]  # `name` in the same system, or `system/name`
+//! ```
+//!
+//! Template variables (in `command`, `args`, `env` values and `config_files` templates), written
+//! `{{ variable }}`: `instance.host`, `instance.index` (0-based), `component.name`,
+//! `component.system`, `component.version`, `host.labels.<key>`, and `ports.<name>` for every
+//! declared port. Anything else is an error. A dependency cycle (`shop/api -> shop/db -> shop/api`)
+//! is an error.
+//!
+//! ## `Check`
+//!
+//! ```yaml
+//! apiVersion: endstate/v1
+//! kind: Check
+//! name: shop-api-http
+//! system: shop
+//! http:                               # exactly one of exec / http / tcp
+//!   port: http                        # a port number, or a port name of the target component
+//!   path: /healthz                    # with port; default "/"
+//!   # url: https://shop.example.com/  # or a full URL instead of port + path
+//!   expect_status: 200                # default 200
+//!   body_match: ok                    # optional substring
+//!   latency_threshold: 500ms          # optional: slower is a warning
+//! # exec: { command: /usr/lib/nagios/plugins/check_disk, args: [-w, "20%", -c, "10%"] }
+//! # tcp: { host: db.example.com, port: 5432 }   # host default: each target host
+//! interval: 30s                       # default 60s
+//! timeout: 5s                         # default 10s, at most interval
+//! splay: 5s                           # default 0s
+//! targets: { component: api }         # required: { component: name | system/name } or { selector: {...} }
+//! ```
+//!
+//! `exec` checks follow the Nagios plugin convention (exit 0 ok, 1 warning, 2 critical, 3 unknown).
+//!
+//! ## `Action`
+//!
+//! ```yaml
+//! apiVersion: endstate/v1
+//! kind: Action
+//! name: flush-cache
+//! system: shop
+//! description: Drop the API's in-memory cache after a catalog fix.
+//! parameters:                         # name -> parameter; names use a-z, 0-9, `-`, `_`
+//!   scope:
+//!     type: enum                      # string | integer | boolean | enum
+//!     values: [all, sessions, catalog]   # required for enum, only for enum
+//!     default: all                    # must satisfy the parameter's own type and rules
+//!   max_age:
+//!     type: integer
+//!     min: 0                          # min / max only for integer
+//!     max: 86400
+//!   reason:
+//!     type: string
+//!     pattern: "^[A-Za-z0-9 ,.-]+$"   # only for string; matched at run time
+//!     required: true                  # default false
+//! command: [bin/shop-admin, flush, "--scope={{ params.scope }}"]   # argv; required, non-empty
+//! shell: false                        # default false; true runs the single element with sh -c
+//! targets: { component: api }         # required, as for checks
+//! concurrency: 1                      # default 1, at least 1
+//! timeout: 2m                         # default 5m
+//! allow_during_rollout: false         # default false
+//! reentrant: false                    # default false
+//! engagement: approval                # direct | approval | escalate; default approval
+//! escalate_to: shop-oncall            # required with engagement: escalate
+//! ```
+//!
+//! Template variables in `command`: `params.<name>` for every declared parameter, `instance.host`,
+//! `action.name`, `action.system`, `host.labels.<key>`.
+//!
+//! ## `Policy`
+//!
+//! ```yaml
+//! apiVersion: endstate/v1
+//! kind: Policy
+//! name: production-safety
+//! applies_to:                         # systems listed plus systems whose labels match; both empty: all
+//!   systems: [shop]
+//!   selector: { tier: production }
+//! rules:
+//!   require_owners: true              # default false
+//!   require_escalation: true          # default false
+//!   allowed_artifact_sources: [https, path]   # path | https | http; default [] (all allowed)
+//!   max_batch_percent: 25             # optional, 1..=100; judged against batch.percent
+//!   freeze_windows:                   # no change starts inside a window
+//!     - cron: "0 18 * * fri"          # minute hour day-of-month month day-of-week, UTC
+//!       duration: 62h
+//!       reason: Weekend freeze
+//! ```
+//!
+//! The static rules (`require_owners`, `require_escalation`, `allowed_artifact_sources`,
+//! `max_batch_percent`) are checked at load time against the covered systems and their own
+//! components (not their subsystems'); a violation is a `policy-violation` error. Freeze windows are
+//! only validated here; the policy gate applies them.
+//!
+//! # Warnings
+//!
+//! `load` takes the known hosts. When that list is **not empty**, a placement or target selector
+//! that matches none of them is a `selector-matches-no-host` warning. With an empty list (the CLI's
+//! offline `validate`, or a server without inventory yet) the check is skipped, since every
+//! selector would be flagged. Warnings do not prevent a desired state.
+
+mod diagnostic;
+mod doc;
+mod duration;
+mod model;
+mod parse;
+mod source;
+mod template;
+mod validate;
+
+use endstate_types::Labels;
+
+pub use diagnostic::{Diagnostic, Severity};
+pub use duration::Duration;
+pub use model::{
+    Action, AppliesTo, Artifact, ArtifactSource, Batch, Check, CheckProbe, Component, ConfigFile, Count, DesiredState,
+    Engagement, Escalation, FreezeWindow, Health, HttpTarget, Link, OnFailure, ParamValue, Parameter, ParameterType,
+    Placement, Policy, Port, PortRef, Probe, Rollout, Rules, SourceKind, System, Targets,
+};
+pub use source::{MAX_FILE_BYTES, SourceFile};
+
+/// A host the spec will be placed on, for the "selector matches no known host" warning.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostInfo {
+    /// The host's name.
+    pub name: String,
+    /// The host's labels.
+    pub labels: Labels,
+}
+
+/// The outcome of [`load`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Loaded {
+    /// The normalised desired state; `Some` only when there is no error (warnings are fine).
+    pub desired: Option<DesiredState>,
+    /// Every problem found, sorted by file, line and column.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Loaded {
+    /// Whether any diagnostic is an error.
+    pub fn has_errors(&self) -> bool {
+        self.diagnostics.iter().any(Diagnostic::is_error)
+    }
+}
+
+/// Parses and validates a whole spec (every file of a spec directory) into a desired state.
+///
+/// `hosts` is the known inventory; see the crate docs for when it produces warnings.
+/// Files are processed in path order, so "first declared" in duplicate-name errors does not depend on
+/// the order of `files`. Never panics, whatever the input.
+pub fn load(files: &[SourceFile], hosts: &[HostInfo]) -> Loaded {
+    let mut order: Vec<usize> = (0..files.len()).collect();
+    order.sort_by(|a, b| files.get(*a).map(|f| &f.path).cmp(&files.get(*b).map(|f| &f.path)));
+    let mut diagnostics = Vec::new();
+    let mut docs = Vec::new();
+    for &file_idx in &order {
+        let Some(file) = files.get(file_idx) else { continue };
+        if file.text.len() > MAX_FILE_BYTES {
+            diagnostics.push(source::too_large(&file.path, file.text.len()));
+            continue;
+        }
+        parse::parse_file(file_idx, file, &mut docs, &mut diagnostics);
+    }
+    if files.is_empty() {
+        diagnostics.push(
+            Diagnostic::error("", diagnostic::Pos::FILE, "no-spec-files", "found no spec file")
+                .expected("at least one `*.yaml` or `*.yml` file"),
+        );
+    }
+    let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
+    let desired = validate::validate(&paths, docs, hosts, &mut diagnostics);
+    diagnostics.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+    diagnostics.dedup();
+    let has_errors = diagnostics.iter().any(Diagnostic::is_error);
+    Loaded {
+        desired: (!has_errors).then_some(desired),
+        diagnostics,
+    }
+}
+
+/// The JSON Schema (2020-12) of one spec document, generated from the same types the parser reads.
+///
+/// Editors use it for completion and inline docs (`# yaml-language-server: $schema=...`).
+pub fn json_schema() -> serde_json::Value {
+    let mut schema = schemars::schema_for!(doc::AnyDoc);
+    schema.insert("title".to_owned(), "endstate spec v1 document".into());
+    schema.insert(
+        "description".to_owned(),
+        "One document of an endstate spec: a System, Component, Check, Action or Policy.".into(),
+    );
+    schema.to_value()
+}

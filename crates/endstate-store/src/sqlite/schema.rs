@@ -1,0 +1,137 @@
+//! The versioned schema: an ordered list of migrations, applied at open, tracked in `PRAGMA user_version`.
+
+use std::sync::Arc;
+
+use rusqlite::Connection;
+
+use crate::StoreError;
+
+/// Migration `i` takes the schema from version `i` to `i + 1`. Append only: never edit a released entry.
+const MIGRATIONS: &[&str] = &[
+    // 0 -> 1: the first schema.
+    r"
+CREATE TABLE revisions (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    author      TEXT NOT NULL,
+    message     TEXT NOT NULL,
+    source      TEXT NOT NULL,
+    digest      TEXT NOT NULL,
+    desired     TEXT NOT NULL,
+    created_ms  INTEGER NOT NULL
+);
+CREATE TRIGGER revisions_immutable BEFORE UPDATE ON revisions
+BEGIN SELECT RAISE(ABORT, 'revisions are immutable'); END;
+CREATE TRIGGER revisions_kept BEFORE DELETE ON revisions
+BEGIN SELECT RAISE(ABORT, 'revisions are immutable'); END;
+
+CREATE TABLE changes (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    revision    INTEGER NOT NULL REFERENCES revisions(id),
+    state       TEXT NOT NULL,
+    plan        TEXT,
+    reason      TEXT,
+    wave_index  INTEGER,
+    wave_count  INTEGER,
+    created_ms  INTEGER NOT NULL,
+    updated_ms  INTEGER NOT NULL
+);
+CREATE INDEX changes_by_revision ON changes(revision, id);
+CREATE INDEX changes_open ON changes(id) WHERE state IN ('pending', 'planning', 'rolling', 'halted');
+
+CREATE TABLE hosts (
+    name          TEXT PRIMARY KEY,
+    labels        TEXT NOT NULL,
+    facts         TEXT NOT NULL,
+    last_seen_ms  INTEGER
+) WITHOUT ROWID;
+
+CREATE TABLE instances (
+    component_key          TEXT NOT NULL,
+    host                   TEXT NOT NULL,
+    slot                   INTEGER NOT NULL,
+    system                 TEXT NOT NULL,
+    desired_version        TEXT NOT NULL,
+    desired_config_digest  TEXT NOT NULL,
+    generation             INTEGER NOT NULL,
+    actual_version         TEXT,
+    actual_status          TEXT,
+    actual_state           TEXT,
+    actual_since_ms        INTEGER,
+    PRIMARY KEY (component_key, host, slot)
+) WITHOUT ROWID;
+CREATE INDEX instances_by_system ON instances(system);
+CREATE INDEX instances_by_host ON instances(host);
+
+CREATE TABLE events (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    time_ms    INTEGER NOT NULL,
+    kind       TEXT NOT NULL,
+    systems    TEXT NOT NULL,
+    host       TEXT,
+    component  TEXT,
+    change_id  INTEGER,
+    actor      TEXT,
+    summary    TEXT NOT NULL,
+    data       TEXT NOT NULL
+);
+CREATE INDEX events_by_time ON events(time_ms);
+CREATE INDEX events_by_kind ON events(kind);
+CREATE INDEX events_by_host ON events(host) WHERE host IS NOT NULL;
+CREATE TRIGGER events_append_only BEFORE UPDATE ON events
+BEGIN SELECT RAISE(ABORT, 'the timeline is append-only'); END;
+
+-- One row per (system, event): an event may belong to several systems.
+CREATE TABLE event_systems (
+    system   TEXT NOT NULL,
+    seq      INTEGER NOT NULL,
+    time_ms  INTEGER NOT NULL,
+    PRIMARY KEY (system, seq)
+) WITHOUT ROWID;
+CREATE INDEX event_systems_by_time ON event_systems(system, time_ms);
+
+CREATE TABLE tokens (
+    id          TEXT PRIMARY KEY,
+    name        TEXT NOT NULL,
+    role        TEXT NOT NULL,
+    hash_hex    TEXT NOT NULL UNIQUE,
+    created_ms  INTEGER NOT NULL,
+    revoked     INTEGER NOT NULL
+);
+",
+];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+/// Brings the database to [`SCHEMA_VERSION`], one migration per transaction.
+///
+/// # Errors
+/// `SchemaTooNew` when the database is newer than this build; `Migration` when a step fails
+/// (that step is rolled back; earlier steps stay).
+pub(crate) fn migrate(conn: &mut Connection) -> Result<u32, StoreError> {
+    let found: u32 = conn
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .map_err(StoreError::sqlite("read the schema version"))?;
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::SchemaTooNew {
+            found,
+            known: SCHEMA_VERSION,
+        });
+    }
+    for (from, sql) in (found..).zip(&MIGRATIONS[found as usize..]) {
+        let to = from + 1;
+        let fail = |source| StoreError::Migration {
+            from,
+            to,
+            source: Arc::new(source),
+        };
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)
+            .map_err(fail)?;
+        tx.execute_batch(sql).map_err(fail)?;
+        tx.pragma_update(None, "user_version", to).map_err(fail)?;
+        tx.commit().map_err(fail)?;
+        tracing::info!(from, to, "Store schema migrated.");
+    }
+    Ok(SCHEMA_VERSION)
+}

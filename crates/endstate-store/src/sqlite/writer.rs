@@ -1,0 +1,522 @@
+//! The writer thread: the only connection that writes, applying queued requests with group commit.
+//!
+//! # Expected flow
+//! Callers send a [`WriteOp`] with a oneshot reply. The thread blocks for the first request, then
+//! takes every request already waiting (up to [`MAX_BATCH`]), applies each inside its own SAVEPOINT
+//! within ONE transaction, commits (one fsync for the whole batch), and only then answers them all.
+//!
+//! # Guarantees
+//! - An `Ok` reply means the request's effects are committed and fsynced (`synchronous=FULL`).
+//! - A failing request is rolled back to its savepoint and answered with its error; the others of
+//!   the batch commit normally.
+//! - If the commit itself fails, the whole batch is rolled back and every request gets that error.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use endstate_types::{ChangeId, ChangeState, EventSeq};
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::StoreError;
+use crate::model::{
+    Change, ChangeUpdate, HostRecord, InstanceRecord, InstanceTransition, NewEvent, NewRevision, Revision, TokenRecord,
+};
+use crate::sqlite::read;
+
+/// The most requests applied in one transaction.
+pub(crate) const MAX_BATCH: usize = 4096;
+
+/// How many applied requests between two checkpoint requests.
+const CHECKPOINT_EVERY_OPS: usize = 2048;
+
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+/// A request to the writer thread.
+pub(crate) enum WriteOp {
+    SubmitRevision(NewRevision, Vec<NewEvent>, Reply<(Revision, Change)>),
+    TransitionChange(ChangeId, ChangeState, ChangeUpdate, Vec<NewEvent>, Reply<Change>),
+    UpsertHost(HostRecord, Reply<()>),
+    PutInstances(Vec<InstanceRecord>, Reply<()>),
+    RecordTransitions(Vec<InstanceTransition>, Reply<Vec<EventSeq>>),
+    AppendEvents(Vec<NewEvent>, Reply<Vec<EventSeq>>),
+    PutToken(TokenRecord, Reply<()>),
+    /// Finish the current batch, close the connection, then answer.
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// Counters of the writer, shared with the store handle.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) batches: AtomicU64,
+    pub(crate) ops: AtomicU64,
+    pub(crate) max_batch: AtomicU64,
+}
+
+/// An answer waiting for the commit.
+type Answer = Box<dyn FnOnce(Option<&StoreError>) + Send>;
+
+/// Runs the writer loop until every sender is gone or a `Shutdown` arrives.
+pub(crate) fn run(
+    conn: Connection,
+    mut rx: mpsc::Receiver<WriteOp>,
+    counters: Arc<Counters>,
+    checkpoint: std::sync::mpsc::SyncSender<()>,
+) {
+    let mut n_since_checkpoint = 0;
+    let mut shutdown: Option<oneshot::Sender<()>> = None;
+    let mut answers: Vec<Answer> = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.blocking_recv() {
+        let t0 = std::time::Instant::now();
+        let mut next = Some(first);
+        let begun = conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(StoreError::sqlite("begin a transaction"));
+        while let Some(op) = next.take() {
+            match op {
+                WriteOp::Shutdown(reply) => {
+                    shutdown = Some(reply);
+                    break;
+                }
+                op => answers.push(apply(&conn, op, begun.as_ref().err())),
+            }
+            if answers.len() < MAX_BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        let n_ops = answers.len();
+        let t_apply = t0.elapsed();
+        let committed = match begun {
+            Ok(()) => commit(&conn),
+            Err(error) => Err(error),
+        };
+        if std::env::var_os("ES_TRACE").is_some() { eprintln!("batch {n_ops} apply {:?} commit {:?}", t_apply, t0.elapsed() - t_apply); }
+        if let Err(error) = &committed {
+            tracing::error!(error = %error, n_ops, "Store batch failed to commit.");
+        }
+        for answer in answers.drain(..) {
+            answer(committed.as_ref().err());
+        }
+        n_since_checkpoint += n_ops;
+        if n_since_checkpoint >= CHECKPOINT_EVERY_OPS {
+            // A full channel means a checkpoint is already pending: nothing to add.
+            let _ = checkpoint.try_send(());
+            n_since_checkpoint = 0;
+        }
+        counters.batches.fetch_add(1, Ordering::Relaxed);
+        counters.ops.fetch_add(n_ops as u64, Ordering::Relaxed);
+        counters.max_batch.fetch_max(n_ops as u64, Ordering::Relaxed);
+        if shutdown.is_some() {
+            break;
+        }
+    }
+    rx.close();
+    // Requests that raced with the shutdown are refused, not left hanging.
+    while let Ok(op) = rx.try_recv() {
+        refuse(op);
+    }
+    drop(conn);
+    if let Some(reply) = shutdown {
+        let _ = reply.send(());
+    }
+}
+
+fn commit(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute_batch("COMMIT")
+        .map_err(StoreError::sqlite("commit a batch"))
+        .inspect_err(|_| {
+            let _ = conn.execute_batch("ROLLBACK");
+        })
+}
+
+/// Applies one request in its own savepoint and returns how to answer it once the batch commits.
+fn apply(conn: &Connection, op: WriteOp, not_begun: Option<&StoreError>) -> Answer {
+    match op {
+        WriteOp::SubmitRevision(new, events, reply) => {
+            answer(reply, guarded(conn, not_begun, |c| submit_revision(c, &new, events)))
+        }
+        WriteOp::TransitionChange(id, expect, update, events, reply) => answer(
+            reply,
+            guarded(conn, not_begun, |c| transition_change(c, id, expect, &update, events)),
+        ),
+        WriteOp::UpsertHost(host, reply) => answer(reply, guarded(conn, not_begun, |c| upsert_host(c, &host))),
+        WriteOp::PutInstances(instances, reply) => {
+            answer(reply, guarded(conn, not_begun, |c| put_instances(c, &instances)))
+        }
+        WriteOp::RecordTransitions(transitions, reply) => {
+            answer(reply, guarded(conn, not_begun, |c| record_transitions(c, &transitions)))
+        }
+        WriteOp::AppendEvents(events, reply) => answer(
+            reply,
+            guarded(conn, not_begun, |c| events.iter().map(|e| insert_event(c, e)).collect()),
+        ),
+        WriteOp::PutToken(token, reply) => answer(reply, guarded(conn, not_begun, |c| put_token(c, &token))),
+        WriteOp::Shutdown(reply) => {
+            let _ = reply.send(());
+            Box::new(|_| {})
+        }
+    }
+}
+
+fn refuse(op: WriteOp) {
+    match op {
+        WriteOp::SubmitRevision(.., reply) => drop(reply.send(Err(StoreError::Closed))),
+        WriteOp::TransitionChange(.., reply) => drop(reply.send(Err(StoreError::Closed))),
+        WriteOp::UpsertHost(_, reply) | WriteOp::PutInstances(_, reply) | WriteOp::PutToken(_, reply) => {
+            drop(reply.send(Err(StoreError::Closed)));
+        }
+        WriteOp::RecordTransitions(_, reply) | WriteOp::AppendEvents(_, reply) => {
+            drop(reply.send(Err(StoreError::Closed)));
+        }
+        WriteOp::Shutdown(reply) => drop(reply.send(())),
+    }
+}
+
+fn answer<T: Send + 'static>(reply: Reply<T>, result: Result<T, StoreError>) -> Answer {
+    Box::new(move |commit_error: Option<&StoreError>| {
+        let result = match (result, commit_error) {
+            (Err(error), _) => Err(error),
+            (Ok(_), Some(error)) => Err(error.clone()),
+            (Ok(value), None) => Ok(value),
+        };
+        // The caller may have gone away (cancelled); its write stands all the same.
+        let _ = reply.send(result);
+    })
+}
+
+/// Runs `f` inside a savepoint: on error, its partial writes are undone and the batch goes on.
+fn guarded<T>(
+    conn: &Connection,
+    not_begun: Option<&StoreError>,
+    f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    if let Some(error) = not_begun {
+        return Err(error.clone());
+    }
+    exec(conn, "open a savepoint", "SAVEPOINT op")?;
+    match f(conn) {
+        Ok(value) => {
+            exec(conn, "release a savepoint", "RELEASE op")?;
+            Ok(value)
+        }
+        Err(error) => {
+            exec(conn, "roll back a savepoint", "ROLLBACK TO op")?;
+            exec(conn, "release a savepoint", "RELEASE op")?;
+            Err(error)
+        }
+    }
+}
+
+fn exec(conn: &Connection, op: &'static str, sql: &str) -> Result<(), StoreError> {
+    conn.prepare_cached(sql)
+        .and_then(|mut stmt| stmt.execute([]))
+        .map(drop)
+        .map_err(StoreError::sqlite(op))
+}
+
+// === operations ===
+
+fn submit_revision(
+    conn: &Connection,
+    new: &NewRevision,
+    events: Vec<NewEvent>,
+) -> Result<(Revision, Change), StoreError> {
+    let desired = new.desired.to_string();
+    let op = "insert a revision";
+    conn.prepare_cached(
+        "INSERT INTO revisions (author, message, source, digest, desired, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )
+    .and_then(|mut stmt| {
+        stmt.execute(params![
+            new.author,
+            new.message,
+            new.source,
+            new.digest,
+            desired,
+            new.created_ms
+        ])
+    })
+    .map_err(StoreError::sqlite(op))?;
+    let revision_id = conn.last_insert_rowid();
+    let op = "insert a change";
+    conn.prepare_cached("INSERT INTO changes (revision, state, created_ms, updated_ms) VALUES (?1, ?2, ?3, ?3)")
+        .and_then(|mut stmt| stmt.execute(params![revision_id, ChangeState::Pending.as_str(), new.created_ms]))
+        .map_err(StoreError::sqlite(op))?;
+    let change_id = ChangeId(u64::try_from(conn.last_insert_rowid()).unwrap_or_default());
+    for mut event in events {
+        event.change.get_or_insert(change_id);
+        insert_event(conn, &event)?;
+    }
+    let revision = Revision {
+        id: endstate_types::RevisionId(u64::try_from(revision_id).unwrap_or_default()),
+        author: new.author.clone(),
+        message: new.message.clone(),
+        source: new.source.clone(),
+        digest: new.digest.clone(),
+        desired: new.desired.clone(),
+        created_ms: new.created_ms,
+    };
+    let change = read_change(conn, change_id)?;
+    Ok((revision, change))
+}
+
+fn transition_change(
+    conn: &Connection,
+    id: ChangeId,
+    expect: ChangeState,
+    update: &ChangeUpdate,
+    events: Vec<NewEvent>,
+) -> Result<Change, StoreError> {
+    let current = read_change(conn, id)?;
+    if current.state != expect {
+        return Err(StoreError::Conflict {
+            change: id,
+            expected: expect,
+            found: current.state,
+        });
+    }
+    let plan = update.plan.as_ref().map(serde_json::Value::to_string);
+    let (wave_index, wave_count) = update.wave.unzip();
+    conn.prepare_cached(
+        "UPDATE changes SET state = ?2, plan = COALESCE(?3, plan), reason = COALESCE(?4, reason), \
+         wave_index = COALESCE(?5, wave_index), wave_count = COALESCE(?6, wave_count), updated_ms = ?7 WHERE id = ?1",
+    )
+    .and_then(|mut stmt| {
+        stmt.execute(params![
+            read::sql_u64(id.0),
+            update.state.as_str(),
+            plan,
+            update.reason,
+            wave_index,
+            wave_count,
+            update.now_ms
+        ])
+    })
+    .map_err(StoreError::sqlite("update a change"))?;
+    for mut event in events {
+        event.change.get_or_insert(id);
+        insert_event(conn, &event)?;
+    }
+    read_change(conn, id)
+}
+
+fn read_change(conn: &Connection, id: ChangeId) -> Result<Change, StoreError> {
+    read::get_change(conn, id)?.ok_or_else(|| StoreError::NotFound {
+        what: "change",
+        key: id.to_string(),
+    })
+}
+
+fn upsert_host(conn: &Connection, host: &HostRecord) -> Result<(), StoreError> {
+    let labels = serde_json::to_string(&host.labels).map_err(|source| StoreError::Json {
+        column: "hosts.labels",
+        key: host.name.0.clone(),
+        source: Arc::new(source),
+    })?;
+    conn.prepare_cached(
+        "INSERT INTO hosts (name, labels, facts, last_seen_ms) VALUES (?1, ?2, ?3, ?4) \
+         ON CONFLICT (name) DO UPDATE SET labels = excluded.labels, facts = excluded.facts, \
+         last_seen_ms = excluded.last_seen_ms",
+    )
+    .and_then(|mut stmt| stmt.execute(params![host.name.0, labels, host.facts.to_string(), host.last_seen_ms]))
+    .map(drop)
+    .map_err(StoreError::sqlite("upsert a host"))
+}
+
+fn put_instances(conn: &Connection, instances: &[InstanceRecord]) -> Result<(), StoreError> {
+    for instance in instances {
+        let desired = &instance.desired;
+        let generation = i64::try_from(desired.generation.0).map_err(|_| StoreError::Invalid {
+            what: "instance",
+            reason: format!("generation {} is too large", desired.generation),
+        })?;
+        let key = params![
+            instance.component_key,
+            instance.host.0,
+            instance.slot,
+            instance.system,
+            desired.version,
+            desired.config_digest,
+            generation
+        ];
+        let result = match &instance.actual {
+            None => conn
+                .prepare_cached(
+                    "INSERT INTO instances (component_key, host, slot, system, desired_version, \
+                     desired_config_digest, generation) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+                     ON CONFLICT (component_key, host, slot) DO UPDATE SET system = excluded.system, \
+                     desired_version = excluded.desired_version, \
+                     desired_config_digest = excluded.desired_config_digest, generation = excluded.generation",
+                )
+                .and_then(|mut stmt| stmt.execute(key)),
+            Some(actual) => conn
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO instances (component_key, host, slot, system, desired_version, \
+                     desired_config_digest, generation, actual_version, actual_status, actual_state, \
+                     actual_since_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                )
+                .and_then(|mut stmt| {
+                    stmt.execute(params![
+                        instance.component_key,
+                        instance.host.0,
+                        instance.slot,
+                        instance.system,
+                        desired.version,
+                        desired.config_digest,
+                        generation,
+                        actual.version,
+                        actual.status.as_str(),
+                        actual.state,
+                        actual.since_ms
+                    ])
+                }),
+        };
+        result.map_err(StoreError::sqlite("upsert an instance"))?;
+    }
+    Ok(())
+}
+
+fn record_transitions(conn: &Connection, transitions: &[InstanceTransition]) -> Result<Vec<EventSeq>, StoreError> {
+    let mut seqs = Vec::with_capacity(transitions.len());
+    for t in transitions {
+        let key = || format!("{}@{}#{}", t.component_key, t.host, t.slot);
+        let found: Option<(String, Option<String>, Option<String>)> = conn
+            .prepare_cached(
+                "SELECT system, actual_state, actual_status FROM instances \
+                 WHERE component_key = ?1 AND host = ?2 AND slot = ?3",
+            )
+            .and_then(|mut stmt| {
+                stmt.query_row(params![t.component_key, t.host.0, t.slot], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                })
+                .optional()
+            })
+            .map_err(StoreError::sqlite("read an instance"))?;
+        let Some((system, previous_state, previous_status)) = found else {
+            return Err(StoreError::NotFound {
+                what: "instance",
+                key: key(),
+            });
+        };
+        let actual = &t.actual;
+        conn.prepare_cached(
+            "UPDATE instances SET actual_version = ?4, actual_status = ?5, actual_state = ?6, actual_since_ms = ?7 \
+             WHERE component_key = ?1 AND host = ?2 AND slot = ?3",
+        )
+        .and_then(|mut stmt| {
+            stmt.execute(params![
+                t.component_key,
+                t.host.0,
+                t.slot,
+                actual.version,
+                actual.status.as_str(),
+                actual.state,
+                actual.since_ms
+            ])
+        })
+        .map_err(StoreError::sqlite("update an instance"))?;
+        let was = previous_state.as_deref().unwrap_or("unobserved");
+        let event = NewEvent {
+            time_ms: actual.since_ms,
+            kind: "instance.transitioned".to_owned(),
+            systems: vec![system],
+            host: Some(t.host.0.clone()),
+            component: Some(t.component_key.clone()),
+            change: t.change,
+            actor: t.actor.clone(),
+            summary: format!(
+                "{} on {} slot {} is {} ({}), was {was}",
+                t.component_key,
+                t.host,
+                t.slot,
+                actual.state,
+                actual.status.as_str()
+            ),
+            data: serde_json::json!({
+                "slot": t.slot,
+                "version": actual.version,
+                "status": actual.status.as_str(),
+                "state": actual.state,
+                "previous_state": previous_state,
+                "previous_status": previous_status,
+            }),
+        };
+        seqs.push(insert_event(conn, &event)?);
+    }
+    Ok(seqs)
+}
+
+pub(crate) fn insert_event(conn: &Connection, event: &NewEvent) -> Result<EventSeq, StoreError> {
+    if event.kind.is_empty() {
+        return Err(StoreError::Invalid {
+            what: "event",
+            reason: "the kind is empty".to_owned(),
+        });
+    }
+    let mut systems: Vec<&str> = event.systems.iter().map(String::as_str).collect();
+    systems.sort_unstable();
+    systems.dedup();
+    let systems_json = serde_json::to_string(&systems).map_err(|source| StoreError::Json {
+        column: "events.systems",
+        key: "a new event".to_owned(),
+        source: Arc::new(source),
+    })?;
+    let change = event.change.map(|c| read::sql_u64(c.0));
+    conn.prepare_cached(
+        "INSERT INTO events (time_ms, kind, systems, host, component, change_id, actor, summary, data) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )
+    .and_then(|mut stmt| {
+        stmt.execute(params![
+            event.time_ms,
+            event.kind,
+            systems_json,
+            event.host,
+            event.component,
+            change,
+            event.actor,
+            event.summary,
+            event.data.to_string()
+        ])
+    })
+    .map_err(StoreError::sqlite("insert an event"))?;
+    let seq = conn.last_insert_rowid();
+    let mut stmt = conn
+        .prepare_cached("INSERT INTO event_systems (system, seq, time_ms) VALUES (?1, ?2, ?3)")
+        .map_err(StoreError::sqlite("index an event by system"))?;
+    for system in systems {
+        stmt.execute(params![system, seq, event.time_ms])
+            .map_err(StoreError::sqlite("index an event by system"))?;
+    }
+    Ok(EventSeq(u64::try_from(seq).unwrap_or_default()))
+}
+
+fn put_token(conn: &Connection, token: &TokenRecord) -> Result<(), StoreError> {
+    let holder: Option<String> = conn
+        .prepare_cached("SELECT id FROM tokens WHERE hash_hex = ?1")
+        .and_then(|mut stmt| stmt.query_row(params![token.hash_hex], |row| row.get(0)).optional())
+        .map_err(StoreError::sqlite("find a token"))?;
+    if holder.is_some_and(|holder| holder != token.id) {
+        return Err(StoreError::Invalid {
+            what: "token",
+            reason: "another token has the same hash".to_owned(),
+        });
+    }
+    conn.prepare_cached(
+        "INSERT INTO tokens (id, name, role, hash_hex, created_ms, revoked) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+         ON CONFLICT (id) DO UPDATE SET name = excluded.name, role = excluded.role, hash_hex = excluded.hash_hex, \
+         created_ms = excluded.created_ms, revoked = excluded.revoked",
+    )
+    .and_then(|mut stmt| {
+        stmt.execute(params![
+            token.id,
+            token.name,
+            token.role,
+            token.hash_hex,
+            token.created_ms,
+            token.revoked
+        ])
+    })
+    .map(drop)
+    .map_err(StoreError::sqlite("upsert a token"))
+}

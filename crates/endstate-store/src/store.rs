@@ -1,0 +1,134 @@
+//! The `Store` trait: what every backend of the Master provides.
+
+use endstate_types::{ChangeId, ChangeState, EventSeq, HostName, RevisionId};
+
+use crate::StoreError;
+use crate::model::{
+    Change, ChangeFilter, ChangeUpdate, Event, EventQuery, HostRecord, InstanceFilter, InstanceRecord,
+    InstanceTransition, NewEvent, NewRevision, Page, PageRequest, Revision, RevisionMeta, TokenRecord,
+};
+
+/// The Master: desired revisions, changes, inventory, instances, the timeline and API tokens.
+///
+/// Object safe; the server holds it as `Arc<dyn Store>`. Times are unix milliseconds supplied by
+/// the caller: a store never reads the clock. Every write is durable when it returns `Ok`.
+/// Every backend must pass [`crate::testing::conformance`].
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Records the next revision, its change (state `Pending`) and `events`, atomically.
+    ///
+    /// # Errors
+    /// `Invalid` for an event without a kind; `Sqlite`/`Closed` on storage failure (nothing is written).
+    async fn submit_revision(&self, new: NewRevision, events: Vec<NewEvent>) -> Result<(Revision, Change), StoreError>;
+
+    /// One revision.
+    ///
+    /// # Errors
+    /// On storage failure or unreadable data.
+    async fn get_revision(&self, id: RevisionId) -> Result<Option<Revision>, StoreError>;
+
+    /// The newest revision.
+    ///
+    /// # Errors
+    /// On storage failure or unreadable data.
+    async fn latest_revision(&self) -> Result<Option<Revision>, StoreError>;
+
+    /// Revisions, newest first.
+    ///
+    /// # Errors
+    /// On storage failure or unreadable data.
+    async fn list_revisions(&self, page: PageRequest) -> Result<Page<RevisionMeta>, StoreError>;
+
+    /// One change.
+    ///
+    /// # Errors
+    /// On storage failure or unreadable data.
+    async fn get_change(&self, id: ChangeId) -> Result<Option<Change>, StoreError>;
+
+    /// Changes, newest first.
+    ///
+    /// # Errors
+    /// On storage failure or unreadable data.
+    async fn list_changes(&self, filter: ChangeFilter, page: PageRequest) -> Result<Page<Change>, StoreError>;
+
+    /// Moves a change from `expect` to `update.state` (compare-and-set), with `events`, atomically.
+    ///
+    /// # Errors
+    /// `Conflict` when the change is not in state `expect`, `NotFound` when it does not exist
+    /// (nothing is written in either case); storage failures.
+    async fn transition_change(
+        &self,
+        id: ChangeId,
+        expect: ChangeState,
+        update: ChangeUpdate,
+        events: Vec<NewEvent>,
+    ) -> Result<Change, StoreError>;
+
+    /// Inserts or replaces a host.
+    ///
+    /// # Errors
+    /// On storage failure.
+    async fn upsert_host(&self, host: HostRecord) -> Result<(), StoreError>;
+
+    /// One host.
+    ///
+    /// # Errors
+    /// On storage failure or unreadable data.
+    async fn get_host(&self, name: &HostName) -> Result<Option<HostRecord>, StoreError>;
+
+    /// All hosts, by name.
+    ///
+    /// # Errors
+    /// On storage failure or unreadable data.
+    async fn list_hosts(&self) -> Result<Vec<HostRecord>, StoreError>;
+
+    /// Inserts or updates instances by `(component_key, host, slot)`, atomically.
+    /// An instance given with `actual: None` keeps its stored actual state.
+    ///
+    /// # Errors
+    /// On storage failure.
+    async fn put_instances(&self, instances: Vec<InstanceRecord>) -> Result<(), StoreError>;
+
+    /// Instances matching the filter, by key.
+    ///
+    /// # Errors
+    /// On storage failure or unreadable data.
+    async fn list_instances(&self, filter: InstanceFilter) -> Result<Vec<InstanceRecord>, StoreError>;
+
+    /// Records observed instance transitions: updates each instance's actual state and appends one
+    /// `instance.transitioned` event per transition, atomically; returns the events' seqs in order.
+    ///
+    /// # Errors
+    /// `NotFound` when an instance does not exist (nothing of the call is written); storage failures.
+    async fn record_transitions(&self, transitions: Vec<InstanceTransition>) -> Result<Vec<EventSeq>, StoreError>;
+
+    /// Appends events atomically; returns their seqs in order.
+    ///
+    /// # Errors
+    /// `Invalid` for an event without a kind; storage failures.
+    async fn append_events(&self, events: Vec<NewEvent>) -> Result<Vec<EventSeq>, StoreError>;
+
+    /// Queries the timeline.
+    ///
+    /// # Errors
+    /// On storage failure or unreadable data.
+    async fn query_events(&self, query: &EventQuery) -> Result<Page<Event>, StoreError>;
+
+    /// Inserts or replaces a token by id.
+    ///
+    /// # Errors
+    /// `Invalid` when another token has the same hash; storage failures.
+    async fn put_token(&self, token: TokenRecord) -> Result<(), StoreError>;
+
+    /// The token with this hash (revoked or not).
+    ///
+    /// # Errors
+    /// On storage failure or unreadable data.
+    async fn find_token(&self, hash_hex: &str) -> Result<Option<TokenRecord>, StoreError>;
+
+    /// How many tokens exist, revoked ones included.
+    ///
+    /// # Errors
+    /// On storage failure.
+    async fn count_tokens(&self) -> Result<u64, StoreError>;
+}
