@@ -3,7 +3,7 @@
 use std::path::Path;
 
 /// Crates that must stay pure: no IO, no runtime, no network, no database.
-const PURE: &[&str] = &["endstate-types", "endstate-spec", "endstate-plan", "endstate-policy"];
+const PURE: &[&str] = &["endstate-types", "endstate-spec", "endstate-plan"];
 
 /// Dependencies a pure crate may not have.
 const IMPURE_DEPS: &[&str] = &[
@@ -31,7 +31,7 @@ const IMPURE_PATHS: &[&str] = &[
 ];
 
 /// Crates that may not depend on the store (the planner proposes, it does not read state).
-const NOT_ON_STORE: &[&str] = &["endstate-plan", "endstate-policy", "endstate-spec", "endstate-api"];
+const NOT_ON_STORE: &[&str] = &["endstate-plan", "endstate-spec", "endstate-api"];
 
 /// Every problem found, as `path: what`.
 pub(crate) fn check(root: &Path) -> Vec<String> {

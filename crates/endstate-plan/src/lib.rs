@@ -261,6 +261,12 @@ fn instance_steps(before: &BTreeMap<PlacementKey, Placement>, after: &BTreeMap<P
     }
     for (key, have) in before {
         if !after.contains_key(key) {
+            let still_declared = after.keys().any(|k| k.component == key.component);
+            let reason = if still_declared {
+                "no longer desired: the component's placement no longer selects this slot"
+            } else {
+                "no longer desired: the component is removed or places no instance"
+            };
             steps.push(Step {
                 action: StepAction::Stop,
                 component: key.component.clone(),
@@ -268,8 +274,7 @@ fn instance_steps(before: &BTreeMap<PlacementKey, Placement>, after: &BTreeMap<P
                 slot: key.slot,
                 from_version: Some(have.version.clone()),
                 to_version: None,
-                reason: "no longer desired: the component is removed or its placement no longer selects this slot"
-                    .to_string(),
+                reason: reason.to_string(),
             });
         }
     }

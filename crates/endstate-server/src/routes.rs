@@ -203,12 +203,13 @@ pub(crate) async fn host_infos(state: &AppState) -> Result<Vec<HostInfo>, ApiErr
         .collect())
 }
 
-/// Validation, then static policy checks: the desired state, or every reason it is refused.
+/// Validation, including the static checks of `Policy` documents (the spec crate runs them, so
+/// their findings are located in the files): the desired state, or every reason it is refused.
 async fn validate(state: &AppState, documents: &[Document]) -> Result<(DesiredState, Vec<SpecDiagnostic>), ApiError> {
     let files = source_files(documents)?;
     let hosts = host_infos(state).await?;
     let Loaded { desired, diagnostics } = endstate_spec::load(&files, &hosts);
-    let mut views: Vec<SpecDiagnostic> = diagnostics.iter().map(diagnostic_view).collect();
+    let views: Vec<SpecDiagnostic> = diagnostics.iter().map(diagnostic_view).collect();
     let n_errors = views.iter().filter(|d| d.severity == "error").count();
     let desired = match desired {
         Some(desired) if n_errors == 0 => desired,
@@ -220,28 +221,6 @@ async fn validate(state: &AppState, documents: &[Document]) -> Result<(DesiredSt
             });
         }
     };
-    let findings = endstate_policy::check(&desired);
-    let mut n_denied = 0;
-    for finding in findings {
-        let denied = finding.severity == endstate_policy::Severity::Deny;
-        n_denied += usize::from(denied);
-        views.push(SpecDiagnostic {
-            severity: if denied { "error" } else { "warning" }.to_string(),
-            file: format!("policy {}", finding.policy),
-            line: 0,
-            column: 0,
-            code: format!("policy-{}", finding.rule.replace('_', "-")),
-            message: format!("{}: {}", finding.object, finding.message),
-            expected: None,
-        });
-    }
-    if n_denied > 0 {
-        state.metrics().revisions_refused.inc();
-        return Err(ApiError::InvalidSpec {
-            n_errors: n_denied,
-            diagnostics: views,
-        });
-    }
     Ok((desired, views))
 }
 

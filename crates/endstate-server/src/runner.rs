@@ -193,12 +193,14 @@ async fn transition(
     kind: &str,
 ) -> Result<Change, ApiError> {
     let now = now_ms();
-    let systems = match (&plan, state.desired(change.revision).await?) {
-        (Some(plan_json), Some(desired)) => match serde_json::from_value::<Plan>(plan_json.clone()) {
-            Ok(plan) => crate::routes::touched_systems(&plan, None, &desired),
-            Err(_) => Vec::new(),
+    // The systems the change touches, from the plan it has (or gets now); before it is planned,
+    // every system of its revision.
+    let systems = match state.desired(change.revision).await? {
+        Some(desired) => match plan.as_ref().or(change.plan.as_ref()).map(|p| serde_json::from_value::<Plan>(p.clone())) {
+            Some(Ok(plan)) => crate::routes::touched_systems(&plan, None, &desired),
+            _ => desired.systems.keys().cloned().collect(),
         },
-        _ => Vec::new(),
+        None => Vec::new(),
     };
     let event = NewEvent {
         systems,
