@@ -13,10 +13,16 @@ fuzz_target!(|data: &[u8]| {
             return;
         }
     };
-    let hosts = [HostInfo { name: "h1".to_owned(), labels: [("role".to_owned(), "web".to_owned())].into() }];
+    let hosts = [HostInfo {
+        name: "h1".to_owned(),
+        labels: [("role".to_owned(), "web".to_owned())].into(),
+    }];
     let loaded = load(&[file], &hosts);
     assert_eq!(loaded.desired.is_some(), !loaded.has_errors());
     for diagnostic in &loaded.diagnostics {
-        assert!(!diagnostic.to_string().contains('\n'), "multi-line diagnostic: {diagnostic}");
+        assert!(
+            !diagnostic.to_string().contains('\n'),
+            "multi-line diagnostic: {diagnostic}"
+        );
     }
 });

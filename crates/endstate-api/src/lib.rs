@@ -162,6 +162,7 @@ pub struct SystemView {
     pub status: StatusView,
     /// The subsystems expanded with their own status, on `GET /v1/systems/{name}` (and `?tree=true` on the list).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(no_recursion)]
     pub children: Vec<SystemView>,
     /// Components with their status, on `GET /v1/systems/{name}`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -13,6 +13,9 @@ use std::path::PathBuf;
 
 use figure::{Figure, Outcome};
 
+/// A group of benchmarks: runs them (small sizes when smoke) and returns their figures.
+type Group = fn(bool) -> anyhow::Result<Vec<Figure>>;
+
 fn main() -> anyhow::Result<()> {
     let mut smoke = false;
     let mut out = PathBuf::from("target/bench-results.json");
@@ -22,7 +25,12 @@ fn main() -> anyhow::Result<()> {
         match arg.as_str() {
             "--smoke" => smoke = true,
             "--out" => out = PathBuf::from(args.next().ok_or_else(|| anyhow::anyhow!("--out needs a path"))?),
-            "--only" => only = Some(args.next().ok_or_else(|| anyhow::anyhow!("--only needs a benchmark group"))?),
+            "--only" => {
+                only = Some(
+                    args.next()
+                        .ok_or_else(|| anyhow::anyhow!("--only needs a benchmark group"))?,
+                )
+            }
             "--help" | "-h" => {
                 println!("usage: endstate-bench [--smoke] [--out FILE] [--only spec|store]");
                 return Ok(());
@@ -30,7 +38,7 @@ fn main() -> anyhow::Result<()> {
             other => anyhow::bail!("unknown argument {other:?}; see --help"),
         }
     }
-    let groups: [(&str, fn(bool) -> anyhow::Result<Vec<Figure>>); 2] = [("spec", spec::run), ("store", store::run)];
+    let groups: [(&str, Group); 2] = [("spec", spec::run), ("store", store::run)];
     let mut figures = Vec::new();
     for (name, run) in groups {
         if only.as_deref().is_some_and(|o| o != name) {
@@ -53,9 +61,17 @@ fn main() -> anyhow::Result<()> {
     println!("results written to {}", out.display());
     let missed = figures.iter().filter(|f| f.outcome() == Outcome::Missed).count();
     if smoke {
-        println!("smoke run: {} figures measured, targets not judged on smoke sizes", figures.len());
+        println!(
+            "smoke run: {} figures measured, targets not judged on smoke sizes",
+            figures.len()
+        );
     } else {
-        println!("{} figures, {} met, {} missed", figures.len(), figures.len() - missed, missed);
+        println!(
+            "{} figures, {} met, {} missed",
+            figures.len(),
+            figures.len() - missed,
+            missed
+        );
     }
     Ok(())
 }

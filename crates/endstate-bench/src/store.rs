@@ -23,7 +23,10 @@ pub(crate) fn run(smoke: bool) -> anyhow::Result<Vec<Figure>> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let mut figures = Vec::new();
-        figures.extend(transitions(smoke).await?);
+        figures.extend(transitions(smoke, CALLERS).await?);
+        // The same with more callers: group commit batches by what is in flight, so more
+        // concurrency means bigger commits (Little's law: throughput = in flight / commit latency).
+        figures.extend(transitions(smoke, 8 * CALLERS).await?);
         figures.extend(appends(smoke).await?);
         figures.extend(query(smoke).await?);
         Ok(figures)
@@ -37,14 +40,14 @@ fn fresh_store() -> anyhow::Result<(tempfile::TempDir, Arc<SqliteStore>)> {
 }
 
 /// Benchmark 1: durable instance state transitions, one per call, from many concurrent callers.
-async fn transitions(smoke: bool) -> anyhow::Result<Vec<Figure>> {
-    let total = if smoke { 2_000 } else { 200_000 };
-    let per_caller = total / CALLERS;
-    let total = per_caller * CALLERS;
+async fn transitions(smoke: bool, callers: usize) -> anyhow::Result<Vec<Figure>> {
+    let total = if smoke { 2_000 * callers / CALLERS } else { 200_000 };
+    let per_caller = total / callers;
+    let total = per_caller * callers;
     let (_dir, store) = fresh_store()?;
-    let instances: Vec<InstanceRecord> = (0..CALLERS).map(bench_instance).collect();
+    let instances: Vec<InstanceRecord> = (0..callers).map(bench_instance).collect();
     store.put_instances(instances.clone()).await?;
-    eprintln!("store: recording {total} transitions from {CALLERS} callers");
+    eprintln!("store: recording {total} transitions from {callers} callers");
     let before = store.stats();
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -59,7 +62,11 @@ async fn transitions(smoke: bool) -> anyhow::Result<Vec<Figure>> {
                     slot: inst.slot,
                     actual: ActualInstance {
                         version: Some("1.0.0".to_owned()),
-                        status: if i % 2 == 0 { Status::Healthy } else { Status::Degraded },
+                        status: if i.is_multiple_of(2) {
+                            Status::Healthy
+                        } else {
+                            Status::Degraded
+                        },
                         state: "running".to_owned(),
                         since_ms: i64::try_from(i)?,
                     },
@@ -81,15 +88,17 @@ async fn transitions(smoke: bool) -> anyhow::Result<Vec<Figure>> {
     let stats = store.stats();
     let (batches, ops) = (stats.batches - before.batches, stats.ops - before.ops);
     let mean_batch = ops as f64 / batches.max(1) as f64;
+    let cycle_ms = millis(elapsed) / batches.max(1) as f64;
     let detail = format!(
-        "{total} transitions, {CALLERS} concurrent callers, 1 transition per call, synchronous=FULL; \
-         {batches} commits, {mean_batch:.0} ops/commit on average, max {}",
+        "{total} transitions, {callers} concurrent callers, 1 transition per call, synchronous=FULL; \
+         {batches} commits, {mean_batch:.0} ops/commit on average, max {}, {cycle_ms:.1} ms per commit cycle \
+         (apply + fsync): throughput is bounded by callers in flight / commit cycle",
         stats.max_batch
     );
     store.close().await;
     Ok(vec![
         Figure {
-            name: "store: durable transitions".to_owned(),
+            name: format!("store: durable transitions, {callers} callers"),
             value: total as f64 / elapsed.as_secs_f64(),
             unit: "transitions/s",
             target: 100_000.0,
@@ -97,12 +106,15 @@ async fn transitions(smoke: bool) -> anyhow::Result<Vec<Figure>> {
             detail: detail.clone(),
         },
         Figure {
-            name: "store: transition commit latency p99".to_owned(),
+            name: format!("store: transition latency p99, {callers} callers"),
             value: millis(percentile(&mut latencies, 0.99)),
             unit: "ms",
             target: 20.0,
             goal: Goal::AtMost,
-            detail: format!("per call, awaited until committed; median {:.2} ms", millis(percentile(&mut latencies, 0.5))),
+            detail: format!(
+                "per call, awaited until committed; median {:.2} ms",
+                millis(percentile(&mut latencies, 0.5))
+            ),
         },
     ])
 }
@@ -122,7 +134,9 @@ async fn appends(smoke: bool) -> anyhow::Result<Vec<Figure>> {
             let store = Arc::clone(&store);
             tasks.push(tokio::spawn(async move {
                 for i in 0..per_caller {
-                    let events = (0..batch).map(|j| bench_event(caller * 7 + i * batch + j, 0, 7 * DAY_MS)).collect();
+                    let events = (0..batch)
+                        .map(|j| bench_event(caller * 7 + i * batch + j, 0, 7 * DAY_MS))
+                        .collect();
                     store.append_events(events).await?;
                 }
                 anyhow::Ok(())
@@ -199,21 +213,19 @@ async fn query(smoke: bool) -> anyhow::Result<Vec<Figure>> {
     }
     store.close().await;
     let median = millis(percentile(&mut latencies, 0.5));
-    Ok(vec![
-        Figure {
-            name: "store: timeline query, subtree + 1 h window".to_owned(),
-            value: millis(percentile(&mut latencies, 0.99)),
-            unit: "ms p99",
-            target: 20.0,
-            goal: Goal::AtMost,
-            detail: format!(
-                "{total} events, {N_SYSTEMS} systems, 7 days; 5 systems, 1 h, limit 100; {runs} runs, median \
+    Ok(vec![Figure {
+        name: "store: timeline query, subtree + 1 h window".to_owned(),
+        value: millis(percentile(&mut latencies, 0.99)),
+        unit: "ms p99",
+        target: 20.0,
+        goal: Goal::AtMost,
+        detail: format!(
+            "{total} events, {N_SYSTEMS} systems, 7 days; 5 systems, 1 h, limit 100; {runs} runs, median \
                  {median:.2} ms, {:.0} events/page on average; loaded at {:.0} events/s (5,000/call)",
-                n_found as f64 / runs as f64,
-                total as f64 / load.as_secs_f64()
-            ),
-        },
-    ])
+            n_found as f64 / runs as f64,
+            total as f64 / load.as_secs_f64()
+        ),
+    }])
 }
 
 fn bench_instance(idx: usize) -> InstanceRecord {
@@ -235,7 +247,7 @@ fn bench_instance(idx: usize) -> InstanceRecord {
 fn bench_event(idx: usize, position: usize, span_ms: i64) -> NewEvent {
     let system = idx.wrapping_mul(7919) % N_SYSTEMS;
     let mut systems = vec![system_name(system)];
-    if idx % 10 == 0 {
+    if idx.is_multiple_of(10) {
         systems.push(system_name((system + 1) % N_SYSTEMS));
     }
     let time_ms = i64::try_from(position).unwrap_or(0).wrapping_mul(7_919) % span_ms;
@@ -244,7 +256,11 @@ fn bench_event(idx: usize, position: usize, span_ms: i64) -> NewEvent {
         host: Some(format!("host-{}", idx % 1_000)),
         component: Some(format!("{}/web", system_name(system))),
         data: serde_json::json!({"idx": idx, "state": "running"}),
-        ..NewEvent::new(time_ms, "instance.transitioned", format!("web on host-{} is running", idx % 1_000))
+        ..NewEvent::new(
+            time_ms,
+            "instance.transitioned",
+            format!("web on host-{} is running", idx % 1_000),
+        )
     }
 }
 

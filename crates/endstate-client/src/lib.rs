@@ -110,8 +110,15 @@ impl Client {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .build()
-            .map_err(|source| ClientError::Connect { server: base.clone(), source })?;
-        Ok(Client { http, base, token: token.to_string() })
+            .map_err(|source| ClientError::Connect {
+                server: base.clone(),
+                source,
+            })?;
+        Ok(Client {
+            http,
+            base,
+            token: token.to_string(),
+        })
     }
 
     /// The server's address.
@@ -125,10 +132,16 @@ impl Client {
             .timeout(Duration::from_secs(60))
             .send()
             .await
-            .map_err(|source| ClientError::Connect { server: self.base.clone(), source })?;
+            .map_err(|source| ClientError::Connect {
+                server: self.base.clone(),
+                source,
+            })?;
         let status = response.status();
         if status.is_success() {
-            return response.json::<T>().await.map_err(|source| ClientError::Decode { what: what.to_string(), source });
+            return response.json::<T>().await.map_err(|source| ClientError::Decode {
+                what: what.to_string(),
+                source,
+            });
         }
         let is_problem = response
             .headers()
@@ -139,7 +152,10 @@ impl Client {
         if is_problem && let Ok(problem) = serde_json::from_str::<Problem>(&body) {
             return Err(ClientError::Problem(Box::new(problem)));
         }
-        Err(ClientError::Status { status: status.as_u16(), body: body.chars().take(500).collect() })
+        Err(ClientError::Status {
+            status: status.as_u16(),
+            body: body.chars().take(500).collect(),
+        })
     }
 
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
@@ -147,7 +163,8 @@ impl Client {
     }
 
     async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
-        self.send(path, self.http.post(format!("{}{path}", self.base)).json(body)).await
+        self.send(path, self.http.post(format!("{}{path}", self.base)).json(body))
+            .await
     }
 
     /// Submits a desired state as a new revision.
@@ -211,7 +228,11 @@ impl Client {
     /// # Errors
     /// As the server says.
     pub async fn timeline(&self, query: &TimelineQuery) -> Result<Page<EventView>, ClientError> {
-        self.send("/v1/timeline", self.http.get(format!("{}/v1/timeline", self.base)).query(query)).await
+        self.send(
+            "/v1/timeline",
+            self.http.get(format!("{}/v1/timeline", self.base)).query(query),
+        )
+        .await
     }
 
     /// Creates a named token; the answer holds its secret, once.
@@ -219,7 +240,14 @@ impl Client {
     /// # Errors
     /// As the server says (403 unless the caller is an admin).
     pub async fn create_token(&self, name: &str, role: &str) -> Result<CreatedToken, ClientError> {
-        self.post("/v1/tokens", &CreateToken { name: name.to_string(), role: role.to_string() }).await
+        self.post(
+            "/v1/tokens",
+            &CreateToken {
+                name: name.to_string(),
+                role: role.to_string(),
+            },
+        )
+        .await
     }
 
     /// Follows the live timeline from the newest event on (or after `query.after`).
@@ -237,7 +265,10 @@ impl Client {
             .bearer_auth(&self.token)
             .send()
             .await
-            .map_err(|source| ClientError::Connect { server: self.base.clone(), source })?;
+            .map_err(|source| ClientError::Connect {
+                server: self.base.clone(),
+                source,
+            })?;
         if !response.status().is_success() {
             let status = response.status().as_u16();
             let body = response.text().await.unwrap_or_default();
@@ -254,12 +285,19 @@ impl Client {
                 loop {
                     if let Some(end) = buffer.find("\n\n") {
                         let block: String = buffer.drain(..end + 2).collect();
-                        let data: Vec<&str> = block.lines().filter_map(|line| line.strip_prefix("data:")).map(str::trim_start).collect();
+                        let data: Vec<&str> = block
+                            .lines()
+                            .filter_map(|line| line.strip_prefix("data:"))
+                            .map(str::trim_start)
+                            .collect();
                         if data.is_empty() {
                             continue; // a keep-alive comment
                         }
-                        let event = serde_json::from_str::<EventView>(&data.join("\n"))
-                            .map_err(|error| ClientError::Status { status: 200, body: format!("bad event: {error}") });
+                        let event =
+                            serde_json::from_str::<EventView>(&data.join("\n")).map_err(|error| ClientError::Status {
+                                status: 200,
+                                body: format!("bad event: {error}"),
+                            });
                         return Some((event, (bytes, buffer)));
                     }
                     match bytes.next().await {

@@ -83,22 +83,21 @@ pub fn read_spec_dir(dir: &Path) -> Result<Vec<SourceFile>, Vec<Diagnostic>> {
     for path in &paths {
         let shown = display_path(path);
         // Refuse huge files before reading them into memory.
-        if let Ok(meta) = std::fs::metadata(path) {
-            if meta.len() > endstate_spec::MAX_FILE_BYTES as u64 {
-                problems.push(Diagnostic {
-                    severity: Severity::Error,
-                    file: shown,
-                    line: 0,
-                    column: 0,
-                    code: "file-too-large".to_owned(),
-                    message: format!("found a file of {} bytes", meta.len()),
-                    expected: Some(format!(
-                        "at most {} bytes (4 MiB) per spec file",
-                        endstate_spec::MAX_FILE_BYTES
-                    )),
-                });
-                continue;
-            }
+        if let Ok(meta) = std::fs::metadata(path)
+            && meta.len() > endstate_spec::MAX_FILE_BYTES as u64
+        {
+            problems.push(
+                problem(
+                    &shown,
+                    "file-too-large",
+                    format!("found a file of {} bytes", meta.len()),
+                )
+                .with_expected(&format!(
+                    "at most {} bytes (4 MiB) per spec file",
+                    endstate_spec::MAX_FILE_BYTES
+                )),
+            );
+            continue;
         }
         match std::fs::read(path) {
             Ok(bytes) => match SourceFile::from_bytes(shown, &bytes) {

@@ -3,6 +3,8 @@
 //! expected rendering. `UPDATE_GOLDEN=1 cargo test -p endstate-plan` rewrites the expectations;
 //! review the diff like any other change.
 
+#![allow(clippy::unwrap_used)]
+
 use std::path::Path;
 
 use endstate_spec::{DesiredState, HostInfo, SourceFile};
@@ -12,10 +14,15 @@ fn load_dir(dir: &Path) -> DesiredState {
     paths.sort();
     let files: Vec<SourceFile> = paths
         .iter()
-        .map(|p| SourceFile { path: p.file_name().unwrap().to_string_lossy().into(), text: std::fs::read_to_string(p).unwrap() })
+        .map(|p| SourceFile {
+            path: p.file_name().unwrap().to_string_lossy().into(),
+            text: std::fs::read_to_string(p).unwrap(),
+        })
         .collect();
     let loaded = endstate_spec::load(&files, &[]);
-    loaded.desired.unwrap_or_else(|| panic!("{} is invalid: {:#?}", dir.display(), loaded.diagnostics))
+    loaded
+        .desired
+        .unwrap_or_else(|| panic!("{} is invalid: {:#?}", dir.display(), loaded.diagnostics))
 }
 
 fn hosts(text: &str) -> Vec<HostInfo> {
@@ -25,10 +32,14 @@ fn hosts(text: &str) -> Vec<HostInfo> {
             let (name, labels) = line.split_once(' ').unwrap_or((line, ""));
             HostInfo {
                 name: name.to_string(),
-                labels: labels.split(',').filter(|kv| !kv.is_empty()).map(|kv| {
-                    let (k, v) = kv.split_once('=').unwrap();
-                    (k.to_string(), v.to_string())
-                }).collect(),
+                labels: labels
+                    .split(',')
+                    .filter(|kv| !kv.is_empty())
+                    .map(|kv| {
+                        let (k, v) = kv.split_once('=').unwrap();
+                        (k.to_string(), v.to_string())
+                    })
+                    .collect(),
             }
         })
         .collect()
@@ -43,7 +54,11 @@ fn check(case: &str) {
     // Deterministic: the same input gives the same plan, whatever the order of the hosts.
     let mut reversed = hosts.clone();
     reversed.reverse();
-    assert_eq!(endstate_plan::plan(before.as_ref(), &after, &reversed), plan, "{case}: plan depends on host order");
+    assert_eq!(
+        endstate_plan::plan(before.as_ref(), &after, &reversed),
+        plan,
+        "{case}: plan depends on host order"
+    );
     let got = endstate_plan::render(&plan, false);
     let expect_path = dir.join("plan.txt");
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
@@ -51,7 +66,11 @@ fn check(case: &str) {
         return;
     }
     let expect = std::fs::read_to_string(&expect_path).unwrap_or_default();
-    assert!(got == expect, "{case}: plan differs from {}\n--- got ---\n{got}\n--- expected ---\n{expect}", expect_path.display());
+    assert!(
+        got == expect,
+        "{case}: plan differs from {}\n--- got ---\n{got}\n--- expected ---\n{expect}",
+        expect_path.display()
+    );
 }
 
 #[test]

@@ -105,6 +105,8 @@ struct Inner {
     runner_wake: Notify,
     /// Bumped after every write to the timeline; stream subscribers wait on it.
     appended: watch::Sender<u64>,
+    /// Turns true when the server shuts down, so long-lived streams end and graceful shutdown completes.
+    stopping: watch::Sender<bool>,
     /// Parsed desired states by revision, so requests do not re-parse the same JSON.
     desired_cache: Mutex<BTreeMap<RevisionId, Arc<DesiredState>>>,
 }
@@ -141,6 +143,7 @@ impl Server {
             limiter: ratelimit::RateLimiter::new(config.rate_limit),
             runner_wake: Notify::new(),
             appended: watch::channel(0).0,
+            stopping: watch::channel(false).0,
             desired_cache: Mutex::new(BTreeMap::new()),
         }));
         let admin_secret = auth::bootstrap_admin(&state)
@@ -173,9 +176,15 @@ impl Server {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let runner = tokio::spawn(runner::run(self.state.clone(), self.runner_interval, stop_rx));
+        let stopping = self.state.0.stopping.subscribe();
+        let runner = tokio::spawn(runner::run(self.state.clone(), self.runner_interval, stopping));
         let app = self.router();
+        let state = self.state.clone();
+        let shutdown = async move {
+            shutdown.await;
+            // Ends the runner and every open stream, so the graceful shutdown does not wait on them.
+            state.0.stopping.send_replace(true);
+        };
         let result = axum::serve(
             listener,
             app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
@@ -183,7 +192,7 @@ impl Server {
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(ServerError::Serve);
-        let _ = stop_tx.send(true);
+        self.state.0.stopping.send_replace(true);
         let _ = runner.await;
         result
     }
@@ -254,7 +263,7 @@ pub(crate) fn now_ms() -> i64 {
 /// RFC 3339 text of a millisecond timestamp.
 pub(crate) fn rfc3339(ms: i64) -> String {
     jiff::Timestamp::from_millisecond(ms)
-        .map(|ts| ts.to_string())
+        .map(|ts| ts.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
         .unwrap_or_else(|_| ms.to_string())
 }
 

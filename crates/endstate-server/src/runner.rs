@@ -196,7 +196,11 @@ async fn transition(
     // The systems the change touches, from the plan it has (or gets now); before it is planned,
     // every system of its revision.
     let systems = match state.desired(change.revision).await? {
-        Some(desired) => match plan.as_ref().or(change.plan.as_ref()).map(|p| serde_json::from_value::<Plan>(p.clone())) {
+        Some(desired) => match plan
+            .as_ref()
+            .or(change.plan.as_ref())
+            .map(|p| serde_json::from_value::<Plan>(p.clone()))
+        {
             Some(Ok(plan)) => crate::routes::touched_systems(&plan, None, &desired),
             _ => desired.systems.keys().cloned().collect(),
         },

@@ -15,7 +15,7 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use endstate_store::EventQuery;
 use endstate_types::EventSeq;
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 
 use crate::AppState;
 use crate::auth::{Actor, Verb, authorize};
@@ -59,33 +59,46 @@ pub(crate) async fn stream(
     query.before = None;
     query.limit = 500;
     let wake = state.0.appended.subscribe();
-    let start = (state, query, wake, VecDeque::new());
-    let events = futures_util::stream::unfold(start, |(state, mut query, mut wake, mut buffer)| async move {
-        loop {
-            if let Some(event) = buffer.pop_front() {
-                return Some((Ok(event), (state, query, wake, buffer)));
-            }
-            wake.mark_unchanged();
-            match state.store().query_events(&query).await {
-                Ok(page) if !page.items.is_empty() => {
-                    for event in &page.items {
-                        query.after = Some(event.seq);
-                        let view = crate::views::event_view(event);
-                        let data = serde_json::to_string(&view).unwrap_or_default();
-                        buffer.push_back(
-                            SseEvent::default()
-                                .id(event.seq.0.to_string())
-                                .event(view.kind)
-                                .data(data),
-                        );
-                    }
-                    continue;
+    let stopping = state.0.stopping.subscribe();
+    let start = (state, query, (wake, stopping), VecDeque::new());
+    let events = futures_util::stream::unfold(
+        start,
+        |(state, mut query, (mut wake, mut stopping), mut buffer)| async move {
+            loop {
+                if *stopping.borrow() {
+                    return None;
                 }
-                Ok(_) => {}
-                Err(error) => tracing::warn!(error = %crate::chain(&error), "Stream read failed; retrying."),
+                if let Some(event) = buffer.pop_front() {
+                    return Some((Ok(event), (state, query, (wake, stopping), buffer)));
+                }
+                wake.mark_unchanged();
+                match state.store().query_events(&query).await {
+                    Ok(page) if !page.items.is_empty() => {
+                        for event in &page.items {
+                            query.after = Some(event.seq);
+                            let view = crate::views::event_view(event);
+                            let data = serde_json::to_string(&view).unwrap_or_default();
+                            buffer.push_back(
+                                SseEvent::default()
+                                    .id(event.seq.0.to_string())
+                                    .event(view.kind)
+                                    .data(data),
+                            );
+                        }
+                        continue;
+                    }
+                    Ok(_) => {}
+                    Err(error) => tracing::warn!(error = %crate::chain(&error), "Stream read failed; retrying."),
+                }
+                tokio::select! {
+                    _ = tokio::time::timeout(POLL, wake.changed()) => {}
+                    _ = stopping.changed() => {}
+                }
             }
-            let _ = tokio::time::timeout(POLL, wake.changed()).await;
-        }
-    });
-    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+        },
+    );
+    // A first comment makes the server send the response head at once, so a client knows the
+    // stream is open before the first event exists.
+    let opened = futures_util::stream::once(async { Ok(SseEvent::default().comment("stream open")) });
+    Ok(Sse::new(opened.chain(events)).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }

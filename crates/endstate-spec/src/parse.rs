@@ -112,6 +112,29 @@ fn options() -> serde_saphyr::Options {
 
 fn parse_document(file_idx: usize, path: &str, piece: &Piece<'_>, diagnostics: &mut Vec<Diagnostic>) -> Option<Parsed> {
     let start = content_start(piece)?;
+    // Fast path: a block-style document with `apiVersion: endstate/v1` and a known `kind` at column 0
+    // goes straight to its typed parse, which checks both fields again (so a misread cannot pass).
+    let kind = match quick_header(piece.text) {
+        Some(kind) => kind.to_owned(),
+        None => slow_header(path, piece, start, diagnostics)?,
+    };
+    let doc = match kind.as_str() {
+        "System" => RawDoc::System(Box::new(typed(path, piece, diagnostics)?)),
+        "Component" => RawDoc::Component(Box::new(typed(path, piece, diagnostics)?)),
+        "Check" => RawDoc::Check(Box::new(typed(path, piece, diagnostics)?)),
+        "Action" => RawDoc::Action(Box::new(typed(path, piece, diagnostics)?)),
+        _ => RawDoc::Policy(Box::new(typed(path, piece, diagnostics)?)),
+    };
+    Some(Parsed {
+        file: file_idx,
+        line_offset: piece.line_offset,
+        start,
+        doc,
+    })
+}
+
+/// Reads `apiVersion` and `kind` leniently and reports what is wrong with them; returns the kind.
+fn slow_header(path: &str, piece: &Piece<'_>, start: Pos, diagnostics: &mut Vec<Diagnostic>) -> Option<String> {
     let header = match serde_saphyr::from_str_with_options::<Option<Header>>(piece.text, options()) {
         Ok(header) => header?,
         Err(error) => {
@@ -176,19 +199,26 @@ fn parse_document(file_idx: usize, path: &str, piece: &Piece<'_>, diagnostics: &
     if !header_ok {
         return None;
     }
-    let doc = match kind.value.0.as_str() {
-        "System" => RawDoc::System(Box::new(typed(path, piece, diagnostics)?)),
-        "Component" => RawDoc::Component(Box::new(typed(path, piece, diagnostics)?)),
-        "Check" => RawDoc::Check(Box::new(typed(path, piece, diagnostics)?)),
-        "Action" => RawDoc::Action(Box::new(typed(path, piece, diagnostics)?)),
-        _ => RawDoc::Policy(Box::new(typed(path, piece, diagnostics)?)),
-    };
-    Some(Parsed {
-        file: file_idx,
-        line_offset: piece.line_offset,
-        start,
-        doc,
-    })
+    Some(kind.value.0.clone())
+}
+
+/// `kind` of a block-style document whose `apiVersion: endstate/v1` and known `kind` are plain at column 0.
+fn quick_header(text: &str) -> Option<&'static str> {
+    let mut api_version_ok = false;
+    let mut kind = None;
+    for line in text.lines() {
+        let value = |key: &str| {
+            let rest = line.strip_prefix(key)?.strip_prefix(':')?;
+            let rest = rest.split(" #").next().unwrap_or(rest).trim();
+            Some(rest)
+        };
+        if let Some(version) = value("apiVersion") {
+            api_version_ok = version == API_VERSION;
+        } else if let Some(found) = value("kind") {
+            kind = KINDS.iter().find(|known| **known == found).copied();
+        }
+    }
+    if api_version_ok { kind } else { None }
 }
 
 fn typed<T: DeserializeOwned>(path: &str, piece: &Piece<'_>, diagnostics: &mut Vec<Diagnostic>) -> Option<T> {

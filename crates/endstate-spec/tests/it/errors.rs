@@ -122,7 +122,7 @@ fn many_problems_in_one_run() {
         "
         a.yaml:3:7: error[invalid-name]: found system name `Shop`; expected lowercase letters, digits, `-`, `_` and `.`, starting with a letter or digit
         a.yaml:8:1: error[unknown-field]: found field `bogus`; expected one of `apiVersion`, `kind`, `name`, `description`, `owners`, `escalation`, `links`, `labels`, `subsystems`
-        b.yaml:3:7: error[yaml-syntax]: found invalid YAML: unclosed bracket '['
+        b.yaml:3:7: error[wrong-type]: found a list; expected a string
         b.yaml:8:14: error[dangling-reference]: found system `missing`, which is not declared; expected a declared system (`Shop`, `after-syntax-error`, `shop`)
         c.yaml:12:20: error[invalid-rollout]: found canary 5 larger than the total count 3; expected a canary of at most 3
         c.yaml:12:30: error[invalid-rollout]: found a batch of 150 percent; expected a percentage from 1 to 100

@@ -39,13 +39,15 @@ fn deeply_nested_yaml() {
             ("deep1.yaml", &"[".repeat(100_000)),
             ("deep2.yaml", &format!("{BASE}args: {}", "[".repeat(100_000))),
             ("deep3.yaml", &format!("apiVersion: endstate/v1\nkind: System\nname: x\nlabels:\n{}", (1..2000).map(|i| format!("{}a:\n", " ".repeat(i))).collect::<String>())),
+            ("deep5.yaml", &format!("kind: System\nname: x\nlabels:\n{}", (1..2000).map(|i| format!("{}a:\n", " ".repeat(i))).collect::<String>())),
             ("deep4.yaml", &format!("apiVersion: endstate/v1\nkind: System\nname: y\nlabels: {}", "{a: ".repeat(100_000))),
         ],
         "
         deep1.yaml:1:256: error[too-deep]: found nesting more than 64 levels deep; expected at most 64 levels of nesting
         deep2.yaml:12:262: error[too-deep]: found nesting more than 64 levels deep; expected at most 64 levels of nesting
-        deep3.yaml:68:65: error[too-deep]: found nesting more than 64 levels deep; expected at most 64 levels of nesting
-        deep4.yaml:4:261: error[too-deep]: found nesting more than 64 levels deep; expected at most 64 levels of nesting
+        deep3.yaml:6:3: error[wrong-type]: found a mapping; expected a string
+        deep4.yaml:4:13: error[wrong-type]: found a mapping; expected a string
+        deep5.yaml:67:65: error[too-deep]: found nesting more than 64 levels deep; expected at most 64 levels of nesting
         ",
     );
 }

@@ -78,16 +78,22 @@ impl SqliteStore {
         let counters = Arc::new(writer::Counters::default());
         let thread_counters = Arc::clone(&counters);
         let checkpoint_conn = Connection::open(&path).map_err(StoreError::sqlite("open the checkpointer"))?;
-        checkpoint_conn.busy_timeout(BUSY_TIMEOUT).map_err(StoreError::sqlite("configure the checkpointer"))?;
+        checkpoint_conn
+            .busy_timeout(BUSY_TIMEOUT)
+            .map_err(StoreError::sqlite("configure the checkpointer"))?;
         let (checkpoint, checkpoints) = std::sync::mpsc::sync_channel(1);
         std::thread::Builder::new()
             .name("endstate-store-checkpointer".to_owned())
             .spawn(move || checkpointer(checkpoint_conn, checkpoints))
-            .map_err(|_| StoreError::Crashed { op: "start the checkpointer thread" })?;
+            .map_err(|_| StoreError::Crashed {
+                op: "start the checkpointer thread",
+            })?;
         std::thread::Builder::new()
             .name("endstate-store-writer".to_owned())
             .spawn(move || writer::run(conn, queue, thread_counters, checkpoint))
-            .map_err(|_| StoreError::Crashed { op: "start the writer thread" })?;
+            .map_err(|_| StoreError::Crashed {
+                op: "start the writer thread",
+            })?;
         let readers = Arc::new(ReaderPool {
             path: path.clone(),
             idle: Mutex::new(Vec::new()),
@@ -212,10 +218,15 @@ fn configure(conn: &Connection, writer: bool) -> Result<(), StoreError> {
                 detail: format!("WAL mode is required, SQLite kept {mode:?}"),
             });
         }
-        conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
-            .map_err(StoreError::sqlite(op))?;
+        // Checkpoints normally run on the checkpointer thread; the writer only checkpoints itself
+        // as a safety net if the WAL grows past ~400 MB (the checkpointer fell behind).
+        conn.execute_batch(
+            "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = 100000; \
+             PRAGMA cache_size = -65536; PRAGMA temp_store = MEMORY; PRAGMA mmap_size = 268435456;",
+        )
+        .map_err(StoreError::sqlite(op))?;
     } else {
-        conn.execute_batch("PRAGMA query_only = ON;")
+        conn.execute_batch("PRAGMA query_only = ON; PRAGMA cache_size = -16384; PRAGMA mmap_size = 268435456;")
             .map_err(StoreError::sqlite(op))?;
     }
     Ok(())

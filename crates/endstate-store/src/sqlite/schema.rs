@@ -109,29 +109,33 @@ pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 /// `SchemaTooNew` when the database is newer than this build; `Migration` when a step fails
 /// (that step is rolled back; earlier steps stay).
 pub(crate) fn migrate(conn: &mut Connection) -> Result<u32, StoreError> {
-    let found: u32 = conn
-        .query_row("PRAGMA user_version", [], |row| row.get(0))
-        .map_err(StoreError::sqlite("read the schema version"))?;
-    if found > SCHEMA_VERSION {
-        return Err(StoreError::SchemaTooNew {
-            found,
-            known: SCHEMA_VERSION,
-        });
-    }
-    for (from, sql) in (found..).zip(&MIGRATIONS[found as usize..]) {
-        let to = from + 1;
+    loop {
+        // The version is read inside the exclusive transaction, so two processes opening the same
+        // file at once never apply a migration twice.
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)
+            .map_err(StoreError::sqlite("lock the schema"))?;
+        let found: u32 = tx
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .map_err(StoreError::sqlite("read the schema version"))?;
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::SchemaTooNew {
+                found,
+                known: SCHEMA_VERSION,
+            });
+        }
+        let Some(sql) = MIGRATIONS.get(found as usize) else {
+            return Ok(found);
+        };
+        let (from, to) = (found, found + 1);
         let fail = |source| StoreError::Migration {
             from,
             to,
             source: Arc::new(source),
         };
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)
-            .map_err(fail)?;
         tx.execute_batch(sql).map_err(fail)?;
         tx.pragma_update(None, "user_version", to).map_err(fail)?;
         tx.commit().map_err(fail)?;
         tracing::info!(from, to, "Store schema migrated.");
     }
-    Ok(SCHEMA_VERSION)
 }

@@ -67,7 +67,6 @@ pub(crate) fn run(
     let mut shutdown: Option<oneshot::Sender<()>> = None;
     let mut answers: Vec<Answer> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
-        let t0 = std::time::Instant::now();
         let mut next = Some(first);
         let begun = conn
             .execute_batch("BEGIN IMMEDIATE")
@@ -85,18 +84,14 @@ pub(crate) fn run(
             }
         }
         let n_ops = answers.len();
-        let t_apply = t0.elapsed();
         let committed = match begun {
             Ok(()) => commit(&conn),
             Err(error) => Err(error),
         };
-        if std::env::var_os("ES_TRACE").is_some() { eprintln!("batch {n_ops} apply {:?} commit {:?}", t_apply, t0.elapsed() - t_apply); }
         if let Err(error) = &committed {
             tracing::error!(error = %error, n_ops, "Store batch failed to commit.");
         }
-        for answer in answers.drain(..) {
-            answer(committed.as_ref().err());
-        }
+        // Counters first, so a caller that got its answer sees its batch counted.
         n_since_checkpoint += n_ops;
         if n_since_checkpoint >= CHECKPOINT_EVERY_OPS {
             // A full channel means a checkpoint is already pending: nothing to add.
@@ -106,6 +101,9 @@ pub(crate) fn run(
         counters.batches.fetch_add(1, Ordering::Relaxed);
         counters.ops.fetch_add(n_ops as u64, Ordering::Relaxed);
         counters.max_batch.fetch_max(n_ops as u64, Ordering::Relaxed);
+        for answer in answers.drain(..) {
+            answer(committed.as_ref().err());
+        }
         if shutdown.is_some() {
             break;
         }

@@ -1,0 +1,309 @@
+//! Authentication, errors as problem details, limits, revisions and changes, OpenAPI and metrics.
+
+use endstate_client::Client;
+
+use crate::{CACHE_COMPONENT, SYSTEMS, TestServer, submit_request, wait_for_change, wait_until_waiting};
+
+#[tokio::test]
+async fn every_call_needs_a_known_token() {
+    let server = TestServer::start().await;
+    let http = reqwest::Client::new();
+    for path in ["/v1/systems", "/v1/timeline", "/openapi.json", "/metrics"] {
+        let response = http.get(format!("{}{path}", server.url)).send().await.unwrap();
+        assert_eq!(response.status(), 401, "{path} without a token");
+        assert_eq!(response.headers()["www-authenticate"], "Bearer realm=\"endstate\"");
+        assert_eq!(response.headers()["content-type"], "application/problem+json");
+        let problem: endstate_api::Problem = response.json().await.unwrap();
+        assert!(problem.detail.contains("needs a bearer token"), "{problem:?}");
+    }
+    let wrong = Client::new(&server.url, "es_not-a-real-token").unwrap();
+    let error = wrong.systems(false).await.unwrap_err();
+    assert_eq!(error.problem().map(|p| p.status), Some(401));
+    assert!(error.to_string().contains("not known to this server"), "{error}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_viewer_reads_but_may_not_change() {
+    let server = TestServer::start().await;
+    let created = server.client().create_token("dashboards", "viewer").await.unwrap();
+    assert!(created.secret.starts_with("es_"));
+    let viewer = Client::new(&server.url, &created.secret).unwrap();
+    assert!(viewer.systems(false).await.is_ok());
+    let error = viewer
+        .submit(&submit_request(&[("s.yaml", SYSTEMS)], "x"))
+        .await
+        .unwrap_err();
+    let problem = error.problem().unwrap();
+    assert_eq!(problem.status, 403);
+    assert!(
+        problem.detail.contains("role viewer which may not make changes"),
+        "{problem:?}"
+    );
+    let error = viewer.create_token("another", "admin").await.unwrap_err();
+    assert_eq!(error.problem().map(|p| p.status), Some(403));
+    let error = server.client().create_token("bad", "root").await.unwrap_err();
+    assert_eq!(error.problem().unwrap().errors[0].field, "role");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_systems_only_revision_converges_and_is_on_the_timeline() {
+    let server = TestServer::start().await;
+    let client = server.client();
+    let submitted = client
+        .submit(&submit_request(&[("systems.yaml", SYSTEMS)], "first"))
+        .await
+        .unwrap();
+    assert_eq!(submitted.revision.id, 1);
+    assert_eq!(submitted.revision.author, "admin");
+    assert_eq!(submitted.revision.source.kind, "cli");
+    assert!(submitted.revision.digest.starts_with("sha256:"));
+    assert_eq!(submitted.change.state, "pending");
+    let change = wait_for_change(&client, submitted.change.id, &["converged"]).await;
+    assert!(change.terminal);
+    assert!(change.reason.unwrap().contains("5 declared objects in force"));
+    let revision = client.revision("latest").await.unwrap();
+    assert_eq!(revision.id, 1);
+    assert_eq!(revision.counts["systems"], 5);
+    assert!(revision.desired.unwrap()["systems"]["cache"].is_object());
+    let kinds: Vec<String> = client
+        .timeline(&endstate_client::TimelineQuery::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(kinds, ["change.converged", "change.planning", "revision.submitted"]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_change_that_cannot_be_placed_waits_with_its_reason_and_a_newer_one_supersedes_it() {
+    let server = TestServer::start().await;
+    let client = server.client();
+    let first = client
+        .submit(&submit_request(
+            &[("s.yaml", SYSTEMS), ("c.yaml", CACHE_COMPONENT)],
+            "memo",
+        ))
+        .await
+        .unwrap();
+    let waiting = wait_until_waiting(&client, first.change.id).await;
+    assert!(!waiting.terminal);
+    let reason = waiting.reason.unwrap();
+    assert!(
+        reason.contains("cache/memo cannot be placed (0 of 2 instances): no known host matches the selector zone=a"),
+        "{reason}"
+    );
+    let plan = waiting.plan.unwrap();
+    assert_eq!(plan["unplaced"][0]["component"], "cache/memo");
+    let second = client
+        .submit(&submit_request(&[("s.yaml", SYSTEMS)], "without memo"))
+        .await
+        .unwrap();
+    let superseded = wait_for_change(&client, first.change.id, &["superseded"]).await;
+    assert_eq!(
+        superseded.reason.unwrap(),
+        format!("superseded by change {} for revision 2", second.change.id)
+    );
+    wait_for_change(&client, second.change.id, &["converged"]).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_invalid_spec_is_refused_with_every_problem_located() {
+    let server = TestServer::start().await;
+    let client = server.client();
+    let bad_component = CACHE_COMPONENT
+        .replace("system: cache", "system: nowhere")
+        .replace("command: memo", "command: memo\nreplicas: 3");
+    let error = client
+        .submit(&submit_request(
+            &[
+                ("s.yaml", SYSTEMS),
+                ("broken.yaml", "kind: [unclosed"),
+                ("c.yaml", &bad_component),
+            ],
+            "bad",
+        ))
+        .await
+        .unwrap_err();
+    let problem = error.problem().unwrap();
+    assert_eq!(problem.status, 422);
+    let located: Vec<String> = problem
+        .diagnostics
+        .iter()
+        .map(|d| format!("{}:{}:{} {}", d.file, d.line, d.column, d.code))
+        .collect();
+    assert!(located.iter().any(|l| l.starts_with("broken.yaml:1:")), "{located:?}");
+    assert!(
+        located
+            .iter()
+            .any(|l| l.starts_with("c.yaml:") && l.ends_with("unknown-field")),
+        "{located:?}"
+    );
+    // Nothing was stored.
+    assert!(
+        client
+            .revision("latest")
+            .await
+            .unwrap_err()
+            .problem()
+            .is_some_and(|p| p.status == 404)
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_bodies_name_the_field() {
+    let server = TestServer::start().await;
+    let http = reqwest::Client::new();
+    let post = |body: String| {
+        http.post(format!("{}/v1/revisions", server.url))
+            .bearer_auth(&server.admin)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let response = post(r#"{"documents":[{"path":"a.yaml","content":7}]}"#.into())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let problem: endstate_api::Problem = response.json().await.unwrap();
+    assert_eq!(problem.errors[0].field, "documents[0].content", "{problem:?}");
+    let response = post(r#"{"documents":[{"path":"a.yaml","content":"x"}],"extra":1}"#.into())
+        .await
+        .unwrap();
+    let problem: endstate_api::Problem = response.json().await.unwrap();
+    assert!(
+        problem.errors[0].message.contains("unknown field `extra`"),
+        "{problem:?}"
+    );
+    let response = post(r#"{"documents":[]}"#.into()).await.unwrap();
+    let problem: endstate_api::Problem = response.json().await.unwrap();
+    assert_eq!((problem.status, problem.errors[0].field.as_str()), (400, "documents"));
+    let response = post("\u{0}\u{1}garbage".into()).await.unwrap();
+    assert_eq!(response.status(), 400);
+    let huge = format!(
+        r#"{{"documents":[{{"path":"a.yaml","content":"{}"}}]}}"#,
+        "a".repeat(endstate_api::MAX_BODY_BYTES + 10)
+    );
+    let response = post(huge).await.unwrap();
+    assert_eq!(response.status(), 413);
+    let problem: endstate_api::Problem = response.json().await.unwrap();
+    assert!(problem.detail.contains("larger than"), "{problem:?}");
+    let response = http
+        .get(format!("{}/v1/timeline?since=yesterday", server.url))
+        .bearer_auth(&server.admin)
+        .send()
+        .await
+        .unwrap();
+    let problem: endstate_api::Problem = response.json().await.unwrap();
+    assert_eq!((problem.status, problem.errors[0].field.as_str()), (400, "since"));
+    let response = http
+        .get(format!("{}/v1/nope", server.url))
+        .bearer_auth(&server.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn each_client_is_rate_limited() {
+    let server = TestServer::start_with(|config| {
+        config.rate_limit = endstate_server::RateLimitConfig {
+            per_second: 1,
+            burst: 5,
+        }
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        let response = http
+            .get(format!("{}/v1/systems", server.url))
+            .bearer_auth(&server.admin)
+            .send()
+            .await
+            .unwrap();
+        statuses.push(response.status().as_u16());
+        if response.status() == 429 {
+            assert!(response.headers().contains_key("retry-after"));
+        }
+    }
+    assert_eq!(&statuses[..5], &[200; 5]);
+    assert!(statuses[5..].contains(&429), "{statuses:?}");
+    // The bucket refills at one request per second.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let response = http
+        .get(format!("{}/v1/systems", server.url))
+        .bearer_auth(&server.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn openapi_and_metrics_are_served() {
+    let server = TestServer::start().await;
+    let http = reqwest::Client::new();
+    let doc: serde_json::Value = http
+        .get(format!("{}/openapi.json", server.url))
+        .bearer_auth(&server.admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for path in ["/v1/revisions", "/v1/timeline", "/v1/systems/{name}", "/v1/stream"] {
+        assert!(
+            doc["paths"][path].is_object(),
+            "{path} missing from the OpenAPI document"
+        );
+    }
+    assert!(doc["components"]["schemas"]["Problem"].is_object());
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    server
+        .client()
+        .submit(&submit_request(&[("s.yaml", SYSTEMS)], "m"))
+        .await
+        .unwrap();
+    let metrics = http
+        .get(format!("{}/metrics", server.url))
+        .bearer_auth(&server.admin)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("endstate_revisions_submitted_total 1"), "{metrics}");
+    assert!(
+        metrics.contains(r#"endstate_api_requests_total{method="POST",route="/v1/revisions",status="201"} 1"#),
+        "{metrics}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn state_survives_a_restart_on_the_same_data_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = endstate_server::ServerConfig::new(dir.path());
+    let server = endstate_server::Server::open(&config).await.unwrap();
+    let secret = server.admin_secret().unwrap().to_string();
+    drop(server);
+    let again = endstate_server::Server::open(&config).await.unwrap();
+    assert_eq!(
+        again.admin_secret(),
+        None,
+        "the admin token is created once and shown once"
+    );
+    let _ = secret;
+}

@@ -1,0 +1,172 @@
+//! End-to-end tests of the API server: a real server on a free loopback port over a SQLite store
+
+#![allow(clippy::unwrap_used)]
+
+//! in a temporary directory, called through the real client and raw HTTP.
+
+mod api;
+mod systems;
+mod timeline;
+
+use std::time::Duration;
+
+use endstate_api::{Document, RevisionSource, SubmitRevision};
+use endstate_client::Client;
+use endstate_server::{RateLimitConfig, Server, ServerConfig};
+
+/// A server running for one test.
+pub(crate) struct TestServer {
+    pub(crate) url: String,
+    pub(crate) admin: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    pub(crate) async fn start() -> TestServer {
+        TestServer::start_with(|_| {}).await
+    }
+
+    pub(crate) async fn start_with(adjust: impl FnOnce(&mut ServerConfig)) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = ServerConfig::new(dir.path().join("data"));
+        config.runner_interval = Duration::from_millis(200);
+        config.rate_limit = RateLimitConfig {
+            per_second: 10_000,
+            burst: 10_000,
+        };
+        adjust(&mut config);
+        let server = Server::open(&config).await.unwrap();
+        let admin = server
+            .admin_secret()
+            .expect("a new store creates an admin token")
+            .to_string();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            server
+                .serve(listener, async move {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+        });
+        // Check that it really started.
+        let health = reqwest::get(format!("{url}/healthz")).await.unwrap();
+        assert_eq!(health.status(), 200);
+        TestServer {
+            url,
+            admin,
+            stop: Some(stop),
+            task: Some(task),
+            _dir: dir,
+        }
+    }
+
+    pub(crate) fn client(&self) -> Client {
+        Client::new(&self.url, &self.admin).unwrap()
+    }
+
+    pub(crate) async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap();
+        }
+    }
+}
+
+pub(crate) fn docs(files: &[(&str, &str)]) -> Vec<Document> {
+    files
+        .iter()
+        .map(|(path, content)| Document {
+            path: path.to_string(),
+            content: content.to_string(),
+        })
+        .collect()
+}
+
+pub(crate) fn submit_request(files: &[(&str, &str)], message: &str) -> SubmitRevision {
+    SubmitRevision {
+        documents: docs(files),
+        message: message.to_string(),
+        source: RevisionSource {
+            kind: "cli".into(),
+            reference: Some("tests".into()),
+        },
+    }
+}
+
+/// Waits (bounded) until the change is in one of `states`, and returns it.
+pub(crate) async fn wait_for_change(client: &Client, id: u64, states: &[&str]) -> endstate_api::ChangeView {
+    for _ in 0..200 {
+        let change = client.change(id).await.unwrap();
+        if states.contains(&change.state.as_str()) {
+            return change;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "change {id} never reached {states:?}: {:?}",
+        client.change(id).await.unwrap()
+    );
+}
+
+/// Waits (bounded) until the change waits in `planning` with its reason written.
+pub(crate) async fn wait_until_waiting(client: &Client, id: u64) -> endstate_api::ChangeView {
+    for _ in 0..200 {
+        let change = client.change(id).await.unwrap();
+        if change.state == "planning" && change.reason.as_deref().is_some_and(|r| r.starts_with("waiting")) {
+            return change;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("change {id} never waited: {:?}", client.change(id).await.unwrap());
+}
+
+/// Systems only: nothing to execute on hosts, so a change converges.
+pub(crate) const SYSTEMS: &str = r#"apiVersion: endstate/v1
+kind: System
+name: shop
+description: The shop.
+owners: [team-shop]
+subsystems: [storefront, payments]
+---
+apiVersion: endstate/v1
+kind: System
+name: storefront
+owners: [team-shop]
+subsystems: [cache]
+---
+apiVersion: endstate/v1
+kind: System
+name: payments
+owners: [team-payments]
+---
+apiVersion: endstate/v1
+kind: System
+name: platform
+owners: [team-platform]
+subsystems: [cache]
+---
+apiVersion: endstate/v1
+kind: System
+name: cache
+owners: [team-platform]
+labels: { tier: storage }
+"#;
+
+/// A component of the shared cache system, placed on hosts labelled zone=a.
+pub(crate) const CACHE_COMPONENT: &str = r#"apiVersion: endstate/v1
+kind: Component
+name: memo
+system: cache
+artifact: { version: "1.0.0", path: bin/memo }
+command: memo
+placement:
+  selector: { zone: a }
+  count: { total: 2 }
+"#;

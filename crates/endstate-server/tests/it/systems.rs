@@ -1,0 +1,51 @@
+//! Systems: many-to-many aggregation and status rolled up worst first, naming the leaf.
+
+use crate::{CACHE_COMPONENT, SYSTEMS, TestServer, submit_request};
+
+#[tokio::test]
+async fn status_rolls_up_through_a_shared_subsystem_and_names_the_leaf() {
+    let server = TestServer::start().await;
+    let client = server.client();
+    client
+        .submit(&submit_request(
+            &[("s.yaml", SYSTEMS), ("c.yaml", CACHE_COMPONENT)],
+            "m",
+        ))
+        .await
+        .unwrap();
+
+    let tree = client.systems(true).await.unwrap();
+    let top: Vec<&str> = tree.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(
+        top,
+        ["platform", "shop"],
+        "only systems that are nobody's subsystem are roots"
+    );
+    // cache belongs to both storefront (under shop) and platform: both roll its status up.
+    for root in &tree {
+        assert_eq!(root.status.status, "pending", "{root:?}");
+        let reason = root.status.reason.as_deref().unwrap();
+        assert!(
+            reason.starts_with("cache/memo: 0 of 2 instances can be placed"),
+            "{reason}"
+        );
+    }
+    let shop = tree.iter().find(|s| s.name == "shop").unwrap();
+    assert_eq!(shop.status.path, ["shop", "storefront", "cache", "cache/memo"]);
+    let payments = shop.children.iter().find(|s| s.name == "payments").unwrap();
+    assert_eq!(payments.status.status, "healthy");
+    assert_eq!(payments.status.reason, None);
+
+    // Every layer can be drilled into.
+    let cache = client.system("cache").await.unwrap();
+    assert_eq!(cache.components, ["cache/memo"]);
+    assert_eq!(cache.component_status[0].desired_instances, 2);
+    assert_eq!(cache.component_status[0].ready_instances, 0);
+    let flat = client.systems(false).await.unwrap();
+    assert_eq!(flat.len(), 5);
+    assert!(flat.iter().all(|s| s.children.is_empty()));
+
+    let missing = client.system("nope").await.unwrap_err();
+    assert_eq!(missing.problem().map(|p| p.status), Some(404));
+    server.stop().await;
+}

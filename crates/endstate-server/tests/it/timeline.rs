@@ -1,0 +1,164 @@
+//! The timeline: subtree and kind filters, time windows, cursor pagination, the live stream.
+
+use futures_util::StreamExt;
+
+use endstate_client::TimelineQuery;
+
+use crate::{CACHE_COMPONENT, SYSTEMS, TestServer, submit_request, wait_for_change, wait_until_waiting};
+
+#[tokio::test]
+async fn filters_pagination_and_subtrees() {
+    let server = TestServer::start().await;
+    let client = server.client();
+    let first = client
+        .submit(&submit_request(&[("s.yaml", SYSTEMS)], "systems"))
+        .await
+        .unwrap();
+    wait_for_change(&client, first.change.id, &["converged"]).await;
+    let second = client
+        .submit(&submit_request(
+            &[("s.yaml", SYSTEMS), ("c.yaml", CACHE_COMPONENT)],
+            "memo",
+        ))
+        .await
+        .unwrap();
+    wait_until_waiting(&client, second.change.id).await;
+
+    let all = client.timeline(&TimelineQuery::default()).await.unwrap().items;
+    assert!(all.len() >= 5, "{all:#?}");
+    assert!(all.windows(2).all(|w| w[0].seq > w[1].seq), "newest first");
+
+    // The second revision touches only the cache system; a query for platform (which aggregates
+    // cache) sees it, one for payments does not.
+    let of = |system: &str| TimelineQuery {
+        system: Some(system.into()),
+        kind: Some("revision.submitted".into()),
+        ..TimelineQuery::default()
+    };
+    let platform = client.timeline(&of("platform")).await.unwrap().items;
+    assert_eq!(
+        platform
+            .iter()
+            .map(|e| e.data["message"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["memo", "systems"]
+    );
+    let payments = client.timeline(&of("payments")).await.unwrap().items;
+    assert_eq!(
+        payments
+            .iter()
+            .map(|e| e.data["message"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["systems"]
+    );
+
+    let changes = client
+        .timeline(&TimelineQuery {
+            kind: Some("change.".into()),
+            ..TimelineQuery::default()
+        })
+        .await
+        .unwrap()
+        .items;
+    assert!(!changes.is_empty() && changes.iter().all(|e| e.kind.starts_with("change.")));
+    assert!(
+        changes
+            .iter()
+            .all(|e| e.change.is_some() && e.actor.as_deref() == Some("server"))
+    );
+
+    let future = client
+        .timeline(&TimelineQuery {
+            since: Some("2999-01-01T00:00:00Z".into()),
+            ..TimelineQuery::default()
+        })
+        .await
+        .unwrap()
+        .items;
+    assert!(future.is_empty());
+    let recent = client
+        .timeline(&TimelineQuery {
+            since: Some("1h".into()),
+            ..TimelineQuery::default()
+        })
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(recent.len(), all.len());
+
+    // Pages of two cover everything exactly once.
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = client
+            .timeline(&TimelineQuery {
+                limit: Some(2),
+                cursor: cursor.clone(),
+                ..TimelineQuery::default()
+            })
+            .await
+            .unwrap();
+        seen.extend(page.items.iter().map(|e| e.seq));
+        match page.next {
+            Some(next) if !page.items.is_empty() => cursor = Some(next),
+            _ => break,
+        }
+    }
+    assert_eq!(seen, all.iter().map(|e| e.seq).collect::<Vec<_>>());
+
+    // Following from a position returns what came after, oldest first.
+    let after = all.last().unwrap().seq;
+    let followed = client
+        .timeline(&TimelineQuery {
+            after: Some(after),
+            ..TimelineQuery::default()
+        })
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(followed.first().map(|e| e.seq), Some(after + 1));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_stream_delivers_new_events_and_resumes_from_a_position() {
+    let server = TestServer::start().await;
+    let client = server.client();
+    let mut stream = Box::pin(client.stream(&TimelineQuery::default()).await.unwrap());
+    let submitted = client
+        .submit(&submit_request(&[("s.yaml", SYSTEMS)], "live"))
+        .await
+        .unwrap();
+    let mut kinds = Vec::new();
+    let mut last_seq = 0;
+    while kinds.last().map(String::as_str) != Some("change.converged") {
+        let event = tokio::time::timeout(std::time::Duration::from_secs(10), stream.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(event.seq > last_seq, "in order");
+        last_seq = event.seq;
+        kinds.push(event.kind);
+    }
+    assert_eq!(kinds, ["revision.submitted", "change.planning", "change.converged"]);
+    assert_eq!(client.change(submitted.change.id).await.unwrap().state, "converged");
+
+    // A stream opened after the fact, from the first event on, replays the rest.
+    let mut resumed = Box::pin(
+        client
+            .stream(&TimelineQuery {
+                after: Some(1),
+                ..TimelineQuery::default()
+            })
+            .await
+            .unwrap(),
+    );
+    let next = tokio::time::timeout(std::time::Duration::from_secs(10), resumed.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!((next.seq, next.kind.as_str()), (2, "change.planning"));
+    server.stop().await;
+}
