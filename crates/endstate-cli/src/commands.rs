@@ -41,10 +41,11 @@ fn print_diagnostics(diagnostics: &[Diagnostic]) {
 
 /// `endstate validate DIR`
 pub(crate) fn validate(global: &Global, dir: &Path) -> anyhow::Result<Outcome> {
-    let diagnostics = match read_dir(dir) {
-        Ok(files) => endstate_spec::load(&files, &[]).diagnostics,
-        Err(diagnostics) => diagnostics,
-    };
+    let (files, mut diagnostics) = endstate_client::spec_dir::read_spec_dir_all(dir);
+    if !files.is_empty() {
+        diagnostics.extend(endstate_spec::load(&files, &[]).diagnostics);
+    }
+    diagnostics.sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
     let n_errors = diagnostics.iter().filter(|d| d.severity == Severity::Error).count();
     let n_warnings = diagnostics.len() - n_errors;
     if global.output == Output::Json {

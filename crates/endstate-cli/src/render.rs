@@ -54,12 +54,7 @@ fn children(system: &SystemView, prefix: &str, color: bool, out: &mut String) {
             component.ready_instances,
             component.desired_instances,
             paint(&component.status.status, color),
-            component
-                .status
-                .reason
-                .as_ref()
-                .map(|_| String::new())
-                .unwrap_or_default()
+            reason(&component.status)
         );
     }
     for child in &system.children {

@@ -16,23 +16,36 @@ use endstate_spec::{Diagnostic, Severity, SourceFile};
 /// an unreadable directory, a `dir` that does not exist or is not a directory, or a directory with no
 /// YAML file at all.
 pub fn read_spec_dir(dir: &Path) -> Result<Vec<SourceFile>, Vec<Diagnostic>> {
+    let (files, problems) = read_spec_dir_all(dir);
+    if problems.is_empty() { Ok(files) } else { Err(problems) }
+}
+
+/// Like [`read_spec_dir`], but returns the files that could be read beside the problems of those
+/// that could not, so `endstate validate` reports the problems inside the readable files too.
+pub fn read_spec_dir_all(dir: &Path) -> (Vec<SourceFile>, Vec<Diagnostic>) {
     let shown = display_path(dir);
     let mut problems = Vec::new();
     match std::fs::metadata(dir) {
         Ok(meta) if meta.is_dir() => {}
         Ok(_) => {
-            return Err(vec![problem(
-                &shown,
-                "not-a-directory",
-                "found a file where a spec directory was expected",
-            )]);
+            return (
+                Vec::new(),
+                vec![problem(
+                    &shown,
+                    "not-a-directory",
+                    "found a file where a spec directory was expected",
+                )],
+            );
         }
         Err(error) => {
-            return Err(vec![problem(
-                &shown,
-                "unreadable",
-                format!("cannot read the spec directory: {error}"),
-            )]);
+            return (
+                Vec::new(),
+                vec![problem(
+                    &shown,
+                    "unreadable",
+                    format!("cannot read the spec directory: {error}"),
+                )],
+            );
         }
     }
     let mut paths = Vec::new();
@@ -117,7 +130,7 @@ pub fn read_spec_dir(dir: &Path) -> Result<Vec<SourceFile>, Vec<Diagnostic>> {
             .with_expected("at least one `*.yaml` or `*.yml` file"),
         );
     }
-    if problems.is_empty() { Ok(files) } else { Err(problems) }
+    (files, problems)
 }
 
 fn is_yaml(path: &Path) -> bool {

@@ -69,7 +69,7 @@ impl World {
             let rolled = Rolled {
                 status: Status::Pending,
                 reason: Some(format!(
-                    "{key}: {} of {} instances can be placed: {}",
+                    "{} of {} instances can be placed: {}",
                     unplaced.placed, unplaced.wanted, unplaced.reason
                 )),
                 path: vec![key.to_string()],
@@ -142,9 +142,10 @@ impl World {
             if rolled.status > worst.status {
                 let mut path = vec![name.to_string()];
                 path.extend(rolled.path);
+                let reason = rolled.reason.map(|reason| format!("{key}: {reason}"));
                 worst = Rolled {
                     status: rolled.status,
-                    reason: rolled.reason,
+                    reason,
                     path,
                 };
             }

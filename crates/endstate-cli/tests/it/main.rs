@@ -1,0 +1,106 @@
+//! End-to-end tests of the `endstate` binary: real server processes on free loopback ports,
+//! real data directories, the CLI as a user runs it.
+
+#![allow(clippy::unwrap_used)]
+
+mod offline;
+mod server;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub(crate) fn bin() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_endstate"));
+    command
+        .env_remove("ENDSTATE_SERVER")
+        .env_remove("ENDSTATE_TOKEN")
+        .env("NO_COLOR", "1");
+    command
+}
+
+pub(crate) fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Runs the binary to completion, isolated from the user's config.
+pub(crate) fn run(args: &[&str], config: &Path) -> Output {
+    bin()
+        .args(args)
+        .env("ENDSTATE_CONFIG", config)
+        .current_dir(repo_root())
+        .output()
+        .unwrap()
+}
+
+pub(crate) fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A long-running `endstate` process whose stdout lines are collected.
+pub(crate) struct Process {
+    pub(crate) child: Child,
+    lines: mpsc::Receiver<String>,
+    pub(crate) seen: Vec<String>,
+}
+
+impl Process {
+    pub(crate) fn spawn(args: &[&str], config: &Path) -> Process {
+        let mut child = bin()
+            .args(args)
+            .env("ENDSTATE_CONFIG", config)
+            .env("ENDSTATE_LOG", "warn")
+            .current_dir(repo_root())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Process {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits (at most 30 s) for a stdout line containing `needle` and returns it.
+    pub(crate) fn wait_for(&mut self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!("no line with {needle:?}; saw {:#?}", self.seen),
+            }
+        }
+    }
+
+    /// The URL after `needle` on its line (`... http://127.0.0.1:PORT`).
+    pub(crate) fn wait_for_url(&mut self, needle: &str) -> String {
+        let line = self.wait_for(needle);
+        let start = line.find("http://").unwrap();
+        line[start..].split_whitespace().next().unwrap().to_string()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,193 @@
+//! The binary as a server: apply, status and timeline through the CLI, durability across
+//! `kill -9`, and `endstate dev` bringing up the example systems.
+
+use std::path::Path;
+
+use crate::{Process, run, text};
+
+const SYSTEMS: &str = "apiVersion: endstate/v1\nkind: System\nname: shop\nowners: [team-shop]\nsubsystems: [payments]\n---\napiVersion: endstate/v1\nkind: System\nname: payments\nowners: [team-payments]\n";
+
+fn write_spec(dir: &Path, text: &str) -> String {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("systems.yaml"), text).unwrap();
+    dir.to_str().unwrap().to_string()
+}
+
+/// Starts `endstate server` on a free port; returns the process, its URL and its admin token.
+fn start_server(data: &Path, config: &Path) -> (Process, String, Option<String>) {
+    let mut server = Process::spawn(
+        &[
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        config,
+    );
+    let first = server.wait_for("endstate server listening on");
+    let token = server
+        .seen
+        .iter()
+        .find_map(|l| l.strip_prefix("admin token (shown once, stored hashed): "))
+        .map(str::to_string);
+    let start = first.find("http://").unwrap();
+    let url = first[start..].to_string();
+    (server, url, token)
+}
+
+fn cli(args: &[&str], url: &str, token: &str, config: &Path) -> std::process::Output {
+    let mut all = vec!["--server", url, "--token", token];
+    all.extend_from_slice(args);
+    run(&all, config)
+}
+
+#[test]
+fn apply_converges_and_status_and_timeline_show_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.json");
+    let (_server, url, token) = start_server(&dir.path().join("data"), &config);
+    let token = token.expect("the first start prints the admin token");
+    let spec = write_spec(&dir.path().join("spec"), SYSTEMS);
+
+    let out = cli(&["apply", &spec, "--yes", "-m", "first systems"], &url, &token, &config);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(text(&out.stdout).contains("+ system payments"), "{}", text(&out.stdout));
+    assert!(stderr.contains("Change 1 converged"), "{stderr}");
+
+    let out = cli(&["plan", &spec], &url, &token, &config);
+    assert_eq!(
+        text(&out.stdout),
+        "No changes. The desired state matches what is in force.\n"
+    );
+
+    let status = text(&cli(&["status"], &url, &token, &config).stdout);
+    assert_eq!(status, "shop  healthy\n└─ payments  healthy\n");
+
+    let out = cli(&["timeline", "payments", "-o", "json"], &url, &token, &config);
+    let kinds: Vec<String> = text(&out.stdout)
+        .lines()
+        .map(|line| {
+            serde_json::from_str::<serde_json::Value>(line).unwrap()["kind"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(kinds, ["revision.submitted", "change.planning", "change.converged"]);
+
+    // An invalid spec is refused with its location, and apply says so in its exit code.
+    let bad = write_spec(
+        &dir.path().join("bad"),
+        &SYSTEMS.replace("owners: [team-shop]", "owners: yes"),
+    );
+    let out = cli(&["apply", &bad, "--yes"], &url, &token, &config);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("systems.yaml:4:9: error["),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Without --yes and without a terminal, apply refuses.
+    let out = cli(&["apply", &spec], &url, &token, &config);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("pass --yes"));
+}
+
+#[test]
+fn what_the_api_acknowledged_survives_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.json");
+    let data = dir.path().join("data");
+    let (mut server, url, token) = start_server(&data, &config);
+    let token = token.unwrap();
+    let spec = write_spec(&dir.path().join("spec"), SYSTEMS);
+    let mut acknowledged = Vec::new();
+    for n in 0..5 {
+        let out = cli(
+            &["apply", &spec, "--yes", "--no-wait", "-m", &format!("r{n}")],
+            &url,
+            &token,
+            &config,
+        );
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        acknowledged.push(n + 1);
+    }
+    // SIGKILL: no shutdown path runs.
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+
+    let (_again, url, second_token) = start_server(&data, &config);
+    assert_eq!(second_token, None, "the admin token is shown once, at the first start");
+    let out = cli(
+        &["timeline", "--kind", "revision.submitted", "-o", "json"],
+        &url,
+        &token,
+        &config,
+    );
+    let messages: Vec<String> = text(&out.stdout)
+        .lines()
+        .map(|line| {
+            serde_json::from_str::<serde_json::Value>(line).unwrap()["data"]["message"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        messages,
+        ["r0", "r1", "r2", "r3", "r4"],
+        "every acknowledged revision is there after kill -9"
+    );
+    // The restarted server carries the newest change to its end and supersedes the older ones.
+    let out = cli(
+        &["apply", &spec, "--yes", "-m", "after restart", "--timeout", "60s"],
+        &url,
+        &token,
+        &config,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = cli(
+        &["timeline", "--kind", "change.superseded,change.converged", "-o", "json"],
+        &url,
+        &token,
+        &config,
+    );
+    let changes: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(changes.last().unwrap()["kind"], "change.converged");
+    assert_eq!(changes.last().unwrap()["change"], 6);
+}
+
+#[test]
+fn dev_brings_up_the_example_systems() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.json");
+    let data = dir.path().join("data");
+    let mut dev = Process::spawn(
+        &["dev", "--listen", "127.0.0.1:0", "--data-dir", data.to_str().unwrap()],
+        &config,
+    );
+    let url = dev.wait_for_url("API:");
+    let applied = dev.wait_for("examples:");
+    assert!(applied.contains("applied as revision 1 (change 1)"), "{applied}");
+    // The CLI finds the server through the config file dev wrote.
+    let written: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    assert_eq!(written["server"], url.as_str());
+    let status = run(&["status"], &config);
+    assert!(status.status.success(), "{}", text(&status.stderr));
+    let status = text(&status.stdout);
+    for system in ["shop", "storefront", "payments", "platform", "cache"] {
+        assert!(status.contains(system), "{system} missing:\n{status}");
+    }
+    assert!(
+        status.contains("storefront/web 1.0.0 (0/3 ready)  pending  0 of 3 instances can be placed"),
+        "{status}"
+    );
+    let hosts = run(&["hosts"], &config);
+    assert!(text(&hosts.stdout).contains("No hosts yet"));
+}
