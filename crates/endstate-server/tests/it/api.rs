@@ -307,3 +307,62 @@ async fn state_survives_a_restart_on_the_same_data_directory() {
     );
     let _ = secret;
 }
+
+#[tokio::test]
+async fn hostile_documents_get_located_errors_and_nothing_is_lost() {
+    let server = TestServer::start().await;
+    let client = server.client();
+    let first = client
+        .submit(&submit_request(&[("s.yaml", SYSTEMS)], "good"))
+        .await
+        .unwrap();
+    wait_for_change(&client, first.change.id, &["converged"]).await;
+
+    // Binary garbage and deep nesting inside the documents: 422 with located diagnostics.
+    let garbage = String::from_utf8_lossy(&[0xff, 0x00, 0x13, 0x37, b'\n', 0x00]).into_owned();
+    let nested = format!(
+        "apiVersion: endstate/v1\nkind: System\nname: deep\nlabels: {}",
+        "[".repeat(100_000)
+    );
+    let error = client
+        .submit(&submit_request(
+            &[("garbage.yaml", &garbage), ("nested.yaml", &nested)],
+            "hostile",
+        ))
+        .await
+        .unwrap_err();
+    let problem = error.problem().unwrap();
+    assert_eq!(problem.status, 422);
+    let files: Vec<&str> = problem.diagnostics.iter().map(|d| d.file.as_str()).collect();
+    assert!(
+        files.contains(&"garbage.yaml") && files.contains(&"nested.yaml"),
+        "{problem:?}"
+    );
+
+    // A document over the per-file limit is refused by field, before parsing.
+    let big = "#".repeat(endstate_spec::MAX_FILE_BYTES + 1);
+    let error = client
+        .submit(&submit_request(&[("s.yaml", SYSTEMS), ("big.yaml", &big)], "big"))
+        .await
+        .unwrap_err();
+    assert_eq!(error.problem().unwrap().errors[0].field, "documents[1].content");
+
+    // Thousands of documents are fine.
+    let many: Vec<(String, String)> = (0..2_000)
+        .map(|n| {
+            (
+                format!("many/{n:04}.yaml"),
+                format!("apiVersion: endstate/v1\nkind: System\nname: s{n}\nowners: [t]\n"),
+            )
+        })
+        .collect();
+    let refs: Vec<(&str, &str)> = many.iter().map(|(p, c)| (p.as_str(), c.as_str())).collect();
+    let submitted = client.submit(&submit_request(&refs, "many")).await.unwrap();
+    assert_eq!(submitted.revision.counts["systems"], 2_000);
+
+    // What was accepted before is still there.
+    for id in [1u64, 2] {
+        assert_eq!(client.revision(&id.to_string()).await.unwrap().id, id);
+    }
+    server.stop().await;
+}
