@@ -53,7 +53,7 @@ impl Diagnostic {
             line: pos.line,
             column: pos.column,
             code: code.to_owned(),
-            message: message.into(),
+            message: one_line(message.into()),
             expected: None,
         }
     }
@@ -68,7 +68,7 @@ impl Diagnostic {
 
     /// Adds what was expected.
     pub(crate) fn expected(mut self, expected: impl Into<String>) -> Diagnostic {
-        self.expected = Some(expected.into());
+        self.expected = Some(one_line(expected.into()));
         self
     }
 
@@ -88,6 +88,32 @@ impl Diagnostic {
             &self.message,
         )
     }
+}
+
+/// The longest message kept, in characters; a found value can be arbitrarily long.
+const MAX_MESSAGE_CHARS: usize = 400;
+
+/// Makes a message one printable line: a diagnostic quotes what it found, and what it found may
+/// hold newlines or control characters (found by fuzzing). Long messages are cut.
+fn one_line(text: String) -> String {
+    if text.chars().all(|c| !c.is_control()) && text.chars().count() <= MAX_MESSAGE_CHARS {
+        return text;
+    }
+    let mut out = String::with_capacity(text.len().min(MAX_MESSAGE_CHARS + 8));
+    for (idx, c) in text.chars().enumerate() {
+        if idx == MAX_MESSAGE_CHARS {
+            out.push('…');
+            break;
+        }
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.extend(c.escape_unicode()),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 impl fmt::Display for Diagnostic {

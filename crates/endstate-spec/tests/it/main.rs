@@ -60,5 +60,6 @@ placement: { count: { total: 3 } }
 ";
 
 mod errors;
+mod fuzz_corpus;
 mod limits;
 mod valid;
