@@ -52,6 +52,11 @@ pub struct SubmitRevision {
     /// Where the documents came from.
     #[serde(default)]
     pub source: RevisionSource,
+    /// The latest revision the client saw when it planned (`latest_revision` of `POST /v1/plan`).
+    /// When given, the server refuses the submission with 409 if another revision was submitted
+    /// since, so what is submitted is what was previewed. `0` means "none was submitted yet".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<u64>,
 }
 
 /// `POST /v1/plan`: preview what a desired state would change, without storing anything.
@@ -60,6 +65,23 @@ pub struct SubmitRevision {
 pub struct PlanRequest {
     /// The spec files.
     pub documents: Vec<Document>,
+}
+
+/// The answer to `POST /v1/plan`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PlanResponse {
+    /// The revision the plan starts from: the last one whose change converged (what is really in
+    /// force), absent when none has. A change for these documents is planned from the same base.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_revision: Option<u64>,
+    /// The newest revision submitted; pass it as `parent` when submitting what was previewed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest_revision: Option<u64>,
+    /// The plan (see `endstate-plan`'s `Plan`).
+    #[schema(value_type = Object)]
+    pub plan: serde_json::Value,
+    /// Warnings from validation.
+    pub warnings: Vec<SpecDiagnostic>,
 }
 
 /// A problem found in a spec, located in its file.

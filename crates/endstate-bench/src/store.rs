@@ -28,9 +28,7 @@ pub(crate) fn run(smoke: bool) -> anyhow::Result<Vec<Figure>> {
         // concurrency means bigger commits (Little's law: throughput = in flight / commit latency).
         figures.extend(transitions(smoke, 8 * CALLERS).await?);
         figures.extend(appends(smoke).await?);
-        if std::env::var_os("ES_NOQUERY").is_none() {
-            figures.extend(query(smoke).await?);
-        }
+        figures.extend(query(smoke).await?);
         Ok(figures)
     })
 }

@@ -103,8 +103,28 @@ fn print_problem(error: &ClientError) {
     }
 }
 
-/// Plans a directory: on the server when there is one (unless offline), else locally against nothing.
-async fn make_plan(global: &Global, dir: &Path, offline: bool) -> anyhow::Result<Result<endstate_plan::Plan, Outcome>> {
+/// A plan, the files it was made from, and the revisions it was made against.
+struct Planned {
+    files: Vec<SourceFile>,
+    plan: endstate_plan::Plan,
+    /// `Some` when a server made the plan: (the base it started from, the latest revision then).
+    server: Option<(Option<u64>, Option<u64>)>,
+}
+
+impl Planned {
+    /// One line saying what the plan is compared with.
+    fn against(&self) -> String {
+        match self.server {
+            Some((Some(base), _)) => format!("Compared with revision {base}, the last one whose change converged."),
+            Some((None, _)) => "Compared with an empty state: no change has converged on this server yet.".to_string(),
+            None => "Compared with an empty state (offline).".to_string(),
+        }
+    }
+}
+
+/// Reads a directory once and plans it: on the server when there is one (unless offline), else
+/// locally against nothing.
+async fn make_plan(global: &Global, dir: &Path, offline: bool) -> anyhow::Result<Result<Planned, Outcome>> {
     let files = match read_dir(dir) {
         Ok(files) => files,
         Err(diagnostics) => {
@@ -121,13 +141,29 @@ async fn make_plan(global: &Global, dir: &Path, offline: bool) -> anyhow::Result
         if !offline {
             eprintln!("note: no server configured; planning against an empty state (pass --offline to say so)");
         }
-        return Ok(Ok(endstate_plan::plan(None, &desired, &[])));
+        let plan = endstate_plan::plan(None, &desired, &[]);
+        return Ok(Ok(Planned {
+            files,
+            plan,
+            server: None,
+        }));
     }
     let client = client(global)?;
-    match client.plan(documents(files)).await {
-        Ok(plan) => Ok(Ok(
-            serde_json::from_value(plan).context("the server sent a plan this CLI cannot read")?
-        )),
+    match client.plan(documents(files.clone())).await {
+        Ok(response) => {
+            for warning in &response.warnings {
+                eprintln!(
+                    "{}:{}:{}: warning[{}]: {}",
+                    warning.file, warning.line, warning.column, warning.code, warning.message
+                );
+            }
+            let plan = serde_json::from_value(response.plan).context("the server sent a plan this CLI cannot read")?;
+            Ok(Ok(Planned {
+                files,
+                plan,
+                server: Some((response.base_revision, response.latest_revision)),
+            }))
+        }
         Err(error) if error.problem().is_some() => {
             print_problem(&error);
             Ok(Err(Outcome::Failed))
@@ -138,42 +174,38 @@ async fn make_plan(global: &Global, dir: &Path, offline: bool) -> anyhow::Result
 
 /// `endstate plan DIR`
 pub(crate) async fn plan(global: &Global, dir: &Path, offline: bool) -> anyhow::Result<Outcome> {
-    let plan = match make_plan(global, dir, offline).await? {
-        Ok(plan) => plan,
+    let planned = match make_plan(global, dir, offline).await? {
+        Ok(planned) => planned,
         Err(outcome) => return Ok(outcome),
     };
     if global.output == Output::Json {
-        print_json(&plan)?;
+        print_json(&planned.plan)?;
     } else {
-        print!("{}", endstate_plan::render(&plan, color()));
+        if planned.server.is_some() {
+            println!("{}", planned.against());
+        }
+        print!("{}", endstate_plan::render(&planned.plan, color()));
     }
     Ok(Outcome::Success)
 }
 
+/// Parses a duration the way specs write them (`90s`, `10m`, `1h30m`).
 fn parse_duration(text: &str) -> anyhow::Result<Duration> {
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let n: u64 = number
-        .parse()
-        .with_context(|| format!("{text:?} is not a duration like 90s, 10m or 1h"))?;
-    let seconds = match unit {
-        "s" | "" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        _ => anyhow::bail!("{text:?} is not a duration like 90s, 10m or 1h"),
-    };
-    Ok(Duration::from_secs(seconds))
+    endstate_spec::Duration::parse(text)
+        .map(endstate_spec::Duration::as_std)
+        .map_err(|reason| anyhow::anyhow!("--timeout {text:?}: {reason}"))
 }
 
 /// `endstate apply DIR`
 pub(crate) async fn apply(global: &Global, args: ApplyArgs) -> anyhow::Result<Outcome> {
     let timeout = parse_duration(&args.timeout)?;
     let client = client(global)?;
-    let plan = match make_plan(global, &args.dir, false).await? {
-        Ok(plan) => plan,
+    let planned = match make_plan(global, &args.dir, false).await? {
+        Ok(planned) => planned,
         Err(outcome) => return Ok(outcome),
     };
-    print!("{}", endstate_plan::render(&plan, color()));
+    println!("{}", planned.against());
+    print!("{}", endstate_plan::render(&planned.plan, color()));
     if !args.yes {
         if !std::io::stdin().is_terminal() {
             eprintln!("error: not applying without confirmation: pass --yes when not on a terminal");
@@ -187,15 +219,16 @@ pub(crate) async fn apply(global: &Global, args: ApplyArgs) -> anyhow::Result<Ou
             return Ok(Outcome::Refused);
         }
     }
-    let files =
-        read_dir(&args.dir).map_err(|d| anyhow::anyhow!("{} problem(s) reading {}", d.len(), args.dir.display()))?;
+    // What is submitted is exactly what was planned: the same files, and the server refuses it
+    // if another revision was submitted since the plan was made.
     let request = SubmitRevision {
-        documents: documents(files),
+        documents: documents(planned.files),
         message: args.message.clone(),
         source: RevisionSource {
             kind: "cli".into(),
             reference: Some(args.dir.display().to_string()),
         },
+        parent: planned.server.map(|(_, latest)| latest.unwrap_or(0)),
     };
     let submitted = match client.submit(&request).await {
         Ok(submitted) => submitted,
@@ -232,11 +265,8 @@ pub(crate) async fn apply(global: &Global, args: ApplyArgs) -> anyhow::Result<Ou
             .wave
             .map(|[k, n]| format!(" wave {k} of {n}"))
             .unwrap_or_default();
-        let line = format!(
-            "change {change_id}: {}{wave}: {}",
-            change.state,
-            change.reason.clone().unwrap_or_default()
-        );
+        let reason = change.reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default();
+        let line = format!("change {change_id}: {}{wave}{reason}", change.state);
         if line != last_line {
             if !std::io::stderr().is_terminal() {
                 eprintln!("{line}");

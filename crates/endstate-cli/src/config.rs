@@ -52,7 +52,7 @@ pub(crate) fn write(path: &Path, config: &ClientConfig) -> anyhow::Result<()> {
 /// Writes a file with mode 0600.
 pub(crate) fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -60,6 +60,9 @@ pub(crate) fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
         .mode(0o600)
         .open(path)
         .with_context(|| format!("cannot write {}", path.display()))?;
+    // An existing file keeps its mode when opened; make sure it is private too.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot restrict {}", path.display()))?;
     file.write_all(text.as_bytes())
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
@@ -72,10 +75,15 @@ pub(crate) fn resolve(global: &Global) -> anyhow::Result<(String, String)> {
         None => None,
     }
     .unwrap_or_default();
+    // The file's token belongs to the file's server: it is never sent to another one.
+    let file_token = match (&global.server, &file.server) {
+        (Some(given), Some(from_file)) if given.trim_end_matches('/') != from_file.trim_end_matches('/') => None,
+        _ => file.token,
+    };
     let server = global.server.clone().or(file.server).context(
         "no server given: pass --server, set ENDSTATE_SERVER, or run `endstate dev` (it writes the client config)",
     )?;
-    let token = global.token.clone().or(file.token).context(
+    let token = global.token.clone().or(file_token).context(
         "no token given: pass --token, set ENDSTATE_TOKEN, or run `endstate dev` (it writes the client config)",
     )?;
     Ok((server, token))

@@ -114,25 +114,34 @@ pub(crate) async fn dev(global: &Global, args: DevArgs) -> anyhow::Result<Outcom
             kind: "cli".into(),
             reference: Some(args.examples.display().to_string()),
         },
+        parent: None,
     };
+    // The examples are applied once, into an empty server: a restart must not overwrite what
+    // was applied since.
     let latest = client.revision("latest").await.ok();
-    let submitted = client.submit(&request).await;
+    let submitted = match &latest {
+        None => Some(client.submit(&request).await),
+        Some(_) => None,
+    };
     println!("endstate dev is running.");
     println!("  API:          {url}");
     println!("  admin token:  {token}");
     println!("  client config written to {}", config_path.display());
     println!("  data:         {}", args.data_dir.display());
-    match submitted {
-        Ok(submitted) => println!(
-            "  examples:     {} applied as revision {} (change {}){}",
+    match (submitted, latest) {
+        (Some(Ok(submitted)), _) => println!(
+            "  examples:     {} applied as revision {} (change {})",
             args.examples.display(),
             submitted.revision.id,
-            submitted.change.id,
-            latest
-                .map(|l| format!("; previous revision {}", l.id))
-                .unwrap_or_default()
+            submitted.change.id
         ),
-        Err(error) => println!("  examples:     not applied: {error}"),
+        (Some(Err(error)), _) => println!("  examples:     not applied: {error}"),
+        (None, Some(latest)) => println!(
+            "  examples:     not re-applied: revision {} is in force (`endstate apply {}` applies them again)",
+            latest.id,
+            args.examples.display()
+        ),
+        (None, None) => {}
     }
     println!("Try: endstate status | endstate timeline | endstate hosts   (Ctrl-C stops)");
     serving.await.context("the server task failed")??;

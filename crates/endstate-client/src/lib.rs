@@ -6,8 +6,8 @@ pub mod spec_dir;
 use std::time::Duration;
 
 use endstate_api::{
-    ChangeView, CreateToken, CreatedToken, Document, EventView, HostView, Page, PlanRequest, Problem, RevisionView,
-    SubmitResponse, SubmitRevision, SystemView,
+    ChangeView, CreateToken, CreatedToken, Document, EventView, HostView, Page, PlanRequest, PlanResponse, Problem,
+    RevisionView, SubmitResponse, SubmitRevision, SystemView,
 };
 use futures_util::{Stream, StreamExt};
 use serde::Serialize;
@@ -179,7 +179,7 @@ impl Client {
     ///
     /// # Errors
     /// As the server says.
-    pub async fn plan(&self, documents: Vec<Document>) -> Result<serde_json::Value, ClientError> {
+    pub async fn plan(&self, documents: Vec<Document>) -> Result<PlanResponse, ClientError> {
         self.post("/v1/plan", &PlanRequest { documents }).await
     }
 

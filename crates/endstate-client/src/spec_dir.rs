@@ -82,6 +82,25 @@ pub fn read_spec_dir_all(dir: &Path) -> (Vec<SourceFile>, Vec<Diagnostic>) {
             match entry.file_type() {
                 Ok(kind) if kind.is_dir() => pending.push(path),
                 Ok(kind) if kind.is_file() && is_yaml(&path) => paths.push(path),
+                // A YAML name that is not a regular file is never skipped silently: a file left
+                // out of a spec would remove what it declares. Links to regular files are
+                // followed; links to directories are not (they could loop).
+                Ok(_) if is_yaml(&path) => match std::fs::metadata(&path) {
+                    Ok(target) if target.is_file() => paths.push(path),
+                    Ok(_) => problems.push(
+                        problem(
+                            &display_path(&path),
+                            "not-a-file",
+                            "found a YAML name that is not a regular file",
+                        )
+                        .with_expected("a regular file, or a link to one"),
+                    ),
+                    Err(error) => problems.push(problem(
+                        &display_path(&path),
+                        "unreadable",
+                        format!("cannot follow the link: {error}"),
+                    )),
+                },
                 Ok(_) => {}
                 Err(error) => problems.push(problem(
                     &display_path(&path),
@@ -174,6 +193,24 @@ impl WithExpected for Diagnostic {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn links_to_files_are_followed_and_other_yaml_names_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = dir.path().join("spec");
+        std::fs::create_dir_all(&spec).unwrap();
+        let outside = dir.path().join("shared.yaml");
+        std::fs::write(&outside, "apiVersion: endstate/v1\nkind: System\nname: shared\n").unwrap();
+        std::os::unix::fs::symlink(&outside, spec.join("linked.yaml")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("missing.yaml"), spec.join("dangling.yaml")).unwrap();
+        std::fs::create_dir_all(spec.join("odd.yaml")).unwrap();
+        let (files, problems) = read_spec_dir_all(&spec);
+        assert_eq!(files.len(), 1);
+        assert!(files[0].path.ends_with("linked.yaml") && files[0].text.contains("shared"));
+        let codes: Vec<&str> = problems.iter().map(|p| p.code.as_str()).collect();
+        assert_eq!(codes, ["unreadable"], "{problems:?}");
+        assert!(problems[0].file.ends_with("dangling.yaml"));
+    }
 
     #[test]
     fn reads_yaml_files_recursively_and_reports_every_problem() {

@@ -10,7 +10,9 @@
 //! - Roles are `viewer` and `admin` for now; named operator and approver roles scoped to systems
 //!   come with sanctioned actions, and plug into [`authorize`] without touching the routes.
 
-use axum::extract::{Request, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::Response;
@@ -136,11 +138,15 @@ pub(crate) async fn bootstrap_admin(state: &AppState) -> Result<Option<String>, 
 /// Middleware: rate-limits per client, then authenticates the bearer token and puts the [`Actor`]
 /// into the request's extensions.
 pub(crate) async fn require_token(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or_else(|| "unknown".to_string(), |info| info.0.ip().to_string());
     let header = request
         .headers()
         .get(header::AUTHORIZATION)
         .map(|value| value.to_str().map(str::to_owned));
-    match authenticate(&state, header).await {
+    match authenticate(&state, &peer, header).await {
         Ok(actor) => {
             request.extensions_mut().insert(actor);
             next.run(request).await
@@ -149,40 +155,56 @@ pub(crate) async fn require_token(State(state): State<AppState>, mut request: Re
     }
 }
 
+/// Authenticates a request.
+///
+/// Rate limits: a caller who has proven who they are draws from their token's bucket; one who
+/// has not draws from their address's bucket, every failed attempt costs a request from it, and
+/// an empty bucket stops an attempt before the store is asked. So neither made-up tokens nor a
+/// flood of anonymous calls can bypass the limit or load the store.
 async fn authenticate(
     state: &AppState,
+    peer: &str,
     header: Option<Result<String, axum::http::header::ToStrError>>,
 ) -> Result<Actor, ApiError> {
+    let peer_key = format!("peer:{peer}");
+    let refuse = |error: ApiError| -> Result<Actor, ApiError> {
+        state.limiter().check(&peer_key)?;
+        Err(error)
+    };
     let secret = match &header {
-        None => None,
-        Some(Ok(value)) => Some(
-            value
-                .strip_prefix("Bearer ")
-                .ok_or(ApiError::Unauthenticated(
+        None => {
+            return refuse(ApiError::Unauthenticated(
+                "this call needs a bearer token (Authorization: Bearer <token>); `endstate dev` prints one",
+            ));
+        }
+        Some(Err(_)) => return refuse(ApiError::Unauthenticated("the Authorization header is not valid text")),
+        Some(Ok(value)) => match value.split_once(' ') {
+            Some((scheme, secret)) if scheme.eq_ignore_ascii_case("bearer") => secret.trim(),
+            _ => {
+                return refuse(ApiError::Unauthenticated(
                     "the Authorization header must be `Bearer <token>`",
-                ))?
-                .trim(),
-        ),
-        Some(Err(_)) => return Err(ApiError::Unauthenticated("the Authorization header is not valid text")),
+                ));
+            }
+        },
     };
-    let client_key = match secret {
-        Some(secret) => format!("token:{}", &hash_secret(secret)[..16]),
-        None => "anonymous".to_string(),
-    };
-    state.limiter().check(&client_key)?;
-    let secret = secret.ok_or(ApiError::Unauthenticated(
-        "this call needs a bearer token (Authorization: Bearer <token>); `endstate dev` prints one",
-    ))?;
-    let record = state
-        .store()
-        .find_token(&hash_secret(secret))
-        .await?
-        .ok_or(ApiError::Unauthenticated(
+    let well_formed = secret.len() == SECRET_PREFIX.len() + 64
+        && secret.starts_with(SECRET_PREFIX)
+        && secret[SECRET_PREFIX.len()..].bytes().all(|b| b.is_ascii_hexdigit());
+    if !well_formed {
+        return refuse(ApiError::Unauthenticated(
             "the bearer token is not known to this server",
-        ))?;
-    if record.revoked {
-        return Err(ApiError::Unauthenticated("the bearer token was revoked"));
+        ));
     }
+    state.limiter().peek(&peer_key)?;
+    let Some(record) = state.store().find_token(&hash_secret(secret)).await? else {
+        return refuse(ApiError::Unauthenticated(
+            "the bearer token is not known to this server",
+        ));
+    };
+    if record.revoked {
+        return refuse(ApiError::Unauthenticated("the bearer token was revoked"));
+    }
+    state.limiter().check(&format!("token:{}", record.id))?;
     let role = Role::parse(&record.role)
         .ok_or_else(|| ApiError::Internal(format!("token {:?} has an unknown role {:?}", record.name, record.role)))?;
     Ok(Actor {

@@ -25,6 +25,12 @@ pub(crate) enum ApiError {
         n_errors: usize,
         diagnostics: Vec<SpecDiagnostic>,
     },
+    /// The request conflicts with the current state (e.g. a newer revision than the one previewed).
+    #[error("{0}")]
+    Conflict(String),
+    /// The route exists, but not with this method.
+    #[error("the method {0} is not allowed on this route; see /openapi.json")]
+    MethodNotAllowed(String),
     /// The thing asked for does not exist.
     #[error("{0}")]
     NotFound(String),
@@ -65,6 +71,12 @@ impl ApiError {
                 "The desired state is invalid",
             ),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
+            ApiError::MethodNotAllowed(_) => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed",
+            ),
             ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate-limited", "Too many requests"),
             ApiError::Store(_) | ApiError::Internal(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal server error")
@@ -83,7 +95,12 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, slug, title) = self.parts();
         if status.is_server_error() {
-            tracing::error!(error = %crate::chain(&self), "Request failed.");
+            // The detail stays in the log; the client gets only the title.
+            let detail = match &self {
+                ApiError::Internal(detail) => detail.clone(),
+                other => crate::chain(other),
+            };
+            tracing::error!(error = %detail, "Request failed.");
         }
         let (errors, diagnostics) = match &self {
             ApiError::BadRequest { errors, .. } => (errors.clone(), Vec::new()),

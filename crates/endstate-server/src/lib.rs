@@ -27,8 +27,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use endstate_spec::DesiredState;
-use endstate_store::{SqliteStore, Store, StoreError};
-use endstate_types::RevisionId;
+use endstate_store::{ChangeFilter, PageRequest, SqliteStore, Store, StoreError};
+use endstate_types::{ChangeState, RevisionId};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
@@ -245,6 +245,28 @@ impl AppState {
             return Ok(None);
         };
         Ok(self.desired(revision.id).await?.map(|desired| (revision.id, desired)))
+    }
+
+    /// The base every plan starts from: the last revision whose change converged (what is really
+    /// in force), with its desired state. `None` while no change has converged.
+    pub(crate) async fn base(&self) -> Result<Option<(RevisionId, Arc<DesiredState>)>, error::ApiError> {
+        let mut before = None;
+        loop {
+            let page = self
+                .store()
+                .list_changes(ChangeFilter::default(), PageRequest { before, limit: 200 })
+                .await?;
+            if let Some(change) = page.items.iter().find(|c| c.state == ChangeState::Converged) {
+                return Ok(self
+                    .desired(change.revision)
+                    .await?
+                    .map(|desired| (change.revision, desired)));
+            }
+            match page.next {
+                Some(next) => before = Some(next),
+                None => return Ok(None),
+            }
+        }
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, BTreeMap<RevisionId, Arc<DesiredState>>> {

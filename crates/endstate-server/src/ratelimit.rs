@@ -52,6 +52,15 @@ impl RateLimiter {
 
     /// Takes one token from the client's bucket, or says how long to wait.
     pub(crate) fn check(&self, client: &str) -> Result<(), ApiError> {
+        self.take(client, true)
+    }
+
+    /// Says whether the client's bucket has a token, without taking it.
+    pub(crate) fn peek(&self, client: &str) -> Result<(), ApiError> {
+        self.take(client, false)
+    }
+
+    fn take(&self, client: &str, consume: bool) -> Result<(), ApiError> {
         let now = Instant::now();
         let rate = f64::from(self.config.per_second.max(1));
         let burst = f64::from(self.config.burst.max(1));
@@ -66,7 +75,9 @@ impl RateLimiter {
         bucket.tokens = (bucket.tokens + now.duration_since(bucket.last).as_secs_f64() * rate).min(burst);
         bucket.last = now;
         if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
+            if consume {
+                bucket.tokens -= 1.0;
+            }
             Ok(())
         } else {
             let retry_after_s = ((1.0 - bucket.tokens) / rate).ceil().max(1.0) as u64;
@@ -97,6 +108,8 @@ mod tests {
             Err(ApiError::RateLimited { retry_after_s: 1, .. })
         ));
         assert!(limiter.check("b").is_ok(), "clients have their own buckets");
+        assert!(limiter.peek("a").is_err() && limiter.peek("b").is_ok());
+        assert!(limiter.peek("b").is_ok(), "peeking takes nothing");
         tokio::time::advance(std::time::Duration::from_millis(500)).await;
         assert!(limiter.check("a").is_ok());
         assert!(limiter.check("a").is_err());

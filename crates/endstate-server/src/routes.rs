@@ -5,7 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Request, State};
+use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -50,6 +51,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .merge(api)
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(state.clone(), record_metrics))
         .layer(tower_http::trace::TraceLayer::new_for_http())
@@ -88,12 +90,20 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
+async fn method_not_allowed(method: axum::http::Method) -> ApiError {
+    ApiError::MethodNotAllowed(method.to_string())
+}
+
 async fn not_found() -> ApiError {
     ApiError::NotFound("no such route; see /openapi.json for the API".into())
 }
 
 async fn record_metrics(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let method = request.method().to_string();
+    // Only the standard methods become label values: a made-up method must not add series.
+    let method = match request.method().as_str() {
+        m @ ("GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD" | "OPTIONS") => m.to_string(),
+        _ => "other".to_string(),
+    };
     let route = request
         .extensions()
         .get::<axum::extract::MatchedPath>()
@@ -339,6 +349,14 @@ pub(crate) async fn submit_revision(
 ) -> Result<(StatusCode, Json<SubmitResponse>), ApiError> {
     authorize(&actor, Verb::Write, None)?;
     let (desired, warnings) = validate(&state, &request.documents).await?;
+    if let Some(parent) = request.parent {
+        let latest = state.store().latest_revision().await?.map_or(0, |r| r.id.0);
+        if latest != parent {
+            return Err(ApiError::Conflict(format!(
+                "revision {latest} was submitted after the plan you previewed (made when revision {parent} was the latest); plan again"
+            )));
+        }
+    }
     let source = if request.source.kind.is_empty() {
         RevisionSource {
             kind: "api".into(),
@@ -353,7 +371,8 @@ pub(crate) async fn submit_revision(
         "sha256:{}",
         auth::hex(&Sha256::digest(canonical.to_string().as_bytes()))
     );
-    let previous = state.latest_desired().await?;
+    // Planned from the same base as the change will be: the last revision that converged.
+    let previous = state.base().await?;
     let hosts = host_infos(&state).await?;
     let plan = endstate_plan::plan(previous.as_ref().map(|(_, d)| d.as_ref()), &desired, &hosts);
     let systems = touched_systems(&plan, previous.as_ref().map(|(_, d)| d.as_ref()), &desired);
@@ -409,24 +428,30 @@ pub(crate) async fn submit_revision(
     ))
 }
 
-/// Preview what a desired state would change against the latest revision, on the known hosts.
-/// Nothing is stored. The same planner runs for the change itself.
+/// Preview what a desired state would change, from the last revision that converged, on the
+/// known hosts. Nothing is stored. The change for these documents is planned from the same base
+/// by the same planner.
 #[utoipa::path(post, path = "/v1/plan", request_body = PlanRequest,
-    responses((status = 200, description = "the plan (see endstate-plan's Plan)"), (status = 422, body = endstate_api::Problem)),
+    responses((status = 200, body = endstate_api::PlanResponse), (status = 422, body = endstate_api::Problem)),
     security(("bearer" = [])))]
 pub(crate) async fn preview_plan(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
     JsonBody(request): JsonBody<PlanRequest>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<endstate_api::PlanResponse>, ApiError> {
     authorize(&actor, Verb::Read, None)?;
-    let (desired, _warnings) = validate(&state, &request.documents).await?;
-    let previous = state.latest_desired().await?;
+    let latest_revision = state.store().latest_revision().await?.map(|r| r.id.0);
+    let (desired, warnings) = validate(&state, &request.documents).await?;
+    let base = state.base().await?;
     let hosts = host_infos(&state).await?;
-    let plan = endstate_plan::plan(previous.as_ref().map(|(_, d)| d.as_ref()), &desired, &hosts);
-    serde_json::to_value(&plan)
-        .map(Json)
-        .map_err(|error| ApiError::Internal(error.to_string()))
+    let plan = endstate_plan::plan(base.as_ref().map(|(_, d)| d.as_ref()), &desired, &hosts);
+    let plan = serde_json::to_value(&plan).map_err(|error| ApiError::Internal(error.to_string()))?;
+    Ok(Json(endstate_api::PlanResponse {
+        base_revision: base.map(|(id, _)| id.0),
+        latest_revision,
+        plan,
+        warnings,
+    }))
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -441,10 +466,40 @@ pub(crate) struct PageParams {
     open: Option<bool>,
 }
 
-fn query<T>(result: Result<Query<T>, axum::extract::rejection::QueryRejection>) -> Result<T, ApiError> {
-    result
-        .map(|Query(value)| value)
-        .map_err(|rejection| ApiError::bad_field("query", rejection.body_text()))
+/// The one path parameter of a route (`{id}`, `{name}`), refused as problem details when it is
+/// not valid text.
+pub(crate) struct Segment(pub(crate) String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Segment {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|Path(segment)| Segment(segment))
+            .map_err(|rejection| ApiError::bad_field("path", rejection.body_text()))
+    }
+}
+
+/// Query parameters whose errors name the parameter that is wrong (`limit`, `since`).
+pub(crate) struct Params<T>(pub(crate) T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Params<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let raw = parts.uri.query().unwrap_or("");
+        let deserializer = serde_urlencoded::Deserializer::new(form_urlencoded::parse(raw.as_bytes()));
+        serde_path_to_error::deserialize(deserializer)
+            .map(Params)
+            .map_err(|error| {
+                let path = error.path().to_string();
+                let message = error.into_inner().to_string();
+                // An unknown parameter has no path of its own; its name is in the message.
+                let field = if path == "." { "query".to_string() } else { path };
+                ApiError::bad_field(field, message)
+            })
+    }
 }
 
 fn parse_cursor(cursor: Option<&str>) -> Result<Option<u64>, ApiError> {
@@ -461,10 +516,9 @@ fn parse_cursor(cursor: Option<&str>) -> Result<Option<u64>, ApiError> {
 pub(crate) async fn list_revisions(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
-    params: Result<Query<PageParams>, axum::extract::rejection::QueryRejection>,
+    Params(params): Params<PageParams>,
 ) -> Result<Json<Page<RevisionView>>, ApiError> {
     authorize(&actor, Verb::Read, None)?;
-    let params = query(params)?;
     let page = state
         .store()
         .list_revisions(PageRequest {
@@ -488,7 +542,7 @@ pub(crate) async fn list_revisions(
 pub(crate) async fn get_revision(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
-    Path(id): Path<String>,
+    Segment(id): Segment,
 ) -> Result<Json<RevisionView>, ApiError> {
     authorize(&actor, Verb::Read, None)?;
     let revision = if id == "latest" {
@@ -499,7 +553,8 @@ pub(crate) async fn get_revision(
             .ok_or_else(|| ApiError::NotFound("no revision was submitted yet".into()))?
     } else {
         let number = id
-            .trim_start_matches('r')
+            .strip_prefix('r')
+            .unwrap_or(&id)
             .parse::<u64>()
             .map_err(|_| ApiError::bad_field("id", format!("{id:?} is neither a revision number nor `latest`")))?;
         state
@@ -524,10 +579,9 @@ pub(crate) async fn get_revision(
 pub(crate) async fn list_changes(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
-    params: Result<Query<PageParams>, axum::extract::rejection::QueryRejection>,
+    Params(params): Params<PageParams>,
 ) -> Result<Json<Page<ChangeView>>, ApiError> {
     authorize(&actor, Verb::Read, None)?;
-    let params = query(params)?;
     let page = state
         .store()
         .list_changes(
@@ -553,11 +607,12 @@ pub(crate) async fn list_changes(
 pub(crate) async fn get_change(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
-    Path(id): Path<String>,
+    Segment(id): Segment,
 ) -> Result<Json<ChangeView>, ApiError> {
     authorize(&actor, Verb::Read, None)?;
     let number = id
-        .trim_start_matches('c')
+        .strip_prefix('c')
+        .unwrap_or(&id)
         .parse::<u64>()
         .map_err(|_| ApiError::bad_field("id", format!("{id:?} is not a change number")))?;
     let change = state
@@ -581,10 +636,9 @@ pub(crate) struct SystemsParams {
 pub(crate) async fn list_systems(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
-    params: Result<Query<SystemsParams>, axum::extract::rejection::QueryRejection>,
+    Params(params): Params<SystemsParams>,
 ) -> Result<Json<Vec<SystemView>>, ApiError> {
     authorize(&actor, Verb::Read, None)?;
-    let params = query(params)?;
     let Some(world) = views::World::load(&state).await? else {
         return Ok(Json(Vec::new()));
     };
@@ -597,7 +651,7 @@ pub(crate) async fn list_systems(
 pub(crate) async fn get_system(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
-    Path(name): Path<String>,
+    Segment(name): Segment,
 ) -> Result<Json<SystemView>, ApiError> {
     authorize(&actor, Verb::Read, Some(&name))?;
     let world = views::World::load(&state).await?;
@@ -739,10 +793,9 @@ pub(crate) async fn event_query(state: &AppState, params: &TimelineParams) -> Re
 pub(crate) async fn timeline(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
-    params: Result<Query<TimelineParams>, axum::extract::rejection::QueryRejection>,
+    Params(params): Params<TimelineParams>,
 ) -> Result<Json<Page<EventView>>, ApiError> {
     authorize(&actor, Verb::Read, None)?;
-    let params = query(params)?;
     let event_query = event_query(&state, &params).await?;
     let page = state.store().query_events(&event_query).await?;
     Ok(Json(Page {

@@ -109,10 +109,7 @@ async fn drive(state: &AppState, change: &Change) -> Result<(), ApiError> {
         transition(state, &change, ChangeState::Failed, None, reason, "change.failed").await?;
         return Ok(());
     };
-    let current = match last_converged(state).await? {
-        Some(revision) => state.desired(revision).await?,
-        None => None,
-    };
+    let current = state.base().await?.map(|(_, desired)| desired);
     let hosts = crate::routes::host_infos(state).await?;
     let plan = endstate_plan::plan(current.as_deref(), &desired, &hosts);
     let plan_json = serde_json::to_value(&plan).map_err(|error| ApiError::Internal(error.to_string()))?;
@@ -167,23 +164,6 @@ fn waiting_reason(plan: &Plan) -> String {
     )
 }
 
-async fn last_converged(state: &AppState) -> Result<Option<endstate_types::RevisionId>, ApiError> {
-    let mut before = None;
-    loop {
-        let page = state
-            .store()
-            .list_changes(ChangeFilter::default(), PageRequest { before, limit: 200 })
-            .await?;
-        if let Some(change) = page.items.iter().find(|c| c.state == ChangeState::Converged) {
-            return Ok(Some(change.revision));
-        }
-        match page.next {
-            Some(next) => before = Some(next),
-            None => return Ok(None),
-        }
-    }
-}
-
 async fn transition(
     state: &AppState,
     change: &Change,
@@ -193,6 +173,7 @@ async fn transition(
     kind: &str,
 ) -> Result<Change, ApiError> {
     let now = now_ms();
+    let base = state.base().await?.map(|(_, desired)| desired);
     // The systems the change touches, from the plan it has (or gets now); before it is planned,
     // every system of its revision.
     let systems = match state.desired(change.revision).await? {
@@ -201,7 +182,7 @@ async fn transition(
             .or(change.plan.as_ref())
             .map(|p| serde_json::from_value::<Plan>(p.clone()))
         {
-            Some(Ok(plan)) => crate::routes::touched_systems(&plan, None, &desired),
+            Some(Ok(plan)) => crate::routes::touched_systems(&plan, base.as_deref(), &desired),
             _ => desired.systems.keys().cloned().collect(),
         },
         None => Vec::new(),

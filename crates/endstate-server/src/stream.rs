@@ -10,7 +10,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::Extension;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use endstate_store::EventQuery;
@@ -20,7 +20,7 @@ use futures_util::{Stream, StreamExt};
 use crate::AppState;
 use crate::auth::{Actor, Verb, authorize};
 use crate::error::ApiError;
-use crate::routes::{TimelineParams, event_query};
+use crate::routes::{Params, TimelineParams, event_query};
 
 /// How long a subscriber waits for a wake-up before it looks at the store anyway.
 const POLL: Duration = Duration::from_secs(2);
@@ -32,10 +32,9 @@ pub(crate) async fn stream(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
     headers: HeaderMap,
-    params: Result<Query<TimelineParams>, axum::extract::rejection::QueryRejection>,
+    Params(mut params): Params<TimelineParams>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     authorize(&actor, Verb::Read, None)?;
-    let Query(mut params) = params.map_err(|rejection| ApiError::bad_field("query", rejection.body_text()))?;
     if let Some(last) = headers.get("last-event-id") {
         let last = last
             .to_str()

@@ -198,7 +198,7 @@
 //!   require_escalation: true          # default false
 //!   allowed_artifact_sources: [https, path]   # path | https | http; default [] (all allowed)
 //!   max_batch_percent: 25             # optional, 1..=100; judged against batch.percent
-//!   freeze_windows:                   # no change starts inside a window
+//!   freeze_windows:                   # validated today; enforced once the Decider lands
 //!     - cron: "0 18 * * fri"          # minute hour day-of-month month day-of-week, UTC
 //!       duration: 62h
 //!       reason: Weekend freeze
@@ -207,7 +207,7 @@
 //! The static rules (`require_owners`, `require_escalation`, `allowed_artifact_sources`,
 //! `max_batch_percent`) are checked at load time against the covered systems and their own
 //! components (not their subsystems'); a violation is a `policy-violation` error. Freeze windows are
-//! only validated here; the policy gate applies them.
+//! only validated today: nothing enforces them until the Decider (the rollout gate) lands.
 //!
 //! # Warnings
 //!

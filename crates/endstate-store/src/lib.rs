@@ -15,8 +15,11 @@
 //! Threads and channels:
 //! - `endstate-store-writer` owns the only writing connection. Requests arrive on a bounded tokio
 //!   mpsc (16 Ki requests; callers wait to enqueue when it is full) with a oneshot reply each. It
-//!   takes every waiting request (up to 4096), applies each in its own SAVEPOINT inside one
-//!   transaction, commits once (one fsync), then answers them all: group commit.
+//!   takes every waiting request (up to 8192), applies them inside one transaction, commits once
+//!   (one fsync), then answers them all: group commit. Requests run without a savepoint of their
+//!   own (a request that fails before writing has nothing to undo); when one fails after writing,
+//!   the writer rolls the transaction back and applies the batch again with a SAVEPOINT per
+//!   request, so only the failing request is undone.
 //! - `endstate-store-checkpointer` runs PASSIVE WAL checkpoints when the writer asks (every ~2048
 //!   requests), so copying the WAL into the database file stays off the commit path.
 //! - Reads run on `spawn_blocking` with a pooled read-only connection (up to 8 kept idle); WAL lets
@@ -42,8 +45,10 @@
 //! # Caveats
 //! - Throughput of single-operation callers is bounded by Little's law: requests in flight divided by
 //!   the commit cycle (apply + fsync). On a disk with ~4 ms fsync, 256 concurrent single-transition
-//!   callers reach about 25-30k transitions/s, not 100k/s; more concurrency makes bigger batches, up
-//!   to the writer's CPU limit (one core).
+//!   callers cannot reach 100k transitions/s (at most 256 per commit); more concurrency makes bigger
+//!   batches, up to the writer's CPU limit (one core). Most of a commit's cost is writing the WAL
+//!   frames of every page the batch dirtied (the event indexes by host and by system are touched at
+//!   one page per distinct host/system), not the fsync wait itself.
 //! - Event queries by system without a time window scan the system's whole index range before the
 //!   limit applies (fine for thousands, slow for millions of events of one subtree).
 //! - A request whose caller gave up (future dropped) is still applied if it was enqueued.

@@ -366,3 +366,104 @@ async fn hostile_documents_get_located_errors_and_nothing_is_lost() {
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn every_route_of_the_openapi_document_refuses_an_anonymous_call() {
+    let server = TestServer::start().await;
+    let http = reqwest::Client::new();
+    let doc: serde_json::Value = http
+        .get(format!("{}/openapi.json", server.url))
+        .bearer_auth(&server.admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut n_calls = 0;
+    for (path, methods) in doc["paths"].as_object().unwrap() {
+        let concrete = path.replace("{id}", "1").replace("{name}", "shop");
+        for method in methods.as_object().unwrap().keys() {
+            let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let response = http
+                .request(method.clone(), format!("{}{concrete}", server.url))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 401, "{method} {path} without a token");
+            n_calls += 1;
+        }
+    }
+    assert!(n_calls >= 16, "only {n_calls} routes in the OpenAPI document");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn wrong_methods_paths_and_parameters_are_problem_details_naming_the_parameter() {
+    let server = TestServer::start().await;
+    let http = reqwest::Client::new();
+    let get = |path: &str| {
+        http.get(format!("{}{path}", server.url))
+            .bearer_auth(&server.admin)
+            .send()
+    };
+    for (path, field) in [
+        ("/v1/timeline?limit=many", "limit"),
+        ("/v1/changes?open=maybe", "open"),
+        ("/v1/timeline?colour=red", "colour"),
+    ] {
+        let response = get(path).await.unwrap();
+        assert_eq!(response.status(), 400, "{path}");
+        let problem: endstate_api::Problem = response.json().await.unwrap();
+        assert_eq!(problem.errors[0].field, field, "{path}: {problem:?}");
+    }
+    let response = get("/v1/revisions/rr1").await.unwrap();
+    assert_eq!(response.status(), 400);
+    let response = get("/v1/systems/%ff").await.unwrap();
+    assert_eq!(response.status(), 400);
+    assert_eq!(response.headers()["content-type"], "application/problem+json");
+    let response = http
+        .delete(format!("{}/v1/systems", server.url))
+        .bearer_auth(&server.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+    assert_eq!(response.headers()["content-type"], "application/problem+json");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_submission_after_someone_else_s_is_refused_when_it_names_its_parent() {
+    let server = TestServer::start().await;
+    let client = server.client();
+    let preview = client.plan(crate::docs(&[("s.yaml", SYSTEMS)])).await.unwrap();
+    assert_eq!((preview.base_revision, preview.latest_revision), (None, None));
+    assert_eq!(preview.plan["summary"]["add"], 5);
+    let mut mine = submit_request(&[("s.yaml", SYSTEMS)], "mine");
+    mine.parent = Some(preview.latest_revision.unwrap_or(0));
+    let theirs = client
+        .submit(&submit_request(
+            &[("s.yaml", SYSTEMS), ("c.yaml", CACHE_COMPONENT)],
+            "theirs",
+        ))
+        .await
+        .unwrap();
+    let error = client.submit(&mine).await.unwrap_err();
+    let problem = error.problem().unwrap();
+    assert_eq!(problem.status, 409);
+    assert!(
+        problem
+            .detail
+            .contains("revision 1 was submitted after the plan you previewed"),
+        "{problem:?}"
+    );
+    mine.parent = Some(theirs.revision.id);
+    let accepted = client.submit(&mine).await.unwrap();
+    wait_for_change(&client, accepted.change.id, &["converged"]).await;
+    // Plans start from the last revision that converged, like the change itself.
+    let preview = client.plan(crate::docs(&[("s.yaml", SYSTEMS)])).await.unwrap();
+    assert_eq!((preview.base_revision, preview.latest_revision), (Some(2), Some(2)));
+    assert_eq!(preview.plan["objects"], serde_json::json!([]));
+    server.stop().await;
+}

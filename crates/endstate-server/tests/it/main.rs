@@ -97,6 +97,7 @@ pub(crate) fn submit_request(files: &[(&str, &str)], message: &str) -> SubmitRev
             kind: "cli".into(),
             reference: Some("tests".into()),
         },
+        parent: None,
     }
 }
 

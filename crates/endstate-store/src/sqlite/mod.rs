@@ -208,9 +208,6 @@ fn configure(conn: &Connection, writer: bool) -> Result<(), StoreError> {
     conn.busy_timeout(BUSY_TIMEOUT).map_err(StoreError::sqlite(op))?;
     conn.set_prepared_statement_cache_capacity(64);
     if writer {
-        let page_size = std::env::var("ES_PAGE").unwrap_or_else(|_| "4096".into());
-        conn.execute_batch(&format!("PRAGMA page_size = {page_size};"))
-            .map_err(StoreError::sqlite(op))?;
         let mode: String = conn
             .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
             .map_err(StoreError::sqlite("switch to WAL mode"))?;

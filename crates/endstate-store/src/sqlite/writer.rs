@@ -101,7 +101,8 @@ pub(crate) fn run(
             if open.is_ok() {
                 open = apply_last(&conn, &mut batch);
             }
-            if batch.ops.len() < MAX_BATCH {
+            // A failed transaction takes no more requests: they go to the next one.
+            if open.is_ok() && batch.ops.len() < MAX_BATCH {
                 next = rx.try_recv().ok();
             }
         }
