@@ -21,9 +21,9 @@
 //! ```
 //!
 //! A document with a problem does not hide the problems of the other documents (even a YAML syntax
-//! error only stops its own document, since every `---` starts afresh). Within one document, parsing
-//! stops at the first structural problem (wrong type, unknown field); the checks of its values run
-//! only when the document parsed.
+//! error only stops its own document, since every `---` starts afresh). Within one document, every
+//! unknown top-level field is reported, but a wrong type stops the typed parse at its first
+//! occurrence; the checks of the document's values run only when it parsed.
 //!
 //! # The format
 //!

@@ -118,12 +118,19 @@ fn parse_document(file_idx: usize, path: &str, piece: &Piece<'_>, diagnostics: &
         Some(kind) => kind.to_owned(),
         None => slow_header(path, piece, start, diagnostics)?,
     };
+    let n_before = diagnostics.len();
     let doc = match kind.as_str() {
-        "System" => RawDoc::System(Box::new(typed(path, piece, diagnostics)?)),
-        "Component" => RawDoc::Component(Box::new(typed(path, piece, diagnostics)?)),
-        "Check" => RawDoc::Check(Box::new(typed(path, piece, diagnostics)?)),
-        "Action" => RawDoc::Action(Box::new(typed(path, piece, diagnostics)?)),
-        _ => RawDoc::Policy(Box::new(typed(path, piece, diagnostics)?)),
+        "System" => typed(path, piece, diagnostics).map(|d| RawDoc::System(Box::new(d))),
+        "Component" => typed(path, piece, diagnostics).map(|d| RawDoc::Component(Box::new(d))),
+        "Check" => typed(path, piece, diagnostics).map(|d| RawDoc::Check(Box::new(d))),
+        "Action" => typed(path, piece, diagnostics).map(|d| RawDoc::Action(Box::new(d))),
+        _ => typed(path, piece, diagnostics).map(|d| RawDoc::Policy(Box::new(d))),
+    };
+    let Some(doc) = doc else {
+        // The typed parse stops at its first problem; report every other unknown top-level field
+        // of the document too, so one run shows them all.
+        unknown_top_level_fields(&kind, path, piece, n_before, diagnostics);
+        return None;
     };
     Some(Parsed {
         file: file_idx,
@@ -131,6 +138,62 @@ fn parse_document(file_idx: usize, path: &str, piece: &Piece<'_>, diagnostics: &
         start,
         doc,
     })
+}
+
+/// Adds an `unknown-field` diagnostic for every top-level key of the document that its kind does
+/// not have, except those already reported since `n_before`.
+fn unknown_top_level_fields(
+    kind: &str,
+    path: &str,
+    piece: &Piece<'_>,
+    n_before: usize,
+    diagnostics: &mut Vec<Diagnostic>,
+) {
+    let schema = match kind {
+        "System" => schemars::schema_for!(SystemDoc),
+        "Component" => schemars::schema_for!(ComponentDoc),
+        "Check" => schemars::schema_for!(CheckDoc),
+        "Action" => schemars::schema_for!(ActionDoc),
+        _ => schemars::schema_for!(PolicyDoc),
+    };
+    let schema = schema.to_value();
+    let Some(properties) = schema.get("properties").and_then(|p| p.as_object()) else {
+        return;
+    };
+    let known: Vec<&str> = properties.keys().map(String::as_str).collect();
+    let Ok(keys) = serde_saphyr::from_str_with_options::<
+        std::collections::HashMap<Spanned<String>, serde::de::IgnoredAny>,
+    >(piece.text, options()) else {
+        return;
+    };
+    let mut unknown: Vec<(Pos, &str)> = keys
+        .keys()
+        .filter(|key| !known.contains(&key.value.as_str()))
+        .map(|key| {
+            (
+                spanned_pos(key, piece.line_offset, Pos::new(piece.line_offset + 1, 1)),
+                key.value.as_str(),
+            )
+        })
+        .collect();
+    unknown.sort();
+    // Say what is expected the way the typed parse said it, when it reported an unknown field.
+    let expected = diagnostics[n_before..]
+        .iter()
+        .find(|d| d.code == "unknown-field")
+        .and_then(|d| d.expected.clone())
+        .unwrap_or_else(|| format!("one of {}", quoted_list(known.iter().copied())));
+    for (pos, key) in unknown {
+        let already = diagnostics[n_before..]
+            .iter()
+            .any(|d| d.code == "unknown-field" && d.line == pos.line && d.column == pos.column);
+        if !already {
+            diagnostics.push(
+                Diagnostic::error(path, pos, "unknown-field", format!("found field `{key}`"))
+                    .expected(expected.clone()),
+            );
+        }
+    }
 }
 
 /// Reads `apiVersion` and `kind` leniently and reports what is wrong with them; returns the kind.

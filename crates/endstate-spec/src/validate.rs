@@ -417,8 +417,18 @@ pub(crate) fn validate(
                             )),
                     );
                 }
-                if let (Some(max), Batch::Percent(percent)) =
-                    (policy.rules.max_batch_percent, comp.component.rollout.batch)
+                // A batch given as a size is judged as the share of a total count it is; with a
+                // count per host the total depends on the inventory, so only the Decider can judge it.
+                let batch = match (comp.component.rollout.batch, comp.component.placement.count) {
+                    (Batch::Percent(percent), _) => Some((percent, format!("{percent}%"))),
+                    // One instance at a time is the smallest batch there is: always allowed.
+                    (Batch::Size(size), Count::Total(total)) if total > 0 && size > 1 => {
+                        let percent = (size.saturating_mul(100)).div_ceil(total);
+                        Some((percent, format!("{size} of {total} instances ({percent}%)")))
+                    }
+                    _ => None,
+                };
+                if let (Some(max @ 1..=100), Some((percent, shown))) = (policy.rules.max_batch_percent, batch)
                     && percent > max
                 {
                     out.push(
@@ -427,7 +437,7 @@ pub(crate) fn validate(
                                 comp.batch_pos,
                                 "policy-violation",
                                 format!(
-                                    "found batch of {percent}%, above the {max}% policy `{}` allows",
+                                    "found batch of {shown}, above the {max}% policy `{}` allows",
                                     policy.name
                                 ),
                             )

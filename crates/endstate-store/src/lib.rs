@@ -2,7 +2,7 @@
 //! behind the object-safe [`Store`] trait, with the embedded [`SqliteStore`] backend.
 //!
 //!
-//! The trait is the contract; [`testing::conformance`] is its executable form, which every backend
+//! The trait is the contract; `testing::conformance` (feature `testing`) is its executable form, which every backend
 //! (SQLite today, PostgreSQL later) must pass unchanged. Times are unix milliseconds given by the
 //! caller: the store never reads the clock.
 //!
@@ -59,6 +59,7 @@ mod error;
 mod model;
 mod sqlite;
 mod store;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
 pub use error::StoreError;

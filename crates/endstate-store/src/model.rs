@@ -15,7 +15,7 @@ pub struct NewRevision {
     pub author: String,
     /// Why, in the author's words.
     pub message: String,
-    /// Where it came from: "cli", "api", "git:<commit>".
+    /// Where it came from: "cli", "api", `git:<commit>`.
     pub source: String,
     /// The digest of the canonical desired state (computed by the caller).
     pub digest: String,

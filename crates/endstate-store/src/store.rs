@@ -12,7 +12,7 @@ use crate::model::{
 ///
 /// Object safe; the server holds it as `Arc<dyn Store>`. Times are unix milliseconds supplied by
 /// the caller: a store never reads the clock. Every write is durable when it returns `Ok`.
-/// Every backend must pass [`crate::testing::conformance`].
+/// Every backend must pass `testing::conformance` (feature `testing`).
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Records the next revision, its change (state `Pending`) and `events`, atomically.

@@ -33,6 +33,29 @@ fn unknown_field() {
 }
 
 #[test]
+fn issue_2_every_unknown_top_level_field_of_a_document_is_reported() {
+    check(&[("a.yaml", &format!("{BASE}replica: 3\nenabled: yes\n"))], "
+        a.yaml:12:1: error[unknown-field]: found field `replica`; expected one of `apiVersion`, `kind`, `name`, `system`, `description`, `artifact`, `command`, `args`, `env`, `config_files`, `ports`, `health`, `placement`, `rollout`, `depends_on`
+        a.yaml:13:1: error[unknown-field]: found field `enabled`; expected one of `apiVersion`, `kind`, `name`, `system`, `description`, `artifact`, `command`, `args`, `env`, `config_files`, `ports`, `health`, `placement`, `rollout`, `depends_on`
+        ");
+}
+
+#[test]
+fn issue_2_a_batch_size_counts_against_max_batch_percent() {
+    let policy = "---\napiVersion: endstate/v1\nkind: Policy\nname: p\nrules: { max_batch_percent: 50 }\n";
+    check(&[("a.yaml", &format!("{BASE}rollout: {{ batch: {{ size: 2 }} }}\n{policy}"))], "
+        a.yaml:12:19: error[policy-violation]: found batch of 2 of 3 instances (67%), above the 50% policy `p` allows; expected at most 50%
+        ");
+    check(
+        &[(
+            "a.yaml",
+            &format!("{BASE}rollout: {{ batch: {{ size: 1 }} }}\n{policy}"),
+        )],
+        "",
+    );
+}
+
+#[test]
 fn yes_is_not_a_boolean() {
     check(&[("a.yaml", &format!("{BASE}ports: [{{ name: http, exclusive: yes }}]\n"))], "
         a.yaml:12:34: error[invalid-boolean]: found `yes`, which is not a boolean in spec v1; expected `true` or `false` (`yes`, `no`, `on` and `off` are not booleans)
