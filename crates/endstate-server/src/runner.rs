@@ -88,40 +88,46 @@ pub(crate) async fn round(state: &AppState) -> Result<(), ApiError> {
 }
 
 async fn drive(state: &AppState, change: &Change) -> Result<(), ApiError> {
+    if !matches!(change.state, ChangeState::Pending | ChangeState::Planning) {
+        return Ok(());
+    }
+    let Some(desired) = state.desired(change.revision).await? else {
+        let reason = format!("revision {} is missing from the store", change.revision.0);
+        transition(state, change, ChangeState::Failed, None, reason, "change.failed").await?;
+        return Ok(());
+    };
+    // Planned from the same base as every preview: the last revision that converged.
+    let current = state.base().await?.map(|(_, desired)| desired);
+    let hosts = crate::routes::host_infos(state).await?;
+    let plan = endstate_plan::plan(current.as_deref(), &desired, &hosts);
+    let plan_json = serde_json::to_value(&plan).map_err(|error| ApiError::Internal(error.to_string()))?;
     let change = if change.state == ChangeState::Pending {
+        let reason = format!(
+            "planned: {} to add, {} to change, {} to remove; {} instance steps",
+            plan.summary.add,
+            plan.summary.change,
+            plan.summary.remove,
+            plan.steps.len()
+        );
         transition(
             state,
             change,
             ChangeState::Planning,
-            None,
-            "planning".into(),
+            Some(plan_json.clone()),
+            reason,
             "change.planning",
         )
         .await?
     } else {
         change.clone()
     };
-    if change.state != ChangeState::Planning {
-        return Ok(());
-    }
-    let Some(desired) = state.desired(change.revision).await? else {
-        let reason = format!("revision {} is missing from the store", change.revision.0);
-        transition(state, &change, ChangeState::Failed, None, reason, "change.failed").await?;
-        return Ok(());
-    };
-    let current = state.base().await?.map(|(_, desired)| desired);
-    let hosts = crate::routes::host_infos(state).await?;
-    let plan = endstate_plan::plan(current.as_deref(), &desired, &hosts);
-    let plan_json = serde_json::to_value(&plan).map_err(|error| ApiError::Internal(error.to_string()))?;
     if plan.steps.is_empty() && plan.unplaced.is_empty() {
-        let reason = format!(
-            "converged: {} declared objects in force, no instance to change",
-            desired.systems.len()
-                + desired.components.len()
-                + desired.checks.len()
-                + desired.actions.len()
-                + desired.policies.len()
-        );
+        let n_objects = desired.systems.len()
+            + desired.components.len()
+            + desired.checks.len()
+            + desired.actions.len()
+            + desired.policies.len();
+        let reason = format!("{n_objects} declared objects in force, no instance to change");
         transition(
             state,
             &change,
