@@ -28,6 +28,9 @@ pub(crate) enum ApiError {
     /// The request conflicts with the current state (e.g. a newer revision than the one previewed).
     #[error("{0}")]
     Conflict(String),
+    /// The server cannot take this request now (a bounded resource is used up).
+    #[error("{0}")]
+    Unavailable(String),
     /// The route exists, but not with this method.
     #[error("the method {0} is not allowed on this route; see /openapi.json")]
     MethodNotAllowed(String),
@@ -72,6 +75,7 @@ impl ApiError {
             ),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable"),
             ApiError::MethodNotAllowed(_) => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method-not-allowed",

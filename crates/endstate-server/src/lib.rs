@@ -44,6 +44,8 @@ pub struct ServerConfig {
     pub rate_limit: RateLimitConfig,
     /// How often the change runner looks at open changes when nothing wakes it.
     pub runner_interval: Duration,
+    /// How many live streams may be open at once; more are refused with 503.
+    pub max_streams: usize,
 }
 
 impl ServerConfig {
@@ -53,6 +55,7 @@ impl ServerConfig {
             data_dir: data_dir.into(),
             rate_limit: RateLimitConfig::default(),
             runner_interval: Duration::from_secs(2),
+            max_streams: 256,
         }
     }
 }
@@ -105,6 +108,8 @@ struct Inner {
     runner_wake: Notify,
     /// Bumped after every write to the timeline; stream subscribers wait on it.
     appended: watch::Sender<u64>,
+    /// Open live streams; each holds a permit, so their number (and the store reads they cause) is bounded.
+    streams: Arc<tokio::sync::Semaphore>,
     /// Turns true when the server shuts down, so long-lived streams end and graceful shutdown completes.
     stopping: watch::Sender<bool>,
     /// Parsed desired states by revision, so requests do not re-parse the same JSON.
@@ -144,6 +149,7 @@ impl Server {
             runner_wake: Notify::new(),
             appended: watch::channel(0).0,
             stopping: watch::channel(false).0,
+            streams: Arc::new(tokio::sync::Semaphore::new(config.max_streams)),
             desired_cache: Mutex::new(BTreeMap::new()),
         }));
         let admin_secret = auth::bootstrap_admin(&state)

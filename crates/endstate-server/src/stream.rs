@@ -57,18 +57,22 @@ pub(crate) async fn stream(
     }
     query.before = None;
     query.limit = 500;
+    let permit = state.0.streams.clone().try_acquire_owned().map_err(|_| {
+        ApiError::Unavailable("too many live streams are open on this server; retry later, or read /v1/timeline".into())
+    })?;
     let wake = state.0.appended.subscribe();
     let stopping = state.0.stopping.subscribe();
-    let start = (state, query, (wake, stopping), VecDeque::new());
+    // The permit lives as long as the stream's state and is returned when the client goes away.
+    let start = (state, query, (wake, stopping, permit), VecDeque::new());
     let events = futures_util::stream::unfold(
         start,
-        |(state, mut query, (mut wake, mut stopping), mut buffer)| async move {
+        |(state, mut query, (mut wake, mut stopping, permit), mut buffer)| async move {
             loop {
                 if *stopping.borrow() {
                     return None;
                 }
                 if let Some(event) = buffer.pop_front() {
-                    return Some((Ok(event), (state, query, (wake, stopping), buffer)));
+                    return Some((Ok(event), (state, query, (wake, stopping, permit), buffer)));
                 }
                 wake.mark_unchanged();
                 match state.store().query_events(&query).await {

@@ -162,3 +162,30 @@ async fn the_stream_delivers_new_events_and_resumes_from_a_position() {
     assert_eq!((next.seq, next.kind.as_str()), (2, "change.planning"));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn live_streams_are_bounded_and_a_closed_one_frees_its_place() {
+    let server = TestServer::start_with(|config| config.max_streams = 2).await;
+    let client = server.client();
+    let first = client.stream(&TimelineQuery::default()).await.unwrap();
+    let _second = client.stream(&TimelineQuery::default()).await.unwrap();
+    let refused = client.stream(&TimelineQuery::default()).await.err().unwrap();
+    assert_eq!(refused.problem().map(|p| p.status), Some(503), "{refused}");
+    drop(first);
+    // The server notices the closed connection when it next writes to it, or at the latest with
+    // the next keep-alive; a new event makes it write now.
+    client
+        .submit(&submit_request(&[("s.yaml", SYSTEMS)], "wake"))
+        .await
+        .unwrap();
+    let mut reopened = None;
+    for _ in 0..100 {
+        if let Ok(stream) = client.stream(&TimelineQuery::default()).await {
+            reopened = Some(stream);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(reopened.is_some(), "the closed stream's place was not freed");
+    server.stop().await;
+}
