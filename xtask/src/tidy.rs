@@ -3,7 +3,12 @@
 use std::path::Path;
 
 /// Crates that must stay pure: no IO, no runtime, no network, no database.
-const PURE: &[&str] = &["endstate-types", "endstate-spec", "endstate-plan"];
+const PURE: &[&str] = &[
+    "endstate-types",
+    "endstate-spec",
+    "endstate-plan",
+    "endstate-agent-proto",
+];
 
 /// Dependencies a pure crate may not have.
 const IMPURE_DEPS: &[&str] = &[

@@ -2,7 +2,17 @@
 //! restarts them with exponential backoff, stops them gracefully and keeps their recent output.
 //!
 //! Networking, enrolment and the server protocol are not here yet; this crate is the part that
-//! touches processes.
+//! touches processes, and what an instance needs before it starts and while it runs:
+//!
+//! - [`artifact`]: an [`ArtifactCache`] fetches artifacts (a local path, or an `http` URL checked
+//!   by SHA-256) into a content-addressed cache and installs each version into its own immutable
+//!   directory.
+//! - [`render`](mod@render): renders the command, args, env values and config files of one instance from the
+//!   spec's template variables (pure).
+//! - [`health`]: [`probe`] runs one http, tcp or exec probe; a [`HealthTracker`] turns probe
+//!   results into a health state with thresholds (pure).
+//!
+//! The rest of this page is about the supervisor.
 //!
 //! # Expected flow
 //!
@@ -63,14 +73,23 @@
 //! - Restarting the agent does not re-adopt running instances: they are killed with it.
 //! - There is no OS trait seam: tests run real processes (spawning a missing program is also real).
 
+pub mod artifact;
 mod event;
 mod group;
+pub mod health;
 mod instance;
 mod logs;
+pub mod render;
 mod spec;
 mod supervisor;
 
+pub use artifact::{ArtifactCache, ArtifactError, ArtifactRef, FetchLimits, Installed, VersionDir};
 pub use event::{InstanceEvent, InstanceState};
+pub use health::{HealthState, HealthTracker, Probe, ProbeResult, probe};
 pub use logs::{DEFAULT_LOG_CAPACITY, LogSnapshot, StreamLog};
+pub use render::{
+    ConfigTemplate, InstanceTemplates, RenderError, RenderErrors, RenderedFile, RenderedInstance, TemplateVars, render,
+    render_instance,
+};
 pub use spec::{InstanceSpec, MIN_BACKOFF, RestartPolicy};
 pub use supervisor::{Supervisor, SupervisorConfig, SupervisorError, SupervisorHandle};

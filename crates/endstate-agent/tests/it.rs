@@ -1,7 +1,15 @@
-//! Integration tests of the supervisor with real processes (`/bin/sh`).
+//! Integration tests of the supervisor with real processes (`/bin/sh`), and of the artifact cache
+//! and health probes against real servers on `127.0.0.1` port 0 (modules under `it/`).
 //!
 //! Tests wait on events with generous timeouts and assert order and content, never durations.
 #![allow(clippy::unwrap_used)]
+
+#[path = "it/artifact.rs"]
+mod artifact;
+#[path = "it/health.rs"]
+mod health;
+#[path = "it/servers.rs"]
+mod servers;
 
 use std::collections::BTreeMap;
 use std::io::ErrorKind;

@@ -1,0 +1,514 @@
+//! The messages of the protocol, one enum per direction; their layout on the wire is the protocol.
+//!
+//! Every struct refuses unknown fields except [`Hello`], [`Facts`], [`Welcome`] and [`Refused`]:
+//! the handshake must stay readable by a peer of another version (see the crate docs).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use endstate_types::{Generation, HostName, Labels};
+use serde::{Deserialize, Serialize};
+
+/// Everything an agent sends to the server.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum FromAgent {
+    /// The first frame of every connection.
+    Hello(Hello),
+    /// The host's facts changed (they are also part of [`Hello`]).
+    Facts(Facts),
+    /// The agent is alive.
+    Keepalive(Keepalive),
+    /// Observations, in `seq` order.
+    Observations(Observations),
+    /// Every instance the agent runs, after each (re)connection.
+    ActualState(ActualState),
+}
+
+/// Everything the server sends to an agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum FromServer {
+    /// The handshake succeeded, in this version.
+    Welcome(Welcome),
+    /// The handshake failed; the server closes the connection after this frame.
+    Refused(Refused),
+    /// Observations up to a sequence number are durable.
+    Ack(Ack),
+    /// The complete set of instances the agent should run.
+    DesiredInstances(DesiredInstances),
+    /// The host's identity is revoked; the server closes the connection after this frame.
+    Revoke(Revoke),
+    /// Asks for a keepalive now.
+    Ping(Ping),
+}
+
+/// An inclusive range of protocol versions, `min..=max`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionRange {
+    /// The oldest version spoken.
+    pub min: u16,
+    /// The newest version spoken; at least `min`.
+    pub max: u16,
+}
+
+/// `hello`, agent → server: who the agent is and which versions it speaks.
+///
+/// Unknown fields are ignored, so a newer agent may add some and still be refused with a reason
+/// (rather than with a parse error) by an older server.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The protocol versions the agent speaks.
+    pub versions: VersionRange,
+    /// The agent's own release (`0.1.0`), for people and for the inventory.
+    pub agent_version: String,
+    /// The host, as enrolled (its certificate names the same host).
+    pub host: HostName,
+    /// The labels given at enrolment (`zone`, `role`, ...).
+    pub labels: Labels,
+    /// The facts at connection time.
+    pub facts: Facts,
+}
+
+/// `facts`, agent → server (and inside [`Hello`]): what the host is.
+///
+/// Unknown fields are ignored: it travels inside [`Hello`], and new facts are expected.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Facts {
+    /// The host name the operating system reports (may differ from the enrolled [`Hello::host`]).
+    pub hostname: String,
+    /// The operating system and distribution (`Debian GNU/Linux 13`).
+    pub os: String,
+    /// The kernel release (`6.12.0-1-amd64`).
+    pub kernel: String,
+    /// The machine architecture (`x86_64`, `aarch64`).
+    pub arch: String,
+    /// Logical CPUs.
+    pub cpus: u32,
+    /// Physical memory, in bytes.
+    pub memory_bytes: u64,
+    /// Mounted file systems.
+    pub disks: Vec<Disk>,
+    /// The agent's own release.
+    pub agent_version: String,
+}
+
+/// One mounted file system.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Disk {
+    /// Where it is mounted (`/`, `/var`).
+    pub mount: String,
+    /// Its size, in bytes.
+    pub total_bytes: u64,
+    /// The space free for unprivileged users, in bytes.
+    pub free_bytes: u64,
+}
+
+/// `keepalive`, agent → server.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Keepalive {
+    /// Counts keepalives on this connection from 1; not durable, not acknowledged.
+    pub seq: u64,
+}
+
+/// `observations`, agent → server: a batch in strictly increasing `seq` order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Observations {
+    /// At least one, at most [`MAX_OBSERVATIONS`](crate::limits::MAX_OBSERVATIONS).
+    pub observations: Vec<Observation>,
+}
+
+/// One thing the agent saw.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Observation {
+    /// Per agent, from 1, strictly increasing across connections and restarts (it is kept in the
+    /// agent's data directory), never reused: the server stores each `seq` once.
+    pub seq: u64,
+    /// When the agent saw it, in milliseconds since the Unix epoch, on the agent's clock.
+    /// Buffered observations arrive late; this is when they happened.
+    pub at_unix_ms: u64,
+    /// What was seen.
+    pub observed: Observed,
+}
+
+/// What an [`Observation`] saw.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Observed {
+    /// An instance changed state.
+    InstanceState(InstanceStateChange),
+    /// A health probe gave a result.
+    Health(HealthResult),
+    /// A sample of an instance's resource use.
+    Resources(ResourceUse),
+    /// A monitoring check gave a result (Nagios plugin semantics).
+    Check(CheckResult),
+}
+
+/// An instance entered a state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceStateChange {
+    /// The instance.
+    pub instance: InstanceId,
+    /// The generation of the [`DesiredInstances`] the instance was started from.
+    pub generation: Generation,
+    /// The state it entered.
+    pub state: InstanceStateWord,
+    /// The artifact version it runs (or ran).
+    pub version: String,
+    /// The process (and process group) id, while it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// The exit code, when it exited normally.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// The signal that ended it, when one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    /// How many times it was restarted since the agent started it at this generation.
+    pub restarts: u32,
+    /// Why, in words (the spawn error, the stop reason), bounded.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
+/// The states of a supervised instance (the agent's supervisor has the same ones).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InstanceStateWord {
+    /// About to spawn the process.
+    Starting,
+    /// The process runs.
+    Running,
+    /// The process could not be spawned.
+    SpawnFailed,
+    /// The process exited.
+    Exited,
+    /// Waiting before a restart.
+    BackingOff,
+    /// Stopping: the group was sent SIGTERM.
+    Stopping,
+    /// Stopped, and will not be restarted.
+    Stopped,
+}
+
+/// A health probe's result, after the probe's thresholds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthResult {
+    /// The instance probed.
+    pub instance: InstanceId,
+    /// Whether it is healthy.
+    pub healthy: bool,
+    /// What the probe saw (`HTTP 503`, `connection refused`), bounded.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
+/// A sample of resource use.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceUse {
+    /// The instance measured (its whole process group).
+    pub instance: InstanceId,
+    /// Resident memory, in bytes.
+    pub rss_bytes: u64,
+    /// CPU time used since the process started, user plus system, in milliseconds.
+    pub cpu_millis: u64,
+}
+
+/// A monitoring check result. A placeholder for the monitoring work: the shape of a Nagios plugin.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckResult {
+    /// The check's name.
+    pub name: String,
+    /// 0 ok, 1 warning, 2 critical, 3 unknown.
+    pub status: u8,
+    /// The plugin's text output, bounded.
+    pub output: String,
+    /// The plugin's performance data, unparsed, bounded.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub perfdata: String,
+}
+
+/// `actual_state`, agent → server: the complete set of instances the agent runs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActualState {
+    /// The generation of the last [`DesiredInstances`] the agent accepted, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<Generation>,
+    /// The last observation `seq` the agent has produced (0 for none), so the server knows whether
+    /// observations are still on their way.
+    pub last_seq: u64,
+    /// Every instance, running or not, that the agent supervises.
+    pub instances: Vec<ActualInstance>,
+}
+
+/// One instance in an [`ActualState`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActualInstance {
+    /// The instance.
+    pub instance: InstanceId,
+    /// The generation it was started from.
+    pub generation: Generation,
+    /// The artifact version it runs.
+    pub version: String,
+    /// Its current state.
+    pub state: InstanceStateWord,
+    /// Its process id, while it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+}
+
+/// `welcome`, server → agent: the handshake succeeded.
+///
+/// Unknown fields are ignored: it answers a [`Hello`] before a version is agreed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// The version both sides speak from now on: the highest common one.
+    pub version: u16,
+    /// The server's own release, for logs.
+    pub server_version: String,
+}
+
+/// `refused`, server → agent: the handshake failed.
+///
+/// Unknown fields are ignored: it answers a [`Hello`] before a version is agreed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refused {
+    /// Why, in words, naming both version ranges when they do not meet. Bounded.
+    pub reason: String,
+    /// What the agent offered.
+    pub agent_versions: VersionRange,
+    /// What the server speaks.
+    pub server_versions: VersionRange,
+}
+
+/// `ack`, server → agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ack {
+    /// Every observation with `seq <= up_to_seq` is durable on the server; the agent may drop
+    /// them from its buffer.
+    pub up_to_seq: u64,
+}
+
+/// `desired_instances`, server → agent: the complete set of instances to run (not a delta).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DesiredInstances {
+    /// Grows with every new set for this host; see [`accept_generation`](crate::accept_generation).
+    pub generation: Generation,
+    /// Every instance the host should run; any other instance is stopped. Ids are unique.
+    pub instances: Vec<InstanceAssignment>,
+}
+
+/// One instance the agent should run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceAssignment {
+    /// `system/component#slot`.
+    pub id: InstanceId,
+    /// What to run.
+    pub artifact: Artifact,
+    /// The program, an absolute path or a path relative to the unpacked artifact.
+    pub command: String,
+    /// Arguments after the program name.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// The whole environment of the process.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Files written before the process starts, already rendered by the server.
+    #[serde(default)]
+    pub config_files: Vec<ConfigFile>,
+    /// Ports allocated to the instance, by name (`http: 8080`).
+    #[serde(default)]
+    pub ports: BTreeMap<String, u16>,
+    /// How the agent decides healthy or not; none means "running is healthy".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthProbe>,
+    /// How long the group has after SIGTERM before SIGKILL, in milliseconds.
+    pub stop_grace_ms: u64,
+}
+
+/// An artifact: a version, and where to get it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Artifact {
+    /// The version, as declared.
+    pub version: String,
+    /// Where it comes from.
+    pub source: ArtifactSource,
+}
+
+/// Where an artifact comes from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ArtifactSource {
+    /// A file or directory already on the host.
+    Path {
+        /// An absolute path.
+        path: String,
+    },
+    /// A download, verified before use.
+    Url {
+        /// An `http://` or `https://` URL.
+        url: String,
+        /// The SHA-256 of the content, 64 lowercase hex digits.
+        sha256: String,
+    },
+}
+
+/// A configuration file of an instance.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// Where to write it, relative to the instance's directory, without `..`.
+    pub path: String,
+    /// The final content.
+    pub content: String,
+}
+
+/// A health probe with its thresholds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthProbe {
+    /// What to probe.
+    pub probe: Probe,
+    /// Between two probes, in milliseconds.
+    pub interval_ms: u64,
+    /// How long one probe may take, in milliseconds.
+    pub timeout_ms: u64,
+    /// Consecutive successes before healthy (at least 1).
+    pub healthy_after: u32,
+    /// Consecutive failures before unhealthy (at least 1).
+    pub unhealthy_after: u32,
+}
+
+/// What a health probe does.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Probe {
+    /// `GET http://127.0.0.1:{port}{path}`; a 2xx is a success.
+    Http {
+        /// The name of one of the instance's `ports`.
+        port: String,
+        /// The path, starting with `/`.
+        path: String,
+    },
+    /// A TCP connection to `127.0.0.1:{port}`.
+    Tcp {
+        /// The name of one of the instance's `ports`.
+        port: String,
+    },
+    /// A program; exit code 0 is a success.
+    Exec {
+        /// The program.
+        command: String,
+        /// Its arguments.
+        #[serde(default)]
+        args: Vec<String>,
+    },
+}
+
+/// `revoke`, server → agent: this host may no longer connect.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Revoke {
+    /// Why, in words, bounded.
+    pub reason: String,
+}
+
+/// `ping`, server → agent: answer with a [`Keepalive`] now.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ping {}
+
+/// An instance id, `system/component#slot` (for example `shop/web#0`).
+///
+/// Decoding checks the form: both names follow the name rules of `endstate-types` and the slot is
+/// a decimal number.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct InstanceId(pub String);
+
+// === impl VersionRange ===
+
+impl VersionRange {
+    /// The range `min..=max`.
+    #[must_use]
+    pub const fn new(min: u16, max: u16) -> Self {
+        Self { min, max }
+    }
+
+    /// Whether `version` is in the range.
+    #[must_use]
+    pub fn contains(self, version: u16) -> bool {
+        (self.min..=self.max).contains(&version)
+    }
+}
+
+impl fmt::Display for VersionRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.min == self.max {
+            write!(f, "{}", self.min)
+        } else {
+            write!(f, "{}..={}", self.min, self.max)
+        }
+    }
+}
+
+// === impl FromAgent, FromServer ===
+
+impl FromAgent {
+    /// The `type` word of this message on the wire.
+    #[must_use]
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            FromAgent::Hello(_) => "hello",
+            FromAgent::Facts(_) => "facts",
+            FromAgent::Keepalive(_) => "keepalive",
+            FromAgent::Observations(_) => "observations",
+            FromAgent::ActualState(_) => "actual_state",
+        }
+    }
+}
+
+impl FromServer {
+    /// The `type` word of this message on the wire.
+    #[must_use]
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            FromServer::Welcome(_) => "welcome",
+            FromServer::Refused(_) => "refused",
+            FromServer::Ack(_) => "ack",
+            FromServer::DesiredInstances(_) => "desired_instances",
+            FromServer::Revoke(_) => "revoke",
+            FromServer::Ping(_) => "ping",
+        }
+    }
+}
+
+// === impl InstanceId ===
+
+impl InstanceId {
+    /// The id of slot `slot` of `component` in `system`.
+    #[must_use]
+    pub fn new(system: &str, component: &str, slot: u32) -> Self {
+        Self(format!("{system}/{component}#{slot}"))
+    }
+}
+
+impl fmt::Display for InstanceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
