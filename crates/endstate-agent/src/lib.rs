@@ -1,7 +1,7 @@
 //! The host agent's process runtime: a [`Supervisor`] that runs instances as process groups,
 //! restarts them with exponential backoff, stops them gracefully and keeps their recent output.
 //!
-//! Networking, enrolment and the server protocol are not here yet; this crate is the part that
+//! Networking and enrolment are not here yet; this crate is the part that
 //! touches processes, and what an instance needs before it starts and while it runs:
 //!
 //! - [`artifact`]: an [`ArtifactCache`] fetches artifacts (a local path, or an `http` URL checked
@@ -11,6 +11,11 @@
 //!   spec's template variables (pure).
 //! - [`health`]: [`probe`] runs one http, tcp or exec probe; a [`HealthTracker`] turns probe
 //!   results into a health state with thresholds (pure).
+//! - [`facts`]: [`facts::collect`] reads the host's facts (hostname, OS, kernel, CPUs, memory,
+//!   disks) from `/proc` and `/etc` into the protocol's `Facts`, within its bounds.
+//! - [`buffer`]: the [`ObservationBuffer`], a durable, bounded, append-only log of observations
+//!   with seqs, kept until the server acknowledges them; when full it compacts the oldest
+//!   (latest observation per instance and state kept) and counts what it summarised.
 //!
 //! The rest of this page is about the supervisor.
 //!
@@ -74,7 +79,9 @@
 //! - There is no OS trait seam: tests run real processes (spawning a missing program is also real).
 
 pub mod artifact;
+pub mod buffer;
 mod event;
+pub mod facts;
 mod group;
 pub mod health;
 mod instance;
@@ -84,6 +91,7 @@ mod spec;
 mod supervisor;
 
 pub use artifact::{ArtifactCache, ArtifactError, ArtifactRef, FetchLimits, Installed, VersionDir};
+pub use buffer::{BufferError, BufferLimits, BufferStats, ObservationBuffer, SyncPolicy};
 pub use event::{InstanceEvent, InstanceState};
 pub use health::{HealthState, HealthTracker, Probe, ProbeResult, probe};
 pub use logs::{DEFAULT_LOG_CAPACITY, LogSnapshot, StreamLog};

@@ -1,11 +1,16 @@
-//! Integration tests of the supervisor with real processes (`/bin/sh`), and of the artifact cache
-//! and health probes against real servers on `127.0.0.1` port 0 (modules under `it/`).
+//! Integration tests of the supervisor with real processes (`/bin/sh`), of the artifact cache
+//! and health probes against real servers on `127.0.0.1` port 0, and of the observation buffer and
+//! host facts on temporary directories (modules under `it/`).
 //!
 //! Tests wait on events with generous timeouts and assert order and content, never durations.
 #![allow(clippy::unwrap_used)]
 
 #[path = "it/artifact.rs"]
 mod artifact;
+#[path = "it/buffer.rs"]
+mod buffer;
+#[path = "it/facts.rs"]
+mod facts;
 #[path = "it/health.rs"]
 mod health;
 #[path = "it/servers.rs"]
