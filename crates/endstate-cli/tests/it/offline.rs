@@ -101,3 +101,17 @@ fn commands_that_need_a_server_say_how_to_give_one() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("no server given: pass --server, set ENDSTATE_SERVER, or run `endstate dev`"));
 }
+
+#[test]
+fn the_config_file_token_is_never_sent_to_another_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.json");
+    std::fs::write(
+        &config,
+        r#"{"server": "http://127.0.0.1:7700", "token": "es_from_the_file"}"#,
+    )
+    .unwrap();
+    let out = run(&["status", "--server", "http://127.0.0.1:9"], &config);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("no token given"), "{}", text(&out.stderr));
+}
