@@ -199,12 +199,30 @@ impl Client {
         self.get(&format!("/v1/changes/{id}")).await
     }
 
-    /// Systems with their status; with `tree`, the top-level ones with their subtrees.
+    /// Systems with their status; with `tree`, the top-level ones with their subtrees. Reads every page.
     ///
     /// # Errors
     /// As the server says.
     pub async fn systems(&self, tree: bool) -> Result<Vec<SystemView>, ClientError> {
-        self.get(&format!("/v1/systems?tree={tree}")).await
+        self.all_pages(&format!("/v1/systems?tree={tree}")).await
+    }
+
+    /// Every page of a list keyed by name, in order.
+    async fn all_pages<T: DeserializeOwned>(&self, path: &str) -> Result<Vec<T>, ClientError> {
+        let mut items = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut request = self.http.get(format!("{}{path}", self.base));
+            if let Some(cursor) = &cursor {
+                request = request.query(&[("cursor", cursor)]);
+            }
+            let page: Page<T> = self.send(path, request).await?;
+            items.extend(page.items);
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => return Ok(items),
+            }
+        }
     }
 
     /// One system with its whole tree.
@@ -220,7 +238,7 @@ impl Client {
     /// # Errors
     /// As the server says.
     pub async fn hosts(&self) -> Result<Vec<HostView>, ClientError> {
-        self.get("/v1/hosts").await
+        self.all_pages("/v1/hosts").await
     }
 
     /// A page of the timeline.

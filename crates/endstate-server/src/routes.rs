@@ -629,20 +629,70 @@ pub(crate) async fn get_change(
 pub(crate) struct SystemsParams {
     /// Only the top-level systems (those that are no other system's subsystem), each with its tree.
     tree: Option<bool>,
+    /// The `next` of the previous page.
+    cursor: Option<String>,
+    /// At most this many items (default 500, at most 1000).
+    limit: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ListParams {
+    /// The `next` of the previous page.
+    cursor: Option<String>,
+    /// At most this many items (default 500, at most 1000).
+    limit: Option<u32>,
+}
+
+/// The default and largest page of the lists keyed by name.
+const LIST_PAGE: (u32, u32) = (500, 1000);
+
+/// One page of a list ordered by `key`: the items after the `cursor` key, at most `limit`.
+/// The cursor is the key of the last item, so a page boundary never skips or repeats an item
+/// even when items are added or removed between calls.
+fn page_by_key<T>(
+    mut items: Vec<T>,
+    key: impl Fn(&T) -> String,
+    cursor: Option<String>,
+    limit: Option<u32>,
+) -> Page<T> {
+    let limit = limit.unwrap_or(LIST_PAGE.0).clamp(1, LIST_PAGE.1) as usize;
+    items.sort_by_key(|item| key(item));
+    let mut items: Vec<T> = match &cursor {
+        Some(after) => items
+            .into_iter()
+            .filter(|item| key(item).as_str() > after.as_str())
+            .collect(),
+        None => items,
+    };
+    let next = if items.len() > limit {
+        items.truncate(limit);
+        items.last().map(&key)
+    } else {
+        None
+    };
+    Page { items, next }
 }
 
 /// List systems with their rolled-up status.
-#[utoipa::path(get, path = "/v1/systems", params(SystemsParams), responses((status = 200, body = Vec<SystemView>)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/systems", params(SystemsParams), responses((status = 200, body = Page<SystemView>)), security(("bearer" = [])))]
 pub(crate) async fn list_systems(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
     Params(params): Params<SystemsParams>,
-) -> Result<Json<Vec<SystemView>>, ApiError> {
+) -> Result<Json<Page<SystemView>>, ApiError> {
     authorize(&actor, Verb::Read, None)?;
-    let Some(world) = views::World::load(&state).await? else {
-        return Ok(Json(Vec::new()));
+    let systems = match views::World::load(&state).await? {
+        Some(world) => world.systems(params.tree.unwrap_or(false)),
+        None => Vec::new(),
     };
-    Ok(Json(world.systems(params.tree.unwrap_or(false))))
+    Ok(Json(page_by_key(
+        systems,
+        |s| s.name.clone(),
+        params.cursor,
+        params.limit,
+    )))
 }
 
 /// One system with its subsystems and components, each with its status.
@@ -662,37 +712,54 @@ pub(crate) async fn get_system(
 }
 
 /// List components with placement and status.
-#[utoipa::path(get, path = "/v1/components", responses((status = 200, body = Vec<endstate_api::ComponentView>)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/components", params(ListParams), responses((status = 200, body = Page<endstate_api::ComponentView>)), security(("bearer" = [])))]
 pub(crate) async fn list_components(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
-) -> Result<Json<Vec<endstate_api::ComponentView>>, ApiError> {
+    Params(params): Params<ListParams>,
+) -> Result<Json<Page<endstate_api::ComponentView>>, ApiError> {
     authorize(&actor, Verb::Read, None)?;
     let world = views::World::load(&state).await?;
-    Ok(Json(world.map(|world| world.components()).unwrap_or_default()))
+    let components = world.map(|world| world.components()).unwrap_or_default();
+    Ok(Json(page_by_key(
+        components,
+        |c| c.key.clone(),
+        params.cursor,
+        params.limit,
+    )))
 }
 
 /// List instances, desired and actual.
-#[utoipa::path(get, path = "/v1/instances", responses((status = 200, body = Vec<InstanceView>)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/instances", params(ListParams), responses((status = 200, body = Page<InstanceView>)), security(("bearer" = [])))]
 pub(crate) async fn list_instances(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
-) -> Result<Json<Vec<InstanceView>>, ApiError> {
+    Params(params): Params<ListParams>,
+) -> Result<Json<Page<InstanceView>>, ApiError> {
     authorize(&actor, Verb::Read, None)?;
     let world = views::World::load(&state).await?;
-    Ok(Json(world.map(|world| world.instances()).unwrap_or_default()))
+    let instances = world.map(|world| world.instances()).unwrap_or_default();
+    let key = |i: &InstanceView| format!("{}#{:010}@{}", i.component, i.slot, i.host);
+    Ok(Json(page_by_key(instances, key, params.cursor, params.limit)))
 }
 
 /// List hosts of the inventory with liveness and what runs on them.
-#[utoipa::path(get, path = "/v1/hosts", responses((status = 200, body = Vec<HostView>)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/hosts", params(ListParams), responses((status = 200, body = Page<HostView>)), security(("bearer" = [])))]
 pub(crate) async fn list_hosts(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
-) -> Result<Json<Vec<HostView>>, ApiError> {
+    Params(params): Params<ListParams>,
+) -> Result<Json<Page<HostView>>, ApiError> {
     authorize(&actor, Verb::Read, None)?;
     let hosts = state.store().list_hosts().await?;
     let instances = state.store().list_instances(InstanceFilter::default()).await?;
-    Ok(Json(views::hosts(&hosts, &instances, now_ms())))
+    let views = views::hosts(&hosts, &instances, now_ms());
+    Ok(Json(page_by_key(
+        views,
+        |h| h.name.clone(),
+        params.cursor,
+        params.limit,
+    )))
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]

@@ -49,3 +49,55 @@ async fn status_rolls_up_through_a_shared_subsystem_and_names_the_leaf() {
     assert_eq!(missing.problem().map(|p| p.status), Some(404));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn lists_page_by_name_without_gaps_or_repeats() {
+    let server = TestServer::start().await;
+    server
+        .client()
+        .submit(&submit_request(
+            &[("s.yaml", SYSTEMS), ("c.yaml", CACHE_COMPONENT)],
+            "m",
+        ))
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let mut names = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut n_pages = 0;
+    loop {
+        let mut request = http
+            .get(format!("{}/v1/systems", server.url))
+            .bearer_auth(&server.admin)
+            .query(&[("limit", "2")]);
+        if let Some(cursor) = &cursor {
+            request = request.query(&[("cursor", cursor)]);
+        }
+        let page: endstate_api::Page<endstate_api::SystemView> = request.send().await.unwrap().json().await.unwrap();
+        assert!(page.items.len() <= 2);
+        names.extend(page.items.into_iter().map(|s| s.name));
+        n_pages += 1;
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(names, ["cache", "payments", "platform", "shop", "storefront"]);
+    assert_eq!(n_pages, 3);
+    // The client reads every page for the CLI.
+    assert_eq!(server.client().systems(false).await.unwrap().len(), 5);
+    let components: endstate_api::Page<endstate_api::ComponentView> = http
+        .get(format!("{}/v1/components?limit=1", server.url))
+        .bearer_auth(&server.admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (components.items[0].key.as_str(), components.next),
+        ("cache/memo", None)
+    );
+    server.stop().await;
+}
