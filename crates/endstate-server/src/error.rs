@@ -91,7 +91,13 @@ impl ApiError {
 
 impl From<endstate_store::StoreError> for ApiError {
     fn from(error: endstate_store::StoreError) -> ApiError {
-        ApiError::Store(error)
+        match error {
+            endstate_store::StoreError::StaleParent { expected, found } => ApiError::Conflict(format!(
+                "revision {} was submitted after the plan you previewed (made when revision {} was the latest); plan again",
+                found.0, expected.0
+            )),
+            other => ApiError::Store(other),
+        }
     }
 }
 

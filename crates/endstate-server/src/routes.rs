@@ -349,14 +349,6 @@ pub(crate) async fn submit_revision(
 ) -> Result<(StatusCode, Json<SubmitResponse>), ApiError> {
     authorize(&actor, Verb::Write, None)?;
     let (desired, warnings) = validate(&state, &request.documents).await?;
-    if let Some(parent) = request.parent {
-        let latest = state.store().latest_revision().await?.map_or(0, |r| r.id.0);
-        if latest != parent {
-            return Err(ApiError::Conflict(format!(
-                "revision {latest} was submitted after the plan you previewed (made when revision {parent} was the latest); plan again"
-            )));
-        }
-    }
     let source = if request.source.kind.is_empty() {
         RevisionSource {
             kind: "api".into(),
@@ -411,6 +403,8 @@ pub(crate) async fn submit_revision(
                 digest,
                 desired: canonical,
                 created_ms: now,
+                // The store checks it in the same transaction as the insert.
+                parent: request.parent.map(RevisionId),
             },
             vec![event],
         )

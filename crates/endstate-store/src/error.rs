@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use endstate_types::{ChangeId, ChangeState};
+use endstate_types::{ChangeId, ChangeState, RevisionId};
 
 /// Why a store operation failed.
 ///
@@ -19,6 +19,14 @@ pub enum StoreError {
         expected: ChangeState,
         /// The state the store holds.
         found: ChangeState,
+    },
+    /// A submission named a parent revision that is no longer the newest.
+    #[error("revision {} is the newest, not revision {}", found.0, expected.0)]
+    StaleParent {
+        /// The parent the caller named.
+        expected: RevisionId,
+        /// The newest revision in the store (0: none).
+        found: RevisionId,
     },
     /// The thing the operation is about does not exist.
     #[error("{what} {key} not found")]

@@ -23,6 +23,10 @@ pub struct NewRevision {
     pub desired: serde_json::Value,
     /// When it was accepted.
     pub created_ms: i64,
+    /// A compare-and-set on the newest revision: when given, the submission is refused with
+    /// [`StoreError::StaleParent`](crate::StoreError::StaleParent) unless this is the newest
+    /// revision (`RevisionId(0)`: none yet), checked in the same transaction as the insert.
+    pub parent: Option<RevisionId>,
 }
 
 /// An immutable, numbered desired state.

@@ -23,6 +23,7 @@ pub async fn conformance(store: Arc<dyn Store>) {
     revisions_are_numbered_from_one_and_immutable(store).await;
     submit_creates_revision_change_and_events(store).await;
     submit_is_atomic(store).await;
+    submit_with_parent_compares_and_sets(store).await;
     transition_change_compares_and_sets(store).await;
     list_changes_filters_and_pages(store).await;
     hosts_upsert_and_list(store).await;
@@ -166,6 +167,40 @@ async fn submit_creates_revision_change_and_events(store: &dyn Store) {
     };
     let changes = store.list_changes(filter, PageRequest::default()).await.unwrap();
     assert_eq!(changes.items, [change], "list_changes filters by revision");
+}
+
+async fn submit_with_parent_compares_and_sets(store: &dyn Store) {
+    let newest = store.latest_revision().await.unwrap().map_or(RevisionId(0), |r| r.id);
+    let stale = RevisionId(newest.0.saturating_sub(1));
+    let result = store
+        .submit_revision(
+            NewRevision {
+                parent: Some(stale),
+                ..new_revision(7)
+            },
+            Vec::new(),
+        )
+        .await;
+    assert!(
+        matches!(result, Err(StoreError::StaleParent { expected, found }) if expected == stale && found == newest),
+        "a stale parent is refused with both revisions named, got {result:?}"
+    );
+    assert_eq!(
+        store.latest_revision().await.unwrap().map(|r| r.id),
+        Some(newest).filter(|id| id.0 > 0),
+        "a refused submission adds no revision"
+    );
+    let (revision, _) = store
+        .submit_revision(
+            NewRevision {
+                parent: Some(newest),
+                ..new_revision(7)
+            },
+            Vec::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(revision.id, RevisionId(newest.0 + 1), "the newest parent is accepted");
 }
 
 async fn submit_is_atomic(store: &dyn Store) {
@@ -834,6 +869,7 @@ fn new_revision(n: u64) -> NewRevision {
         digest: format!("sha256:{n:04}"),
         desired: serde_json::json!({"systems": {"shop": {"version": n, "nested": [1, 2, {"b": true, "a": null}]}}}),
         created_ms: 1_000 + i64::try_from(n).unwrap(),
+        parent: None,
     }
 }
 

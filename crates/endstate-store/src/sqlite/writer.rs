@@ -327,6 +327,17 @@ fn submit_revision(
     events: &[NewEvent],
 ) -> Result<(Revision, Change), StoreError> {
     validate_events(events)?;
+    if let Some(expected) = new.parent {
+        let op = "read the newest revision";
+        let newest: i64 = conn
+            .prepare_cached("SELECT COALESCE(MAX(id), 0) FROM revisions")
+            .and_then(|mut stmt| stmt.query_row([], |row| row.get(0)))
+            .map_err(StoreError::sqlite(op))?;
+        let found = endstate_types::RevisionId(u64::try_from(newest).unwrap_or_default());
+        if found != expected {
+            return Err(StoreError::StaleParent { expected, found });
+        }
+    }
     let desired = new.desired.to_string();
     let op = "insert a revision";
     conn.prepare_cached(

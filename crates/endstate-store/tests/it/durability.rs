@@ -14,6 +14,7 @@ fn new_revision(n: i64) -> NewRevision {
         digest: format!("d{n}"),
         desired: serde_json::json!({"n": n}),
         created_ms: n,
+        parent: None,
     }
 }
 
