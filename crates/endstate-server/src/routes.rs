@@ -783,19 +783,13 @@ pub(crate) fn parse_time(field: &str, text: &str, now_ms: i64) -> Result<i64, Ap
     if let Ok(ts) = text.parse::<jiff::Timestamp>() {
         return Ok(ts.as_millisecond());
     }
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let factor: i64 = match unit {
-        "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => 0,
-    };
-    match number.parse::<i64>() {
-        Ok(n) if factor > 0 => Ok(now_ms.saturating_sub(n.saturating_mul(factor))),
-        _ => Err(ApiError::bad_field(
+    // Durations are written as in specs (`90s`, `1h30m`, `7d`), so one parser serves both.
+    match endstate_spec::Duration::parse(text) {
+        Ok(back) => {
+            let back_ms = i64::try_from(back.as_std().as_millis()).unwrap_or(i64::MAX);
+            Ok(now_ms.saturating_sub(back_ms))
+        }
+        Err(_) => Err(ApiError::bad_field(
             field,
             format!("{text:?} is neither an RFC 3339 time nor a duration like 90s, 15m, 1h or 7d"),
         )),

@@ -194,20 +194,10 @@ async fn malformed_bodies_name_the_field() {
     assert_eq!(response.status(), 413);
     let problem: endstate_api::Problem = response.json().await.unwrap();
     assert!(problem.detail.contains("larger than"), "{problem:?}");
-    let response = http
-        .get(format!("{}/v1/timeline?since=yesterday", server.url))
-        .bearer_auth(&server.admin)
-        .send()
-        .await
-        .unwrap();
+    let response = server.get("/v1/timeline?since=yesterday").await;
     let problem: endstate_api::Problem = response.json().await.unwrap();
     assert_eq!((problem.status, problem.errors[0].field.as_str()), (400, "since"));
-    let response = http
-        .get(format!("{}/v1/nope", server.url))
-        .bearer_auth(&server.admin)
-        .send()
-        .await
-        .unwrap();
+    let response = server.get("/v1/nope").await;
     assert_eq!(response.status(), 404);
     server.stop().await;
 }
@@ -221,15 +211,9 @@ async fn each_client_is_rate_limited() {
         }
     })
     .await;
-    let http = reqwest::Client::new();
     let mut statuses = Vec::new();
     for _ in 0..8 {
-        let response = http
-            .get(format!("{}/v1/systems", server.url))
-            .bearer_auth(&server.admin)
-            .send()
-            .await
-            .unwrap();
+        let response = server.get("/v1/systems").await;
         statuses.push(response.status().as_u16());
         if response.status() == 429 {
             assert!(response.headers().contains_key("retry-after"));
@@ -239,12 +223,7 @@ async fn each_client_is_rate_limited() {
     assert!(statuses[5..].contains(&429), "{statuses:?}");
     // The bucket refills at one request per second.
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-    let response = http
-        .get(format!("{}/v1/systems", server.url))
-        .bearer_auth(&server.admin)
-        .send()
-        .await
-        .unwrap();
+    let response = server.get("/v1/systems").await;
     assert_eq!(response.status(), 200);
     server.stop().await;
 }
@@ -252,16 +231,7 @@ async fn each_client_is_rate_limited() {
 #[tokio::test]
 async fn openapi_and_metrics_are_served() {
     let server = TestServer::start().await;
-    let http = reqwest::Client::new();
-    let doc: serde_json::Value = http
-        .get(format!("{}/openapi.json", server.url))
-        .bearer_auth(&server.admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc: serde_json::Value = server.get_json("/openapi.json").await;
     for path in ["/v1/revisions", "/v1/timeline", "/v1/systems/{name}", "/v1/stream"] {
         assert!(
             doc["paths"][path].is_object(),
@@ -275,15 +245,7 @@ async fn openapi_and_metrics_are_served() {
         .submit(&submit_request(&[("s.yaml", SYSTEMS)], "m"))
         .await
         .unwrap();
-    let metrics = http
-        .get(format!("{}/metrics", server.url))
-        .bearer_auth(&server.admin)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.get("/metrics").await.text().await.unwrap();
     assert!(metrics.contains("endstate_revisions_submitted_total 1"), "{metrics}");
     assert!(
         metrics.contains(r#"endstate_api_requests_total{method="POST",route="/v1/revisions",status="201"} 1"#),
@@ -371,15 +333,7 @@ async fn hostile_documents_get_located_errors_and_nothing_is_lost() {
 async fn every_route_of_the_openapi_document_refuses_an_anonymous_call() {
     let server = TestServer::start().await;
     let http = reqwest::Client::new();
-    let doc: serde_json::Value = http
-        .get(format!("{}/openapi.json", server.url))
-        .bearer_auth(&server.admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc: serde_json::Value = server.get_json("/openapi.json").await;
     let mut n_calls = 0;
     for (path, methods) in doc["paths"].as_object().unwrap() {
         let concrete = path.replace("{id}", "1").replace("{name}", "shop");

@@ -65,6 +65,21 @@ impl TestServer {
         }
     }
 
+    /// An authenticated GET as the admin.
+    pub(crate) async fn get(&self, path: &str) -> reqwest::Response {
+        reqwest::Client::new()
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(&self.admin)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// An authenticated GET as the admin, read as JSON.
+    pub(crate) async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
+        self.get(path).await.json().await.unwrap()
+    }
+
     pub(crate) fn client(&self) -> Client {
         Client::new(&self.url, &self.admin).unwrap()
     }

@@ -86,15 +86,7 @@ async fn lists_page_by_name_without_gaps_or_repeats() {
     assert_eq!(n_pages, 3);
     // The client reads every page for the CLI.
     assert_eq!(server.client().systems(false).await.unwrap().len(), 5);
-    let components: endstate_api::Page<endstate_api::ComponentView> = http
-        .get(format!("{}/v1/components?limit=1", server.url))
-        .bearer_auth(&server.admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let components: endstate_api::Page<endstate_api::ComponentView> = server.get_json("/v1/components?limit=1").await;
     assert_eq!(
         (components.items[0].key.as_str(), components.next),
         ("cache/memo", None)
