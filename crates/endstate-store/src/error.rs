@@ -20,6 +20,15 @@ pub enum StoreError {
         /// The state the store holds.
         found: ChangeState,
     },
+    /// The state of another thing than a change stands in the way (a join token used already,
+    /// an agent revoked, observations stored since the caller read).
+    #[error("{what}: {reason}")]
+    Refused {
+        /// What: "join token", "agent", "observations".
+        what: &'static str,
+        /// Why, in words.
+        reason: String,
+    },
     /// A submission named a parent revision that is no longer the newest.
     #[error("revision {} is the newest, not revision {}", found.0, expected.0)]
     StaleParent {

@@ -64,9 +64,9 @@ pub mod testing;
 
 pub use error::StoreError;
 pub use model::{
-    ActualInstance, Change, ChangeFilter, ChangeUpdate, DEFAULT_PAGE_LIMIT, DesiredInstance, Event, EventQuery,
-    HostRecord, InstanceFilter, InstanceRecord, InstanceTransition, MAX_PAGE_LIMIT, NewEvent, NewRevision, Page,
-    PageRequest, Revision, RevisionMeta, TokenRecord,
+    ActualInstance, AgentRecord, Change, ChangeFilter, ChangeUpdate, DEFAULT_PAGE_LIMIT, DesiredInstance, Event,
+    EventQuery, HostRecord, InstanceFilter, InstanceRecord, InstanceTransition, JoinTokenRow, MAX_PAGE_LIMIT, NewEvent,
+    NewRevision, ObservationBatch, Page, PageRequest, Revision, RevisionMeta, TokenRecord,
 };
 pub use sqlite::{SCHEMA_VERSION, SqliteStore, WriterStats};
 pub use store::Store;

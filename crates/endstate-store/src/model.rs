@@ -323,3 +323,61 @@ pub(crate) fn page_limit(limit: u32) -> u32 {
         n => n.min(MAX_PAGE_LIMIT),
     }
 }
+
+/// A one-time join token, as stored: only the SHA-256 of its secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinTokenRow {
+    /// SHA-256 of the secret, lowercase hex. The key.
+    pub hash_hex: String,
+    /// Labels every host enrolled with it gets (they win over the agent's own).
+    pub labels: Labels,
+    /// The host name it admits, when the operator fixed one; else the agent proposes its name.
+    pub host: Option<String>,
+    /// When it was created.
+    pub created_ms: i64,
+    /// Who created it (`token:NAME`).
+    pub created_by: String,
+    /// When it stops being accepted.
+    pub expires_ms: i64,
+    /// When it was used, once it was.
+    pub used_ms: Option<i64>,
+    /// The host it enrolled, once it was used.
+    pub used_by: Option<String>,
+}
+
+/// The server's side of an enrolled agent: its identity and where its link stands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentRecord {
+    /// The host.
+    pub host: HostName,
+    /// When it enrolled (last time, if it enrolled again after a revocation).
+    pub enrolled_ms: i64,
+    /// When it was revoked; a revoked agent may not connect.
+    pub revoked_ms: Option<i64>,
+    /// The serial of its current certificate (lowercase hex).
+    pub cert_serial: String,
+    /// The serial of its previous certificate, still accepted until the agent connects with the current one.
+    pub prev_serial: Option<String>,
+    /// Whether its keepalives arrive: `None` before the first connection.
+    pub reachable: Option<bool>,
+    /// The last observation `seq` stored for it (0 for none).
+    pub last_seq: u64,
+    /// The generation of its current desired instance set (0 for none sent).
+    pub generation: u64,
+    /// The digest of that set, so the generation grows only when the set changes.
+    pub desired_digest: Option<String>,
+}
+
+/// A batch of observations of one host, stored at once with the agent's new `last_seq`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ObservationBatch {
+    /// The `last_seq` the caller read; the write is refused with `Conflict` when it moved.
+    pub expect_last_seq: u64,
+    /// The highest `seq` of the batch.
+    pub last_seq: u64,
+    /// Instance transitions: applied to instances that exist, each with its `instance.transitioned`
+    /// event; a transition of an instance the store does not know is kept as an event only.
+    pub transitions: Vec<InstanceTransition>,
+    /// Other events (health, resources, gaps).
+    pub events: Vec<NewEvent>,
+}

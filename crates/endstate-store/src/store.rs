@@ -4,8 +4,9 @@ use endstate_types::{ChangeId, ChangeState, EventSeq, HostName, RevisionId};
 
 use crate::StoreError;
 use crate::model::{
-    Change, ChangeFilter, ChangeUpdate, Event, EventQuery, HostRecord, InstanceFilter, InstanceRecord,
-    InstanceTransition, NewEvent, NewRevision, Page, PageRequest, Revision, RevisionMeta, TokenRecord,
+    AgentRecord, Change, ChangeFilter, ChangeUpdate, Event, EventQuery, HostRecord, InstanceFilter, InstanceRecord,
+    InstanceTransition, JoinTokenRow, NewEvent, NewRevision, ObservationBatch, Page, PageRequest, Revision,
+    RevisionMeta, TokenRecord,
 };
 
 /// The Master: desired revisions, changes, inventory, instances, the timeline and API tokens.
@@ -131,4 +132,99 @@ pub trait Store: Send + Sync + 'static {
     /// # Errors
     /// On storage failure.
     async fn count_tokens(&self) -> Result<u64, StoreError>;
+
+    // --- agents ---
+
+    /// Stores a new join token.
+    ///
+    /// # Errors
+    /// `Invalid` when a token with the same hash exists; storage failures.
+    async fn put_join_token(&self, token: JoinTokenRow) -> Result<(), StoreError>;
+
+    /// The join token with this hash, used or not.
+    ///
+    /// # Errors
+    /// On storage failure or unreadable data.
+    async fn find_join_token(&self, hash_hex: &str) -> Result<Option<JoinTokenRow>, StoreError>;
+
+    /// Uses a join token and enrols a host, atomically: marks the token used (a compare-and-set on
+    /// "unused"), inserts or updates the host record (labels and facts), and sets the agent record
+    /// (certificate serial, enrolment time, not revoked; the link state of an earlier enrolment
+    /// of the same name is kept, so sequence numbers and generations only grow), with `events`.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown token, `Refused` when it was used already (nothing is written).
+    async fn enrol_agent(
+        &self,
+        token_hash: &str,
+        at_ms: i64,
+        host: HostRecord,
+        cert_serial: String,
+        events: Vec<NewEvent>,
+    ) -> Result<AgentRecord, StoreError>;
+
+    /// One agent record.
+    ///
+    /// # Errors
+    /// On storage failure or unreadable data.
+    async fn get_agent(&self, host: &HostName) -> Result<Option<AgentRecord>, StoreError>;
+
+    /// Every agent record, by host.
+    ///
+    /// # Errors
+    /// On storage failure or unreadable data.
+    async fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError>;
+
+    /// Records a renewed certificate: the current serial becomes the previous one.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown host, `Refused` for a revoked one; storage failures.
+    async fn renew_agent(
+        &self,
+        host: &HostName,
+        cert_serial: String,
+        events: Vec<NewEvent>,
+    ) -> Result<AgentRecord, StoreError>;
+
+    /// Revokes an agent: it may no longer connect until it enrols again with a new join token.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown host; storage failures.
+    async fn revoke_agent(&self, host: &HostName, at_ms: i64, events: Vec<NewEvent>)
+    -> Result<AgentRecord, StoreError>;
+
+    /// Records whether an agent is reachable, with `events`. `serial`: the certificate it connected
+    /// with; when it is the current one, the previous serial is forgotten.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown host; storage failures.
+    async fn set_agent_reachable(
+        &self,
+        host: &HostName,
+        reachable: bool,
+        serial: Option<String>,
+        events: Vec<NewEvent>,
+    ) -> Result<(), StoreError>;
+
+    /// Records the digest of the agent's desired instance set and returns its generation: the
+    /// stored one when the digest is unchanged, else the next one.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown host; storage failures.
+    async fn set_agent_desired(&self, host: &HostName, digest: String) -> Result<u64, StoreError>;
+
+    /// Stores a batch of observations of one agent atomically (see [`ObservationBatch`]) and
+    /// returns the seqs of the events written.
+    ///
+    /// # Errors
+    /// `Refused` when the stored `last_seq` is not `batch.expect_last_seq`, `NotFound` for an
+    /// unknown host (nothing is written); `Invalid` events; storage failures.
+    async fn ingest_observations(&self, host: &HostName, batch: ObservationBatch) -> Result<Vec<EventSeq>, StoreError>;
+
+    /// Makes `instances` the complete set of desired instances: inserts or updates them (keeping
+    /// their actual state) and deletes every other instance, atomically.
+    ///
+    /// # Errors
+    /// On storage failure.
+    async fn replace_instances(&self, instances: Vec<InstanceRecord>) -> Result<(), StoreError>;
 }

@@ -11,7 +11,8 @@ use endstate_types::{ChangeId, ChangeState, EventSeq, Generation, HostName, Labe
 
 use crate::{
     ActualInstance, ChangeFilter, ChangeUpdate, DesiredInstance, Event, EventQuery, HostRecord, InstanceFilter,
-    InstanceRecord, InstanceTransition, NewEvent, NewRevision, PageRequest, Store, StoreError, TokenRecord,
+    InstanceRecord, InstanceTransition, JoinTokenRow, NewEvent, NewRevision, ObservationBatch, PageRequest, Store,
+    StoreError, TokenRecord,
 };
 
 /// Runs every check against `store`, which must be fresh and empty.
@@ -34,6 +35,208 @@ pub async fn conformance(store: Arc<dyn Store>) {
     event_cursors_have_no_gaps_or_duplicates(store).await;
     append_events_rejects_empty_kind_atomically(store).await;
     tokens_by_hash(store).await;
+    join_tokens_enrol_once(store).await;
+    agent_link_state(store).await;
+    observations_compare_and_set_on_last_seq(store).await;
+    // Last: it deletes every instance the other checks made.
+    replace_instances_deletes_the_others(store).await;
+}
+
+fn join_token(hash_hex: &str) -> JoinTokenRow {
+    JoinTokenRow {
+        hash_hex: hash_hex.into(),
+        labels: [("zone".to_owned(), "a".to_owned())].into_iter().collect(),
+        host: None,
+        created_ms: 10,
+        created_by: "token:admin".into(),
+        expires_ms: 1_000_000,
+        used_ms: None,
+        used_by: None,
+    }
+}
+
+async fn enrol(store: &dyn Store, hash: &str, name: &str, serial: &str) -> Result<crate::AgentRecord, StoreError> {
+    store.put_join_token(join_token(hash)).await.unwrap();
+    let event = NewEvent {
+        systems: Vec::new(),
+        host: Some(name.into()),
+        ..NewEvent::new(20, "agent.enrolled", &format!("{name} enrolled"))
+    };
+    store
+        .enrol_agent(hash, 20, host(name, &[("zone", "a")], 20), serial.into(), vec![event])
+        .await
+}
+
+async fn join_tokens_enrol_once(store: &dyn Store) {
+    assert!(
+        store.find_join_token("jt-1").await.unwrap().is_none(),
+        "an unknown join token is None"
+    );
+    let agent = enrol(store, "jt-1", "agent-host-1", "s1").await.unwrap();
+    assert_eq!(agent.cert_serial, "s1", "enrolment records the certificate serial");
+    assert_eq!((agent.last_seq, agent.generation, agent.revoked_ms), (0, 0, None));
+    let used = store.find_join_token("jt-1").await.unwrap().unwrap();
+    assert_eq!(used.used_ms, Some(20), "the token is marked used");
+    assert_eq!(used.used_by.as_deref(), Some("agent-host-1"));
+    assert!(
+        store
+            .get_host(&HostName("agent-host-1".into()))
+            .await
+            .unwrap()
+            .is_some(),
+        "enrolment writes the host record"
+    );
+    let again = store
+        .enrol_agent("jt-1", 30, host("agent-host-2", &[], 30), "s2".into(), Vec::new())
+        .await;
+    assert!(
+        matches!(again, Err(StoreError::Refused { .. })),
+        "a used join token is refused: {again:?}"
+    );
+    assert!(
+        store
+            .get_agent(&HostName("agent-host-2".into()))
+            .await
+            .unwrap()
+            .is_none(),
+        "a refused enrolment writes nothing"
+    );
+    let unknown = store
+        .enrol_agent("jt-none", 30, host("agent-host-2", &[], 30), "s2".into(), Vec::new())
+        .await;
+    assert!(matches!(unknown, Err(StoreError::NotFound { .. })), "{unknown:?}");
+    assert!(
+        matches!(
+            store.put_join_token(join_token("jt-1")).await,
+            Err(StoreError::Invalid { .. })
+        ),
+        "a second token with the same hash is refused"
+    );
+}
+
+async fn agent_link_state(store: &dyn Store) {
+    let name = HostName("agent-host-3".into());
+    enrol(store, "jt-3", &name.0, "s1").await.unwrap();
+    let renewed = store.renew_agent(&name, "s2".into(), Vec::new()).await.unwrap();
+    assert_eq!(
+        (renewed.cert_serial.as_str(), renewed.prev_serial.as_deref()),
+        ("s2", Some("s1")),
+        "renewal keeps the previous serial"
+    );
+    store
+        .set_agent_reachable(&name, true, Some("s1".into()), Vec::new())
+        .await
+        .unwrap();
+    let agent = store.get_agent(&name).await.unwrap().unwrap();
+    assert_eq!(
+        agent.prev_serial.as_deref(),
+        Some("s1"),
+        "connecting with the old serial keeps it"
+    );
+    assert_eq!(agent.reachable, Some(true));
+    store
+        .set_agent_reachable(&name, false, Some("s2".into()), Vec::new())
+        .await
+        .unwrap();
+    let agent = store.get_agent(&name).await.unwrap().unwrap();
+    assert_eq!(
+        agent.prev_serial, None,
+        "connecting with the current serial forgets the previous one"
+    );
+    assert_eq!(agent.reachable, Some(false));
+
+    assert_eq!(store.set_agent_desired(&name, "d1".into()).await.unwrap(), 1);
+    assert_eq!(
+        store.set_agent_desired(&name, "d1".into()).await.unwrap(),
+        1,
+        "the same digest keeps the generation"
+    );
+    assert_eq!(
+        store.set_agent_desired(&name, "d2".into()).await.unwrap(),
+        2,
+        "a new digest bumps it"
+    );
+
+    let revoked = store.revoke_agent(&name, 50, Vec::new()).await.unwrap();
+    assert_eq!(revoked.revoked_ms, Some(50));
+    assert!(
+        matches!(
+            store.renew_agent(&name, "s3".into(), Vec::new()).await,
+            Err(StoreError::Refused { .. })
+        ),
+        "a revoked agent cannot renew"
+    );
+    let back = enrol(store, "jt-4", &name.0, "s9").await.unwrap();
+    assert_eq!(
+        back.revoked_ms, None,
+        "enrolling again with a new token lifts the revocation"
+    );
+    assert_eq!(back.generation, 2, "and keeps the generation, so it only grows");
+    let unknown = store.revoke_agent(&HostName("agent-none".into()), 1, Vec::new()).await;
+    assert!(matches!(unknown, Err(StoreError::NotFound { .. })), "{unknown:?}");
+}
+
+async fn observations_compare_and_set_on_last_seq(store: &dyn Store) {
+    let name = HostName("agent-host-5".into());
+    enrol(store, "jt-5", &name.0, "s1").await.unwrap();
+    let known = instance("obs/web", "obs", &name.0, 0, "1.0");
+    store.put_instances(vec![known.clone()]).await.unwrap();
+    let mut unknown = instance("obs/gone", "obs", &name.0, 0, "1.0");
+    unknown.component_key = "obs/gone".into();
+    let batch = ObservationBatch {
+        expect_last_seq: 0,
+        last_seq: 7,
+        transitions: vec![
+            transition(&known, "running", Status::Healthy, 100),
+            transition(&unknown, "stopped", Status::Unknown, 101),
+        ],
+        events: vec![event(102, "obs.health", &["obs"], "healthy")],
+    };
+    let seqs = store.ingest_observations(&name, batch.clone()).await.unwrap();
+    assert_eq!(seqs.len(), 3, "one event per transition and per given event");
+    assert_eq!(store.get_agent(&name).await.unwrap().unwrap().last_seq, 7);
+    let listed = store
+        .list_instances(InstanceFilter {
+            system: Some(vec!["obs".into()]),
+            host: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        listed.len(),
+        1,
+        "a transition of an unknown instance creates no instance"
+    );
+    assert_eq!(listed[0].actual.as_ref().map(|a| a.state.as_str()), Some("running"));
+
+    let replay = store.ingest_observations(&name, batch).await;
+    assert!(
+        matches!(replay, Err(StoreError::Refused { .. })),
+        "a batch expecting an old last_seq is refused: {replay:?}"
+    );
+    let page = store.query_events(&systems_query(&["obs"])).await.unwrap();
+    assert_eq!(page.items.len(), 3, "a refused batch writes nothing");
+}
+
+async fn replace_instances_deletes_the_others(store: &dyn Store) {
+    let a = instance("rep/a", "rep", "rep-host", 0, "1.0");
+    let b = instance("rep/b", "rep", "rep-host", 0, "1.0");
+    store.put_instances(vec![a.clone(), b.clone()]).await.unwrap();
+    store
+        .record_transitions(vec![transition(&a, "running", Status::Healthy, 5)])
+        .await
+        .unwrap();
+    let mut a2 = a.clone();
+    a2.desired.version = "2.0".into();
+    store.replace_instances(vec![a2]).await.unwrap();
+    let all = store.list_instances(InstanceFilter::default()).await.unwrap();
+    assert_eq!(all.len(), 1, "every instance not given is deleted: {all:?}");
+    assert_eq!(all[0].desired.version, "2.0", "the given one is updated");
+    assert_eq!(
+        all[0].actual.as_ref().map(|a| a.state.as_str()),
+        Some("running"),
+        "and keeps its actual state"
+    );
 }
 
 async fn revisions_are_numbered_from_one_and_immutable(store: &dyn Store) {

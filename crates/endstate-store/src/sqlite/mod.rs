@@ -1,5 +1,6 @@
 //! The embedded SQLite backend: one writer thread with group commit, a small pool of read-only connections.
 
+mod agents;
 mod read;
 mod schema;
 mod writer;
@@ -14,8 +15,9 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::model::{
-    Change, ChangeFilter, ChangeUpdate, Event, EventQuery, HostRecord, InstanceFilter, InstanceRecord,
-    InstanceTransition, NewEvent, NewRevision, Page, PageRequest, Revision, RevisionMeta, TokenRecord,
+    AgentRecord, Change, ChangeFilter, ChangeUpdate, Event, EventQuery, HostRecord, InstanceFilter, InstanceRecord,
+    InstanceTransition, JoinTokenRow, NewEvent, NewRevision, ObservationBatch, Page, PageRequest, Revision,
+    RevisionMeta, TokenRecord,
 };
 use crate::{Store, StoreError};
 
@@ -323,5 +325,134 @@ impl Store for SqliteStore {
 
     async fn count_tokens(&self) -> Result<u64, StoreError> {
         self.read("count tokens", read::count_tokens).await
+    }
+
+    async fn put_join_token(&self, token: JoinTokenRow) -> Result<(), StoreError> {
+        self.agent_write(writer::AgentOp::PutJoinToken(token)).await.map(drop)
+    }
+
+    async fn find_join_token(&self, hash_hex: &str) -> Result<Option<JoinTokenRow>, StoreError> {
+        let hash_hex = hash_hex.to_owned();
+        self.read("read a join token", move |conn| {
+            agents::find_join_token(conn, &hash_hex)
+        })
+        .await
+    }
+
+    async fn enrol_agent(
+        &self,
+        token_hash: &str,
+        at_ms: i64,
+        host: HostRecord,
+        cert_serial: String,
+        events: Vec<NewEvent>,
+    ) -> Result<AgentRecord, StoreError> {
+        let op = writer::AgentOp::Enrol {
+            token_hash: token_hash.to_owned(),
+            at_ms,
+            host,
+            serial: cert_serial,
+            events,
+        };
+        agent_record(self.agent_write(op).await?)
+    }
+
+    async fn get_agent(&self, host: &HostName) -> Result<Option<AgentRecord>, StoreError> {
+        let host = host.0.clone();
+        self.read("read an agent", move |conn| agents::get_agent(conn, &host))
+            .await
+    }
+
+    async fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
+        self.read("list agents", agents::list_agents).await
+    }
+
+    async fn renew_agent(
+        &self,
+        host: &HostName,
+        cert_serial: String,
+        events: Vec<NewEvent>,
+    ) -> Result<AgentRecord, StoreError> {
+        let op = writer::AgentOp::Renew {
+            host: host.0.clone(),
+            serial: cert_serial,
+            events,
+        };
+        agent_record(self.agent_write(op).await?)
+    }
+
+    async fn revoke_agent(
+        &self,
+        host: &HostName,
+        at_ms: i64,
+        events: Vec<NewEvent>,
+    ) -> Result<AgentRecord, StoreError> {
+        let op = writer::AgentOp::Revoke {
+            host: host.0.clone(),
+            at_ms,
+            events,
+        };
+        agent_record(self.agent_write(op).await?)
+    }
+
+    async fn set_agent_reachable(
+        &self,
+        host: &HostName,
+        reachable: bool,
+        serial: Option<String>,
+        events: Vec<NewEvent>,
+    ) -> Result<(), StoreError> {
+        let op = writer::AgentOp::Reachable {
+            host: host.0.clone(),
+            reachable,
+            serial,
+            events,
+        };
+        self.agent_write(op).await.map(drop)
+    }
+
+    async fn set_agent_desired(&self, host: &HostName, digest: String) -> Result<u64, StoreError> {
+        let op = writer::AgentOp::Desired {
+            host: host.0.clone(),
+            digest,
+        };
+        match self.agent_write(op).await? {
+            writer::AgentReply::Generation(generation) => Ok(generation),
+            _ => Err(StoreError::Crashed {
+                op: "set an agent's desired set",
+            }),
+        }
+    }
+
+    async fn ingest_observations(&self, host: &HostName, batch: ObservationBatch) -> Result<Vec<EventSeq>, StoreError> {
+        let op = writer::AgentOp::Ingest {
+            host: host.0.clone(),
+            batch,
+        };
+        match self.agent_write(op).await? {
+            writer::AgentReply::Seqs(seqs) => Ok(seqs),
+            _ => Err(StoreError::Crashed {
+                op: "ingest observations",
+            }),
+        }
+    }
+
+    async fn replace_instances(&self, instances: Vec<InstanceRecord>) -> Result<(), StoreError> {
+        self.agent_write(writer::AgentOp::ReplaceInstances(instances))
+            .await
+            .map(drop)
+    }
+}
+
+impl SqliteStore {
+    async fn agent_write(&self, op: writer::AgentOp) -> Result<writer::AgentReply, StoreError> {
+        self.write(|reply| writer::WriteOp::Agent(op, reply)).await
+    }
+}
+
+fn agent_record(reply: writer::AgentReply) -> Result<AgentRecord, StoreError> {
+    match reply {
+        writer::AgentReply::Agent(agent) => Ok(agent),
+        _ => Err(StoreError::Crashed { op: "write an agent" }),
     }
 }

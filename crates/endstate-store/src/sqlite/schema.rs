@@ -98,6 +98,31 @@ CREATE TABLE tokens (
     revoked     INTEGER NOT NULL
 );
 ",
+    // 1 -> 2: agents: join tokens, enrolled identities and their link state.
+    r"
+CREATE TABLE join_tokens (
+    hash_hex    TEXT PRIMARY KEY,
+    labels      TEXT NOT NULL,
+    host        TEXT,
+    created_ms  INTEGER NOT NULL,
+    created_by  TEXT NOT NULL,
+    expires_ms  INTEGER NOT NULL,
+    used_ms     INTEGER,
+    used_by     TEXT
+) WITHOUT ROWID;
+
+CREATE TABLE agents (
+    host            TEXT PRIMARY KEY,
+    enrolled_ms     INTEGER NOT NULL,
+    revoked_ms      INTEGER,
+    cert_serial     TEXT NOT NULL,
+    prev_serial     TEXT,
+    reachable       INTEGER,
+    last_seq        INTEGER NOT NULL DEFAULT 0,
+    generation      INTEGER NOT NULL DEFAULT 0,
+    desired_digest  TEXT
+) WITHOUT ROWID;
+",
 ];
 
 /// The schema version this build writes.

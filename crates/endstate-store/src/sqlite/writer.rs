@@ -28,7 +28,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::StoreError;
 use crate::model::{
-    Change, ChangeUpdate, HostRecord, InstanceRecord, InstanceTransition, NewEvent, NewRevision, Revision, TokenRecord,
+    AgentRecord, Change, ChangeUpdate, HostRecord, InstanceRecord, InstanceTransition, JoinTokenRow, NewEvent,
+    NewRevision, ObservationBatch, Revision, TokenRecord,
 };
 use crate::sqlite::read;
 
@@ -49,8 +50,55 @@ pub(crate) enum WriteOp {
     RecordTransitions(Vec<InstanceTransition>, Reply<Vec<EventSeq>>),
     AppendEvents(Vec<NewEvent>, Reply<Vec<EventSeq>>),
     PutToken(TokenRecord, Reply<()>),
+    /// The writes of the agent link (enrolment, revocation, observations), one variant for them all.
+    Agent(AgentOp, Reply<AgentReply>),
     /// Finish the current batch, close the connection, then answer.
     Shutdown(oneshot::Sender<()>),
+}
+
+/// A write of the agent link.
+pub(crate) enum AgentOp {
+    PutJoinToken(JoinTokenRow),
+    Enrol {
+        token_hash: String,
+        at_ms: i64,
+        host: HostRecord,
+        serial: String,
+        events: Vec<NewEvent>,
+    },
+    Renew {
+        host: String,
+        serial: String,
+        events: Vec<NewEvent>,
+    },
+    Revoke {
+        host: String,
+        at_ms: i64,
+        events: Vec<NewEvent>,
+    },
+    Reachable {
+        host: String,
+        reachable: bool,
+        serial: Option<String>,
+        events: Vec<NewEvent>,
+    },
+    Desired {
+        host: String,
+        digest: String,
+    },
+    Ingest {
+        host: String,
+        batch: ObservationBatch,
+    },
+    ReplaceInstances(Vec<InstanceRecord>),
+}
+
+/// What an [`AgentOp`] produced.
+pub(crate) enum AgentReply {
+    Done,
+    Agent(AgentRecord),
+    Generation(u64),
+    Seqs(Vec<EventSeq>),
 }
 
 /// Counters of the writer, shared with the store handle.
@@ -67,6 +115,7 @@ enum Outcome {
     Change(Result<Change, StoreError>),
     Done(Result<(), StoreError>),
     Seqs(Result<Vec<EventSeq>, StoreError>),
+    Agent(Result<AgentReply, StoreError>),
 }
 
 /// The requests of the open transaction and, for a prefix of them, what applying them produced.
@@ -234,6 +283,7 @@ fn apply(conn: &Connection, op: &WriteOp) -> Outcome {
         WriteOp::RecordTransitions(transitions, _) => Outcome::Seqs(record_transitions(conn, transitions)),
         WriteOp::AppendEvents(events, _) => Outcome::Seqs(append_events(conn, events)),
         WriteOp::PutToken(token, _) => Outcome::Done(put_token(conn, token)),
+        WriteOp::Agent(op, _) => Outcome::Agent(crate::sqlite::agents::apply(conn, op)),
         WriteOp::Shutdown(_) => Outcome::Done(Ok(())),
     }
 }
@@ -245,6 +295,7 @@ impl Outcome {
             WriteOp::SubmitRevision(..) => Outcome::Revision(Err(error)),
             WriteOp::TransitionChange(..) => Outcome::Change(Err(error)),
             WriteOp::RecordTransitions(..) | WriteOp::AppendEvents(..) => Outcome::Seqs(Err(error)),
+            WriteOp::Agent(..) => Outcome::Agent(Err(error)),
             WriteOp::UpsertHost(..) | WriteOp::PutInstances(..) | WriteOp::PutToken(..) | WriteOp::Shutdown(_) => {
                 Outcome::Done(Err(error))
             }
@@ -257,6 +308,7 @@ impl Outcome {
             Outcome::Change(result) => result.as_ref().err(),
             Outcome::Done(result) => result.as_ref().err(),
             Outcome::Seqs(result) => result.as_ref().err(),
+            Outcome::Agent(result) => result.as_ref().err(),
         }
     }
 
@@ -270,6 +322,7 @@ impl Outcome {
 fn answer(op: WriteOp, outcome: Option<Outcome>, batch_error: Option<&StoreError>) {
     match (op, outcome) {
         (WriteOp::SubmitRevision(.., reply), Some(Outcome::Revision(result))) => send(reply, result, batch_error),
+        (WriteOp::Agent(_, reply), Some(Outcome::Agent(result))) => send(reply, result, batch_error),
         (WriteOp::TransitionChange(.., reply), Some(Outcome::Change(result))) => send(reply, result, batch_error),
         (
             WriteOp::UpsertHost(_, reply) | WriteOp::PutInstances(_, reply) | WriteOp::PutToken(_, reply),
@@ -302,6 +355,7 @@ fn fail(op: WriteOp, error: StoreError) {
     match op {
         WriteOp::SubmitRevision(.., reply) => drop(reply.send(Err(error))),
         WriteOp::TransitionChange(.., reply) => drop(reply.send(Err(error))),
+        WriteOp::Agent(_, reply) => drop(reply.send(Err(error))),
         WriteOp::UpsertHost(_, reply) | WriteOp::PutInstances(_, reply) | WriteOp::PutToken(_, reply) => {
             drop(reply.send(Err(error)));
         }
@@ -423,7 +477,7 @@ fn read_change(conn: &Connection, id: ChangeId) -> Result<Change, StoreError> {
     })
 }
 
-fn upsert_host(conn: &Connection, host: &HostRecord) -> Result<(), StoreError> {
+pub(crate) fn upsert_host(conn: &Connection, host: &HostRecord) -> Result<(), StoreError> {
     let labels = serde_json::to_string(&host.labels).map_err(|source| StoreError::Json {
         column: "hosts.labels",
         key: host.name.0.clone(),
@@ -439,7 +493,7 @@ fn upsert_host(conn: &Connection, host: &HostRecord) -> Result<(), StoreError> {
     .map_err(StoreError::sqlite("upsert a host"))
 }
 
-fn put_instances(conn: &Connection, instances: &[InstanceRecord]) -> Result<(), StoreError> {
+pub(crate) fn put_instances(conn: &Connection, instances: &[InstanceRecord]) -> Result<(), StoreError> {
     for instance in instances {
         let desired = &instance.desired;
         let generation = i64::try_from(desired.generation.0).map_err(|_| StoreError::Invalid {
@@ -492,7 +546,10 @@ fn put_instances(conn: &Connection, instances: &[InstanceRecord]) -> Result<(), 
     Ok(())
 }
 
-fn record_transitions(conn: &Connection, transitions: &[InstanceTransition]) -> Result<Vec<EventSeq>, StoreError> {
+pub(crate) fn record_transitions(
+    conn: &Connection,
+    transitions: &[InstanceTransition],
+) -> Result<Vec<EventSeq>, StoreError> {
     let mut seqs = Vec::with_capacity(transitions.len());
     for t in transitions {
         let key = || format!("{}@{}#{}", t.component_key, t.host, t.slot);
@@ -568,7 +625,7 @@ fn append_events(conn: &Connection, events: &[NewEvent]) -> Result<Vec<EventSeq>
 }
 
 /// Refuses a call with an invalid event before it writes anything.
-fn validate_events(events: &[NewEvent]) -> Result<(), StoreError> {
+pub(crate) fn validate_events(events: &[NewEvent]) -> Result<(), StoreError> {
     events.iter().try_for_each(validate_event)
 }
 
@@ -583,7 +640,11 @@ fn validate_event(event: &NewEvent) -> Result<(), StoreError> {
 }
 
 /// Inserts one event (its `change`, when `None`, is `default_change`) and indexes it by system.
-fn insert_event(conn: &Connection, event: &NewEvent, default_change: Option<ChangeId>) -> Result<EventSeq, StoreError> {
+pub(crate) fn insert_event(
+    conn: &Connection,
+    event: &NewEvent,
+    default_change: Option<ChangeId>,
+) -> Result<EventSeq, StoreError> {
     validate_event(event)?;
     let mut systems: Vec<&str> = event.systems.iter().map(String::as_str).collect();
     systems.sort_unstable();
