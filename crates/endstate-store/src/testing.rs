@@ -60,7 +60,7 @@ async fn enrol(store: &dyn Store, hash: &str, name: &str, serial: &str) -> Resul
     let event = NewEvent {
         systems: Vec::new(),
         host: Some(name.into()),
-        ..NewEvent::new(20, "agent.enrolled", &format!("{name} enrolled"))
+        ..NewEvent::new(20, "agent.enrolled", format!("{name} enrolled"))
     };
     store
         .enrol_agent(hash, 20, host(name, &[("zone", "a")], 20), serial.into(), vec![event])
