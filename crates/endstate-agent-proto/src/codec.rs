@@ -59,7 +59,15 @@ mod sealed {
 /// [`ProtoError::UnknownType`], [`ProtoError::Shape`], then the bounds
 /// ([`ProtoError::TooMany`], [`ProtoError::TooLong`], [`ProtoError::Invalid`]).
 pub fn decode_from_agent(frame: &[u8]) -> Result<FromAgent, ProtoError> {
-    const TYPES: &[&str] = &["hello", "facts", "keepalive", "observations", "actual_state"];
+    const TYPES: &[&str] = &[
+        "hello",
+        "facts",
+        "keepalive",
+        "observations",
+        "actual_state",
+        "logs",
+        "renew",
+    ];
     let message: FromAgent = decode(frame, TYPES, &["hello"])?;
     validate::from_agent(&message)?;
     Ok(message)
@@ -70,7 +78,16 @@ pub fn decode_from_agent(frame: &[u8]) -> Result<FromAgent, ProtoError> {
 /// # Errors
 /// As [`decode_from_agent`]; `welcome` and `refused` are read whatever their `v`.
 pub fn decode_from_server(frame: &[u8]) -> Result<FromServer, ProtoError> {
-    const TYPES: &[&str] = &["welcome", "refused", "ack", "desired_instances", "revoke", "ping"];
+    const TYPES: &[&str] = &[
+        "welcome",
+        "refused",
+        "ack",
+        "desired_instances",
+        "revoke",
+        "ping",
+        "logs_request",
+        "certificate",
+    ];
     let message: FromServer = decode(frame, TYPES, &["welcome", "refused"])?;
     validate::from_server(&message)?;
     Ok(message)

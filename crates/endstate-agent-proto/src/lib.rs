@@ -46,8 +46,12 @@
 //! | `ack` | server → agent | `up_to_seq` | |
 //! | `desired_instances` | server → agent | `generation`, `instances [InstanceAssignment]` | 1,000 instances, ids unique |
 //! | ↳ `InstanceAssignment` | | `id`, `artifact {version, source}`, `command`, `args`, `env`, `config_files [{path, content}]`, `ports {name: number}`, `health?`, `stop_grace_ms` | 256 args, 256 env, 32 files of 256 KiB, 64 ports, paths 4096, grace 1 h |
+//! | `logs` | agent → server | `request`, `instance`, `found`, `stdout`, `stderr`, `stdout_total`, `stderr_total` | streams 1 MiB each |
+//! | `renew` | agent → server | `csr_pem` | 16 KiB |
 //! | `revoke` | server → agent | `reason` | 1024 |
 //! | `ping` | server → agent | (none) | |
+//! | `logs_request` | server → agent | `request`, `instance` | |
+//! | `certificate` | server → agent | `cert_pem` | 16 KiB |
 //!
 //! An artifact `source` is `{"kind":"path","path":"/abs"}` or
 //! `{"kind":"url","url":"https://…","sha256":"<64 lowercase hex>"}`. A health `probe` is
@@ -66,7 +70,10 @@
 //! 5. In steady state the agent streams `observations` and a `keepalive` per interval (and one
 //!    on `ping`); the server answers batches with `ack`, and sends `desired_instances` whenever
 //!    the host's set changes. `facts` is sent when facts change.
-//! 6. `revoke` ends it: the agent forgets its identity; the server closes the connection.
+//! 6. At any time the server may ask for an instance's output (`logs_request`, answered by
+//!    `logs` with the same `request`), and the agent may ask for a renewed certificate (`renew`
+//!    with a CSR for its own key, answered by `certificate`), which it uses from its next connection.
+//! 7. `revoke` ends it: the agent forgets its identity; the server closes the connection.
 //!
 //! # Guarantees
 //!
@@ -120,10 +127,10 @@ pub use codec::{
 };
 pub use error::ProtoError;
 pub use message::{
-    Ack, ActualInstance, ActualState, Artifact, ArtifactSource, CheckResult, ConfigFile, DesiredInstances, Disk, Facts,
-    FromAgent, FromServer, HealthProbe, HealthResult, Hello, InstanceAssignment, InstanceId, InstanceStateChange,
-    InstanceStateWord, Keepalive, Observation, Observations, Observed, Ping, Probe, Refused, ResourceUse, Revoke,
-    VersionRange, Welcome,
+    Ack, ActualInstance, ActualState, Artifact, ArtifactSource, Certificate, CheckResult, ConfigFile, DesiredInstances,
+    Disk, Facts, FromAgent, FromServer, HealthProbe, HealthResult, Hello, InstanceAssignment, InstanceId,
+    InstanceStateChange, InstanceStateWord, Keepalive, Logs, LogsRequest, Observation, Observations, Observed, Ping,
+    Probe, Refused, Renew, ResourceUse, Revoke, VersionRange, Welcome,
 };
 pub use rules::{
     GenerationDecision, IgnoreReason, NoCommonVersion, SeqDecision, accept_generation, classify_seq, negotiate,

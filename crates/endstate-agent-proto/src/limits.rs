@@ -49,6 +49,12 @@ pub const MAX_CONFIG_FILE_BYTES: usize = 256 * 1024;
 /// Named ports of an instance.
 pub const MAX_PORTS: usize = 64;
 
+/// The tail of one output stream in a `logs` answer (1 MiB).
+pub const MAX_LOG_BYTES: usize = 1024 * 1024;
+
+/// A PEM certificate or certificate signing request.
+pub const MAX_PEM_BYTES: usize = 16 * 1024;
+
 /// The highest check status (3, unknown).
 pub const MAX_CHECK_STATUS: u8 = 3;
 

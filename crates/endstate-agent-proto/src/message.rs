@@ -23,6 +23,10 @@ pub enum FromAgent {
     Observations(Observations),
     /// Every instance the agent runs, after each (re)connection.
     ActualState(ActualState),
+    /// The answer to a [`LogsRequest`].
+    Logs(Logs),
+    /// Asks for a new certificate for the agent's own key (renewal).
+    Renew(Renew),
 }
 
 /// Everything the server sends to an agent.
@@ -41,6 +45,10 @@ pub enum FromServer {
     Revoke(Revoke),
     /// Asks for a keepalive now.
     Ping(Ping),
+    /// Asks for the recent output of one instance.
+    LogsRequest(LogsRequest),
+    /// A renewed certificate, answering [`Renew`].
+    Certificate(Certificate),
 }
 
 /// An inclusive range of protocol versions, `min..=max`.
@@ -432,6 +440,52 @@ pub struct Revoke {
 #[serde(deny_unknown_fields)]
 pub struct Ping {}
 
+/// `logs_request`, server → agent: the recent output of one instance.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogsRequest {
+    /// Chosen by the server, echoed in the answer.
+    pub request: u64,
+    /// The instance.
+    pub instance: InstanceId,
+}
+
+/// `logs`, agent → server: the tails of an instance's stdout and stderr.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Logs {
+    /// The request answered.
+    pub request: u64,
+    /// The instance.
+    pub instance: InstanceId,
+    /// Whether the agent supervises it; when not, the streams are empty.
+    pub found: bool,
+    /// The tail of stdout (lossy UTF-8), at most [`MAX_LOG_BYTES`](crate::limits::MAX_LOG_BYTES).
+    pub stdout: String,
+    /// The tail of stderr, likewise.
+    pub stderr: String,
+    /// Every byte the instance wrote to stdout since it started, kept or not (to follow).
+    pub stdout_total: u64,
+    /// Likewise for stderr.
+    pub stderr_total: u64,
+}
+
+/// `renew`, agent → server: a certificate signing request for the agent's key and host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Renew {
+    /// PEM, at most [`MAX_PEM_BYTES`](crate::limits::MAX_PEM_BYTES).
+    pub csr_pem: String,
+}
+
+/// `certificate`, server → agent: the renewed certificate.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Certificate {
+    /// PEM, at most [`MAX_PEM_BYTES`](crate::limits::MAX_PEM_BYTES).
+    pub cert_pem: String,
+}
+
 /// An instance id, `system/component#slot` (for example `shop/web#0`).
 ///
 /// Decoding checks the form: both names follow the name rules of `endstate-types` and the slot is
@@ -478,6 +532,8 @@ impl FromAgent {
             FromAgent::Keepalive(_) => "keepalive",
             FromAgent::Observations(_) => "observations",
             FromAgent::ActualState(_) => "actual_state",
+            FromAgent::Logs(_) => "logs",
+            FromAgent::Renew(_) => "renew",
         }
     }
 }
@@ -493,6 +549,8 @@ impl FromServer {
             FromServer::DesiredInstances(_) => "desired_instances",
             FromServer::Revoke(_) => "revoke",
             FromServer::Ping(_) => "ping",
+            FromServer::LogsRequest(_) => "logs_request",
+            FromServer::Certificate(_) => "certificate",
         }
     }
 }

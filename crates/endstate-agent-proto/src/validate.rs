@@ -10,8 +10,8 @@ use endstate_types::validate_name;
 use crate::error::ProtoError;
 use crate::limits::{
     MAX_ARGS, MAX_CHECK_OUTPUT_BYTES, MAX_CHECK_STATUS, MAX_CONFIG_FILE_BYTES, MAX_CONFIG_FILES, MAX_DETAIL_BYTES,
-    MAX_DISKS, MAX_ENV, MAX_INSTANCES, MAX_LABELS, MAX_OBSERVATIONS, MAX_PATH_BYTES, MAX_PORTS, MAX_STOP_GRACE_MS,
-    MAX_WORD_BYTES,
+    MAX_DISKS, MAX_ENV, MAX_INSTANCES, MAX_LABELS, MAX_LOG_BYTES, MAX_OBSERVATIONS, MAX_PATH_BYTES, MAX_PEM_BYTES,
+    MAX_PORTS, MAX_STOP_GRACE_MS, MAX_WORD_BYTES,
 };
 use crate::message::{
     ActualState, ArtifactSource, DesiredInstances, Facts, FromAgent, FromServer, HealthProbe, Hello,
@@ -28,6 +28,12 @@ pub(crate) fn from_agent(message: &FromAgent) -> Result {
         FromAgent::Keepalive(_) => Ok(()),
         FromAgent::Observations(batch) => check_observations(batch),
         FromAgent::ActualState(actual) => check_actual_state(actual),
+        FromAgent::Logs(logs) => {
+            instance_id(&logs.instance, || "instance".into())?;
+            no_nul(&logs.stdout, MAX_LOG_BYTES, || "stdout".into())?;
+            no_nul(&logs.stderr, MAX_LOG_BYTES, || "stderr".into())
+        }
+        FromAgent::Renew(renew) => text(&renew.csr_pem, MAX_PEM_BYTES, || "csr_pem".into()),
     }
 }
 
@@ -39,6 +45,8 @@ pub(crate) fn from_server(message: &FromServer) -> Result {
         FromServer::Ack(_) | FromServer::Ping(_) => Ok(()),
         FromServer::DesiredInstances(desired) => check_desired(desired),
         FromServer::Revoke(revoke) => text(&revoke.reason, MAX_DETAIL_BYTES, || "reason".into()),
+        FromServer::LogsRequest(request) => instance_id(&request.instance, || "instance".into()),
+        FromServer::Certificate(certificate) => text(&certificate.cert_pem, MAX_PEM_BYTES, || "cert_pem".into()),
     }
 }
 
