@@ -53,7 +53,8 @@
 //! | `logs_request` | server → agent | `request`, `instance` | |
 //! | `certificate` | server → agent | `cert_pem` | 16 KiB |
 //!
-//! An artifact `source` is `{"kind":"path","path":"/abs"}` or
+//! An artifact `source` is `{"kind":"path","path":"/abs"}` (or a relative path without `..`,
+//! which the agent resolves against its artifact root) or
 //! `{"kind":"url","url":"https://…","sha256":"<64 lowercase hex>"}`. A health `probe` is
 //! `http {port, path}`, `tcp {port}` (a name from `ports`) or `exec {command, args}`, with
 //! `interval_ms`, `timeout_ms`, `healthy_after` and `unhealthy_after` (all at least 1).

@@ -363,7 +363,8 @@ pub struct Artifact {
 pub enum ArtifactSource {
     /// A file or directory already on the host.
     Path {
-        /// An absolute path.
+        /// An absolute path, or a relative one (without `..`) that the agent resolves against its
+        /// artifact root.
         path: String,
     },
     /// A download, verified before use.

@@ -1,5 +1,8 @@
 //! The bounds and rules of every message, checked after parsing and before encoding.
 //!
+//! Paths: an artifact `path` source is absolute, or relative (resolved by the agent against its
+//! artifact root) without `..` segments; a config file path is relative without `..`.
+//!
 //! Field paths are built only when a check fails, so a valid batch of observations costs no
 //! allocation here.
 
@@ -195,10 +198,11 @@ fn check_assignment(assignment: &InstanceAssignment, at: &dyn Fn(&str) -> String
     match &assignment.artifact.source {
         ArtifactSource::Path { path } => {
             path_like(path, || at("artifact.source.path"))?;
-            if !path.starts_with('/') {
+            // Absolute, or relative to the agent's artifact root; a relative one must stay under it.
+            if !path.starts_with('/') && path.split('/').any(|part| part == "..") {
                 return Err(invalid(
                     at("artifact.source.path"),
-                    format!("{}: not absolute", shown(path)),
+                    format!("{}: a relative path must not contain '..'", shown(path)),
                 ));
             }
         }

@@ -614,10 +614,14 @@ fn desired_instance_bounds_name_their_field() {
     check_server_refused(
         |d| {
             d.instances[1].artifact.source = ArtifactSource::Path {
-                path: "opt/worker".into(),
+                path: "opt/../../worker".into(),
             }
         },
-        "instances[1].artifact.source.path: \"opt/worker\": not absolute",
+        "instances[1].artifact.source.path: \"opt/../../worker\": a relative path must not contain '..'",
+    );
+    check_server_refused(
+        |d| d.instances[1].artifact.source = ArtifactSource::Path { path: "..".into() },
+        "instances[1].artifact.source.path: \"..\": a relative path must not contain '..'",
     );
     check_server_refused(
         |d| d.instances[0].artifact.version = String::new(),
@@ -654,6 +658,23 @@ fn desired_instance_bounds_name_their_field() {
         |d| d.instances[0].stop_grace_ms = 3_600_001,
         "instances[0].stop_grace_ms: 3600001, at most 3600000",
     );
+}
+
+#[test]
+fn artifact_paths_are_absolute_or_relative_without_dot_dot() {
+    for path in [
+        "/opt/worker/2.0.0",
+        "bin/example-service",
+        "example-service",
+        "./bin/x",
+        "/opt/../x",
+    ] {
+        let mut desired = desired();
+        desired.instances[1].artifact.source = ArtifactSource::Path { path: path.into() };
+        let message = FromServer::DesiredInstances(desired);
+        let frame = encode(&message).unwrap_or_else(|error| panic!("{path}: {error}"));
+        assert_eq!(decode_from_server(&frame).unwrap(), message, "{path}");
+    }
 }
 
 #[test]

@@ -13,8 +13,9 @@
 //!   says what happened.
 //! - HTTP probes go to `127.0.0.1`, use no proxy, follow no redirect (a 3xx is a failure) and open
 //!   a new connection each time, so a probe sees what a new client would.
-//! - An exec probe runs as the leader of its own process group with exactly the given environment
-//!   and stdin from `/dev/null`. At the timeout the whole group is sent SIGKILL; after a normal
+//! - An exec probe runs as the leader of its own process group with exactly the given environment,
+//!   in the given working directory (the instance's, when the runtime probes) and with stdin from
+//!   `/dev/null`. At the timeout the whole group is sent SIGKILL; after a normal
 //!   exit, members the command left behind in its group are sent SIGKILL too, so probes never pile
 //!   up. The first [`DETAIL_OUTPUT_LIMIT`] bytes of its stdout go into the detail; the rest is read and dropped.
 //!
@@ -65,6 +66,8 @@ pub enum Probe {
         args: Vec<String>,
         /// Its whole environment: nothing is inherited from the agent.
         env: BTreeMap<String, String>,
+        /// Its working directory (the instance's); the agent's own when none.
+        work_dir: Option<PathBuf>,
     },
 }
 
@@ -154,7 +157,12 @@ pub async fn probe(probe: &Probe, timeout: Duration) -> ProbeResult {
     match probe {
         Probe::Http { port, path } => http(*port, path, timeout).await,
         Probe::Tcp { port } => tcp(*port, timeout).await,
-        Probe::Exec { program, args, env } => exec(program, args, env, timeout).await,
+        Probe::Exec {
+            program,
+            args,
+            env,
+            work_dir,
+        } => exec(program, args, env, work_dir.as_deref(), timeout).await,
     }
 }
 
@@ -207,9 +215,19 @@ async fn tcp(port: u16, timeout: Duration) -> ProbeResult {
     }
 }
 
-async fn exec(program: &Path, args: &[String], env: &BTreeMap<String, String>, timeout: Duration) -> ProbeResult {
+async fn exec(
+    program: &Path,
+    args: &[String],
+    env: &BTreeMap<String, String>,
+    work_dir: Option<&Path>,
+    timeout: Duration,
+) -> ProbeResult {
     let shown = program.display();
-    let mut child = match Command::new(program)
+    let mut command = Command::new(program);
+    if let Some(work_dir) = work_dir {
+        command.current_dir(work_dir);
+    }
+    let mut child = match command
         .args(args)
         .env_clear()
         .envs(env)

@@ -1,9 +1,16 @@
 //! The host agent's process runtime: a [`Supervisor`] that runs instances as process groups,
-//! restarts them with exponential backoff, stops them gracefully and keeps their recent output.
+//! restarts them with exponential backoff, stops them gracefully and keeps their recent output,
+//! and the [`Runtime`] that reconciles the server's desired instances onto it.
 //!
 //! Networking and enrolment are not here yet; this crate is the part that
 //! touches processes, and what an instance needs before it starts and while it runs:
 //!
+//! - [`runtime`]: the [`Runtime`], the agent's reconciler. It applies the server's
+//!   `DesiredInstances` (newer generations only, persisted first): installs artifacts, prepares a
+//!   fresh run directory per assignment, starts, replaces (stop-then-start) and stops instances on
+//!   the supervisor, probes their health, samples their memory and CPU, and reports all of it as
+//!   protocol observations. At start it kills what a previous agent left running and restarts the
+//!   last accepted set.
 //! - [`artifact`]: an [`ArtifactCache`] fetches artifacts (a local path, or an `http` URL checked
 //!   by SHA-256) into a content-addressed cache and installs each version into its own immutable
 //!   directory.
@@ -75,7 +82,9 @@
 //!   behind gets `Lagged` and misses events. The ring buffers are the source for logs, not events.
 //! - Instances that exit with code 0 are restarted too (the agent keeps what was declared running);
 //!   one-shot jobs are not modelled.
-//! - Restarting the agent does not re-adopt running instances: they are killed with it.
+//! - Restarting the agent does not re-adopt running instances: the supervisor's groups die with
+//!   it when it exits normally, and the [`Runtime`] kills those left by a `kill -9` when it
+//!   starts again (see [`runtime`]).
 //! - There is no OS trait seam: tests run real processes (spawning a missing program is also real).
 
 pub mod artifact;
@@ -85,8 +94,10 @@ pub mod facts;
 mod group;
 pub mod health;
 mod instance;
+pub mod link;
 mod logs;
 pub mod render;
+pub mod runtime;
 mod spec;
 mod supervisor;
 
@@ -99,5 +110,6 @@ pub use render::{
     ConfigTemplate, InstanceTemplates, RenderError, RenderErrors, RenderedFile, RenderedInstance, TemplateVars, render,
     render_instance,
 };
+pub use runtime::{ApplyOutcome, ApplySummary, Runtime, RuntimeConfig, RuntimeError};
 pub use spec::{InstanceSpec, MIN_BACKOFF, RestartPolicy};
 pub use supervisor::{Supervisor, SupervisorConfig, SupervisorError, SupervisorHandle};

@@ -62,6 +62,10 @@ enum Command {
     List {
         reply: oneshot::Sender<Vec<String>>,
     },
+    Forget {
+        id: String,
+        reply: oneshot::Sender<Result<(), SupervisorError>>,
+    },
     Shutdown {
         reply: oneshot::Sender<()>,
     },
@@ -171,6 +175,18 @@ impl SupervisorHandle {
         self.ask(|reply| Command::List { reply }).await
     }
 
+    /// Forgets a stopped instance and its log buffers, so the supervisor's table does not grow
+    /// with every instance ever started. Its id may be started again later.
+    ///
+    /// # Errors
+    ///
+    /// [`SupervisorError::UnknownInstance`]; [`SupervisorError::AlreadySupervised`] if it is not
+    /// stopped yet (stop it first); [`SupervisorError::ShutDown`].
+    pub async fn forget(&self, id: &str) -> Result<(), SupervisorError> {
+        let id = id.to_owned();
+        self.ask(|reply| Command::Forget { id, reply }).await?
+    }
+
     /// Stops every instance (concurrently, each with its own grace) and ends the supervisor.
     /// Later calls on any handle return [`SupervisorError::ShutDown`].
     ///
@@ -236,6 +252,17 @@ async fn run(
             }
             Command::List { reply } => {
                 let _ = reply.send(instances.keys().cloned().collect());
+            }
+            Command::Forget { id, reply } => {
+                let result = match instances.get(&id) {
+                    None => Err(SupervisorError::UnknownInstance(id)),
+                    Some(entry) if !entry.is_done() => Err(SupervisorError::AlreadySupervised(id)),
+                    Some(_) => {
+                        instances.remove(&id);
+                        Ok(())
+                    }
+                };
+                let _ = reply.send(result);
             }
             Command::Shutdown { reply } => {
                 stop_all(instances).await;

@@ -1,6 +1,7 @@
 //! Integration tests of the supervisor with real processes (`/bin/sh`), of the artifact cache
-//! and health probes against real servers on `127.0.0.1` port 0, and of the observation buffer and
-//! host facts on temporary directories (modules under `it/`).
+//! and health probes against real servers on `127.0.0.1` port 0, of the observation buffer and
+//! host facts on temporary directories, and of the runtime (the reconciler) with real processes
+//! (modules under `it/`).
 //!
 //! Tests wait on events with generous timeouts and assert order and content, never durations.
 #![allow(clippy::unwrap_used)]
@@ -13,6 +14,8 @@ mod buffer;
 mod facts;
 #[path = "it/health.rs"]
 mod health;
+#[path = "it/runtime.rs"]
+mod runtime;
 #[path = "it/servers.rs"]
 mod servers;
 
@@ -239,6 +242,31 @@ async fn cleans_up_what_the_leader_left_behind() {
     ));
     eventually("the old group is gone", async || group_is_gone(pid)).await;
     supervisor.stop(id).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forget_drops_a_stopped_instance_only() {
+    let supervisor = Supervisor::spawn(SupervisorConfig::default());
+    let id = "web/api#0";
+    supervisor.start(sh(id, "echo hello; exec sleep 1000")).await.unwrap();
+    assert!(matches!(
+        supervisor.forget(id).await,
+        Err(SupervisorError::AlreadySupervised(_))
+    ));
+    supervisor.stop(id).await.unwrap();
+    supervisor.forget(id).await.unwrap();
+    assert!(supervisor.instances().await.unwrap().is_empty());
+    assert!(matches!(
+        supervisor.logs(id).await,
+        Err(SupervisorError::UnknownInstance(_))
+    ));
+    assert!(matches!(
+        supervisor.forget(id).await,
+        Err(SupervisorError::UnknownInstance(_))
+    ));
+    // Its id can be started again.
+    supervisor.start(sh(id, "exec sleep 1000")).await.unwrap();
+    supervisor.shutdown().await.unwrap();
 }
 
 /// No process ever runs here, so time can be paused: the delays are checked exactly and the test

@@ -354,3 +354,81 @@ pub struct FieldError {
     /// Why it is wrong.
     pub message: String,
 }
+
+/// `POST /v1/join-tokens`: create a one-time join token for a new host.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateJoinToken {
+    /// How long it is accepted: a duration like `1h` (default) or `15m`; at most `7d`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
+    /// Labels the host gets; they win over the labels the agent asks for.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// The only host name it admits; without it, the agent proposes its name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+}
+
+/// A created join token. The secret is shown this once; the server keeps only its hash.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CreatedJoinToken {
+    /// The secret, `esj_…`, for `endstate agent --join-token`.
+    pub secret: String,
+    /// When it stops being accepted (RFC 3339).
+    pub expires: String,
+    /// The labels it gives.
+    pub labels: BTreeMap<String, String>,
+    /// The host it is for, if fixed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// SHA-256 of the server's CA certificate (DER, hex): the agent checks the CA it receives against it.
+    pub ca_sha256: String,
+}
+
+/// `POST /v1/agents/enrol`: an agent asks for its identity, with a join token instead of a bearer token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnrolRequest {
+    /// The join token's secret.
+    pub join_token: String,
+    /// The host name the agent proposes (the token may fix another: then this must match it).
+    pub host: String,
+    /// A certificate signing request (PEM) for the agent's own key, naming `host`.
+    pub csr_pem: String,
+    /// Labels the agent asks for; the token's labels win.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The agent's identity, as issued.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct EnrolResponse {
+    /// The host name, as in the certificate.
+    pub host: String,
+    /// The agent's client certificate (PEM).
+    pub cert_pem: String,
+    /// The server's CA certificate (PEM): the only root the agent trusts for the agent link.
+    pub ca_pem: String,
+    /// Where the agent connects: `wss://host:port/v1/agent`.
+    pub agent_url: String,
+    /// The labels the host got.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// `GET /v1/hosts/{host}/logs?instance=…`: the recent output of one instance, asked of its agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct LogsView {
+    /// The host.
+    pub host: String,
+    /// The instance, `system/component#slot`.
+    pub instance: String,
+    /// The tail of its stdout.
+    pub stdout: String,
+    /// The tail of its stderr.
+    pub stderr: String,
+    /// Every byte written to stdout since the instance started (to follow: print what is new).
+    pub stdout_total: u64,
+    /// Likewise for stderr.
+    pub stderr_total: u64,
+}

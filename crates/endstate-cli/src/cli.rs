@@ -53,8 +53,8 @@ pub(crate) enum LogFormat {
 pub(crate) enum Command {
     /// Run the API server on a data directory (SQLite inside). Prints the admin token at the first start.
     Server(ServerArgs),
-    /// Run the host agent (arrives with the agents work; not available yet).
-    Agent,
+    /// Run the host agent: enrol with a join token (first start), then run what the server assigns.
+    Agent(AgentArgs),
     /// Run everything on this machine: a server on SQLite in a data directory, with the example
     /// systems applied. Prints the API address and the admin token, and writes the client config.
     Dev(DevArgs),
@@ -84,8 +84,13 @@ pub(crate) enum Command {
     },
     /// What happened: changes, decisions, state transitions, newest last.
     Timeline(TimelineArgs),
-    /// The hosts of the inventory with liveness, labels and what is placed on them.
-    Hosts,
+    /// The hosts of the inventory with liveness, labels and instances; `hosts revoke HOST`.
+    Hosts {
+        #[command(subcommand)]
+        action: Option<HostsCommand>,
+    },
+    /// The recent stdout and stderr of an instance, asked of its agent.
+    Logs(LogsArgs),
     /// Print the JSON Schema of a spec document, for editors.
     Schema,
     /// Manage API tokens.
@@ -104,12 +109,73 @@ pub(crate) struct ServerArgs {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub(crate) log_format: LogFormat,
+    /// Where agents connect (mutual TLS); `none` for no agent listener.
+    #[arg(long, default_value = "127.0.0.1:7701", env = "ENDSTATE_AGENT_LISTEN")]
+    pub(crate) agent_listen: String,
+    /// The URL agents are told to connect to, when it differs from the listener (`wss://host:port/v1/agent`).
+    #[arg(long)]
+    pub(crate) agent_url: Option<String>,
     /// Requests per second each client may send.
     #[arg(long, default_value_t = 200)]
     pub(crate) rate_limit: u32,
     /// Requests a client may send in a burst.
     #[arg(long, default_value_t = 400)]
     pub(crate) rate_burst: u32,
+}
+
+/// `endstate agent`
+#[derive(Debug, Args)]
+pub(crate) struct AgentArgs {
+    /// The one-time join token (`endstate token create --join`); needed only until the agent is enrolled.
+    #[arg(long, env = "ENDSTATE_JOIN_TOKEN", hide_env_values = true)]
+    pub(crate) join_token: Option<String>,
+    /// The SHA-256 of the server's CA, as `token create --join` prints it: checked at enrolment.
+    #[arg(long)]
+    pub(crate) ca_sha256: Option<String>,
+    /// The host name to enrol as (default: this machine's host name).
+    #[arg(long)]
+    pub(crate) name: Option<String>,
+    /// Labels to ask for, `key=value,key=value` (a join token's labels win).
+    #[arg(long, default_value = "")]
+    pub(crate) labels: String,
+    /// Identity, observation buffer, artifacts and instance directories.
+    #[arg(long, default_value = "/var/lib/endstate-agent", env = "ENDSTATE_AGENT_DATA_DIR")]
+    pub(crate) data_dir: PathBuf,
+    /// Where relative artifact paths of the spec are found (default: the data directory).
+    #[arg(long)]
+    pub(crate) artifact_root: Option<PathBuf>,
+    /// Between two keepalives, like `5s`.
+    #[arg(long, default_value = "5s")]
+    pub(crate) keepalive: String,
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub(crate) log_format: LogFormat,
+    /// Stop (gracefully) when the parent process goes away: how `endstate dev` ties its agents to itself.
+    #[arg(long, hide = true)]
+    pub(crate) exit_with_parent: bool,
+}
+
+/// `endstate hosts …`
+#[derive(Debug, Subcommand)]
+pub(crate) enum HostsCommand {
+    /// Revoke a host: its agent is disconnected and may not connect again until it enrols anew.
+    Revoke {
+        /// The host.
+        host: String,
+    },
+}
+
+/// `endstate logs`
+#[derive(Debug, Args)]
+pub(crate) struct LogsArgs {
+    /// The instance, `system/component#slot` (or `system/component` when it has one instance).
+    pub(crate) instance: String,
+    /// The host it runs on (default: the only host that runs it).
+    #[arg(long)]
+    pub(crate) host: Option<String>,
+    /// Keep printing new output.
+    #[arg(long, short)]
+    pub(crate) follow: bool,
 }
 
 #[derive(Debug, Args)]
@@ -126,6 +192,12 @@ pub(crate) struct DevArgs {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub(crate) log_format: LogFormat,
+    /// Where the agents connect (port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:7701")]
+    pub(crate) agent_listen: String,
+    /// How many local agents to start (zones a, b, c, …), each a separate process and data directory.
+    #[arg(long, default_value_t = 3)]
+    pub(crate) agents: u8,
 }
 
 #[derive(Debug, Args)]
@@ -172,13 +244,26 @@ pub(crate) struct TimelineArgs {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum TokenCommand {
-    /// Create a named token; its secret is printed once.
+    /// Create a named API token (its secret is printed once), or with `--join` a one-time join
+    /// token for a new host.
     Create {
-        /// The token's name, shown on the timeline for everything it does.
-        #[arg(long)]
-        name: String,
-        /// viewer (read only) or admin.
+        /// The token's name, shown on the timeline for everything it does (API tokens).
+        #[arg(long, required_unless_present = "join")]
+        name: Option<String>,
+        /// viewer (read only) or admin (API tokens).
         #[arg(long, default_value = "viewer")]
         role: String,
+        /// Make a one-time join token for `endstate agent --join-token`.
+        #[arg(long)]
+        join: bool,
+        /// How long the join token is accepted (`1h`, at most `7d`).
+        #[arg(long, requires = "join")]
+        ttl: Option<String>,
+        /// Labels the host gets, `key=value,key=value`; they win over the agent's.
+        #[arg(long, requires = "join")]
+        labels: Option<String>,
+        /// The only host name the join token admits.
+        #[arg(long, requires = "join")]
+        host: Option<String>,
     },
 }

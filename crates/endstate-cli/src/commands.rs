@@ -393,3 +393,144 @@ pub(crate) async fn token_create(global: &Global, name: &str, role: &str) -> any
     }
     Ok(Outcome::Success)
 }
+
+/// `endstate token create --join`
+pub(crate) async fn join_token_create(
+    global: &Global,
+    ttl: Option<String>,
+    labels: Option<&str>,
+    host: Option<String>,
+) -> anyhow::Result<Outcome> {
+    let labels = parse_labels(labels.unwrap_or_default())?;
+    let (server, _) = config::resolve(global)?;
+    let created = client(global)?
+        .create_join_token(&endstate_api::CreateJoinToken { ttl, labels, host })
+        .await?;
+    if global.output == Output::Json {
+        print_json(&created)?;
+    } else {
+        let labels: Vec<String> = created.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!(
+            "join token (one use, until {}; shown this once):\n{}",
+            created.expires, created.secret
+        );
+        println!("\nOn the new host:");
+        println!(
+            "  ENDSTATE_JOIN_TOKEN={} endstate agent --server {server} --ca-sha256 {}{}{}",
+            created.secret,
+            created.ca_sha256,
+            created
+                .host
+                .as_ref()
+                .map(|h| format!(" --name {h}"))
+                .unwrap_or_default(),
+            if labels.is_empty() {
+                String::new()
+            } else {
+                format!(" --labels {}", labels.join(","))
+            },
+        );
+    }
+    Ok(Outcome::Success)
+}
+
+/// `key=value,key=value` into labels, naming the bad pair.
+pub(crate) fn parse_labels(text: &str) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let mut labels = std::collections::BTreeMap::new();
+    for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((key, value)) = pair.split_once('=') else {
+            anyhow::bail!("--labels: {pair:?} is not key=value");
+        };
+        labels.insert(key.trim().to_owned(), value.trim().to_owned());
+    }
+    Ok(labels)
+}
+
+/// `endstate hosts revoke HOST`
+pub(crate) async fn hosts_revoke(global: &Global, host: &str) -> anyhow::Result<Outcome> {
+    let view = client(global)?.revoke_host(host).await?;
+    if global.output == Output::Json {
+        print_json(&view)?;
+    } else {
+        println!(
+            "host {} revoked: its agent was disconnected and may not connect again until it enrols with a new join token",
+            view.name
+        );
+    }
+    Ok(Outcome::Success)
+}
+
+/// `endstate logs INSTANCE [--host H] [--follow]`
+pub(crate) async fn logs(global: &Global, args: crate::cli::LogsArgs) -> anyhow::Result<Outcome> {
+    let client = client(global)?;
+    // Find where it runs: `system/component#slot`, or `system/component` with one instance.
+    let hosts = client.hosts().await?;
+    let (wanted_key, wanted_slot) = match args.instance.rsplit_once('#') {
+        Some((key, slot)) => (key.to_owned(), Some(slot.to_owned())),
+        None => (args.instance.clone(), None),
+    };
+    let mut candidates = Vec::new();
+    for host in &hosts {
+        if args.host.as_ref().is_some_and(|h| h != &host.name) {
+            continue;
+        }
+        for line in &host.instances {
+            let id = line.split_whitespace().next().unwrap_or_default();
+            let Some((key, slot)) = id.rsplit_once('#') else {
+                continue;
+            };
+            if key == wanted_key && wanted_slot.as_deref().is_none_or(|s| s == slot) {
+                candidates.push((host.name.clone(), id.to_owned()));
+            }
+        }
+    }
+    let (host, instance) = match candidates.as_slice() {
+        [one] => one.clone(),
+        [] => {
+            eprintln!(
+                "no instance {} is placed{}",
+                args.instance,
+                args.host.map(|h| format!(" on {h}")).unwrap_or_default()
+            );
+            return Ok(Outcome::Refused);
+        }
+        many => {
+            eprintln!("{} is ambiguous; give --host or the slot:", args.instance);
+            for (host, id) in many {
+                eprintln!("  endstate logs '{id}' --host {host}");
+            }
+            return Ok(Outcome::Refused);
+        }
+    };
+    let mut seen = (0u64, 0u64);
+    loop {
+        let logs = client.logs(&host, &instance).await?;
+        if global.output == Output::Json && !args.follow {
+            print_json(&logs)?;
+            return Ok(Outcome::Success);
+        }
+        print!("{}", new_part(&logs.stdout, logs.stdout_total, seen.0));
+        let err = new_part(&logs.stderr, logs.stderr_total, seen.1);
+        if !err.is_empty() {
+            eprint!("{err}");
+        }
+        seen = (logs.stdout_total, logs.stderr_total);
+        if !args.follow {
+            return Ok(Outcome::Success);
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+/// What of a tail (ending at byte `total` of the stream) comes after byte `seen`.
+fn new_part(tail: &str, total: u64, seen: u64) -> String {
+    let new = usize::try_from(total.saturating_sub(seen)).unwrap_or(usize::MAX);
+    if new >= tail.len() {
+        return tail.to_owned();
+    }
+    let mut start = tail.len() - new;
+    while !tail.is_char_boundary(start) {
+        start += 1;
+    }
+    tail[start..].to_owned()
+}

@@ -7,7 +7,7 @@ use endstate_api::{Document, RevisionSource, SubmitRevision};
 use endstate_server::{RateLimitConfig, Server, ServerConfig};
 use tokio::net::TcpListener;
 
-use crate::cli::{DevArgs, Global, LogFormat, ServerArgs};
+use crate::cli::{AgentArgs, DevArgs, Global, LogFormat, ServerArgs};
 use crate::{Outcome, config};
 
 fn init_logs(format: LogFormat) {
@@ -57,8 +57,17 @@ pub(crate) async fn server(args: ServerArgs) -> anyhow::Result<Outcome> {
         per_second: args.rate_limit,
         burst: args.rate_burst,
     };
-    let server = Server::open(&server_config).await?;
+    server_config.agents.advertise_url = args.agent_url.clone();
+    let mut server = Server::open(&server_config).await?;
     let (listener, addr) = bind(&args.listen).await?;
+    if args.agent_listen != "none" {
+        let (agent_listener, agent_addr) = bind(&args.agent_listen).await?;
+        server = server.with_agent_listener(agent_listener)?;
+        println!(
+            "agents connect to wss://{agent_addr}/v1/agent (CA sha256 {})",
+            server.agent_ca_sha256().unwrap_or_default()
+        );
+    }
     if let Some(secret) = server.admin_secret() {
         println!("admin token (shown once, stored hashed): {secret}");
     }
@@ -71,7 +80,10 @@ pub(crate) async fn server(args: ServerArgs) -> anyhow::Result<Outcome> {
 /// `endstate dev`
 pub(crate) async fn dev(global: &Global, args: DevArgs) -> anyhow::Result<Outcome> {
     init_logs(args.log_format);
-    let server = Server::open(&ServerConfig::new(&args.data_dir)).await?;
+    let mut server_config = ServerConfig::new(&args.data_dir);
+    // Quicker liveness for a laptop: an agent is unreachable after 3 missed 2-second keepalives.
+    server_config.agents.keepalive_interval = std::time::Duration::from_secs(2);
+    let mut server = Server::open(&server_config).await?;
     let token_file = args.data_dir.join("dev-admin-token");
     // The development setup keeps its admin token in its data directory (mode 0600), so every
     // start can print it; a production server shows it once and keeps only the hash.
@@ -85,6 +97,8 @@ pub(crate) async fn dev(global: &Global, args: DevArgs) -> anyhow::Result<Outcom
             .with_context(|| format!("{} was initialised by `endstate server`, not `endstate dev`: its admin token is not kept; use another --data-dir", args.data_dir.display()))?,
     };
     let (listener, addr) = bind(&args.listen).await?;
+    let (agent_listener, agent_addr) = bind(&args.agent_listen).await?;
+    server = server.with_agent_listener(agent_listener)?;
     let url = format!("http://{addr}");
     let config_path = config::config_path(global).context("no config location: set ENDSTATE_CONFIG or HOME")?;
     config::write(
@@ -123,11 +137,23 @@ pub(crate) async fn dev(global: &Global, args: DevArgs) -> anyhow::Result<Outcom
         None => Some(client.submit(&request).await),
         Some(_) => None,
     };
+    let mut agents = match start_agents(&args, &url, &client).await {
+        Ok(agents) => agents,
+        Err(error) => {
+            println!("  agents:       not started: {error:#}");
+            Vec::new()
+        }
+    };
     println!("endstate dev is running.");
     println!("  API:          {url}");
     println!("  admin token:  {token}");
     println!("  client config written to {}", config_path.display());
     println!("  data:         {}", args.data_dir.display());
+    println!(
+        "  agents:       {} local agents on wss://{agent_addr}/v1/agent (logs in {}/agents/*/agent.log)",
+        agents.len(),
+        args.data_dir.display()
+    );
     match (submitted, latest) {
         (Some(Ok(submitted)), _) => println!(
             "  examples:     {} applied as revision {} (change {})",
@@ -144,6 +170,142 @@ pub(crate) async fn dev(global: &Global, args: DevArgs) -> anyhow::Result<Outcom
         (None, None) => {}
     }
     println!("Try: endstate status | endstate timeline | endstate hosts   (Ctrl-C stops)");
-    serving.await.context("the server task failed")??;
+    let served = serving.await.context("the server task failed");
+    stop_agents(&mut agents).await;
+    served??;
+    Ok(Outcome::Success)
+}
+
+/// Starts one agent process per zone (a, b, c, …), each with its own data directory; enrols
+/// those that have no identity yet with a join token of their zone.
+async fn start_agents(
+    args: &DevArgs,
+    url: &str,
+    client: &endstate_client::Client,
+) -> anyhow::Result<Vec<tokio::process::Child>> {
+    let exe = std::env::current_exe().context("cannot find the endstate binary")?;
+    let artifacts = std::path::absolute(args.data_dir.join("artifacts"))?;
+    let bin = artifacts.join("bin");
+    std::fs::create_dir_all(&bin)?;
+    let example = exe.with_file_name("example-service");
+    if example.exists() {
+        // A copy, so rebuilding the workspace does not change what an enrolled version runs.
+        let target = bin.join("example-service");
+        let _ = std::fs::remove_file(&target);
+        std::fs::copy(&example, &target).with_context(|| format!("cannot copy {}", example.display()))?;
+    } else {
+        println!(
+            "  warning:      {} is missing: build it (`cargo build --bin example-service`, or start with `cargo dev`); the example instances fail to start until then",
+            example.display()
+        );
+    }
+    let mut children = Vec::new();
+    for zone in (b'a'..).take(usize::from(args.agents)).map(char::from) {
+        let name = format!("dev-{zone}");
+        let dir = std::path::absolute(args.data_dir.join("agents").join(zone.to_string()))?;
+        std::fs::create_dir_all(&dir)?;
+        let mut command = tokio::process::Command::new(&exe);
+        command
+            .arg("agent")
+            .arg("--server")
+            .arg(url)
+            .arg("--name")
+            .arg(&name)
+            .arg("--labels")
+            .arg(format!("zone={zone}"))
+            .arg("--data-dir")
+            .arg(&dir)
+            .arg("--artifact-root")
+            .arg(&artifacts)
+            .arg("--keepalive")
+            .arg("2s")
+            .arg("--exit-with-parent")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join("agent.log"))?)
+            .kill_on_drop(true);
+        if !dir.join("identity").join("identity.json").exists() {
+            let token = client
+                .create_join_token(&endstate_api::CreateJoinToken {
+                    ttl: Some("10m".into()),
+                    labels: [("zone".to_owned(), zone.to_string())].into_iter().collect(),
+                    host: Some(name.clone()),
+                })
+                .await?;
+            command.env("ENDSTATE_JOIN_TOKEN", token.secret);
+        }
+        children.push(command.spawn().with_context(|| format!("cannot start agent {name}"))?);
+    }
+    Ok(children)
+}
+
+/// SIGTERM to every agent (they stop their instances gracefully), then wait for them.
+async fn stop_agents(children: &mut [tokio::process::Child]) {
+    for child in children.iter() {
+        if let Some(pid) = child.id().and_then(|pid| i32::try_from(pid).ok()) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+        }
+    }
+    for child in children.iter_mut() {
+        if tokio::time::timeout(std::time::Duration::from_secs(20), child.wait())
+            .await
+            .is_err()
+        {
+            let _ = child.start_kill();
+        }
+    }
+}
+
+/// Resolves when this process is re-parented (its parent died, even by SIGKILL).
+async fn parent_gone() {
+    let parent = nix::unistd::getppid();
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        if nix::unistd::getppid() != parent {
+            return;
+        }
+    }
+}
+
+/// `endstate agent`
+pub(crate) async fn agent(global: &Global, args: AgentArgs) -> anyhow::Result<Outcome> {
+    init_logs(args.log_format);
+    let server = match &global.server {
+        Some(server) => server.clone(),
+        None => config::resolve(global)
+            .map(|(server, _)| server)
+            .context("give --server (the API server, like http://127.0.0.1:7700)")?,
+    };
+    let host = match args.name {
+        Some(name) => name,
+        None => std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_lowercase())
+            .context("no --name and /etc/hostname is unreadable")?,
+    };
+    let keepalive = endstate_spec::Duration::parse(&args.keepalive)
+        .map_err(|error| anyhow::anyhow!("--keepalive {:?}: {error}", args.keepalive))?
+        .as_std();
+    let options = endstate_agent::link::AgentOptions {
+        server,
+        join_token: args.join_token,
+        ca_sha256: args.ca_sha256,
+        host,
+        labels: crate::commands::parse_labels(&args.labels)?,
+        artifact_root: args.artifact_root.unwrap_or_else(|| args.data_dir.clone()),
+        data_dir: args.data_dir,
+        keepalive,
+    };
+    let exit_with_parent = args.exit_with_parent;
+    let stop = async move {
+        if exit_with_parent {
+            tokio::select! {
+                () = shutdown_signal() => {}
+                () = parent_gone() => tracing::warn!("The parent process is gone; stopping."),
+            }
+        } else {
+            shutdown_signal().await;
+        }
+    };
+    endstate_agent::link::run(options, stop).await?;
     Ok(Outcome::Success)
 }

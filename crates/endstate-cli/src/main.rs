@@ -57,23 +57,34 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
         Command::Server(args) => dev::server(args).await,
         Command::Dev(args) => dev::dev(global, args).await,
-        Command::Agent => {
-            eprintln!(
-                "endstate agent: the host agent (enrolment, process runtime, observations) is not part of this build yet.\n\
-                 Nothing runs on hosts until it lands; `endstate dev` runs the server with the example systems meanwhile."
-            );
-            Ok(Outcome::Refused)
-        }
+        Command::Agent(args) => dev::agent(global, args).await,
         Command::Validate { dir } => commands::validate(global, &dir),
         Command::Plan { dir, offline } => commands::plan(global, &dir, offline).await,
         Command::Apply(args) => commands::apply(global, args).await,
         Command::Status { system } => commands::status(global, system.as_deref()).await,
         Command::Timeline(args) => commands::timeline(global, args).await,
-        Command::Hosts => commands::hosts(global).await,
+        Command::Hosts { action: None } => commands::hosts(global).await,
+        Command::Hosts {
+            action: Some(cli::HostsCommand::Revoke { host }),
+        } => commands::hosts_revoke(global, &host).await,
+        Command::Logs(args) => commands::logs(global, args).await,
         Command::Schema => {
             println!("{}", serde_json::to_string_pretty(&endstate_spec::json_schema())?);
             Ok(Outcome::Success)
         }
-        Command::Token(cli::TokenCommand::Create { name, role }) => commands::token_create(global, &name, &role).await,
+        Command::Token(cli::TokenCommand::Create {
+            name,
+            role,
+            join,
+            ttl,
+            labels,
+            host,
+        }) => {
+            if join {
+                commands::join_token_create(global, ttl, labels.as_deref(), host).await
+            } else {
+                commands::token_create(global, name.as_deref().unwrap_or_default(), &role).await
+            }
+        }
     }
 }

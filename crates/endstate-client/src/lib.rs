@@ -6,8 +6,8 @@ pub mod spec_dir;
 use std::time::Duration;
 
 use endstate_api::{
-    ChangeView, CreateToken, CreatedToken, Document, EventView, HostView, Page, PlanRequest, PlanResponse, Problem,
-    RevisionView, SubmitResponse, SubmitRevision, SystemView,
+    ChangeView, CreateJoinToken, CreateToken, CreatedJoinToken, CreatedToken, Document, EventView, HostView, LogsView,
+    Page, PlanRequest, PlanResponse, Problem, RevisionView, SubmitResponse, SubmitRevision, SystemView,
 };
 use futures_util::{Stream, StreamExt};
 use serde::Serialize;
@@ -266,6 +266,34 @@ impl Client {
             },
         )
         .await
+    }
+
+    /// Creates a one-time join token for a new host.
+    ///
+    /// # Errors
+    /// As the server says (admin only; 503 without an agent listener).
+    pub async fn create_join_token(&self, request: &CreateJoinToken) -> Result<CreatedJoinToken, ClientError> {
+        self.post("/v1/join-tokens", request).await
+    }
+
+    /// Revokes a host: its agent may no longer connect.
+    ///
+    /// # Errors
+    /// As the server says.
+    pub async fn revoke_host(&self, host: &str) -> Result<HostView, ClientError> {
+        let path = format!("/v1/hosts/{}/revoke", host);
+        self.post(&path, &serde_json::json!({})).await
+    }
+
+    /// The recent output of one instance, asked of its agent.
+    ///
+    /// # Errors
+    /// As the server says (404 unknown instance, 503 host not connected).
+    pub async fn logs(&self, host: &str, instance: &str) -> Result<LogsView, ClientError> {
+        let query = form_urlencoded::Serializer::new(String::new())
+            .append_pair("instance", instance)
+            .finish();
+        self.get(&format!("/v1/hosts/{}/logs?{query}", host)).await
     }
 
     /// Follows the live timeline from the newest event on (or after `query.after`).

@@ -419,6 +419,66 @@ impl CertificateAuthority {
     }
 }
 
+impl CertificateAuthority {
+    /// Issues the server's own TLS certificate for the agent listener: a fresh key, `serverAuth`,
+    /// the given DNS names and IP addresses as SANs, valid from `now` (minus [`CLOCK_SKEW`]) for
+    /// `lifetime`. Returns the certificate and the key, both PEM.
+    ///
+    /// # Errors
+    /// [`PkiError::InvalidHostName`] when no name is given or one is not an IA5 string,
+    /// [`PkiError::CaNotValid`] if the CA ends before `now + lifetime`, [`PkiError::Crypto`].
+    pub fn issue_server(
+        &self,
+        dns_names: &[String],
+        ips: &[std::net::IpAddr],
+        now: i64,
+        lifetime: Duration,
+    ) -> Result<(String, String), PkiError> {
+        if dns_names.is_empty() && ips.is_empty() {
+            return Err(invalid_host("", "a server certificate needs a name or an address"));
+        }
+        let not_after_ms = add_ms(now, lifetime)?;
+        if now < self.not_before_ms || not_after_ms > self.not_after_ms {
+            return Err(PkiError::CaNotValid {
+                not_before: self.not_before_ms,
+                not_after: self.not_after_ms,
+                now,
+            });
+        }
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(crypto)?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(
+            DnType::CommonName,
+            dns_names
+                .first()
+                .cloned()
+                .unwrap_or_else(|| "endstate-server".to_owned()),
+        );
+        params.distinguished_name = dn;
+        for name in dns_names {
+            params.subject_alt_names.push(SanType::DnsName(
+                name.as_str()
+                    .try_into()
+                    .map_err(|_| invalid_host(name, "not an IA5 string"))?,
+            ));
+        }
+        for ip in ips {
+            params.subject_alt_names.push(SanType::IpAddress(*ip));
+        }
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        params.serial_number = Some(random_serial()?);
+        let not_before = to_cert_time(now.saturating_sub(ms(CLOCK_SKEW)?).max(self.not_before_ms))?;
+        params.not_before = not_before.to_datetime();
+        params.not_after = to_cert_time(not_after_ms)?.to_datetime();
+        let cert = params.signed_by(&key, &self.issuer).map_err(crypto)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+}
+
 /// Checks that `cert_pem` is an agent certificate issued by the CA `ca_cert_pem` and valid at
 /// `now` (unix ms), and returns who it identifies.
 ///
@@ -428,6 +488,15 @@ impl CertificateAuthority {
 /// [`PkiError::BadSignature`], [`PkiError::NotYetValid`] / [`PkiError::Expired`],
 /// [`PkiError::NotAgentCert`].
 pub fn verify_agent_cert(ca_cert_pem: &str, cert_pem: &str, now: i64) -> Result<AgentIdentity, PkiError> {
+    let der = pem_der(cert_pem, "CERTIFICATE")?;
+    verify_agent_cert_der(ca_cert_pem, &der, now)
+}
+
+/// [`verify_agent_cert`] for a certificate in DER, as a TLS handshake gives it.
+///
+/// # Errors
+/// As [`verify_agent_cert`].
+pub fn verify_agent_cert_der(ca_cert_pem: &str, der: &[u8], now: i64) -> Result<AgentIdentity, PkiError> {
     let ca_der = pem_der(ca_cert_pem, "CERTIFICATE")?;
     let ca = parse_cert(&ca_der, "CA certificate")?;
     if !ca.is_ca() {
@@ -435,8 +504,7 @@ pub fn verify_agent_cert(ca_cert_pem: &str, cert_pem: &str, now: i64) -> Result<
             reason: "the certificate is not a CA (no CA:TRUE)",
         });
     }
-    let der = pem_der(cert_pem, "CERTIFICATE")?;
-    let cert = parse_cert(&der, "agent certificate")?;
+    let cert = parse_cert(der, "agent certificate")?;
 
     if cert.issuer().as_raw() != ca.subject().as_raw() {
         return Err(PkiError::WrongIssuer);

@@ -13,6 +13,7 @@
 mod diff;
 mod placement;
 mod render;
+pub mod template;
 
 use std::collections::BTreeMap;
 

@@ -155,6 +155,19 @@ pub(crate) async fn require_token(State(state): State<AppState>, mut request: Re
     }
 }
 
+/// Rate limits a route that authenticates by other means (enrolment's join token) by the
+/// caller's address, before anything else is done.
+pub(crate) async fn limit_by_peer(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or_else(|| "unknown".to_string(), |info| info.0.ip().to_string());
+    match state.limiter().check(&format!("peer:{peer}")) {
+        Ok(()) => next.run(request).await,
+        Err(error) => axum::response::IntoResponse::into_response(error),
+    }
+}
+
 /// Authenticates a request.
 ///
 /// Rate limits: a caller who has proven who they are draws from their token's bucket; one who

@@ -10,6 +10,9 @@ pub(crate) enum ApiError {
     /// No bearer token, or one the server does not know.
     #[error("{0}")]
     Unauthenticated(&'static str),
+    /// A credential other than a bearer token (a join token) was refused; the reason is safe to show.
+    #[error("{0}")]
+    Unauthorized(String),
     /// The token is known but may not do this.
     #[error("{0}")]
     Forbidden(String),
@@ -65,6 +68,7 @@ impl ApiError {
     fn parts(&self) -> (StatusCode, &'static str, &'static str) {
         match self {
             ApiError::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "unauthenticated", "Authentication required"),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized", "Credential refused"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
             ApiError::BadRequest { .. } => (StatusCode::BAD_REQUEST, "bad-request", "Bad request"),
             ApiError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too-large", "Request body too large"),
@@ -96,6 +100,7 @@ impl From<endstate_store::StoreError> for ApiError {
                 "revision {} was submitted after the plan you previewed (made when revision {} was the latest); plan again",
                 found.0, expected.0
             )),
+            endstate_store::StoreError::Refused { what, reason } => ApiError::Conflict(format!("{what}: {reason}")),
             other => ApiError::Store(other),
         }
     }

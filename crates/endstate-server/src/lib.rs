@@ -10,6 +10,7 @@
 //! - Stream subscribers wait on a [`tokio::sync::watch`] counter bumped after every write to the
 //!   timeline, then read the new events from the store: nothing is delivered that was not stored.
 
+mod agents;
 mod auth;
 mod error;
 mod metrics;
@@ -32,6 +33,7 @@ use endstate_types::{ChangeState, RevisionId};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
+pub use agents::{AgentConfig, KEEPALIVE_MISSES, TlsError};
 pub use ratelimit::RateLimitConfig;
 
 /// How the server is set up. Built by the binary from flags and environment; everything is
@@ -46,6 +48,8 @@ pub struct ServerConfig {
     pub runner_interval: Duration,
     /// How many live streams may be open at once; more are refused with 503.
     pub max_streams: usize,
+    /// The agent link (used when an agent listener is given).
+    pub agents: AgentConfig,
 }
 
 impl ServerConfig {
@@ -56,6 +60,7 @@ impl ServerConfig {
             rate_limit: RateLimitConfig::default(),
             runner_interval: Duration::from_secs(2),
             max_streams: 256,
+            agents: AgentConfig::default(),
         }
     }
 }
@@ -85,6 +90,8 @@ pub enum ServerError {
     #[error("cannot create the first admin token")]
     Bootstrap(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// Serving failed.
+    #[error("cannot set up the agent listener's TLS")]
+    AgentTls(#[source] TlsError),
     #[error("the HTTP server failed")]
     Serve(#[source] std::io::Error),
 }
@@ -94,6 +101,9 @@ pub struct Server {
     state: AppState,
     admin_secret: Option<String>,
     runner_interval: Duration,
+    data_dir: PathBuf,
+    agent_config: AgentConfig,
+    agent_listener: Option<TcpListener>,
 }
 
 /// The state every handler shares. Cheap to clone.
@@ -114,6 +124,7 @@ struct Inner {
     stopping: watch::Sender<bool>,
     /// Parsed desired states by revision, so requests do not re-parse the same JSON.
     desired_cache: Mutex<BTreeMap<RevisionId, Arc<DesiredState>>>,
+    hub: std::sync::OnceLock<Arc<agents::Hub>>,
 }
 
 /// How many parsed desired states are kept.
@@ -151,6 +162,7 @@ impl Server {
             stopping: watch::channel(false).0,
             streams: Arc::new(tokio::sync::Semaphore::new(config.max_streams)),
             desired_cache: Mutex::new(BTreeMap::new()),
+            hub: std::sync::OnceLock::new(),
         }));
         let admin_secret = auth::bootstrap_admin(&state)
             .await
@@ -159,7 +171,60 @@ impl Server {
             state,
             admin_secret,
             runner_interval: config.runner_interval,
+            data_dir: config.data_dir.clone(),
+            agent_config: config.agents.clone(),
+            agent_listener: None,
         })
+    }
+
+    /// Serves agents on `listener` (mutual TLS, see the `agents` module): loads or creates the
+    /// CA in the data directory and issues the listener's certificate for its address.
+    ///
+    /// # Errors
+    /// When the CA cannot be read or created, or TLS cannot be configured.
+    pub fn with_agent_listener(mut self, listener: TcpListener) -> Result<Server, ServerError> {
+        let addr = listener.local_addr().map_err(|source| {
+            ServerError::AgentTls(TlsError::Io {
+                op: "read the address of",
+                path: PathBuf::from("the agent listener"),
+                source,
+            })
+        })?;
+        let mut names = vec!["localhost".to_owned()];
+        if let Ok(host) = std::fs::read_to_string("/etc/hostname") {
+            let host = host.trim();
+            if !host.is_empty() && host != "localhost" {
+                names.push(host.to_owned());
+            }
+        }
+        let mut ips = vec![
+            std::net::IpAddr::from([127, 0, 0, 1]),
+            std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+        ];
+        if !addr.ip().is_unspecified() && !ips.contains(&addr.ip()) {
+            ips.push(addr.ip());
+        }
+        let tls = agents::tls::AgentTls::load_or_create(&self.data_dir, &names, &ips, now_ms())
+            .map_err(ServerError::AgentTls)?;
+        let hub = Arc::new(agents::Hub::new(tls, self.agent_config.clone()));
+        let url = self.agent_config.advertise_url.clone().unwrap_or_else(|| {
+            let host = if addr.ip().is_unspecified() {
+                "localhost".to_owned()
+            } else {
+                addr.ip().to_string()
+            };
+            let host = if host.contains(':') { format!("[{host}]") } else { host };
+            format!("wss://{host}:{}/v1/agent", addr.port())
+        });
+        hub.set_agent_url(url);
+        let _ = self.state.0.hub.set(hub);
+        self.agent_listener = Some(listener);
+        Ok(self)
+    }
+
+    /// SHA-256 of the agents' CA certificate (hex), when there is an agent listener.
+    pub fn agent_ca_sha256(&self) -> Option<String> {
+        self.state.hub().map(|hub| hub.tls.ca_sha256.clone())
     }
 
     /// The secret of the admin token created at this start, if this start created it. It is
@@ -178,12 +243,24 @@ impl Server {
     /// # Errors
     /// When the listener fails.
     pub async fn serve(
-        self,
+        mut self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
         let stopping = self.state.0.stopping.subscribe();
         let runner = tokio::spawn(runner::run(self.state.clone(), self.runner_interval, stopping));
+        let mut agent_tasks = Vec::new();
+        if let (Some(listener), Some(hub)) = (self.agent_listener.take(), self.state.hub().cloned()) {
+            let stop = self.state.0.stopping.subscribe();
+            agent_tasks.push(tokio::spawn(agents::conn::serve(
+                self.state.clone(),
+                Arc::clone(&hub),
+                listener,
+                stop,
+            )));
+            let stop = self.state.0.stopping.subscribe();
+            agent_tasks.push(tokio::spawn(agents_tick(self.state.clone(), hub, stop)));
+        }
         let app = self.router();
         let state = self.state.clone();
         let shutdown = async move {
@@ -200,11 +277,59 @@ impl Server {
         .map_err(ServerError::Serve);
         self.state.0.stopping.send_replace(true);
         let _ = runner.await;
+        for task in agent_tasks {
+            let _ = task.await;
+        }
         result
     }
 }
 
+/// Keeps the agents' desired sets current and notices silent agents, every half keepalive interval.
+async fn agents_tick(state: AppState, hub: Arc<agents::Hub>, mut stop: watch::Receiver<bool>) {
+    let period = hub.config.keepalive_interval / 2;
+    loop {
+        if let Err(error) = hub.refresh(&state).await {
+            tracing::warn!(error = %chain(&error), "Agent refresh failed; retrying.");
+        }
+        if let Err(error) = hub.sweep(&state).await {
+            tracing::warn!(error = %chain(&error), "Agent liveness sweep failed; retrying.");
+        }
+        tokio::select! {
+            () = tokio::time::sleep(period) => {}
+            _ = stop.changed() => return,
+        }
+        if *stop.borrow() {
+            return;
+        }
+    }
+}
+
 impl AppState {
+    pub(crate) fn hub(&self) -> Option<&Arc<agents::Hub>> {
+        self.0.hub.get()
+    }
+
+    /// The revision agents should run: the newest rolling change's, else the last converged one.
+    pub(crate) async fn target(&self) -> Result<Option<(RevisionId, Arc<DesiredState>)>, error::ApiError> {
+        let open = self
+            .store()
+            .list_changes(
+                ChangeFilter {
+                    open_only: true,
+                    revision: None,
+                },
+                PageRequest {
+                    before: None,
+                    limit: 50,
+                },
+            )
+            .await?;
+        if let Some(rolling) = open.items.iter().find(|c| c.state == ChangeState::Rolling) {
+            return Ok(self.desired(rolling.revision).await?.map(|d| (rolling.revision, d)));
+        }
+        self.base().await
+    }
+
     pub(crate) fn store(&self) -> &dyn Store {
         self.0.store.as_ref()
     }

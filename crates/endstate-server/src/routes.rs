@@ -44,11 +44,19 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/timeline", get(timeline))
         .route("/v1/stream", get(crate::stream::stream))
         .route("/v1/tokens", post(create_token))
+        .route("/v1/join-tokens", post(crate::agents::routes::create_join_token))
+        .route("/v1/hosts/{host}/revoke", post(crate::agents::routes::revoke_host))
+        .route("/v1/hosts/{host}/logs", get(crate::agents::routes::instance_logs))
         .route("/openapi.json", get(openapi))
         .route("/metrics", get(metrics))
         .layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
     Router::new()
         .route("/healthz", get(healthz))
+        .route(
+            "/v1/agents/enrol",
+            post(crate::agents::routes::enrol)
+                .layer(middleware::from_fn_with_state(state.clone(), auth::limit_by_peer)),
+        )
         .merge(api)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -745,15 +753,21 @@ pub(crate) async fn list_hosts(
     Params(params): Params<ListParams>,
 ) -> Result<Json<Page<HostView>>, ApiError> {
     authorize(&actor, Verb::Read, None)?;
-    let hosts = state.store().list_hosts().await?;
-    let instances = state.store().list_instances(InstanceFilter::default()).await?;
-    let views = views::hosts(&hosts, &instances, now_ms());
+    let views = host_views(&state).await?;
     Ok(Json(page_by_key(
         views,
         |h| h.name.clone(),
         params.cursor,
         params.limit,
     )))
+}
+
+/// Every host with its liveness, agent and instances.
+pub(crate) async fn host_views(state: &AppState) -> Result<Vec<HostView>, ApiError> {
+    let hosts = state.store().list_hosts().await?;
+    let agents = state.store().list_agents().await?;
+    let instances = state.store().list_instances(InstanceFilter::default()).await?;
+    Ok(views::hosts(&hosts, &agents, &instances, now_ms()))
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]

@@ -88,6 +88,9 @@ pub(crate) async fn round(state: &AppState) -> Result<(), ApiError> {
 }
 
 async fn drive(state: &AppState, change: &Change) -> Result<(), ApiError> {
+    if change.state == ChangeState::Rolling {
+        return watch_rolling(state, change).await;
+    }
     if !matches!(change.state, ChangeState::Pending | ChangeState::Planning) {
         return Ok(());
     }
@@ -139,6 +142,27 @@ async fn drive(state: &AppState, change: &Change) -> Result<(), ApiError> {
         .await?;
         return Ok(());
     }
+    if plan.unplaced.is_empty() && state.hub().is_some() {
+        let hosts: std::collections::BTreeSet<&str> = plan.steps.iter().map(|s| s.host.as_str()).collect();
+        let reason = format!(
+            "rolling: {} instance steps on {} hosts, in one wave (waves and gates come with the rollout work)",
+            plan.steps.len(),
+            hosts.len()
+        );
+        transition(
+            state,
+            &change,
+            ChangeState::Rolling,
+            Some(plan_json),
+            reason,
+            "change.rolling",
+        )
+        .await?;
+        if let Some(hub) = state.hub() {
+            hub.refresh(state).await?;
+        }
+        return Ok(());
+    }
     let reason = waiting_reason(&plan);
     if change.plan.as_ref() != Some(&plan_json) || change.reason.as_deref() != Some(reason.as_str()) {
         let kind = if change.reason.as_deref() == Some(reason.as_str()) {
@@ -147,6 +171,31 @@ async fn drive(state: &AppState, change: &Change) -> Result<(), ApiError> {
             "change.waiting"
         };
         transition(state, &change, ChangeState::Planning, Some(plan_json), reason, kind).await?;
+    }
+    Ok(())
+}
+
+/// A rolling change converges once every instance of its revision is observed running and
+/// healthy at its version; until then its reason says what it waits for.
+async fn watch_rolling(state: &AppState, change: &Change) -> Result<(), ApiError> {
+    let Some(hub) = state.hub() else {
+        return Ok(());
+    };
+    hub.refresh(state).await?;
+    match hub.progress(state, change.revision).await? {
+        Ok(total) => {
+            let reason = format!(
+                "{total} instances running and healthy at revision {}",
+                change.revision.0
+            );
+            transition(state, change, ChangeState::Converged, None, reason, "change.converged").await?;
+        }
+        Err(waiting) => {
+            let reason = format!("rolling: {waiting}");
+            if change.reason.as_deref() != Some(reason.as_str()) {
+                transition(state, change, ChangeState::Rolling, None, reason, "change.progress").await?;
+            }
+        }
     }
     Ok(())
 }

@@ -314,25 +314,50 @@ fn status_view(rolled: &Rolled) -> StatusView {
 }
 
 /// Hosts with liveness and what is placed on them.
-pub(crate) fn hosts(hosts: &[HostRecord], instances: &[InstanceRecord], now_ms: i64) -> Vec<HostView> {
+/// Hosts with their liveness: for a host with an agent, what the agent link says (`reachable`,
+/// `unreachable`, `revoked`, or `unknown` before its first connection); for a host known without
+/// an agent, how long ago it was last seen.
+pub(crate) fn hosts(
+    hosts: &[HostRecord],
+    agents: &[endstate_store::AgentRecord],
+    instances: &[InstanceRecord],
+    now_ms: i64,
+) -> Vec<HostView> {
     hosts
         .iter()
-        .map(|host| HostView {
-            name: host.name.0.clone(),
-            labels: host.labels.clone(),
-            facts: host.facts.clone(),
-            liveness: match host.last_seen_ms {
-                None => "unknown",
-                Some(seen) if now_ms - seen > HOST_STALE_MS => "unreachable",
-                Some(_) => "reachable",
+        .map(|host| {
+            let agent = agents.iter().find(|a| a.host == host.name);
+            let liveness = match agent {
+                Some(agent) if agent.revoked_ms.is_some() => "revoked",
+                Some(agent) => match agent.reachable {
+                    Some(true) => "reachable",
+                    Some(false) => "unreachable",
+                    None => "unknown",
+                },
+                None => match host.last_seen_ms {
+                    None => "unknown",
+                    Some(seen) if now_ms - seen > HOST_STALE_MS => "unreachable",
+                    Some(_) => "reachable",
+                },
+            };
+            HostView {
+                name: host.name.0.clone(),
+                labels: host.labels.clone(),
+                facts: host.facts.clone(),
+                liveness: liveness.to_string(),
+                last_seen: host.last_seen_ms.map(crate::rfc3339),
+                instances: instances
+                    .iter()
+                    .filter(|i| i.host == host.name)
+                    .map(|i| {
+                        let actual = i.actual.as_ref().map_or_else(
+                            || "not observed".to_owned(),
+                            |a| format!("{} {}", a.state, a.status.as_str()),
+                        );
+                        format!("{}#{} {} ({actual})", i.component_key, i.slot, i.desired.version)
+                    })
+                    .collect(),
             }
-            .to_string(),
-            last_seen: host.last_seen_ms.map(crate::rfc3339),
-            instances: instances
-                .iter()
-                .filter(|i| i.host == host.name)
-                .map(|i| format!("{}#{}", i.component_key, i.slot))
-                .collect(),
         })
         .collect()
 }

@@ -36,6 +36,7 @@ fn sh(script: &str) -> Probe {
         program: PathBuf::from("/bin/sh"),
         args: vec!["-c".to_owned(), script.to_owned()],
         env: BTreeMap::from([("PATH".to_owned(), "/usr/bin:/bin".to_owned())]),
+        work_dir: None,
     }
 }
 
@@ -123,6 +124,20 @@ async fn exec_probe_wants_exit_0() {
     check(&probe(&sh("kill -9 $$"), TIMEOUT).await, false, "killed by signal 9");
     // Exactly the given environment: nothing inherited.
     check(&probe(&sh("echo \"[$HOME]\""), TIMEOUT).await, true, "exit code 0: []");
+    // In the given working directory.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ready"), "").unwrap();
+    let Probe::Exec { program, args, env, .. } = sh("test -f ready && pwd") else {
+        unreachable!()
+    };
+    let in_dir = Probe::Exec {
+        program,
+        args,
+        env,
+        work_dir: Some(dir.path().to_owned()),
+    };
+    check(&probe(&in_dir, TIMEOUT).await, true, &dir.path().display().to_string());
+    check(&probe(&sh("test -f ready"), TIMEOUT).await, false, "exit code 1");
     // A chatty command is read to its end, but only the start is kept.
     let chatty = probe(&sh("yes | head -c 1000000"), TIMEOUT).await;
     assert!(chatty.ok, "{chatty:?}");
@@ -131,6 +146,7 @@ async fn exec_probe_wants_exit_0() {
         program: PathBuf::from("/nonexistent/check"),
         args: Vec::new(),
         env: BTreeMap::new(),
+        work_dir: None,
     };
     check(
         &probe(&missing, TIMEOUT).await,

@@ -78,14 +78,30 @@ fn schema_is_json_schema_for_the_spec_kinds() {
 }
 
 #[test]
-fn agent_says_it_is_not_there_yet_and_help_explains_the_commands() {
+fn an_agent_without_identity_or_join_token_says_how_to_enrol_and_help_explains_the_commands() {
     let dir = tempfile::tempdir().unwrap();
-    let out = run(&["agent"], &dir.path().join("c.json"));
-    assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("not part of this build yet"));
+    let data = dir.path().join("agent");
+    let out = run(
+        &[
+            "agent",
+            "--server",
+            "http://127.0.0.1:9",
+            "--name",
+            "h1",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        &dir.path().join("c.json"),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("this agent is not enrolled: give --join-token"),
+        "{}",
+        text(&out.stderr)
+    );
     let help = text(&run(&["--help"], &dir.path().join("c.json")).stdout);
     for command in [
-        "server", "agent", "dev", "validate", "plan", "apply", "status", "timeline", "hosts", "schema",
+        "server", "agent", "dev", "validate", "plan", "apply", "status", "timeline", "hosts", "logs", "schema",
     ] {
         assert!(
             help.contains(&format!("  {command} ")),

@@ -2,6 +2,7 @@
 //! `kill -9`, and `endstate dev` bringing up the example systems.
 
 use std::path::Path;
+use std::time::Duration;
 
 use crate::{Process, run, text};
 
@@ -22,6 +23,8 @@ fn start_server(data: &Path, config: &Path) -> (Process, String, Option<String>)
             "127.0.0.1:0",
             "--data-dir",
             data.to_str().unwrap(),
+            "--agent-listen",
+            "127.0.0.1:0",
         ],
         config,
     );
@@ -204,7 +207,15 @@ fn dev_brings_up_the_example_systems() {
     let config = dir.path().join("config.json");
     let data = dir.path().join("data");
     let mut dev = Process::spawn(
-        &["dev", "--listen", "127.0.0.1:0", "--data-dir", data.to_str().unwrap()],
+        &[
+            "dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--agent-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
         &config,
     );
     let url = dev.wait_for_url("API:");
@@ -219,10 +230,77 @@ fn dev_brings_up_the_example_systems() {
     for system in ["shop", "storefront", "payments", "platform", "cache"] {
         assert!(status.contains(system), "{system} missing:\n{status}");
     }
+    // Three local agents enrol and run the examples as real processes, until the change converges.
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let mut last = String::new();
+    while std::time::Instant::now() < deadline {
+        let out = run(&["timeline", "--kind", "change.converged", "-o", "json"], &config);
+        last = format!("{}{}", text(&out.stdout), text(&out.stderr));
+        if last.contains("change.converged") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let agent_log = std::fs::read_to_string(data.join("agents/a/agent.log")).unwrap_or_default();
     assert!(
-        status.contains("storefront/web 1.0.0 (0/3 ready)  pending  0 of 3 instances can be placed"),
-        "{status}"
+        last.contains("8 instances running and healthy at revision 1"),
+        "{last}\nseen: {:#?}\nagent a: {agent_log}",
+        dev.seen
     );
-    let hosts = run(&["hosts"], &config);
-    assert!(text(&hosts.stdout).contains("No hosts yet"));
+    let status = text(&run(&["status"], &config).stdout);
+    for line in [
+        "storefront/web 1.0.0 (3/3 ready)  healthy",
+        "cache/memo 1.0.0 (3/3 ready)  healthy",
+        "payments/api 1.0.0 (2/2 ready)  healthy",
+    ] {
+        assert!(status.contains(line), "{line} missing:\n{status}");
+    }
+    let hosts: Vec<serde_json::Value> =
+        serde_json::from_str(&text(&run(&["hosts", "-o", "json"], &config).stdout)).unwrap();
+    let names: Vec<(&str, &str, &str)> = hosts
+        .iter()
+        .map(|h| {
+            (
+                h["name"].as_str().unwrap(),
+                h["liveness"].as_str().unwrap(),
+                h["labels"]["zone"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("dev-a", "reachable", "a"),
+            ("dev-b", "reachable", "b"),
+            ("dev-c", "reachable", "c")
+        ]
+    );
+    // Real processes: each runs from an agent's own data directory.
+    let running = std::process::Command::new("pgrep")
+        .args([
+            "-f",
+            &format!("{}/agents/.*/versions/.*example-service", data.display()),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(text(&running.stdout).lines().count(), 8, "one process per instance");
+
+    // Stopping dev stops its agents, and they stop their instances.
+    drop(dev);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = std::process::Command::new("pgrep")
+            .args(["-f", &format!("{}/agents/", data.display())])
+            .output()
+            .unwrap();
+        if text(&left.stdout).trim().is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "left running: {}",
+            text(&left.stdout)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

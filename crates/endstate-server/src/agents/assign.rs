@@ -1,0 +1,315 @@
+//! What each host should run: the placement of a desired state, rendered into the protocol's
+//! instance assignments (ports allocated, templates rendered), with a digest per host.
+//!
+//! Pure and deterministic: the same desired state and hosts give the same assignments, ports and
+//! digests, so a restarted server sends nothing new and agents restart nothing.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use endstate_agent_proto::{
+    Artifact, ArtifactSource, ConfigFile, HealthProbe, InstanceAssignment, InstanceId, Probe as WireProbe,
+};
+use endstate_plan::template::{ConfigTemplate, InstanceTemplates, TemplateVars, render_instance};
+use endstate_spec::{ArtifactSource as SpecSource, Component, DesiredState, HostInfo, Probe};
+use sha2::{Digest, Sha256};
+
+/// Ports allocated when a component does not fix one: `DYNAMIC_PORTS_START..DYNAMIC_PORTS_END`.
+pub(crate) const DYNAMIC_PORTS_START: u16 = 20_000;
+const DYNAMIC_PORTS_LEN: u16 = 10_000;
+
+/// How long an instance has after SIGTERM (components do not declare it yet).
+const STOP_GRACE_MS: u64 = 10_000;
+
+/// What one host should run.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct HostAssignments {
+    /// Every instance, by id.
+    pub(crate) instances: Vec<InstanceAssignment>,
+    /// Per instance id: the component key, the slot, the version and the digest of the assignment.
+    pub(crate) index: BTreeMap<String, InstanceMeta>,
+    /// SHA-256 of the whole set: the generation grows when it changes.
+    pub(crate) digest: String,
+    /// Instances that could not be rendered, with the reason (they are not sent).
+    pub(crate) problems: Vec<String>,
+}
+
+/// What the server keeps about one assigned instance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct InstanceMeta {
+    pub(crate) component_key: String,
+    pub(crate) system: String,
+    pub(crate) slot: u32,
+    pub(crate) version: String,
+    pub(crate) digest: String,
+}
+
+/// The assignments of every host of `hosts` (hosts without instances get an empty set).
+pub(crate) fn assignments(desired: &DesiredState, hosts: &[HostInfo]) -> BTreeMap<String, HostAssignments> {
+    let (placements, _unplaced) = endstate_plan::place(desired, hosts);
+    let labels: BTreeMap<&str, &endstate_types::Labels> = hosts.iter().map(|h| (h.name.as_str(), &h.labels)).collect();
+    let mut out: BTreeMap<String, HostAssignments> = hosts
+        .iter()
+        .map(|h| (h.name.clone(), HostAssignments::default()))
+        .collect();
+    let mut taken: BTreeMap<String, BTreeSet<u16>> = BTreeMap::new();
+    // Fixed ports first, so dynamic ones never take them.
+    for key in placements.keys() {
+        if let Some(component) = desired.components.get(&key.component) {
+            let used = taken.entry(key.host.clone()).or_default();
+            used.extend(component.ports.iter().filter_map(|p| p.number));
+        }
+    }
+    let mut index_of: BTreeMap<&str, u32> = BTreeMap::new();
+    for (key, placement) in &placements {
+        let Some(component) = desired.components.get(&key.component) else {
+            continue;
+        };
+        let instance_index = index_of.entry(key.component.as_str()).or_insert(0);
+        let this_index = *instance_index;
+        *instance_index += 1;
+        let id = InstanceId::new(&component.system, &component.name, key.slot);
+        let used = taken.entry(key.host.clone()).or_default();
+        let ports = allocate_ports(component, &key.host, &id, used);
+        let host_labels = labels.get(key.host.as_str()).map(|l| (*l).clone()).unwrap_or_default();
+        let host = out.entry(key.host.clone()).or_default();
+        match assignment(
+            component,
+            &placement.version,
+            id.clone(),
+            &key.host,
+            this_index,
+            host_labels,
+            ports,
+        ) {
+            Ok(assignment) => {
+                let digest = digest_of(&assignment);
+                host.index.insert(
+                    id.0.clone(),
+                    InstanceMeta {
+                        component_key: key.component.clone(),
+                        system: component.system.clone(),
+                        slot: key.slot,
+                        version: placement.version.clone(),
+                        digest,
+                    },
+                );
+                host.instances.push(assignment);
+            }
+            Err(reason) => host.problems.push(format!("{id} on {}: {reason}", key.host)),
+        }
+    }
+    for host in out.values_mut() {
+        host.digest = digest_of(&host.instances);
+    }
+    out
+}
+
+fn assignment(
+    component: &Component,
+    version: &str,
+    id: InstanceId,
+    host: &str,
+    instance_index: u32,
+    host_labels: endstate_types::Labels,
+    ports: BTreeMap<String, u16>,
+) -> Result<InstanceAssignment, String> {
+    let templates = InstanceTemplates {
+        command: component.command.clone(),
+        args: component.args.clone(),
+        env: component.env.clone(),
+        config_files: component
+            .config_files
+            .iter()
+            .map(|f| ConfigTemplate {
+                path: f.path.clone(),
+                template: f.template.clone(),
+            })
+            .collect(),
+    };
+    let vars = TemplateVars {
+        instance_host: host.to_owned(),
+        instance_index,
+        component_name: component.name.clone(),
+        component_system: component.system.clone(),
+        component_version: version.to_owned(),
+        host_labels: host_labels.into_iter().collect(),
+        ports: ports.clone(),
+    };
+    let rendered = render_instance(&templates, &vars).map_err(|errors| errors.to_string())?;
+    let source = match &component.artifact.source {
+        SpecSource::Path { path } => ArtifactSource::Path { path: path.clone() },
+        SpecSource::Url { url, sha256 } => ArtifactSource::Url {
+            url: url.clone(),
+            sha256: sha256.clone(),
+        },
+    };
+    let health = component.health.as_ref().map(|health| HealthProbe {
+        probe: match &health.probe {
+            Probe::Http { port, path } => WireProbe::Http {
+                port: port.clone(),
+                path: path.clone(),
+            },
+            Probe::Tcp { port } => WireProbe::Tcp { port: port.clone() },
+            Probe::Exec { command, args } => WireProbe::Exec {
+                command: command.clone(),
+                args: args.clone(),
+            },
+        },
+        interval_ms: millis(health.interval),
+        timeout_ms: millis(health.timeout),
+        healthy_after: health.healthy_threshold.max(1),
+        unhealthy_after: health.unhealthy_threshold.max(1),
+    });
+    Ok(InstanceAssignment {
+        id,
+        artifact: Artifact {
+            version: version.to_owned(),
+            source,
+        },
+        command: rendered.command,
+        args: rendered.args,
+        env: rendered.env,
+        config_files: rendered
+            .config_files
+            .into_iter()
+            .map(|f| ConfigFile {
+                path: f.path,
+                content: f.contents,
+            })
+            .collect(),
+        ports,
+        health,
+        stop_grace_ms: STOP_GRACE_MS,
+    })
+}
+
+fn millis(duration: endstate_spec::Duration) -> u64 {
+    u64::try_from(duration.as_std().as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+/// Ports of one instance: fixed numbers as declared; the others from a hash of (host, instance,
+/// port name) in the dynamic range, moving up past ports already taken on the host. Stable as
+/// long as the instances of the host are.
+fn allocate_ports(
+    component: &Component,
+    host: &str,
+    id: &InstanceId,
+    used: &mut BTreeSet<u16>,
+) -> BTreeMap<String, u16> {
+    let mut ports = BTreeMap::new();
+    for port in &component.ports {
+        let number = match port.number {
+            Some(number) => number,
+            None => {
+                let hash = Sha256::digest(format!("{host}/{id}/{}", port.name).as_bytes());
+                let start = u16::from_be_bytes([hash[0], hash[1]]) % DYNAMIC_PORTS_LEN;
+                let mut candidate = start;
+                while used.contains(&(DYNAMIC_PORTS_START + candidate)) {
+                    candidate = (candidate + 1) % DYNAMIC_PORTS_LEN;
+                    if candidate == start {
+                        break;
+                    }
+                }
+                let number = DYNAMIC_PORTS_START + candidate;
+                used.insert(number);
+                number
+            }
+        };
+        ports.insert(port.name.clone(), number);
+    }
+    ports
+}
+
+fn digest_of<T: serde::Serialize>(value: &T) -> String {
+    let bytes = serde_json::to_vec(value).unwrap_or_default();
+    Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(yaml: &str) -> DesiredState {
+        let files = [endstate_spec::SourceFile {
+            path: "test.yaml".into(),
+            text: yaml.into(),
+        }];
+        let loaded = endstate_spec::load(&files, &[]);
+        assert!(loaded.diagnostics.is_empty(), "{:?}", loaded.diagnostics);
+        loaded.desired.unwrap()
+    }
+
+    const SPEC: &str = r#"
+apiVersion: endstate/v1
+kind: System
+name: shop
+---
+apiVersion: endstate/v1
+kind: Component
+name: web
+system: shop
+artifact: { version: "1.0", path: bin/svc }
+command: svc
+args: ["--listen", "127.0.0.1:{{ ports.http }}", "--zone", "{{ host.labels.zone }}", "--n", "{{ instance.index }}"]
+ports: [{ name: http }, { name: admin, number: 9000 }]
+health: { http: { port: http, path: /health } }
+placement: { count: { total: 3 } }
+"#;
+
+    fn hosts() -> Vec<HostInfo> {
+        ["a", "b", "c"]
+            .iter()
+            .map(|zone| HostInfo {
+                name: format!("h-{zone}"),
+                labels: [("zone".to_owned(), (*zone).to_owned())].into_iter().collect(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_host_gets_its_rendered_instances_deterministically() {
+        let desired = load(SPEC);
+        let first = assignments(&desired, &hosts());
+        assert_eq!(first, assignments(&desired, &hosts()), "same input, same output");
+        assert_eq!(first.len(), 3);
+        let mut indexes = Vec::new();
+        for (host, set) in &first {
+            assert_eq!(set.instances.len(), 1, "{host}: {set:?}");
+            let instance = &set.instances[0];
+            assert_eq!(instance.id.0, "shop/web#0");
+            let http = instance.ports["http"];
+            assert!((DYNAMIC_PORTS_START..DYNAMIC_PORTS_START + DYNAMIC_PORTS_LEN).contains(&http));
+            assert_eq!(instance.ports["admin"], 9000, "a fixed port is kept");
+            assert_eq!(instance.args[1], format!("127.0.0.1:{http}"), "ports are rendered");
+            assert_eq!(
+                instance.args[3],
+                host.trim_start_matches("h-"),
+                "host labels are rendered"
+            );
+            indexes.push(instance.args[5].clone());
+            assert!(instance.health.is_some());
+        }
+        indexes.sort();
+        assert_eq!(indexes, ["0", "1", "2"], "instance indexes are distinct across hosts");
+    }
+
+    #[test]
+    fn a_new_version_changes_the_digest_of_every_host_running_it() {
+        let before = assignments(&load(SPEC), &hosts());
+        let after = assignments(&load(&SPEC.replace("\"1.0\"", "\"1.1\"")), &hosts());
+        for (host, set) in &before {
+            assert_ne!(set.digest, after[host].digest, "{host}");
+            assert_eq!(after[host].instances[0].artifact.version, "1.1");
+        }
+    }
+
+    #[test]
+    fn a_missing_label_is_a_problem_not_an_empty_value() {
+        let mut hosts = hosts();
+        hosts[1].labels.clear();
+        let set = assignments(&load(SPEC), &hosts);
+        let broken = &set["h-b"];
+        assert!(broken.instances.is_empty());
+        assert!(broken.problems[0].contains("host.labels.zone"), "{:?}", broken.problems);
+    }
+}

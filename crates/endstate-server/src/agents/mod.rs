@@ -1,0 +1,535 @@
+//! The agent link, server side: enrolment, the mutual-TLS websocket listener, the hub of connected
+//! agents, desired instance sets with generations, observation ingest and liveness.
+//!
+//! # Expected flow
+//!
+//! 1. An operator creates a join token (`POST /v1/join-tokens`); the agent enrols with it
+//!    (`POST /v1/agents/enrol`, see [`routes`]) and receives a client certificate signed by the
+//!    server's CA ([`tls`]), the CA certificate and the agent URL.
+//! 2. The agent connects to the agent listener ([`conn`]): TLS with a client certificate from
+//!    this CA (rustls checks the chain), then the server checks the certificate's host and serial
+//!    against the store (revoked hosts and superseded certificates are refused), then `hello`.
+//! 3. The hub computes what every host should run from the target revision ([`assign`]): the
+//!    newest rolling change's revision, else the last converged one. A host's generation grows
+//!    only when its set changes (the store keeps the digest), and the set is sent whenever the
+//!    connection has not seen that generation.
+//! 4. Observations are stored in order, exactly once (a compare-and-set on the agent's
+//!    `last_seq`), then acknowledged. Instance states and health become instance transitions.
+//! 5. A host whose keepalives stop for [`KEEPALIVE_MISSES`] intervals, or whose connection
+//!    closes, is marked unreachable, and its instances `unknown` (not dead), on the timeline.
+
+pub(crate) mod assign;
+pub(crate) mod conn;
+pub(crate) mod routes;
+pub(crate) mod tls;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use endstate_agent_proto::{DesiredInstances, FromServer, InstanceStateWord, Logs};
+use endstate_spec::HostInfo;
+use endstate_store::{ActualInstance, DesiredInstance, InstanceRecord, InstanceTransition, NewEvent, ObservationBatch};
+use endstate_types::{Generation, HostName, RevisionId, Status};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::ApiError;
+use crate::{AppState, now_ms};
+
+pub use tls::TlsError;
+
+/// Keepalives missed before a host is unreachable.
+pub const KEEPALIVE_MISSES: u32 = 3;
+
+/// Settings of the agent link.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// How often agents send a keepalive (told to them at enrolment and in their flags).
+    pub keepalive_interval: Duration,
+    /// How long an agent certificate lives; agents renew at 2/3 of it.
+    pub cert_lifetime: Duration,
+    /// The URL agents connect to, when it is not the listener's own address (behind NAT).
+    pub advertise_url: Option<String>,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            keepalive_interval: Duration::from_secs(5),
+            cert_lifetime: endstate_pki::DEFAULT_AGENT_LIFETIME,
+            advertise_url: None,
+        }
+    }
+}
+
+/// The hub: every connected agent, the live state of their instances, and what they should run.
+pub(crate) struct Hub {
+    pub(crate) tls: tls::AgentTls,
+    pub(crate) config: AgentConfig,
+    agent_url: Mutex<String>,
+    conns: Mutex<HashMap<String, ConnHandle>>,
+    live: Mutex<HashMap<String, BTreeMap<String, Live>>>,
+    logs_waiters: Mutex<HashMap<u64, oneshot::Sender<Logs>>>,
+    next_id: AtomicU64,
+    assigned: tokio::sync::Mutex<Assigned>,
+    started_ms: i64,
+}
+
+/// One connected agent.
+#[derive(Clone)]
+pub(crate) struct ConnHandle {
+    pub(crate) id: u64,
+    pub(crate) tx: mpsc::Sender<FromServer>,
+    pub(crate) last_heard_ms: Arc<AtomicI64>,
+    pub(crate) sent_generation: Arc<AtomicU64>,
+    pub(crate) close: Arc<tokio::sync::Notify>,
+}
+
+/// What the server knows of one instance from its agent's observations.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Live {
+    pub(crate) state: Option<InstanceStateWord>,
+    pub(crate) version: String,
+    pub(crate) generation: u64,
+    pub(crate) healthy: Option<bool>,
+    pub(crate) restarts: u32,
+    pub(crate) rss_bytes: u64,
+    pub(crate) cpu_millis: u64,
+}
+
+/// The assignments of the current target, cached until the target or the hosts change.
+#[derive(Default)]
+struct Assigned {
+    key: Option<(Option<RevisionId>, String)>,
+    target: Option<RevisionId>,
+    hosts: BTreeMap<String, assign::HostAssignments>,
+    /// Per (host, instance id): the generation its assignment last changed at. An instance the
+    /// agent started then is at its end state; a newer set that leaves it unchanged does not
+    /// restart it, so it keeps reporting that generation.
+    generations: BTreeMap<(String, String), u64>,
+}
+
+impl Hub {
+    pub(crate) fn new(tls: tls::AgentTls, config: AgentConfig) -> Hub {
+        Hub {
+            tls,
+            config,
+            agent_url: Mutex::new(String::new()),
+            conns: Mutex::new(HashMap::new()),
+            live: Mutex::new(HashMap::new()),
+            logs_waiters: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            assigned: tokio::sync::Mutex::new(Assigned::default()),
+            started_ms: now_ms(),
+        }
+    }
+
+    pub(crate) fn agent_url(&self) -> String {
+        lock(&self.agent_url).clone()
+    }
+
+    pub(crate) fn set_agent_url(&self, url: String) {
+        *lock(&self.agent_url) = url;
+    }
+
+    pub(crate) fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Registers a connection, replacing (and closing) an older one of the same host.
+    pub(crate) fn register(&self, host: &str, handle: ConnHandle) {
+        if let Some(old) = lock(&self.conns).insert(host.to_owned(), handle) {
+            old.close.notify_one();
+        }
+    }
+
+    /// Removes a connection if it is still the registered one; says whether it was.
+    pub(crate) fn unregister(&self, host: &str, id: u64) -> bool {
+        let mut conns = lock(&self.conns);
+        if conns.get(host).is_some_and(|c| c.id == id) {
+            conns.remove(host);
+            true
+        } else {
+            false
+        }
+    }
+
+    pub(crate) fn connection(&self, host: &str) -> Option<ConnHandle> {
+        lock(&self.conns).get(host).cloned()
+    }
+
+    pub(crate) fn connected(&self) -> Vec<(String, ConnHandle)> {
+        lock(&self.conns).iter().map(|(h, c)| (h.clone(), c.clone())).collect()
+    }
+
+    /// Closes the connection of a host (after a revocation).
+    pub(crate) fn disconnect(&self, host: &str) {
+        if let Some(conn) = lock(&self.conns).remove(host) {
+            conn.close.notify_one();
+        }
+    }
+
+    pub(crate) fn live_of(&self, host: &str) -> BTreeMap<String, Live> {
+        lock(&self.live).get(host).cloned().unwrap_or_default()
+    }
+
+    pub(crate) fn update_live<T>(&self, host: &str, f: impl FnOnce(&mut BTreeMap<String, Live>) -> T) -> T {
+        f(lock(&self.live).entry(host.to_owned()).or_default())
+    }
+
+    pub(crate) fn expect_logs(&self, request: u64) -> oneshot::Receiver<Logs> {
+        let (tx, rx) = oneshot::channel();
+        lock(&self.logs_waiters).insert(request, tx);
+        rx
+    }
+
+    pub(crate) fn forget_logs(&self, request: u64) {
+        lock(&self.logs_waiters).remove(&request);
+    }
+
+    pub(crate) fn deliver_logs(&self, logs: Logs) {
+        if let Some(waiter) = lock(&self.logs_waiters).remove(&logs.request) {
+            let _ = waiter.send(logs);
+        }
+    }
+
+    /// Brings the desired instance sets up to date: recomputes them when the target revision or
+    /// the hosts changed (then also replaces the store's instance records), and sends each
+    /// connected host its set when it has not seen its generation.
+    pub(crate) async fn refresh(&self, state: &AppState) -> Result<(), ApiError> {
+        let target = state.target().await?;
+        let hosts = enrolled_hosts(state).await?;
+        let key = (target.as_ref().map(|(id, _)| *id), hosts_key(&hosts));
+        let mut assigned = self.assigned.lock().await;
+        if assigned.key.as_ref() != Some(&key) {
+            let sets = match &target {
+                Some((_, desired)) => assign::assignments(desired, &hosts),
+                None => hosts
+                    .iter()
+                    .map(|h| (h.name.clone(), assign::HostAssignments::default()))
+                    .collect(),
+            };
+            let mut records = Vec::new();
+            let mut problems = Vec::new();
+            let existing: BTreeMap<(String, String, u32), (String, u64)> = state
+                .store()
+                .list_instances(endstate_store::InstanceFilter::default())
+                .await?
+                .into_iter()
+                .map(|i| {
+                    (
+                        (i.host.0, i.component_key, i.slot),
+                        (i.desired.config_digest, i.desired.generation.0),
+                    )
+                })
+                .collect();
+            let mut generations = BTreeMap::new();
+            for (host, set) in &sets {
+                let name = HostName(host.clone());
+                let host_generation = state.store().set_agent_desired(&name, set.digest.clone()).await?;
+                problems.extend(set.problems.iter().cloned());
+                for (id, meta) in &set.index {
+                    let generation = match existing.get(&(host.clone(), meta.component_key.clone(), meta.slot)) {
+                        Some((digest, generation)) if *digest == meta.digest => *generation,
+                        _ => host_generation,
+                    };
+                    generations.insert((host.clone(), id.clone()), generation);
+                    records.push(InstanceRecord {
+                        component_key: meta.component_key.clone(),
+                        system: meta.system.clone(),
+                        host: name.clone(),
+                        slot: meta.slot,
+                        desired: DesiredInstance {
+                            version: meta.version.clone(),
+                            config_digest: meta.digest.clone(),
+                            generation: Generation(generation),
+                        },
+                        actual: None,
+                    });
+                }
+            }
+            state.store().replace_instances(records).await?;
+            if !problems.is_empty() {
+                let systems: Vec<String> = target
+                    .as_ref()
+                    .map(|(_, d)| d.systems.keys().cloned().collect())
+                    .unwrap_or_default();
+                state
+                    .store()
+                    .append_events(vec![NewEvent {
+                        systems,
+                        actor: Some("server".into()),
+                        data: serde_json::json!({ "problems": problems }),
+                        ..NewEvent::new(
+                            now_ms(),
+                            "instance.unassignable",
+                            format!(
+                                "{} instances cannot be rendered: {}",
+                                problems.len(),
+                                problems.join("; ")
+                            ),
+                        )
+                    }])
+                    .await?;
+            }
+            assigned.key = Some(key);
+            assigned.target = target.as_ref().map(|(id, _)| *id);
+            assigned.hosts = sets;
+            assigned.generations = generations;
+            state.written();
+        }
+        for (host, conn) in self.connected() {
+            let Some(set) = assigned.hosts.get(&host) else {
+                continue;
+            };
+            let generation = state
+                .store()
+                .set_agent_desired(&HostName(host.clone()), set.digest.clone())
+                .await?;
+            if conn.sent_generation.load(Ordering::Relaxed) == generation {
+                continue;
+            }
+            let message = FromServer::DesiredInstances(DesiredInstances {
+                generation: Generation(generation),
+                instances: set.instances.clone(),
+            });
+            if conn.tx.send(message).await.is_ok() {
+                conn.sent_generation.store(generation, Ordering::Relaxed);
+                tracing::info!(
+                    host,
+                    generation,
+                    instances = set.instances.len(),
+                    "Desired instances sent."
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the target revision is really reached: every assigned instance observed running,
+    /// healthy, at its version and at its host's current generation. `Err` says what is missing.
+    pub(crate) async fn progress(
+        &self,
+        state: &AppState,
+        revision: RevisionId,
+    ) -> Result<Result<usize, String>, ApiError> {
+        let assigned = self.assigned.lock().await;
+        if assigned.target != Some(revision) {
+            return Ok(Err(format!(
+                "the instance sets of revision {} are not computed yet",
+                revision.0
+            )));
+        }
+        let _ = state;
+        let mut total = 0;
+        let mut waiting = Vec::new();
+        for (host, set) in &assigned.hosts {
+            let live = self.live_of(host);
+            for (id, meta) in &set.index {
+                let generation = assigned
+                    .generations
+                    .get(&(host.clone(), id.clone()))
+                    .copied()
+                    .unwrap_or(0);
+                total += 1;
+                let seen = live.get(id);
+                let ok = seen.is_some_and(|l| {
+                    l.state == Some(InstanceStateWord::Running)
+                        && l.healthy == Some(true)
+                        && l.version == meta.version
+                        && l.generation >= generation
+                });
+                if !ok {
+                    let what = match seen {
+                        None => "not observed yet".to_owned(),
+                        Some(l) => format!(
+                            "{} {}{}",
+                            l.state.map_or("unknown", word),
+                            l.version,
+                            match l.healthy {
+                                Some(true) => ", healthy",
+                                Some(false) => ", unhealthy",
+                                None => "",
+                            }
+                        ),
+                    };
+                    waiting.push(format!("{id} on {host} ({what})"));
+                }
+            }
+        }
+        if waiting.is_empty() {
+            Ok(Ok(total))
+        } else {
+            let shown: Vec<&str> = waiting.iter().take(3).map(String::as_str).collect();
+            let more = if waiting.len() > 3 {
+                format!(" and {} more", waiting.len() - 3)
+            } else {
+                String::new()
+            };
+            Ok(Err(format!(
+                "{} of {total} instances at the new revision; waiting for {}{more}",
+                total - waiting.len(),
+                shown.join(", ")
+            )))
+        }
+    }
+
+    /// Marks hosts unreachable whose keepalives stopped, and hosts the store believes reachable
+    /// that did not reconnect since this server started.
+    pub(crate) async fn sweep(&self, state: &AppState) -> Result<(), ApiError> {
+        let now = now_ms();
+        let limit = i64::try_from(self.config.keepalive_interval.as_millis() * u128::from(KEEPALIVE_MISSES))
+            .unwrap_or(i64::MAX);
+        for (host, conn) in self.connected() {
+            let heard = conn.last_heard_ms.load(Ordering::Relaxed);
+            if now - heard > limit {
+                tracing::warn!(host, silent_ms = now - heard, "Agent missed its keepalives; closing.");
+                if self.unregister(&host, conn.id) {
+                    conn.close.notify_one();
+                    mark_unreachable(state, self, &host, &format!("no keepalive for {} ms", now - heard)).await?;
+                }
+            }
+        }
+        if now - self.started_ms > limit {
+            for agent in state.store().list_agents().await? {
+                if agent.reachable == Some(true) && self.connection(&agent.host.0).is_none() {
+                    mark_unreachable(
+                        state,
+                        self,
+                        &agent.host.0,
+                        "it did not reconnect after the server started",
+                    )
+                    .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Records a host as unreachable and its instances as unknown (not dead), on the timeline.
+pub(crate) async fn mark_unreachable(state: &AppState, hub: &Hub, host: &str, reason: &str) -> Result<(), ApiError> {
+    let name = HostName(host.to_owned());
+    let Some(agent) = state.store().get_agent(&name).await? else {
+        return Ok(());
+    };
+    if agent.reachable == Some(false) {
+        return Ok(());
+    }
+    let now = now_ms();
+    let instances = state
+        .store()
+        .list_instances(endstate_store::InstanceFilter {
+            system: None,
+            host: Some(name.clone()),
+        })
+        .await?;
+    let systems: Vec<String> = instances.iter().map(|i| i.system.clone()).collect();
+    let event = NewEvent {
+        systems,
+        host: Some(host.to_owned()),
+        actor: Some("server".into()),
+        data: serde_json::json!({ "reason": reason, "instances": instances.len() }),
+        ..NewEvent::new(
+            now,
+            "host.unreachable",
+            format!(
+                "host {host} is unreachable: {reason}; its {} instances are unknown",
+                instances.len()
+            ),
+        )
+    };
+    state
+        .store()
+        .set_agent_reachable(&name, false, None, vec![event])
+        .await?;
+    let transitions: Vec<InstanceTransition> = instances
+        .iter()
+        .map(|i| InstanceTransition {
+            component_key: i.component_key.clone(),
+            host: name.clone(),
+            slot: i.slot,
+            actual: ActualInstance {
+                version: i.actual.as_ref().and_then(|a| a.version.clone()),
+                status: Status::Unknown,
+                state: "unknown".into(),
+                since_ms: now,
+            },
+            change: None,
+            actor: Some("server".into()),
+        })
+        .collect();
+    if !transitions.is_empty() {
+        let batch = ObservationBatch {
+            expect_last_seq: agent.last_seq,
+            last_seq: agent.last_seq,
+            transitions,
+            events: Vec::new(),
+        };
+        // A batch of the agent racing this one only delays the marking to the next sweep.
+        if let Err(error) = state.store().ingest_observations(&name, batch).await {
+            tracing::debug!(host, error = %error, "Instances not marked unknown this round.");
+        }
+    }
+    hub.update_live(host, |live| {
+        for l in live.values_mut() {
+            l.state = None;
+            l.healthy = None;
+        }
+    });
+    state.written();
+    tracing::warn!(host, reason, "Host unreachable.");
+    Ok(())
+}
+
+/// The hosts that may run instances: enrolled and not revoked, plus hosts known without an agent.
+pub(crate) async fn enrolled_hosts(state: &AppState) -> Result<Vec<HostInfo>, ApiError> {
+    let revoked: std::collections::BTreeSet<String> = state
+        .store()
+        .list_agents()
+        .await?
+        .into_iter()
+        .filter(|a| a.revoked_ms.is_some())
+        .map(|a| a.host.0)
+        .collect();
+    Ok(crate::routes::host_infos(state)
+        .await?
+        .into_iter()
+        .filter(|h| !revoked.contains(&h.name))
+        .collect())
+}
+
+fn hosts_key(hosts: &[HostInfo]) -> String {
+    serde_json::to_string(&hosts.iter().map(|h| (&h.name, &h.labels)).collect::<Vec<_>>()).unwrap_or_default()
+}
+
+/// The word of an instance state, as on the wire.
+pub(crate) fn word(state: InstanceStateWord) -> &'static str {
+    match state {
+        InstanceStateWord::Starting => "starting",
+        InstanceStateWord::Running => "running",
+        InstanceStateWord::SpawnFailed => "spawn_failed",
+        InstanceStateWord::Exited => "exited",
+        InstanceStateWord::BackingOff => "backing_off",
+        InstanceStateWord::Stopping => "stopping",
+        InstanceStateWord::Stopped => "stopped",
+    }
+}
+
+/// The status an instance has, from its state and health.
+pub(crate) fn status_of(state: InstanceStateWord, healthy: Option<bool>) -> Status {
+    match (state, healthy) {
+        (InstanceStateWord::Running, Some(true)) => Status::Healthy,
+        (InstanceStateWord::Running, Some(false)) => Status::Unhealthy,
+        (InstanceStateWord::Running | InstanceStateWord::Starting | InstanceStateWord::BackingOff, _) => {
+            Status::Pending
+        }
+        (InstanceStateWord::SpawnFailed | InstanceStateWord::Exited, _) => Status::Unhealthy,
+        (InstanceStateWord::Stopping | InstanceStateWord::Stopped, _) => Status::Unknown,
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
