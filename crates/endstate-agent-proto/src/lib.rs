@@ -45,7 +45,7 @@
 //! | `refused` | server → agent | `reason`, `agent_versions`, `server_versions` | reason 1024; any `v` accepted |
 //! | `ack` | server → agent | `up_to_seq` | |
 //! | `desired_instances` | server → agent | `generation`, `instances [InstanceAssignment]` | 1,000 instances, ids unique |
-//! | ↳ `InstanceAssignment` | | `id`, `artifact {version, source}`, `command`, `args`, `env`, `config_files [{path, content}]`, `ports {name: number}`, `health?`, `stop_grace_ms` | 256 args, 256 env, 32 files of 256 KiB, 64 ports, paths 4096, grace 1 h |
+//! | ↳ `InstanceAssignment` | | `id`, `artifact {version, source}`, `command`, `args`, `env`, `config_files [{path, content}]`, `ports {name: number}`, `health?`, `stop_grace_ms`, `upgrade?` (`stop_first` default, or `start_first`) | 256 args, 256 env, 32 files of 256 KiB, 64 ports, paths 4096, grace 1 h |
 //! | `logs` | agent → server | `request`, `instance`, `found`, `stdout`, `stderr`, `stdout_total`, `stderr_total` | streams 1 MiB each |
 //! | `renew` | agent → server | `csr_pem` | 16 KiB |
 //! | `revoke` | server → agent | `reason` | 1024 |
@@ -131,7 +131,7 @@ pub use message::{
     Ack, ActualInstance, ActualState, Artifact, ArtifactSource, Certificate, CheckResult, ConfigFile, DesiredInstances,
     Disk, Facts, FromAgent, FromServer, HealthProbe, HealthResult, Hello, InstanceAssignment, InstanceId,
     InstanceStateChange, InstanceStateWord, Keepalive, Logs, LogsRequest, Observation, Observations, Observed, Ping,
-    Probe, Refused, Renew, ResourceUse, Revoke, VersionRange, Welcome,
+    Probe, Refused, Renew, ResourceUse, Revoke, UpgradeOrder, VersionRange, Welcome,
 };
 pub use rules::{
     GenerationDecision, IgnoreReason, NoCommonVersion, SeqDecision, accept_generation, classify_seq, negotiate,

@@ -345,6 +345,29 @@ pub struct InstanceAssignment {
     pub health: Option<HealthProbe>,
     /// How long the group has after SIGTERM before SIGKILL, in milliseconds.
     pub stop_grace_ms: u64,
+    /// How a changed assignment replaces the running one (absent: `stop_first`).
+    #[serde(default, skip_serializing_if = "UpgradeOrder::is_stop_first")]
+    pub upgrade: UpgradeOrder,
+}
+
+/// How an instance whose assignment changed is replaced.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpgradeOrder {
+    /// Stop the old run, then start the new one: for exclusive or fixed ports.
+    #[default]
+    StopFirst,
+    /// Start the new run beside the old one and stop the old one once the new one is healthy:
+    /// the server gives the new run ports of its own.
+    StartFirst,
+}
+
+impl UpgradeOrder {
+    /// Whether this is the default, [`UpgradeOrder::StopFirst`].
+    #[must_use]
+    pub fn is_stop_first(&self) -> bool {
+        *self == UpgradeOrder::StopFirst
+    }
 }
 
 /// An artifact: a version, and where to get it.

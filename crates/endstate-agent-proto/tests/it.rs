@@ -145,6 +145,7 @@ fn assignment() -> InstanceAssignment {
             unhealthy_after: 3,
         }),
         stop_grace_ms: 10_000,
+        upgrade: endstate_agent_proto::UpgradeOrder::StopFirst,
     }
 }
 

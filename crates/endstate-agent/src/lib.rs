@@ -1,10 +1,12 @@
-//! The host agent's process runtime: a [`Supervisor`] that runs instances as process groups,
-//! restarts them with exponential backoff, stops them gracefully and keeps their recent output,
-//! and the [`Runtime`] that reconciles the server's desired instances onto it.
+//! The host agent: the [`link`] to the server (enrolment, identity, the mutual-TLS websocket),
+//! the [`Runtime`] that reconciles the server's desired instances, and below it a [`Supervisor`]
+//! that runs instances as process groups, restarts them with exponential backoff, stops them
+//! gracefully and keeps their recent output.
 //!
-//! Networking and enrolment are not here yet; this crate is the part that
-//! touches processes, and what an instance needs before it starts and while it runs:
-//!
+//! - [`link`]: `link::run` is the agent process: it enrols with a join token once, keeps its
+//!   identity in its data directory, connects, streams buffered observations and keepalives,
+//!   applies desired sets, answers log requests, renews its certificate and reconnects with
+//!   jittered backoff.
 //! - [`runtime`]: the [`Runtime`], the agent's reconciler. It applies the server's
 //!   `DesiredInstances` (newer generations only, persisted first): installs artifacts, prepares a
 //!   fresh run directory per assignment, starts, replaces (stop-then-start) and stops instances on
@@ -14,8 +16,6 @@
 //! - [`artifact`]: an [`ArtifactCache`] fetches artifacts (a local path, or an `http` URL checked
 //!   by SHA-256) into a content-addressed cache and installs each version into its own immutable
 //!   directory.
-//! - [`render`](mod@render): renders the command, args, env values and config files of one instance from the
-//!   spec's template variables (pure).
 //! - [`health`]: [`probe`] runs one http, tcp or exec probe; a [`HealthTracker`] turns probe
 //!   results into a health state with thresholds (pure).
 //! - [`facts`]: [`facts::collect`] reads the host's facts (hostname, OS, kernel, CPUs, memory,
@@ -96,7 +96,6 @@ pub mod health;
 mod instance;
 pub mod link;
 mod logs;
-pub mod render;
 pub mod runtime;
 mod spec;
 mod supervisor;
@@ -106,10 +105,6 @@ pub use buffer::{BufferError, BufferLimits, BufferStats, ObservationBuffer, Sync
 pub use event::{InstanceEvent, InstanceState};
 pub use health::{HealthState, HealthTracker, Probe, ProbeResult, probe};
 pub use logs::{DEFAULT_LOG_CAPACITY, LogSnapshot, StreamLog};
-pub use render::{
-    ConfigTemplate, InstanceTemplates, RenderError, RenderErrors, RenderedFile, RenderedInstance, TemplateVars, render,
-    render_instance,
-};
 pub use runtime::{ApplyOutcome, ApplySummary, Runtime, RuntimeConfig, RuntimeError};
 pub use spec::{InstanceSpec, MIN_BACKOFF, RestartPolicy};
 pub use supervisor::{Supervisor, SupervisorConfig, SupervisorError, SupervisorHandle};

@@ -24,6 +24,9 @@
 //!   restarted server is not hit by every agent at once.
 //! - The certificate is renewed on the link at 2/3 of its lifetime and used from the next
 //!   connection.
+//! - A link on which nothing arrives for 3 keepalive intervals (each keepalive goes with a
+//!   websocket ping the server answers) is dropped and redialled, so a server that vanished
+//!   without closing the connection is noticed within seconds, not TCP's minutes.
 //!
 //! # Caveats
 //!
@@ -280,8 +283,9 @@ impl Link {
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
             host: HostName(self.identity.host.clone()),
             labels,
-            facts,
+            facts: facts.clone(),
         });
+        let mut sent_facts = facts;
         send(&mut sink, &hello).await?;
         match stream.next().await {
             Some(Ok(WsMessage::Text(text))) => match decode_from_server(text.as_bytes()) {
@@ -314,9 +318,16 @@ impl Link {
         keepalive.tick().await;
         let mut keepalive_seq = 0;
         let mut renew_check = tokio::time::interval(Duration::from_secs(60));
+        let mut facts_check = tokio::time::interval(Duration::from_secs(60));
+        facts_check.tick().await;
+        // A server (or a path) that vanished without a FIN would otherwise be noticed only by
+        // TCP's retransmission timeout: every keepalive goes with a websocket ping, and a link on
+        // which nothing (not even a pong) arrived for 3 intervals is dropped and redialled.
+        let mut last_heard = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 frame = stream.next() => {
+                    last_heard = tokio::time::Instant::now();
                     let text = match frame {
                         Some(Ok(WsMessage::Text(text))) => text,
                         Some(Ok(WsMessage::Close(_))) | None => return Ok(Ended::Lost("closed by the server".into())),
@@ -384,8 +395,24 @@ impl Link {
                     sent = self.flush(&mut sink, sent).await?;
                 }
                 _ = keepalive.tick() => {
+                    let silent = last_heard.elapsed();
+                    if silent > self.options.keepalive * 3 {
+                        return Ok(Ended::Lost(format!("the server sent nothing for {} ms", silent.as_millis())));
+                    }
                     keepalive_seq += 1;
                     send(&mut sink, &FromAgent::Keepalive(Keepalive { seq: keepalive_seq })).await?;
+                    sink.send(WsMessage::Ping(Vec::new().into()))
+                        .await
+                        .map_err(|e| Ended::Lost(format!("send: {e}")))?;
+                }
+                _ = facts_check.tick() => {
+                    let facts = tokio::task::spawn_blocking(|| crate::facts::collect(Path::new("/")))
+                        .await
+                        .map_err(|e| Ended::Lost(format!("facts task: {e}")))?;
+                    if facts != sent_facts {
+                        send(&mut sink, &FromAgent::Facts(facts.clone())).await?;
+                        sent_facts = facts;
+                    }
                 }
                 _ = renew_check.tick() => {
                     if let Some(csr_pem) = self.renewal_csr() {

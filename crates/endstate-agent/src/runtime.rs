@@ -74,7 +74,9 @@
 //! - **Observations.** Every supervisor transition of a run is an `instance_state` with the run's
 //!   generation and version, its pid while it has one, the exit code or signal, the restarts of
 //!   this run (starts minus one) and a detail (the spawn error, the backoff, a SIGKILL). Health is
-//!   an observation on every change: with a probe, after its thresholds ([`HealthTracker`]); without
+//!   an observation on every change: with a probe, after its thresholds ([`HealthTracker`]), counted
+//!   afresh after every restart of the process, so the first verdict on a restarted process is
+//!   always reported (even when a quick restart never crossed the unhealthy threshold); without
 //!   one, "running is healthy": `healthy: true` when it runs, `healthy: false` when it exits.
 //!   Every detail is cut to [`MAX_DETAIL_BYTES`].
 //! - **Resources.** Every `resource_interval`, each running instance's whole process group is
@@ -1007,12 +1009,22 @@ async fn sampler(shared: Arc<Shared>) {
     }
 }
 
-async fn health_loop(shared: Arc<Shared>, instance: InstanceId, plan: HealthPlan, mut cancel: watch::Receiver<()>) {
+async fn health_loop(shared: Arc<Shared>, run: Arc<Run>, plan: HealthPlan, mut cancel: watch::Receiver<()>) {
+    let instance = run.instance.clone();
     let mut tracker = HealthTracker::new(plan.healthy_after, plan.unhealthy_after);
+    let mut starts = 0;
     loop {
         tokio::select! {
             () = sleep(plan.interval) => {}
             _ = cancel.changed() => return,
+        }
+        // A restarted process starts unknown: the server forgets the health of an instance that
+        // exits, so the first verdict on the new process must be reported even when it is the
+        // same as the old one's (a quick restart is not seen as a failure by the thresholds).
+        let now_starts = lock(&run.state).starts;
+        if now_starts != starts {
+            starts = now_starts;
+            tracker = HealthTracker::new(plan.healthy_after, plan.unhealthy_after);
         }
         // A probe is not interrupted: it ends within its timeout and kills what it started.
         let result = health::probe(&plan.probe, plan.timeout).await;
@@ -1221,7 +1233,7 @@ impl Worker {
         info!(instance = %self.id, generation = %target.generation, version = %run.version, dir = %work_dir.display(), "Instance run started.");
         let health = prepared.health.map(|plan| {
             let (cancel, cancel_rx) = watch::channel(());
-            tokio::spawn(health_loop(Arc::clone(&self.shared), self.id.clone(), plan, cancel_rx));
+            tokio::spawn(health_loop(Arc::clone(&self.shared), Arc::clone(&run), plan, cancel_rx));
             cancel
         });
         {

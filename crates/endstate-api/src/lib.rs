@@ -244,6 +244,15 @@ pub struct InstanceView {
     pub state: String,
     /// Since when it is in this state (RFC 3339).
     pub since: String,
+    /// Resident memory of its process group, last sampled by its agent, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rss_bytes: Option<u64>,
+    /// CPU time its process group used (user + system), in milliseconds, last sampled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_millis: Option<u64>,
+    /// Restarts since its agent started it at this assignment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restarts: Option<u32>,
 }
 
 /// A host of the inventory.

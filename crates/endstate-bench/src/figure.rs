@@ -14,6 +14,8 @@ pub(crate) enum Goal {
 pub(crate) enum Outcome {
     Met,
     Missed,
+    /// The figure could not be measured (its detail says why): never a pass.
+    NotMeasured,
 }
 
 /// A measured figure beside its target.
@@ -33,7 +35,22 @@ pub(crate) struct Figure {
 }
 
 impl Figure {
+    /// A figure that could not be measured, with the reason; it counts as missed, never as met.
+    pub(crate) fn not_measured(name: String, unit: &'static str, target: f64, goal: Goal, reason: String) -> Figure {
+        Figure {
+            name,
+            value: f64::NAN,
+            unit,
+            target,
+            goal,
+            detail: format!("not measured: {reason}"),
+        }
+    }
+
     pub(crate) fn outcome(&self) -> Outcome {
+        if self.value.is_nan() {
+            return Outcome::NotMeasured;
+        }
         let met = match self.goal {
             Goal::AtMost => self.value <= self.target,
             Goal::AtLeast => self.value >= self.target,
@@ -47,6 +64,7 @@ impl Figure {
             Goal::AtLeast => ">=",
         };
         let verdict = match (smoke, self.outcome()) {
+            (_, Outcome::NotMeasured) => "NOT MEASURED",
             (true, _) => "smoke",
             (false, Outcome::Met) => "MET",
             (false, Outcome::Missed) => "MISSED",
@@ -65,6 +83,7 @@ impl Figure {
             "target": self.target,
             "goal": match self.goal { Goal::AtMost => "at_most", Goal::AtLeast => "at_least" },
             "met": if smoke { None } else { Some(self.outcome() == Outcome::Met) },
+            "measured": self.outcome() != Outcome::NotMeasured,
             "detail": self.detail,
         })
     }

@@ -5,6 +5,7 @@
 //! on small inputs, so CI proves they still work without spending minutes (smoke figures are not
 //! compared with the targets).
 
+mod agents;
 mod figure;
 mod spec;
 mod store;
@@ -32,13 +33,19 @@ fn main() -> anyhow::Result<()> {
                 )
             }
             "--help" | "-h" => {
-                println!("usage: endstate-bench [--smoke] [--out FILE] [--only spec|store]");
+                println!("usage: endstate-bench [--smoke] [--out FILE] [--only spec|store|agents]");
                 return Ok(());
             }
             other => anyhow::bail!("unknown argument {other:?}; see --help"),
         }
     }
-    let groups: [(&str, Group); 2] = [("spec", spec::run), ("store", store::run)];
+    let groups: [(&str, Group); 3] = [("spec", spec::run), ("store", store::run), ("agents", agents::run)];
+    if let Some(only) = &only {
+        anyhow::ensure!(
+            groups.iter().any(|(name, _)| name == only),
+            "unknown benchmark group {only:?}; see --help"
+        );
+    }
     let mut figures = Vec::new();
     for (name, run) in groups {
         if only.as_deref().is_some_and(|o| o != name) {
@@ -59,7 +66,12 @@ fn main() -> anyhow::Result<()> {
     }
     std::fs::write(&out, serde_json::to_vec_pretty(&json)?)?;
     println!("results written to {}", out.display());
-    let missed = figures.iter().filter(|f| f.outcome() == Outcome::Missed).count();
+    let missed = figures.iter().filter(|f| f.outcome() != Outcome::Met).count();
+    let unmeasured: Vec<&str> = figures
+        .iter()
+        .filter(|f| f.outcome() == Outcome::NotMeasured)
+        .map(|f| f.name.as_str())
+        .collect();
     if smoke {
         println!(
             "smoke run: {} figures measured, targets not judged on smoke sizes",
@@ -73,5 +85,11 @@ fn main() -> anyhow::Result<()> {
             missed
         );
     }
+    anyhow::ensure!(
+        unmeasured.is_empty(),
+        "{} figure(s) could not be measured: {}",
+        unmeasured.len(),
+        unmeasured.join(", ")
+    );
     Ok(())
 }

@@ -121,6 +121,10 @@ pub(crate) struct ServerArgs {
     /// Requests a client may send in a burst.
     #[arg(long, default_value_t = 400)]
     pub(crate) rate_burst: u32,
+    /// The keepalive interval agents are held to (3 missed: unreachable), like `5s` (the
+    /// default); for benchmarks and tests, so liveness can be exercised quickly.
+    #[arg(long, hide = true)]
+    pub(crate) keepalive_interval: Option<String>,
 }
 
 /// `endstate agent`

@@ -58,6 +58,16 @@ pub(crate) async fn server(args: ServerArgs) -> anyhow::Result<Outcome> {
         burst: args.rate_burst,
     };
     server_config.agents.advertise_url = args.agent_url.clone();
+    if let Some(text) = &args.keepalive_interval {
+        let interval = endstate_spec::Duration::parse(text)
+            .map_err(|error| anyhow::anyhow!("--keepalive-interval {text:?}: {error}"))?
+            .as_std();
+        anyhow::ensure!(
+            !interval.is_zero(),
+            "--keepalive-interval {text:?}: expected more than 0s"
+        );
+        server_config.agents.keepalive_interval = interval;
+    }
     let mut server = Server::open(&server_config).await?;
     let (listener, addr) = bind(&args.listen).await?;
     if args.agent_listen != "none" {

@@ -92,15 +92,21 @@ pub(crate) fn event_line(event: &EventView, color: bool) -> String {
 
 /// Hosts as a table.
 pub(crate) fn hosts_table(hosts: &[HostView]) -> String {
-    let mut out = format!("{:<24} {:<12} {:<10} {}\n", "HOST", "LIVENESS", "INSTANCES", "LABELS");
+    let mut out = format!("{:<24} {:<12} {:<22} {}\n", "HOST", "LIVENESS", "INSTANCES", "LABELS");
     for host in hosts {
         let labels: Vec<String> = host.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        // Each instance line ends with `(state status)`, e.g. `(running healthy)`.
+        let healthy = host.instances.iter().filter(|i| i.ends_with(" healthy)")).count();
+        let instances = match host.instances.len() {
+            0 => "0".to_owned(),
+            n => format!("{n} ({healthy} healthy)"),
+        };
         let _ = writeln!(
             out,
-            "{:<24} {:<12} {:<10} {}",
+            "{:<24} {:<12} {:<22} {}",
             host.name,
             host.liveness,
-            host.instances.len(),
+            instances,
             labels.join(",")
         );
     }

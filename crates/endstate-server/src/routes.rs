@@ -740,7 +740,21 @@ pub(crate) async fn list_instances(
 ) -> Result<Json<Page<InstanceView>>, ApiError> {
     authorize(&actor, Verb::Read, None)?;
     let world = views::World::load(&state).await?;
-    let instances = world.map(|world| world.instances()).unwrap_or_default();
+    let mut instances = world.map(|world| world.instances()).unwrap_or_default();
+    if let Some(hub) = state.hub() {
+        // What the agents last sampled; kept in memory, not on the timeline.
+        let mut by_host: std::collections::HashMap<String, _> = std::collections::HashMap::new();
+        for view in &mut instances {
+            let live = by_host
+                .entry(view.host.clone())
+                .or_insert_with(|| hub.live_of(&view.host));
+            if let Some(l) = live.get(&format!("{}#{}", view.component, view.slot)) {
+                view.rss_bytes = Some(l.rss_bytes).filter(|b| *b > 0);
+                view.cpu_millis = Some(l.cpu_millis).filter(|_| l.rss_bytes > 0);
+                view.restarts = Some(l.restarts);
+            }
+        }
+    }
     let key = |i: &InstanceView| format!("{}#{:010}@{}", i.component, i.slot, i.host);
     Ok(Json(page_by_key(instances, key, params.cursor, params.limit)))
 }

@@ -145,7 +145,7 @@ async fn drive(state: &AppState, change: &Change) -> Result<(), ApiError> {
     if plan.unplaced.is_empty() && state.hub().is_some() {
         let hosts: std::collections::BTreeSet<&str> = plan.steps.iter().map(|s| s.host.as_str()).collect();
         let reason = format!(
-            "rolling: {} instance steps on {} hosts, in one wave (waves and gates come with the rollout work)",
+            "{} instance steps on {} hosts, in one wave (waves and gates come with the rollout work)",
             plan.steps.len(),
             hosts.len()
         );
@@ -191,7 +191,7 @@ async fn watch_rolling(state: &AppState, change: &Change) -> Result<(), ApiError
             transition(state, change, ChangeState::Converged, None, reason, "change.converged").await?;
         }
         Err(waiting) => {
-            let reason = format!("rolling: {waiting}");
+            let reason = waiting;
             if change.reason.as_deref() != Some(reason.as_str()) {
                 transition(state, change, ChangeState::Rolling, None, reason, "change.progress").await?;
             }

@@ -270,6 +270,9 @@ impl World {
                 status: actual.map_or(Status::Pending, |a| a.status).as_str().to_string(),
                 state: actual.map_or_else(|| "not started".to_string(), |a| a.state.clone()),
                 since: actual.map(|a| crate::rfc3339(a.since_ms)).unwrap_or_default(),
+                rss_bytes: None,
+                cpu_millis: None,
+                restarts: None,
             });
         }
         for (key, record) in &self.records {
@@ -286,6 +289,9 @@ impl World {
                 status: actual.map_or(Status::Unknown, |a| a.status).as_str().to_string(),
                 state: actual.map_or_else(|| "unknown".to_string(), |a| a.state.clone()),
                 since: actual.map(|a| crate::rfc3339(a.since_ms)).unwrap_or_default(),
+                rss_bytes: None,
+                cpu_millis: None,
+                restarts: None,
             });
         }
         out

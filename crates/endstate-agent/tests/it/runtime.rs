@@ -196,6 +196,7 @@ fn assignment(id: &str, version: &str, path: &str) -> InstanceAssignment {
         ports: BTreeMap::new(),
         health: None,
         stop_grace_ms: 5000,
+        upgrade: endstate_agent_proto::UpgradeOrder::StopFirst,
     }
 }
 

@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod agents;
+mod hosts;
 mod offline;
 mod server;
 
@@ -51,7 +53,7 @@ impl Process {
         let mut child = bin()
             .args(args)
             .env("ENDSTATE_CONFIG", config)
-            .env("ENDSTATE_LOG", "warn")
+            .env("ENDSTATE_LOG", "info")
             .current_dir(repo_root())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

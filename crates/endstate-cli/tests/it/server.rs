@@ -241,10 +241,21 @@ fn dev_brings_up_the_example_systems() {
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-    let agent_log = std::fs::read_to_string(data.join("agents/a/agent.log")).unwrap_or_default();
+    let agent_log: String = ["a", "b", "c"]
+        .iter()
+        .map(|zone| {
+            let log = std::fs::read_to_string(data.join(format!("agents/{zone}/agent.log"))).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(15).collect();
+            format!(
+                "--- {zone}:\n{}\n",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            )
+        })
+        .collect();
+    let timeline = text(&run(&["timeline", "--limit", "40"], &config).stdout);
     assert!(
         last.contains("8 instances running and healthy at revision 1"),
-        "{last}\nseen: {:#?}\nagent a: {agent_log}",
+        "{last}\nseen: {:#?}\nagents: {agent_log}\ntimeline:\n{timeline}",
         dev.seen
     );
     let status = text(&run(&["status"], &config).stdout);

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use endstate_agent_proto::{
-    Artifact, ArtifactSource, ConfigFile, HealthProbe, InstanceAssignment, InstanceId, Probe as WireProbe,
+    Artifact, ArtifactSource, ConfigFile, HealthProbe, InstanceAssignment, InstanceId, Probe as WireProbe, UpgradeOrder,
 };
 use endstate_plan::template::{ConfigTemplate, InstanceTemplates, TemplateVars, render_instance};
 use endstate_spec::{ArtifactSource as SpecSource, Component, DesiredState, HostInfo, Probe};
@@ -44,7 +44,11 @@ pub(crate) struct InstanceMeta {
 }
 
 /// The assignments of every host of `hosts` (hosts without instances get an empty set).
-pub(crate) fn assignments(desired: &DesiredState, hosts: &[HostInfo]) -> BTreeMap<String, HostAssignments> {
+///
+/// `salt` (the server's CA fingerprint) goes into the hash of dynamic ports, so two servers whose
+/// hosts share a machine and their names (development setups, tests) pick different ports, while
+/// one server always picks the same.
+pub(crate) fn assignments(desired: &DesiredState, hosts: &[HostInfo], salt: &str) -> BTreeMap<String, HostAssignments> {
     let (placements, _unplaced) = endstate_plan::place(desired, hosts);
     let labels: BTreeMap<&str, &endstate_types::Labels> = hosts.iter().map(|h| (h.name.as_str(), &h.labels)).collect();
     let mut out: BTreeMap<String, HostAssignments> = hosts
@@ -69,7 +73,12 @@ pub(crate) fn assignments(desired: &DesiredState, hosts: &[HostInfo]) -> BTreeMa
         *instance_index += 1;
         let id = InstanceId::new(&component.system, &component.name, key.slot);
         let used = taken.entry(key.host.clone()).or_default();
-        let ports = allocate_ports(component, &key.host, &id, used);
+        // Start-before-stop needs the new version on other ports than the old one.
+        let version_salt = match upgrade_order(component) {
+            UpgradeOrder::StartFirst => format!("{salt}/{}", placement.version),
+            UpgradeOrder::StopFirst => salt.to_owned(),
+        };
+        let ports = allocate_ports(component, &version_salt, &key.host, &id, used);
         let host_labels = labels.get(key.host.as_str()).map(|l| (*l).clone()).unwrap_or_default();
         let host = out.entry(key.host.clone()).or_default();
         match assignment(
@@ -180,7 +189,18 @@ fn assignment(
         ports,
         health,
         stop_grace_ms: STOP_GRACE_MS,
+        upgrade: upgrade_order(component),
     })
+}
+
+/// Start-before-stop when no port stands in the way: every port is allocated by the server (a new
+/// version gets ports of its own) and none is declared exclusive. Otherwise stop-then-start.
+fn upgrade_order(component: &Component) -> UpgradeOrder {
+    if component.ports.iter().all(|p| p.number.is_none() && !p.exclusive) {
+        UpgradeOrder::StartFirst
+    } else {
+        UpgradeOrder::StopFirst
+    }
 }
 
 fn millis(duration: endstate_spec::Duration) -> u64 {
@@ -192,6 +212,7 @@ fn millis(duration: endstate_spec::Duration) -> u64 {
 /// long as the instances of the host are.
 fn allocate_ports(
     component: &Component,
+    salt: &str,
     host: &str,
     id: &InstanceId,
     used: &mut BTreeSet<u16>,
@@ -201,7 +222,7 @@ fn allocate_ports(
         let number = match port.number {
             Some(number) => number,
             None => {
-                let hash = Sha256::digest(format!("{host}/{id}/{}", port.name).as_bytes());
+                let hash = Sha256::digest(format!("{salt}/{host}/{id}/{}", port.name).as_bytes());
                 let start = u16::from_be_bytes([hash[0], hash[1]]) % DYNAMIC_PORTS_LEN;
                 let mut candidate = start;
                 while used.contains(&(DYNAMIC_PORTS_START + candidate)) {
@@ -269,8 +290,12 @@ placement: { count: { total: 3 } }
     #[test]
     fn every_host_gets_its_rendered_instances_deterministically() {
         let desired = load(SPEC);
-        let first = assignments(&desired, &hosts());
-        assert_eq!(first, assignments(&desired, &hosts()), "same input, same output");
+        let first = assignments(&desired, &hosts(), "salt");
+        assert_eq!(
+            first,
+            assignments(&desired, &hosts(), "salt"),
+            "same input, same output"
+        );
         assert_eq!(first.len(), 3);
         let mut indexes = Vec::new();
         for (host, set) in &first {
@@ -295,8 +320,8 @@ placement: { count: { total: 3 } }
 
     #[test]
     fn a_new_version_changes_the_digest_of_every_host_running_it() {
-        let before = assignments(&load(SPEC), &hosts());
-        let after = assignments(&load(&SPEC.replace("\"1.0\"", "\"1.1\"")), &hosts());
+        let before = assignments(&load(SPEC), &hosts(), "salt");
+        let after = assignments(&load(&SPEC.replace("\"1.0\"", "\"1.1\"")), &hosts(), "salt");
         for (host, set) in &before {
             assert_ne!(set.digest, after[host].digest, "{host}");
             assert_eq!(after[host].instances[0].artifact.version, "1.1");
@@ -304,10 +329,40 @@ placement: { count: { total: 3 } }
     }
 
     #[test]
+    fn dynamic_ports_upgrade_start_first_on_new_ports_and_fixed_ports_stop_first() {
+        // SPEC's web has a fixed admin port: stop-then-start on the same ports.
+        let before = assignments(&load(SPEC), &hosts(), "salt");
+        let after = assignments(&load(&SPEC.replace("\"1.0\"", "\"1.1\"")), &hosts(), "salt");
+        assert_eq!(before["h-a"].instances[0].upgrade, UpgradeOrder::StopFirst);
+        assert_eq!(before["h-a"].instances[0].ports, after["h-a"].instances[0].ports);
+        // Without it, every port is the server's: the new version starts beside the old one.
+        let dynamic = SPEC.replace(", { name: admin, number: 9000 }", "");
+        let before = assignments(&load(&dynamic), &hosts(), "salt");
+        let after = assignments(&load(&dynamic.replace("\"1.0\"", "\"1.1\"")), &hosts(), "salt");
+        for host in ["h-a", "h-b", "h-c"] {
+            assert_eq!(after[host].instances[0].upgrade, UpgradeOrder::StartFirst);
+            assert_ne!(
+                before[host].instances[0].ports["http"], after[host].instances[0].ports["http"],
+                "{host}: the new version needs its own port"
+            );
+        }
+    }
+
+    #[test]
+    fn another_server_picks_other_ports_for_the_same_names() {
+        let ours = assignments(&load(SPEC), &hosts(), "server-1");
+        let theirs = assignments(&load(SPEC), &hosts(), "server-2");
+        assert_ne!(
+            ours["h-a"].instances[0].ports["http"],
+            theirs["h-a"].instances[0].ports["http"]
+        );
+    }
+
+    #[test]
     fn a_missing_label_is_a_problem_not_an_empty_value() {
         let mut hosts = hosts();
         hosts[1].labels.clear();
-        let set = assignments(&load(SPEC), &hosts);
+        let set = assignments(&load(SPEC), &hosts, "salt");
         let broken = &set["h-b"];
         assert!(broken.instances.is_empty());
         assert!(broken.problems[0].contains("host.labels.zone"), "{:?}", broken.problems);

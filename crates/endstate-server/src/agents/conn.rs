@@ -79,7 +79,20 @@ async fn connection(
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(error)) => {
-            refused_event(state, None, peer, &format!("TLS handshake failed: {error}")).await;
+            // Anyone can fail a handshake: the log has every one, the timeline at most one per
+            // 10 s, so scanners cannot flood it.
+            let now = now_ms();
+            let last = hub.last_tls_event_ms.load(Ordering::Relaxed);
+            if now - last >= 10_000
+                && hub
+                    .last_tls_event_ms
+                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                refused_event(state, None, peer, &format!("TLS handshake failed: {error}")).await;
+            } else {
+                tracing::warn!(%peer, error = %error, "Agent TLS handshake failed.");
+            }
             return Ok(());
         }
         Err(_) => {
@@ -97,7 +110,9 @@ async fn connection(
         refused_event(state, None, peer, "no client certificate").await;
         return Ok(());
     };
-    let mut config = WebSocketConfig::default();
+    // A small read buffer: tungstenite's default is 128 KiB per connection, zero-filled, so
+    // 10,000 idle agents would cost 1.25 GiB; a larger frame grows the buffer as it needs.
+    let mut config = WebSocketConfig::default().read_buffer_size(4096);
     config.max_message_size = Some(limits::MAX_FRAME_BYTES);
     config.max_frame_size = Some(limits::MAX_FRAME_BYTES);
     let mut ws = match tokio::time::timeout(
@@ -196,7 +211,12 @@ async fn connection(
         }),
     )
     .await?;
-    record_hello(state, &name, &hello, agent.reachable, &identity.serial, peer).await?;
+    // Recording the hello and registering the connection happen under the host's lock, so a
+    // concurrent "unreachable" of the previous connection cannot land after them.
+    let host_lock = hub.host_lock(&host);
+    let guard = host_lock.lock().await;
+    let was_reachable = state.store().get_agent(&name).await?.and_then(|a| a.reachable);
+    record_hello(state, &name, &hello, was_reachable, &identity.serial, peer).await?;
 
     // Steady state: a writer task drains the outbox; this task reads.
     let (tx, mut rx) = mpsc::channel::<FromServer>(OUTBOX);
@@ -208,6 +228,7 @@ async fn connection(
         close: Arc::new(tokio::sync::Notify::new()),
     };
     hub.register(&host, handle.clone());
+    drop(guard);
     tracing::info!(host, %peer, version, "Agent connected.");
     let (mut sink, mut stream) = ws.split();
     let writer = tokio::spawn(async move {
@@ -297,9 +318,15 @@ impl Session<'_> {
             FromAgent::Hello(_) => self.protocol_error("a second hello").await,
             FromAgent::Facts(facts) => {
                 if let Some(mut host) = self.state.store().get_host(&self.name).await? {
-                    host.facts = serde_json::to_value(&facts).unwrap_or_default();
+                    let facts = serde_json::to_value(&facts).unwrap_or_default();
+                    let changed = facts_changed(&self.host, &host.facts, &facts);
+                    host.facts = facts;
                     host.last_seen_ms = Some(now_ms());
                     self.state.store().upsert_host(host).await?;
+                    if let Some(event) = changed {
+                        self.state.store().append_events(vec![event]).await?;
+                        self.state.written();
+                    }
                 }
             }
             FromAgent::Observations(batch) => self.observations(batch.observations).await?,
@@ -307,9 +334,9 @@ impl Session<'_> {
                 self.actual_state(actual).await?;
                 // Whatever the agent had, it now gets the current set (if it has not seen it).
                 self.handle.sent_generation.store(0, Ordering::Relaxed);
-                self.hub.refresh(self.state).await?;
+                self.hub.refresh_host(self.state, &self.host).await?;
             }
-            FromAgent::Logs(logs) => self.hub.deliver_logs(logs),
+            FromAgent::Logs(logs) => self.hub.deliver_logs(&self.host, logs),
             FromAgent::Renew(renew) => self.renew(&renew.csr_pem).await?,
         }
         Ok(())
@@ -389,6 +416,33 @@ impl Session<'_> {
     ) {
         let actor = Some(format!("agent:{}", self.host));
         match &observation.observed {
+            Observed::InstanceState(change) if live.get(&change.instance.0).is_some_and(|l| change.generation.0 < l.generation) => {
+                // A run of an older generation, retired after its replacement started beside it
+                // (start-before-stop): on the timeline, but not the instance's state any more.
+                let (system, component) = split_system(&change.instance.0);
+                events.push(NewEvent {
+                    systems: vec![system],
+                    host: Some(self.host.clone()),
+                    component: Some(component),
+                    actor,
+                    data: serde_json::json!({
+                        "instance": change.instance.0, "state": word(change.state), "version": change.version,
+                        "generation": change.generation.0, "received_ms": received_ms,
+                    }),
+                    ..NewEvent::new(
+                        at,
+                        "instance.previous_run",
+                        format!(
+                            "{} on {}: the previous run ({} at generation {}) is {}",
+                            change.instance,
+                            self.host,
+                            change.version,
+                            change.generation,
+                            word(change.state)
+                        ),
+                    )
+                });
+            }
             Observed::InstanceState(change) => {
                 let entry = live.entry(change.instance.0.clone()).or_default();
                 entry.state = Some(change.state);
@@ -627,19 +681,20 @@ async fn record_hello(
     let stored = state.store().get_host(name).await?;
     // Labels are the ones decided at enrolment: an agent cannot relabel itself into other workloads.
     let labels = stored.as_ref().map(|h| h.labels.clone()).unwrap_or_default();
+    let facts = serde_json::to_value(&hello.facts).unwrap_or_default();
+    let changed = stored.as_ref().and_then(|h| facts_changed(&name.0, &h.facts, &facts));
     state
         .store()
         .upsert_host(HostRecord {
             name: name.clone(),
             labels,
-            facts: serde_json::to_value(&hello.facts).unwrap_or_default(),
+            facts,
             last_seen_ms: Some(now),
         })
         .await?;
-    let events = if was_reachable == Some(true) {
-        Vec::new()
-    } else {
-        vec![NewEvent {
+    let mut events: Vec<NewEvent> = changed.into_iter().collect();
+    if was_reachable != Some(true) {
+        events.push(NewEvent {
             host: Some(name.0.clone()),
             actor: Some(format!("agent:{}", name.0)),
             data: serde_json::json!({ "peer": peer.to_string(), "agent_version": hello.agent_version }),
@@ -651,8 +706,8 @@ async fn record_hello(
                     name.0, hello.agent_version
                 ),
             )
-        }]
-    };
+        });
+    }
     state
         .store()
         .set_agent_reachable(name, true, Some(serial.to_owned()), events)
@@ -703,6 +758,41 @@ async fn refused_event(state: &AppState, host: Option<&str>, peer: SocketAddr, r
     if state.store().append_events(vec![event]).await.is_ok() {
         state.written();
     }
+}
+
+/// The inventory's history of a host: an event when its facts change (free disk space, which
+/// changes all the time, is kept current but not recorded as a change). `None` for the first
+/// facts and when nothing else changed.
+fn facts_changed(host: &str, before: &serde_json::Value, after: &serde_json::Value) -> Option<NewEvent> {
+    if before.as_object().is_none_or(serde_json::Map::is_empty) {
+        return None;
+    }
+    let changes: Vec<_> = endstate_plan::diff_values(before, after)
+        .into_iter()
+        .filter(|d| !d.path.ends_with("free_bytes"))
+        .collect();
+    if changes.is_empty() {
+        return None;
+    }
+    let value = |v: &Option<serde_json::Value>| v.as_ref().map_or_else(|| "(none)".to_owned(), ToString::to_string);
+    let shown: Vec<String> = changes
+        .iter()
+        .map(|d| format!("{}: {} -> {}", d.path, value(&d.before), value(&d.after)))
+        .collect();
+    let data: Vec<serde_json::Value> = changes
+        .iter()
+        .map(|d| serde_json::json!({ "path": d.path, "before": d.before, "after": d.after }))
+        .collect();
+    Some(NewEvent {
+        host: Some(host.to_owned()),
+        actor: Some(format!("agent:{host}")),
+        data: serde_json::json!({ "changes": data }),
+        ..NewEvent::new(
+            now_ms(),
+            "host.facts_changed",
+            format!("host {host} facts changed: {}", shown.join("; ")),
+        )
+    })
 }
 
 fn split_system(instance: &str) -> (String, String) {

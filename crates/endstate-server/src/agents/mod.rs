@@ -70,10 +70,16 @@ pub(crate) struct Hub {
     agent_url: Mutex<String>,
     conns: Mutex<HashMap<String, ConnHandle>>,
     live: Mutex<HashMap<String, BTreeMap<String, Live>>>,
-    logs_waiters: Mutex<HashMap<u64, oneshot::Sender<Logs>>>,
+    /// Per logs request: the host asked, and who waits for its answer.
+    logs_waiters: Mutex<HashMap<u64, (String, oneshot::Sender<Logs>)>>,
     next_id: AtomicU64,
     assigned: tokio::sync::Mutex<Assigned>,
     started_ms: i64,
+    /// When a failed TLS handshake was last put on the timeline (at most one per 10 s).
+    pub(crate) last_tls_event_ms: AtomicI64,
+    /// Per host: serialises a connection's hello and registration with the marking of the
+    /// previous connection as unreachable.
+    host_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// One connected agent.
@@ -108,6 +114,9 @@ struct Assigned {
     /// agent started then is at its end state; a newer set that leaves it unchanged does not
     /// restart it, so it keeps reporting that generation.
     generations: BTreeMap<(String, String), u64>,
+    /// Per host: the generation of its set, as the store gave it when the sets were computed
+    /// (only the computation writes a host's digest, so it stays current until the next one).
+    host_generations: BTreeMap<String, u64>,
 }
 
 impl Hub {
@@ -122,6 +131,8 @@ impl Hub {
             next_id: AtomicU64::new(1),
             assigned: tokio::sync::Mutex::new(Assigned::default()),
             started_ms: now_ms(),
+            last_tls_event_ms: AtomicI64::new(0),
+            host_locks: Mutex::new(HashMap::new()),
         }
     }
 
@@ -131,6 +142,10 @@ impl Hub {
 
     pub(crate) fn set_agent_url(&self, url: String) {
         *lock(&self.agent_url) = url;
+    }
+
+    pub(crate) fn host_lock(&self, host: &str) -> Arc<tokio::sync::Mutex<()>> {
+        Arc::clone(lock(&self.host_locks).entry(host.to_owned()).or_default())
     }
 
     pub(crate) fn next_id(&self) -> u64 {
@@ -178,9 +193,9 @@ impl Hub {
         f(lock(&self.live).entry(host.to_owned()).or_default())
     }
 
-    pub(crate) fn expect_logs(&self, request: u64) -> oneshot::Receiver<Logs> {
+    pub(crate) fn expect_logs(&self, request: u64, host: &str) -> oneshot::Receiver<Logs> {
         let (tx, rx) = oneshot::channel();
-        lock(&self.logs_waiters).insert(request, tx);
+        lock(&self.logs_waiters).insert(request, (host.to_owned(), tx));
         rx
     }
 
@@ -188,9 +203,23 @@ impl Hub {
         lock(&self.logs_waiters).remove(&request);
     }
 
-    pub(crate) fn deliver_logs(&self, logs: Logs) {
-        if let Some(waiter) = lock(&self.logs_waiters).remove(&logs.request) {
-            let _ = waiter.send(logs);
+    /// Hands an answer to its request, when `host` is the host that was asked: request numbers
+    /// are easy to guess, and another agent must not answer for it.
+    pub(crate) fn deliver_logs(&self, host: &str, logs: Logs) {
+        let mut waiters = lock(&self.logs_waiters);
+        match waiters.get(&logs.request) {
+            Some((asked, _)) if asked == host => {
+                if let Some((_, waiter)) = waiters.remove(&logs.request) {
+                    let _ = waiter.send(logs);
+                }
+            }
+            Some((asked, _)) => tracing::warn!(
+                host,
+                asked = asked.as_str(),
+                request = logs.request,
+                "An agent answered a logs request made to another host; ignored."
+            ),
+            None => {}
         }
     }
 
@@ -204,7 +233,7 @@ impl Hub {
         let mut assigned = self.assigned.lock().await;
         if assigned.key.as_ref() != Some(&key) {
             let sets = match &target {
-                Some((_, desired)) => assign::assignments(desired, &hosts),
+                Some((_, desired)) => assign::assignments(desired, &hosts, &self.tls.ca_sha256),
                 None => hosts
                     .iter()
                     .map(|h| (h.name.clone(), assign::HostAssignments::default()))
@@ -225,9 +254,20 @@ impl Hub {
                 })
                 .collect();
             let mut generations = BTreeMap::new();
+            // Every host's generation at once, so the store commits them together rather than
+            // one transaction per host (thousands of hosts).
+            let host_generations: BTreeMap<String, u64> =
+                futures_util::future::try_join_all(sets.iter().map(|(host, set)| async move {
+                    let name = HostName(host.clone());
+                    let generation = state.store().set_agent_desired(&name, set.digest.clone()).await?;
+                    Ok::<_, ApiError>((host.clone(), generation))
+                }))
+                .await?
+                .into_iter()
+                .collect();
             for (host, set) in &sets {
                 let name = HostName(host.clone());
-                let host_generation = state.store().set_agent_desired(&name, set.digest.clone()).await?;
+                let host_generation = host_generations.get(host).copied().unwrap_or_default();
                 problems.extend(set.problems.iter().cloned());
                 for (id, meta) in &set.index {
                     let generation = match existing.get(&(host.clone(), meta.component_key.clone(), meta.slot)) {
@@ -277,34 +317,36 @@ impl Hub {
             assigned.target = target.as_ref().map(|(id, _)| *id);
             assigned.hosts = sets;
             assigned.generations = generations;
+            assigned.host_generations = host_generations;
             state.written();
         }
         for (host, conn) in self.connected() {
-            let Some(set) = assigned.hosts.get(&host) else {
-                continue;
-            };
-            let generation = state
-                .store()
-                .set_agent_desired(&HostName(host.clone()), set.digest.clone())
-                .await?;
-            if conn.sent_generation.load(Ordering::Relaxed) == generation {
-                continue;
-            }
-            let message = FromServer::DesiredInstances(DesiredInstances {
-                generation: Generation(generation),
-                instances: set.instances.clone(),
-            });
-            if conn.tx.send(message).await.is_ok() {
-                conn.sent_generation.store(generation, Ordering::Relaxed);
-                tracing::info!(
-                    host,
-                    generation,
-                    instances = set.instances.len(),
-                    "Desired instances sent."
-                );
+            if let (Some(set), Some(generation)) = (assigned.hosts.get(&host), assigned.host_generations.get(&host)) {
+                send_set(&host, &conn, set, *generation);
             }
         }
         Ok(())
+    }
+
+    /// Sends one host its set, for a connection that just told its actual state: from the
+    /// computed sets when they are of the current target and know the host (the runner and
+    /// the tick keep them current), else after a full [`refresh`](Self::refresh). Thousands of
+    /// agents reconnecting at once thus cost one set each, not a refresh of every host each.
+    pub(crate) async fn refresh_host(&self, state: &AppState, host: &str) -> Result<(), ApiError> {
+        let target = state.target().await?.map(|(id, _)| id);
+        {
+            let assigned = self.assigned.lock().await;
+            if assigned.key.is_some()
+                && assigned.target == target
+                && let (Some(set), Some(generation)) = (assigned.hosts.get(host), assigned.host_generations.get(host))
+            {
+                if let Some(conn) = self.connection(host) {
+                    send_set(host, &conn, set, *generation);
+                }
+                return Ok(());
+            }
+        }
+        self.refresh(state).await
     }
 
     /// Whether the target revision is really reached: every assigned instance observed running,
@@ -408,8 +450,35 @@ impl Hub {
     }
 }
 
+/// Sends a connection its host's set unless it has seen that generation.
+fn send_set(host: &str, conn: &ConnHandle, set: &assign::HostAssignments, generation: u64) {
+    if conn.sent_generation.load(Ordering::Relaxed) == generation {
+        return;
+    }
+    let message = FromServer::DesiredInstances(DesiredInstances {
+        generation: Generation(generation),
+        instances: set.instances.clone(),
+    });
+    // Never wait on one agent's full outbox here: it is retried on the next round.
+    if conn.tx.try_send(message).is_ok() {
+        conn.sent_generation.store(generation, Ordering::Relaxed);
+        tracing::info!(
+            host,
+            generation,
+            instances = set.instances.len(),
+            "Desired instances sent."
+        );
+    }
+}
+
 /// Records a host as unreachable and its instances as unknown (not dead), on the timeline.
 pub(crate) async fn mark_unreachable(state: &AppState, hub: &Hub, host: &str, reason: &str) -> Result<(), ApiError> {
+    let host_lock = hub.host_lock(host);
+    let _guard = host_lock.lock().await;
+    if hub.connection(host).is_some() {
+        // It reconnected meanwhile: that connection's hello decides.
+        return Ok(());
+    }
     let name = HostName(host.to_owned());
     let Some(agent) = state.store().get_agent(&name).await? else {
         return Ok(());

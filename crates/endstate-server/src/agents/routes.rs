@@ -122,7 +122,8 @@ pub(crate) async fn enrol(
         labels: row.labels.clone(),
     };
     if let Err(error) = record.check(&request.join_token, now, row.used_ms.is_some()) {
-        return Err(refuse_enrol(&state, peer, &request.host, format!("the join token {error}")).await);
+        // The error names the join token itself ("the join token was already used").
+        return Err(refuse_enrol(&state, peer, &request.host, error.to_string()).await);
     }
     if let Some(fixed) = &row.host
         && fixed != &request.host
@@ -280,7 +281,7 @@ pub(crate) async fn instance_logs(
     };
     let instance = InstanceId(params.instance.clone());
     let request = hub.next_id();
-    let answer = hub.expect_logs(request);
+    let answer = hub.expect_logs(request, &host);
     let message = FromServer::LogsRequest(LogsRequest {
         request,
         instance: instance.clone(),

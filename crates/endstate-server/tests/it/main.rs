@@ -4,7 +4,9 @@
 
 //! in a temporary directory, called through the real client and raw HTTP.
 
+mod agents;
 mod api;
+mod fake_agent;
 mod systems;
 mod timeline;
 
@@ -18,6 +20,8 @@ use endstate_server::{RateLimitConfig, Server, ServerConfig};
 pub(crate) struct TestServer {
     pub(crate) url: String,
     pub(crate) admin: String,
+    /// The agent listener's `wss://` URL, when the server has one.
+    pub(crate) agent_url: Option<String>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
     _dir: tempfile::TempDir,
@@ -29,6 +33,15 @@ impl TestServer {
     }
 
     pub(crate) async fn start_with(adjust: impl FnOnce(&mut ServerConfig)) -> TestServer {
+        TestServer::start_inner(adjust, false).await
+    }
+
+    /// A server with an agent listener (mutual TLS) on another free loopback port.
+    pub(crate) async fn start_with_agents(adjust: impl FnOnce(&mut ServerConfig)) -> TestServer {
+        TestServer::start_inner(adjust, true).await
+    }
+
+    async fn start_inner(adjust: impl FnOnce(&mut ServerConfig), agents: bool) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let mut config = ServerConfig::new(dir.path().join("data"));
         config.runner_interval = Duration::from_millis(200);
@@ -37,7 +50,13 @@ impl TestServer {
             burst: 10_000,
         };
         adjust(&mut config);
-        let server = Server::open(&config).await.unwrap();
+        let mut server = Server::open(&config).await.unwrap();
+        let mut agent_url = None;
+        if agents {
+            let agent_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            agent_url = Some(format!("wss://{}/v1/agent", agent_listener.local_addr().unwrap()));
+            server = server.with_agent_listener(agent_listener).unwrap();
+        }
         let admin = server
             .admin_secret()
             .expect("a new store creates an admin token")
@@ -59,6 +78,7 @@ impl TestServer {
         TestServer {
             url,
             admin,
+            agent_url,
             stop: Some(stop),
             task: Some(task),
             _dir: dir,

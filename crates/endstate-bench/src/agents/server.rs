@@ -1,0 +1,190 @@
+//! A real `endstate server` process: started from the release binary with a data directory,
+//! its addresses and admin token read from its stdout, killed with SIGKILL, restarted on the
+//! same data directory and ports.
+
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// How long a server has to print that it listens.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A running server process.
+pub(crate) struct ServerProc {
+    child: Child,
+    pub(crate) pid: u32,
+    /// `http://ADDR`
+    pub(crate) http: String,
+    pub(crate) http_addr: SocketAddr,
+    pub(crate) agent_addr: SocketAddr,
+    /// The admin token, when this start created it (the first start on a data directory).
+    pub(crate) admin_token: Option<String>,
+    /// From the spawn to the "listening" line.
+    pub(crate) ready_after: Duration,
+}
+
+/// How to start a server.
+#[derive(Clone, Debug)]
+pub(crate) struct ServerSpec {
+    pub(crate) exe: PathBuf,
+    pub(crate) data_dir: PathBuf,
+    /// `--listen`, `127.0.0.1:0` the first time.
+    pub(crate) listen: String,
+    /// `--agent-listen`, `127.0.0.1:0` the first time.
+    pub(crate) agent_listen: String,
+    /// `--keepalive-interval`, when not the default.
+    pub(crate) keepalive: Option<String>,
+}
+
+impl ServerProc {
+    /// Starts the server and waits until it listens. Its log (stderr) goes to `server.log` in
+    /// the data directory, at level warn, so logging costs the server next to nothing.
+    pub(crate) async fn start(spec: &ServerSpec) -> anyhow::Result<ServerProc> {
+        std::fs::create_dir_all(&spec.data_dir)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(spec.data_dir.join("server.log"))?;
+        let mut command = Command::new(&spec.exe);
+        command
+            .arg("server")
+            .arg("--listen")
+            .arg(&spec.listen)
+            .arg("--agent-listen")
+            .arg(&spec.agent_listen)
+            .arg("--data-dir")
+            .arg(&spec.data_dir)
+            .args(["--rate-limit", "1000000", "--rate-burst", "1000000"])
+            .env("ENDSTATE_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log);
+        if let Some(keepalive) = &spec.keepalive {
+            command.arg("--keepalive-interval").arg(keepalive);
+        }
+        let started = Instant::now();
+        let mut child = command
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot start {}: {e}", spec.exe.display()))?;
+        let pid = child.id();
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("the server's stdout is not piped"))?;
+        let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    // Nobody listens any more: keep draining so the server never blocks on stdout.
+                    continue;
+                }
+            }
+        });
+        let mut agent_addr = None;
+        let mut admin_token = None;
+        let deadline = started + START_TIMEOUT;
+        let mut server = ServerProc {
+            child,
+            pid,
+            http: String::new(),
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            agent_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin_token: None,
+            ready_after: Duration::ZERO,
+        };
+        loop {
+            let line = match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(line)) => line,
+                Ok(None) => {
+                    let status = server.child.try_wait().ok().flatten();
+                    anyhow::bail!(
+                        "the server exited before listening ({status:?}); see {}",
+                        spec.data_dir.join("server.log").display()
+                    );
+                }
+                Err(_) => anyhow::bail!("the server did not listen within {START_TIMEOUT:?}"),
+            };
+            if let Some(rest) = line.strip_prefix("agents connect to wss://") {
+                let addr = rest.split('/').next().unwrap_or_default();
+                agent_addr = Some(addr.parse::<SocketAddr>()?);
+            } else if let Some(token) = line.strip_prefix("admin token (shown once, stored hashed): ") {
+                admin_token = Some(token.trim().to_owned());
+            } else if let Some(addr) = line.strip_prefix("endstate server listening on http://") {
+                server.http_addr = addr.trim().parse()?;
+                server.http = format!("http://{}", server.http_addr);
+                break;
+            }
+        }
+        server.ready_after = started.elapsed();
+        server.agent_addr = agent_addr.ok_or_else(|| anyhow::anyhow!("the server printed no agent address"))?;
+        server.admin_token = admin_token;
+        Ok(server)
+    }
+
+    /// The spec to start this server again on the same data directory and ports.
+    pub(crate) fn restart_spec(&self, spec: &ServerSpec) -> ServerSpec {
+        ServerSpec {
+            listen: self.http_addr.to_string(),
+            agent_listen: self.agent_addr.to_string(),
+            ..spec.clone()
+        }
+    }
+
+    /// SIGKILL, and wait for it.
+    pub(crate) fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then SIGKILL after `grace`.
+    pub(crate) async fn stop(&mut self, grace: Duration) {
+        if let Ok(pid) = i32::try_from(self.pid) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.kill();
+    }
+
+    /// Whether it still runs.
+    pub(crate) fn running(&mut self) -> bool {
+        self.child.try_wait().ok().flatten().is_none()
+    }
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        if self.running() {
+            self.kill();
+        }
+    }
+}
+
+/// The release `endstate` binary next to this harness (cargo builds both into the same directory).
+pub(crate) fn endstate_exe() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?.with_file_name("endstate");
+    anyhow::ensure!(
+        exe.is_file(),
+        "{} is missing: build it first (`cargo build --release --bin endstate`; `cargo xtask bench` does)",
+        exe.display()
+    );
+    Ok(exe)
+}
+
+/// The last lines of a log, for errors.
+pub(crate) fn log_tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}

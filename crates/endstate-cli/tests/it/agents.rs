@@ -1,0 +1,915 @@
+//! Agents as separate hosts: a real `endstate server` and real `endstate agent` processes, each
+//! agent with its own data directory (and, when the test runs as root, one of them in its own
+//! network namespace, so that it can be cut off). Partitions, `kill -9` of an agent and of the
+//! server, crashing instances and bad input; observed through the CLI.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::hosts::{
+    AgentHome, Cli, Event, Netns, PATIENCE, Proc, Reaper, Server, alive, assert_in_order, assert_no_duplicates,
+    assert_nothing_left, example_service, free_port, script, script_component, service, show, start_server,
+    transitions, wait_until, write_spec,
+};
+
+/// One server, its agents, and the guards that clean up after them. Fields drop in order: the
+/// agents (which stop their instances), the server, the network namespace, the reaper, the files.
+struct Lab {
+    agents: BTreeMap<String, Proc>,
+    server: Server,
+    netns: Option<Netns>,
+    _reaper: Reaper,
+    dir: tempfile::TempDir,
+    homes: BTreeMap<String, AgentHome>,
+    cli: Cli,
+}
+
+impl Lab {
+    /// A server whose API and agent listener are on `ip` (the agent listener on `agent_port`, 0
+    /// for a free one).
+    fn new(netns: Option<Netns>, agent_port: u16) -> Lab {
+        let dir = tempfile::Builder::new().prefix("es-agents-").tempdir().unwrap();
+        let reaper = Reaper(dir.path().to_owned());
+        let ip = netns.as_ref().map_or("127.0.0.1".to_owned(), |n| n.host_ip.clone());
+        let server = start_server(
+            dir.path(),
+            &dir.path().join("server"),
+            &ip,
+            &format!("{ip}:{agent_port}"),
+        );
+        let cli = Cli {
+            url: server.url.clone(),
+            token: server
+                .admin_token
+                .clone()
+                .expect("a first start prints the admin token"),
+            config: dir.path().join("client.json"),
+        };
+        Lab {
+            agents: BTreeMap::new(),
+            server,
+            netns,
+            _reaper: reaper,
+            dir,
+            homes: BTreeMap::new(),
+            cli,
+        }
+    }
+
+    fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Enrols and starts an agent `name` with `labels`, inside the lab's namespace when `in_netns`.
+    fn add_agent(&mut self, name: &str, labels: &str, in_netns: bool) {
+        let home = AgentHome::new(self.root(), name, labels);
+        let token = self.cli.join_token(name, labels);
+        let netns = if in_netns {
+            self.netns.as_ref().map(|n| n.name.clone())
+        } else {
+            None
+        };
+        let agent = home.start(
+            &self.server.url,
+            &self.root().join("artifacts"),
+            Some(&token),
+            netns.as_deref(),
+        );
+        self.agents.insert(name.to_owned(), agent);
+        self.homes.insert(name.to_owned(), home);
+    }
+
+    /// Starts the agent `name` again on its data directory, without a join token.
+    fn restart_agent(&mut self, name: &str) {
+        let home = &self.homes[name];
+        let agent = home.start(&self.server.url, &self.root().join("artifacts"), None, None);
+        self.agents.insert(name.to_owned(), agent);
+    }
+
+    fn home(&self, name: &str) -> &AgentHome {
+        &self.homes[name]
+    }
+
+    fn agent(&mut self, name: &str) -> &mut Proc {
+        self.agents.get_mut(name).unwrap()
+    }
+
+    /// Everything on the timeline, oldest first.
+    fn timeline(&self) -> Vec<Event> {
+        self.cli.timeline(&[]).unwrap()
+    }
+
+    fn last_seq(&self) -> u64 {
+        self.timeline().last().map_or(0, Event::seq)
+    }
+
+    /// The slot of the instance of `component` placed on `host`.
+    fn slot(&self, host: &str, component: &str) -> u64 {
+        let out = self.cli.ok(&["hosts", "-o", "json"]).unwrap();
+        let hosts: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+        let prefix = format!("{component}#");
+        hosts
+            .iter()
+            .filter(|h| h["name"] == host)
+            .flat_map(|h| h["instances"].as_array().cloned().unwrap_or_default())
+            .find_map(|line| {
+                let id = line.as_str()?.split_whitespace().next()?.to_owned();
+                id.strip_prefix(&prefix)?.parse().ok()
+            })
+            .unwrap_or_else(|| panic!("no instance of {component} on {host}: {hosts:#?}"))
+    }
+
+    fn wait_status(&self, line: &str) {
+        wait_until(&format!("status to show {line:?}"), PATIENCE, || {
+            let status = self.cli.ok(&["status"])?;
+            if status.contains(line) { Ok(()) } else { Err(status) }
+        });
+    }
+
+    /// Stops every agent (they stop their instances) and the server, then checks that nothing the
+    /// test started still runs.
+    fn finish(self) {
+        let Lab {
+            agents,
+            server,
+            netns,
+            _reaper,
+            dir,
+            ..
+        } = self;
+        drop(agents);
+        drop(server);
+        assert_nothing_left(dir.path());
+        drop(netns);
+        drop(_reaper);
+        drop(dir);
+    }
+}
+
+fn sigkill(pid: i32) {
+    kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+}
+
+/// The `instance_state` observations of `instance` among `observations`: (seq, state, at).
+fn instance_states(observations: &[serde_json::Value], instance: &str) -> Vec<(u64, String, i64, serde_json::Value)> {
+    observations
+        .iter()
+        .filter(|o| o["observed"]["kind"] == "instance_state" && o["observed"]["instance"] == instance)
+        .map(|o| {
+            (
+                o["seq"].as_u64().unwrap(),
+                o["observed"]["state"].as_str().unwrap().to_owned(),
+                o["at_unix_ms"].as_i64().unwrap(),
+                o["observed"].clone(),
+            )
+        })
+        .collect()
+}
+
+/// Asserts that every `instance_state` observation of `instance` in `pending` is on the timeline
+/// exactly once, as a transition with its state and time, in the agent's seq order. `Err` while
+/// some are still missing.
+fn check_delivered(
+    events: &[Event],
+    host: &str,
+    component: &str,
+    slot: u64,
+    pending: &[serde_json::Value],
+) -> Result<(), String> {
+    let instance = format!("{component}#{slot}");
+    let all = transitions(events, host, component, slot);
+    let mut last_seq = 0;
+    for (seq, state, at, observed) in instance_states(pending, &instance) {
+        let found: Vec<&&Event> = all
+            .iter()
+            .filter(|e| e.data_str("state") == state && e.time_ms() == at)
+            .collect();
+        // A health result of the same millisecond is a transition with the same state and time.
+        let same_ms = pending
+            .iter()
+            .filter(|o| o["observed"]["instance"] == instance.as_str() && o["at_unix_ms"].as_i64() == Some(at))
+            .count();
+        match found.as_slice() {
+            [] => {
+                return Err(format!(
+                    "observation {seq} ({state} at {at}) of {instance} not on the timeline yet"
+                ));
+            }
+            [first, ..] if found.len() <= same_ms => {
+                assert!(
+                    first.seq() > last_seq,
+                    "observation {seq} ({state}) of {instance} is stored out of order:\n{}",
+                    show(&all)
+                );
+                last_seq = first.seq();
+            }
+            many => panic!(
+                "observation {seq} ({state} at {at}) of {instance} is on the timeline {} times:\n{}",
+                many.len(),
+                show(&all)
+            ),
+        }
+        // An exit, a backoff or a failure is also an instance.detail, identified by its restarts.
+        let detail = !observed["detail"].as_str().unwrap_or_default().is_empty()
+            || !observed["exit_code"].is_null()
+            || !observed["signal"].is_null();
+        if detail {
+            let details: Vec<&Event> = events
+                .iter()
+                .filter(|e| e.kind() == "instance.detail" && e.host() == host && e.data_str("instance") == instance)
+                .filter(|e| e.data_str("state") == state && e.time_ms() == at)
+                .filter(|e| e.data("restarts") == &observed["restarts"])
+                .collect();
+            assert!(
+                details.len() == 1,
+                "observation {seq} ({state} at {at}) of {instance} has {} instance.detail events:\n{}",
+                details.len(),
+                show(&details)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Asserts that no `instance.detail` event is recorded twice (same host, instance, state,
+/// restarts and time).
+fn assert_details_once(events: &[Event]) {
+    let mut seen = std::collections::BTreeSet::new();
+    for event in events.iter().filter(|e| e.kind() == "instance.detail") {
+        let key = (
+            event.host().to_owned(),
+            event.data_str("instance").to_owned(),
+            event.data_str("state").to_owned(),
+            event.data("restarts").as_u64(),
+            event.time_ms(),
+        );
+        assert!(seen.insert(key), "instance.detail recorded twice: {event}");
+    }
+}
+
+// === 1. partition ===
+
+#[test]
+fn partition_keeps_workloads_and_buffers_observations() {
+    let netns = match Netns::create() {
+        Ok(netns) => Some(netns),
+        Err(why) => {
+            println!("partition test: no network namespaces ({why}); used SIGSTOP on loopback instead");
+            None
+        }
+    };
+    let isolated = netns.is_some();
+    let mut lab = Lab::new(netns, 0);
+    let binary = example_service(lab.root());
+    // part-a is the host that gets cut off: in its own network namespace when possible.
+    lab.add_agent("part-a", "zone=a", true);
+    lab.add_agent("part-b", "zone=b", false);
+    lab.add_agent("part-c", "zone=c", false);
+    if isolated {
+        println!(
+            "partition test: part-a runs in network namespace {} (server on {})",
+            lab.netns.as_ref().unwrap().name,
+            lab.server.agent_addr
+        );
+    }
+    lab.cli.wait_liveness(&["part-a", "part-b", "part-c"], "reachable");
+    let spec = write_spec(&lab.root().join("spec"), &[service("svc", &binary, "a, b, c")]);
+    lab.cli.apply(&spec, &["--timeout", "90s"], 0);
+    let (a, b, c) = (
+        lab.home("part-a").clone(),
+        lab.home("part-b").clone(),
+        lab.home("part-c").clone(),
+    );
+    let pid_a = a.wait_one_instance("lab", "svc", &[]);
+    let others = [
+        b.wait_one_instance("lab", "svc", &[]),
+        c.wait_one_instance("lab", "svc", &[]),
+    ];
+    let slot = lab.slot("part-a", "lab/svc");
+    if let Some(netns) = &lab.netns {
+        assert!(netns.holds(pid_a), "the instance of part-a runs outside its namespace");
+        assert!(
+            !netns.holds(others[0]),
+            "the instance of part-b runs in part-a's namespace"
+        );
+    }
+    let before_cut = lab.last_seq();
+
+    // Cut part-a off.
+    let cut_at = Instant::now();
+    match &lab.netns {
+        Some(netns) => netns.cut(),
+        None => lab.agent("part-a").signal(Signal::SIGSTOP),
+    }
+    wait_until("the server to mark part-a unreachable", PATIENCE, || {
+        let liveness = lab.cli.liveness()?;
+        let events = lab.cli.timeline(&["--host", "part-a", "--kind", "host.unreachable"])?;
+        let marked = events.iter().any(|e| e.seq() > before_cut);
+        if marked && liveness["part-a"] == "unreachable" {
+            Ok(())
+        } else {
+            Err(format!("{liveness:?}, host.unreachable: {marked}"))
+        }
+    });
+    println!(
+        "partition test: part-a marked unreachable {:?} after the cut",
+        cut_at.elapsed()
+    );
+    let liveness = lab.cli.liveness().unwrap();
+    assert_eq!(liveness["part-b"], "reachable", "{liveness:?}");
+    assert_eq!(liveness["part-c"], "reachable", "{liveness:?}");
+    // The workload runs on through the partition.
+    assert!(alive(pid_a), "the instance on part-a died with the partition");
+    assert_eq!(a.instance_pids("lab", "svc"), [pid_a]);
+
+    // While cut off, the instance crashes: the agent restarts it and buffers what it saw.
+    sigkill(pid_a);
+    let instance = format!("lab/svc#{slot}");
+    let buffered = if isolated {
+        let new_pid = a.wait_one_instance("lab", "svc", &[pid_a]);
+        let buffered = wait_until("part-a to buffer the crash and the restart", PATIENCE, || {
+            let pending = a.pending();
+            let states: Vec<String> = instance_states(&pending, &instance)
+                .into_iter()
+                .map(|(_, state, _, _)| state)
+                .collect();
+            let exited = states.iter().position(|s| s == "exited");
+            let running = states.iter().rposition(|s| s == "running");
+            match (exited, running) {
+                (Some(e), Some(r)) if e < r => Ok(pending),
+                _ => Err(format!("buffered states of {instance}: {states:?}")),
+            }
+        });
+        // The server cannot know yet.
+        let events = lab.timeline();
+        let known = transitions(&events, "part-a", "lab/svc", slot)
+            .into_iter()
+            .any(|e| e.seq() > before_cut && e.data_str("state") == "exited");
+        assert!(!known, "the server learnt of the crash through a cut link");
+        println!(
+            "partition test: part-a restarted its instance (pid {pid_a} -> {new_pid}) while cut off and buffered {} observations",
+            buffered.len()
+        );
+        Some(buffered)
+    } else {
+        None
+    };
+
+    // Heal.
+    let healed_at = Instant::now();
+    match &lab.netns {
+        Some(netns) => netns.heal(),
+        None => lab.agent("part-a").signal(Signal::SIGCONT),
+    }
+    lab.cli.wait_liveness(&["part-a"], "reachable");
+    println!(
+        "partition test: part-a reachable again {:?} after the heal",
+        healed_at.elapsed()
+    );
+    let new_pid = a.wait_one_instance("lab", "svc", &[pid_a]);
+    // Every buffered observation arrives once, in order; the instance is healthy again.
+    let events = wait_until("the crash and the recovery of part-a on the timeline", PATIENCE, || {
+        let events = lab.cli.timeline(&[])?;
+        if let Some(buffered) = &buffered {
+            check_delivered(&events, "part-a", "lab/svc", slot, buffered)?;
+        }
+        let after: Vec<&Event> = transitions(&events, "part-a", "lab/svc", slot)
+            .into_iter()
+            .filter(|e| e.seq() > before_cut)
+            .collect();
+        let exited = after.iter().position(|e| e.data_str("state") == "exited");
+        let healthy = after.iter().rposition(|e| e.data_str("status") == "healthy");
+        match (exited, healthy) {
+            (Some(e), Some(h)) if e < h => Ok(events),
+            _ => Err(format!("transitions since the cut:\n{}", show(&after))),
+        }
+    });
+    let all = transitions(&events, "part-a", "lab/svc", slot);
+    assert_no_duplicates(&all);
+    assert_in_order(&all);
+    let after: Vec<&Event> = all.iter().copied().filter(|e| e.seq() > before_cut).collect();
+    let states: Vec<&str> = after.iter().map(|e| e.data_str("state")).collect();
+    assert_eq!(
+        states.iter().filter(|s| **s == "exited").count(),
+        1,
+        "one crash, one exited:\n{}",
+        show(&after)
+    );
+    assert_eq!(
+        states.first(),
+        Some(&"unknown"),
+        "marked unknown first:\n{}",
+        show(&after)
+    );
+    let crash_details: Vec<&Event> = events
+        .iter()
+        .filter(|e| e.kind() == "instance.detail" && e.host() == "part-a" && e.seq() > before_cut)
+        .filter(|e| e.data_str("state") == "exited" && e.data("signal").as_i64() == Some(9))
+        .collect();
+    assert_eq!(crash_details.len(), 1, "{}", show(&crash_details));
+    assert_details_once(&events);
+    // Only the cut host was unreachable, once.
+    let unreachable: Vec<&Event> = events.iter().filter(|e| e.kind() == "host.unreachable").collect();
+    assert!(
+        unreachable.len() == 1 && unreachable[0].host() == "part-a",
+        "{}",
+        show(&unreachable)
+    );
+    let reachable_again = events
+        .iter()
+        .any(|e| e.kind() == "host.reachable" && e.host() == "part-a" && e.seq() > unreachable[0].seq());
+    assert!(reachable_again, "no host.reachable after the heal");
+    // The other hosts' workloads were not touched.
+    assert_eq!(b.instance_pids("lab", "svc"), [others[0]]);
+    assert_eq!(c.instance_pids("lab", "svc"), [others[1]]);
+    assert_eq!(a.instance_pids("lab", "svc"), [new_pid]);
+    lab.wait_status("lab/svc 1.0.0 (3/3 ready)  healthy");
+    lab.finish();
+}
+
+// === 2. kill -9 of an agent ===
+
+#[test]
+fn kill_9_of_an_agent_loses_nothing_acknowledged() {
+    let mut lab = Lab::new(None, 0);
+    let binary = example_service(lab.root());
+    lab.add_agent("k9a-a", "zone=a", false);
+    lab.cli.wait_liveness(&["k9a-a"], "reachable");
+    let spec = write_spec(&lab.root().join("spec"), &[service("svc", &binary, "a")]);
+    lab.cli.apply(&spec, &["--timeout", "90s"], 0);
+    let home = lab.home("k9a-a").clone();
+    let first = home.wait_one_instance("lab", "svc", &[]);
+    let slot = lab.slot("k9a-a", "lab/svc");
+    let instance = format!("lab/svc#{slot}");
+
+    // With the server frozen, nothing the agent sees now is acknowledged: the instance crashes,
+    // the agent restarts it, and all of that waits in its buffer when it is killed.
+    lab.server.proc.signal(Signal::SIGSTOP);
+    sigkill(first);
+    let second = home.wait_one_instance("lab", "svc", &[first]);
+    wait_until("the agent to buffer the crash and the restart", PATIENCE, || {
+        let states: Vec<String> = instance_states(&home.pending(), &instance)
+            .into_iter()
+            .map(|(_, state, _, _)| state)
+            .collect();
+        if states.contains(&"exited".to_owned()) && states.last().map(String::as_str) == Some("running") {
+            Ok(())
+        } else {
+            Err(format!("{states:?}"))
+        }
+    });
+    lab.agent("k9a-a").kill9();
+    let pending = home.pending();
+    assert!(alive(second), "the instance died with its agent");
+    lab.server.proc.signal(Signal::SIGCONT);
+    lab.cli.wait_liveness(&["k9a-a"], "unreachable");
+    // The thawed server may have stored some of them from the dead connection (their ack was
+    // lost): the restarted agent sends them again, and the server must drop those.
+    let stored_before_restart = instance_states(&pending, &instance)
+        .iter()
+        .filter(|(_, state, at, _)| {
+            transitions(&lab.timeline(), "k9a-a", "lab/svc", slot)
+                .iter()
+                .any(|e| e.data_str("state") == state && e.time_ms() == *at)
+        })
+        .count();
+
+    // The same data directory: the agent is the same host without a join token, stops what its
+    // predecessor left running, restarts its instances and resends what was not acknowledged.
+    lab.restart_agent("k9a-a");
+    lab.cli.wait_liveness(&["k9a-a"], "reachable");
+    let third = home.wait_one_instance("lab", "svc", &[first, second]);
+    assert!(!alive(second), "the leftover instance of the killed agent still runs");
+    lab.wait_status("lab/svc 1.0.0 (1/1 ready)  healthy");
+    let events = wait_until("the buffered observations on the timeline", PATIENCE, || {
+        let events = lab.cli.timeline(&[])?;
+        check_delivered(&events, "k9a-a", "lab/svc", slot, &pending)?;
+        Ok(events)
+    });
+    println!(
+        "kill -9 agent: {} unacknowledged observations ({stored_before_restart} of its state changes stored from the dead connection) resent, each stored once; instance pid {first} -> {second} (orphaned) -> {third}",
+        pending.len()
+    );
+    assert_no_duplicates(&transitions(&events, "k9a-a", "lab/svc", slot));
+    assert_details_once(&events);
+    // The agent did not need a new enrolment, and the change is still the converged one.
+    let log = std::fs::read_to_string(&home.log).unwrap_or_default();
+    assert_eq!(log.matches("Enrolled.").count(), 1, "{log}");
+    let changes: Vec<&Event> = events.iter().filter(|e| e.kind().starts_with("change.")).collect();
+    assert_eq!(
+        changes.last().map(|e| e.kind()),
+        Some("change.converged"),
+        "{}",
+        show(&changes)
+    );
+    assert_eq!(home.instance_pids("lab", "svc"), [third], "one process per instance");
+    lab.finish();
+}
+
+// === 3. kill -9 of the server ===
+
+#[test]
+fn kill_9_of_the_server_mid_work_loses_nothing_acknowledged() {
+    // The agents know the agent listener's address from their enrolment: the restarted server
+    // must listen there again.
+    let agent_port = free_port("127.0.0.1");
+    let mut lab = Lab::new(None, agent_port);
+    let binary = example_service(lab.root());
+    let crash = script(lab.root(), "crash.sh", "#!/bin/sh\nsleep 1\nexit 3\n");
+    lab.add_agent("k9s-a", "zone=a", false);
+    lab.add_agent("k9s-b", "zone=b", false);
+    lab.cli.wait_liveness(&["k9s-a", "k9s-b"], "reachable");
+    let steady = service("steady", &binary, "a, b");
+    let spec = write_spec(&lab.root().join("spec"), std::slice::from_ref(&steady));
+    lab.cli.apply(&spec, &["--timeout", "90s"], 0);
+    let names = ["k9s-a", "k9s-b"];
+    let homes: Vec<AgentHome> = names.iter().map(|n| lab.home(n).clone()).collect();
+    let steady_pids: Vec<i32> = homes
+        .iter()
+        .map(|h| h.wait_one_instance("lab", "steady", &[]))
+        .collect();
+
+    // A crash-looping component keeps observations flowing.
+    let spec = write_spec(
+        &lab.root().join("spec"),
+        &[steady, script_component("flappy", &crash, "a, b", true)],
+    );
+    lab.cli.apply(&spec, &["--no-wait"], 0);
+    wait_until("flappy to crash twice on each host", PATIENCE, || {
+        let events = lab.cli.timeline(&["--kind", "instance.detail"])?;
+        let counts: Vec<usize> = names
+            .iter()
+            .map(|h| {
+                events
+                    .iter()
+                    .filter(|e| e.host() == *h && e.component() == "lab/flappy" && e.data_str("state") == "exited")
+                    .count()
+            })
+            .collect();
+        if counts.iter().all(|n| *n >= 2) {
+            Ok(())
+        } else {
+            Err(format!("{counts:?}"))
+        }
+    });
+    let before = lab.timeline();
+    lab.server.proc.kill9();
+    let killed_ms = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap();
+
+    // What the agents hold as acknowledged is in the store: its last seq per agent is at least
+    // theirs (acks in flight have arrived by now).
+    std::thread::sleep(Duration::from_secs(1));
+    let acked: Vec<u64> = homes.iter().map(AgentHome::acked_seq).collect();
+    let stored = last_seqs(&lab.root().join("server").join("endstate.db"), &names);
+    for ((name, acked), stored) in names.iter().zip(&acked).zip(&stored) {
+        assert!(
+            stored >= acked,
+            "{name}: the agent holds seq {acked} as acknowledged, the store has {stored}"
+        );
+        assert!(*acked > 0, "{name} had nothing acknowledged");
+    }
+    // The agents go on without the server: flappy crashes on, into their buffers.
+    let pending: Vec<Vec<serde_json::Value>> = homes
+        .iter()
+        .map(|home| {
+            wait_until(
+                &format!("{} to buffer flappy without the server", home.name),
+                PATIENCE,
+                || {
+                    let pending = home.pending();
+                    let since_kill = pending
+                        .iter()
+                        .filter(|o| o["observed"]["kind"] == "instance_state")
+                        .filter(|o| o["at_unix_ms"].as_i64().unwrap_or(0) > killed_ms)
+                        .count();
+                    if since_kill > 0 {
+                        Ok(pending)
+                    } else {
+                        Err(format!("{} pending", pending.len()))
+                    }
+                },
+            )
+        })
+        .collect();
+
+    // The server comes back on the same data directory and agent address.
+    lab.server = start_server(
+        lab.root(),
+        &lab.root().join("server"),
+        "127.0.0.1",
+        &format!("127.0.0.1:{agent_port}"),
+    );
+    assert_eq!(lab.server.admin_token, None, "the admin token is created once");
+    lab.cli.url = lab.server.url.clone();
+    lab.cli.wait_liveness(&names, "reachable");
+    let slots: Vec<u64> = names.iter().map(|n| lab.slot(n, "lab/flappy")).collect();
+    let events = wait_until("the buffered observations on the timeline", PATIENCE, || {
+        let events = lab.cli.timeline(&[])?;
+        for ((name, slot), pending) in names.iter().zip(&slots).zip(&pending) {
+            check_delivered(&events, name, "lab/flappy", *slot, pending)?;
+        }
+        Ok(events)
+    });
+    // Nothing acknowledged was lost: every event seen before the kill is there, unchanged.
+    let after: BTreeMap<u64, &Event> = events.iter().map(|e| (e.seq(), e)).collect();
+    for event in &before {
+        let now = after.get(&event.seq()).map(|e| &e.0);
+        assert_eq!(
+            now,
+            Some(&event.0),
+            "event {} changed or vanished after the restart",
+            event.seq()
+        );
+    }
+    // Exactly once: no transition twice, and flappy's crashes counted without a hole or a repeat.
+    for (name, slot) in names.iter().zip(&slots) {
+        for (component, slot) in [("lab/flappy", *slot), ("lab/steady", lab.slot(name, "lab/steady"))] {
+            assert_no_duplicates(&transitions(&events, name, component, slot));
+        }
+        let mut restarts: Vec<u64> = events
+            .iter()
+            .filter(|e| e.kind() == "instance.detail" && e.host() == *name && e.component() == "lab/flappy")
+            .filter(|e| e.data_str("state") == "exited")
+            .filter_map(|e| e.data("restarts").as_u64())
+            .collect();
+        restarts.sort_unstable();
+        let expected: Vec<u64> = (0..restarts.len() as u64).collect();
+        assert_eq!(restarts, expected, "{name}: the exits of flappy, by restart count");
+    }
+    assert_details_once(&events);
+    // The workloads ran on: the same processes as before the kill.
+    for (home, pid) in homes.iter().zip(&steady_pids) {
+        assert_eq!(
+            home.instance_pids("lab", "steady"),
+            [*pid],
+            "{} restarted steady",
+            home.name
+        );
+    }
+    println!(
+        "kill -9 server: acked {acked:?} <= stored {stored:?}; {} observations buffered meanwhile, each stored once",
+        pending.iter().map(Vec::len).sum::<usize>()
+    );
+    lab.finish();
+}
+
+/// The last stored seq of each agent, read from the server's database (the server is down).
+fn last_seqs(db: &Path, hosts: &[&str]) -> Vec<u64> {
+    use endstate_store::Store;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let store = endstate_store::SqliteStore::open(db).unwrap();
+        let mut out = Vec::new();
+        for host in hosts {
+            let agent = store
+                .get_agent(&endstate_types::HostName((*host).to_owned()))
+                .await
+                .unwrap()
+                .unwrap();
+            out.push(agent.last_seq);
+        }
+        store.close().await;
+        out
+    })
+}
+
+// === 4. a crashing instance ===
+
+#[test]
+fn instance_crash_is_known_to_the_server() {
+    let mut lab = Lab::new(None, 0);
+    let binary = example_service(lab.root());
+    lab.add_agent("crash-a", "zone=a", false);
+    lab.cli.wait_liveness(&["crash-a"], "reachable");
+    let spec = write_spec(&lab.root().join("spec"), &[service("svc", &binary, "a")]);
+    lab.cli.apply(&spec, &["--timeout", "90s"], 0);
+    let home = lab.home("crash-a").clone();
+    let first = home.wait_one_instance("lab", "svc", &[]);
+    let slot = lab.slot("crash-a", "lab/svc");
+    let before = lab.last_seq();
+
+    sigkill(first);
+    let events = wait_until("the crash on the timeline", PATIENCE, || {
+        let events = lab.cli.timeline(&["--host", "crash-a"])?;
+        let exited = transitions(&events, "crash-a", "lab/svc", slot)
+            .iter()
+            .any(|e| e.seq() > before && e.data_str("state") == "exited");
+        let detail = events.iter().any(|e| {
+            e.seq() > before
+                && e.kind() == "instance.detail"
+                && e.data_str("state") == "exited"
+                && e.data("signal").as_i64() == Some(9)
+        });
+        if exited && detail {
+            Ok(events)
+        } else {
+            Err(format!("exited: {exited}, detail with signal 9: {detail}"))
+        }
+    });
+    let detail = events
+        .iter()
+        .find(|e| e.seq() > before && e.kind() == "instance.detail" && e.data_str("state") == "exited")
+        .unwrap();
+    assert!(detail.summary().contains("signal 9"), "{detail}");
+    let second = home.wait_one_instance("lab", "svc", &[first]);
+    lab.wait_status("lab/svc 1.0.0 (1/1 ready)  healthy");
+    let events = lab.timeline();
+    let all = transitions(&events, "crash-a", "lab/svc", slot);
+    assert_no_duplicates(&all);
+    assert_in_order(&all);
+    assert_details_once(&events);
+    println!("instance crash: pid {first} killed, the agent started pid {second}");
+    lab.finish();
+}
+
+// === 5. bad input ===
+
+/// A tiny HTTP server on loopback answering every request with `body`; counts the requests.
+struct Artifacts {
+    url: String,
+    requests: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Artifacts {
+    fn serve(body: &'static [u8]) -> Artifacts {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (requests, stop) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicBool::new(false)));
+        let (count, stopping) = (Arc::clone(&requests), Arc::clone(&stop));
+        let thread = std::thread::spawn(move || {
+            while !stopping.load(Ordering::Relaxed) {
+                let Ok((mut stream, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                };
+                let _ = stream.set_nonblocking(false);
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut request = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut chunk) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                count.fetch_add(1, Ordering::Relaxed);
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(head.as_bytes());
+                let _ = stream.write_all(body);
+            }
+        });
+        Artifacts {
+            url,
+            requests,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Artifacts {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[test]
+fn bad_input_through_real_agents_breaks_nothing_else() {
+    let mut lab = Lab::new(None, 0);
+    let binary = example_service(lab.root());
+    lab.add_agent("bad-a", "zone=a", false);
+    lab.cli.wait_liveness(&["bad-a"], "reachable");
+    let home = lab.home("bad-a").clone();
+    let good = service("good", &binary, "a");
+    let spec_dir = lab.root().join("spec");
+    write_spec(&spec_dir, std::slice::from_ref(&good));
+    lab.cli.apply(&spec_dir, &["--timeout", "90s"], 0);
+    let good_pid = home.wait_one_instance("lab", "good", &[]);
+
+    let artifacts = Artifacts::serve(b"this is not the artifact whose sha256 the spec names\n");
+    let badsum = format!(
+        "apiVersion: endstate/v1\nkind: Component\nname: badsum\nsystem: lab\nartifact:\n  version: \"1.0.0\"\n  url: {}/badsum\n  sha256: {}\ncommand: badsum\nplacement:\n  selector: {{ zone: [a] }}\n  count: {{ per_host: 1 }}\n",
+        artifacts.url,
+        "ab".repeat(32)
+    );
+    let norack = format!(
+        "apiVersion: endstate/v1\nkind: Component\nname: norack\nsystem: lab\nartifact:\n  version: \"1.0.0\"\n  path: {}\ncommand: example-service\nargs: [\"--listen\", \"127.0.0.1:{{{{ ports.http }}}}\"]\nconfig_files:\n  - path: rack.conf\n    template: \"rack = {{{{ host.labels.rack }}}}\"\nports:\n  - name: http\nplacement:\n  selector: {{ zone: [a] }}\n  count: {{ per_host: 1 }}\n",
+        binary.display()
+    );
+    let stubborn_script = script(
+        lab.root(),
+        "stubborn.sh",
+        "#!/bin/sh\n# Ignores SIGTERM (so do its children): only SIGKILL ends it.\ntrap '' TERM\nwhile :; do sleep 1; done\n",
+    );
+    let stubborn = script_component("stubborn", &stubborn_script, "a", false);
+    write_spec(&spec_dir, &[good.clone(), badsum, norack, stubborn]);
+    lab.cli.apply(&spec_dir, &["--no-wait"], 0);
+
+    // The artifact whose sha256 does not match never runs; the timeline says why.
+    let events = wait_until(
+        "spawn_failed of badsum and instance.unassignable of norack",
+        PATIENCE,
+        || {
+            let events = lab.cli.timeline(&[])?;
+            let failed = events.iter().find(|e| {
+                e.kind() == "instance.detail"
+                    && e.host() == "bad-a"
+                    && e.component() == "lab/badsum"
+                    && e.data_str("state") == "spawn_failed"
+            });
+            let unassignable = events
+                .iter()
+                .find(|e| e.kind() == "instance.unassignable" && e.summary().contains("lab/norack"));
+            match (failed, unassignable) {
+                (Some(failed), Some(unassignable)) => Ok((failed.clone(), unassignable.clone(), events)),
+                _ => Err(format!("spawn_failed: {failed:?}, unassignable: {unassignable:?}")),
+            }
+        },
+    );
+    let (failed, unassignable, events) = events;
+    let detail = failed.data_str("detail");
+    assert!(
+        detail.contains("sha256") && detail.contains(&"ab".repeat(32)),
+        "the detail names the sha256 mismatch: {failed}"
+    );
+    assert!(unassignable.summary().contains("host.labels.rack"), "{unassignable}");
+    assert!(
+        artifacts.requests.load(Ordering::Relaxed) >= 1,
+        "the agent never fetched the artifact"
+    );
+    let stubborn_pid = home.wait_one_instance("lab", "stubborn", &[]);
+    // Nothing else suffered: the good instance runs on, the agent and the server too.
+    assert_eq!(home.instance_pids("lab", "good"), [good_pid]);
+    assert!(home.instance_pids("lab", "badsum").is_empty());
+    assert!(home.instance_pids("lab", "norack").is_empty());
+    let ran = events.iter().any(|e| {
+        e.kind() == "instance.transitioned" && e.component() == "lab/badsum" && e.data_str("state") == "running"
+    });
+    assert!(!ran, "badsum ran");
+    assert!(lab.agent("bad-a").running(), "the agent died");
+    assert!(lab.server.proc.running(), "the server died");
+    println!("bad input: {}\nbad input: {}", failed.summary(), unassignable.summary());
+
+    // Removing the component that ignores SIGTERM: it is killed after its stop grace.
+    write_spec(&spec_dir, std::slice::from_ref(&good));
+    let removed_at = Instant::now();
+    lab.cli.apply(&spec_dir, &["--timeout", "90s"], 0);
+    wait_until(
+        "the process that ignores SIGTERM to be killed",
+        Duration::from_secs(40),
+        || {
+            let left = home.instance_pids("lab", "stubborn");
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{left:?}"))
+            }
+        },
+    );
+    let took = removed_at.elapsed();
+    assert!(!alive(stubborn_pid));
+    assert!(
+        took >= Duration::from_secs(9),
+        "killed after {took:?}, before its 10 s grace"
+    );
+    wait_until("the SIGKILL on the timeline", PATIENCE, || {
+        let events = lab.cli.timeline(&["--kind", "instance.detail"])?;
+        events
+            .iter()
+            .find(|e| e.component() == "lab/stubborn" && e.data_str("state") == "stopped")
+            .filter(|e| e.data_str("detail").contains("SIGKILL"))
+            .map(|_| ())
+            .ok_or_else(|| format!("{} details", events.len()))
+    });
+    println!("bad input: the process ignoring SIGTERM was gone {took:?} after its removal was applied");
+    assert_eq!(home.instance_pids("lab", "good"), [good_pid]);
+    assert!(home.instance_pids("lab", "badsum").is_empty());
+    assert!(lab.agent("bad-a").running(), "the agent died");
+    drop(artifacts);
+    lab.finish();
+}
