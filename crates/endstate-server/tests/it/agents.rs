@@ -16,7 +16,7 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use crate::fake_agent::{
     FakeAgent, Identity, client_config, enrol, enrol_request, enrol_with, events, foreign_cert, hello, host_view,
-    install_crypto, join_token, now_ms, problem, wait_for_event, wait_for_liveness,
+    install_crypto, instance_state, join_token, now_ms, problem, wait_for_event, wait_for_liveness,
 };
 use crate::{TestServer, submit_request, wait_for_change};
 
@@ -860,5 +860,52 @@ async fn only_the_host_asked_answers_a_logs_request() {
     assert_eq!(response.status(), 200);
     let logs: LogsView = response.json().await.unwrap();
     assert_eq!(logs.stdout, "genuine");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_retired_run_of_an_older_generation_does_not_change_the_instance_state() {
+    let server = agent_server().await;
+    let identity = enrol(&server, "web-1", &[]).await;
+    let mut agent = FakeAgent::join(&identity).await;
+    let at = |seq: u64, generation: u64, state: InstanceStateWord, version: &str| {
+        let mut observation = instance_state(seq, WEB, state);
+        if let Observed::InstanceState(change) = &mut observation.observed {
+            change.generation = endstate_types::Generation(generation);
+            change.version = version.to_owned();
+        }
+        observation
+    };
+    // Start-before-stop: generation 2's run is running before generation 1's run is stopped.
+    let batch = FromAgent::Observations(Observations {
+        observations: vec![
+            at(1, 1, InstanceStateWord::Running, "1.0"),
+            at(2, 2, InstanceStateWord::Starting, "2.0"),
+            at(3, 2, InstanceStateWord::Running, "2.0"),
+            at(4, 1, InstanceStateWord::Stopping, "1.0"),
+            at(5, 1, InstanceStateWord::Stopped, "1.0"),
+        ],
+    });
+    agent.send(&batch).await;
+    let acked = agent
+        .recv_until("an ack", |m| match m {
+            FromServer::Ack(ack) => Some(ack.up_to_seq),
+            _ => None,
+        })
+        .await;
+    assert_eq!(acked, 5);
+    let previous = events(&server, "instance.previous_run", Some("web-1")).await;
+    assert_eq!(previous.len(), 2, "the old run's stop is recorded: {previous:#?}");
+    assert!(
+        previous.iter().all(|e| e.summary.contains("1.0 at generation g1")),
+        "{previous:#?}"
+    );
+    let transitions = events(&server, "instance.transitioned", Some("web-1")).await;
+    let states: Vec<&str> = transitions
+        .iter()
+        .rev()
+        .map(|e| e.data["state"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(states, ["running", "starting", "running"], "{transitions:#?}");
     server.stop().await;
 }
