@@ -9,7 +9,7 @@
 //!   jittered backoff.
 //! - [`runtime`]: the [`Runtime`], the agent's reconciler. It applies the server's
 //!   `DesiredInstances` (newer generations only, persisted first): installs artifacts, prepares a
-//!   fresh run directory per assignment, starts, replaces (stop-then-start) and stops instances on
+//!   fresh run directory per assignment, starts, replaces (start-before-stop where the server allows it, else stop-then-start) and stops instances on
 //!   the supervisor, probes their health, samples their memory and CPU, and reports all of it as
 //!   protocol observations. At start it kills what a previous agent left running and restarts the
 //!   last accepted set.

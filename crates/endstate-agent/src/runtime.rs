@@ -24,11 +24,14 @@
 //! people; [`Runtime::shutdown`] when the agent stops.
 //!
 //! Tasks and channels:
-//! - One **worker** task per instance owns its current run. [`Runtime::apply`] only hands it the
-//!   latest assignment through a `watch` and returns; the worker installs the artifact, prepares
-//!   the run directory, stops the old run, starts the new one and starts its health loop. A newer
-//!   apply supersedes an older one in progress: an install or a backoff in progress is abandoned
-//!   (the cache removes partial downloads) and the worker goes on with the newest assignment.
+//! - One **worker** task per instance owns its current run (and, during a start-first
+//!   replacement, the new run beside it). [`Runtime::apply`] only hands it the latest assignment
+//!   through a `watch` and returns; the worker installs the artifact, prepares the run directory,
+//!   stops the old run and starts the new one (or starts the new one beside the old one, waits for
+//!   it to be healthy and then stops the old one), and starts the health loops. A newer apply
+//!   supersedes an older one in progress: an install, a backoff or a start-first replacement not
+//!   healthy yet is abandoned (the cache removes partial downloads; the new run is stopped) and the
+//!   worker goes on with the newest assignment.
 //! - One **bookkeeper** subscribes to the [`Supervisor`]'s events. It never waits: it updates the
 //!   state of the run (for [`Runtime::actual`]) and the set of live process groups under short
 //!   `std` locks, and queues the observation without waiting (`try_send`).
@@ -49,10 +52,27 @@
 //!   (temporary file, fsync, rename, directory fsync) **before** anything is acted on.
 //! - **Reconciliation.** Instances missing from the set are stopped. New ones are installed and
 //!   started. One whose assignment changed in any field (artifact, command, args, env, config files,
-//!   ports, health, stop grace) is replaced: the new artifact is installed and the new run directory
-//!   prepared while the old run keeps running, then the old run is stopped, then the new one
-//!   started (stop-then-start). An instance whose assignment is unchanged is not touched, even by a
-//!   new generation: it keeps running, and keeps the generation it was started from.
+//!   ports, health, stop grace, upgrade order) is replaced: the new artifact is installed and the
+//!   new run directory prepared while the old run keeps running, then, in the order the new
+//!   assignment's `upgrade` asks:
+//!   - `stop_first` (the default): the old run is stopped, then the new one started.
+//!   - `start_first`, when the old run is `running`: the new run is started **beside** the old one
+//!     (under its own supervisor id, in its own run directory; the server gave it ports of its
+//!     own), and the old run keeps running until the new one is healthy (with a probe: its
+//!     [`HealthTracker`] verdict is healthy; without one: it is running). Then the old run is
+//!     retired: its health loop ended, its process group stopped, its logs forgotten. A new run
+//!     that never gets healthy (a crash loop with backoff, a failing probe) is supervised as any
+//!     run and the old one keeps serving for as long as it takes. A newer assignment that arrives
+//!     meanwhile abandons the new run (it is stopped first) and is handled from the old run as
+//!     usual. When the old run is not running (it crash-loops, say), there is nothing to keep
+//!     serving and the replacement is stop-then-start.
+//!
+//!   An instance whose assignment is unchanged is not touched, even by a new generation: it keeps
+//!   running, and keeps the generation it was started from. The one exception: an old run whose
+//!   start-first replacement was abandoned for a newer set that asks for the old run's assignment
+//!   again is kept, and re-announced (an `instance_state` of its current state, and its health
+//!   afresh) with the newer set's generation, which it reports from then on: the server saw the
+//!   abandoned run's newer generation and ignores the observations of older ones.
 //! - **Runs.** A run executes `command` (absolute, or relative to the installed version directory:
 //!   artifacts are single files, so command `example-service` with artifact `bin/example-service`
 //!   runs `<version dir>/example-service`) with exactly the assignment's `args` and `env`, in a new
@@ -79,6 +99,15 @@
 //!   always reported (even when a quick restart never crossed the unhealthy threshold); without
 //!   one, "running is healthy": `healthy: true` when it runs, `healthy: false` when it exits.
 //!   Every detail is cut to [`MAX_DETAIL_BYTES`].
+//! - **Two runs of one instance** (a start-first replacement in progress). Both report their
+//!   `instance_state` changes, each with its own generation and version (the server ignores the
+//!   older generation's). Health and resources are an instance's, not a run's, so only the new run
+//!   reports them from its start: the old run is not probed any more and its "running is healthy"
+//!   changes (its `healthy: false` when it stops) are not reported. [`Runtime::actual`] and
+//!   [`Runtime::logs`] show the new run from its start as well: it is what the server's desired
+//!   set asks for, and its generation is the one the server keeps for the instance. When the new
+//!   run is abandoned, the old run reports its health again (afresh, so the first verdict is
+//!   reported) and is what `actual` and `logs` show.
 //! - **Resources.** Every `resource_interval`, each running instance's whole process group is
 //!   measured: the resident memory (`VmRSS` of `/proc/<pid>/status`) and the CPU time (`utime +
 //!   stime` of `/proc/<pid>/stat`, converted with `sysconf(_SC_CLK_TCK)`, or 100 per second when
@@ -108,14 +137,21 @@
 //!
 //! # Caveats
 //!
-//! - **Replacement is stop-then-start**: the instance is down between the stop of the old run and
-//!   the readiness of the new one. Start-before-stop needs the new run to listen on distinct ports
-//!   (allocated by the server) and a switch of traffic; not done yet.
+//! - **A `stop_first` replacement** leaves the instance down between the stop of the old run and
+//!   the readiness of the new one. **A `start_first` one** relies on the server for distinct
+//!   ports (the runtime does not check them) and does not switch traffic: whatever routes to the
+//!   instance must follow its ports. Without a probe, "healthy" is "running": a new run that is
+//!   spawned and then crashes counts as healthy the moment it runs, and the old run is stopped.
+//!   With a probe, the old run is stopped as soon as the new one's verdict is healthy, even if the
+//!   new one's health turns bad later.
+//! - While a start-first replacement waits, the old run's own health is not watched: if it goes
+//!   bad, nothing reports it (its state changes still are).
 //! - A run directory is per generation and assignment and is started empty: an agent restarted
 //!   at the same generation starts its instances from fresh directories. Durable instance data
 //!   does not belong there (volumes are not modelled yet).
 //! - A replaced or removed run is forgotten by the supervisor with its logs: [`Runtime::logs`]
-//!   shows the current run only (across its restarts).
+//!   shows the current run only (across its restarts); during a start-first replacement, the new
+//!   one.
 //! - Health probes start one interval after the start. Probe and resource intervals are at least
 //!   100 ms whatever is asked.
 //! - A process group is recorded after its spawn is observed: an agent killed in that instant (or
@@ -142,7 +178,7 @@ use endstate_agent_proto::limits::MAX_DETAIL_BYTES;
 use endstate_agent_proto::{
     ActualInstance, ArtifactSource, DesiredInstances, FromServer, GenerationDecision, HealthProbe, HealthResult,
     IgnoreReason, InstanceAssignment, InstanceId, InstanceStateChange, InstanceStateWord, Observed, ProtoError,
-    ResourceUse, accept_generation, encode,
+    ResourceUse, UpgradeOrder, accept_generation, encode,
 };
 use endstate_types::{Generation, validate_name};
 use nix::sys::signal::{Signal, killpg};
@@ -225,7 +261,7 @@ pub struct ApplySummary {
     pub generation: Generation,
     /// New instances, to install and start.
     pub started: Vec<InstanceId>,
-    /// Instances whose assignment changed, to replace (stop-then-start).
+    /// Instances whose assignment changed, to replace (in the order their `upgrade` asks).
     pub replaced: Vec<InstanceId>,
     /// Instances no longer in the set, to stop.
     pub stopped: Vec<InstanceId>,
@@ -339,22 +375,88 @@ struct Run {
     /// The supervisor's id, unique for the life of the runtime: `<instance> run <n>`.
     key: String,
     instance: InstanceId,
-    generation: Generation,
     version: String,
     /// Whether a health loop decides its health (else running is healthy).
     probed: bool,
+    /// Whether the process, as it is now, is healthy (with a probe: the health loop's verdict on
+    /// it; without one: it is running). What a start-first replacement waits for.
+    healthy_now: watch::Sender<bool>,
     state: Mutex<RunState>,
 }
 
 #[derive(Debug)]
 struct RunState {
+    /// The generation it reports: the one it was started from, unless it was re-announced.
+    generation: Generation,
     word: InstanceStateWord,
     /// The pid while it runs.
     pid: Option<u32>,
     /// The group recorded in `groups.json`, until its members are gone.
     pgid: Option<u32>,
     starts: u32,
+    /// Without a probe: the health last counted (running is healthy).
     healthy: bool,
+    /// Whether it reports the instance's health and resources: false for an old run while its
+    /// start-first replacement runs beside it.
+    reporting: bool,
+    /// Bumped when the run reports again or is re-announced: its health loop counts afresh.
+    epoch: u64,
+}
+
+impl Run {
+    /// Whether the run reports health and resources. Turned back on, the health is counted afresh
+    /// (without a probe, the current health is reported at once).
+    fn set_reporting(&self, shared: &Shared, reporting: bool) {
+        let mut run_state = lock(&self.state);
+        if run_state.reporting == reporting {
+            return;
+        }
+        run_state.reporting = reporting;
+        if reporting {
+            run_state.epoch += 1;
+            if let Some(health) = self.unprobed_health(&mut run_state) {
+                // Under the lock, so no later change of this run is queued before it.
+                shared.observe_now(health);
+            }
+        }
+    }
+
+    /// Reports the run's current state again, as a run of `generation` from now on, and counts
+    /// its health afresh.
+    fn announce(&self, shared: &Shared, generation: Generation, detail: String) {
+        let mut run_state = lock(&self.state);
+        run_state.generation = generation;
+        run_state.reporting = true;
+        run_state.epoch += 1;
+        shared.observe_now(Observed::InstanceState(InstanceStateChange {
+            instance: self.instance.clone(),
+            generation,
+            state: run_state.word,
+            version: self.version.clone(),
+            pid: run_state.pid,
+            exit_code: None,
+            signal: None,
+            restarts: run_state.starts.saturating_sub(1),
+            detail: bounded(detail),
+        }));
+        if let Some(health) = self.unprobed_health(&mut run_state) {
+            shared.observe_now(health);
+        }
+    }
+
+    /// Without a probe, the health observation of the run as it is now ("running is healthy").
+    fn unprobed_health(&self, run_state: &mut RunState) -> Option<Observed> {
+        if self.probed {
+            return None;
+        }
+        let running = run_state.word == InstanceStateWord::Running;
+        run_state.healthy = running;
+        Some(Observed::Health(HealthResult {
+            instance: self.instance.clone(),
+            healthy: running,
+            detail: unprobed_detail(run_state.word),
+        }))
+    }
 }
 
 /// The latest assignment of an instance, and the generation it came with.
@@ -378,7 +480,8 @@ struct WorkerHandle {
 /// What a worker is doing, for [`Runtime::actual`] and [`Runtime::logs`].
 #[derive(Debug, Default)]
 struct WorkerStatus {
-    /// The run it supervises now, if any.
+    /// The run that stands for the instance now, if any: the current run, or the start-first
+    /// replacement beside it from its start.
     run: Option<Arc<Run>>,
     /// A target it is installing or failed to install (the current run, if any, keeps running).
     pending: Option<Pending>,
@@ -430,10 +533,12 @@ struct HealthPlan {
     unhealthy_after: u32,
 }
 
-/// The run a worker supervises.
+/// A run a worker supervises.
 struct Current {
     run: Arc<Run>,
     target: Arc<Target>,
+    /// Its run directory.
+    work_dir: PathBuf,
     /// Dropping it ends the health loop.
     _health: Option<watch::Sender<()>>,
 }
@@ -441,6 +546,16 @@ struct Current {
 /// Why a worker woke up.
 enum Wake {
     /// A new target, or a retry was asked, or a delay passed.
+    Again,
+    /// The runtime is gone: stop and end.
+    Gone,
+}
+
+/// How a wait for a start-first replacement to be healthy ended.
+enum Replacement {
+    /// It is healthy: the old run can go.
+    Healthy,
+    /// A new target: see whether the replacement is still wanted.
     Again,
     /// The runtime is gone: stop and end.
     Gone,
@@ -581,7 +696,9 @@ impl Runtime {
 
     /// Every instance supervised now, in id order: its current run (generation, version, state,
     /// pid), or, before its first run, `starting` (installing) or `spawn_failed`. An instance being
-    /// replaced shows its old run until it is stopped.
+    /// replaced stop-first shows its old run until it is stopped; one being replaced start-first
+    /// shows its new run from its start (what the server asked for), and its old run again only if
+    /// the new one is abandoned.
     pub async fn actual(&self) -> Vec<ActualInstance> {
         let statuses: Vec<(InstanceId, Arc<Mutex<WorkerStatus>>)> = lock(&self.inner.workers)
             .iter()
@@ -594,7 +711,7 @@ impl Runtime {
                 let run_state = lock(&run.state);
                 actual.push(ActualInstance {
                     instance,
-                    generation: run.generation,
+                    generation: run_state.generation,
                     version: run.version.clone(),
                     state: run_state.word,
                     pid: run_state.pid,
@@ -612,7 +729,8 @@ impl Runtime {
         actual
     }
 
-    /// The stdout and stderr tails of an instance's current run (across its restarts).
+    /// The stdout and stderr tails of an instance's current run (across its restarts): the run
+    /// [`Runtime::actual`] shows.
     ///
     /// # Errors
     ///
@@ -863,9 +981,17 @@ impl Shared {
                 }
             };
             run_state.word = word;
+            if word == InstanceStateWord::Running {
+                // Without a probe, running is healthy; with one, the health loop decides.
+                if !run.probed {
+                    run.healthy_now.send_replace(true);
+                }
+            } else {
+                run.healthy_now.send_replace(false);
+            }
             out.push(Observed::InstanceState(InstanceStateChange {
                 instance: run.instance.clone(),
-                generation: run.generation,
+                generation: run_state.generation,
                 state: word,
                 version: run.version.clone(),
                 pid,
@@ -874,21 +1000,19 @@ impl Shared {
                 restarts: run_state.starts.saturating_sub(1),
                 detail: bounded(detail),
             }));
-            // Without a probe, running is healthy.
+            // Without a probe, running is healthy (reported by the run that reports the
+            // instance's health; an old run being replaced beside its successor does not).
             if !run.probed {
                 let running = word == InstanceStateWord::Running;
                 if running != run_state.healthy {
                     run_state.healthy = running;
-                    let detail = if running {
-                        "running (no health probe)".to_owned()
-                    } else {
-                        format!("not running ({})", word_name(word))
-                    };
-                    out.push(Observed::Health(HealthResult {
-                        instance: run.instance.clone(),
-                        healthy: running,
-                        detail,
-                    }));
+                    if run_state.reporting {
+                        out.push(Observed::Health(HealthResult {
+                            instance: run.instance.clone(),
+                            healthy: running,
+                            detail: unprobed_detail(word),
+                        }));
+                    }
                 }
             }
         }
@@ -980,7 +1104,9 @@ async fn sampler(shared: Arc<Shared>) {
             .values()
             .filter_map(|run| {
                 let run_state = lock(&run.state);
-                let pid = run_state.pid.filter(|_| run_state.word == InstanceStateWord::Running)?;
+                let pid = run_state
+                    .pid
+                    .filter(|_| run_state.word == InstanceStateWord::Running && run_state.reporting)?;
                 Some((run.instance.clone(), i32::try_from(pid).ok()?))
             })
             .collect();
@@ -1012,7 +1138,8 @@ async fn sampler(shared: Arc<Shared>) {
 async fn health_loop(shared: Arc<Shared>, run: Arc<Run>, plan: HealthPlan, mut cancel: watch::Receiver<()>) {
     let instance = run.instance.clone();
     let mut tracker = HealthTracker::new(plan.healthy_after, plan.unhealthy_after);
-    let mut starts = 0;
+    // The process (starts) and the reporting period (epoch) the tracker counts for.
+    let mut counted = (0, 0);
     loop {
         tokio::select! {
             () = sleep(plan.interval) => {}
@@ -1021,21 +1148,42 @@ async fn health_loop(shared: Arc<Shared>, run: Arc<Run>, plan: HealthPlan, mut c
         // A restarted process starts unknown: the server forgets the health of an instance that
         // exits, so the first verdict on the new process must be reported even when it is the
         // same as the old one's (a quick restart is not seen as a failure by the thresholds).
-        let now_starts = lock(&run.state).starts;
-        if now_starts != starts {
-            starts = now_starts;
+        // Likewise when the run reports again after another run of the instance reported.
+        let (now, reporting) = {
+            let run_state = lock(&run.state);
+            ((run_state.starts, run_state.epoch), run_state.reporting)
+        };
+        if now != counted {
+            counted = now;
             tracker = HealthTracker::new(plan.healthy_after, plan.unhealthy_after);
+        }
+        if !reporting {
+            // An old run beside its replacement: the instance's health is the new run's.
+            continue;
         }
         // A probe is not interrupted: it ends within its timeout and kills what it started.
         let result = health::probe(&plan.probe, plan.timeout).await;
         if cancel.has_changed().is_err() {
             return;
         }
+        let (same_period, running_as_probed) = {
+            let run_state = lock(&run.state);
+            (
+                run_state.epoch == counted.1 && run_state.reporting,
+                run_state.starts == counted.0 && run_state.word == InstanceStateWord::Running,
+            )
+        };
+        if !same_period {
+            // Muted or re-announced during the probe: the next tick counts afresh.
+            continue;
+        }
         let healthy = match tracker.observe(result.ok) {
             Some(HealthState::Healthy) => true,
             Some(HealthState::Unhealthy) => false,
             Some(HealthState::Unknown) | None => continue,
         };
+        // What a start-first replacement waits for: a verdict on the process running now.
+        run.healthy_now.send_replace(healthy && running_as_probed);
         shared
             .observe(Observed::Health(HealthResult {
                 instance: instance.clone(),
@@ -1060,6 +1208,8 @@ fn spawn_worker(shared: &Arc<Shared>, workers: &Workers, id: InstanceId, target:
         status: Arc::clone(&status),
         workers: Arc::downgrade(workers),
         current: None,
+        next: None,
+        reported: None,
     };
     WorkerHandle {
         desired,
@@ -1069,7 +1219,7 @@ fn spawn_worker(shared: &Arc<Shared>, workers: &Workers, id: InstanceId, target:
     }
 }
 
-/// The task that owns one instance's run.
+/// The task that owns one instance's runs.
 struct Worker {
     shared: Arc<Shared>,
     id: InstanceId,
@@ -1077,7 +1227,12 @@ struct Worker {
     retry: Arc<Notify>,
     status: Arc<Mutex<WorkerStatus>>,
     workers: Weak<Mutex<BTreeMap<InstanceId, WorkerHandle>>>,
+    /// The run that serves.
     current: Option<Current>,
+    /// A start-first replacement running beside `current` until it is healthy.
+    next: Option<Current>,
+    /// The newest generation of a run this worker started (what the server last heard of).
+    reported: Option<Generation>,
 }
 
 impl Worker {
@@ -1086,6 +1241,7 @@ impl Worker {
         loop {
             let target = self.desired.borrow_and_update().clone();
             let Some(target) = target else {
+                self.retire_next().await;
                 self.retire().await;
                 lock(&self.status).pending = None;
                 if self.leave() {
@@ -1093,6 +1249,21 @@ impl Worker {
                 }
                 continue;
             };
+            if let Some(next) = &self.next {
+                if next.target.assignment == target.assignment {
+                    // The replacement under way is still what is wanted.
+                    match self.await_next().await {
+                        Replacement::Healthy => {
+                            self.promote().await;
+                            continue;
+                        }
+                        Replacement::Again => continue,
+                        Replacement::Gone => break,
+                    }
+                }
+                debug!(instance = %self.id, "Superseded before the start-first replacement was healthy.");
+                self.abandon_next().await;
+            }
             if self
                 .current
                 .as_ref()
@@ -1101,6 +1272,7 @@ impl Worker {
                 // Up to date (for instance after a revert during an install).
                 lock(&self.status).pending = None;
                 failures = 0;
+                self.adopt(&target);
                 match self.wait(None).await {
                     Wake::Again => continue,
                     Wake::Gone => break,
@@ -1152,6 +1324,13 @@ impl Worker {
                         Wake::Gone => break,
                     }
                 }
+                Ok(prepared) if self.starts_beside(&target) => {
+                    failures = 0;
+                    // The top of the loop waits for it to be healthy (or abandons it).
+                    if !self.start_next(target, prepared).await {
+                        break;
+                    }
+                }
                 Ok(prepared) => {
                     failures = 0;
                     self.retire().await;
@@ -1166,6 +1345,7 @@ impl Worker {
             }
         }
         // The runtime is gone (or shutting down).
+        self.retire_next().await;
         self.retire().await;
         lock(&self.status).pending = None;
     }
@@ -1188,6 +1368,23 @@ impl Worker {
         }
     }
 
+    /// Waits for the start-first replacement to be healthy, or for a new target.
+    async fn await_next(&mut self) -> Replacement {
+        let Some(next) = &self.next else {
+            return Replacement::Again;
+        };
+        let mut healthy = next.run.healthy_now.subscribe();
+        tokio::select! {
+            biased;
+            changed = self.desired.changed() => match changed {
+                Ok(()) => Replacement::Again,
+                Err(_) => Replacement::Gone,
+            },
+            // The run holds the sender: this cannot fail while `next` is kept.
+            _ = healthy.wait_for(|healthy| *healthy) => Replacement::Healthy,
+        }
+    }
+
     /// Removes this worker from the runtime unless it was given a new target meanwhile. Returns
     /// whether the worker should end.
     fn leave(&self) -> bool {
@@ -1203,22 +1400,154 @@ impl Worker {
         true
     }
 
-    /// Starts a prepared run. Returns false when the supervisor is gone.
+    /// Whether `target` replaces the current run start-first: it asks for it and there is a
+    /// running run to keep serving meanwhile.
+    fn starts_beside(&self, target: &Target) -> bool {
+        target.assignment.upgrade == UpgradeOrder::StartFirst
+            && self
+                .current
+                .as_ref()
+                .is_some_and(|current| lock(&current.run.state).word == InstanceStateWord::Running)
+    }
+
+    /// Starts a prepared run as the current one (nothing else runs). Returns false when the
+    /// supervisor is gone.
     async fn start(&mut self, target: Arc<Target>, prepared: Prepared) -> bool {
+        let Some(started) = self.launch(target, prepared).await else {
+            return false;
+        };
+        {
+            let mut status = lock(&self.status);
+            status.run = Some(Arc::clone(&started.run));
+            status.pending = None;
+        }
+        let work_dir = started.work_dir.clone();
+        self.current = Some(started);
+        self.remove_stale_run_dirs(work_dir).await;
+        true
+    }
+
+    /// Starts a prepared run beside the current one, as the run the instance reports from now on.
+    /// Returns false when the supervisor is gone.
+    async fn start_next(&mut self, target: Arc<Target>, prepared: Prepared) -> bool {
+        let Some(started) = self.launch(target, prepared).await else {
+            return false;
+        };
+        if let Some(current) = &self.current {
+            current.run.set_reporting(&self.shared, false);
+            info!(instance = %self.id, old = %current.run.key, new = %started.run.key, "Started a replacement beside the running run; the old run stops once the new one is healthy.");
+        }
+        {
+            let mut status = lock(&self.status);
+            status.run = Some(Arc::clone(&started.run));
+            status.pending = None;
+        }
+        let work_dir = started.work_dir.clone();
+        self.next = Some(started);
+        self.remove_stale_run_dirs(work_dir).await;
+        true
+    }
+
+    /// Removes the run directories of the slot but `newest` and the [`KEEP_OTHER_RUN_DIRS`] newest
+    /// others, except those of the runs this worker supervises.
+    async fn remove_stale_run_dirs(&self, newest: PathBuf) {
+        let Some(slot_dir) = newest.parent().map(Path::to_owned) else {
+            return;
+        };
+        let live: Vec<PathBuf> = self
+            .current
+            .iter()
+            .chain(&self.next)
+            .map(|run| run.work_dir.clone())
+            .collect();
+        let removed = tokio::task::spawn_blocking(move || {
+            let stale = state::stale_run_dirs(&slot_dir, &newest, KEEP_OTHER_RUN_DIRS);
+            let mut n_removed = 0;
+            for dir in stale.iter().filter(|dir| !live.contains(dir)) {
+                match std::fs::remove_dir_all(dir) {
+                    Ok(()) => n_removed += 1,
+                    Err(error) => warn!(dir = %dir.display(), %error, "Could not remove an old run directory."),
+                }
+            }
+            n_removed
+        })
+        .await;
+        debug!(instance = %self.id, removed = ?removed, "Old run directories removed.");
+    }
+
+    /// The start-first replacement is healthy: it becomes the current run and the old one goes.
+    async fn promote(&mut self) {
+        let Some(next) = self.next.take() else {
+            return;
+        };
+        info!(instance = %self.id, run = %next.run.key, "The start-first replacement is healthy; retiring the old run.");
+        if let Some(old) = self.current.replace(next) {
+            self.retire_run(old).await;
+        }
+    }
+
+    /// Stops the start-first replacement (superseded before it was healthy): the old run is the
+    /// instance's again.
+    async fn abandon_next(&mut self) {
+        let Some(next) = self.next.take() else {
+            return;
+        };
+        // Its last changes (stopping, stopped) are not the instance's health any more.
+        next.run.set_reporting(&self.shared, false);
+        if let Some(current) = &self.current {
+            lock(&self.status).run = Some(Arc::clone(&current.run));
+        }
+        info!(instance = %self.id, run = %next.run.key, "Abandoning the start-first replacement.");
+        self.retire_run(next).await;
+        if let Some(current) = &self.current {
+            current.run.set_reporting(&self.shared, true);
+        }
+    }
+
+    /// The current run is what `target` asks for. When the server heard of a newer run of this
+    /// instance since (a start-first replacement, abandoned), the current run is re-announced
+    /// with the target's generation: the server ignores observations of older generations.
+    fn adopt(&mut self, target: &Arc<Target>) {
+        let Some(current) = &mut self.current else {
+            return;
+        };
+        let generation = lock(&current.run.state).generation;
+        if self.reported.is_none_or(|reported| reported <= generation) {
+            return;
+        }
+        info!(instance = %self.id, run = %current.run.key, from = %generation, to = %target.generation, "Keeping the run: its replacement was abandoned for its own assignment.");
+        current.run.announce(
+            &self.shared,
+            target.generation,
+            format!(
+                "kept from generation {generation}: its replacement was abandoned for generation {}",
+                target.generation
+            ),
+        );
+        current.target = Arc::clone(target);
+        self.reported = Some(target.generation);
+    }
+
+    /// Starts a run under a new supervisor id, with its health loop. None when the supervisor is
+    /// gone.
+    async fn launch(&mut self, target: Arc<Target>, prepared: Prepared) -> Option<Current> {
         let n = self.shared.next_run.fetch_add(1, Ordering::Relaxed);
         let key = format!("{} run {n}", self.id);
         let run = Arc::new(Run {
             key: key.clone(),
             instance: self.id.clone(),
-            generation: target.generation,
             version: target.assignment.artifact.version.clone(),
             probed: prepared.health.is_some(),
+            healthy_now: watch::Sender::new(false),
             state: Mutex::new(RunState {
+                generation: target.generation,
                 word: InstanceStateWord::Starting,
                 pid: None,
                 pgid: None,
                 starts: 0,
                 healthy: false,
+                reporting: true,
+                epoch: 0,
             }),
         });
         let work_dir = prepared.spec.work_dir.clone();
@@ -1228,48 +1557,42 @@ impl Worker {
         if let Err(error) = self.shared.supervisor.start(spec).await {
             lock(&self.shared.runs).remove(&key);
             warn!(instance = %self.id, %error, "Could not start the instance.");
-            return false;
+            return None;
         }
         info!(instance = %self.id, generation = %target.generation, version = %run.version, dir = %work_dir.display(), "Instance run started.");
+        self.reported = self.reported.max(Some(target.generation));
         let health = prepared.health.map(|plan| {
             let (cancel, cancel_rx) = watch::channel(());
             tokio::spawn(health_loop(Arc::clone(&self.shared), Arc::clone(&run), plan, cancel_rx));
             cancel
         });
-        {
-            let mut status = lock(&self.status);
-            status.run = Some(Arc::clone(&run));
-            status.pending = None;
-        }
-        self.current = Some(Current {
+        Some(Current {
             run,
             target,
+            work_dir,
             _health: health,
-        });
-        if let Some(slot_dir) = work_dir.parent().map(Path::to_owned) {
-            let removed = tokio::task::spawn_blocking(move || {
-                let stale = state::stale_run_dirs(&slot_dir, &work_dir, KEEP_OTHER_RUN_DIRS);
-                for dir in &stale {
-                    if let Err(error) = std::fs::remove_dir_all(dir) {
-                        warn!(dir = %dir.display(), %error, "Could not remove an old run directory.");
-                    }
-                }
-                stale.len()
-            })
-            .await;
-            debug!(instance = %self.id, removed = ?removed, "Old run directories removed.");
-        }
-        true
+        })
     }
 
     /// Stops the current run, if any (its health loop first), and forgets it.
     async fn retire(&mut self) {
-        let Some(current) = self.current.take() else {
-            return;
-        };
+        if let Some(current) = self.current.take() {
+            self.retire_run(current).await;
+        }
+    }
+
+    /// Stops the start-first replacement, if any, and forgets it.
+    async fn retire_next(&mut self) {
+        if let Some(next) = self.next.take() {
+            self.retire_run(next).await;
+        }
+    }
+
+    /// Stops a run (its health loop first) and forgets it.
+    async fn retire_run(&self, retired: Current) {
         let Current {
             run, _health: health, ..
-        } = current;
+        } = retired;
         drop(health);
         let supervisor = &self.shared.supervisor;
         if let Err(error) = supervisor.stop(&run.key).await {
@@ -1277,7 +1600,7 @@ impl Worker {
         }
         let _ = supervisor.forget(&run.key).await;
         let mut status = lock(&self.status);
-        if status.run.as_ref().is_some_and(|current| Arc::ptr_eq(current, &run)) {
+        if status.run.as_ref().is_some_and(|shown| Arc::ptr_eq(shown, &run)) {
             status.run = None;
         }
         info!(instance = %self.id, run = %run.key, "Instance run stopped.");
@@ -1624,6 +1947,15 @@ fn bounded(mut text: String) -> String {
     text.truncate(end);
     text.push_str("...");
     text
+}
+
+/// The detail of a health observation of a run without a probe.
+fn unprobed_detail(word: InstanceStateWord) -> String {
+    if word == InstanceStateWord::Running {
+        "running (no health probe)".to_owned()
+    } else {
+        format!("not running ({})", word_name(word))
+    }
 }
 
 fn word_name(word: InstanceStateWord) -> &'static str {

@@ -19,10 +19,10 @@ use axum::routing::get;
 use endstate_agent::{ApplyOutcome, RestartPolicy, Runtime, RuntimeConfig, RuntimeError};
 use endstate_agent_proto::{
     ActualInstance, Artifact, ArtifactSource, ConfigFile, DesiredInstances, HealthProbe, IgnoreReason,
-    InstanceAssignment, InstanceId, InstanceStateChange, InstanceStateWord, Observed, Probe,
+    InstanceAssignment, InstanceId, InstanceStateChange, InstanceStateWord, Observed, Probe, UpgradeOrder,
 };
 use endstate_types::Generation;
-use nix::sys::signal::{Signal, killpg};
+use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
@@ -196,9 +196,35 @@ fn assignment(id: &str, version: &str, path: &str) -> InstanceAssignment {
         ports: BTreeMap::new(),
         health: None,
         stop_grace_ms: 5000,
-        upgrade: endstate_agent_proto::UpgradeOrder::StopFirst,
+        upgrade: UpgradeOrder::StopFirst,
     }
 }
+
+/// An exec probe that passes once the file `ready` exists in the run directory.
+fn ready_probe(unhealthy_after: u32) -> HealthProbe {
+    HealthProbe {
+        probe: Probe::Exec {
+            command: "test".to_owned(),
+            args: vec!["-f".to_owned(), "ready".to_owned()],
+        },
+        interval_ms: 100,
+        timeout_ms: 2000,
+        healthy_after: 1,
+        unhealthy_after,
+    }
+}
+
+/// An assignment probed by [`ready_probe`], replaced start-first.
+fn start_first(id: &str, version: &str, path: &str) -> InstanceAssignment {
+    InstanceAssignment {
+        health: Some(ready_probe(1)),
+        upgrade: UpgradeOrder::StartFirst,
+        ..assignment(id, version, path)
+    }
+}
+
+/// A program that is ready at once: it creates `ready` in its run directory.
+const READY_AT_ONCE: &str = "echo \"started $0 in $(pwd)\"\ntouch ready\nexec sleep 1000";
 
 fn desired(generation: u64, instances: Vec<InstanceAssignment>) -> DesiredInstances {
     DesiredInstances {
@@ -392,6 +418,307 @@ async fn a_newer_generation_replaces_a_changed_instance() {
         (actual[0].generation, actual[0].version.as_str(), actual[0].pid),
         (Generation(2), "2.0", Some(new_pid))
     );
+    agent.runtime.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_first_keeps_the_old_run_until_the_new_one_is_healthy() {
+    let mut agent = Agent::start().await;
+    let id = "shop/web#0";
+    let v1 = start_first(id, "1.0", &agent.script("ready-at-once", READY_AT_ONCE));
+    let v2 = start_first(id, "2.0", &agent.script("ready-later", SLEEPER));
+    agent.apply(desired(1, vec![v1])).await;
+    let (first, running) = agent.observed.state(id, InstanceStateWord::Running, Some(1), 0).await;
+    let old_pid = running.pid.unwrap();
+    agent.observed.health(id, true, first).await;
+
+    let summary = applied(agent.apply(desired(2, vec![v2])).await);
+    assert_eq!(summary.replaced, ids(&[id]));
+    let (new_start, _) = agent.observed.state(id, InstanceStateWord::Starting, Some(2), 0).await;
+    let (new_running, running) = agent
+        .observed
+        .state(id, InstanceStateWord::Running, Some(2), new_start)
+        .await;
+    let new_pid = running.pid.unwrap();
+    assert!(!group_is_gone(old_pid), "the old run serves while the new one starts");
+    // The new run has no `ready` yet: its probe says unhealthy, and the old run is kept.
+    let (unhealthy, _) = agent.observed.health(id, false, new_start).await;
+    assert!(
+        !group_is_gone(old_pid),
+        "the old run serves while the new one is unhealthy"
+    );
+    agent.observed.drain();
+    let old_words: Vec<InstanceStateWord> = agent
+        .observed
+        .states_of(id)
+        .iter()
+        .filter(|change| change.generation == Generation(1))
+        .map(|change| change.state)
+        .collect();
+    assert_eq!(old_words, [InstanceStateWord::Starting, InstanceStateWord::Running]);
+    // The instance is the new run from its start: what the desired set asks for.
+    assert_eq!(
+        agent.runtime.actual().await,
+        [ActualInstance {
+            instance: InstanceId(id.to_owned()),
+            generation: Generation(2),
+            version: "2.0".to_owned(),
+            state: InstanceStateWord::Running,
+            pid: Some(new_pid),
+        }]
+    );
+    eventually("the logs are the new run's", async || {
+        log_contains(&agent.runtime, id, "ready-later").await
+    })
+    .await;
+    assert!(!log_contains(&agent.runtime, id, "ready-at-once").await);
+
+    // Healthy: the old run goes, and only then.
+    std::fs::write(cwd(new_pid).join("ready"), "").unwrap();
+    let (healthy, _) = agent.observed.health(id, true, unhealthy).await;
+    let (old_stopping, _) = agent.observed.state(id, InstanceStateWord::Stopping, Some(1), 0).await;
+    let (old_stopped, stopped) = agent.observed.state(id, InstanceStateWord::Stopped, Some(1), 0).await;
+    assert!(
+        new_running < old_stopping && unhealthy < old_stopping,
+        "{:#?}",
+        agent.observed.seen
+    );
+    assert!(old_stopping < old_stopped);
+    assert_eq!((stopped.generation, stopped.version.as_str()), (Generation(1), "1.0"));
+    assert!(group_is_gone(old_pid));
+    assert!(!group_is_gone(new_pid));
+    agent.observed.drain();
+    assert!(
+        agent
+            .observed
+            .states_of(id)
+            .iter()
+            .all(|change| change.generation == Generation(1) || change.state != InstanceStateWord::Stopping),
+        "the new run is left alone: {:#?}",
+        agent.observed.seen
+    );
+    // The old run's stop does not make the instance unhealthy.
+    assert!(
+        !agent.observed.seen[healthy..]
+            .iter()
+            .any(|observed| matches!(observed, Observed::Health(health) if !health.healthy)),
+        "{:#?}",
+        agent.observed.seen
+    );
+    let actual = agent.runtime.actual().await;
+    assert_eq!(
+        (actual[0].generation, actual[0].version.as_str(), actual[0].pid),
+        (Generation(2), "2.0", Some(new_pid))
+    );
+    agent.runtime.shutdown().await;
+    agent
+        .observed
+        .state(id, InstanceStateWord::Stopped, Some(2), new_running)
+        .await;
+    assert!(group_is_gone(new_pid));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_first_without_a_probe_replaces_once_the_new_run_runs() {
+    let mut agent = Agent::start().await;
+    let id = "shop/web#0";
+    let path = agent.script("service", SLEEPER);
+    let unprobed = |version: &str| InstanceAssignment {
+        upgrade: UpgradeOrder::StartFirst,
+        ..assignment(id, version, &path)
+    };
+    agent.apply(desired(1, vec![unprobed("1.0")])).await;
+    let (first, running) = agent.observed.state(id, InstanceStateWord::Running, Some(1), 0).await;
+    let old_pid = running.pid.unwrap();
+    agent.observed.health(id, true, first).await;
+
+    agent.apply(desired(2, vec![unprobed("2.0")])).await;
+    let (new_start, _) = agent.observed.state(id, InstanceStateWord::Starting, Some(2), 0).await;
+    let (new_running, running) = agent
+        .observed
+        .state(id, InstanceStateWord::Running, Some(2), new_start)
+        .await;
+    let (old_stopped, _) = agent.observed.state(id, InstanceStateWord::Stopped, Some(1), 0).await;
+    assert!(new_running < old_stopped, "{:#?}", agent.observed.seen);
+    assert!(group_is_gone(old_pid));
+    // The new run's "running is healthy", and nothing of the old run's stop.
+    agent.observed.health(id, true, new_start).await;
+    agent.observed.drain();
+    assert!(
+        !agent.observed.seen[new_start..]
+            .iter()
+            .any(|observed| matches!(observed, Observed::Health(health) if !health.healthy)),
+        "{:#?}",
+        agent.observed.seen
+    );
+    assert_eq!(agent.runtime.actual().await[0].pid, running.pid);
+    agent.runtime.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_first_abandoned_for_the_old_assignment_keeps_the_old_run() {
+    let mut agent = Agent::start().await;
+    let id = "shop/web#0";
+    let v1 = start_first(id, "1.0", &agent.script("ready-at-once", READY_AT_ONCE));
+    // A replacement that crash-loops: it never gets healthy.
+    let v2 = start_first(id, "2.0", &agent.script("crash", "echo crashing\nexit 3"));
+    agent.apply(desired(1, vec![v1.clone()])).await;
+    let (first, running) = agent.observed.state(id, InstanceStateWord::Running, Some(1), 0).await;
+    let old_pid = running.pid.unwrap();
+    agent.observed.health(id, true, first).await;
+
+    agent.apply(desired(2, vec![v2])).await;
+    // Restarted by the supervisor, with backoff, while the old run keeps serving.
+    let (again, _) = agent
+        .observed
+        .wait("the replacement restarted twice", 0, |observed| {
+            change(observed).is_some_and(|change| {
+                change.generation == Generation(2)
+                    && change.state == InstanceStateWord::Starting
+                    && change.restarts >= 2
+            })
+        })
+        .await;
+    agent
+        .observed
+        .state(id, InstanceStateWord::BackingOff, Some(2), 0)
+        .await;
+    assert!(
+        !group_is_gone(old_pid),
+        "the old run serves while the new one crash-loops"
+    );
+    assert!(
+        agent
+            .observed
+            .states_of(id)
+            .iter()
+            .all(|change| change.generation != Generation(1)
+                || !matches!(change.state, InstanceStateWord::Stopping | InstanceStateWord::Stopped)),
+        "{:#?}",
+        agent.observed.seen
+    );
+
+    // Back to the old assignment: the replacement is stopped, the old run kept.
+    let summary = applied(agent.apply(desired(3, vec![v1])).await);
+    assert_eq!(summary.replaced, ids(&[id]));
+    agent
+        .observed
+        .state(id, InstanceStateWord::Stopped, Some(2), again)
+        .await;
+    // Re-announced with generation 3 (the server ignores generation 1 after it heard of 2).
+    let (announced, change) = agent.observed.state(id, InstanceStateWord::Running, Some(3), 0).await;
+    assert_eq!((change.pid, change.version.as_str()), (Some(old_pid), "1.0"));
+    assert!(change.detail.contains("abandoned"), "{change:?}");
+    agent.observed.health(id, true, announced).await;
+    assert!(!group_is_gone(old_pid));
+    agent.observed.drain();
+    assert!(
+        agent.observed.states_of(id).iter().all(|change| change.version != "1.0"
+            || !matches!(change.state, InstanceStateWord::Stopping | InstanceStateWord::Stopped)),
+        "the old run was never stopped: {:#?}",
+        agent.observed.seen
+    );
+    assert_eq!(
+        agent.runtime.actual().await,
+        [ActualInstance {
+            instance: InstanceId(id.to_owned()),
+            generation: Generation(3),
+            version: "1.0".to_owned(),
+            state: InstanceStateWord::Running,
+            pid: Some(old_pid),
+        }]
+    );
+    eventually("the logs are the old run's again", async || {
+        log_contains(&agent.runtime, id, "ready-at-once").await
+    })
+    .await;
+
+    // It is replaced as any run later, and reports its new generation when it goes.
+    let v4 = start_first(id, "4.0", &agent.script("ready-at-once-4", READY_AT_ONCE));
+    agent.apply(desired(4, vec![v4])).await;
+    let (new_running, running) = agent.observed.state(id, InstanceStateWord::Running, Some(4), 0).await;
+    let (old_stopped, _) = agent.observed.state(id, InstanceStateWord::Stopped, Some(3), 0).await;
+    assert!(new_running < old_stopped);
+    assert!(group_is_gone(old_pid));
+    assert_eq!(agent.runtime.actual().await[0].pid, running.pid);
+    agent.runtime.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_first_abandoned_for_a_newer_version_replaces_the_old_run_with_it() {
+    let mut agent = Agent::start().await;
+    let id = "shop/web#0";
+    let v1 = start_first(id, "1.0", &agent.script("ready-at-once", READY_AT_ONCE));
+    let v2 = start_first(id, "2.0", &agent.script("ready-later", SLEEPER));
+    let v3 = start_first(id, "3.0", &agent.script("ready-at-once-3", READY_AT_ONCE));
+    agent.apply(desired(1, vec![v1])).await;
+    let (first, running) = agent.observed.state(id, InstanceStateWord::Running, Some(1), 0).await;
+    let old_pid = running.pid.unwrap();
+    agent.observed.health(id, true, first).await;
+
+    agent.apply(desired(2, vec![v2])).await;
+    let (pending, running) = agent.observed.state(id, InstanceStateWord::Running, Some(2), 0).await;
+    let pending_pid = running.pid.unwrap();
+    agent.observed.health(id, false, pending).await;
+
+    agent.apply(desired(3, vec![v3])).await;
+    let (pending_stopped, _) = agent.observed.state(id, InstanceStateWord::Stopped, Some(2), 0).await;
+    assert!(group_is_gone(pending_pid));
+    let (new_start, _) = agent.observed.state(id, InstanceStateWord::Starting, Some(3), 0).await;
+    let (new_running, running) = agent
+        .observed
+        .state(id, InstanceStateWord::Running, Some(3), new_start)
+        .await;
+    let new_pid = running.pid.unwrap();
+    agent.observed.health(id, true, new_start).await;
+    let (old_stopped, stopped) = agent.observed.state(id, InstanceStateWord::Stopped, Some(1), 0).await;
+    assert!(
+        pending_stopped < new_start && new_running < old_stopped,
+        "{:#?}",
+        agent.observed.seen
+    );
+    assert_eq!(stopped.version, "1.0");
+    assert!(group_is_gone(old_pid));
+    assert!(!group_is_gone(new_pid));
+    let actual = agent.runtime.actual().await;
+    assert_eq!(
+        (actual[0].generation, actual[0].version.as_str(), actual[0].pid),
+        (Generation(3), "3.0", Some(new_pid))
+    );
+    agent.runtime.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_reported_afresh_after_a_restart() {
+    let mut agent = Agent::start().await;
+    let id = "shop/web#0";
+    let probed = InstanceAssignment {
+        // Failures would have to be consecutive for a while: a quick restart never crosses it.
+        health: Some(ready_probe(1000)),
+        ..assignment(id, "1.0", &agent.script("ready-at-once", READY_AT_ONCE))
+    };
+    agent.apply(desired(1, vec![probed])).await;
+    let (first, running) = agent.observed.state(id, InstanceStateWord::Running, Some(1), 0).await;
+    agent.observed.health(id, true, first).await;
+
+    kill(
+        Pid::from_raw(i32::try_from(running.pid.unwrap()).unwrap()),
+        Signal::SIGKILL,
+    )
+    .unwrap();
+    let (exited, change) = agent
+        .observed
+        .state(id, InstanceStateWord::Exited, Some(1), first)
+        .await;
+    assert_eq!(change.signal, Some(9), "{change:?}");
+    let (_, again) = agent
+        .observed
+        .state(id, InstanceStateWord::Running, Some(1), exited)
+        .await;
+    assert_eq!(again.restarts, 1);
+    assert_ne!(again.pid, running.pid);
+    // `ready` is still there, so the probe never failed: only a fresh count reports it.
+    agent.observed.health(id, true, exited).await;
     agent.runtime.shutdown().await;
 }
 
