@@ -445,16 +445,23 @@ impl Session<'_> {
             }
             Observed::InstanceState(change) => {
                 let entry = live.entry(change.instance.0.clone()).or_default();
+                // A new process (a start, or a run of a newer generation) has no health verdict
+                // yet: the previous run's must not count for it.
+                let new_process = change.generation.0 > entry.generation
+                    || matches!(
+                        change.state,
+                        InstanceStateWord::Starting
+                            | InstanceStateWord::Exited
+                            | InstanceStateWord::Stopped
+                            | InstanceStateWord::SpawnFailed
+                    );
+                if new_process {
+                    entry.healthy = None;
+                }
                 entry.state = Some(change.state);
                 entry.version.clone_from(&change.version);
                 entry.generation = change.generation.0;
                 entry.restarts = change.restarts;
-                if matches!(
-                    change.state,
-                    InstanceStateWord::Exited | InstanceStateWord::Stopped | InstanceStateWord::SpawnFailed
-                ) {
-                    entry.healthy = None;
-                }
                 let status = status_of(change.state, entry.healthy);
                 if let Some(t) = self.transition(&change.instance.0, &change.version, change.state, status, at) {
                     transitions.push(t);
