@@ -441,3 +441,169 @@ pub struct LogsView {
     /// Likewise for stderr.
     pub stderr_total: u64,
 }
+
+/// The largest note, in bytes of UTF-8 (`POST /v1/systems/{name}/notes`).
+pub const MAX_NOTE_BYTES: usize = 4 * 1024;
+
+/// `GET /v1/systems/{name}/describe`: everything the person woken at night needs about one
+/// system on one screen. A view of its own rather than more fields on [`SystemView`]: that one
+/// is a recursive status tree returned for every system of a list, and contacts, links,
+/// actions, aggregates, instances and recent events would weigh on every node of it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SystemDescription {
+    /// The system's name.
+    pub name: String,
+    /// The revision this description was made from (the latest).
+    pub revision: u64,
+    /// What it is.
+    pub description: String,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+    /// Who owns it.
+    pub owners: Vec<String>,
+    /// Whom to escalate to, when declared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalation: Option<EscalationView>,
+    /// Dashboards, runbooks, repositories.
+    pub links: Vec<LinkView>,
+    /// Rules of engagement: the actions declared on this system and who may run them how.
+    pub actions: Vec<ActionRule>,
+    /// The rolled-up status of the system and its whole subtree, naming the leaf that decided it.
+    pub status: StatusView,
+    /// Its direct subsystems, each with its own rolled-up status.
+    pub subsystems: Vec<RelatedSystem>,
+    /// The aggregates it belongs to directly (many-to-many), each with its rolled-up status.
+    pub aggregates: Vec<RelatedSystem>,
+    /// Its own components (not its subsystems'), each with its instances per host.
+    pub components: Vec<ComponentInstances>,
+    /// The newest events of the system and its subsystems (at most 10), newest first.
+    pub recent_events: Vec<EventView>,
+}
+
+/// How to reach whom to escalate to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct EscalationView {
+    /// The contact (a person, a team, a rotation).
+    pub contact: String,
+    /// A pager address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pager: Option<String>,
+    /// A phone number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone: Option<String>,
+    /// An email address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    /// A page with more (the rotation, the escalation policy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+/// A link shown next to a system.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct LinkView {
+    /// What it is (`Dashboard`, `Runbook`).
+    pub title: String,
+    /// Where.
+    pub url: String,
+}
+
+/// One action of a system and its rule of engagement.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ActionRule {
+    /// The action's name.
+    pub name: String,
+    /// What it does.
+    pub description: String,
+    /// `direct` (anyone allowed to act on the system runs it), `approval` (a second person
+    /// approves each run) or `escalate` (only the escalation contact runs it).
+    pub engagement: String,
+    /// Whom to escalate to, for `escalate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalate_to: Option<String>,
+    /// What it runs on: `component system/name` or `hosts key=value,…`.
+    pub targets: String,
+}
+
+/// Another system, with its rolled-up status.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RelatedSystem {
+    /// Its name.
+    pub name: String,
+    /// Its rolled-up status.
+    pub status: StatusView,
+}
+
+/// A component with its instances.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ComponentInstances {
+    /// `system/component`.
+    pub key: String,
+    /// The declared version.
+    pub version: String,
+    /// How many instances the placement asks for on the known hosts.
+    pub desired_instances: u64,
+    /// How many run the declared version and are healthy.
+    pub ready_instances: u64,
+    /// Its status.
+    pub status: StatusView,
+    /// Its instances, desired and observed, by host and slot.
+    pub instances: Vec<InstanceView>,
+}
+
+/// `POST /v1/systems/{name}/notes`: a note on a system's timeline.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateNote {
+    /// The note: not blank, at most [`MAX_NOTE_BYTES`] bytes.
+    pub text: String,
+}
+
+/// `GET /v1/history?target=…`: "always broken, or did it just happen?" for a host or an
+/// instance, computed from its transitions on the timeline over the last 30 days.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct HistoryView {
+    /// The target as given, normalised: `host:NAME` or `system/component#slot@host`.
+    pub target: String,
+    /// `host` or `instance`.
+    pub kind: String,
+    /// When this was computed (RFC 3339); the windows end here.
+    pub now: String,
+    /// The current state: for a host `reachable`/`unreachable`, for an instance its last
+    /// status (`healthy`, `degraded`, `unhealthy`, `pending`, `unknown`); `unknown` without events.
+    pub current: String,
+    /// Whether it is failing now (an instance degraded or unhealthy, a host unreachable).
+    pub failing: bool,
+    /// When the current failure started (RFC 3339), while failing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failing_since: Option<String>,
+    /// When it first failed in the last 30 days (RFC 3339), if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_failed: Option<String>,
+    /// How many transitions (timeline events of the target) happened in the last 30 days.
+    pub transitions: u64,
+    /// The share of time failing over the last 24 hours, 7 days and 30 days.
+    pub unhealthy: Vec<UnhealthyShare>,
+    /// Whether it is flapping: at least 5 changes between healthy and failing in the last hour.
+    pub flapping: bool,
+    /// How many changes between healthy and failing happened in the last hour.
+    pub flips_last_hour: u64,
+    /// `chronic` (failing more than 50% of the observed last 7 days, or failing for more than
+    /// 24 hours now), `new` (failing now, not chronic) or `ok`.
+    pub label: String,
+}
+
+/// The share of one window a target spent failing, weighted by time.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct UnhealthyShare {
+    /// `24h`, `7d` or `30d`.
+    pub window: String,
+    /// Failing time over observed time, in percent (0 to 100); absent when nothing was observed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<f64>,
+    /// Seconds of the window whose state is known (before the first event, and while an
+    /// instance's host is unreachable, the state is unknown and not counted).
+    pub observed_s: u64,
+    /// Seconds of those spent failing.
+    pub failing_s: u64,
+}

@@ -82,8 +82,40 @@ pub(crate) enum Command {
         /// One system (with its subsystems and components); all top-level systems if absent.
         system: Option<String>,
     },
-    /// What happened: changes, decisions, state transitions, newest last.
+    /// Everything about one system on one screen: what it is, owners, whom to escalate to, links,
+    /// what operators may do (actions and their engagement), subsystems and the aggregates it
+    /// belongs to, its status with the leaf that decided it, its instances and its last events.
+    Describe {
+        /// The system.
+        system: String,
+    },
+    /// Add a note to a system's timeline (`note.added`, signed with your token's name), e.g.
+    /// `endstate note shop "failing over the DB, see INC-42"`. At most 4 KiB.
+    Note {
+        /// The system.
+        system: String,
+        /// What to note.
+        text: String,
+    },
+    /// What happened: changes, decisions, state transitions, notes, newest last.
+    ///
+    /// With `-o json` every event is printed as one JSON object per line (JSON lines), ready
+    /// for export: `endstate timeline shop --since 7d --limit 1000 -o json > shop.jsonl`.
     Timeline(TimelineArgs),
+    /// Always broken, or did it just happen? The history of a host or an instance over the last
+    /// 30 days, from its transitions on the timeline.
+    ///
+    /// TARGET is `host:NAME` or an instance `system/component#slot@host` (e.g.
+    /// `storefront/web#0@dev-a`). Shows the current state, since when it fails, when it first
+    /// failed, the number of transitions, the share of time failing over 24 h, 7 d and 30 d
+    /// (time before the first event and unknown time are not counted), whether it flaps (5 or
+    /// more changes between healthy and failing in the last hour), and a label: `chronic`
+    /// (failing more than half of the last 7 days, or failing for more than 24 h), `new`
+    /// (failing, not chronic) or `ok`.
+    History {
+        /// `host:NAME` or `system/component#slot@host`.
+        target: String,
+    },
     /// The hosts of the inventory with liveness, labels and instances; `hosts revoke HOST`.
     Hosts {
         #[command(subcommand)]
@@ -238,6 +270,12 @@ pub(crate) struct TimelineArgs {
     /// Only events about this host.
     #[arg(long)]
     pub(crate) host: Option<String>,
+    /// Only events about this component (`system/component`).
+    #[arg(long)]
+    pub(crate) component: Option<String>,
+    /// Only events done by this actor (a token's name, `server`, `agent:HOST`).
+    #[arg(long)]
+    pub(crate) actor: Option<String>,
     /// At most this many events (the newest).
     #[arg(long, default_value_t = 100)]
     pub(crate) limit: u32,

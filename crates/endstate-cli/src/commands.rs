@@ -327,12 +327,17 @@ pub(crate) async fn timeline(global: &Global, args: TimelineArgs) -> anyhow::Res
         system: args.system.clone(),
         kind: args.kind.clone(),
         host: args.host.clone(),
+        component: args.component.clone(),
+        actor: args.actor.clone(),
         since: args.since.clone(),
         until: args.until.clone(),
         limit: Some(args.limit),
         ..TimelineQuery::default()
     };
-    let page = client.timeline(&query).await?;
+    let page = match refused_or(client.timeline(&query)).await? {
+        Ok(page) => page,
+        Err(outcome) => return Ok(outcome),
+    };
     let mut events = page.items;
     events.reverse();
     for event in &events {
@@ -363,6 +368,64 @@ pub(crate) async fn timeline(global: &Global, args: TimelineArgs) -> anyhow::Res
                 println!("{}", render::event_line(&event, color()));
             }
         }
+    }
+    Ok(Outcome::Success)
+}
+
+/// Runs a read call; a refusal (problem details) is printed with the fields it names and ends
+/// the command as refused.
+async fn refused_or<T>(call: impl Future<Output = Result<T, ClientError>>) -> anyhow::Result<Result<T, Outcome>> {
+    match call.await {
+        Ok(value) => Ok(Ok(value)),
+        Err(error) if error.problem().is_some() => {
+            print_problem(&error);
+            Ok(Err(Outcome::Refused))
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// `endstate describe SYSTEM`
+pub(crate) async fn describe(global: &Global, system: &str) -> anyhow::Result<Outcome> {
+    let client = client(global)?;
+    let description = match refused_or(client.describe(system)).await? {
+        Ok(description) => description,
+        Err(outcome) => return Ok(outcome),
+    };
+    if global.output == Output::Json {
+        print_json(&description)?;
+    } else {
+        print!("{}", render::description(&description, color()));
+    }
+    Ok(Outcome::Success)
+}
+
+/// `endstate note SYSTEM TEXT`
+pub(crate) async fn note(global: &Global, system: &str, text: &str) -> anyhow::Result<Outcome> {
+    let client = client(global)?;
+    let event = match refused_or(client.add_note(system, text)).await? {
+        Ok(event) => event,
+        Err(outcome) => return Ok(outcome),
+    };
+    if global.output == Output::Json {
+        print_json(&event)?;
+    } else {
+        println!("{}", render::event_line(&event, color()));
+    }
+    Ok(Outcome::Success)
+}
+
+/// `endstate history TARGET`
+pub(crate) async fn history(global: &Global, target: &str) -> anyhow::Result<Outcome> {
+    let client = client(global)?;
+    let history = match refused_or(client.history(target)).await? {
+        Ok(history) => history,
+        Err(outcome) => return Ok(outcome),
+    };
+    if global.output == Output::Json {
+        print_json(&history)?;
+    } else {
+        print!("{}", render::history(&history, color()));
     }
     Ok(Outcome::Success)
 }

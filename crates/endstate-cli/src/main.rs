@@ -63,6 +63,9 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Apply(args) => commands::apply(global, args).await,
         Command::Status { system } => commands::status(global, system.as_deref()).await,
         Command::Timeline(args) => commands::timeline(global, args).await,
+        Command::Describe { system } => commands::describe(global, &system).await,
+        Command::Note { system, text } => commands::note(global, &system, &text).await,
+        Command::History { target } => commands::history(global, &target).await,
         Command::Hosts { action: None } => commands::hosts(global).await,
         Command::Hosts {
             action: Some(cli::HostsCommand::Revoke { host }),

@@ -112,3 +112,209 @@ pub(crate) fn hosts_table(hosts: &[HostView]) -> String {
     }
     out
 }
+
+/// `endstate describe`: one system on one screen, in the order the 3 a.m. questions come.
+pub(crate) fn description(d: &endstate_api::SystemDescription, color: bool) -> String {
+    let mut out = String::new();
+    let what = if d.description.is_empty() {
+        "(no description)"
+    } else {
+        d.description.as_str()
+    };
+    let _ = writeln!(out, "{}: {what}", d.name);
+    let _ = writeln!(
+        out,
+        "  status      {}{}",
+        paint(&d.status.status, color),
+        reason(&d.status)
+    );
+    if d.status.path.len() > 1 {
+        let _ = writeln!(out, "              decided by {}", d.status.path.join(" > "));
+    }
+    let labels: Vec<String> = d.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let _ = writeln!(out, "  labels      {}", none_if_empty(&labels.join(",")));
+    let _ = writeln!(out, "  owners      {}", none_if_empty(&d.owners.join(", ")));
+    match &d.escalation {
+        Some(e) => {
+            let mut line = e.contact.clone();
+            for (what, value) in [
+                ("pager", &e.pager),
+                ("phone", &e.phone),
+                ("email", &e.email),
+                ("url", &e.url),
+            ] {
+                if let Some(value) = value {
+                    let _ = write!(line, "  {what} {value}");
+                }
+            }
+            let _ = writeln!(out, "  escalation  {line}");
+        }
+        None => {
+            let _ = writeln!(out, "  escalation  (none declared)");
+        }
+    }
+    let _ = writeln!(out, "  revision    {}", d.revision);
+
+    let _ = writeln!(out, "\nLinks");
+    if d.links.is_empty() {
+        let _ = writeln!(out, "  (none)");
+    }
+    let width = d.links.iter().map(|l| l.title.len()).max().unwrap_or(0);
+    for link in &d.links {
+        let _ = writeln!(out, "  {:<width$}  {}", link.title, link.url);
+    }
+
+    let _ = writeln!(out, "\nRules of engagement");
+    if d.actions.is_empty() {
+        let _ = writeln!(out, "  (no actions declared)");
+    }
+    let width = d.actions.iter().map(|a| a.name.len()).max().unwrap_or(0);
+    for action in &d.actions {
+        let how = match action.engagement.as_str() {
+            "direct" => "direct: anyone who may act on the system".to_string(),
+            "approval" => "needs approval: a second person approves each run".to_string(),
+            "escalate" => format!(
+                "escalate only: run by {}",
+                action
+                    .escalate_to
+                    .as_deref()
+                    .or(d.escalation.as_ref().map(|e| e.contact.as_str()))
+                    .unwrap_or("the escalation contact")
+            ),
+            other => other.to_string(),
+        };
+        let _ = writeln!(out, "  {:<width$}  {how}; on {}", action.name, action.targets);
+        if !action.description.is_empty() {
+            let _ = writeln!(out, "  {:<width$}  {}", "", action.description);
+        }
+    }
+
+    let related = |title: &str, systems: &[endstate_api::RelatedSystem], empty: &str, out: &mut String| {
+        let _ = writeln!(out, "\n{title}");
+        if systems.is_empty() {
+            let _ = writeln!(out, "  {empty}");
+        }
+        let width = systems.iter().map(|s| s.name.len()).max().unwrap_or(0);
+        for system in systems {
+            let _ = writeln!(
+                out,
+                "  {:<width$}  {}{}",
+                system.name,
+                paint(&system.status.status, color),
+                reason(&system.status)
+            );
+        }
+    };
+    related("Subsystems", &d.subsystems, "(none)", &mut out);
+    related("Part of", &d.aggregates, "(none: a top-level system)", &mut out);
+
+    let _ = writeln!(out, "\nComponents");
+    if d.components.is_empty() {
+        let _ = writeln!(out, "  (none of its own)");
+    }
+    for component in &d.components {
+        let _ = writeln!(
+            out,
+            "  {} {} ({}/{} ready)  {}{}",
+            component.key,
+            component.version,
+            component.ready_instances,
+            component.desired_instances,
+            paint(&component.status.status, color),
+            reason(&component.status)
+        );
+        if component.instances.is_empty() {
+            let _ = writeln!(out, "    (no instances placed)");
+        }
+        for i in &component.instances {
+            let version = match &i.actual_version {
+                Some(actual) if actual != &i.desired_version => format!("{actual} (wants {})", i.desired_version),
+                Some(actual) => actual.clone(),
+                None => format!("- (wants {})", i.desired_version),
+            };
+            let since = if i.since.is_empty() {
+                String::new()
+            } else {
+                format!("  since {}", i.since)
+            };
+            let _ = writeln!(
+                out,
+                "    {} #{}  {}  {} {}{since}",
+                i.host,
+                i.slot,
+                version,
+                i.state,
+                paint(&i.status, color)
+            );
+        }
+    }
+
+    let _ = writeln!(out, "\nLast events (subtree, oldest first)");
+    if d.recent_events.is_empty() {
+        let _ = writeln!(out, "  (none)");
+    }
+    for event in d.recent_events.iter().rev() {
+        let _ = writeln!(out, "  {}", event_line(event, color));
+    }
+    out
+}
+
+fn none_if_empty(text: &str) -> &str {
+    if text.is_empty() { "(none)" } else { text }
+}
+
+/// `endstate history`: the answer to "always broken, or did it just happen?".
+pub(crate) fn history(h: &endstate_api::HistoryView, color: bool) -> String {
+    let mut out = String::new();
+    let label = if color {
+        let code = match h.label.as_str() {
+            "chronic" => "31",
+            "new" => "33",
+            _ => "32",
+        };
+        format!("\x1b[{code}m{}\x1b[0m", h.label)
+    } else {
+        h.label.clone()
+    };
+    let _ = writeln!(out, "{} ({}): {label}", h.target, h.kind);
+    let failing = match &h.failing_since {
+        Some(since) => format!(", failing since {since}"),
+        None if h.failing => ", failing".to_string(),
+        None => String::new(),
+    };
+    let _ = writeln!(
+        out,
+        "  now           {}{failing}",
+        paint_word(&h.current, h.failing, color)
+    );
+    let _ = writeln!(
+        out,
+        "  first failed  {}",
+        h.first_failed.as_deref().unwrap_or("not in the last 30 days")
+    );
+    let _ = writeln!(out, "  transitions   {} in the last 30 days", h.transitions);
+    let shares: Vec<String> = h
+        .unhealthy
+        .iter()
+        .map(|s| match s.percent {
+            Some(p) => format!("{} {p:.2}%", s.window),
+            None => format!("{} -", s.window),
+        })
+        .collect();
+    let _ = writeln!(out, "  failing       {}  (of the time observed)", shares.join("   "));
+    let _ = writeln!(
+        out,
+        "  flapping      {} ({} change(s) between healthy and failing in the last hour; 5 or more is flapping)",
+        if h.flapping { "yes" } else { "no" },
+        h.flips_last_hour
+    );
+    out
+}
+
+fn paint_word(word: &str, bad: bool, color: bool) -> String {
+    if color && bad {
+        format!("\x1b[31m{word}\x1b[0m")
+    } else {
+        word.to_string()
+    }
+}

@@ -6,8 +6,9 @@ pub mod spec_dir;
 use std::time::Duration;
 
 use endstate_api::{
-    ChangeView, CreateJoinToken, CreateToken, CreatedJoinToken, CreatedToken, Document, EventView, HostView, LogsView,
-    Page, PlanRequest, PlanResponse, Problem, RevisionView, SubmitResponse, SubmitRevision, SystemView,
+    ChangeView, CreateJoinToken, CreateNote, CreateToken, CreatedJoinToken, CreatedToken, Document, EventView,
+    HistoryView, HostView, LogsView, Page, PlanRequest, PlanResponse, Problem, RevisionView, SubmitResponse,
+    SubmitRevision, SystemDescription, SystemView,
 };
 use futures_util::{Stream, StreamExt};
 use serde::Serialize;
@@ -72,6 +73,12 @@ pub struct TimelineQuery {
     /// Only events about this host.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// Only events about this component (`system/component`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub component: Option<String>,
+    /// Only events done by this actor (a token's name, `server`, `agent:HOST`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
     /// RFC 3339 or a duration back from now (`1h`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub since: Option<String>,
@@ -87,6 +94,11 @@ pub struct TimelineQuery {
     /// At most this many events.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<u32>,
+}
+
+/// A path segment, percent-encoded (a name with `/` or `?` must not become another route).
+fn segment(text: &str) -> String {
+    form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }
 
 /// A connection to one endstate server with one token.
@@ -231,6 +243,34 @@ impl Client {
     /// As the server says (404 for an unknown system).
     pub async fn system(&self, name: &str) -> Result<SystemView, ClientError> {
         self.get(&format!("/v1/systems/{name}")).await
+    }
+
+    /// Everything about one system on one screen (`endstate describe`).
+    ///
+    /// # Errors
+    /// As the server says (404 for an unknown system).
+    pub async fn describe(&self, name: &str) -> Result<SystemDescription, ClientError> {
+        self.get(&format!("/v1/systems/{}/describe", segment(name))).await
+    }
+
+    /// Adds a note to a system's timeline; returns the stored event.
+    ///
+    /// # Errors
+    /// As the server says (400 naming `text` when it is blank or too long, 404 for an unknown system).
+    pub async fn add_note(&self, system: &str, text: &str) -> Result<EventView, ClientError> {
+        let path = format!("/v1/systems/{}/notes", segment(system));
+        self.post(&path, &CreateNote { text: text.to_string() }).await
+    }
+
+    /// The history of a host (`host:NAME`) or an instance (`system/component#slot@host`).
+    ///
+    /// # Errors
+    /// As the server says (400 for a bad target, 404 for an unknown one).
+    pub async fn history(&self, target: &str) -> Result<HistoryView, ClientError> {
+        let query = form_urlencoded::Serializer::new(String::new())
+            .append_pair("target", target)
+            .finish();
+        self.get(&format!("/v1/history?{query}")).await
     }
 
     /// The hosts of the inventory.

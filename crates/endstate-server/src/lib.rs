@@ -13,6 +13,7 @@
 mod agents;
 mod auth;
 mod error;
+mod history;
 mod metrics;
 mod openapi;
 mod ratelimit;

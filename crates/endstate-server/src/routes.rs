@@ -13,8 +13,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use endstate_api::{
-    ChangeView, CreateToken, CreatedToken, Document, EventView, HostView, InstanceView, MAX_BODY_BYTES, Page,
-    PlanRequest, RevisionSource, RevisionView, SpecDiagnostic, SubmitResponse, SubmitRevision, SystemView,
+    ChangeView, CreateNote, CreateToken, CreatedToken, Document, EventView, HostView, InstanceView, MAX_BODY_BYTES,
+    MAX_NOTE_BYTES, Page, PlanRequest, RevisionSource, RevisionView, SpecDiagnostic, SubmitResponse, SubmitRevision,
+    SystemDescription, SystemView,
 };
 use endstate_spec::{DesiredState, HostInfo, Loaded, SourceFile};
 use endstate_store::{ChangeFilter, EventQuery, InstanceFilter, NewEvent, NewRevision, PageRequest, TokenRecord};
@@ -38,10 +39,13 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/changes/{id}", get(get_change))
         .route("/v1/systems", get(list_systems))
         .route("/v1/systems/{name}", get(get_system))
+        .route("/v1/systems/{name}/describe", get(describe_system))
+        .route("/v1/systems/{name}/notes", post(add_note))
         .route("/v1/components", get(list_components))
         .route("/v1/instances", get(list_instances))
         .route("/v1/hosts", get(list_hosts))
         .route("/v1/timeline", get(timeline))
+        .route("/v1/history", get(crate::history::history))
         .route("/v1/stream", get(crate::stream::stream))
         .route("/v1/tokens", post(create_token))
         .route("/v1/join-tokens", post(crate::agents::routes::create_join_token))
@@ -713,6 +717,107 @@ pub(crate) async fn get_system(
         .ok_or_else(|| ApiError::NotFound(format!("system {name:?} is not in the latest revision")))
 }
 
+/// How many recent events a description carries.
+const DESCRIBE_EVENTS: u32 = 10;
+
+/// Everything about one system on one screen: what it is, owners, escalation contact, links,
+/// rules of engagement (its actions), subsystems and the aggregates it belongs to, the rolled-up
+/// status with the leaf that decided it, its components with their instances, and the last
+/// events of its subtree.
+#[utoipa::path(get, path = "/v1/systems/{name}/describe", params(("name" = String, Path)),
+    responses((status = 200, body = SystemDescription), (status = 404, body = endstate_api::Problem)), security(("bearer" = [])))]
+pub(crate) async fn describe_system(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Segment(name): Segment,
+) -> Result<Json<SystemDescription>, ApiError> {
+    authorize(&actor, Verb::Read, Some(&name))?;
+    let world = views::World::load(&state).await?;
+    let mut description = world
+        .and_then(|world| world.description(&name))
+        .ok_or_else(|| ApiError::NotFound(format!("system {name:?} is not in the latest revision")))?;
+    let query = event_query(
+        &state,
+        &TimelineParams {
+            system: Some(name),
+            limit: Some(DESCRIBE_EVENTS),
+            ..TimelineParams::default()
+        },
+    )
+    .await?;
+    let page = state.store().query_events(&query).await?;
+    description.recent_events = page.items.iter().map(views::event_view).collect();
+    Ok(Json(description))
+}
+
+/// Add a note to a system's timeline (`note.added`, by the token's name). Nothing is stored
+/// unless the whole note is valid.
+#[utoipa::path(post, path = "/v1/systems/{name}/notes", params(("name" = String, Path)), request_body = CreateNote,
+    responses((status = 201, body = EventView), (status = 400, description = "blank or longer than 4 KiB: the field `text` is named", body = endstate_api::Problem),
+        (status = 403, body = endstate_api::Problem), (status = 404, body = endstate_api::Problem), (status = 413, body = endstate_api::Problem)),
+    security(("bearer" = [])))]
+pub(crate) async fn add_note(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Segment(name): Segment,
+    JsonBody(request): JsonBody<CreateNote>,
+) -> Result<(StatusCode, Json<EventView>), ApiError> {
+    authorize(&actor, Verb::Write, Some(&name))?;
+    let text = request.text.trim();
+    if text.is_empty() {
+        return Err(ApiError::bad_field("text", "is blank; write what happened"));
+    }
+    if request.text.len() > MAX_NOTE_BYTES {
+        return Err(ApiError::bad_field(
+            "text",
+            format!(
+                "is {} bytes; a note may be at most {MAX_NOTE_BYTES} bytes (link to longer material)",
+                request.text.len()
+            ),
+        ));
+    }
+    let known = state
+        .latest_desired()
+        .await?
+        .is_some_and(|(_, desired)| desired.systems.contains_key(&name));
+    if !known {
+        return Err(ApiError::NotFound(format!(
+            "system {name:?} is not in the latest revision; a note is added to a declared system"
+        )));
+    }
+    // The summary is the first line, cut to a line's length; the whole note is in `data.text`.
+    let first = text.lines().next().unwrap_or_default();
+    let mut summary: String = first.chars().take(200).collect();
+    if summary.len() < text.len() {
+        summary.push('…');
+    }
+    let event = NewEvent {
+        systems: vec![name.clone()],
+        actor: Some(actor.name.clone()),
+        data: serde_json::json!({ "text": text }),
+        ..NewEvent::new(now_ms(), "note.added", summary)
+    };
+    let seqs = state.store().append_events(vec![event.clone()]).await?;
+    state.written();
+    let seq = seqs
+        .first()
+        .copied()
+        .ok_or_else(|| ApiError::Internal("the store returned no seq for a note".into()))?;
+    let stored = endstate_store::Event {
+        seq,
+        time_ms: event.time_ms,
+        kind: event.kind,
+        systems: event.systems,
+        host: None,
+        component: None,
+        change: None,
+        actor: event.actor,
+        summary: event.summary,
+        data: event.data,
+    };
+    Ok((StatusCode::CREATED, Json(views::event_view(&stored))))
+}
+
 /// List components with placement and status.
 #[utoipa::path(get, path = "/v1/components", params(ListParams), responses((status = 200, body = Page<endstate_api::ComponentView>)), security(("bearer" = [])))]
 pub(crate) async fn list_components(
@@ -794,7 +899,12 @@ pub(crate) struct TimelineParams {
     pub(crate) kind: Option<String>,
     /// Only events about this host.
     pub(crate) host: Option<String>,
+    /// Only events about this component (`system/component`).
+    pub(crate) component: Option<String>,
+    /// Only events done by this actor (a token's name, `server`, `agent:HOST`).
+    pub(crate) actor: Option<String>,
     /// From this time on: RFC 3339, or a duration back from now (`90s`, `15m`, `1h`, `7d`).
+    /// A window (from `since` to `until` or now) may span at most 400 days.
     pub(crate) since: Option<String>,
     /// Before this time: RFC 3339, or a duration back from now.
     pub(crate) until: Option<String>,
@@ -817,11 +927,59 @@ pub(crate) fn parse_time(field: &str, text: &str, now_ms: i64) -> Result<i64, Ap
             let back_ms = i64::try_from(back.as_std().as_millis()).unwrap_or(i64::MAX);
             Ok(now_ms.saturating_sub(back_ms))
         }
-        Err(_) => Err(ApiError::bad_field(
+        Err(reason) => Err(ApiError::bad_field(
             field,
-            format!("{text:?} is neither an RFC 3339 time nor a duration like 90s, 15m, 1h or 7d"),
+            format!("{text:?} is neither an RFC 3339 time nor a duration like 90s, 15m, 1h or 7d ({reason})"),
         )),
     }
+}
+
+/// The longest time window a timeline query may span.
+const MAX_WINDOW_MS: i64 = 400 * 24 * 3600 * 1000;
+
+/// Refuses a reversed window (`since` after `until`, naming both) and one longer than 400 days
+/// (from `since` to `until`, or to now).
+fn check_window(since_ms: Option<i64>, until_ms: Option<i64>, now: i64) -> Result<(), ApiError> {
+    let show = |ms: i64| jiff::Timestamp::from_millisecond(ms).map_or_else(|_| format!("{ms} ms"), |t| t.to_string());
+    if let (Some(since), Some(until)) = (since_ms, until_ms)
+        && since > until
+    {
+        let message = format!("since ({}) is after until ({})", show(since), show(until));
+        return Err(ApiError::BadRequest {
+            detail: format!("the time window is reversed: {message}"),
+            errors: vec![
+                endstate_api::FieldError {
+                    field: "since".into(),
+                    message: format!("is after until ({})", show(until)),
+                },
+                endstate_api::FieldError {
+                    field: "until".into(),
+                    message: format!("is before since ({})", show(since)),
+                },
+            ],
+        });
+    }
+    if let Some(since) = since_ms {
+        let end = until_ms.unwrap_or(now);
+        if end.saturating_sub(since) > MAX_WINDOW_MS {
+            let days = end.saturating_sub(since) / (24 * 3600 * 1000);
+            let mut errors = vec![endstate_api::FieldError {
+                field: "since".into(),
+                message: format!("makes a window of {days} days; at most 400 days"),
+            }];
+            if until_ms.is_some() {
+                errors.push(endstate_api::FieldError {
+                    field: "until".into(),
+                    message: format!("makes a window of {days} days; at most 400 days"),
+                });
+            }
+            return Err(ApiError::BadRequest {
+                detail: format!("the time window spans {days} days; a query may span at most 400 days"),
+                errors,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Builds the store query for timeline parameters, expanding a system into its subtree.
@@ -832,8 +990,23 @@ pub(crate) async fn event_query(state: &AppState, params: &TimelineParams) -> Re
         Some(system) => {
             let subtree = match state.latest_desired().await? {
                 Some((_, desired)) if desired.systems.contains_key(system) => desired.subsystems_closure(system),
-                // A system no longer declared still has its history.
-                _ => vec![system.clone()],
+                // A system no longer declared still has its history; one that never had any is a mistake.
+                _ => {
+                    let any = state
+                        .store()
+                        .query_events(&EventQuery {
+                            systems: Some(vec![system.clone()]),
+                            limit: 1,
+                            ..EventQuery::default()
+                        })
+                        .await?;
+                    if any.items.is_empty() {
+                        return Err(ApiError::NotFound(format!(
+                            "system {system:?} is not in the latest revision and has no events"
+                        )));
+                    }
+                    vec![system.clone()]
+                }
             };
             Some(subtree)
         }
@@ -851,20 +1024,25 @@ pub(crate) async fn event_query(state: &AppState, params: &TimelineParams) -> Re
         }
         cursor => parse_cursor(cursor)?.map(EventSeq),
     };
+    let since_ms = params
+        .since
+        .as_deref()
+        .map(|t| parse_time("since", t, now))
+        .transpose()?;
+    let until_ms = params
+        .until
+        .as_deref()
+        .map(|t| parse_time("until", t, now))
+        .transpose()?;
+    check_window(since_ms, until_ms, now)?;
     Ok(EventQuery {
         systems,
         kinds,
         host: params.host.clone(),
-        since_ms: params
-            .since
-            .as_deref()
-            .map(|t| parse_time("since", t, now))
-            .transpose()?,
-        until_ms: params
-            .until
-            .as_deref()
-            .map(|t| parse_time("until", t, now))
-            .transpose()?,
+        component: params.component.clone(),
+        actor: params.actor.clone(),
+        since_ms,
+        until_ms,
         after: params.after.map(EventSeq),
         before,
         limit: params.limit.unwrap_or(0),
@@ -872,7 +1050,10 @@ pub(crate) async fn event_query(state: &AppState, params: &TimelineParams) -> Re
 }
 
 /// The timeline: newest first by default; with `after`, oldest first from a position.
-#[utoipa::path(get, path = "/v1/timeline", params(TimelineParams), responses((status = 200, body = Page<EventView>), (status = 400, body = endstate_api::Problem)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/timeline", params(TimelineParams),
+    responses((status = 200, body = Page<EventView>), (status = 400, description = "a bad parameter, a reversed window or one longer than 400 days", body = endstate_api::Problem),
+        (status = 404, description = "a system never declared and without events", body = endstate_api::Problem)),
+    security(("bearer" = [])))]
 pub(crate) async fn timeline(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,

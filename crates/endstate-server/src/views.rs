@@ -4,7 +4,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use endstate_api::{ComponentView, EventView, HostView, InstanceView, StatusView, SystemView};
+use endstate_api::{
+    ActionRule, ComponentInstances, ComponentView, EscalationView, EventView, HostView, InstanceView, LinkView,
+    RelatedSystem, StatusView, SystemDescription, SystemView,
+};
 use endstate_plan::{Placement, PlacementKey, Unplaced};
 use endstate_spec::{DesiredState, HostInfo};
 use endstate_store::{Event, HostRecord, InstanceFilter, InstanceRecord};
@@ -18,6 +21,7 @@ const HOST_STALE_MS: i64 = 30_000;
 
 /// Everything a status needs, read once per request.
 pub(crate) struct World {
+    revision: endstate_types::RevisionId,
     desired: Arc<DesiredState>,
     records: BTreeMap<PlacementKey, InstanceRecord>,
     placements: BTreeMap<PlacementKey, Placement>,
@@ -35,7 +39,7 @@ struct Rolled {
 impl World {
     /// Reads the latest desired state, the hosts and the instances. `None` before the first revision.
     pub(crate) async fn load(state: &AppState) -> Result<Option<World>, ApiError> {
-        let Some((_, desired)) = state.latest_desired().await? else {
+        let Some((revision, desired)) = state.latest_desired().await? else {
             return Ok(None);
         };
         let hosts: Vec<HostInfo> = crate::routes::host_infos(state).await?;
@@ -57,6 +61,7 @@ impl World {
             })
             .collect();
         Ok(Some(World {
+            revision,
             desired,
             records,
             placements,
@@ -221,6 +226,93 @@ impl World {
     /// One system and its whole tree of subsystems and components.
     pub(crate) fn system(&self, name: &str) -> Option<SystemView> {
         self.system_view(name, usize::MAX, &mut HashMap::new())
+    }
+
+    /// What `endstate describe` shows of one system, but its recent events (the caller adds
+    /// them): contacts, links, actions, its direct subsystems and the aggregates it belongs to
+    /// (found by scanning every system: there is no parent pointer), each with its rolled-up
+    /// status, and its own components with their instances.
+    pub(crate) fn description(&self, name: &str) -> Option<SystemDescription> {
+        let system = self.desired.systems.get(name)?;
+        let mut memo = HashMap::new();
+        let status = status_view(&self.system_status(name, &mut memo));
+        let mut related = |other: &str| RelatedSystem {
+            name: other.to_string(),
+            status: status_view(&self.system_status(other, &mut memo)),
+        };
+        let subsystems = system.subsystems.iter().map(|sub| related(sub)).collect();
+        let aggregates = self
+            .desired
+            .systems
+            .values()
+            .filter(|other| other.subsystems.iter().any(|sub| sub == name))
+            .map(|other| related(&other.name))
+            .collect();
+        let actions = self
+            .desired
+            .actions
+            .values()
+            .filter(|action| action.system == name)
+            .map(|action| ActionRule {
+                name: action.name.clone(),
+                description: action.description.clone(),
+                engagement: match action.engagement {
+                    endstate_spec::Engagement::Direct => "direct",
+                    endstate_spec::Engagement::Approval => "approval",
+                    endstate_spec::Engagement::Escalate => "escalate",
+                }
+                .to_string(),
+                escalate_to: action.escalate_to.clone(),
+                targets: match &action.targets {
+                    endstate_spec::Targets::Component(key) => format!("component {key}"),
+                    endstate_spec::Targets::Hosts(selector) => format!("hosts {selector}"),
+                },
+            })
+            .collect();
+        let instances = self.instances();
+        let components = self
+            .desired
+            .components_of(name)
+            .map(|(key, component)| {
+                let (rolled, desired_instances, ready_instances) = self.component_status(key);
+                ComponentInstances {
+                    key: key.clone(),
+                    version: component.artifact.version.clone(),
+                    desired_instances,
+                    ready_instances,
+                    status: status_view(&rolled),
+                    instances: instances.iter().filter(|i| &i.component == key).cloned().collect(),
+                }
+            })
+            .collect();
+        Some(SystemDescription {
+            name: system.name.clone(),
+            revision: self.revision.0,
+            description: system.description.clone(),
+            labels: system.labels.clone(),
+            owners: system.owners.clone(),
+            escalation: system.escalation.as_ref().map(|e| EscalationView {
+                contact: e.contact.clone(),
+                pager: e.pager.clone(),
+                phone: e.phone.clone(),
+                email: e.email.clone(),
+                url: e.url.clone(),
+            }),
+            links: system
+                .links
+                .iter()
+                .map(|l| LinkView {
+                    title: l.title.clone(),
+                    url: l.url.clone(),
+                })
+                .collect(),
+            actions,
+            status,
+            subsystems,
+            aggregates,
+            components,
+            recent_events: Vec::new(),
+        })
     }
 
     /// Every system (flat), or the top-level systems with their trees.

@@ -273,6 +273,10 @@ pub struct EventQuery {
     pub kinds: Option<Vec<String>>,
     /// Events about this host.
     pub host: Option<String>,
+    /// Events about this component (`system/component`, exact).
+    pub component: Option<String>,
+    /// Events done by this actor (exact: a token's name, `server`, `agent:HOST`).
+    pub actor: Option<String>,
     /// Events at or after this time.
     pub since_ms: Option<i64>,
     /// Events strictly before this time.

@@ -795,6 +795,12 @@ async fn event_filters(store: &dyn Store) {
     batch[0].host = Some("cq-h1".into());
     batch[2].host = Some("cq-h1".into());
     batch[4].host = Some("cq-h2".into());
+    batch[0].component = Some("cq-a/web".into());
+    batch[3].component = Some("cq-c/web".into());
+    batch[4].component = Some("cq-c/web".into());
+    batch[1].actor = Some("alice".into());
+    batch[4].actor = Some("alice".into());
+    batch[2].actor = Some("server".into());
     let seqs = store.append_events(batch).await.unwrap();
     assert_eq!(seqs.len(), 5, "append_events returns one seq per event");
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "seqs are strictly increasing");
@@ -859,6 +865,33 @@ async fn event_filters(store: &dyn Store) {
         ..EventQuery::default()
     };
     assert_eq!(run(q).await, ["c2"], "host filter without systems");
+
+    let q = EventQuery {
+        systems: cq(),
+        component: Some("cq-c/web".into()),
+        ..EventQuery::default()
+    };
+    assert_eq!(run(q).await, ["c1", "c2"], "component filter (exact)");
+    let q = EventQuery {
+        systems: cq(),
+        component: Some("cq-c".into()),
+        ..EventQuery::default()
+    };
+    assert_eq!(run(q).await, Vec::<String>::new(), "component filter is not a prefix");
+    let q = EventQuery {
+        systems: cq(),
+        actor: Some("alice".into()),
+        ..EventQuery::default()
+    };
+    assert_eq!(run(q).await, ["b1", "c2"], "actor filter");
+    let q = EventQuery {
+        systems: cq(),
+        actor: Some("alice".into()),
+        component: Some("cq-c/web".into()),
+        host: Some("cq-h2".into()),
+        ..EventQuery::default()
+    };
+    assert_eq!(run(q).await, ["c2"], "actor, component and host combine");
 
     let q = EventQuery {
         systems: cq(),

@@ -51,6 +51,17 @@ pub(crate) fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     Ok(total as f64 / clock_ticks() as f64)
 }
 
+/// CPU time of the process's live threads in ns (the first field of each
+/// `/proc/PID/task/TID/schedstat`): finer than `cpu_seconds`, but blind to threads that ended.
+pub(crate) fn threads_cpu_ns(pid: u32) -> Option<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+        let stat = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
+        total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(total)
+}
+
 /// Clock ticks per second of `/proc` times.
 pub(crate) fn clock_ticks() -> u64 {
     nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)

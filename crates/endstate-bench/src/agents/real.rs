@@ -197,6 +197,7 @@ async fn measure(
     // Idle footprint.
     eprintln!("agents: measuring the idle agent for {window:?}");
     let cpu0 = procfs::cpu_seconds(pid)?;
+    let ns0 = procfs::threads_cpu_ns(pid);
     let t0 = Instant::now();
     let mut rss_max = 0;
     let mut pss_max = None;
@@ -211,6 +212,7 @@ async fn measure(
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let cpu = procfs::cpu_seconds(pid)? - cpu0;
+    let ns = procfs::threads_cpu_ns(pid).zip(ns0).map(|(b, a)| b.saturating_sub(a));
     let elapsed = t0.elapsed().as_secs_f64();
     let running = procfs::children_named(pid, "sleep").len();
     anyhow::ensure!(
@@ -242,9 +244,18 @@ async fn measure(
     figures.push(expect[1].figure(
         cpu / elapsed * 100.0,
         format!(
-            "utime+stime of the agent process from /proc over {elapsed:.1} s: {:.0} ms (resolution {} ms)",
+            "utime+stime of the agent process from /proc over {elapsed:.1} s: {:.0} ms (resolution {} ms); \
+             its threads' run time from schedstat: {}",
             cpu * 1000.0,
-            1000 / ticks.max(1)
+            1000 / ticks.max(1),
+            ns.map_or_else(
+                || "unreadable".to_owned(),
+                |ns| format!(
+                    "{:.2} ms = {:.4}% of a core",
+                    ns as f64 / 1e6,
+                    ns as f64 / 1e9 / elapsed * 100.0
+                )
+            )
         ),
     ));
     let size = std::fs::metadata(exe)?.len();

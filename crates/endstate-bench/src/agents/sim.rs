@@ -145,6 +145,8 @@ pub(crate) enum Command {
     /// so every keepalive before it was processed. Answers the number of keepalives sent.
     Flood {
         until: Instant,
+        /// One keepalive per period (from a random phase) instead of as fast as possible.
+        period: Option<Duration>,
         done: oneshot::Sender<Result<u64, String>>,
     },
     /// Send batches of `batch` observations until `until`, each after the `ack` of the previous one.
@@ -483,8 +485,8 @@ async fn session(
             command = control.recv() => {
                 let Some(command) = command else { return Ended::Stop };
                 match command {
-                    Command::Flood { until, done } => {
-                        let result = flood(&mut sink, &mut stream, memory, until, &mut ka_seq).await;
+                    Command::Flood { until, period, done } => {
+                        let result = flood(&mut sink, &mut stream, memory, until, period, &mut ka_seq).await;
                         let failed = result.as_ref().err().map(|e| e.to_string());
                         let _ = done.send(result.map_err(|e| e.to_string()));
                         if let Some(error) = failed {
@@ -571,16 +573,37 @@ async fn flood(
     stream: &mut Stream,
     memory: &mut Memory,
     until: Instant,
+    period: Option<Duration>,
     ka_seq: &mut u64,
 ) -> anyhow::Result<u64> {
     let mut sent = 0;
-    while Instant::now() < until {
-        for _ in 0..16 {
-            *ka_seq += 1;
-            send(sink, &FromAgent::Keepalive(Keepalive { seq: *ka_seq }))
-                .await
-                .map_err(ended_error)?;
-            sent += 1;
+    match period {
+        None => {
+            while Instant::now() < until {
+                for _ in 0..16 {
+                    *ka_seq += 1;
+                    send(sink, &FromAgent::Keepalive(Keepalive { seq: *ka_seq }))
+                        .await
+                        .map_err(ended_error)?;
+                    sent += 1;
+                }
+            }
+        }
+        Some(period) => {
+            let phase = Duration::from_nanos(next_random(&mut memory.rng) % period.as_nanos().max(1) as u64);
+            let mut ticks = tokio::time::interval_at(Instant::now() + phase, period);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                let tick = ticks.tick().await;
+                if tick >= until {
+                    break;
+                }
+                *ka_seq += 1;
+                send(sink, &FromAgent::Keepalive(Keepalive { seq: *ka_seq }))
+                    .await
+                    .map_err(ended_error)?;
+                sent += 1;
+            }
         }
     }
     resync(sink, stream, memory).await.map_err(ended_error)?;

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod agents;
+mod describe;
 mod hosts;
 mod offline;
 mod server;

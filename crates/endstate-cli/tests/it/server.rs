@@ -15,7 +15,7 @@ fn write_spec(dir: &Path, text: &str) -> String {
 }
 
 /// Starts `endstate server` on a free port; returns the process, its URL and its admin token.
-fn start_server(data: &Path, config: &Path) -> (Process, String, Option<String>) {
+pub(crate) fn start_server(data: &Path, config: &Path) -> (Process, String, Option<String>) {
     let mut server = Process::spawn(
         &[
             "server",
@@ -39,7 +39,7 @@ fn start_server(data: &Path, config: &Path) -> (Process, String, Option<String>)
     (server, url, token)
 }
 
-fn cli(args: &[&str], url: &str, token: &str, config: &Path) -> std::process::Output {
+pub(crate) fn cli(args: &[&str], url: &str, token: &str, config: &Path) -> std::process::Output {
     let mut all = vec!["--server", url, "--token", token];
     all.extend_from_slice(args);
     run(&all, config)

@@ -76,7 +76,10 @@ async fn connection(
     peer: SocketAddr,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), ApiError> {
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+    // The larger futures awaited here are boxed (the handshakes, the hello's record, a message's
+    // handling, the unreachable marking): a future is as large as its largest state, and the
+    // websocket upgrade's alone is ~10 KB that every idle connection would otherwise keep.
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, Box::pin(acceptor.accept(stream))).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(error)) => {
             // Anyone can fail a handshake: the log has every one, the timeline at most one per
@@ -112,12 +115,12 @@ async fn connection(
     };
     // A small read buffer: tungstenite's default is 128 KiB per connection, zero-filled, so
     // 10,000 idle agents would cost 1.25 GiB; a larger frame grows the buffer as it needs.
-    let mut config = WebSocketConfig::default().read_buffer_size(4096);
+    let mut config = WebSocketConfig::default().read_buffer_size(1024);
     config.max_message_size = Some(limits::MAX_FRAME_BYTES);
     config.max_frame_size = Some(limits::MAX_FRAME_BYTES);
     let mut ws = match tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
-        tokio_tungstenite::accept_async_with_config(tls, Some(config)),
+        Box::pin(tokio_tungstenite::accept_async_with_config(tls, Some(config))),
     )
     .await
     {
@@ -216,7 +219,15 @@ async fn connection(
     let host_lock = hub.host_lock(&host);
     let guard = host_lock.lock().await;
     let was_reachable = state.store().get_agent(&name).await?.and_then(|a| a.reachable);
-    record_hello(state, &name, &hello, was_reachable, &identity.serial, peer).await?;
+    Box::pin(record_hello(
+        state,
+        &name,
+        &hello,
+        was_reachable,
+        &identity.serial,
+        peer,
+    ))
+    .await?;
 
     // Steady state: a writer task drains the outbox; this task reads.
     let (tx, mut rx) = mpsc::channel::<FromServer>(OUTBOX);
@@ -283,7 +294,7 @@ async fn connection(
         handle.last_heard_ms.store(now_ms(), Ordering::Relaxed);
         match decode_from_agent(&bytes) {
             Ok(message) => {
-                if let Err(error) = session.handle(message).await {
+                if let Err(error) = Box::pin(session.handle(message)).await {
                     tracing::warn!(host, error = %crate::chain(&error), "Agent message failed; closing the connection.");
                     break format!("server error: {error}");
                 }
@@ -295,7 +306,7 @@ async fn connection(
     writer.abort();
     tracing::info!(host, reason = ended, "Agent disconnected.");
     if hub.unregister(&host, handle.id) && !*stop.borrow() {
-        super::mark_unreachable(state, hub, &host, &ended).await?;
+        Box::pin(super::mark_unreachable(state, hub, &host, &ended)).await?;
     }
     Ok(())
 }

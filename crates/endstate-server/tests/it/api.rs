@@ -232,13 +232,33 @@ async fn each_client_is_rate_limited() {
 async fn openapi_and_metrics_are_served() {
     let server = TestServer::start().await;
     let doc: serde_json::Value = server.get_json("/openapi.json").await;
-    for path in ["/v1/revisions", "/v1/timeline", "/v1/systems/{name}", "/v1/stream"] {
+    for path in [
+        "/v1/revisions",
+        "/v1/timeline",
+        "/v1/systems/{name}",
+        "/v1/stream",
+        "/v1/systems/{name}/describe",
+        "/v1/systems/{name}/notes",
+        "/v1/history",
+    ] {
         assert!(
             doc["paths"][path].is_object(),
             "{path} missing from the OpenAPI document"
         );
     }
-    assert!(doc["components"]["schemas"]["Problem"].is_object());
+    for schema in [
+        "Problem",
+        "SystemDescription",
+        "CreateNote",
+        "HistoryView",
+        "UnhealthyShare",
+        "ActionRule",
+    ] {
+        assert!(
+            doc["components"]["schemas"][schema].is_object(),
+            "{schema} missing from the OpenAPI schemas"
+        );
+    }
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
     server
         .client()

@@ -6,10 +6,13 @@
 
 mod agents;
 mod api;
+mod describe;
 mod fake_agent;
+mod history;
 mod systems;
 mod timeline;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use endstate_api::{Document, RevisionSource, SubmitRevision};
@@ -22,6 +25,8 @@ pub(crate) struct TestServer {
     pub(crate) admin: String,
     /// The agent listener's `wss://` URL, when the server has one.
     pub(crate) agent_url: Option<String>,
+    /// The server's store, for tests that put history in it directly.
+    pub(crate) store: Arc<endstate_store::SqliteStore>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
     _dir: tempfile::TempDir,
@@ -50,7 +55,9 @@ impl TestServer {
             burst: 10_000,
         };
         adjust(&mut config);
-        let mut server = Server::open(&config).await.unwrap();
+        std::fs::create_dir_all(&config.data_dir).unwrap();
+        let store = Arc::new(endstate_store::SqliteStore::open(config.data_dir.join("endstate.db")).unwrap());
+        let mut server = Server::with_store(store.clone(), &config).await.unwrap();
         let mut agent_url = None;
         if agents {
             let agent_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -79,6 +86,7 @@ impl TestServer {
             url,
             admin,
             agent_url,
+            store,
             stop: Some(stop),
             task: Some(task),
             _dir: dir,

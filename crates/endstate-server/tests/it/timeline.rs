@@ -189,3 +189,155 @@ async fn live_streams_are_bounded_and_a_closed_one_frees_its_place() {
     assert!(reopened.is_some(), "the closed stream's place was not freed");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn component_and_actor_filters_and_bad_windows() {
+    let server = TestServer::start().await;
+    let client = server.client();
+    crate::describe::with_instances(&server, &client).await;
+    client.add_note("cache", "looking into memo").await.unwrap();
+
+    // component: only the instance transitions of cache/memo.
+    let memo = client
+        .timeline(&TimelineQuery {
+            component: Some("cache/memo".into()),
+            ..TimelineQuery::default()
+        })
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(memo.len(), 2, "{memo:#?}");
+    assert!(memo.iter().all(|e| e.kind == "instance.transitioned"));
+    // actor: what the admin token did (the revision and the note), not the agent's or the server's.
+    let by_admin = client
+        .timeline(&TimelineQuery {
+            actor: Some("admin".into()),
+            ..TimelineQuery::default()
+        })
+        .await
+        .unwrap()
+        .items;
+    let kinds: Vec<&str> = by_admin.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, ["note.added", "revision.submitted"]);
+    let by_agent = client
+        .timeline(&TimelineQuery {
+            system: Some("shop".into()),
+            actor: Some("agent:h-a".into()),
+            component: Some("cache/memo".into()),
+            ..TimelineQuery::default()
+        })
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(by_agent.len(), 2, "filters combine with the subtree");
+    let nobody = client
+        .timeline(&TimelineQuery {
+            actor: Some("mallory".into()),
+            ..TimelineQuery::default()
+        })
+        .await
+        .unwrap()
+        .items;
+    assert!(nobody.is_empty());
+
+    let problem = |query: TimelineQuery| {
+        let client = client.clone();
+        async move { client.timeline(&query).await.unwrap_err().problem().cloned().unwrap() }
+    };
+    // An unknown system: 404 naming it.
+    let unknown = problem(TimelineQuery {
+        system: Some("nowhere".into()),
+        ..TimelineQuery::default()
+    })
+    .await;
+    assert_eq!(unknown.status, 404);
+    assert!(unknown.detail.contains("\"nowhere\""), "{unknown:?}");
+    // A reversed window names both ends.
+    let reversed = problem(TimelineQuery {
+        since: Some("2026-01-02T00:00:00Z".into()),
+        until: Some("2026-01-01T00:00:00Z".into()),
+        ..TimelineQuery::default()
+    })
+    .await;
+    assert_eq!(reversed.status, 400);
+    let fields: Vec<&str> = reversed.errors.iter().map(|e| e.field.as_str()).collect();
+    assert_eq!(fields, ["since", "until"], "{reversed:?}");
+    assert!(reversed.detail.contains("reversed"), "{reversed:?}");
+    // More than 400 days.
+    let absurd = problem(TimelineQuery {
+        since: Some("2000-01-01T00:00:00Z".into()),
+        until: Some("2026-01-01T00:00:00Z".into()),
+        ..TimelineQuery::default()
+    })
+    .await;
+    assert_eq!(absurd.status, 400);
+    assert!(absurd.detail.contains("at most 400 days"), "{absurd:?}");
+    let absurd = problem(TimelineQuery {
+        since: Some("1990-05-01T00:00:00Z".into()),
+        ..TimelineQuery::default()
+    })
+    .await;
+    assert_eq!((absurd.status, absurd.errors[0].field.as_str()), (400, "since"));
+    // 400 days exactly is allowed.
+    client
+        .timeline(&TimelineQuery {
+            since: Some("2025-01-01T00:00:00Z".into()),
+            until: Some("2026-02-05T00:00:00Z".into()),
+            ..TimelineQuery::default()
+        })
+        .await
+        .unwrap();
+    // Unparsable, and a duration beyond what durations allow, name the parameter.
+    for (since, needle) in [("yesterday", "neither an RFC 3339 time"), ("500d", "366")] {
+        let bad = problem(TimelineQuery {
+            since: Some(since.into()),
+            ..TimelineQuery::default()
+        })
+        .await;
+        assert_eq!((bad.status, bad.errors[0].field.as_str()), (400, "since"), "{since}");
+        assert!(bad.errors[0].message.contains(needle), "{since}: {bad:?}");
+    }
+    // The live stream refuses the same.
+    let refused = client
+        .stream(&TimelineQuery {
+            system: Some("nowhere".into()),
+            ..TimelineQuery::default()
+        })
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(refused.problem().map(|p| p.status), Some(404));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_system_no_longer_declared_keeps_its_history() {
+    let server = TestServer::start().await;
+    let client = server.client();
+    let first = client
+        .submit(&submit_request(&[("s.yaml", SYSTEMS)], "with payments"))
+        .await
+        .unwrap();
+    wait_for_change(&client, first.change.id, &["converged"]).await;
+    let without = SYSTEMS.replace("subsystems: [storefront, payments]", "subsystems: [storefront]");
+    let without = without.replace(
+        "---\napiVersion: endstate/v1\nkind: System\nname: payments\nowners: [team-payments]\n",
+        "",
+    );
+    let second = client
+        .submit(&submit_request(&[("s.yaml", &without)], "without payments"))
+        .await
+        .unwrap();
+    wait_for_change(&client, second.change.id, &["converged"]).await;
+    assert!(client.system("payments").await.is_err(), "payments is gone");
+    let history = client
+        .timeline(&TimelineQuery {
+            system: Some("payments".into()),
+            ..TimelineQuery::default()
+        })
+        .await
+        .unwrap()
+        .items;
+    assert!(!history.is_empty());
+    server.stop().await;
+}

@@ -192,6 +192,14 @@ pub(crate) fn query_events(conn: &Connection, query: &EventQuery) -> Result<Page
         sql.push_str(" AND host = ?");
         args.push(SqlValue::Text(host.clone()));
     }
+    if let Some(component) = &query.component {
+        sql.push_str(" AND component = ?");
+        args.push(SqlValue::Text(component.clone()));
+    }
+    if let Some(actor) = &query.actor {
+        sql.push_str(" AND actor = ?");
+        args.push(SqlValue::Text(actor.clone()));
+    }
     sql.push_str(&bounds);
     args.extend(bound_args);
     sql.push_str(if ascending {
