@@ -285,13 +285,18 @@ impl Server {
     }
 }
 
-/// Keeps the agents' desired sets current and notices silent agents, every half keepalive interval.
+/// Keeps the agents' desired sets current (every half keepalive interval) and notices silent
+/// agents (every quarter interval).
 async fn agents_tick(state: AppState, hub: Arc<agents::Hub>, mut stop: watch::Receiver<bool>) {
-    let period = hub.config.keepalive_interval / 2;
+    let period = hub.config.keepalive_interval / 4;
+    let mut round: u64 = 0;
     loop {
-        if let Err(error) = hub.refresh(&state).await {
+        if round % 2 == 0
+            && let Err(error) = hub.refresh(&state).await
+        {
             tracing::warn!(error = %chain(&error), "Agent refresh failed; retrying.");
         }
+        round += 1;
         if let Err(error) = hub.sweep(&state).await {
             tracing::warn!(error = %chain(&error), "Agent liveness sweep failed; retrying.");
         }

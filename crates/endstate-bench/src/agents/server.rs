@@ -50,14 +50,7 @@ impl ServerProc {
             .create(true)
             .append(true)
             .open(spec.data_dir.join("server.log"))?;
-        let mut command = match std::env::var("XXX_WRAP") {
-            Ok(wrap) => {
-                let mut c = Command::new(wrap);
-                c.arg(&spec.exe);
-                c
-            }
-            Err(_) => Command::new(&spec.exe),
-        };
+        let mut command = Command::new(&spec.exe);
         command
             .arg("server")
             .arg("--listen")

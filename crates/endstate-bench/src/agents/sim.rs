@@ -175,6 +175,8 @@ pub(crate) struct Status {
     /// When it last completed a resync (`desired_instances` after `actual_state`), in ns after
     /// the fleet's start; 0 before the first.
     resynced_ns: AtomicU64,
+    /// When it last received a `welcome`, likewise.
+    welcomed_ns: AtomicU64,
     connected: AtomicBool,
 }
 
@@ -268,6 +270,16 @@ impl Fleet {
             .status
             .iter()
             .map(|s| s.resynced_ns.load(Ordering::Relaxed))
+            .filter(|t| *t > after_ns)
+            .collect()
+    }
+
+    /// The welcome times (ns on the fleet's clock) of the agents welcomed after `after_ns`.
+    pub(crate) fn welcomed_after(&self, after_ns: u64) -> Vec<u64> {
+        self.shared
+            .status
+            .iter()
+            .map(|s| s.welcomed_ns.load(Ordering::Relaxed))
             .filter(|t| *t > after_ns)
             .collect()
     }
@@ -449,6 +461,9 @@ async fn session(
         Err(ended) => return ended,
     }
     shared.welcomes.fetch_add(1, Ordering::Relaxed);
+    shared.status[memory.idx]
+        .welcomed_ns
+        .store(ns_since(shared.base), Ordering::Relaxed);
     shared.status[memory.idx].connected.store(true, Ordering::Relaxed);
     if let Err(ended) = resync(&mut sink, &mut stream, memory).await {
         return ended;

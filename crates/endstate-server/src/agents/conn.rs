@@ -36,11 +36,18 @@ use crate::{AppState, now_ms};
 /// How long a peer has for the TLS handshake, the websocket upgrade and its `hello`.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Handshakes (TLS, websocket upgrade, hello, registration) made at once; later connections are
+/// accepted and wait their turn. After a server restart every agent reconnects within a second or
+/// two: thousands of handshakes sharing the CPU would all finish late (and starve the rest of the
+/// server), where a bounded number finish in order, each as fast as it can.
+const CONCURRENT_HANDSHAKES: usize = 256;
+
 /// Frames queued to one agent before the sender waits.
 const OUTBOX: usize = 64;
 
 /// Accepts agents until `stop` says so.
 pub(crate) async fn serve(state: AppState, hub: Arc<Hub>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(CONCURRENT_HANDSHAKES));
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&hub.tls.server_config));
     loop {
         let accepted = tokio::select! {
@@ -51,8 +58,12 @@ pub(crate) async fn serve(state: AppState, hub: Arc<Hub>, listener: TcpListener,
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
                 let (state, hub, acceptor, stop) = (state.clone(), Arc::clone(&hub), acceptor.clone(), stop.clone());
+                let handshakes = Arc::clone(&handshakes);
                 tokio::spawn(async move {
-                    if let Err(error) = connection(&state, &hub, acceptor, stream, peer, stop).await {
+                    let Ok(turn) = handshakes.acquire_owned().await else {
+                        return;
+                    };
+                    if let Err(error) = connection(&state, &hub, acceptor, stream, peer, stop, turn).await {
                         tracing::warn!(%peer, error = %crate::chain(&error), "Agent connection failed.");
                     }
                 });
@@ -75,6 +86,7 @@ async fn connection(
     stream: TcpStream,
     peer: SocketAddr,
     mut stop: watch::Receiver<bool>,
+    handshake_turn: tokio::sync::OwnedSemaphorePermit,
 ) -> Result<(), ApiError> {
     // The larger futures awaited here are boxed (the handshakes, the hello's record, a message's
     // handling, the unreachable marking): a future is as large as its largest state, and the
@@ -240,6 +252,7 @@ async fn connection(
     };
     hub.register(&host, handle.clone());
     drop(guard);
+    drop(handshake_turn);
     tracing::info!(host, %peer, version, "Agent connected.");
     let (mut sink, mut stream) = ws.split();
     let writer = tokio::spawn(async move {

@@ -15,7 +15,7 @@
 //!    connection has not seen that generation.
 //! 4. Observations are stored in order, exactly once (a compare-and-set on the agent's
 //!    `last_seq`), then acknowledged. Instance states and health become instance transitions.
-//! 5. A host whose keepalives stop for [`KEEPALIVE_MISSES`] intervals, or whose connection
+//! 5. A host whose keepalives stop (detected within [`KEEPALIVE_MISSES`] intervals), or whose connection
 //!    closes, is marked unreachable, and its instances `unknown` (not dead), on the timeline.
 
 pub(crate) mod assign;
@@ -80,6 +80,9 @@ pub(crate) struct Hub {
     /// Per host: serialises a connection's hello and registration with the marking of the
     /// previous connection as unreachable.
     host_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Serialises the full refreshes of [`Hub::refresh_host`], so agents reconnecting before the
+    /// sets are computed wait for one computation instead of each making its own.
+    refreshing: tokio::sync::Mutex<()>,
 }
 
 /// One connected agent.
@@ -133,6 +136,7 @@ impl Hub {
             started_ms: now_ms(),
             last_tls_event_ms: AtomicI64::new(0),
             host_locks: Mutex::new(HashMap::new()),
+            refreshing: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -334,19 +338,29 @@ impl Hub {
     /// agents reconnecting at once thus cost one set each, not a refresh of every host each.
     pub(crate) async fn refresh_host(&self, state: &AppState, host: &str) -> Result<(), ApiError> {
         let target = state.target().await?.map(|(id, _)| id);
-        {
-            let assigned = self.assigned.lock().await;
-            if assigned.key.is_some()
-                && assigned.target == target
-                && let (Some(set), Some(generation)) = (assigned.hosts.get(host), assigned.host_generations.get(host))
-            {
-                if let Some(conn) = self.connection(host) {
-                    send_set(host, &conn, set, *generation);
-                }
-                return Ok(());
-            }
+        if self.send_computed(host, target).await {
+            return Ok(());
+        }
+        let _refreshing = self.refreshing.lock().await;
+        if self.send_computed(host, target).await {
+            return Ok(());
         }
         self.refresh(state).await
+    }
+
+    /// Sends a host its set from the computed sets, when they are of `target` and know the host.
+    async fn send_computed(&self, host: &str, target: Option<RevisionId>) -> bool {
+        let assigned = self.assigned.lock().await;
+        if assigned.key.is_none() || assigned.target != target {
+            return false;
+        }
+        let (Some(set), Some(generation)) = (assigned.hosts.get(host), assigned.host_generations.get(host)) else {
+            return false;
+        };
+        if let Some(conn) = self.connection(host) {
+            send_set(host, &conn, set, *generation);
+        }
+        true
     }
 
     /// Whether the target revision is really reached: every assigned instance observed running,
@@ -421,8 +435,11 @@ impl Hub {
     /// that did not reconnect since this server started.
     pub(crate) async fn sweep(&self, state: &AppState) -> Result<(), ApiError> {
         let now = now_ms();
-        let limit = i64::try_from(self.config.keepalive_interval.as_millis() * u128::from(KEEPALIVE_MISSES))
-            .unwrap_or(i64::MAX);
+        // Declared dead after 2.5 intervals of silence (two keepalives missed), looked at every
+        // quarter interval: detected within KEEPALIVE_MISSES (3) intervals of the last keepalive.
+        let limit =
+            i64::try_from(self.config.keepalive_interval.as_millis() * u128::from(KEEPALIVE_MISSES * 2 - 1) / 2)
+                .unwrap_or(i64::MAX);
         for (host, conn) in self.connected() {
             let heard = conn.last_heard_ms.load(Ordering::Relaxed);
             if now - heard > limit {
