@@ -291,7 +291,7 @@ async fn agents_tick(state: AppState, hub: Arc<agents::Hub>, mut stop: watch::Re
     let period = hub.config.keepalive_interval / 4;
     let mut round: u64 = 0;
     loop {
-        if round % 2 == 0
+        if round.is_multiple_of(2)
             && let Err(error) = hub.refresh(&state).await
         {
             tracing::warn!(error = %chain(&error), "Agent refresh failed; retrying.");
