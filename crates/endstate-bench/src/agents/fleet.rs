@@ -380,7 +380,7 @@ async fn measure(
                 "the slowest of {VICTIMS} agents silenced {:.2} s apart: from its last keepalive (its socket \
                  stays open) to host.unreachable on the timeline (polled every 50 ms, slowest poll {:.0} \
                  ms), {:.2} intervals of {interval} s, with {n} agents connected; each: {}; the server \
-                 declares a host dead after more than 3 intervals of silence and looks every half interval",
+                 declares a host dead after 2.5 intervals of silence and looks every quarter interval",
                 sizes.keepalive.mul_f64(0.37).as_secs_f64(),
                 millis(slowest_poll),
                 slowest.as_secs_f64() / interval,
