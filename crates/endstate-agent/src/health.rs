@@ -192,7 +192,7 @@ async fn http(port: u16, path: &str, timeout: Duration) -> ProbeResult {
     match tokio::time::timeout(timeout, client.get(&url).send()).await {
         Err(_elapsed) => fail(format!("GET {url}: timed out after {timeout:?}")),
         Ok(Err(error)) if error.is_timeout() => fail(format!("GET {url}: timed out after {timeout:?}")),
-        Ok(Err(error)) => fail(format!("GET {url}: {}", error_chain(&error))),
+        Ok(Err(error)) => fail(format!("GET {url}: {}", crate::error_chain(&error))),
         Ok(Ok(response)) => {
             let status = response.status();
             ProbeResult {
@@ -314,18 +314,6 @@ async fn read_bounded(stream: Option<impl AsyncRead + Unpin>, limit: usize) -> V
             }
         }
     }
-}
-
-/// An error and its sources, `: `-separated (reqwest's `Display` alone says little).
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -108,3 +108,15 @@ pub use logs::{DEFAULT_LOG_CAPACITY, LogSnapshot, StreamLog};
 pub use runtime::{ApplyOutcome, ApplySummary, Runtime, RuntimeConfig, RuntimeError};
 pub use spec::{InstanceSpec, MIN_BACKOFF, RestartPolicy};
 pub use supervisor::{Supervisor, SupervisorConfig, SupervisorError, SupervisorHandle};
+
+/// An error and its sources, `: `-separated (reqwest's `Display` alone says little).
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

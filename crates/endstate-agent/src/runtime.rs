@@ -800,7 +800,7 @@ impl Runtime {
             }
         };
         if let Err(error) = blocking(move || state::write_groups(&dir, &groups)).await {
-            warn!(error = %error_chain(&error), "Could not update the process group record.");
+            warn!(error = %crate::error_chain(&error), "Could not update the process group record.");
         }
         // Bounded as a whole: with a stalled receiver, even queueing the marker can wait.
         let (flushed, flushed_rx) = oneshot::channel();
@@ -1089,7 +1089,7 @@ async fn groups_writer(shared: Arc<Shared>) {
         };
         let dir = dir.clone();
         if let Err(error) = blocking(move || state::write_groups(&dir, &groups)).await {
-            warn!(error = %error_chain(&error), "Could not update the process group record.");
+            warn!(error = %crate::error_chain(&error), "Could not update the process group record.");
         }
     }
 }
@@ -1298,7 +1298,7 @@ impl Worker {
             match prepared {
                 Err(error) => {
                     failures = failures.saturating_add(1);
-                    let detail = bounded(error_chain(&error));
+                    let detail = bounded(crate::error_chain(&error));
                     warn!(instance = %self.id, %detail, failures, "Instance could not be prepared.");
                     lock(&self.status).pending = Some(Pending {
                         generation: target.generation,
@@ -1921,18 +1921,6 @@ async fn blocking<T: Send + 'static>(
             source: io::Error::other(error),
         })
     })
-}
-
-/// An error and its sources, `: `-separated.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// `text` cut to [`MAX_DETAIL_BYTES`] at a character boundary, marked with `...` when cut.

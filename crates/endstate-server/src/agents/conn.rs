@@ -443,29 +443,23 @@ impl Session<'_> {
             Observed::InstanceState(change) if live.get(&change.instance.0).is_some_and(|l| change.generation.0 < l.generation) => {
                 // A run of an older generation, retired after its replacement started beside it
                 // (start-before-stop): on the timeline, but not the instance's state any more.
-                let (system, component) = split_system(&change.instance.0);
-                events.push(NewEvent {
-                    systems: vec![system],
-                    host: Some(self.host.clone()),
-                    component: Some(component),
-                    actor,
-                    data: serde_json::json!({
+                events.push(self.instance_event(
+                    &change.instance.0,
+                    at,
+                    "instance.previous_run",
+                    format!(
+                        "{} on {}: the previous run ({} at generation {}) is {}",
+                        change.instance,
+                        self.host,
+                        change.version,
+                        change.generation,
+                        word(change.state)
+                    ),
+                    serde_json::json!({
                         "instance": change.instance.0, "state": word(change.state), "version": change.version,
                         "generation": change.generation.0, "received_ms": received_ms,
                     }),
-                    ..NewEvent::new(
-                        at,
-                        "instance.previous_run",
-                        format!(
-                            "{} on {}: the previous run ({} at generation {}) is {}",
-                            change.instance,
-                            self.host,
-                            change.version,
-                            change.generation,
-                            word(change.state)
-                        ),
-                    )
-                });
+                ));
             }
             Observed::InstanceState(change) => {
                 let entry = live.entry(change.instance.0.clone()).or_default();
@@ -491,31 +485,25 @@ impl Session<'_> {
                     transitions.push(t);
                 }
                 if !change.detail.is_empty() || change.exit_code.is_some() || change.signal.is_some() {
-                    let (system, component) = split_system(&change.instance.0);
-                    events.push(NewEvent {
-                        systems: vec![system],
-                        host: Some(self.host.clone()),
-                        component: Some(component),
-                        actor,
-                        data: serde_json::json!({
+                    events.push(self.instance_event(
+                        &change.instance.0,
+                        at,
+                        "instance.detail",
+                        format!(
+                            "{} on {} {}{}{}{}",
+                            change.instance,
+                            self.host,
+                            word(change.state),
+                            change.exit_code.map(|c| format!(", exit code {c}")).unwrap_or_default(),
+                            change.signal.map(|s| format!(", signal {s}")).unwrap_or_default(),
+                            if change.detail.is_empty() { String::new() } else { format!(": {}", change.detail) },
+                        ),
+                        serde_json::json!({
                             "instance": change.instance.0, "state": word(change.state), "exit_code": change.exit_code,
                             "signal": change.signal, "restarts": change.restarts, "detail": change.detail,
                             "received_ms": received_ms,
                         }),
-                        ..NewEvent::new(
-                            at,
-                            "instance.detail",
-                            format!(
-                                "{} on {} {}{}{}{}",
-                                change.instance,
-                                self.host,
-                                word(change.state),
-                                change.exit_code.map(|c| format!(", exit code {c}")).unwrap_or_default(),
-                                change.signal.map(|s| format!(", signal {s}")).unwrap_or_default(),
-                                if change.detail.is_empty() { String::new() } else { format!(": {}", change.detail) },
-                            ),
-                        )
-                    });
+                    ));
                 }
             }
             Observed::Health(health) => {
@@ -529,25 +517,13 @@ impl Session<'_> {
                 }
                 // The detail of a failing probe is what a person needs; a passing one says nothing new.
                 if !health.healthy && !health.detail.is_empty() {
-                    let (system, component) = split_system(&health.instance.0);
-                    events.push(NewEvent {
-                        systems: vec![system],
-                        host: Some(self.host.clone()),
-                        component: Some(component),
-                        actor,
-                        data: serde_json::json!({ "instance": health.instance.0, "healthy": health.healthy, "detail": health.detail }),
-                        ..NewEvent::new(
-                            at,
-                            "instance.health",
-                            format!(
-                                "{} on {} is {}: {}",
-                                health.instance,
-                                self.host,
-                                if health.healthy { "healthy" } else { "unhealthy" },
-                                health.detail
-                            ),
-                        )
-                    });
+                    events.push(self.instance_event(
+                        &health.instance.0,
+                        at,
+                        "instance.health",
+                        format!("{} on {} is unhealthy: {}", health.instance, self.host, health.detail),
+                        serde_json::json!({ "instance": health.instance.0, "healthy": health.healthy, "detail": health.detail }),
+                    ));
                 }
             }
             Observed::Resources(use_) => {
@@ -561,6 +537,26 @@ impl Session<'_> {
                 data: serde_json::json!({ "check": check.name, "status": check.status, "output": check.output, "perfdata": check.perfdata }),
                 ..NewEvent::new(at, "check.result", format!("check {} on {}: {}", check.name, self.host, check.output))
             }),
+        }
+    }
+
+    /// A timeline event about one instance of this host, reported by its agent.
+    fn instance_event(
+        &self,
+        instance: &str,
+        at: i64,
+        kind: &str,
+        summary: String,
+        data: serde_json::Value,
+    ) -> NewEvent {
+        let (system, component) = split_system(instance);
+        NewEvent {
+            systems: vec![system],
+            host: Some(self.host.clone()),
+            component: Some(component),
+            actor: Some(format!("agent:{}", self.host)),
+            data,
+            ..NewEvent::new(at, kind, summary)
         }
     }
 
