@@ -14,6 +14,7 @@ mod diff;
 mod placement;
 mod render;
 pub mod template;
+mod waves;
 
 use std::collections::BTreeMap;
 
@@ -23,6 +24,7 @@ use serde::{Deserialize, Serialize};
 pub use diff::{FieldDiff, diff_values};
 pub use placement::{Placement, PlacementKey, place, runtime_config};
 pub use render::render;
+pub use waves::{Blocked, PlanOptions, Wave, WaveKind, WaveStep, waves};
 
 /// What a plan does to an object or an instance.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -125,18 +127,38 @@ pub struct Plan {
     pub unplaced: Vec<Unplaced>,
     /// The counts.
     pub summary: Summary,
+    /// The steps ordered into waves: every step is in exactly one wave.
+    #[serde(default)]
+    pub waves: Vec<Wave>,
+    /// Rollout rules that cannot be satisfied: a plan with any is refused.
+    #[serde(default)]
+    pub blocked: Vec<Blocked>,
+    /// The operational parameters it was planned with.
+    #[serde(default, skip_serializing_if = "PlanOptions::is_empty")]
+    pub options: PlanOptions,
 }
 
 impl Plan {
     /// Whether the plan changes nothing at all.
     pub fn is_empty(&self) -> bool {
-        self.objects.is_empty() && self.steps.is_empty() && self.unplaced.is_empty()
+        self.objects.is_empty() && self.steps.is_empty() && self.unplaced.is_empty() && self.blocked.is_empty()
     }
 }
 
 /// Plans the way from `current` (the desired state in force, `None` for a new server) to `desired`
 /// on the given hosts.
 pub fn plan(current: Option<&DesiredState>, desired: &DesiredState, hosts: &[HostInfo]) -> Plan {
+    plan_with(current, desired, hosts, &PlanOptions::default())
+}
+
+/// [`plan`] with operational parameters: host groups order the waves, retired hosts receive no
+/// placement (their instances move first, then stop).
+pub fn plan_with(
+    current: Option<&DesiredState>,
+    desired: &DesiredState,
+    hosts: &[HostInfo],
+    options: &PlanOptions,
+) -> Plan {
     let empty = DesiredState::default();
     let current = current.unwrap_or(&empty);
     let mut objects = Vec::new();
@@ -147,7 +169,7 @@ pub fn plan(current: Option<&DesiredState>, desired: &DesiredState, hosts: &[Hos
     diff_kind("policy", &current.policies, &desired.policies, &mut objects);
 
     let (before, _) = place(current, hosts);
-    let (after, unplaced) = place(desired, hosts);
+    let (after, unplaced) = place(desired, &options.placement_hosts(hosts));
     let steps = instance_steps(&before, &after);
 
     let mut summary = Summary::default();
@@ -166,11 +188,15 @@ pub fn plan(current: Option<&DesiredState>, desired: &DesiredState, hosts: &[Hos
             StepAction::Stop => summary.stop += 1,
         }
     }
+    let (waves, blocked) = waves::waves(current, desired, hosts, &steps, options);
     Plan {
         objects,
         steps,
         unplaced,
         summary,
+        waves,
+        blocked,
+        options: options.clone(),
     }
 }
 
