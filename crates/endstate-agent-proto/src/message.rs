@@ -273,6 +273,11 @@ pub struct ActualInstance {
     /// Its process id, while it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
+    /// Whether it is healthy now (its probe's verdict, or running without a probe), while it
+    /// runs; absent otherwise. Health *changes* are observations; this lets a server that
+    /// restarted know the health of instances whose health did not change since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy: Option<bool>,
 }
 
 /// `welcome`, server → agent: the handshake succeeded.

@@ -112,6 +112,7 @@ fn actual_state() -> ActualState {
             version: "1.4.2".into(),
             state: InstanceStateWord::Running,
             pid: Some(4243),
+            healthy: Some(true),
         }],
     }
 }

@@ -715,6 +715,7 @@ impl Runtime {
                     version: run.version.clone(),
                     state: run_state.word,
                     pid: run_state.pid,
+                    healthy: (run_state.word == InstanceStateWord::Running).then(|| *run.healthy_now.borrow()),
                 });
             } else if let Some(pending) = &status.pending {
                 actual.push(ActualInstance {
@@ -723,6 +724,7 @@ impl Runtime {
                     version: pending.version.clone(),
                     state: pending.word,
                     pid: None,
+                    healthy: None,
                 });
             }
         }

@@ -163,6 +163,48 @@ pub struct ChangeView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub plan: Option<serde_json::Value>,
+    /// Where the rollout is, once it started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutView>,
+}
+
+/// A change's progress through its waves.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RolloutView {
+    /// How many waves hosts execute (the first `released` waves of the plan).
+    pub released: u32,
+    /// `forward`, or `back` while rolling back.
+    pub direction: String,
+    /// Whether a person paused it.
+    pub paused: bool,
+    /// Who paused it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_by: Option<String>,
+    /// Why it is going back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub back_reason: Option<String>,
+}
+
+/// `POST /v1/changes/{id}/pause|resume|abort`: a person's command to a change.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeCommand {
+    /// Why, for the timeline (at most 4 KiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// `POST /v1/systems/{name}/rollback`: go back to an earlier revision.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    /// The revision to go back to; by default the last converged one (while a change is rolling
+    /// out) or the one converged before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<u64>,
+    /// Why, for the timeline (at most 4 KiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// A system with its rolled-up status.

@@ -123,6 +123,26 @@ pub(crate) enum Command {
     },
     /// The recent stdout and stderr of an instance, asked of its agent.
     Logs(LogsArgs),
+    /// Act on a change: pause it (no further wave starts), resume it (also a halted one), or
+    /// abort it (it goes back to the last converged revision, wave by wave, gated).
+    Change {
+        #[command(subcommand)]
+        action: ChangeAction,
+    },
+    /// Go back to an earlier revision. While a change rolls out (or is halted), it is aborted and
+    /// goes back to the last converged revision, gated; otherwise REVISION (by default the one
+    /// converged before the last) is submitted again and rolls out like any change. A revision
+    /// holds every system: all of them go back.
+    Rollback {
+        /// The system you act on (checked against your token's systems; on the timeline).
+        system: String,
+        /// The revision to go back to.
+        #[arg(long)]
+        to: Option<u64>,
+        /// Why, for the timeline.
+        #[arg(long)]
+        reason: Option<String>,
+    },
     /// Print the JSON Schema of a spec document, for editors.
     Schema,
     /// Manage API tokens.
@@ -307,5 +327,34 @@ pub(crate) enum TokenCommand {
         /// The only host name the join token admits.
         #[arg(long, requires = "join")]
         host: Option<String>,
+    },
+}
+
+/// What to do to a change.
+#[derive(Debug, Subcommand)]
+pub(crate) enum ChangeAction {
+    /// No further wave starts until resumed; a failing wave still halts or rolls back.
+    Pause {
+        /// The change number.
+        change: u64,
+        /// Why, for the timeline.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Go on with a paused or halted change.
+    Resume {
+        /// The change number.
+        change: u64,
+        /// Why, for the timeline.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Stop and go back to the last converged revision, wave by wave.
+    Abort {
+        /// The change number.
+        change: u64,
+        /// Why, for the timeline.
+        #[arg(long)]
+        reason: Option<String>,
     },
 }

@@ -230,6 +230,7 @@ pub(crate) async fn apply(global: &Global, args: ApplyArgs) -> anyhow::Result<Ou
         },
         parent: planned.server.map(|(_, latest)| latest.unwrap_or(0)),
     };
+    let before_submit = newest_seq(&client).await;
     let submitted = match client.submit(&request).await {
         Ok(submitted) => submitted,
         Err(error) if error.problem().is_some() => {
@@ -259,11 +260,28 @@ pub(crate) async fn apply(global: &Global, args: ApplyArgs) -> anyhow::Result<Ou
     progress.enable_steady_tick(Duration::from_millis(120));
     let started = tokio::time::Instant::now();
     let mut last_line = String::new();
+    // Every wave and decision of this change, as the timeline has it, printed as it comes.
+    let mut after = before_submit;
     let change = loop {
+        let page = client
+            .timeline(&endstate_client::TimelineQuery {
+                kind: Some("change.,decision.".into()),
+                after: Some(after),
+                limit: Some(500),
+                ..Default::default()
+            })
+            .await?;
+        for event in &page.items {
+            after = after.max(event.seq);
+            if event.change == Some(change_id) && event.kind != "change.waiting" {
+                progress.suspend(|| eprintln!("  {}", render::event_line(event, color())));
+            }
+        }
         let change = client.change(change_id).await?;
         let wave = change
             .wave
-            .map(|[k, n]| format!(" wave {k} of {n}"))
+            .filter(|_| change.state == "rolling")
+            .map(|[k, n]| format!(" (wave {} of {n})", k + 1))
             .unwrap_or_default();
         let reason = change.reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default();
         let line = format!("change {change_id}: {}{wave}{reason}", change.state);
@@ -301,6 +319,21 @@ pub(crate) async fn apply(global: &Global, args: ApplyArgs) -> anyhow::Result<Ou
             Outcome::StillOpen
         }
     })
+}
+
+/// The newest event's sequence number, so following a change starts from now.
+async fn newest_seq(client: &endstate_client::Client) -> u64 {
+    // Read before submitting: every event of the change comes after it. A failure here only
+    // means more history is looked at.
+    client
+        .timeline(&endstate_client::TimelineQuery {
+            limit: Some(1),
+            ..Default::default()
+        })
+        .await
+        .ok()
+        .and_then(|page| page.items.iter().map(|e| e.seq).max())
+        .unwrap_or(0)
 }
 
 /// `endstate status [SYSTEM]`
@@ -411,6 +444,58 @@ pub(crate) async fn note(global: &Global, system: &str, text: &str) -> anyhow::R
         print_json(&event)?;
     } else {
         println!("{}", render::event_line(&event, color()));
+    }
+    Ok(Outcome::Success)
+}
+
+/// `endstate change pause|resume|abort CHANGE`
+pub(crate) async fn change(global: &Global, action: crate::cli::ChangeAction) -> anyhow::Result<Outcome> {
+    use crate::cli::ChangeAction;
+    let client = client(global)?;
+    let (id, command, reason) = match &action {
+        ChangeAction::Pause { change, reason } => (*change, "pause", reason),
+        ChangeAction::Resume { change, reason } => (*change, "resume", reason),
+        ChangeAction::Abort { change, reason } => (*change, "abort", reason),
+    };
+    let change = match refused_or(client.change_command(id, command, reason.as_deref())).await? {
+        Ok(change) => change,
+        Err(outcome) => return Ok(outcome),
+    };
+    if global.output == Output::Json {
+        print_json(&change)?;
+    } else {
+        println!(
+            "change {}: {}: {}",
+            change.id,
+            change.state,
+            change.reason.unwrap_or_default()
+        );
+    }
+    Ok(Outcome::Success)
+}
+
+/// `endstate rollback SYSTEM [--to REVISION]`
+pub(crate) async fn rollback(
+    global: &Global,
+    system: &str,
+    to: Option<u64>,
+    reason: Option<&str>,
+) -> anyhow::Result<Outcome> {
+    let client = client(global)?;
+    let change = match refused_or(client.rollback(system, to, reason)).await? {
+        Ok(change) => change,
+        Err(outcome) => return Ok(outcome),
+    };
+    if global.output == Output::Json {
+        print_json(&change)?;
+    } else {
+        println!(
+            "change {} (revision {}): {}: {}\nFollow it with `endstate timeline {system} --follow`.",
+            change.id,
+            change.revision,
+            change.state,
+            change.reason.unwrap_or_default()
+        );
     }
     Ok(Outcome::Success)
 }

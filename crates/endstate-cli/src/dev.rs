@@ -140,19 +140,22 @@ pub(crate) async fn dev(global: &Global, args: DevArgs) -> anyhow::Result<Outcom
         },
         parent: None,
     };
-    // The examples are applied once, into an empty server: a restart must not overwrite what
-    // was applied since.
-    let latest = client.revision("latest").await.ok();
-    let submitted = match &latest {
-        None => Some(client.submit(&request).await),
-        Some(_) => None,
-    };
     let mut agents = match start_agents(&args, &url, &client).await {
         Ok(agents) => agents,
         Err(error) => {
             println!("  agents:       not started: {error:#}");
             Vec::new()
         }
+    };
+    // The examples are planned on the hosts known when they are applied: wait for the agents,
+    // so the plan places instances on all of them.
+    wait_for_agents(&client, agents.len()).await;
+    // The examples are applied once, into an empty server: a restart must not overwrite what
+    // was applied since.
+    let latest = client.revision("latest").await.ok();
+    let submitted = match &latest {
+        None => Some(client.submit(&request).await),
+        Some(_) => None,
     };
     println!("endstate dev is running.");
     println!("  API:          {url}");
@@ -184,6 +187,26 @@ pub(crate) async fn dev(global: &Global, args: DevArgs) -> anyhow::Result<Outcom
     stop_agents(&mut agents).await;
     served??;
     Ok(Outcome::Success)
+}
+
+/// Waits (at most 20 s) until `count` hosts are reachable; says so when they are not.
+async fn wait_for_agents(client: &endstate_client::Client, count: usize) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let reachable = client
+            .hosts()
+            .await
+            .map(|hosts| hosts.iter().filter(|h| h.liveness == "reachable").count())
+            .unwrap_or(0);
+        if reachable >= count {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            println!("  warning:      {reachable} of {count} agents reachable after 20 s; applying anyway");
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 /// Starts one agent process per zone (a, b, c, …), each with its own data directory; enrols

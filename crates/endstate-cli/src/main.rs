@@ -65,6 +65,8 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Timeline(args) => commands::timeline(global, args).await,
         Command::Describe { system } => commands::describe(global, &system).await,
         Command::Note { system, text } => commands::note(global, &system, &text).await,
+        Command::Change { action } => commands::change(global, action).await,
+        Command::Rollback { system, to, reason } => commands::rollback(global, &system, to, reason.as_deref()).await,
         Command::History { target } => commands::history(global, &target).await,
         Command::Hosts { action: None } => commands::hosts(global).await,
         Command::Hosts {

@@ -211,6 +211,42 @@ impl Client {
         self.get(&format!("/v1/changes/{id}")).await
     }
 
+    /// A person's command to a change: `pause`, `resume` or `abort`.
+    ///
+    /// # Errors
+    /// As the server says (409 when the change is not in a state for it, 404 when unknown).
+    pub async fn change_command(
+        &self,
+        id: u64,
+        command: &str,
+        reason: Option<&str>,
+    ) -> Result<ChangeView, ClientError> {
+        let body = endstate_api::ChangeCommand {
+            reason: reason.map(str::to_owned),
+        };
+        self.post(&format!("/v1/changes/{id}/{}", segment(command)), &body)
+            .await
+    }
+
+    /// Go back to an earlier revision (`endstate rollback`): aborts the change rolling out, or
+    /// submits the earlier revision again; returns the change that does it.
+    ///
+    /// # Errors
+    /// As the server says.
+    pub async fn rollback(
+        &self,
+        system: &str,
+        to: Option<u64>,
+        reason: Option<&str>,
+    ) -> Result<ChangeView, ClientError> {
+        let body = endstate_api::RollbackRequest {
+            to,
+            reason: reason.map(str::to_owned),
+        };
+        self.post(&format!("/v1/systems/{}/rollback", segment(system)), &body)
+            .await
+    }
+
     /// Systems with their status; with `tree`, the top-level ones with their subtrees. Reads every page.
     ///
     /// # Errors

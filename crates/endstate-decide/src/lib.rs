@@ -5,8 +5,64 @@
 //! freeze windows, the state of the systems) and the current time, the Decider only decides, so
 //! the same inputs always give the same decision and every decision can be replayed from the
 //! timeline, where the controller writes it with its inputs.
+//!
+//! # The rules
+//!
+//! [`decide`] looks at the rules below in this order. Every rule looked at adds a [`Finding`], ok
+//! or not; the findings come failures first, then waits, then what passed, each group in rule
+//! order. Waves are named from 1 in messages (`wave 2` is index 1).
+//!
+//! 1. **paused** (a finding only when paused): a paused change waits, with no `recheck_at_ms` of
+//!    its own (resuming is an event). Pausing replaces *allow*
+//!    by *wait* only: failures are still looked for, and a failure while paused still halts or
+//!    rolls back (a paused change with a dying canary must still roll back).
+//! 2. **Failure**, while a wave runs (`wave.started_ms` is set):
+//!    - `health`: an instance of the wave or of earlier waves at the target that is unhealthy
+//!      (`healthy == Some(false)`) or `Failed`, or any that restarted 3 times or more. Instances
+//!      of a stop wave are not judged on health (stopped or gone is their end state); instances
+//!      whose host is unreachable are not judged on their (stale) health either.
+//!    - `deadline`: once `started_ms + deadline_ms` is reached (`now >= ...`), every instance of
+//!      the wave must be at the target, running and healthy (stop waves: stopped or gone). A
+//!      `deadline_ms` of 0 means no deadline.
+//!    - `gate:<name>`: a value breaking its rule. A gate without a value (or whose value is NaN)
+//!      waits until the deadline, then fails. `MaxRatioToBaseline` fails when
+//!      `value > max_ratio * baseline`: a baseline of 0 allows 0 only (any positive value fails)
+//!      unless `max_ratio` is infinite; a baseline without a value waits like a missing value.
+//!
+//!    A failure rolls back when the rollout goes forward and `on_failure` is `rollback`, and
+//!    halts otherwise: a failing rollback halts, it is never rolled back.
+//! 3. **Wave not done**, while a wave runs (rule `health` unless said otherwise):
+//!    - every instance of the wave at the target, `Running` and healthy: `healthy == Some(true)`,
+//!      or `healthy == None` with `healthy_since_ms` set (no probe: the controller sets
+//!      `healthy_since_ms` from when it saw the instance running at the target); `None` without
+//!      `healthy_since_ms` waits for the first verdict. Stop waves: every instance `Stopped` or
+//!      gone (the controller drops instances that are gone).
+//!    - an instance whose host is unreachable (`Unknown`) waits, named by host; this applies to
+//!      earlier waves' instances too, which must also still run at the target (`Stopped` ones
+//!      are taken as stopped by an earlier stop wave).
+//!    - `min_healthy_time`: every instance healthy for `min_healthy_ms` (from `healthy_since_ms`,
+//!      from now if a healthy instance has none); waits until the last one reaches it.
+//!
+//!    Waits for the wave's instances and for gate readings recheck at the deadline, when they
+//!    would turn into a failure.
+//! 4. **pause**: after a done wave that is not the last, `pause_after_ms` from `wave_done_ms`
+//!    (when the controller did not record it: from when the last instance reached its minimum
+//!    healthy time, or now for a stop wave).
+//! 5. Only when a next wave would start (no wave started yet, or the running one is not the last):
+//!    - `freeze`: an open freeze window waits until it closes (see [`freeze_window_at`]); a
+//!      rollback is never blocked by a freeze. An invalid cron (the spec validates them, so it
+//!      should not happen) waits with the parse error.
+//!    - `degraded`: a problem outside the change waits, going forward only.
+//!    - `conflict`: another open change on the same hosts waits.
+//!    - `blast_radius`: a count over its limit waits.
+//! 6. Otherwise **allow**; the findings list what passed.
+//!
+//! Rules of a step are looked at only when the steps before it hold nothing (a pause by a person
+//! aside): a wave that is not done yet does not report freeze windows. A wait rechecks at the
+//! earliest known end among the findings that hold it (`None` when none has a known end).
 
 mod cron;
+mod rules;
 
 use serde::{Deserialize, Serialize};
 
@@ -45,7 +101,9 @@ pub struct InstanceView {
     pub state: InstanceState,
     /// The health verdict of its probe, `None` before the first verdict or without a probe.
     pub healthy: Option<bool>,
-    /// Since when it has been healthy without interruption (at the target), if it is.
+    /// Since when it has been healthy without interruption (at the target), if it is. Without a
+    /// probe (`healthy` stays `None`), since when it has been running at the target: the Decider
+    /// counts such an instance healthy from then, and waits for a first verdict while it is `None`.
     pub healthy_since_ms: Option<i64>,
     /// Restarts of the process at the target version.
     pub restarts: u32,
@@ -108,7 +166,12 @@ pub enum GateRule {
     /// At least this.
     Min(f64),
     /// At most `max_ratio` times the baseline (canary against baseline).
-    MaxRatioToBaseline { baseline: Result<f64, String>, max_ratio: f64 },
+    MaxRatioToBaseline {
+        /// The same measure on the instances not changed, or why there is none.
+        baseline: Result<f64, String>,
+        /// The ratio not to exceed.
+        max_ratio: f64,
+    },
 }
 
 /// A freeze window declared by a policy that covers a system of the change.
@@ -133,9 +196,11 @@ pub struct BlastRadius {
     pub instances: u32,
     /// Failure domains likewise.
     pub domains: u32,
-    /// Limits (`None`: no limit).
+    /// Limits (`None`: no limit): on hosts,
     pub max_hosts: Option<u32>,
+    /// on instances,
     pub max_instances: Option<u32>,
+    /// on failure domains.
     pub max_domains: Option<u32>,
 }
 
@@ -212,29 +277,29 @@ pub struct Decision {
 }
 
 impl Decision {
-    /// The reasons that decided, joined: `health: web#0 on h1 is unhealthy; ...`; for an allow,
-    /// a summary of what was checked.
+    /// The reasons that decided, joined: `health: web#0 on h1 is unhealthy; ...` (for a halt or a
+    /// rollback, the failures first, then what would have held the rollout anyway); for an allow,
+    /// what was checked.
     pub fn summary(&self) -> String {
+        let allow = self.verdict == Verdict::Allow;
         let deciding: Vec<String> = self
             .findings
             .iter()
-            .filter(|f| f.ok == (self.verdict == Verdict::Allow))
+            .filter(|f| f.ok == allow)
             .map(|f| format!("{}: {}", f.rule, f.message))
             .collect();
+        if deciding.is_empty() {
+            return if allow {
+                "nothing to check".to_owned()
+            } else {
+                "no reason given".to_owned()
+            };
+        }
         deciding.join("; ")
     }
 }
 
-/// Decides. See the crate docs and the rules on [`Input`]'s fields.
+/// Decides: see the rules in the crate docs.
 pub fn decide(input: &Input) -> Decision {
-    // Placeholder until the rules land: allow when every instance of the wave is running and healthy.
-    let done = input
-        .wave_instances
-        .iter()
-        .all(|i| i.at_target && i.state == InstanceState::Running && i.healthy != Some(false));
-    Decision {
-        verdict: if done { Verdict::Allow } else { Verdict::Wait },
-        findings: Vec::new(),
-        recheck_at_ms: None,
-    }
+    rules::decide(input)
 }

@@ -7,8 +7,11 @@
 //! ties by host name. The planner does no IO and knows neither the store nor the server, so the
 //! CLI runs exactly the same function for `endstate plan` as the server does for a change.
 //!
-//! Ordering into safe waves (canary, batches, failure domains, dependency order) builds on this
-//! plan and comes with the rollout work; today a plan is one set of steps.
+//! The steps are then ordered into safe waves ([`Plan::waves`], see [`waves()`]): dependency
+//! order between components, then per component a canary, batches bounded by
+//! `rollout.max_unavailable`, one failure domain or host group at a time, and stops of instances
+//! no longer desired after their replacements. Rollout rules that cannot be satisfied are listed
+//! in [`Plan::blocked`], and such a plan is refused.
 
 mod diff;
 mod placement;

@@ -2,7 +2,9 @@
 
 use std::fmt::Write;
 
-use crate::{Op, Plan, StepAction};
+use endstate_spec::Duration;
+
+use crate::{Op, Plan, StepAction, WaveKind};
 
 const GREEN: &str = "\x1b[32m";
 const YELLOW: &str = "\x1b[33m";
@@ -40,12 +42,7 @@ pub fn render(plan: &Plan, color: bool) -> String {
     if !plan.steps.is_empty() {
         let _ = writeln!(out, "\n{}Instances:{reset}", paint(BOLD));
         for step in &plan.steps {
-            let (sign, word, code) = match step.action {
-                StepAction::Start => ('+', "start", GREEN),
-                StepAction::Upgrade => ('~', "upgrade", YELLOW),
-                StepAction::Reconfigure => ('~', "reconfigure", YELLOW),
-                StepAction::Stop => ('-', "stop", RED),
-            };
+            let (sign, word, code) = action_words(step.action);
             let versions = match (&step.from_version, &step.to_version) {
                 (Some(from), Some(to)) if from != to => format!("{from} -> {to}"),
                 (_, Some(to)) => to.clone(),
@@ -60,6 +57,62 @@ pub fn render(plan: &Plan, color: bool) -> String {
                 step.slot,
                 step.host,
                 step.reason
+            );
+        }
+    }
+    if !plan.waves.is_empty() {
+        let _ = writeln!(out, "\n{}Waves:{reset}", paint(BOLD));
+        let total = plan.waves.len();
+        for wave in &plan.waves {
+            let kind = match wave.kind {
+                WaveKind::Canary => "canary",
+                WaveKind::Batch => "batch",
+                WaveKind::Stop => "stop",
+            };
+            let domain = wave.domain.as_deref().map(|d| format!(" {d}")).unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "  {}wave {}/{total} {kind} {}{domain}{reset}: {}",
+                paint(BOLD),
+                u64::from(wave.index) + 1,
+                wave.component,
+                wave.reason
+            );
+            for wave_step in &wave.steps {
+                let step = &wave_step.step;
+                let (sign, word, code) = action_words(step.action);
+                let _ = writeln!(
+                    out,
+                    "    {}{sign} {word:<11} {}#{} on {}{reset}: {}",
+                    paint(code),
+                    step.component,
+                    step.slot,
+                    step.host,
+                    wave_step.why
+                );
+            }
+            let mut gate = Vec::new();
+            if wave.min_healthy_ms > 0 {
+                gate.push(format!("healthy for {}", Duration::from_millis(wave.min_healthy_ms)));
+            }
+            if wave.pause_after_ms > 0 {
+                gate.push(format!("pause {}", Duration::from_millis(wave.pause_after_ms)));
+            }
+            if !gate.is_empty() {
+                let _ = writeln!(out, "    then: {}", gate.join(", then "));
+            }
+        }
+    }
+    if !plan.blocked.is_empty() {
+        let _ = writeln!(out, "\n{}Blocked:{reset}", paint(BOLD));
+        for blocked in &plan.blocked {
+            let _ = writeln!(
+                out,
+                "  {}! {}: {}: {}{reset}",
+                paint(RED),
+                blocked.component,
+                blocked.rule,
+                blocked.reason
             );
         }
     }
@@ -91,4 +144,14 @@ pub fn render(plan: &Plan, color: bool) -> String {
         s.stop
     );
     out
+}
+
+/// The sign, word and colour of an action.
+fn action_words(action: StepAction) -> (char, &'static str, &'static str) {
+    match action {
+        StepAction::Start => ('+', "start", GREEN),
+        StepAction::Upgrade => ('~', "upgrade", YELLOW),
+        StepAction::Reconfigure => ('~', "reconfigure", YELLOW),
+        StepAction::Stop => ('-', "stop", RED),
+    }
 }

@@ -12,11 +12,13 @@
 
 mod agents;
 mod auth;
+mod changes;
 mod error;
 mod history;
 mod metrics;
 mod openapi;
 mod ratelimit;
+mod rollout;
 mod routes;
 mod runner;
 mod stream;
@@ -36,6 +38,7 @@ use tokio::sync::{Notify, watch};
 
 pub use agents::{AgentConfig, KEEPALIVE_MISSES, TlsError};
 pub use ratelimit::RateLimitConfig;
+pub use rollout::{DEFAULT_WAVE_DEADLINE, RolloutConfig};
 
 /// How the server is set up. Built by the binary from flags and environment; everything is
 /// validated before a socket is bound.
@@ -51,6 +54,8 @@ pub struct ServerConfig {
     pub max_streams: usize,
     /// The agent link (used when an agent listener is given).
     pub agents: AgentConfig,
+    /// The rollout controller.
+    pub rollout: RolloutConfig,
 }
 
 impl ServerConfig {
@@ -62,6 +67,7 @@ impl ServerConfig {
             runner_interval: Duration::from_secs(2),
             max_streams: 256,
             agents: AgentConfig::default(),
+            rollout: RolloutConfig::default(),
         }
     }
 }
@@ -126,6 +132,30 @@ struct Inner {
     /// Parsed desired states by revision, so requests do not re-parse the same JSON.
     desired_cache: Mutex<BTreeMap<RevisionId, Arc<DesiredState>>>,
     hub: std::sync::OnceLock<Arc<agents::Hub>>,
+    rollout: RolloutConfig,
+    /// Held by the controller's round and by a person's pause, resume or abort, so neither
+    /// overwrites the other's progress.
+    rollout_lock: tokio::sync::Mutex<()>,
+    /// When the controller wants to look again (a min healthy time or a pause ends), in ms
+    /// since the epoch; 0 for no wish.
+    recheck_at_ms: std::sync::atomic::AtomicI64,
+}
+
+/// What agents should run, as [`AppState::rendering`] finds it.
+pub(crate) struct Rendering {
+    /// The last converged revision.
+    pub(crate) base: Option<(RevisionId, Arc<DesiredState>)>,
+    /// The change being rolled out, if one is.
+    pub(crate) rollout: Option<RolloutRendering>,
+}
+
+/// A change being rolled out.
+pub(crate) struct RolloutRendering {
+    pub(crate) revision: RevisionId,
+    pub(crate) desired: Arc<DesiredState>,
+    /// The instances whose steps are released.
+    pub(crate) released: std::collections::BTreeSet<endstate_plan::PlacementKey>,
+    pub(crate) options: endstate_plan::PlanOptions,
 }
 
 /// How many parsed desired states are kept.
@@ -164,6 +194,9 @@ impl Server {
             streams: Arc::new(tokio::sync::Semaphore::new(config.max_streams)),
             desired_cache: Mutex::new(BTreeMap::new()),
             hub: std::sync::OnceLock::new(),
+            rollout: config.rollout.clone(),
+            rollout_lock: tokio::sync::Mutex::new(()),
+            recheck_at_ms: std::sync::atomic::AtomicI64::new(0),
         }));
         let admin_secret = auth::bootstrap_admin(&state)
             .await
@@ -315,8 +348,38 @@ impl AppState {
         self.0.hub.get()
     }
 
-    /// The revision agents should run: the newest rolling change's, else the last converged one.
-    pub(crate) async fn target(&self) -> Result<Option<(RevisionId, Arc<DesiredState>)>, error::ApiError> {
+    pub(crate) fn rollout_config(&self) -> &RolloutConfig {
+        &self.0.rollout
+    }
+
+    /// Asks the runner to look again at `at` (ms since the epoch), or forgets the wish.
+    pub(crate) fn recheck_at(&self, at: Option<i64>) {
+        self.0
+            .recheck_at_ms
+            .store(at.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How long the runner may sleep at most: until the controller's recheck time, if sooner.
+    pub(crate) fn runner_sleep(&self, interval: std::time::Duration) -> std::time::Duration {
+        let at = self.0.recheck_at_ms.load(std::sync::atomic::Ordering::Relaxed);
+        let left = at.saturating_sub(now_ms());
+        if at <= 0 || left < 0 {
+            // No wish, or it passed (the round that ran since decided anew).
+            return interval;
+        }
+        // A few milliseconds late rather than early, so the time has really passed.
+        let left = u64::try_from(left).unwrap_or(0).saturating_add(5);
+        interval.min(std::time::Duration::from_millis(left))
+    }
+
+    pub(crate) fn rollout_lock(&self) -> &tokio::sync::Mutex<()> {
+        &self.0.rollout_lock
+    }
+
+    /// What agents should run: the base revision (the last converged), and the open change that
+    /// is rolling (or halted mid-way) with the instances its released waves changed.
+    pub(crate) async fn rendering(&self) -> Result<Rendering, error::ApiError> {
+        let base = self.base().await?;
         let open = self
             .store()
             .list_changes(
@@ -330,10 +393,24 @@ impl AppState {
                 },
             )
             .await?;
-        if let Some(rolling) = open.items.iter().find(|c| c.state == ChangeState::Rolling) {
-            return Ok(self.desired(rolling.revision).await?.map(|d| (rolling.revision, d)));
+        let rolling = open
+            .items
+            .iter()
+            .find(|c| matches!(c.state, ChangeState::Rolling | ChangeState::Halted));
+        let mut rollout = None;
+        if let Some(change) = rolling
+            && let Some(desired) = self.desired(change.revision).await?
+        {
+            let plan = rollout::plan_of(change).unwrap_or_default();
+            let progress = rollout::Progress::of(change);
+            rollout = Some(RolloutRendering {
+                revision: change.revision,
+                desired,
+                released: rollout::released_keys(&plan, progress.released),
+                options: plan.options,
+            });
         }
-        self.base().await
+        Ok(Rendering { base, rollout })
     }
 
     pub(crate) fn store(&self) -> &dyn Store {

@@ -37,6 +37,10 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/plan", post(preview_plan))
         .route("/v1/changes", get(list_changes))
         .route("/v1/changes/{id}", get(get_change))
+        .route("/v1/changes/{id}/pause", post(crate::changes::pause))
+        .route("/v1/changes/{id}/resume", post(crate::changes::resume))
+        .route("/v1/changes/{id}/abort", post(crate::changes::abort))
+        .route("/v1/systems/{name}/rollback", post(crate::changes::rollback))
         .route("/v1/systems", get(list_systems))
         .route("/v1/systems/{name}", get(get_system))
         .route("/v1/systems/{name}/describe", get(describe_system))
@@ -345,6 +349,16 @@ pub(crate) fn change_view(change: &endstate_store::Change, with_plan: bool) -> C
         created_at: crate::rfc3339(change.created_ms),
         updated_at: crate::rfc3339(change.updated_ms),
         plan: if with_plan { change.plan.clone() } else { None },
+        rollout: change.progress.as_ref().map(|_| {
+            let progress = crate::rollout::Progress::of(change);
+            endstate_api::RolloutView {
+                released: progress.released,
+                direction: if progress.back { "back" } else { "forward" }.into(),
+                paused: progress.paused,
+                paused_by: progress.paused_by,
+                back_reason: progress.back_reason,
+            }
+        }),
     }
 }
 
@@ -369,7 +383,37 @@ pub(crate) async fn submit_revision(
     } else {
         request.source.clone()
     };
-    let canonical = serde_json::to_value(&desired)
+    let (revision, change) = submit_desired(
+        &state,
+        &actor.name,
+        &desired,
+        &request.message,
+        source_word(&source),
+        request.parent.map(RevisionId),
+    )
+    .await?;
+    let counts = counts(&desired);
+    Ok((
+        StatusCode::CREATED,
+        Json(SubmitResponse {
+            revision: revision_view(&meta_of(&revision), None, counts),
+            change: change_view(&change, true),
+            warnings,
+        }),
+    ))
+}
+
+/// Stores a validated desired state as the next revision with its change and its
+/// `revision.submitted` event, in one transaction.
+pub(crate) async fn submit_desired(
+    state: &AppState,
+    actor: &str,
+    desired: &DesiredState,
+    message: &str,
+    source: String,
+    parent: Option<RevisionId>,
+) -> Result<(endstate_store::Revision, endstate_store::Change), ApiError> {
+    let canonical = serde_json::to_value(desired)
         .map_err(|error| ApiError::Internal(format!("cannot serialize a desired state: {error}")))?;
     let digest = format!(
         "sha256:{}",
@@ -377,28 +421,24 @@ pub(crate) async fn submit_revision(
     );
     // Planned from the same base as the change will be: the last revision that converged.
     let previous = state.base().await?;
-    let hosts = host_infos(&state).await?;
-    let plan = endstate_plan::plan(previous.as_ref().map(|(_, d)| d.as_ref()), &desired, &hosts);
-    let systems = touched_systems(&plan, previous.as_ref().map(|(_, d)| d.as_ref()), &desired);
+    let hosts = host_infos(state).await?;
+    let plan = endstate_plan::plan(previous.as_ref().map(|(_, d)| d.as_ref()), desired, &hosts);
+    let systems = touched_systems(&plan, previous.as_ref().map(|(_, d)| d.as_ref()), desired);
     let now = now_ms();
     let summary = format!(
         "revision submitted by {}: {} ({} to add, {} to change, {} to remove)",
-        actor.name,
-        if request.message.is_empty() {
-            "(no message)"
-        } else {
-            request.message.as_str()
-        },
+        actor,
+        if message.is_empty() { "(no message)" } else { message },
         plan.summary.add,
         plan.summary.change,
         plan.summary.remove
     );
     let event = NewEvent {
         systems,
-        actor: Some(actor.name.clone()),
+        actor: Some(actor.to_owned()),
         data: serde_json::json!({
-            "message": request.message,
-            "source": source_word(&source),
+            "message": message,
+            "source": source,
             "digest": digest,
             "summary": plan.summary,
             "objects": plan.objects.iter().map(|o| format!("{:?} {} {}", o.op, o.kind, o.name).to_lowercase()).collect::<Vec<_>>(),
@@ -409,29 +449,21 @@ pub(crate) async fn submit_revision(
         .store()
         .submit_revision(
             NewRevision {
-                author: actor.name.clone(),
-                message: request.message.clone(),
-                source: source_word(&source),
+                author: actor.to_owned(),
+                message: message.to_owned(),
+                source: source.clone(),
                 digest,
                 desired: canonical,
                 created_ms: now,
                 // The store checks it in the same transaction as the insert.
-                parent: request.parent.map(RevisionId),
+                parent,
             },
             vec![event],
         )
         .await?;
     state.metrics().revisions_submitted.inc();
     state.written();
-    let counts = counts(&desired);
-    Ok((
-        StatusCode::CREATED,
-        Json(SubmitResponse {
-            revision: revision_view(&meta_of(&revision), None, counts),
-            change: change_view(&change, true),
-            warnings,
-        }),
-    ))
+    Ok((revision, change))
 }
 
 /// Preview what a desired state would change, from the last revision that converged, on the

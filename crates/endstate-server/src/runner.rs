@@ -5,12 +5,13 @@
 //! 2. The runner moves the newest open change to `planning`, plans it against the last converged
 //!    revision on the current inventory, and stores the plan.
 //! 3. A plan with no instance step and nothing unplaceable has nothing to execute on hosts: the
-//!    change is `converged` (its systems, policies, checks and actions are in force).
-//!    Otherwise the change stays open in `planning` with the reason it waits (unplaceable
-//!    components, or steps that need agents to execute them) and is re-planned every round, so
-//!    a host joining the inventory is taken into account.
+//!    change is `converged` (its systems, policies, checks and actions are in force). A plan
+//!    whose rollout rules cannot be satisfied (`Plan::blocked`) is refused: the change `failed`,
+//!    naming the rule. A plan with components that cannot be placed waits in `planning`, saying
+//!    why, and is re-planned every round, so a host joining the inventory is taken into account.
+//!    Otherwise, with agents, the change goes `rolling` and [`crate::rollout`] executes its waves.
 //! 4. An older open change is `superseded` by a newer one: only the newest desired state is pursued.
-//!
+
 //! # Guarantees
 //! - Every round re-reads the store; the runner keeps no state of its own, so a restart (or
 //!   another replica) continues where the store says.
@@ -18,8 +19,8 @@
 //!   its timeline event: two runners cannot both move the same change.
 //!
 //! # Caveats
-//! - Executing steps through agents, waves and gates come with the agents and rollout work; until
-//!   then a change with instance steps waits in `planning`, saying so.
+//! - The plan is fixed when the change starts rolling: a host joining later is not in it (the
+//!   next change places on it).
 
 use std::time::Duration;
 
@@ -40,7 +41,7 @@ pub(crate) async fn run(state: AppState, interval: Duration, mut stop: watch::Re
         }
         tokio::select! {
             _ = state.0.runner_wake.notified() => {}
-            _ = tokio::time::sleep(interval) => {}
+            _ = tokio::time::sleep(state.runner_sleep(interval)) => {}
             _ = stop.changed() => return,
         }
         if *stop.borrow() {
@@ -51,6 +52,7 @@ pub(crate) async fn run(state: AppState, interval: Duration, mut stop: watch::Re
 
 /// One round over the open changes.
 pub(crate) async fn round(state: &AppState) -> Result<(), ApiError> {
+    let _controller = state.rollout_lock().lock().await;
     let open = state
         .store()
         .list_changes(
@@ -78,7 +80,7 @@ pub(crate) async fn round(state: &AppState) -> Result<(), ApiError> {
             state,
             change,
             ChangeState::Superseded,
-            None,
+            Transition::default(),
             reason,
             "change.superseded",
         )
@@ -89,20 +91,43 @@ pub(crate) async fn round(state: &AppState) -> Result<(), ApiError> {
 
 async fn drive(state: &AppState, change: &Change) -> Result<(), ApiError> {
     if change.state == ChangeState::Rolling {
-        return watch_rolling(state, change).await;
+        return crate::rollout::drive(state, change).await;
     }
     if !matches!(change.state, ChangeState::Pending | ChangeState::Planning) {
         return Ok(());
     }
     let Some(desired) = state.desired(change.revision).await? else {
         let reason = format!("revision {} is missing from the store", change.revision.0);
-        transition(state, change, ChangeState::Failed, None, reason, "change.failed").await?;
+        transition(
+            state,
+            change,
+            ChangeState::Failed,
+            Transition::default(),
+            reason,
+            "change.failed",
+        )
+        .await?;
         return Ok(());
     };
     // Planned from the same base as every preview: the last revision that converged.
     let current = state.base().await?.map(|(_, desired)| desired);
     let hosts = crate::routes::host_infos(state).await?;
     let plan = endstate_plan::plan(current.as_deref(), &desired, &hosts);
+    if !plan.blocked.is_empty() {
+        let rules: Vec<String> = plan
+            .blocked
+            .iter()
+            .map(|b| format!("{} ({}): {}", b.component, b.rule, b.reason))
+            .collect();
+        let reason = format!("refused: the rollout cannot be satisfied: {}", rules.join("; "));
+        let plan_json = serde_json::to_value(&plan).map_err(|error| ApiError::Internal(error.to_string()))?;
+        let update = Transition {
+            plan: Some(plan_json),
+            ..Transition::default()
+        };
+        transition(state, change, ChangeState::Failed, update, reason, "change.failed").await?;
+        return Ok(());
+    }
     let plan_json = serde_json::to_value(&plan).map_err(|error| ApiError::Internal(error.to_string()))?;
     let change = if change.state == ChangeState::Pending {
         let reason = format!(
@@ -112,15 +137,11 @@ async fn drive(state: &AppState, change: &Change) -> Result<(), ApiError> {
             plan.summary.remove,
             plan.steps.len()
         );
-        transition(
-            state,
-            change,
-            ChangeState::Planning,
-            Some(plan_json.clone()),
-            reason,
-            "change.planning",
-        )
-        .await?
+        let update = Transition {
+            plan: Some(plan_json.clone()),
+            ..Transition::default()
+        };
+        transition(state, change, ChangeState::Planning, update, reason, "change.planning").await?
     } else {
         change.clone()
     };
@@ -131,11 +152,15 @@ async fn drive(state: &AppState, change: &Change) -> Result<(), ApiError> {
             + desired.actions.len()
             + desired.policies.len();
         let reason = format!("{n_objects} declared objects in force, no instance to change");
+        let update = Transition {
+            plan: Some(plan_json),
+            ..Transition::default()
+        };
         transition(
             state,
             &change,
             ChangeState::Converged,
-            Some(plan_json),
+            update,
             reason,
             "change.converged",
         )
@@ -145,23 +170,19 @@ async fn drive(state: &AppState, change: &Change) -> Result<(), ApiError> {
     if plan.unplaced.is_empty() && state.hub().is_some() {
         let hosts: std::collections::BTreeSet<&str> = plan.steps.iter().map(|s| s.host.as_str()).collect();
         let reason = format!(
-            "{} instance steps on {} hosts, in one wave (waves and gates come with the rollout work)",
+            "{} instance steps on {} hosts in {} waves; asking the Decider before wave 1",
             plan.steps.len(),
-            hosts.len()
+            hosts.len(),
+            plan.waves.len()
         );
-        transition(
-            state,
-            &change,
-            ChangeState::Rolling,
-            Some(plan_json),
-            reason,
-            "change.rolling",
-        )
-        .await?;
-        if let Some(hub) = state.hub() {
-            hub.refresh(state).await?;
-        }
-        return Ok(());
+        let update = Transition {
+            plan: Some(plan_json),
+            wave: Some((0, u32::try_from(plan.waves.len()).unwrap_or(u32::MAX))),
+            progress: Some(serde_json::to_value(crate::rollout::Progress::default()).unwrap_or_default()),
+            ..Transition::default()
+        };
+        let change = transition(state, &change, ChangeState::Rolling, update, reason, "change.rolling").await?;
+        return crate::rollout::drive(state, &change).await;
     }
     let reason = waiting_reason(&plan);
     if change.plan.as_ref() != Some(&plan_json) || change.reason.as_deref() != Some(reason.as_str()) {
@@ -170,32 +191,11 @@ async fn drive(state: &AppState, change: &Change) -> Result<(), ApiError> {
         } else {
             "change.waiting"
         };
-        transition(state, &change, ChangeState::Planning, Some(plan_json), reason, kind).await?;
-    }
-    Ok(())
-}
-
-/// A rolling change converges once every instance of its revision is observed running and
-/// healthy at its version; until then its reason says what it waits for.
-async fn watch_rolling(state: &AppState, change: &Change) -> Result<(), ApiError> {
-    let Some(hub) = state.hub() else {
-        return Ok(());
-    };
-    hub.refresh(state).await?;
-    match hub.progress(state, change.revision).await? {
-        Ok(total) => {
-            let reason = format!(
-                "{total} instances running and healthy at revision {}",
-                change.revision.0
-            );
-            transition(state, change, ChangeState::Converged, None, reason, "change.converged").await?;
-        }
-        Err(waiting) => {
-            let reason = waiting;
-            if change.reason.as_deref() != Some(reason.as_str()) {
-                transition(state, change, ChangeState::Rolling, None, reason, "change.progress").await?;
-            }
-        }
+        let update = Transition {
+            plan: Some(plan_json),
+            ..Transition::default()
+        };
+        transition(state, &change, ChangeState::Planning, update, reason, kind).await?;
     }
     Ok(())
 }
@@ -219,14 +219,42 @@ fn waiting_reason(plan: &Plan) -> String {
     )
 }
 
-async fn transition(
+/// What a transition writes besides the state and the reason.
+#[derive(Default)]
+pub(crate) struct Transition {
+    /// A new plan.
+    pub(crate) plan: Option<serde_json::Value>,
+    /// A new wave position.
+    pub(crate) wave: Option<(u32, u32)>,
+    /// New controller progress.
+    pub(crate) progress: Option<serde_json::Value>,
+    /// More events, written in the same transaction (decisions).
+    pub(crate) events: Vec<NewEvent>,
+    /// Who asked for it (`server` when not a person).
+    pub(crate) actor: Option<String>,
+    /// Log at debug, not info (waits are frequent).
+    pub(crate) quiet: bool,
+}
+
+/// Moves a change from the state it was read in to `to`, with its timeline event (and `extra`'s),
+/// in one transaction; a compare-and-set on the state read.
+pub(crate) async fn transition(
     state: &AppState,
     change: &Change,
     to: ChangeState,
-    plan: Option<serde_json::Value>,
+    extra: Transition,
     reason: String,
     kind: &str,
 ) -> Result<Change, ApiError> {
+    let Transition {
+        plan,
+        wave,
+        progress,
+        events: mut more,
+        actor,
+        quiet,
+    } = extra;
+    let actor = actor.unwrap_or_else(|| "server".into());
     let now = now_ms();
     let base = state.base().await?.map(|(_, desired)| desired);
     // The systems the change touches, from the plan it has (or gets now); before it is planned,
@@ -243,10 +271,10 @@ async fn transition(
         None => Vec::new(),
     };
     let event = NewEvent {
-        systems,
+        systems: systems.clone(),
         change: Some(change.id),
-        actor: Some("server".into()),
-        data: serde_json::json!({ "from": change.state.as_str(), "to": to.as_str(), "reason": reason, "revision": change.revision.0 }),
+        actor: Some(actor.clone()),
+        data: serde_json::json!({ "from": change.state.as_str(), "to": to.as_str(), "reason": reason, "revision": change.revision.0, "wave": wave }),
         ..NewEvent::new(
             now,
             kind,
@@ -267,10 +295,20 @@ async fn transition(
                 state: to,
                 plan,
                 reason: Some(reason),
-                wave: None,
+                wave,
+                progress,
                 now_ms: now,
             },
-            vec![event],
+            std::iter::once(event)
+                .chain(more.drain(..).map(|e| NewEvent {
+                    systems: if e.systems.is_empty() {
+                        systems.clone()
+                    } else {
+                        e.systems
+                    },
+                    ..e
+                }))
+                .collect(),
         )
         .await?;
     state
@@ -281,11 +319,16 @@ async fn transition(
         })
         .inc();
     state.written();
-    tracing::info!(
-        change = change.id.0,
-        from = change.state.as_str(),
-        to = to.as_str(),
-        "Change transitioned."
-    );
+    if quiet {
+        tracing::debug!(change = change.id.0, kind, "Change waits.");
+    } else {
+        tracing::info!(
+            change = change.id.0,
+            from = change.state.as_str(),
+            to = to.as_str(),
+            kind,
+            "Change transitioned."
+        );
+    }
     Ok(updated)
 }

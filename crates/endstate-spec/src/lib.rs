@@ -111,7 +111,7 @@
 //! rollout:                            # optional; every field has a default
 //!   canary: 1                         # default 1 (0: no canary); at most a `total` count
 //!   batch: { percent: 25 }            # default { size: 1 }; or { size: N }; percent 1..=100
-//!   max_unavailable: 2                # default 1, at least 1
+//!   max_unavailable: 2                # default 1; 0 only if new instances start before old ones stop
 //!   one_domain_at_a_time: zone        # optional failure-domain host label
 //!   pause: 30s                        # optional pause between batches
 //!   min_healthy_time: 10s             # default 10s

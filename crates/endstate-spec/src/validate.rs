@@ -865,16 +865,9 @@ fn component<'a>(ctx: DocCtx<'a>, doc: &ComponentDoc, out: &mut Out) -> Componen
         ),
         _ => {}
     }
-    if r.max_unavailable.value == 0 {
-        out.push(
-            ctx.error(
-                ctx.pos_or(&r.max_unavailable, batch_pos),
-                "invalid-rollout",
-                "found `max_unavailable: 0`",
-            )
-            .expected("at least 1 (an instance is down while it is changed)"),
-        );
-    }
+    // `max_unavailable: 0` is valid: a component that starts a new instance before stopping the
+    // old one (server-allocated ports, none exclusive) upgrades without downtime. When it cannot,
+    // the planner refuses the rollout, naming the port that forces stop-then-start.
 
     let depends_on: Vec<Ref> = doc
         .depends_on

@@ -80,6 +80,8 @@ pub struct Change {
     pub reason: Option<String>,
     /// `(current wave index, number of waves)` while rolling.
     pub wave: Option<(u32, u32)>,
+    /// The controller's progress through the waves, opaque to the store.
+    pub progress: Option<serde_json::Value>,
     /// When it was created (the revision's time).
     pub created_ms: i64,
     /// When it last transitioned.
@@ -106,6 +108,8 @@ pub struct ChangeUpdate {
     pub reason: Option<String>,
     /// A new wave position, or `None` to keep the current one.
     pub wave: Option<(u32, u32)>,
+    /// New controller progress, or `None` to keep the current one.
+    pub progress: Option<serde_json::Value>,
     /// When the transition happens.
     pub now_ms: i64,
 }

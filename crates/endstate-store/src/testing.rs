@@ -453,6 +453,7 @@ async fn transition_change_compares_and_sets(store: &dyn Store) {
         plan: Some(plan.clone()),
         reason: Some("planning".into()),
         wave: None,
+        progress: None,
         now_ms: 2_000,
     };
     let events = vec![event(
@@ -484,6 +485,7 @@ async fn transition_change_compares_and_sets(store: &dyn Store) {
         plan: None,
         reason: None,
         wave: None,
+        progress: None,
         now_ms: 3_000,
     };
     let stale_events = vec![event(3_000, "change.transitioned", &["conf-cas"], "stale")];
@@ -519,6 +521,7 @@ async fn transition_change_compares_and_sets(store: &dyn Store) {
 
     let rolling = ChangeUpdate {
         wave: Some((1, 2)),
+        progress: Some(serde_json::json!({ "released": 1 })),
         ..stale
     };
     let rolled = store
@@ -526,6 +529,11 @@ async fn transition_change_compares_and_sets(store: &dyn Store) {
         .await
         .unwrap();
     assert_eq!(rolled.wave, Some((1, 2)), "the wave position is set");
+    assert_eq!(
+        rolled.progress,
+        Some(serde_json::json!({ "released": 1 })),
+        "the progress is set"
+    );
     assert_eq!(
         rolled.plan.as_ref(),
         Some(&plan),
@@ -542,6 +550,7 @@ async fn transition_change_compares_and_sets(store: &dyn Store) {
         plan: None,
         reason: None,
         wave: None,
+        progress: None,
         now_ms: 1,
     };
     let result = store
@@ -565,6 +574,7 @@ async fn list_changes_filters_and_pages(store: &dyn Store) {
         plan: None,
         reason: Some("end state reached".into()),
         wave: None,
+        progress: None,
         now_ms: 5_000,
     };
     store

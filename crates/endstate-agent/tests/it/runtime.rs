@@ -322,6 +322,7 @@ async fn apply_starts_instances_and_reports_them() {
             version: "1.0".to_owned(),
             state: InstanceStateWord::Running,
             pid: Some(pid),
+            healthy: Some(true),
         }]
     );
 
@@ -465,6 +466,8 @@ async fn start_first_keeps_the_old_run_until_the_new_one_is_healthy() {
             version: "2.0".to_owned(),
             state: InstanceStateWord::Running,
             pid: Some(new_pid),
+            // Its probe said unhealthy (no `ready` yet).
+            healthy: Some(false),
         }]
     );
     eventually("the logs are the new run's", async || {
@@ -626,6 +629,7 @@ async fn start_first_abandoned_for_the_old_assignment_keeps_the_old_run() {
             version: "1.0".to_owned(),
             state: InstanceStateWord::Running,
             pid: Some(old_pid),
+            healthy: Some(true),
         }]
     );
     eventually("the logs are the old run's again", async || {

@@ -7,6 +7,7 @@ mod agents;
 mod describe;
 mod hosts;
 mod offline;
+mod rollout;
 mod server;
 
 use std::io::{BufRead, BufReader};

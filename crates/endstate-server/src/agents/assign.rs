@@ -10,6 +10,7 @@ use endstate_agent_proto::{
     Artifact, ArtifactSource, ConfigFile, HealthProbe, InstanceAssignment, InstanceId, Probe as WireProbe, UpgradeOrder,
 };
 use endstate_plan::template::{ConfigTemplate, InstanceTemplates, TemplateVars, render_instance};
+use endstate_plan::{Placement, PlacementKey};
 use endstate_spec::{ArtifactSource as SpecSource, Component, DesiredState, HostInfo, Probe};
 use sha2::{Digest, Sha256};
 
@@ -50,6 +51,61 @@ pub(crate) struct InstanceMeta {
 /// one server always picks the same.
 pub(crate) fn assignments(desired: &DesiredState, hosts: &[HostInfo], salt: &str) -> BTreeMap<String, HostAssignments> {
     let (placements, _unplaced) = endstate_plan::place(desired, hosts);
+    let chosen: BTreeMap<PlacementKey, (&Component, Placement)> = placements
+        .into_iter()
+        .filter_map(|(key, placement)| {
+            let component = desired.components.get(&key.component)?;
+            Some((key, (component, placement)))
+        })
+        .collect();
+    assignments_of(&chosen, hosts, salt)
+}
+
+/// What a host runs in the middle of a rollout: an instance whose step is released runs as the
+/// change's revision places it (`target`, placed on `placement_hosts`: the hosts minus the retired
+/// ones); any other runs as the base revision has it (a start not yet released runs nowhere, a stop
+/// not yet released keeps running). Instances no step touches are the same in both.
+pub(crate) fn mixed(
+    base: Option<&DesiredState>,
+    target: &DesiredState,
+    released: &BTreeSet<PlacementKey>,
+    hosts: &[HostInfo],
+    placement_hosts: &[HostInfo],
+    salt: &str,
+) -> BTreeMap<String, HostAssignments> {
+    let (after, _) = endstate_plan::place(target, placement_hosts);
+    let (before, _) = match base {
+        Some(base) => endstate_plan::place(base, hosts),
+        None => Default::default(),
+    };
+    let mut chosen: BTreeMap<PlacementKey, (&Component, Placement)> = BTreeMap::new();
+    for (key, placement) in after {
+        let old = before.get(&key);
+        let unchanged = old.is_some_and(|old| old.version == placement.version && old.config == placement.config);
+        if released.contains(&key) || unchanged {
+            if let Some(component) = target.components.get(&key.component) {
+                chosen.insert(key, (component, placement));
+            }
+        } else if let (Some(old), Some(component)) = (old, base.and_then(|b| b.components.get(&key.component))) {
+            chosen.insert(key, (component, old.clone()));
+        }
+    }
+    for (key, placement) in before {
+        if chosen.contains_key(&key) || released.contains(&key) {
+            continue;
+        }
+        if let Some(component) = base.and_then(|b| b.components.get(&key.component)) {
+            chosen.insert(key, (component, placement));
+        }
+    }
+    assignments_of(&chosen, hosts, salt)
+}
+
+fn assignments_of(
+    placements: &BTreeMap<PlacementKey, (&Component, Placement)>,
+    hosts: &[HostInfo],
+    salt: &str,
+) -> BTreeMap<String, HostAssignments> {
     let labels: BTreeMap<&str, &endstate_types::Labels> = hosts.iter().map(|h| (h.name.as_str(), &h.labels)).collect();
     let mut out: BTreeMap<String, HostAssignments> = hosts
         .iter()
@@ -57,17 +113,12 @@ pub(crate) fn assignments(desired: &DesiredState, hosts: &[HostInfo], salt: &str
         .collect();
     let mut taken: BTreeMap<String, BTreeSet<u16>> = BTreeMap::new();
     // Fixed ports first, so dynamic ones never take them.
-    for key in placements.keys() {
-        if let Some(component) = desired.components.get(&key.component) {
-            let used = taken.entry(key.host.clone()).or_default();
-            used.extend(component.ports.iter().filter_map(|p| p.number));
-        }
+    for (key, (component, _)) in placements {
+        let used = taken.entry(key.host.clone()).or_default();
+        used.extend(component.ports.iter().filter_map(|p| p.number));
     }
     let mut index_of: BTreeMap<&str, u32> = BTreeMap::new();
-    for (key, placement) in &placements {
-        let Some(component) = desired.components.get(&key.component) else {
-            continue;
-        };
+    for (key, (component, placement)) in placements {
         let instance_index = index_of.entry(key.component.as_str()).or_insert(0);
         let this_index = *instance_index;
         *instance_index += 1;
@@ -241,7 +292,7 @@ fn allocate_ports(
     ports
 }
 
-fn digest_of<T: serde::Serialize>(value: &T) -> String {
+pub(crate) fn digest_of<T: serde::Serialize>(value: &T) -> String {
     let bytes = serde_json::to_vec(value).unwrap_or_default();
     Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect()
 }

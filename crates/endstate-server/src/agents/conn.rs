@@ -475,6 +475,7 @@ impl Session<'_> {
                     );
                 if new_process {
                     entry.healthy = None;
+                    entry.healthy_since_ms = None;
                 }
                 entry.state = Some(change.state);
                 entry.version.clone_from(&change.version);
@@ -508,6 +509,11 @@ impl Session<'_> {
             }
             Observed::Health(health) => {
                 let entry = live.entry(health.instance.0.clone()).or_default();
+                if !health.healthy {
+                    entry.healthy_since_ms = None;
+                } else if entry.healthy != Some(true) {
+                    entry.healthy_since_ms = Some(at);
+                }
                 entry.healthy = Some(health.healthy);
                 let state = entry.state.unwrap_or(InstanceStateWord::Running);
                 let version = entry.version.clone();
@@ -596,6 +602,13 @@ impl Session<'_> {
             entry.state = Some(instance.state);
             entry.version.clone_from(&instance.version);
             entry.generation = instance.generation.0;
+            // A healthy verdict fills in what a restarted server does not know; an unhealthy one
+            // is not trusted here (before its first probe a run reads unhealthy): failures come
+            // as health observations.
+            if instance.healthy == Some(true) && entry.healthy.is_none() {
+                entry.healthy = Some(true);
+                entry.healthy_since_ms = Some(now);
+            }
             if changed {
                 let status = status_of(instance.state, entry.healthy);
                 if let Some(t) = self.transition(&instance.instance.0, &instance.version, instance.state, status, now) {

@@ -103,6 +103,9 @@ pub(crate) struct Live {
     pub(crate) generation: u64,
     pub(crate) healthy: Option<bool>,
     pub(crate) restarts: u32,
+    /// Since when the instance has been healthy without interruption (the agent's time of the
+    /// first passing verdict), while it is.
+    pub(crate) healthy_since_ms: Option<i64>,
     pub(crate) rss_bytes: u64,
     pub(crate) cpu_millis: u64,
 }
@@ -110,7 +113,7 @@ pub(crate) struct Live {
 /// The assignments of the current target, cached until the target or the hosts change.
 #[derive(Default)]
 struct Assigned {
-    key: Option<(Option<RevisionId>, String)>,
+    key: Option<String>,
     target: Option<RevisionId>,
     hosts: BTreeMap<String, assign::HostAssignments>,
     /// Per (host, instance id): the generation its assignment last changed at. An instance the
@@ -231,14 +234,23 @@ impl Hub {
     /// the hosts changed (then also replaces the store's instance records), and sends each
     /// connected host its set when it has not seen its generation.
     pub(crate) async fn refresh(&self, state: &AppState) -> Result<(), ApiError> {
-        let target = state.target().await?;
+        let rendering = state.rendering().await?;
         let hosts = enrolled_hosts(state).await?;
-        let key = (target.as_ref().map(|(id, _)| *id), hosts_key(&hosts));
+        let key = rendering_key(&rendering, &hosts);
+        let target = rendering_target(&rendering);
         let mut assigned = self.assigned.lock().await;
         if assigned.key.as_ref() != Some(&key) {
-            let sets = match &target {
-                Some((_, desired)) => assign::assignments(desired, &hosts, &self.tls.ca_sha256),
-                None => hosts
+            let sets = match (&rendering.rollout, &rendering.base) {
+                (Some(rollout), base) => assign::mixed(
+                    base.as_ref().map(|(_, d)| d.as_ref()),
+                    &rollout.desired,
+                    &rollout.released,
+                    &hosts,
+                    &rollout.options.placement_hosts(&hosts),
+                    &self.tls.ca_sha256,
+                ),
+                (None, Some((_, desired))) => assign::assignments(desired, &hosts, &self.tls.ca_sha256),
+                (None, None) => hosts
                     .iter()
                     .map(|h| (h.name.clone(), assign::HostAssignments::default()))
                     .collect(),
@@ -295,9 +307,12 @@ impl Hub {
             }
             state.store().replace_instances(records).await?;
             if !problems.is_empty() {
-                let systems: Vec<String> = target
+                let systems: Vec<String> = rendering
+                    .rollout
                     .as_ref()
-                    .map(|(_, d)| d.systems.keys().cloned().collect())
+                    .map(|r| &r.desired)
+                    .or(rendering.base.as_ref().map(|(_, d)| d))
+                    .map(|d| d.systems.keys().cloned().collect())
                     .unwrap_or_default();
                 state
                     .store()
@@ -318,7 +333,7 @@ impl Hub {
                     .await?;
             }
             assigned.key = Some(key);
-            assigned.target = target.as_ref().map(|(id, _)| *id);
+            assigned.target = target;
             assigned.hosts = sets;
             assigned.generations = generations;
             assigned.host_generations = host_generations;
@@ -337,21 +352,23 @@ impl Hub {
     /// the tick keep them current), else after a full [`refresh`](Self::refresh). Thousands of
     /// agents reconnecting at once thus cost one set each, not a refresh of every host each.
     pub(crate) async fn refresh_host(&self, state: &AppState, host: &str) -> Result<(), ApiError> {
-        let target = state.target().await?.map(|(id, _)| id);
-        if self.send_computed(host, target).await {
+        let rendering = state.rendering().await?;
+        let hosts = enrolled_hosts(state).await?;
+        let key = rendering_key(&rendering, &hosts);
+        if self.send_computed(host, &key).await {
             return Ok(());
         }
         let _refreshing = self.refreshing.lock().await;
-        if self.send_computed(host, target).await {
+        if self.send_computed(host, &key).await {
             return Ok(());
         }
         self.refresh(state).await
     }
 
-    /// Sends a host its set from the computed sets, when they are of `target` and know the host.
-    async fn send_computed(&self, host: &str, target: Option<RevisionId>) -> bool {
+    /// Sends a host its set from the computed sets, when they are of `key` and know the host.
+    async fn send_computed(&self, host: &str, key: &str) -> bool {
         let assigned = self.assigned.lock().await;
-        if assigned.key.is_none() || assigned.target != target {
+        if assigned.key.as_deref() != Some(key) {
             return false;
         }
         let (Some(set), Some(generation)) = (assigned.hosts.get(host), assigned.host_generations.get(host)) else {
@@ -361,6 +378,19 @@ impl Hub {
             send_set(host, &conn, set, *generation);
         }
         true
+    }
+
+    /// What the hub knows of one instance: what its agent last reported, and the generation its
+    /// assignment last changed at (`None` when it is not assigned).
+    pub(crate) async fn observed(&self, host: &str, instance: &str) -> (Option<Live>, Option<u64>) {
+        let generation = self
+            .assigned
+            .lock()
+            .await
+            .generations
+            .get(&(host.to_owned(), instance.to_owned()))
+            .copied();
+        (self.live_of(host).get(instance).cloned(), generation)
     }
 
     /// Whether the target revision is really reached: every assigned instance observed running,
@@ -567,6 +597,41 @@ pub(crate) async fn mark_unreachable(state: &AppState, hub: &Hub, host: &str, re
     state.written();
     tracing::warn!(host, reason, "Host unreachable.");
     Ok(())
+}
+
+/// What identifies a rendering: the base, the change rolling out and its released instances, and
+/// the hosts with their labels. The sets are recomputed when it changes.
+fn rendering_key(rendering: &crate::Rendering, hosts: &[HostInfo]) -> String {
+    use std::fmt::Write;
+    let mut key = String::new();
+    if let Some((id, _)) = &rendering.base {
+        let _ = write!(key, "base={}", id.0);
+    }
+    if let Some(rollout) = &rendering.rollout {
+        let _ = write!(key, ";change={};released=", rollout.revision.0);
+        let released: Vec<(&str, &str, u32)> = rollout
+            .released
+            .iter()
+            .map(|k| (k.component.as_str(), k.host.as_str(), k.slot))
+            .collect();
+        let _ = write!(key, "{}:{}", released.len(), assign::digest_of(&released));
+        let _ = write!(
+            key,
+            ";options={}",
+            serde_json::to_string(&rollout.options).unwrap_or_default()
+        );
+    }
+    let _ = write!(key, ";hosts={}", hosts_key(hosts));
+    key
+}
+
+/// The revision a rendering reaches when every released step is done: the change's, else the base.
+fn rendering_target(rendering: &crate::Rendering) -> Option<RevisionId> {
+    rendering
+        .rollout
+        .as_ref()
+        .map(|r| r.revision)
+        .or(rendering.base.as_ref().map(|(id, _)| *id))
 }
 
 /// The hosts that may run instances: enrolled and not revoked, plus hosts known without an agent.

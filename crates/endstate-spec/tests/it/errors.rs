@@ -149,7 +149,6 @@ fn many_problems_in_one_run() {
         b.yaml:8:14: error[dangling-reference]: found system `missing`, which is not declared; expected a declared system (`Shop`, `after-syntax-error`, `shop`)
         c.yaml:12:20: error[invalid-rollout]: found canary 5 larger than the total count 3; expected a canary of at most 3
         c.yaml:12:30: error[invalid-rollout]: found a batch of 150 percent; expected a percentage from 1 to 100
-        c.yaml:12:65: error[invalid-rollout]: found `max_unavailable: 0`; expected at least 1 (an instance is down while it is changed)
         d.yaml:8:19: error[invalid-value]: found `30` without a unit; expected a duration like `500ms`, `30s`, `5m`, `1h30m` or `2d`
         ",
     );

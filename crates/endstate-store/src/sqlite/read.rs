@@ -15,7 +15,8 @@ use crate::model::{
 };
 
 const REVISION_COLUMNS: &str = "id, author, message, source, digest, created_ms, desired";
-const CHANGE_COLUMNS: &str = "id, revision, state, plan, reason, wave_index, wave_count, created_ms, updated_ms";
+const CHANGE_COLUMNS: &str =
+    "id, revision, state, plan, reason, wave_index, wave_count, created_ms, updated_ms, progress";
 const EVENT_COLUMNS: &str = "seq, time_ms, kind, systems, host, component, change_id, actor, summary, data";
 const INSTANCE_COLUMNS: &str = "component_key, host, slot, system, desired_version, desired_config_digest, generation, \
      actual_version, actual_status, actual_state, actual_since_ms";
@@ -249,6 +250,7 @@ pub(crate) struct ChangeRow {
     wave: (Option<u32>, Option<u32>),
     created_ms: i64,
     updated_ms: i64,
+    progress: Option<String>,
 }
 
 pub(crate) struct HostRow {
@@ -307,6 +309,7 @@ pub(crate) fn change_row(row: &Row<'_>) -> rusqlite::Result<ChangeRow> {
         wave: (row.get(5)?, row.get(6)?),
         created_ms: row.get(7)?,
         updated_ms: row.get(8)?,
+        progress: row.get(9)?,
     })
 }
 
@@ -407,6 +410,11 @@ impl TryFrom<ChangeRow> for Change {
             .as_deref()
             .map(|plan| json("changes.plan", key, plan))
             .transpose()?;
+        let progress = row
+            .progress
+            .as_deref()
+            .map(|progress| json("changes.progress", key, progress))
+            .transpose()?;
         let wave = match row.wave {
             (Some(index), Some(count)) => Some((index, count)),
             _ => None,
@@ -418,6 +426,7 @@ impl TryFrom<ChangeRow> for Change {
             plan,
             reason: row.reason,
             wave,
+            progress,
             created_ms: row.created_ms,
             updated_ms: row.updated_ms,
         })

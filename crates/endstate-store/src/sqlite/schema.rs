@@ -123,6 +123,10 @@ CREATE TABLE agents (
     desired_digest  TEXT
 ) WITHOUT ROWID;
 ",
+    // 2 -> 3: rollouts: the controller's progress through a change's waves.
+    r"
+ALTER TABLE changes ADD COLUMN progress TEXT;
+",
 ];
 
 /// The schema version this build writes.

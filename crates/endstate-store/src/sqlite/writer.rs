@@ -448,9 +448,11 @@ fn transition_change(
     validate_events(events)?;
     let plan = update.plan.as_ref().map(serde_json::Value::to_string);
     let (wave_index, wave_count) = update.wave.unzip();
+    let progress = update.progress.as_ref().map(serde_json::Value::to_string);
     conn.prepare_cached(
         "UPDATE changes SET state = ?2, plan = COALESCE(?3, plan), reason = COALESCE(?4, reason), \
-         wave_index = COALESCE(?5, wave_index), wave_count = COALESCE(?6, wave_count), updated_ms = ?7 WHERE id = ?1",
+         wave_index = COALESCE(?5, wave_index), wave_count = COALESCE(?6, wave_count), updated_ms = ?7, \
+         progress = COALESCE(?8, progress) WHERE id = ?1",
     )
     .and_then(|mut stmt| {
         stmt.execute(params![
@@ -460,7 +462,8 @@ fn transition_change(
             update.reason,
             wave_index,
             wave_count,
-            update.now_ms
+            update.now_ms,
+            progress
         ])
     })
     .map_err(StoreError::sqlite("update a change"))?;

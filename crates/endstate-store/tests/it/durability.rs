@@ -40,6 +40,7 @@ async fn reopen_keeps_everything() {
         plan: None,
         reason: None,
         wave: None,
+        progress: None,
         now_ms: 2,
     };
     let change = store

@@ -1,0 +1,206 @@
+//! Rollouts end to end: `endstate dev` (a server and three real agents in zones a, b and c running
+//! the example service), then `endstate apply` of a good version and of a bad one.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::{Process, repo_root, run, text};
+
+/// Starts `endstate dev` in `dir` and waits until its first change converged.
+fn dev(dir: &Path) -> Process {
+    let config = dir.join("config.json");
+    let data = dir.join("data");
+    let mut dev = Process::spawn(
+        &[
+            "dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--agent-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        &config,
+    );
+    dev.wait_for_url("API:");
+    dev.wait_for("examples:");
+    wait_for_event(
+        &config,
+        "change.converged",
+        "8 instances running and healthy at revision 1",
+    );
+    dev
+}
+
+/// Waits (at most 120 s) until the timeline has an event of `kind` whose text contains `needle`.
+fn wait_for_event(config: &Path, kind: &str, needle: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let mut last = String::new();
+    while std::time::Instant::now() < deadline {
+        let out = run(&["timeline", "--kind", kind, "-o", "json", "--limit", "100"], config);
+        last = text(&out.stdout);
+        if last.contains(needle) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let timeline = text(&run(&["timeline", "--limit", "60"], config).stdout);
+    panic!("no {kind} event with {needle:?}; last: {last}\ntimeline:\n{timeline}");
+}
+
+/// A copy of the example spec with storefront/web at `version`.
+fn spec_with_web_version(dir: &Path, version: &str) -> std::path::PathBuf {
+    let spec = dir.join(format!("spec-{version}"));
+    std::fs::create_dir_all(&spec).unwrap();
+    for entry in std::fs::read_dir(repo_root().join("examples")).unwrap() {
+        let path = entry.unwrap().path();
+        let mut body = std::fs::read_to_string(&path).unwrap();
+        if path.file_name().unwrap() == "components.yaml" {
+            // The first component of the file is storefront/web.
+            body = body.replacen("version: \"1.0.0\"", &format!("version: \"{version}\""), 1);
+        }
+        std::fs::write(spec.join(path.file_name().unwrap()), body).unwrap();
+    }
+    spec
+}
+
+/// The change's events of these kinds, oldest first.
+fn change_events(config: &Path, change: u64, kinds: &str) -> Vec<serde_json::Value> {
+    let out = run(&["timeline", "--kind", kinds, "-o", "json", "--limit", "1000"], config);
+    let mut events: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|event| event["change"].as_u64() == Some(change))
+        .collect();
+    events.sort_by_key(|e| e["seq"].as_u64());
+    events
+}
+
+fn web_instances(config: &Path) -> Vec<(String, String, String)> {
+    let described: serde_json::Value =
+        serde_json::from_str(&text(&run(&["describe", "storefront", "-o", "json"], config).stdout)).unwrap();
+    let mut out = Vec::new();
+    for component in described["components"].as_array().into_iter().flatten() {
+        if component["key"].as_str() != Some("storefront/web") {
+            continue;
+        }
+        for instance in component["instances"].as_array().into_iter().flatten() {
+            out.push((
+                instance["host"].as_str().unwrap_or_default().to_owned(),
+                instance["actual_version"].as_str().unwrap_or_default().to_owned(),
+                instance["status"].as_str().unwrap_or_default().to_owned(),
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn a_good_version_rolls_out_by_zone_and_a_bad_one_rolls_back_after_the_canary() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.json");
+    let _dev = dev(dir.path());
+
+    // The plan shows the waves: the canary in zone a, then zone b, then zone c.
+    let good = spec_with_web_version(dir.path(), "1.1.0");
+    let plan = run(&["plan", good.to_str().unwrap()], &config);
+    let plan_text = text(&plan.stdout);
+    assert!(plan.status.success(), "{plan_text}{}", text(&plan.stderr));
+    assert!(plan_text.contains("Waves:"), "{plan_text}");
+
+    // A good version: canary, then one zone at a time, converged.
+    let apply = run(
+        &[
+            "apply",
+            good.to_str().unwrap(),
+            "--yes",
+            "--timeout",
+            "180s",
+            "-m",
+            "web 1.1.0",
+        ],
+        &config,
+    );
+    let output = format!("{}{}", text(&apply.stdout), text(&apply.stderr));
+    assert!(apply.status.success(), "apply of a good version failed:\n{output}");
+    assert!(output.contains("converged"), "{output}");
+    let started = change_events(&config, 2, "change.wave_started");
+    let domains: Vec<String> = started
+        .iter()
+        .map(|e| e["summary"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(
+        started.len(),
+        3,
+        "three waves for three instances:\n{domains:#?}\n{output}"
+    );
+    for (event, zone) in started.iter().zip(["zone=a", "zone=b", "zone=c"]) {
+        let summary = event["summary"].as_str().unwrap_or_default();
+        assert!(
+            summary.contains(zone),
+            "waves go one zone at a time, a first: {domains:#?}"
+        );
+    }
+    assert!(
+        domains[0].contains("canary"),
+        "the first wave is the canary: {domains:#?}"
+    );
+    // Every wave was allowed by a decision, written before it started.
+    let decisions = change_events(&config, 2, "decision.");
+    assert!(
+        decisions.iter().filter(|d| d["kind"] == "decision.allow").count() >= 4,
+        "an allow before each of 3 waves and one to converge: {decisions:#?}"
+    );
+    assert_eq!(
+        web_instances(&config),
+        [
+            ("dev-a".into(), "1.1.0".into(), "healthy".into()),
+            ("dev-b".into(), "1.1.0".into(), "healthy".into()),
+            ("dev-c".into(), "1.1.0".into(), "healthy".into()),
+        ]
+    );
+
+    // A version whose health check fails: the canary goes bad, the change rolls back by itself
+    // and never starts a second wave.
+    let bad = spec_with_web_version(dir.path(), "1.2.0-bad-health");
+    let apply = run(
+        &[
+            "apply",
+            bad.to_str().unwrap(),
+            "--yes",
+            "--timeout",
+            "180s",
+            "-m",
+            "web 1.2.0",
+        ],
+        &config,
+    );
+    let output = format!("{}{}", text(&apply.stdout), text(&apply.stderr));
+    assert_eq!(
+        apply.status.code(),
+        Some(1),
+        "a rolled-back change fails apply:\n{output}"
+    );
+    assert!(output.contains("rolled_back"), "{output}");
+    let started = change_events(&config, 3, "change.wave_started");
+    assert_eq!(started.len(), 1, "only the canary started: {started:#?}");
+    let rollback = change_events(&config, 3, "decision.rollback");
+    assert_eq!(rollback.len(), 1, "{rollback:#?}");
+    let findings = rollback[0]["data"]["findings"].to_string();
+    assert!(
+        findings.contains("health") && findings.contains("storefront/web#0"),
+        "the decision names the failing canary: {findings}"
+    );
+    let ended = change_events(&config, 3, "change.rolled_back");
+    assert_eq!(ended.len(), 1, "{ended:#?}");
+    // Back where it was: every web instance at 1.1.0 and healthy.
+    assert_eq!(
+        web_instances(&config),
+        [
+            ("dev-a".into(), "1.1.0".into(), "healthy".into()),
+            ("dev-b".into(), "1.1.0".into(), "healthy".into()),
+            ("dev-c".into(), "1.1.0".into(), "healthy".into()),
+        ]
+    );
+}

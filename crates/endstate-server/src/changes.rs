@@ -1,0 +1,196 @@
+//! A person's commands to changes: pause, resume, abort, and rollback to an earlier revision.
+//!
+//! Each takes the controller's lock ([`AppState::rollout_lock`]), so it never races a round, and
+//! is written to the timeline with who asked and why.
+
+use axum::Extension;
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use endstate_api::{ChangeCommand, ChangeView, RollbackRequest};
+use endstate_store::{Change, ChangeFilter, PageRequest};
+use endstate_types::{ChangeId, ChangeState, RevisionId};
+
+use crate::AppState;
+use crate::auth::{Actor, Verb, authorize};
+use crate::error::ApiError;
+use crate::rollout::Command;
+use crate::routes::{JsonBody, Segment, change_view};
+
+/// The longest reason a person may give.
+const MAX_REASON_BYTES: usize = 4096;
+
+/// Pause a rolling change: no further wave starts until it is resumed. A failing wave still
+/// halts or rolls back.
+#[utoipa::path(post, path = "/v1/changes/{id}/pause", params(("id" = u64, Path, description = "the change number")),
+    request_body = ChangeCommand,
+    responses((status = 200, body = ChangeView), (status = 404, body = endstate_api::Problem), (status = 409, body = endstate_api::Problem)),
+    security(("bearer" = [])))]
+pub(crate) async fn pause(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Segment(id): Segment,
+    JsonBody(request): JsonBody<ChangeCommand>,
+) -> Result<Json<ChangeView>, ApiError> {
+    run(&state, &actor, &id, Command::Pause, request).await
+}
+
+/// Resume a paused or halted change (a halted wave gets a new deadline).
+#[utoipa::path(post, path = "/v1/changes/{id}/resume", params(("id" = u64, Path, description = "the change number")),
+    request_body = ChangeCommand,
+    responses((status = 200, body = ChangeView), (status = 404, body = endstate_api::Problem), (status = 409, body = endstate_api::Problem)),
+    security(("bearer" = [])))]
+pub(crate) async fn resume(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Segment(id): Segment,
+    JsonBody(request): JsonBody<ChangeCommand>,
+) -> Result<Json<ChangeView>, ApiError> {
+    run(&state, &actor, &id, Command::Resume, request).await
+}
+
+/// Abort a change: one not rolling yet fails; a rolling or halted one goes back to the last
+/// converged revision, wave by wave, gated like a rollout.
+#[utoipa::path(post, path = "/v1/changes/{id}/abort", params(("id" = u64, Path, description = "the change number")),
+    request_body = ChangeCommand,
+    responses((status = 200, body = ChangeView), (status = 404, body = endstate_api::Problem), (status = 409, body = endstate_api::Problem)),
+    security(("bearer" = [])))]
+pub(crate) async fn abort(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Segment(id): Segment,
+    JsonBody(request): JsonBody<ChangeCommand>,
+) -> Result<Json<ChangeView>, ApiError> {
+    run(&state, &actor, &id, Command::Abort, request).await
+}
+
+async fn run(
+    state: &AppState,
+    actor: &Actor,
+    id: &str,
+    command: Command,
+    request: ChangeCommand,
+) -> Result<Json<ChangeView>, ApiError> {
+    authorize(actor, Verb::Write, None)?;
+    let reason = reason_of(request.reason.as_deref())?;
+    let number = parse_change(id)?;
+    let _controller = state.rollout_lock().lock().await;
+    let change = get(state, number).await?;
+    let updated = crate::rollout::command(state, &change, command, &actor.name, reason).await?;
+    Ok(Json(change_view(&updated, false)))
+}
+
+/// Go back to an earlier revision. While a change is rolling out (or halted) and no other
+/// revision is asked for, that change is aborted: it goes back to the last converged revision,
+/// gated. Otherwise the revision asked for (by default the one converged before the last) is
+/// submitted again as a new revision, whose change rolls out like any other.
+///
+/// Revisions hold the whole desired state: going back to one reverts every system to it; the
+/// system named is the one the person acts on (authorisation, the timeline).
+#[utoipa::path(post, path = "/v1/systems/{name}/rollback", params(("name" = String, Path, description = "the system")),
+    request_body = RollbackRequest,
+    responses((status = 201, body = ChangeView), (status = 200, body = ChangeView), (status = 404, body = endstate_api::Problem), (status = 409, body = endstate_api::Problem)),
+    security(("bearer" = [])))]
+pub(crate) async fn rollback(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Segment(system): Segment,
+    JsonBody(request): JsonBody<RollbackRequest>,
+) -> Result<(StatusCode, Json<ChangeView>), ApiError> {
+    authorize(&actor, Verb::Write, Some(&system))?;
+    let reason = reason_of(request.reason.as_deref())?;
+    let latest = state.latest_desired().await?;
+    if !latest.as_ref().is_some_and(|(_, d)| d.systems.contains_key(&system)) {
+        return Err(ApiError::NotFound(format!(
+            "system {system:?} is not in the latest revision"
+        )));
+    }
+    let _controller = state.rollout_lock().lock().await;
+    let changes = all_changes(&state).await?;
+    let base = changes.iter().find(|c| c.state == ChangeState::Converged);
+    let in_flight = changes
+        .iter()
+        .find(|c| matches!(c.state, ChangeState::Rolling | ChangeState::Halted));
+    if let Some(change) = in_flight
+        && (request.to.is_none() || request.to == base.map(|b| b.revision.0))
+    {
+        let updated = crate::rollout::command(&state, change, Command::Abort, &actor.name, reason).await?;
+        return Ok((StatusCode::OK, Json(change_view(&updated, false))));
+    }
+    let to = match request.to {
+        Some(to) => RevisionId(to),
+        None => {
+            let mut converged = changes.iter().filter(|c| c.state == ChangeState::Converged);
+            let _last = converged.next();
+            match converged.next() {
+                Some(previous) => previous.revision,
+                None => {
+                    return Err(ApiError::Conflict(
+                        "there is no earlier converged revision to go back to; name one with `to`".into(),
+                    ));
+                }
+            }
+        }
+    };
+    let desired = state
+        .desired(to)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("revision {} does not exist", to.0)))?;
+    let message = match reason {
+        Some(why) => format!("rollback of {system} to revision {} by {}: {why}", to.0, actor.name),
+        None => format!("rollback of {system} to revision {} by {}", to.0, actor.name),
+    };
+    let (_, change) = crate::routes::submit_desired(
+        &state,
+        &actor.name,
+        &desired,
+        &message,
+        format!("rollback:{}", to.0),
+        None,
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(change_view(&change, false))))
+}
+
+fn reason_of(reason: Option<&str>) -> Result<Option<&str>, ApiError> {
+    match reason.map(str::trim) {
+        Some(text) if text.len() > MAX_REASON_BYTES => Err(ApiError::bad_field(
+            "reason",
+            format!("is {} bytes; at most {MAX_REASON_BYTES}", text.len()),
+        )),
+        Some("") | None => Ok(None),
+        Some(text) => Ok(Some(text)),
+    }
+}
+
+fn parse_change(id: &str) -> Result<u64, ApiError> {
+    id.strip_prefix('c')
+        .unwrap_or(id)
+        .parse::<u64>()
+        .map_err(|_| ApiError::bad_field("id", format!("{id:?} is not a change number")))
+}
+
+async fn get(state: &AppState, number: u64) -> Result<Change, ApiError> {
+    state
+        .store()
+        .get_change(ChangeId(number))
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("change {number} does not exist")))
+}
+
+/// Every change, newest first (a few pages at most in practice).
+async fn all_changes(state: &AppState) -> Result<Vec<Change>, ApiError> {
+    let mut out = Vec::new();
+    let mut before = None;
+    loop {
+        let page = state
+            .store()
+            .list_changes(ChangeFilter::default(), PageRequest { before, limit: 500 })
+            .await?;
+        out.extend(page.items);
+        match page.next {
+            Some(next) if out.len() < 10_000 => before = Some(next),
+            _ => return Ok(out),
+        }
+    }
+}

@@ -1,0 +1,737 @@
+//! The controller: executes a change's waves through the agents, asks the Decider before every
+//! wave and at every round while one runs, and acts on its answer.
+//!
+//! # Expected flow
+//! 1. The runner plans the change; a plan with instance steps makes the change `rolling` with
+//!    nothing released yet ([`Progress::released`] = 0).
+//! 2. Every round, [`drive`] renders what hosts should run from the change's progress (released
+//!    waves at the change's revision, the rest at the base revision: [`released_keys`]), gathers
+//!    the Decider's input from what the agents report, and decides:
+//!    - `allow`: the current wave is done; the next one is released (or, after the last, the
+//!      change converges once every instance of the revision is observed healthy);
+//!    - `wait`: the reason goes on the change (and on the timeline when it differs from the last);
+//!    - `halt`: the change is `halted` and waits for a person (`endstate change resume|abort`);
+//!    - `rollback`: the change turns back: waves are withdrawn newest first, each gated like a
+//!      forward wave (its instances healthy again at the base revision), until none is left, then
+//!      the change is `rolled_back`.
+//! 3. Every decision that changes something, and every wait whose reason changed, is written to
+//!    the timeline with its findings and inputs.
+//!
+//! # Guarantees
+//! - The controller keeps nothing in memory: progress is stored with the change (compare-and-set
+//!   on its state), so a restarted server continues from the same wave.
+//! - Pause, resume and abort take the same lock as the controller's round, so a person's request
+//!   and a round never overwrite each other's progress (one server; replicas need a
+//!   compare-and-set on the progress itself).
+//!
+//! # Caveats
+//! - Metric gates and blast-radius limits are inputs the Decider knows; this controller does not
+//!   gather them yet (see ARCHITECTURE.md). Only one change rolls out at a time (a newer revision
+//!   supersedes an open change), so there are no conflicts between changes to gather either.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use endstate_decide::{Direction, FreezeView, Input, InstanceState, InstanceView, OnFailure, Verdict, WaveView};
+use endstate_plan::{PlacementKey, Plan, StepAction, Wave, WaveKind, WaveStep};
+use endstate_spec::DesiredState;
+use endstate_store::{Change, NewEvent};
+use endstate_types::ChangeState;
+use serde::{Deserialize, Serialize};
+
+use crate::agents::{Hub, Live};
+use crate::error::ApiError;
+use crate::runner::{Transition, transition};
+use crate::{AppState, now_ms};
+
+/// How long a wave's instances have to become healthy before the wave counts as failed.
+pub const DEFAULT_WAVE_DEADLINE: Duration = Duration::from_secs(120);
+
+/// Settings of the controller.
+#[derive(Clone, Debug)]
+pub struct RolloutConfig {
+    /// How long a wave's instances have to become healthy (at the change's revision, or back at
+    /// the base revision when rolling back).
+    pub wave_deadline: Duration,
+}
+
+impl Default for RolloutConfig {
+    fn default() -> Self {
+        Self {
+            wave_deadline: DEFAULT_WAVE_DEADLINE,
+        }
+    }
+}
+
+/// A change's progress through its waves, stored with the change.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Progress {
+    /// Waves whose steps hosts execute: `waves[..released]`.
+    pub(crate) released: u32,
+    /// Whether the change is going back to the base revision.
+    #[serde(default)]
+    pub(crate) back: bool,
+    /// When the current wave was released (or, going back, withdrawn).
+    pub(crate) wave_started_ms: Option<i64>,
+    /// When the current wave was done (the pause after it counts from then).
+    pub(crate) wave_done_ms: Option<i64>,
+    /// Paused by a person.
+    #[serde(default)]
+    pub(crate) paused: bool,
+    /// Who paused it, when it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) paused_by: Option<String>,
+    /// Why it is going back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) back_reason: Option<String>,
+    /// The summary of the last decision written to the timeline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) last_decision: Option<String>,
+}
+
+impl Progress {
+    pub(crate) fn of(change: &Change) -> Progress {
+        change
+            .progress
+            .as_ref()
+            .and_then(|p| serde_json::from_value(p.clone()).ok())
+            .unwrap_or_default()
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The index of the current wave: the last released going forward, the last withdrawn going back.
+    fn current(&self) -> Option<u32> {
+        if self.back {
+            Some(self.released)
+        } else {
+            self.released.checked_sub(1)
+        }
+    }
+}
+
+/// The instances whose steps are released: hosts run them as the change's revision has them.
+pub(crate) fn released_keys(plan: &Plan, released: u32) -> BTreeSet<PlacementKey> {
+    plan.waves
+        .iter()
+        .take(released as usize)
+        .flat_map(|wave| wave.steps.iter())
+        .map(|s| PlacementKey {
+            component: s.step.component.clone(),
+            host: s.step.host.clone(),
+            slot: s.step.slot,
+        })
+        .collect()
+}
+
+/// The plan a change carries.
+pub(crate) fn plan_of(change: &Change) -> Option<Plan> {
+    change
+        .plan
+        .as_ref()
+        .and_then(|plan| serde_json::from_value(plan.clone()).ok())
+}
+
+/// One round of the controller for a rolling change.
+pub(crate) async fn drive(state: &AppState, change: &Change) -> Result<(), ApiError> {
+    let Some(hub) = state.hub() else {
+        return Ok(());
+    };
+    let Some(plan) = plan_of(change) else {
+        let reason = "the change's plan is unreadable".to_owned();
+        transition(
+            state,
+            change,
+            ChangeState::Failed,
+            Transition::default(),
+            reason,
+            "change.failed",
+        )
+        .await?;
+        return Ok(());
+    };
+    let Some(desired) = state.desired(change.revision).await? else {
+        return Ok(());
+    };
+    let base = state.base().await?.map(|(_, d)| d);
+    let mut progress = Progress::of(change);
+    hub.refresh(state).await?;
+
+    let now = now_ms();
+    let input = gather(state, hub, &plan, &progress, &desired, base.as_deref(), now).await?;
+    let decision = endstate_decide::decide(&input);
+    state.recheck_at(decision.recheck_at_ms);
+    let count = plan.waves.len() as u32;
+    let summary = decision.summary();
+    let decision_event = |kind: &str, text: String| NewEvent {
+        change: Some(change.id),
+        actor: Some("server".into()),
+        data: serde_json::json!({
+            "verdict": decision.verdict,
+            "findings": decision.findings,
+            "recheck_at_ms": decision.recheck_at_ms,
+            "input": input,
+        }),
+        ..NewEvent::new(now, kind, text)
+    };
+    match decision.verdict {
+        Verdict::Allow if !progress.back && progress.released < count => {
+            let index = progress.released;
+            let Some(wave) = plan.waves.get(index as usize) else {
+                return Ok(());
+            };
+            let before = if index == 0 {
+                format!("before wave 1/{count}: {summary}")
+            } else {
+                format!("wave {index}/{count} done: {summary}")
+            };
+            progress.released += 1;
+            progress.wave_started_ms = Some(now);
+            progress.wave_done_ms = None;
+            progress.last_decision = None;
+            let reason = format!("wave {}/{count} ({}): {}", index + 1, wave_word(wave), wave.reason);
+            let events = vec![decision_event(
+                "decision.allow",
+                format!("change {}: allow; {before}", change.id.0),
+            )];
+            transition(
+                state,
+                change,
+                ChangeState::Rolling,
+                Transition {
+                    wave: Some((index, count)),
+                    progress: Some(progress.to_json()),
+                    events,
+                    ..Transition::default()
+                },
+                reason,
+                "change.wave_started",
+            )
+            .await?;
+            hub.refresh(state).await?;
+        }
+        Verdict::Allow if !progress.back => match hub.progress(state, change.revision).await? {
+            Ok(total) => {
+                let reason = format!(
+                    "{total} instances running and healthy at revision {} after {count} waves",
+                    change.revision.0
+                );
+                let events = vec![decision_event(
+                    "decision.allow",
+                    format!("change {}: allow; last wave done: {summary}", change.id.0),
+                )];
+                let update = Transition {
+                    events,
+                    ..Transition::default()
+                };
+                transition(
+                    state,
+                    change,
+                    ChangeState::Converged,
+                    update,
+                    reason,
+                    "change.converged",
+                )
+                .await?;
+            }
+            Err(waiting) => wait(state, change, &mut progress, waiting, None).await?,
+        },
+        Verdict::Allow => {
+            // Going back: the withdrawn wave's instances are healthy again at the base revision.
+            if progress.released == 0 {
+                let why = progress.back_reason.clone().unwrap_or_default();
+                let reason = format!("back at the last converged revision: {why}");
+                let events = vec![decision_event(
+                    "decision.allow",
+                    format!("change {}: allow; rollback done: {summary}", change.id.0),
+                )];
+                let update = Transition {
+                    events,
+                    ..Transition::default()
+                };
+                transition(
+                    state,
+                    change,
+                    ChangeState::RolledBack,
+                    update,
+                    reason,
+                    "change.rolled_back",
+                )
+                .await?;
+            } else {
+                progress.released -= 1;
+                progress.wave_started_ms = Some(now);
+                progress.wave_done_ms = None;
+                progress.last_decision = None;
+                let index = progress.released;
+                let reason = format!(
+                    "rolling back: withdrawing wave {}/{count}; {}",
+                    index + 1,
+                    progress.back_reason.clone().unwrap_or_default()
+                );
+                let events = vec![decision_event(
+                    "decision.allow",
+                    format!("change {}: allow; wave {} withdrawn: {summary}", change.id.0, index + 2),
+                )];
+                let update = Transition {
+                    wave: Some((index, count)),
+                    progress: Some(progress.to_json()),
+                    events,
+                    ..Transition::default()
+                };
+                transition(
+                    state,
+                    change,
+                    ChangeState::Rolling,
+                    update,
+                    reason,
+                    "change.rolling_back",
+                )
+                .await?;
+                hub.refresh(state).await?;
+            }
+        }
+        Verdict::Wait => {
+            let event = (progress.last_decision.as_deref() != Some(summary.as_str()))
+                .then(|| decision_event("decision.wait", format!("change {}: wait; {summary}", change.id.0)));
+            let reason = match progress.current() {
+                Some(index) if progress.back => {
+                    format!("rolling back, wave {}/{count} withdrawn; waiting: {summary}", index + 1)
+                }
+                Some(index) => format!("wave {}/{count}; waiting: {summary}", index + 1),
+                None => format!("waiting before wave 1/{count}: {summary}"),
+            };
+            progress.last_decision = Some(summary.clone());
+            wait(state, change, &mut progress, reason, event).await?;
+        }
+        Verdict::Halt => {
+            progress.last_decision = Some(summary.clone());
+            let reason = format!("halted: {summary}");
+            let events = vec![decision_event(
+                "decision.halt",
+                format!("change {}: halt; {summary}", change.id.0),
+            )];
+            let update = Transition {
+                progress: Some(progress.to_json()),
+                events,
+                ..Transition::default()
+            };
+            transition(state, change, ChangeState::Halted, update, reason, "change.halted").await?;
+        }
+        Verdict::Rollback => {
+            let index = progress.released.saturating_sub(1);
+            progress.back = true;
+            progress.back_reason = Some(summary.clone());
+            progress.released = index;
+            progress.wave_started_ms = Some(now);
+            progress.wave_done_ms = None;
+            progress.last_decision = None;
+            let reason = format!("rolling back: withdrawing wave {}/{count}; {summary}", index + 1);
+            let events = vec![decision_event(
+                "decision.rollback",
+                format!("change {}: roll back; {summary}", change.id.0),
+            )];
+            let update = Transition {
+                wave: Some((index, count)),
+                progress: Some(progress.to_json()),
+                events,
+                ..Transition::default()
+            };
+            transition(
+                state,
+                change,
+                ChangeState::Rolling,
+                update,
+                reason,
+                "change.rolling_back",
+            )
+            .await?;
+            hub.refresh(state).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Records a wait: the reason on the change when it differs, the decision on the timeline when given.
+async fn wait(
+    state: &AppState,
+    change: &Change,
+    progress: &mut Progress,
+    reason: String,
+    event: Option<NewEvent>,
+) -> Result<(), ApiError> {
+    let progress_json = progress.to_json();
+    if change.reason.as_deref() == Some(reason.as_str())
+        && change.progress.as_ref() == Some(&progress_json)
+        && event.is_none()
+    {
+        return Ok(());
+    }
+    let update = Transition {
+        progress: Some(progress_json),
+        events: event.into_iter().collect(),
+        quiet: true,
+        ..Transition::default()
+    };
+    transition(state, change, ChangeState::Rolling, update, reason, "change.waiting").await?;
+    Ok(())
+}
+
+fn wave_word(wave: &Wave) -> String {
+    let kind = match wave.kind {
+        WaveKind::Canary => "canary",
+        WaveKind::Batch => "batch",
+        WaveKind::Stop => "stop",
+    };
+    match &wave.domain {
+        Some(domain) => format!("{kind} of {} in {domain}", wave.component),
+        None => format!("{kind} of {}", wave.component),
+    }
+}
+
+/// Gathers the Decider's input from the plan, the progress and what the agents report.
+async fn gather(
+    state: &AppState,
+    hub: &Hub,
+    plan: &Plan,
+    progress: &Progress,
+    desired: &DesiredState,
+    base: Option<&DesiredState>,
+    now: i64,
+) -> Result<Input, ApiError> {
+    let config = state.rollout_config();
+    let count = plan.waves.len() as u32;
+    let current = progress
+        .current()
+        .and_then(|i| plan.waves.get(i as usize).map(|w| (i, w)));
+    let wave = current.map(|(index, wave)| WaveView {
+        index,
+        count,
+        started_ms: progress.wave_started_ms,
+        min_healthy_ms: wave.min_healthy_ms,
+        pause_after_ms: if progress.back { 0 } else { wave.pause_after_ms },
+        deadline_ms: u64::try_from(config.wave_deadline.as_millis()).unwrap_or(u64::MAX),
+        stops_only: wave.steps.iter().all(|s| expects_gone(s, progress.back)),
+    });
+    let mut wave_instances = Vec::new();
+    if let Some((_, wave)) = current {
+        for step in &wave.steps {
+            wave_instances.push(view(hub, step, progress.back).await);
+        }
+    }
+    let mut earlier_instances = Vec::new();
+    if !progress.back {
+        let earlier = progress.released.saturating_sub(1) as usize;
+        for wave in plan.waves.iter().take(earlier) {
+            for step in &wave.steps {
+                earlier_instances.push(view(hub, step, false).await);
+            }
+        }
+    }
+    let on_failure = current
+        .and_then(|(_, wave)| {
+            desired
+                .components
+                .get(&wave.component)
+                .or_else(|| base.and_then(|b| b.components.get(&wave.component)))
+        })
+        .map_or(OnFailure::Halt, |component| match component.rollout.on_failure {
+            endstate_spec::OnFailure::Halt => OnFailure::Halt,
+            endstate_spec::OnFailure::Rollback => OnFailure::Rollback,
+        });
+    let last_wave = if progress.back {
+        progress.released == 0
+    } else {
+        progress.released == count
+    };
+    Ok(Input {
+        now_ms: now,
+        direction: if progress.back {
+            Direction::Back
+        } else {
+            Direction::Forward
+        },
+        paused: progress.paused,
+        wave,
+        wave_instances,
+        earlier_instances,
+        wave_done_ms: progress.wave_done_ms,
+        gates: Vec::new(),
+        freezes: freezes(plan, desired, base),
+        degraded: degraded(state, plan, desired, base).await?,
+        conflicts: Vec::new(),
+        blast: endstate_decide::BlastRadius::default(),
+        on_failure,
+        last_wave,
+    })
+}
+
+/// Instances of the systems the plan touches that no step changes and that are unhealthy: a
+/// system already degraded for reasons of its own.
+async fn degraded(
+    state: &AppState,
+    plan: &Plan,
+    desired: &DesiredState,
+    base: Option<&DesiredState>,
+) -> Result<Vec<String>, ApiError> {
+    let systems = crate::routes::touched_systems(plan, base, desired);
+    if systems.is_empty() {
+        return Ok(Vec::new());
+    }
+    let stepped: BTreeSet<(&str, &str, u32)> = plan
+        .steps
+        .iter()
+        .map(|s| (s.component.as_str(), s.host.as_str(), s.slot))
+        .collect();
+    let instances = state
+        .store()
+        .list_instances(endstate_store::InstanceFilter {
+            system: Some(systems),
+            host: None,
+        })
+        .await?;
+    Ok(instances
+        .iter()
+        .filter(|i| !stepped.contains(&(i.component_key.as_str(), i.host.0.as_str(), i.slot)))
+        .filter(|i| {
+            i.actual
+                .as_ref()
+                .is_some_and(|a| a.status == endstate_types::Status::Unhealthy)
+        })
+        .map(|i| format!("{}#{} on {} is unhealthy", i.component_key, i.slot, i.host.0))
+        .collect())
+}
+
+/// The freeze windows of the policies (of the change's revision) covering a system the plan touches.
+fn freezes(plan: &Plan, desired: &DesiredState, base: Option<&DesiredState>) -> Vec<FreezeView> {
+    let systems = crate::routes::touched_systems(plan, base, desired);
+    let mut out = Vec::new();
+    for policy in desired.policies.values() {
+        let applies = &policy.applies_to;
+        let covers = |system: &String| {
+            (applies.systems.is_empty() && applies.selector.0.is_empty())
+                || applies.systems.contains(system)
+                || (!applies.selector.0.is_empty()
+                    && desired
+                        .systems
+                        .get(system)
+                        .is_some_and(|s| applies.selector.matches(&s.labels)))
+        };
+        if !systems.iter().any(covers) {
+            continue;
+        }
+        for window in &policy.rules.freeze_windows {
+            out.push(FreezeView {
+                policy: policy.name.clone(),
+                cron: window.cron.clone(),
+                duration_ms: u64::try_from(window.duration.as_std().as_millis()).unwrap_or(u64::MAX),
+                reason: window.reason.clone(),
+            });
+        }
+    }
+    out
+}
+
+/// Whether a step's end state (going forward, or back) is the instance gone.
+fn expects_gone(step: &WaveStep, back: bool) -> bool {
+    match step.step.action {
+        StepAction::Stop => !back,
+        StepAction::Start => back,
+        StepAction::Upgrade | StepAction::Reconfigure => false,
+    }
+}
+
+/// What the Decider sees of one step's instance.
+async fn view(hub: &Hub, step: &WaveStep, back: bool) -> InstanceView {
+    let (system, component) = step
+        .step
+        .component
+        .split_once('/')
+        .unwrap_or(("", &step.step.component));
+    let id = endstate_agent_proto::InstanceId::new(system, component, step.step.slot).0;
+    let host = step.step.host.clone();
+    let (live, generation) = hub.observed(&host, &id).await;
+    let connected = hub.connection(&host).is_some();
+    if expects_gone(step, back) {
+        let gone = live.as_ref().is_none_or(|l| {
+            matches!(l.state, None | Some(endstate_agent_proto::InstanceStateWord::Stopped)) && connected
+        });
+        return InstanceView {
+            id,
+            host,
+            at_target: gone,
+            state: if gone {
+                InstanceState::Stopped
+            } else if connected {
+                InstanceState::Pending
+            } else {
+                InstanceState::Unknown
+            },
+            healthy: None,
+            healthy_since_ms: None,
+            restarts: 0,
+        };
+    }
+    let version = if back {
+        &step.step.from_version
+    } else {
+        &step.step.to_version
+    };
+    let version = version.clone().unwrap_or_default();
+    let Some(live) = live else {
+        return InstanceView {
+            id,
+            host,
+            at_target: false,
+            state: if connected {
+                InstanceState::Pending
+            } else {
+                InstanceState::Unknown
+            },
+            healthy: None,
+            healthy_since_ms: None,
+            restarts: 0,
+        };
+    };
+    let at_target = live.version == version && generation.is_some_and(|g| live.generation >= g);
+    let state = instance_state(&live, connected);
+    InstanceView {
+        id,
+        host,
+        at_target,
+        state: if at_target { state } else { InstanceState::Pending },
+        healthy: if at_target { live.healthy } else { None },
+        healthy_since_ms: if at_target { live.healthy_since_ms } else { None },
+        restarts: if at_target { live.restarts } else { 0 },
+    }
+}
+
+fn instance_state(live: &Live, connected: bool) -> InstanceState {
+    use endstate_agent_proto::InstanceStateWord as W;
+    match live.state {
+        None if !connected => InstanceState::Unknown,
+        None => InstanceState::Pending,
+        Some(W::Running) => InstanceState::Running,
+        Some(W::Starting | W::Stopping | W::Stopped) => InstanceState::Pending,
+        Some(state @ (W::SpawnFailed | W::Exited | W::BackingOff)) => {
+            InstanceState::Failed(crate::agents::word(state).to_owned())
+        }
+    }
+}
+
+/// What a person asks of a change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Command {
+    Pause,
+    Resume,
+    Abort,
+}
+
+/// Applies a person's command to a change, under the controller's lock. Returns the updated change.
+pub(crate) async fn command(
+    state: &AppState,
+    change: &Change,
+    command: Command,
+    actor: &str,
+    why: Option<&str>,
+) -> Result<Change, ApiError> {
+    let mut progress = Progress::of(change);
+    let why = why.map(|w| format!(": {w}")).unwrap_or_default();
+    let refuse = |what: &str| {
+        Err(ApiError::Conflict(format!(
+            "change {} is {}: {what}",
+            change.id.0,
+            change.state.as_str()
+        )))
+    };
+    let (to, kind, reason) = match (command, change.state) {
+        (_, s) if s.is_terminal() => return refuse("it is over"),
+        (Command::Pause, ChangeState::Rolling) if progress.paused => return refuse("it is already paused"),
+        (Command::Pause, ChangeState::Rolling) => {
+            progress.paused = true;
+            progress.paused_by = Some(actor.to_owned());
+            (ChangeState::Rolling, "change.paused", format!("paused by {actor}{why}"))
+        }
+        (Command::Pause, _) => return refuse("only a rolling change can be paused"),
+        (Command::Resume, ChangeState::Rolling | ChangeState::Halted)
+            if progress.paused || change.state == ChangeState::Halted =>
+        {
+            progress.paused = false;
+            progress.paused_by = None;
+            progress.last_decision = None;
+            if change.state == ChangeState::Halted {
+                // The current wave gets a new deadline.
+                progress.wave_started_ms = Some(now_ms());
+            }
+            (
+                ChangeState::Rolling,
+                "change.resumed",
+                format!("resumed by {actor}{why}"),
+            )
+        }
+        (Command::Resume, _) => return refuse("only a paused or halted change can be resumed"),
+        (Command::Abort, ChangeState::Rolling | ChangeState::Halted) if progress.back => {
+            return refuse("it is already rolling back");
+        }
+        (Command::Abort, ChangeState::Rolling | ChangeState::Halted) => {
+            let reason = format!("aborted by {actor}{why}");
+            progress.back = true;
+            progress.back_reason = Some(reason.clone());
+            progress.paused = false;
+            progress.paused_by = None;
+            progress.last_decision = None;
+            progress.wave_started_ms = Some(now_ms());
+            progress.wave_done_ms = None;
+            // The newest released wave is withdrawn first.
+            progress.released = progress.released.saturating_sub(1);
+            if Progress::of(change).released == 0 {
+                // Nothing was released: nothing to undo.
+                let update = Transition {
+                    actor: Some(actor.to_owned()),
+                    ..Transition::default()
+                };
+                return transition(
+                    state,
+                    change,
+                    ChangeState::RolledBack,
+                    update,
+                    format!("{reason}; no wave had started"),
+                    "change.rolled_back",
+                )
+                .await;
+            }
+            (
+                ChangeState::Rolling,
+                "change.rolling_back",
+                format!("rolling back: {reason}"),
+            )
+        }
+        (Command::Abort, _) => {
+            let update = Transition {
+                actor: Some(actor.to_owned()),
+                ..Transition::default()
+            };
+            return transition(
+                state,
+                change,
+                ChangeState::Failed,
+                update,
+                format!("aborted by {actor}{why} before it rolled"),
+                "change.aborted",
+            )
+            .await;
+        }
+    };
+    let update = Transition {
+        progress: Some(progress.to_json()),
+        actor: Some(actor.to_owned()),
+        ..Transition::default()
+    };
+    let updated = transition(state, change, to, update, reason, kind).await?;
+    if let Some(hub) = state.hub() {
+        hub.refresh(state).await?;
+    }
+    Ok(updated)
+}
