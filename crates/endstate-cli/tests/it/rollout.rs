@@ -97,7 +97,7 @@ fn web_instances(config: &Path) -> Vec<(String, String, String)> {
 }
 
 #[test]
-fn a_good_version_rolls_out_by_zone_and_a_bad_one_rolls_back_after_the_canary() {
+fn a_good_version_rolls_out_by_zone_a_bad_one_rolls_back_and_a_freeze_holds_one() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config.json");
     let _dev = dev(dir.path());
@@ -203,4 +203,76 @@ fn a_good_version_rolls_out_by_zone_and_a_bad_one_rolls_back_after_the_canary() 
             ("dev-c".into(), "1.1.0".into(), "healthy".into()),
         ]
     );
+
+    // A freeze window holds the next change before its first wave and says why; a person
+    // pauses, resumes and aborts it, each on the timeline with who did it.
+    let frozen = spec_with_web_version(dir.path(), "1.3.0");
+    std::fs::write(
+        frozen.join("freeze.yaml"),
+        "apiVersion: endstate/v1\nkind: Policy\nname: incident-freeze\napplies_to:\n  systems: [storefront]\nrules:\n  freeze_windows:\n    - cron: \"* * * * *\"\n      duration: 1h\n      reason: incident INC-7 in progress\n",
+    )
+    .unwrap();
+    let apply = run(
+        &["apply", frozen.to_str().unwrap(), "--yes", "--timeout", "4s"],
+        &config,
+    );
+    let output = format!("{}{}", text(&apply.stdout), text(&apply.stderr));
+    assert_eq!(apply.status.code(), Some(3), "a frozen change is still open:\n{output}");
+    assert!(
+        output.contains("freeze window of policy incident-freeze") && output.contains("INC-7"),
+        "apply says which window holds it and why:\n{output}"
+    );
+    let pause = run(&["change", "pause", "4", "--reason", "looking at INC-7"], &config);
+    assert!(pause.status.success(), "{}", text(&pause.stderr));
+    assert!(
+        text(&pause.stdout).contains("paused by admin: looking at INC-7"),
+        "{}",
+        text(&pause.stdout)
+    );
+    let again = run(&["change", "pause", "4"], &config);
+    assert_eq!(again.status.code(), Some(2), "pausing twice is refused");
+    assert!(
+        text(&again.stderr).contains("already paused"),
+        "{}",
+        text(&again.stderr)
+    );
+    let resume = run(&["change", "resume", "4"], &config);
+    assert!(resume.status.success(), "{}", text(&resume.stderr));
+    let abort = run(&["change", "abort", "4", "--reason", "after the incident"], &config);
+    assert!(abort.status.success(), "{}", text(&abort.stderr));
+    let aborted = text(&abort.stdout);
+    assert!(
+        aborted.contains("rolled_back") && aborted.contains("no wave had started"),
+        "{aborted}"
+    );
+    assert!(
+        change_events(&config, 4, "change.wave_started").is_empty(),
+        "the freeze held every wave"
+    );
+    let kinds: Vec<String> = change_events(&config, 4, "change.")
+        .iter()
+        .map(|e| {
+            format!(
+                "{} by {}",
+                e["kind"].as_str().unwrap_or_default(),
+                e["actor"].as_str().unwrap_or_default()
+            )
+        })
+        .collect();
+    for expected in [
+        "change.paused by admin",
+        "change.resumed by admin",
+        "change.rolled_back by admin",
+    ] {
+        assert!(kinds.iter().any(|k| k == expected), "{expected} missing: {kinds:#?}");
+    }
+    let decided = change_events(&config, 4, "decision.wait");
+    assert!(
+        decided
+            .iter()
+            .any(|d| d["data"]["findings"].to_string().contains("incident INC-7 in progress")),
+        "{decided:#?}"
+    );
+    let refused = run(&["change", "resume", "4"], &config);
+    assert_eq!(refused.status.code(), Some(2), "an ended change cannot be resumed");
 }
