@@ -7,6 +7,7 @@
 
 mod agents;
 mod figure;
+mod rollout;
 mod spec;
 mod store;
 
@@ -21,7 +22,14 @@ fn main() -> anyhow::Result<()> {
     let mut smoke = false;
     let mut out = PathBuf::from("target/bench-results.json");
     let mut only: Option<String> = None;
-    let mut args = std::env::args().skip(1);
+    let mut args = std::env::args().skip(1).peekable();
+    if args.peek().map(String::as_str) == Some(rollout::PLAN_MEMORY_ARG) {
+        // A fresh process that measures the planner's memory for the rollout group.
+        let hosts = args
+            .nth(1)
+            .ok_or_else(|| anyhow::anyhow!("{} needs a host count", rollout::PLAN_MEMORY_ARG))?;
+        return rollout::plan_memory_child(&hosts);
+    }
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--smoke" => smoke = true,
@@ -33,13 +41,18 @@ fn main() -> anyhow::Result<()> {
                 )
             }
             "--help" | "-h" => {
-                println!("usage: endstate-bench [--smoke] [--out FILE] [--only spec|store|agents]");
+                println!("usage: endstate-bench [--smoke] [--out FILE] [--only spec|store|agents|rollout]");
                 return Ok(());
             }
             other => anyhow::bail!("unknown argument {other:?}; see --help"),
         }
     }
-    let groups: [(&str, Group); 3] = [("spec", spec::run), ("store", store::run), ("agents", agents::run)];
+    let groups: [(&str, Group); 4] = [
+        ("spec", spec::run),
+        ("store", store::run),
+        ("agents", agents::run),
+        ("rollout", rollout::run),
+    ];
     if let Some(only) = &only {
         anyhow::ensure!(
             groups.iter().any(|(name, _)| name == only),

@@ -167,6 +167,11 @@ pub(crate) struct ServerArgs {
     /// The URL agents are told to connect to, when it differs from the listener (`wss://host:port/v1/agent`).
     #[arg(long)]
     pub(crate) agent_url: Option<String>,
+    /// The Prometheus server that metric gates (`gates:` of a component) query, like
+    /// `http://127.0.0.1:9090`. Point its `http_sd_configs` at `/v1/prometheus/targets` to
+    /// scrape every instance.
+    #[arg(long, env = "ENDSTATE_PROMETHEUS_URL")]
+    pub(crate) prometheus_url: Option<String>,
     /// Requests per second each client may send.
     #[arg(long, default_value_t = 200)]
     pub(crate) rate_limit: u32,
@@ -254,6 +259,11 @@ pub(crate) struct DevArgs {
     /// How many local agents to start (zones a, b, c, …), each a separate process and data directory.
     #[arg(long, default_value_t = 3)]
     pub(crate) agents: u8,
+    /// The Prometheus server that metric gates (`gates:` of a component) query, like
+    /// `http://127.0.0.1:9090`. Point its `http_sd_configs` at `/v1/prometheus/targets` to
+    /// scrape every instance.
+    #[arg(long, env = "ENDSTATE_PROMETHEUS_URL")]
+    pub(crate) prometheus_url: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -58,6 +58,7 @@ pub(crate) async fn server(args: ServerArgs) -> anyhow::Result<Outcome> {
         burst: args.rate_burst,
     };
     server_config.agents.advertise_url = args.agent_url.clone();
+    server_config.rollout.prometheus_url = args.prometheus_url.clone();
     if let Some(text) = &args.keepalive_interval {
         let interval = endstate_spec::Duration::parse(text)
             .map_err(|error| anyhow::anyhow!("--keepalive-interval {text:?}: {error}"))?
@@ -93,6 +94,7 @@ pub(crate) async fn dev(global: &Global, args: DevArgs) -> anyhow::Result<Outcom
     let mut server_config = ServerConfig::new(&args.data_dir);
     // Quicker liveness for a laptop: an agent is unreachable after 3 missed 2-second keepalives.
     server_config.agents.keepalive_interval = std::time::Duration::from_secs(2);
+    server_config.rollout.prometheus_url = args.prometheus_url.clone();
     let mut server = Server::open(&server_config).await?;
     let token_file = args.data_dir.join("dev-admin-token");
     // The development setup keeps its admin token in its data directory (mode 0600), so every

@@ -31,12 +31,12 @@ pub struct Placement {
 }
 
 /// The part of a component that defines its running processes, apart from the artifact version:
-/// a difference here means a reconfiguration. Placement, rollout strategy and dependencies change
-/// how a change is carried out, not what runs, so they are left out.
+/// a difference here means a reconfiguration. Placement, rollout strategy, gates and dependencies
+/// change how a change is carried out, not what runs, so they are left out.
 pub fn runtime_config(component: &Component) -> Value {
     let mut value = serde_json::to_value(component).unwrap_or(Value::Null);
     if let Value::Object(map) = &mut value {
-        for key in ["placement", "rollout", "depends_on", "name", "system"] {
+        for key in ["placement", "rollout", "gates", "depends_on", "name", "system"] {
             map.remove(key);
         }
         if let Some(Value::Object(artifact)) = map.get_mut("artifact") {

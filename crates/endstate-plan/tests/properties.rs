@@ -204,6 +204,7 @@ fn state(case: &Case, after: bool) -> DesiredState {
                     min_healthy_time: Duration::from_secs(10),
                     on_failure: OnFailure::Halt,
                 },
+                gates: Vec::new(),
                 depends_on,
             },
         );

@@ -26,6 +26,7 @@ use utoipa::{Modify, OpenApi};
         crate::routes::list_hosts,
         crate::routes::timeline,
         crate::history::history,
+        crate::prometheus::targets,
         crate::stream::stream,
         crate::routes::create_token,
         crate::routes::openapi,

@@ -25,14 +25,18 @@
 //!   compare-and-set on the progress itself).
 //!
 //! # Caveats
-//! - Metric gates and blast-radius limits are inputs the Decider knows; this controller does not
-//!   gather them yet (see ARCHITECTURE.md). Only one change rolls out at a time (a newer revision
-//!   supersedes an open change), so there are no conflicts between changes to gather either.
+//! - Metric gates are read from Prometheus (`RolloutConfig::prometheus_url`) with instant
+//!   queries, thresholds only; canary-against-baseline comparisons and streamed metrics are
+//!   inputs the Decider knows that this controller does not gather yet, nor blast-radius limits.
+//!   Only one change rolls out at a time (a newer revision supersedes an open change), so there
+//!   are no conflicts between changes to gather.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use endstate_decide::{Direction, FreezeView, Input, InstanceState, InstanceView, OnFailure, Verdict, WaveView};
+use endstate_decide::{
+    Direction, FreezeView, GateReading, GateRule, Input, InstanceState, InstanceView, OnFailure, Verdict, WaveView,
+};
 use endstate_plan::{PlacementKey, Plan, StepAction, Wave, WaveKind, WaveStep};
 use endstate_spec::DesiredState;
 use endstate_store::{Change, NewEvent};
@@ -53,12 +57,16 @@ pub struct RolloutConfig {
     /// How long a wave's instances have to become healthy (at the change's revision, or back at
     /// the base revision when rolling back).
     pub wave_deadline: Duration,
+    /// The Prometheus server metric gates query (`http://127.0.0.1:9090`); without it, a
+    /// component with gates cannot be gated and its waves wait, saying so.
+    pub prometheus_url: Option<String>,
 }
 
 impl Default for RolloutConfig {
     fn default() -> Self {
         Self {
             wave_deadline: DEFAULT_WAVE_DEADLINE,
+            prometheus_url: None,
         }
     }
 }
@@ -458,7 +466,13 @@ async fn gather(
         wave_instances,
         earlier_instances,
         wave_done_ms: progress.wave_done_ms,
-        gates: Vec::new(),
+        gates: if progress.back {
+            // A rollback is gated on health: the metrics of the version being withdrawn say
+            // nothing about the one coming back.
+            Vec::new()
+        } else {
+            gates(state, plan, progress, desired).await
+        },
         freezes: freezes(plan, desired, base),
         degraded: degraded(state, plan, desired, base).await?,
         conflicts: Vec::new(),
@@ -466,6 +480,47 @@ async fn gather(
         on_failure,
         last_wave,
     })
+}
+
+/// The metric gates of the components whose waves are released, read from Prometheus.
+async fn gates(state: &AppState, plan: &Plan, progress: &Progress, desired: &DesiredState) -> Vec<GateReading> {
+    let components: BTreeSet<&str> = plan
+        .waves
+        .iter()
+        .take(progress.released as usize)
+        .map(|w| w.component.as_str())
+        .collect();
+    let mut readings = Vec::new();
+    for key in components {
+        let Some(component) = desired.components.get(key) else {
+            continue;
+        };
+        for gate in &component.gates {
+            let value = match &state.rollout_config().prometheus_url {
+                Some(url) => crate::prometheus::query(url, &gate.prometheus).await,
+                None => Err("no Prometheus to ask: start the server with --prometheus-url".to_owned()),
+            };
+            let name = format!("{key}:{}", gate.name);
+            let source = format!("prometheus: {}", gate.prometheus);
+            if let Some(max) = gate.max {
+                readings.push(GateReading {
+                    name: name.clone(),
+                    source: source.clone(),
+                    value: value.clone(),
+                    rule: GateRule::Max(max),
+                });
+            }
+            if let Some(min) = gate.min {
+                readings.push(GateReading {
+                    name,
+                    source,
+                    value,
+                    rule: GateRule::Min(min),
+                });
+            }
+        }
+    }
+    readings
 }
 
 /// Instances of the systems the plan touches that no step changes and that are unhealthy: a

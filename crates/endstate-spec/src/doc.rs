@@ -158,6 +158,11 @@ pub(crate) struct ComponentDoc {
     /// How a change is rolled out. Every field has a safe default.
     #[serde(default)]
     pub(crate) rollout: RolloutDoc,
+    /// Metric gates: Prometheus queries whose value must stay within bounds while a change of
+    /// this component rolls out; a breach halts or rolls back the change (`rollout.on_failure`).
+    #[serde(default)]
+    #[schemars(with = "Vec<GateDoc>")]
+    pub(crate) gates: Vec<Spanned<GateDoc>>,
     /// Components that must be up (and changed first) before this one: a name in the same system,
     /// or `system/component`.
     #[serde(default)]
@@ -196,6 +201,24 @@ pub(crate) struct ConfigFileDoc {
     /// The content, with template variables such as `{{ instance.host }}`.
     #[schemars(with = "String")]
     pub(crate) template: Spanned<String>,
+}
+
+/// A metric gate: a PromQL instant query (against the server's `--prometheus-url`) and the
+/// bounds its value must stay within.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct GateDoc {
+    /// The gate's name (`error-rate`), unique within the component.
+    pub(crate) name: String,
+    /// The query; its result must be a single number (a scalar or a one-series vector).
+    #[schemars(with = "String")]
+    pub(crate) prometheus: Spanned<String>,
+    /// The value must be at most this.
+    #[serde(default)]
+    pub(crate) max: Option<f64>,
+    /// The value must be at least this.
+    #[serde(default)]
+    pub(crate) min: Option<f64>,
 }
 
 /// A named port.

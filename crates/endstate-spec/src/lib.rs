@@ -116,6 +116,10 @@
 //!   pause: 30s                        # optional pause between batches
 //!   min_healthy_time: 10s             # default 10s
 //!   on_failure: rollback              # default halt; or rollback
+//! gates:                              # optional metric gates, checked while a change rolls out
+//!   - name: error-rate                # unique within the component
+//!     prometheus: 'sum(rate(http_errors_total[1m])) / sum(rate(http_requests_total[1m]))'
+//!     max: 0.05                       # `max`, `min` or both; finite numbers
 //! depends_on: [db, payments/gateway]  # `name` in the same system, or `system/name`
 //! ```
 //!
@@ -231,8 +235,8 @@ pub use diagnostic::{Diagnostic, Severity};
 pub use duration::Duration;
 pub use model::{
     Action, AppliesTo, Artifact, ArtifactSource, Batch, Check, CheckProbe, Component, ConfigFile, Count, DesiredState,
-    Engagement, Escalation, FreezeWindow, Health, HttpTarget, Link, OnFailure, ParamValue, Parameter, ParameterType,
-    Placement, Policy, Port, PortRef, Probe, Rollout, Rules, SourceKind, System, Targets,
+    Engagement, Escalation, FreezeWindow, Gate, Health, HttpTarget, Link, OnFailure, ParamValue, Parameter,
+    ParameterType, Placement, Policy, Port, PortRef, Probe, Rollout, Rules, SourceKind, System, Targets,
 };
 pub use source::{MAX_FILE_BYTES, SourceFile};
 

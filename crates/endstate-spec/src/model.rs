@@ -73,9 +73,27 @@ pub struct Component {
     pub health: Option<Health>,
     pub placement: Placement,
     pub rollout: Rollout,
+    /// Metric gates checked while a change of this component rolls out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gates: Vec<Gate>,
     /// Components this one depends on, as `system/component` keys, sorted and deduplicated.
     pub depends_on: Vec<String>,
 }
+
+/// A metric gate: a Prometheus query and the bounds its value must stay within.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Gate {
+    pub name: String,
+    /// A PromQL instant query giving one number.
+    pub prometheus: String,
+    /// At most this (finite: validation refuses anything else).
+    pub max: Option<f64>,
+    /// At least this (finite).
+    pub min: Option<f64>,
+}
+
+// The bounds are finite numbers (validation refuses NaN and infinities), so equality is total.
+impl Eq for Gate {}
 
 /// What to run, at which version, from where.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -16,8 +16,8 @@ use crate::doc::{
 };
 use crate::model::{
     Action, AppliesTo, Artifact, ArtifactSource, Batch, Check, CheckProbe, Component, ConfigFile, Count, DesiredState,
-    Escalation, FreezeWindow, Health, HttpTarget, Link, ParamValue, Parameter, ParameterType, Placement, Policy, Port,
-    PortRef, Probe, Rollout, Rules, System, Targets,
+    Escalation, FreezeWindow, Gate, Health, HttpTarget, Link, ParamValue, Parameter, ParameterType, Placement, Policy,
+    Port, PortRef, Probe, Rollout, Rules, System, Targets,
 };
 use crate::parse::{Parsed, RawDoc, quoted_list, spanned_pos};
 use crate::template::{ACTION_VARIABLES, COMPONENT_VARIABLES, check_cron, check_template};
@@ -750,6 +750,60 @@ fn component<'a>(ctx: DocCtx<'a>, doc: &ComponentDoc, out: &mut Out) -> Componen
         });
     }
 
+    // Metric gates.
+    let mut gates: Vec<Gate> = Vec::new();
+    for gate in &doc.gates {
+        let pos = ctx.pos(gate);
+        let g = &gate.value;
+        if gates.iter().any(|seen| seen.name == g.name) {
+            out.push(
+                ctx.error(pos, "duplicate-name", format!("found gate `{}` a second time", g.name))
+                    .expected("each gate name once per component"),
+            );
+        }
+        if g.name.trim().is_empty() {
+            out.push(
+                ctx.error(pos, "invalid-name", "found a gate without a name")
+                    .expected("a name such as `error-rate`"),
+            );
+        }
+        if g.prometheus.value.trim().is_empty() {
+            out.push(
+                ctx.error(ctx.pos(&g.prometheus), "invalid-value", "found an empty query")
+                    .expected("a PromQL query giving one number"),
+            );
+        }
+        match (g.max, g.min) {
+            (None, None) => out.push(
+                ctx.error(pos, "invalid-gate", format!("found gate `{}` without bounds", g.name))
+                    .expected("`max`, `min` or both"),
+            ),
+            (max, min) if max.is_some_and(|v| !v.is_finite()) || min.is_some_and(|v| !v.is_finite()) => out.push(
+                ctx.error(
+                    pos,
+                    "invalid-gate",
+                    format!("found a bound of gate `{}` that is not a finite number", g.name),
+                )
+                .expected("finite numbers"),
+            ),
+            (Some(max), Some(min)) if min > max => out.push(
+                ctx.error(
+                    pos,
+                    "invalid-gate",
+                    format!("found gate `{}` with min {min} above max {max}", g.name),
+                )
+                .expected("min at most max"),
+            ),
+            _ => {}
+        }
+        gates.push(Gate {
+            name: g.name.clone(),
+            prometheus: g.prometheus.value.clone(),
+            max: g.max.filter(|v| v.is_finite()),
+            min: g.min.filter(|v| v.is_finite()),
+        });
+    }
+
     // Health.
     let health = doc.health.as_ref().map(|health| {
         let health_pos = ctx.pos(health);
@@ -916,6 +970,7 @@ fn component<'a>(ctx: DocCtx<'a>, doc: &ComponentDoc, out: &mut Out) -> Componen
                 min_healthy_time: r.min_healthy_time,
                 on_failure: r.on_failure,
             },
+            gates,
             depends_on: Vec::new(),
         },
         depends_on,

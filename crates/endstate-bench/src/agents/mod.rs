@@ -13,8 +13,8 @@
 mod fleet;
 mod procfs;
 mod real;
-mod server;
-mod sim;
+pub(crate) mod server;
+pub(crate) mod sim;
 
 use std::time::Duration;
 

@@ -30,7 +30,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-type Ws = WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>;
+pub(crate) type Ws = WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>;
 type Sink = SplitSink<Ws, WsMessage>;
 type Stream = SplitStream<Ws>;
 
@@ -408,40 +408,41 @@ fn ws_config() -> WebSocketConfig {
     config
 }
 
-async fn session(
-    identity: &Identity,
-    shared: &Shared,
-    memory: &mut Memory,
-    control: &mut mpsc::Receiver<Command>,
-    permit: Option<tokio::sync::SemaphorePermit<'_>>,
-) -> Ended {
-    let lost = |what: &str, e: &dyn std::fmt::Display| Ended::Lost(format!("{what}: {e}"));
-    let tcp = match tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(shared.addr)).await {
+/// Opens an agent's connection to the agent listener at `addr`: TCP, TLS with the agent's
+/// certificate, websocket, as [`session`] does; for benchmarks that speak the protocol themselves.
+pub(crate) async fn connect(identity: &Identity, addr: SocketAddr) -> anyhow::Result<Ws> {
+    open(identity, addr, &format!("wss://{addr}/v1/agent"))
+        .await
+        .map_err(|e| anyhow::anyhow!("{}: {e}", identity.host))
+}
+
+async fn open(identity: &Identity, addr: SocketAddr, url: &str) -> Result<Ws, String> {
+    let tcp = match tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr)).await {
         Ok(Ok(tcp)) => tcp,
-        Ok(Err(e)) => return lost("connect", &e),
-        Err(_) => return Ended::Lost("connect: timed out".into()),
+        Ok(Err(e)) => return Err(format!("connect: {e}")),
+        Err(_) => return Err("connect: timed out".into()),
     };
     let _ = tcp.set_nodelay(true);
-    let name = ServerName::IpAddress(shared.addr.ip().into());
-    let tls = match tokio_rustls::TlsConnector::from(Arc::clone(&identity.tls))
+    let name = ServerName::IpAddress(addr.ip().into());
+    let tls = tokio_rustls::TlsConnector::from(Arc::clone(&identity.tls))
         .connect(name, tcp)
         .await
-    {
-        Ok(tls) => tls,
-        Err(e) => return lost("TLS", &e),
-    };
-    let ws = match tokio_tungstenite::client_async_with_config(shared.url.as_str(), tls, Some(ws_config())).await {
-        Ok((ws, _)) => ws,
-        Err(e) => return lost("websocket", &e),
-    };
-    let (mut sink, mut stream) = ws.split();
-    let hello = FromAgent::Hello(Hello {
+        .map_err(|e| format!("TLS: {e}"))?;
+    let (ws, _) = tokio_tungstenite::client_async_with_config(url, tls, Some(ws_config()))
+        .await
+        .map_err(|e| format!("websocket: {e}"))?;
+    Ok(ws)
+}
+
+/// The `hello` of a simulated agent of `host`.
+pub(crate) fn hello(host: &str) -> FromAgent {
+    FromAgent::Hello(Hello {
         versions: SUPPORTED_VERSIONS,
         agent_version: "bench".to_owned(),
-        host: HostName(identity.host.clone()),
+        host: HostName(host.to_owned()),
         labels: BTreeMap::new(),
         facts: Facts {
-            hostname: identity.host.clone(),
+            hostname: host.to_owned(),
             os: "linux".to_owned(),
             kernel: "bench".to_owned(),
             arch: std::env::consts::ARCH.to_owned(),
@@ -450,8 +451,22 @@ async fn session(
             disks: Vec::new(),
             agent_version: "bench".to_owned(),
         },
-    });
-    if let Err(ended) = send(&mut sink, &hello).await {
+    })
+}
+
+async fn session(
+    identity: &Identity,
+    shared: &Shared,
+    memory: &mut Memory,
+    control: &mut mpsc::Receiver<Command>,
+    permit: Option<tokio::sync::SemaphorePermit<'_>>,
+) -> Ended {
+    let ws = match open(identity, shared.addr, &shared.url).await {
+        Ok(ws) => ws,
+        Err(error) => return Ended::Lost(error),
+    };
+    let (mut sink, mut stream) = ws.split();
+    if let Err(ended) = send(&mut sink, &hello(&identity.host)).await {
         return ended;
     }
     match next_message(&mut stream).await {

@@ -4,24 +4,27 @@
 use std::path::Path;
 use std::time::Duration;
 
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use crate::{Process, repo_root, run, text};
 
-/// Starts `endstate dev` in `dir` and waits until its first change converged.
-fn dev(dir: &Path) -> Process {
+/// Starts `endstate dev` in `dir` (with `extra` flags) and waits until its first change converged.
+fn dev(dir: &Path, extra: &[&str]) -> Process {
     let config = dir.join("config.json");
     let data = dir.join("data");
-    let mut dev = Process::spawn(
-        &[
-            "dev",
-            "--listen",
-            "127.0.0.1:0",
-            "--agent-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            data.to_str().unwrap(),
-        ],
-        &config,
-    );
+    let mut args = vec![
+        "dev",
+        "--listen",
+        "127.0.0.1:0",
+        "--agent-listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let mut dev = Process::spawn(&args, &config);
     dev.wait_for_url("API:");
     dev.wait_for("examples:");
     wait_for_event(
@@ -100,7 +103,7 @@ fn web_instances(config: &Path) -> Vec<(String, String, String)> {
 fn a_good_version_rolls_out_by_zone_a_bad_one_rolls_back_and_a_freeze_holds_one() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config.json");
-    let _dev = dev(dir.path());
+    let _dev = dev(dir.path(), &[]);
 
     // The plan shows the waves: the canary in zone a, then zone b, then zone c.
     let good = spec_with_web_version(dir.path(), "1.1.0");
@@ -275,4 +278,195 @@ fn a_good_version_rolls_out_by_zone_a_bad_one_rolls_back_and_a_freeze_holds_one(
     );
     let refused = run(&["change", "resume", "4"], &config);
     assert_eq!(refused.status.code(), Some(2), "an ended change cannot be resumed");
+}
+
+/// A GET over HTTP/1.0 on loopback: the status and the body.
+fn http_get(addr: &str, path: &str, token: Option<&str>) -> std::io::Result<(u16, String)> {
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Kills the process when dropped.
+struct Guard(std::process::Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The components file of the examples with storefront/web at `version`, gated on its error rate
+/// as Prometheus measures it, each wave held 8 s so the canary's errors are scraped in time.
+fn gated_spec(dir: &Path, version: &str) -> std::path::PathBuf {
+    let spec = spec_with_web_version(dir, &format!("gated-{version}"));
+    let components = spec.join("components.yaml");
+    let body = std::fs::read_to_string(&components)
+        .unwrap()
+        .replacen("version: \"gated-", "version: \"", 1)
+        .replacen("  min_healthy_time: 3s\n", "  min_healthy_time: 8s\n", 1)
+        .replacen(
+            "depends_on: [cache/memo]\n",
+            "depends_on: [cache/memo]\ngates:\n  - name: error-rate\n    prometheus: '(sum(rate(example_requests_total{endstate_component=\"storefront/web\",code=\"500\"}[5s])) or vector(0)) / sum(rate(example_requests_total{endstate_component=\"storefront/web\"}[5s]))'\n    max: 0.1\n",
+            1,
+        );
+    assert!(
+        body.contains("error-rate") && body.contains(&format!("\"{version}\"")),
+        "{body}"
+    );
+    std::fs::write(&components, body).unwrap();
+    spec
+}
+
+#[test]
+fn a_raised_error_rate_measured_by_a_real_prometheus_trips_the_gate_and_rolls_back() {
+    let prometheus = ["/usr/bin/prometheus", "/usr/local/bin/prometheus"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.exists())
+        .expect("Prometheus is missing: install Debian's `prometheus` package (.ci/run does)");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.json");
+    let prom_addr = format!("127.0.0.1:{}", crate::hosts::free_port("127.0.0.1"));
+    let prom_url = format!("http://{prom_addr}");
+    let _dev = dev(dir.path(), &["--prometheus-url", &prom_url]);
+    let client: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    let api = client["server"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("http://")
+        .to_owned();
+    let token = client["token"].as_str().unwrap().to_owned();
+
+    // A real Prometheus on a free port, discovering every instance through endstate. (Debian's
+    // Prometheus 2.42 sends the credentials without a scheme unless `type: Bearer` is given.)
+    std::fs::write(
+        dir.path().join("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: endstate\n    http_sd_configs:\n      - url: http://{api}/v1/prometheus/targets\n        refresh_interval: 1s\n        authorization:\n          type: Bearer\n          credentials: {token}\n"
+        ),
+    )
+    .unwrap();
+    let _prometheus = Guard(
+        std::process::Command::new(prometheus)
+            .arg(format!("--config.file={}", dir.path().join("prometheus.yml").display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("tsdb").display()))
+            .arg(format!("--web.listen-address={prom_addr}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("prometheus.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while http_get(&prom_addr, "/-/ready", None).map(|(code, _)| code).ok() != Some(200) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Prometheus did not start: {}",
+            std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Endstate's discovery lists the nine running instances.
+    let (code, targets) = http_get(&api, "/v1/prometheus/targets", Some(&token)).unwrap();
+    assert_eq!(code, 200, "{targets}");
+    let groups: Vec<serde_json::Value> = serde_json::from_str(&targets).unwrap();
+    assert_eq!(groups.len(), 8, "{targets}");
+
+    // Traffic on every storefront/web instance, as discovery finds them, until the test ends.
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = {
+        let (stop, api, token) = (Arc::clone(&stop), api.clone(), token.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let Ok((200, body)) = http_get(&api, "/v1/prometheus/targets", Some(&token)) else {
+                    continue;
+                };
+                let groups: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap_or_default();
+                for group in groups
+                    .iter()
+                    .filter(|g| g["labels"]["endstate_component"] == "storefront/web")
+                {
+                    if let Some(target) = group["targets"][0].as_str() {
+                        for _ in 0..5 {
+                            let _ = http_get(target, "/work", None);
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+
+    // A good version passes its gate, read from Prometheus.
+    let good = gated_spec(dir.path(), "1.1.0");
+    let apply = run(
+        &["apply", good.to_str().unwrap(), "--yes", "--timeout", "240s"],
+        &config,
+    );
+    let output = format!("{}{}", text(&apply.stdout), text(&apply.stderr));
+    assert!(apply.status.success(), "a good version converges:\n{output}");
+    let allowed = change_events(&config, 2, "decision.allow");
+    assert!(
+        allowed.iter().any(|d| {
+            d["data"]["findings"].as_array().into_iter().flatten().any(|f| {
+                f["rule"] == "gate:storefront/web:error-rate"
+                    && f["ok"] == true
+                    && f["message"].as_str().unwrap_or_default().contains("<= max 0.1")
+            })
+        }),
+        "the gate was read and passed: {allowed:#?}"
+    );
+
+    // A version that answers 500: the canary raises the error rate, the gate trips, it rolls back.
+    let bad = gated_spec(dir.path(), "1.2.0-errors");
+    let apply = run(&["apply", bad.to_str().unwrap(), "--yes", "--timeout", "240s"], &config);
+    let output = format!("{}{}", text(&apply.stdout), text(&apply.stderr));
+    stop.store(true, Ordering::Relaxed);
+    let _ = traffic.join();
+    assert_eq!(apply.status.code(), Some(1), "the change is rolled back:\n{output}");
+    assert!(output.contains("rolled_back"), "{output}");
+    let rollback = change_events(&config, 3, "decision.rollback");
+    assert_eq!(rollback.len(), 1, "{rollback:#?}\n{output}");
+    let tripped = rollback[0]["data"]["findings"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|f| f["rule"] == "gate:storefront/web:error-rate" && f["ok"] == false)
+        .unwrap_or_else(|| panic!("the gate decided: {:#?}", rollback[0]["data"]["findings"]));
+    assert!(
+        tripped["message"].as_str().unwrap_or_default().contains("> max 0.1"),
+        "{tripped}"
+    );
+    assert_eq!(
+        change_events(&config, 3, "change.wave_started").len(),
+        1,
+        "only the canary started"
+    );
+    assert_eq!(
+        web_instances(&config),
+        [
+            ("dev-a".into(), "1.1.0".into(), "healthy".into()),
+            ("dev-b".into(), "1.1.0".into(), "healthy".into()),
+            ("dev-c".into(), "1.1.0".into(), "healthy".into()),
+        ]
+    );
 }

@@ -249,6 +249,7 @@ async fn connection(
         last_heard_ms: Arc::new(AtomicI64::new(now_ms())),
         sent_generation: Arc::new(AtomicU64::new(0)),
         close: Arc::new(tokio::sync::Notify::new()),
+        peer_ip: peer.ip(),
     };
     hub.register(&host, handle.clone());
     drop(guard);

@@ -93,6 +93,8 @@ pub(crate) struct ConnHandle {
     pub(crate) last_heard_ms: Arc<AtomicI64>,
     pub(crate) sent_generation: Arc<AtomicU64>,
     pub(crate) close: Arc<tokio::sync::Notify>,
+    /// The address the agent connects from: where its instances are reached (Prometheus targets).
+    pub(crate) peer_ip: std::net::IpAddr,
 }
 
 /// What the server knows of one instance from its agent's observations.
@@ -378,6 +380,36 @@ impl Hub {
             send_set(host, &conn, set, *generation);
         }
         true
+    }
+
+    /// Every assigned instance of a connected host with the port Prometheus scrapes (`metrics`,
+    /// else `http`, else the first): (host, address, instance id, component key, version, port).
+    pub(crate) async fn scrape_targets(&self) -> Vec<(String, std::net::IpAddr, String, String, String, u16)> {
+        let assigned = self.assigned.lock().await;
+        let mut out = Vec::new();
+        for (host, set) in &assigned.hosts {
+            let Some(conn) = self.connection(host) else {
+                continue;
+            };
+            for instance in &set.instances {
+                let port = ["metrics", "http"]
+                    .iter()
+                    .find_map(|name| instance.ports.get(*name))
+                    .or_else(|| instance.ports.values().next());
+                let (Some(port), Some(meta)) = (port, set.index.get(&instance.id.0)) else {
+                    continue;
+                };
+                out.push((
+                    host.clone(),
+                    conn.peer_ip,
+                    instance.id.0.clone(),
+                    meta.component_key.clone(),
+                    meta.version.clone(),
+                    *port,
+                ));
+            }
+        }
+        out
     }
 
     /// What the hub knows of one instance: what its agent last reported, and the generation its

@@ -28,15 +28,15 @@ fn wrong_type() {
 #[test]
 fn unknown_field() {
     check(&[("a.yaml", &format!("{BASE}replica: 3\n"))], "
-        a.yaml:12:1: error[unknown-field]: found field `replica`; expected one of `apiVersion`, `kind`, `name`, `system`, `description`, `artifact`, `command`, `args`, `env`, `config_files`, `ports`, `health`, `placement`, `rollout`, `depends_on`
+        a.yaml:12:1: error[unknown-field]: found field `replica`; expected one of `apiVersion`, `kind`, `name`, `system`, `description`, `artifact`, `command`, `args`, `env`, `config_files`, `ports`, `health`, `placement`, `rollout`, `gates`, `depends_on`
         ");
 }
 
 #[test]
 fn issue_2_every_unknown_top_level_field_of_a_document_is_reported() {
     check(&[("a.yaml", &format!("{BASE}replica: 3\nenabled: yes\n"))], "
-        a.yaml:12:1: error[unknown-field]: found field `replica`; expected one of `apiVersion`, `kind`, `name`, `system`, `description`, `artifact`, `command`, `args`, `env`, `config_files`, `ports`, `health`, `placement`, `rollout`, `depends_on`
-        a.yaml:13:1: error[unknown-field]: found field `enabled`; expected one of `apiVersion`, `kind`, `name`, `system`, `description`, `artifact`, `command`, `args`, `env`, `config_files`, `ports`, `health`, `placement`, `rollout`, `depends_on`
+        a.yaml:12:1: error[unknown-field]: found field `replica`; expected one of `apiVersion`, `kind`, `name`, `system`, `description`, `artifact`, `command`, `args`, `env`, `config_files`, `ports`, `health`, `placement`, `rollout`, `gates`, `depends_on`
+        a.yaml:13:1: error[unknown-field]: found field `enabled`; expected one of `apiVersion`, `kind`, `name`, `system`, `description`, `artifact`, `command`, `args`, `env`, `config_files`, `ports`, `health`, `placement`, `rollout`, `gates`, `depends_on`
         ");
 }
 

@@ -1,0 +1,113 @@
+//! Prometheus at the edges: instant queries for the controller's metric gates, and HTTP service
+//! discovery (`http_sd_configs`) of every instance agents run, so a Prometheus scrapes what
+//! endstate runs without a list kept by hand.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::{Extension, Json};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::AppState;
+use crate::auth::{Actor, Verb, authorize};
+use crate::error::ApiError;
+
+/// How long a gate query may take: a slow Prometheus delays a decision, it does not stall it.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Runs an instant query and returns its one number, or why there is none (in words for the
+/// timeline: unreachable, an error from Prometheus, no series, several series, not a number).
+pub(crate) async fn query(base: &str, promql: &str) -> Result<f64, String> {
+    let url = format!("{}/api/v1/query", base.trim_end_matches('/'));
+    let client = reqwest::Client::builder()
+        .timeout(QUERY_TIMEOUT)
+        .build()
+        .map_err(|error| format!("cannot make an HTTP client: {error}"))?;
+    let response = client
+        .get(&url)
+        .query(&[("query", promql)])
+        .send()
+        .await
+        .map_err(|error| format!("Prometheus at {base} did not answer: {}", crate::chain(&error)))?;
+    let status = response.status();
+    let body: serde_json::Value = response
+        .json()
+        .await
+        .map_err(|error| format!("Prometheus answered {status} without JSON: {error}"))?;
+    if body["status"] != "success" {
+        return Err(format!(
+            "Prometheus refused the query ({status}): {}",
+            body["error"].as_str().unwrap_or("no reason given")
+        ));
+    }
+    let data = &body["data"];
+    let sample = match data["resultType"].as_str() {
+        Some("scalar") => &data["result"],
+        Some("vector") => match data["result"].as_array().map(Vec::as_slice) {
+            Some([one]) => &one["value"],
+            Some([]) | None => return Err("the query returned no series".to_owned()),
+            Some(many) => return Err(format!("the query returned {} series; a gate needs one", many.len())),
+        },
+        other => {
+            return Err(format!(
+                "the query returned a {}, not a number",
+                other.unwrap_or("nothing")
+            ));
+        }
+    };
+    let text = sample[1].as_str().unwrap_or_default();
+    match text.parse::<f64>() {
+        Ok(value) if value.is_nan() => Err("the query returned NaN (no traffic?)".to_owned()),
+        Ok(value) => Ok(value),
+        Err(_) => Err(format!("the query returned {text:?}, not a number")),
+    }
+}
+
+/// A target group of Prometheus HTTP service discovery.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct TargetGroup {
+    /// `address:port`.
+    targets: Vec<String>,
+    /// `endstate_host`, `endstate_instance`, `endstate_component`, `endstate_system`, `endstate_version`.
+    labels: BTreeMap<String, String>,
+}
+
+/// Every instance assigned to a connected agent, as Prometheus HTTP service discovery wants it
+/// (`http_sd_configs` with `authorization: { credentials: <token> }`): one group per instance,
+/// its port `metrics`, else `http`, else its first, labelled with its host, instance, component,
+/// system and version.
+#[utoipa::path(get, path = "/v1/prometheus/targets", responses((status = 200, body = Vec<TargetGroup>)), security(("bearer" = [])))]
+pub(crate) async fn targets(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+) -> Result<Json<Vec<TargetGroup>>, ApiError> {
+    authorize(&actor, Verb::Read, None)?;
+    let Some(hub) = state.hub() else {
+        return Ok(Json(Vec::new()));
+    };
+    let groups = hub
+        .scrape_targets()
+        .await
+        .into_iter()
+        .map(|(host, ip, instance, component, version, port)| {
+            let system = component.split_once('/').map_or("", |(s, _)| s).to_owned();
+            let address = match ip {
+                std::net::IpAddr::V4(v4) => format!("{v4}:{port}"),
+                std::net::IpAddr::V6(v6) => format!("[{v6}]:{port}"),
+            };
+            TargetGroup {
+                targets: vec![address],
+                labels: BTreeMap::from([
+                    ("endstate_host".to_owned(), host),
+                    ("endstate_instance".to_owned(), instance),
+                    ("endstate_component".to_owned(), component),
+                    ("endstate_system".to_owned(), system),
+                    ("endstate_version".to_owned(), version),
+                ]),
+            }
+        })
+        .collect();
+    Ok(Json(groups))
+}
