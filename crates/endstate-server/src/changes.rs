@@ -163,7 +163,8 @@ fn reason_of(reason: Option<&str>) -> Result<Option<&str>, ApiError> {
     }
 }
 
-fn parse_change(id: &str) -> Result<u64, ApiError> {
+/// A change number from a path segment (`12` or `c12`), or a problem naming `id`.
+pub(crate) fn parse_change(id: &str) -> Result<u64, ApiError> {
     id.strip_prefix('c')
         .unwrap_or(id)
         .parse::<u64>()

@@ -152,11 +152,12 @@ pub(crate) struct Rendering {
 
 /// A change being rolled out.
 pub(crate) struct RolloutRendering {
-    pub(crate) revision: RevisionId,
+    /// The change, with its plan (fixed once it rolls).
+    pub(crate) change: endstate_store::Change,
     pub(crate) desired: Arc<DesiredState>,
-    /// The instances whose steps are released.
-    pub(crate) released: std::collections::BTreeSet<endstate_plan::PlacementKey>,
-    pub(crate) options: endstate_plan::PlanOptions,
+    /// How many of its waves are released: with the plan, this decides what hosts run, so the
+    /// plan is read only when this or the change differs from the last rendering.
+    pub(crate) released: u32,
 }
 
 /// How many parsed desired states are kept.
@@ -396,19 +397,16 @@ impl AppState {
             .await?;
         let rolling = open
             .items
-            .iter()
+            .into_iter()
             .find(|c| matches!(c.state, ChangeState::Rolling | ChangeState::Halted));
         let mut rollout = None;
         if let Some(change) = rolling
             && let Some(desired) = self.desired(change.revision).await?
         {
-            let plan = rollout::plan_of(change).unwrap_or_default();
-            let progress = rollout::Progress::of(change);
             rollout = Some(RolloutRendering {
-                revision: change.revision,
+                released: rollout::Progress::of(&change).released,
+                change,
                 desired,
-                released: rollout::released_keys(&plan, progress.released),
-                options: plan.options,
             });
         }
         Ok(Rendering { base, rollout })

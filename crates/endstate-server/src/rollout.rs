@@ -81,8 +81,6 @@ pub(crate) struct Progress {
     pub(crate) back: bool,
     /// When the current wave was released (or, going back, withdrawn).
     pub(crate) wave_started_ms: Option<i64>,
-    /// When the current wave was done (the pause after it counts from then).
-    pub(crate) wave_done_ms: Option<i64>,
     /// Paused by a person.
     #[serde(default)]
     pub(crate) paused: bool,
@@ -108,6 +106,13 @@ impl Progress {
 
     fn to_json(&self) -> serde_json::Value {
         serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// A wave was released (or withdrawn) now: its deadline counts from now, and its first
+    /// decision goes on the timeline whatever the last one said.
+    fn begin_wave(&mut self, now: i64) {
+        self.wave_started_ms = Some(now);
+        self.last_decision = None;
     }
 
     /// The index of the current wave: the last released going forward, the last withdrawn going back.
@@ -196,9 +201,7 @@ pub(crate) async fn drive(state: &AppState, change: &Change) -> Result<(), ApiEr
                 format!("wave {index}/{count} done: {summary}")
             };
             progress.released += 1;
-            progress.wave_started_ms = Some(now);
-            progress.wave_done_ms = None;
-            progress.last_decision = None;
+            progress.begin_wave(now);
             let reason = format!("wave {}/{count} ({}): {}", index + 1, wave_word(wave), wave.reason);
             let events = vec![decision_event(
                 "decision.allow",
@@ -270,9 +273,7 @@ pub(crate) async fn drive(state: &AppState, change: &Change) -> Result<(), ApiEr
                 .await?;
             } else {
                 progress.released -= 1;
-                progress.wave_started_ms = Some(now);
-                progress.wave_done_ms = None;
-                progress.last_decision = None;
+                progress.begin_wave(now);
                 let index = progress.released;
                 let reason = format!(
                     "rolling back: withdrawing wave {}/{count}; {}",
@@ -333,9 +334,7 @@ pub(crate) async fn drive(state: &AppState, change: &Change) -> Result<(), ApiEr
             progress.back = true;
             progress.back_reason = Some(summary.clone());
             progress.released = index;
-            progress.wave_started_ms = Some(now);
-            progress.wave_done_ms = None;
-            progress.last_decision = None;
+            progress.begin_wave(now);
             let reason = format!("rolling back: withdrawing wave {}/{count}; {summary}", index + 1);
             let events = vec![decision_event(
                 "decision.rollback",
@@ -465,7 +464,8 @@ async fn gather(
         wave,
         wave_instances,
         earlier_instances,
-        wave_done_ms: progress.wave_done_ms,
+        // The Decider derives when the wave was done from the instances' healthy times.
+        wave_done_ms: None,
         gates: if progress.back {
             // A rollback is gated on health: the metrics of the version being withdrawn say
             // nothing about the one coming back.
@@ -736,9 +736,7 @@ pub(crate) async fn command(
             progress.back_reason = Some(reason.clone());
             progress.paused = false;
             progress.paused_by = None;
-            progress.last_decision = None;
-            progress.wave_started_ms = Some(now_ms());
-            progress.wave_done_ms = None;
+            progress.begin_wave(now_ms());
             // The newest released wave is withdrawn first.
             progress.released = progress.released.saturating_sub(1);
             if Progress::of(change).released == 0 {

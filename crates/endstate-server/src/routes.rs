@@ -649,11 +649,7 @@ pub(crate) async fn get_change(
     Segment(id): Segment,
 ) -> Result<Json<ChangeView>, ApiError> {
     authorize(&actor, Verb::Read, None)?;
-    let number = id
-        .strip_prefix('c')
-        .unwrap_or(&id)
-        .parse::<u64>()
-        .map_err(|_| ApiError::bad_field("id", format!("{id:?} is not a change number")))?;
+    let number = crate::changes::parse_change(&id)?;
     let change = state
         .store()
         .get_change(ChangeId(number))

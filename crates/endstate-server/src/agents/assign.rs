@@ -292,7 +292,7 @@ fn allocate_ports(
     ports
 }
 
-pub(crate) fn digest_of<T: serde::Serialize>(value: &T) -> String {
+fn digest_of<T: serde::Serialize>(value: &T) -> String {
     let bytes = serde_json::to_vec(value).unwrap_or_default();
     Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect()
 }

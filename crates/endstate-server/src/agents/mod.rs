@@ -243,14 +243,17 @@ impl Hub {
         let mut assigned = self.assigned.lock().await;
         if assigned.key.as_ref() != Some(&key) {
             let sets = match (&rendering.rollout, &rendering.base) {
-                (Some(rollout), base) => assign::mixed(
-                    base.as_ref().map(|(_, d)| d.as_ref()),
-                    &rollout.desired,
-                    &rollout.released,
-                    &hosts,
-                    &rollout.options.placement_hosts(&hosts),
-                    &self.tls.ca_sha256,
-                ),
+                (Some(rollout), base) => {
+                    let plan = crate::rollout::plan_of(&rollout.change).unwrap_or_default();
+                    assign::mixed(
+                        base.as_ref().map(|(_, d)| d.as_ref()),
+                        &rollout.desired,
+                        &crate::rollout::released_keys(&plan, rollout.released),
+                        &hosts,
+                        &plan.options.placement_hosts(&hosts),
+                        &self.tls.ca_sha256,
+                    )
+                }
                 (None, Some((_, desired))) => assign::assignments(desired, &hosts, &self.tls.ca_sha256),
                 (None, None) => hosts
                     .iter()
@@ -422,7 +425,8 @@ impl Hub {
             .generations
             .get(&(host.to_owned(), instance.to_owned()))
             .copied();
-        (self.live_of(host).get(instance).cloned(), generation)
+        let live = lock(&self.live).get(host).and_then(|l| l.get(instance)).cloned();
+        (live, generation)
     }
 
     /// Whether the target revision is really reached: every assigned instance observed running,
@@ -631,8 +635,9 @@ pub(crate) async fn mark_unreachable(state: &AppState, hub: &Hub, host: &str, re
     Ok(())
 }
 
-/// What identifies a rendering: the base, the change rolling out and its released instances, and
-/// the hosts with their labels. The sets are recomputed when it changes.
+/// What identifies a rendering: the base, the change rolling out and how many of its waves are
+/// released (its plan is fixed once it rolls), and the hosts with their labels. The sets are
+/// recomputed when it changes.
 fn rendering_key(rendering: &crate::Rendering, hosts: &[HostInfo]) -> String {
     use std::fmt::Write;
     let mut key = String::new();
@@ -640,18 +645,7 @@ fn rendering_key(rendering: &crate::Rendering, hosts: &[HostInfo]) -> String {
         let _ = write!(key, "base={}", id.0);
     }
     if let Some(rollout) = &rendering.rollout {
-        let _ = write!(key, ";change={};released=", rollout.revision.0);
-        let released: Vec<(&str, &str, u32)> = rollout
-            .released
-            .iter()
-            .map(|k| (k.component.as_str(), k.host.as_str(), k.slot))
-            .collect();
-        let _ = write!(key, "{}:{}", released.len(), assign::digest_of(&released));
-        let _ = write!(
-            key,
-            ";options={}",
-            serde_json::to_string(&rollout.options).unwrap_or_default()
-        );
+        let _ = write!(key, ";change={};released={}", rollout.change.id.0, rollout.released);
     }
     let _ = write!(key, ";hosts={}", hosts_key(hosts));
     key
@@ -662,7 +656,7 @@ fn rendering_target(rendering: &crate::Rendering) -> Option<RevisionId> {
     rendering
         .rollout
         .as_ref()
-        .map(|r| r.revision)
+        .map(|r| r.change.revision)
         .or(rendering.base.as_ref().map(|(id, _)| *id))
 }
 
