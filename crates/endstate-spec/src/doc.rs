@@ -328,7 +328,7 @@ pub(crate) struct RolloutDoc {
     #[serde(default = "defaults::batch")]
     #[schemars(with = "Batch")]
     pub(crate) batch: Spanned<Batch>,
-    /// Instances that may be unavailable at the same time (at least 1).
+    /// Instances that may be unavailable at the same time (0: every replacement starts before the old one stops).
     #[serde(default = "defaults::one_spanned")]
     #[schemars(with = "u32", default = "defaults::one")]
     pub(crate) max_unavailable: Spanned<u32>,

@@ -34,6 +34,8 @@ command: sleeper
 placement:
   selector: { role: bench }
   count: { per_host: 10 }
+# All ten at once: this measures the agent at rest, not a rollout.
+rollout: { canary: 0, batch: { percent: 100 }, min_healthy_time: 0s }
 "#;
 
 pub(super) fn expected(smoke: bool) -> Vec<Expect> {
@@ -266,9 +268,9 @@ async fn measure(
     figures.push(expect[2].figure(
         size as f64 / 1e6,
         format!(
-            "{} ({} bytes) as built (the profile keeps line tables for backtraces): one binary with the \
-             server, the CLI and the agent; {stripped}",
-            exe.display(),
+            "target/{}/endstate ({} bytes) as built (the profile keeps line tables for backtraces): one \
+             binary with the server, the CLI and the agent; {stripped}",
+            exe.parent().and_then(|d| d.file_name()).map_or_else(|| "?".into(), |d| d.to_string_lossy()),
             size
         ),
     ));
