@@ -57,6 +57,52 @@ pub struct SubmitRevision {
     /// since, so what is submitted is what was previewed. `0` means "none was submitted yet".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<u64>,
+    /// How the change is rolled out on the hosts (host groups, retired and targeted hosts).
+    #[serde(default, skip_serializing_if = "ChangeOptions::is_empty")]
+    pub options: ChangeOptions,
+    /// What the previewed plan was computed from (`basis` of `POST /v1/plan`). When given, the
+    /// server refuses the submission with 409, saying what differs, if the hosts or the base
+    /// revision moved since: what runs is what was previewed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basis: Option<PlanBasis>,
+}
+
+/// Operational parameters of a change, given with it (CLI `--host-group`, `--retire`, `--target`).
+///
+/// A host is named by its name, or a set of hosts by a `key=value` label selector.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeOptions {
+    /// Ordered host groups: every step on group 0 before any on group 1, and so on; hosts in no
+    /// group last. Each entry is a list of host names or selectors, e.g. `[["zone=a"], ["zone=b"]]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_groups: Vec<Vec<String>>,
+    /// Hosts to retire: their instances start elsewhere first, then stop on them; once the change
+    /// converges nothing is placed on them any more (until they enrol again).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retire_hosts: Vec<String>,
+    /// Hosts to change first: their waves come before any other, and the change holds (`halted`)
+    /// once they are done, until a person resumes it for the other hosts or aborts it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub target_hosts: Vec<String>,
+}
+
+impl ChangeOptions {
+    /// Whether no option is set.
+    pub fn is_empty(&self) -> bool {
+        self.host_groups.is_empty() && self.retire_hosts.is_empty() && self.target_hosts.is_empty()
+    }
+}
+
+/// What a plan was computed from: the base revision and the hosts it may place on.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlanBasis {
+    /// The last revision that converged (absent: none has).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_revision: Option<u64>,
+    /// Every host in service with its labels.
+    pub hosts: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 /// `POST /v1/plan`: preview what a desired state would change, without storing anything.
@@ -65,6 +111,9 @@ pub struct SubmitRevision {
 pub struct PlanRequest {
     /// The spec files.
     pub documents: Vec<Document>,
+    /// Operational parameters, as the change would be submitted with.
+    #[serde(default, skip_serializing_if = "ChangeOptions::is_empty")]
+    pub options: ChangeOptions,
 }
 
 /// The answer to `POST /v1/plan`.
@@ -80,6 +129,9 @@ pub struct PlanResponse {
     /// The plan (see `endstate-plan`'s `Plan`).
     #[schema(value_type = Object)]
     pub plan: serde_json::Value,
+    /// What the plan was computed from; pass it as `basis` when submitting what was previewed.
+    #[serde(default)]
+    pub basis: PlanBasis,
     /// Warnings from validation.
     pub warnings: Vec<SpecDiagnostic>,
 }

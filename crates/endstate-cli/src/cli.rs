@@ -73,6 +73,8 @@ pub(crate) enum Command {
         /// Plan locally against an empty state, without a server.
         #[arg(long)]
         offline: bool,
+        #[command(flatten)]
+        rollout: RolloutFlags,
     },
     /// Show the plan, submit the spec directory as a new revision, and follow the change until it
     /// converges or fails. Exit 0 converged, 1 failed or stopped, 2 refused, 3 still open at --timeout.
@@ -270,6 +272,8 @@ pub(crate) struct DevArgs {
 pub(crate) struct ApplyArgs {
     /// The spec directory.
     pub(crate) dir: PathBuf,
+    #[command(flatten)]
+    pub(crate) rollout: RolloutFlags,
     /// Do not ask for confirmation (for scripts and CI).
     #[arg(long, short)]
     pub(crate) yes: bool,
@@ -282,6 +286,42 @@ pub(crate) struct ApplyArgs {
     /// Stop following after this long (e.g. 90s, 10m); the change goes on.
     #[arg(long, default_value = "10m")]
     pub(crate) timeout: String,
+}
+
+/// Operational parameters of a change: which hosts go first, which are drained for good.
+/// A host is named by its name, a set of hosts by a `key=value` label selector.
+#[derive(Clone, Debug, Default, Args)]
+pub(crate) struct RolloutFlags {
+    /// An ordered host group, one flag per group, the first first; comma-separated hosts or
+    /// selectors: `--host-group zone=a --host-group zone=b --host-group web-9,web-10`.
+    /// Hosts in no group come last.
+    #[arg(long = "host-group", value_name = "HOSTS")]
+    pub(crate) host_groups: Vec<String>,
+    /// Retire a host (repeatable): its instances start elsewhere first, then stop on it; once the
+    /// change converges nothing is placed on it until it enrols again.
+    #[arg(long = "retire", value_name = "HOST")]
+    pub(crate) retire: Vec<String>,
+    /// Change these hosts first (repeatable, host or selector), then hold the change: `endstate
+    /// change resume N` takes it to the other hosts, `endstate change abort N` takes it back.
+    #[arg(long = "target", value_name = "HOST")]
+    pub(crate) target: Vec<String>,
+}
+
+impl RolloutFlags {
+    pub(crate) fn options(&self) -> endstate_api::ChangeOptions {
+        let split = |text: &String| -> Vec<String> {
+            text.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect()
+        };
+        endstate_api::ChangeOptions {
+            host_groups: self.host_groups.iter().map(split).collect(),
+            retire_hosts: self.retire.iter().flat_map(split).collect(),
+            target_hosts: self.target.iter().flat_map(split).collect(),
+        }
+    }
 }
 
 #[derive(Debug, Args)]

@@ -109,6 +109,8 @@ struct Planned {
     plan: endstate_plan::Plan,
     /// `Some` when a server made the plan: (the base it started from, the latest revision then).
     server: Option<(Option<u64>, Option<u64>)>,
+    /// What the server planned from (hosts in service and the base), submitted with the plan.
+    basis: Option<endstate_api::PlanBasis>,
 }
 
 impl Planned {
@@ -124,7 +126,12 @@ impl Planned {
 
 /// Reads a directory once and plans it: on the server when there is one (unless offline), else
 /// locally against nothing.
-async fn make_plan(global: &Global, dir: &Path, offline: bool) -> anyhow::Result<Result<Planned, Outcome>> {
+async fn make_plan(
+    global: &Global,
+    dir: &Path,
+    offline: bool,
+    options: &endstate_api::ChangeOptions,
+) -> anyhow::Result<Result<Planned, Outcome>> {
     let files = match read_dir(dir) {
         Ok(files) => files,
         Err(diagnostics) => {
@@ -141,15 +148,24 @@ async fn make_plan(global: &Global, dir: &Path, offline: bool) -> anyhow::Result
         if !offline {
             eprintln!("note: no server configured; planning against an empty state (pass --offline to say so)");
         }
+        if !options.is_empty() {
+            eprintln!("error: --host-group, --retire and --target name hosts: they need a server to plan against");
+            return Ok(Err(Outcome::Refused));
+        }
         let plan = endstate_plan::plan(None, &desired, &[]);
         return Ok(Ok(Planned {
             files,
             plan,
             server: None,
+            basis: None,
         }));
     }
     let client = client(global)?;
-    match client.plan(documents(files.clone())).await {
+    let request = endstate_api::PlanRequest {
+        documents: documents(files.clone()),
+        options: options.clone(),
+    };
+    match client.plan_with(&request).await {
         Ok(response) => {
             for warning in &response.warnings {
                 eprintln!(
@@ -162,6 +178,7 @@ async fn make_plan(global: &Global, dir: &Path, offline: bool) -> anyhow::Result
                 files,
                 plan,
                 server: Some((response.base_revision, response.latest_revision)),
+                basis: Some(response.basis),
             }))
         }
         Err(error) if error.problem().is_some() => {
@@ -173,8 +190,13 @@ async fn make_plan(global: &Global, dir: &Path, offline: bool) -> anyhow::Result
 }
 
 /// `endstate plan DIR`
-pub(crate) async fn plan(global: &Global, dir: &Path, offline: bool) -> anyhow::Result<Outcome> {
-    let planned = match make_plan(global, dir, offline).await? {
+pub(crate) async fn plan(
+    global: &Global,
+    dir: &Path,
+    offline: bool,
+    options: &endstate_api::ChangeOptions,
+) -> anyhow::Result<Outcome> {
+    let planned = match make_plan(global, dir, offline, options).await? {
         Ok(planned) => planned,
         Err(outcome) => return Ok(outcome),
     };
@@ -200,44 +222,54 @@ fn parse_duration(text: &str) -> anyhow::Result<Duration> {
 pub(crate) async fn apply(global: &Global, args: ApplyArgs) -> anyhow::Result<Outcome> {
     let timeout = parse_duration(&args.timeout)?;
     let client = client(global)?;
-    let planned = match make_plan(global, &args.dir, false).await? {
-        Ok(planned) => planned,
-        Err(outcome) => return Ok(outcome),
-    };
-    println!("{}", planned.against());
-    print!("{}", endstate_plan::render(&planned.plan, color()));
-    if !args.yes {
-        if !std::io::stdin().is_terminal() {
-            eprintln!("error: not applying without confirmation: pass --yes when not on a terminal");
-            return Ok(Outcome::Refused);
+    let options = args.rollout.options();
+    let (submitted, before_submit) = loop {
+        let planned = match make_plan(global, &args.dir, false, &options).await? {
+            Ok(planned) => planned,
+            Err(outcome) => return Ok(outcome),
+        };
+        println!("{}", planned.against());
+        print!("{}", endstate_plan::render(&planned.plan, color()));
+        if !args.yes {
+            if !std::io::stdin().is_terminal() {
+                eprintln!("error: not applying without confirmation: pass --yes when not on a terminal");
+                return Ok(Outcome::Refused);
+            }
+            eprint!("\nApply this plan? Only 'yes' is accepted: ");
+            let mut answer = String::new();
+            std::io::stdin().read_line(&mut answer)?;
+            if answer.trim() != "yes" {
+                eprintln!("Not applied.");
+                return Ok(Outcome::Refused);
+            }
         }
-        eprint!("\nApply this plan? Only 'yes' is accepted: ");
-        let mut answer = String::new();
-        std::io::stdin().read_line(&mut answer)?;
-        if answer.trim() != "yes" {
-            eprintln!("Not applied.");
-            return Ok(Outcome::Refused);
+        // What is submitted is exactly what was planned: the same files, and the server refuses
+        // it if another revision was submitted since the plan was made, or if the hosts or the
+        // base revision it was planned from moved.
+        let request = SubmitRevision {
+            documents: documents(planned.files),
+            message: args.message.clone(),
+            source: RevisionSource {
+                kind: "cli".into(),
+                reference: Some(args.dir.display().to_string()),
+            },
+            parent: planned.server.map(|(_, latest)| latest.unwrap_or(0)),
+            options: options.clone(),
+            basis: planned.basis,
+        };
+        let before_submit = newest_seq(&client).await;
+        match client.submit(&request).await {
+            Ok(submitted) => break (submitted, before_submit),
+            Err(error) if error.problem().is_some_and(|p| p.kind.ends_with("/basis-moved")) && !args.yes => {
+                print_problem(&error);
+                eprintln!("\nThe plan above is not what would run any more. Planning again:\n");
+            }
+            Err(error) if error.problem().is_some() => {
+                print_problem(&error);
+                return Ok(Outcome::Refused);
+            }
+            Err(error) => return Err(error.into()),
         }
-    }
-    // What is submitted is exactly what was planned: the same files, and the server refuses it
-    // if another revision was submitted since the plan was made.
-    let request = SubmitRevision {
-        documents: documents(planned.files),
-        message: args.message.clone(),
-        source: RevisionSource {
-            kind: "cli".into(),
-            reference: Some(args.dir.display().to_string()),
-        },
-        parent: planned.server.map(|(_, latest)| latest.unwrap_or(0)),
-    };
-    let before_submit = newest_seq(&client).await;
-    let submitted = match client.submit(&request).await {
-        Ok(submitted) => submitted,
-        Err(error) if error.problem().is_some() => {
-            print_problem(&error);
-            return Ok(Outcome::Refused);
-        }
-        Err(error) => return Err(error.into()),
     };
     for warning in &submitted.warnings {
         eprintln!(
@@ -306,6 +338,11 @@ pub(crate) async fn apply(global: &Global, args: ApplyArgs) -> anyhow::Result<Ou
         "converged" => {
             eprintln!("Change {change_id} converged: {reason}");
             Outcome::Success
+        }
+        // The hold a targeted change asked for: open, waiting for a person.
+        "halted" if reason.starts_with("holding after the targeted hosts") => {
+            eprintln!("Change {change_id} holds as asked: {reason}");
+            Outcome::StillOpen
         }
         state if change.terminal || state == "halted" => {
             eprintln!("Change {change_id} ended {state}: {reason}");

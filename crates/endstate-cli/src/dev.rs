@@ -141,6 +141,8 @@ pub(crate) async fn dev(global: &Global, args: DevArgs) -> anyhow::Result<Outcom
             reference: Some(args.examples.display().to_string()),
         },
         parent: None,
+        options: Default::default(),
+        basis: None,
     };
     let mut agents = match start_agents(&args, &url, &client).await {
         Ok(agents) => agents,

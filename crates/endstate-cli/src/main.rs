@@ -59,7 +59,7 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Dev(args) => dev::dev(global, args).await,
         Command::Agent(args) => dev::agent(global, args).await,
         Command::Validate { dir } => commands::validate(global, &dir),
-        Command::Plan { dir, offline } => commands::plan(global, &dir, offline).await,
+        Command::Plan { dir, offline, rollout } => commands::plan(global, &dir, offline, &rollout.options()).await,
         Command::Apply(args) => commands::apply(global, args).await,
         Command::Status { system } => commands::status(global, system.as_deref()).await,
         Command::Timeline(args) => commands::timeline(global, args).await,

@@ -6,8 +6,8 @@ pub mod spec_dir;
 use std::time::Duration;
 
 use endstate_api::{
-    ChangeView, CreateJoinToken, CreateNote, CreateToken, CreatedJoinToken, CreatedToken, Document, EventView,
-    HistoryView, HostView, LogsView, Page, PlanRequest, PlanResponse, Problem, RevisionView, SubmitResponse,
+    ChangeOptions, ChangeView, CreateJoinToken, CreateNote, CreateToken, CreatedJoinToken, CreatedToken, Document,
+    EventView, HistoryView, HostView, LogsView, Page, PlanRequest, PlanResponse, Problem, RevisionView, SubmitResponse,
     SubmitRevision, SystemDescription, SystemView,
 };
 use futures_util::{Stream, StreamExt};
@@ -192,7 +192,19 @@ impl Client {
     /// # Errors
     /// As the server says.
     pub async fn plan(&self, documents: Vec<Document>) -> Result<PlanResponse, ClientError> {
-        self.post("/v1/plan", &PlanRequest { documents }).await
+        self.plan_with(&PlanRequest {
+            documents,
+            options: ChangeOptions::default(),
+        })
+        .await
+    }
+
+    /// [`plan`](Self::plan) with operational parameters (host groups, retired and targeted hosts).
+    ///
+    /// # Errors
+    /// As the server says (an unknown host comes back with its field path).
+    pub async fn plan_with(&self, request: &PlanRequest) -> Result<PlanResponse, ClientError> {
+        self.post("/v1/plan", request).await
     }
 
     /// A revision with its desired state; `latest` for the newest.

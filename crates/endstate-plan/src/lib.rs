@@ -139,6 +139,10 @@ pub struct Plan {
     /// The operational parameters it was planned with.
     #[serde(default, skip_serializing_if = "PlanOptions::is_empty")]
     pub options: PlanOptions,
+    /// With target hosts: the number of waves that change them, all first; the change holds
+    /// after them for a person to resume it (to the other hosts) or abort it. `None`: no hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_after: Option<u32>,
 }
 
 impl Plan {
@@ -191,7 +195,7 @@ pub fn plan_with(
             StepAction::Stop => summary.stop += 1,
         }
     }
-    let (waves, blocked) = waves::waves(current, desired, hosts, &steps, options);
+    let (waves, blocked, held_after) = targeted_first(current, desired, hosts, &steps, options);
     Plan {
         objects,
         steps,
@@ -200,7 +204,50 @@ pub fn plan_with(
         waves,
         blocked,
         options: options.clone(),
+        held_after,
     }
+}
+
+/// The waves of the steps on the target hosts (every component, in dependency order), then the
+/// waves of the other steps, each part ordered as [`waves::waves`] orders a plan; the number of
+/// the first part when a second follows. Without target hosts, [`waves::waves`] alone.
+///
+/// Dependency order holds within each part: a component's targeted waves may come before its
+/// dependency's waves on the other hosts, which is what targeting some hosts first asks for.
+fn targeted_first(
+    current: &DesiredState,
+    desired: &DesiredState,
+    hosts: &[HostInfo],
+    steps: &[Step],
+    options: &PlanOptions,
+) -> (Vec<Wave>, Vec<Blocked>, Option<u32>) {
+    if options.target_hosts.is_empty() {
+        let (waves, blocked) = waves::waves(current, desired, hosts, steps, options);
+        return (waves, blocked, None);
+    }
+    let (targeted, others): (Vec<Step>, Vec<Step>) = steps
+        .iter()
+        .cloned()
+        .partition(|s| options.target_hosts.contains(&s.host));
+    let (mut waves, mut blocked) = waves::waves(current, desired, hosts, &targeted, options);
+    let (rest, more_blocked) = waves::waves(current, desired, hosts, &others, options);
+    for b in more_blocked {
+        if !blocked.contains(&b) {
+            blocked.push(b);
+        }
+    }
+    let first = u32::try_from(waves.len()).unwrap_or(u32::MAX);
+    let targets = options.target_hosts.join(", ");
+    for wave in &mut waves {
+        wave.reason = format!("targeted hosts ({targets}) first; {}", wave.reason);
+    }
+    let held_after = (first > 0 && !rest.is_empty()).then_some(first);
+    for (i, mut wave) in rest.into_iter().enumerate() {
+        wave.index = first.saturating_add(u32::try_from(i).unwrap_or(u32::MAX));
+        wave.reason = format!("after the targeted hosts, once resumed; {}", wave.reason);
+        waves.push(wave);
+    }
+    (waves, blocked, held_after)
 }
 
 fn diff_kind<T: Serialize>(

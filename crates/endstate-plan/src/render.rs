@@ -101,6 +101,13 @@ pub fn render(plan: &Plan, color: bool) -> String {
             if !gate.is_empty() {
                 let _ = writeln!(out, "    then: {}", gate.join(", then "));
             }
+            if plan.held_after == Some(wave.index + 1) {
+                let _ = writeln!(
+                    out,
+                    "  {}-- hold: the targeted hosts are done; `endstate change resume` goes on to the other hosts, `abort` goes back{reset}",
+                    paint(BOLD)
+                );
+            }
         }
     }
     if !plan.blocked.is_empty() {

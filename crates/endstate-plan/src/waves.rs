@@ -44,12 +44,16 @@ pub struct PlanOptions {
     /// first, then stop on them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retire_hosts: Vec<String>,
+    /// Hosts changed first: every wave with a step on them comes before any other wave, and
+    /// [`Plan::held_after`](crate::Plan::held_after) says where the change holds for a person.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub target_hosts: Vec<String>,
 }
 
 impl PlanOptions {
     /// Whether no option is set.
     pub fn is_empty(&self) -> bool {
-        self.host_groups.is_empty() && self.retire_hosts.is_empty()
+        self.host_groups.is_empty() && self.retire_hosts.is_empty() && self.target_hosts.is_empty()
     }
 
     /// The hosts the new desired state is placed on: every host but the retired ones.

@@ -1,6 +1,6 @@
 //! Golden plans: a case is a directory under `tests/golden/` with `before/` (absent for a new
 //! server), `after/`, `hosts.txt` (one `name label=value,...` per line), optionally `options.json`
-//! (a serialized `PlanOptions`: host groups, retired hosts) and `plan.txt`, the expected
+//! (a serialized `PlanOptions`: host groups, retired and targeted hosts) and `plan.txt`, the expected
 //! rendering. `UPDATE_GOLDEN=1 cargo test -p endstate-plan` rewrites the expectations;
 //! review the diff like any other change.
 
@@ -139,6 +139,11 @@ fn host_groups_in_order() {
 #[test]
 fn scale_down_stops_in_batches() {
     check("scale-down");
+}
+
+#[test]
+fn target_hosts_first_then_hold() {
+    check("target-hosts");
 }
 
 #[test]

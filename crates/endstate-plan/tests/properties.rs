@@ -241,6 +241,7 @@ fn options(case: &Case) -> PlanOptions {
     PlanOptions {
         host_groups,
         retire_hosts,
+        target_hosts: Vec::new(),
     }
 }
 

@@ -147,6 +147,7 @@ pub(crate) async fn rollback(
         &message,
         format!("rollback:{}", to.0),
         None,
+        &endstate_plan::PlanOptions::default(),
     )
     .await?;
     Ok((StatusCode::CREATED, Json(change_view(&change, false))))

@@ -31,6 +31,10 @@ pub(crate) enum ApiError {
     /// The request conflicts with the current state (e.g. a newer revision than the one previewed).
     #[error("{0}")]
     Conflict(String),
+    /// The hosts or the base revision moved since the plan submitted was previewed; each item
+    /// says what moved (also in `errors`, under the field `basis`).
+    #[error("the actual state moved since the plan was previewed: {}; preview it again", .0.join("; "))]
+    BasisMoved(Vec<String>),
     /// The server cannot take this request now (a bounded resource is used up).
     #[error("{0}")]
     Unavailable(String),
@@ -79,6 +83,11 @@ impl ApiError {
             ),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
+            ApiError::BasisMoved(_) => (
+                StatusCode::CONFLICT,
+                "basis-moved",
+                "The actual state moved since the preview",
+            ),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable"),
             ApiError::MethodNotAllowed(_) => (
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -120,6 +129,16 @@ impl IntoResponse for ApiError {
         let (errors, diagnostics) = match &self {
             ApiError::BadRequest { errors, .. } => (errors.clone(), Vec::new()),
             ApiError::InvalidSpec { diagnostics, .. } => (Vec::new(), diagnostics.clone()),
+            ApiError::BasisMoved(moved) => (
+                moved
+                    .iter()
+                    .map(|message| FieldError {
+                        field: "basis".into(),
+                        message: message.clone(),
+                    })
+                    .collect(),
+                Vec::new(),
+            ),
             _ => (Vec::new(), Vec::new()),
         };
         let problem = Problem {

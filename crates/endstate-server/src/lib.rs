@@ -17,6 +17,7 @@ mod error;
 mod history;
 mod metrics;
 mod openapi;
+mod options;
 mod prometheus;
 mod ratelimit;
 mod rollout;

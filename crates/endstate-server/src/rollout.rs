@@ -93,6 +93,9 @@ pub(crate) struct Progress {
     /// The summary of the last decision written to the timeline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) last_decision: Option<String>,
+    /// Whether the change already held after its targeted hosts ([`Plan::held_after`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) held: bool,
 }
 
 impl Progress {
@@ -190,6 +193,32 @@ pub(crate) async fn drive(state: &AppState, change: &Change) -> Result<(), ApiEr
         ..NewEvent::new(now, kind, text)
     };
     match decision.verdict {
+        Verdict::Allow if !progress.back && plan.held_after == Some(progress.released) && !progress.held => {
+            // The targeted hosts are done: a person decides whether the others follow.
+            progress.held = true;
+            progress.last_decision = Some(summary.clone());
+            let targets = plan.options.target_hosts.join(", ");
+            let reason = format!(
+                "holding after the targeted hosts ({targets}): waves 1-{} done; `endstate change resume {id}` \
+                 goes on to the other hosts (wave {}/{count}), `endstate change abort {id}` goes back",
+                progress.released,
+                progress.released + 1,
+                id = change.id.0
+            );
+            let events = vec![decision_event(
+                "decision.halt",
+                format!(
+                    "change {}: hold after the targeted hosts ({targets}); {summary}",
+                    change.id.0
+                ),
+            )];
+            let update = Transition {
+                progress: Some(progress.to_json()),
+                events,
+                ..Transition::default()
+            };
+            transition(state, change, ChangeState::Halted, update, reason, "change.halted").await?;
+        }
         Verdict::Allow if !progress.back && progress.released < count => {
             let index = progress.released;
             let Some(wave) = plan.waves.get(index as usize) else {

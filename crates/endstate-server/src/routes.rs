@@ -217,16 +217,30 @@ pub(crate) fn diagnostic_view(diagnostic: &endstate_spec::Diagnostic) -> SpecDia
     }
 }
 
+/// The hosts in service: every host of the inventory but those a converged change retired.
 pub(crate) async fn host_infos(state: &AppState) -> Result<Vec<HostInfo>, ApiError> {
     Ok(state
         .store()
         .list_hosts()
         .await?
         .into_iter()
+        .filter(|host| host.retired_ms.is_none())
         .map(|host| HostInfo {
             name: host.name.0,
             labels: host.labels,
         })
+        .collect())
+}
+
+/// The hosts a converged change retired: they run nothing until they enrol again.
+pub(crate) async fn retired_hosts(state: &AppState) -> Result<Vec<String>, ApiError> {
+    Ok(state
+        .store()
+        .list_hosts()
+        .await?
+        .into_iter()
+        .filter(|host| host.retired_ms.is_some())
+        .map(|host| host.name.0)
         .collect())
 }
 
@@ -384,6 +398,15 @@ pub(crate) async fn submit_revision(
     } else {
         request.source.clone()
     };
+    let hosts = host_infos(&state).await?;
+    let options = crate::options::resolve(&request.options, &hosts)?;
+    if let Some(previewed) = &request.basis {
+        let now = crate::options::basis(state.base().await?.map(|(id, _)| id), &hosts);
+        let differences = crate::options::differences(previewed, &now);
+        if !differences.is_empty() {
+            return Err(ApiError::BasisMoved(differences));
+        }
+    }
     let (revision, change) = submit_desired(
         &state,
         &actor.name,
@@ -391,6 +414,7 @@ pub(crate) async fn submit_revision(
         &request.message,
         source_word(&source),
         request.parent.map(RevisionId),
+        &options,
     )
     .await?;
     let counts = counts(&desired);
@@ -413,6 +437,7 @@ pub(crate) async fn submit_desired(
     message: &str,
     source: String,
     parent: Option<RevisionId>,
+    options: &endstate_plan::PlanOptions,
 ) -> Result<(endstate_store::Revision, endstate_store::Change), ApiError> {
     let canonical = serde_json::to_value(desired)
         .map_err(|error| ApiError::Internal(format!("cannot serialize a desired state: {error}")))?;
@@ -423,7 +448,7 @@ pub(crate) async fn submit_desired(
     // Planned from the same base as the change will be: the last revision that converged.
     let previous = state.base().await?;
     let hosts = host_infos(state).await?;
-    let plan = endstate_plan::plan(previous.as_ref().map(|(_, d)| d.as_ref()), desired, &hosts);
+    let plan = endstate_plan::plan_with(previous.as_ref().map(|(_, d)| d.as_ref()), desired, &hosts, options);
     let systems = touched_systems(&plan, previous.as_ref().map(|(_, d)| d.as_ref()), desired);
     let now = now_ms();
     let summary = format!(
@@ -458,6 +483,7 @@ pub(crate) async fn submit_desired(
                 created_ms: now,
                 // The store checks it in the same transaction as the insert.
                 parent,
+                options: crate::options::stored(options),
             },
             vec![event],
         )
@@ -483,9 +509,11 @@ pub(crate) async fn preview_plan(
     let (desired, warnings) = validate(&state, &request.documents).await?;
     let base = state.base().await?;
     let hosts = host_infos(&state).await?;
-    let plan = endstate_plan::plan(base.as_ref().map(|(_, d)| d.as_ref()), &desired, &hosts);
+    let options = crate::options::resolve(&request.options, &hosts)?;
+    let plan = endstate_plan::plan_with(base.as_ref().map(|(_, d)| d.as_ref()), &desired, &hosts, &options);
     let plan = serde_json::to_value(&plan).map_err(|error| ApiError::Internal(error.to_string()))?;
     Ok(Json(endstate_api::PlanResponse {
+        basis: crate::options::basis(base.as_ref().map(|(id, _)| *id), &hosts),
         base_revision: base.map(|(id, _)| id.0),
         latest_revision,
         plan,

@@ -112,7 +112,8 @@ async fn drive(state: &AppState, change: &Change) -> Result<(), ApiError> {
     // Planned from the same base as every preview: the last revision that converged.
     let current = state.base().await?.map(|(_, desired)| desired);
     let hosts = crate::routes::host_infos(state).await?;
-    let plan = endstate_plan::plan(current.as_deref(), &desired, &hosts);
+    let options = crate::options::of_change(change);
+    let plan = endstate_plan::plan_with(current.as_deref(), &desired, &hosts, &options);
     if !plan.blocked.is_empty() {
         let rules: Vec<String> = plan
             .blocked
@@ -286,6 +287,27 @@ pub(crate) async fn transition(
             ),
         )
     };
+    // A change that retires hosts has moved their instances away once it converges: from then
+    // on nothing is placed on them (recorded in the same transaction).
+    let retire_hosts = if to == ChangeState::Converged {
+        crate::options::of_change(change).retire_hosts
+    } else {
+        Vec::new()
+    };
+    more.extend(retire_hosts.iter().map(|host| NewEvent {
+        systems: systems.clone(),
+        host: Some(host.clone()),
+        actor: Some(actor.clone()),
+        data: serde_json::json!({ "change": change.id.0 }),
+        ..NewEvent::new(
+            now,
+            "host.retired",
+            format!(
+                "host {host} retired by change {}: its instances moved; nothing is placed on it until it enrols again",
+                change.id.0
+            ),
+        )
+    }));
     let updated = state
         .store()
         .transition_change(
@@ -298,6 +320,7 @@ pub(crate) async fn transition(
                 wave,
                 progress,
                 now_ms: now,
+                retire_hosts,
             },
             std::iter::once(event)
                 .chain(more.drain(..).map(|e| NewEvent {

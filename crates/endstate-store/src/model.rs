@@ -27,6 +27,9 @@ pub struct NewRevision {
     /// [`StoreError::StaleParent`](crate::StoreError::StaleParent) unless this is the newest
     /// revision (`RevisionId(0)`: none yet), checked in the same transaction as the insert.
     pub parent: Option<RevisionId>,
+    /// The operational parameters of its change (host groups, retired and targeted hosts),
+    /// opaque to the store.
+    pub options: Option<serde_json::Value>,
 }
 
 /// An immutable, numbered desired state.
@@ -82,6 +85,8 @@ pub struct Change {
     pub wave: Option<(u32, u32)>,
     /// The controller's progress through the waves, opaque to the store.
     pub progress: Option<serde_json::Value>,
+    /// The operational parameters it was submitted with, opaque to the store.
+    pub options: Option<serde_json::Value>,
     /// When it was created (the revision's time).
     pub created_ms: i64,
     /// When it last transitioned.
@@ -110,6 +115,9 @@ pub struct ChangeUpdate {
     pub wave: Option<(u32, u32)>,
     /// New controller progress, or `None` to keep the current one.
     pub progress: Option<serde_json::Value>,
+    /// Hosts to mark retired (no placement any more), in the same transaction: a change that
+    /// retired them converged.
+    pub retire_hosts: Vec<String>,
     /// When the transition happens.
     pub now_ms: i64,
 }
@@ -147,6 +155,10 @@ pub struct HostRecord {
     pub facts: serde_json::Value,
     /// When its agent was last heard from.
     pub last_seen_ms: Option<i64>,
+    /// When a converged change retired it (nothing is placed on a retired host); kept by
+    /// [`upsert_host`](crate::Store::upsert_host).
+    #[serde(default)]
+    pub retired_ms: Option<i64>,
 }
 
 /// One placement of a component on a host, desired and actual.

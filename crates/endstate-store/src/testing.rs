@@ -455,6 +455,7 @@ async fn transition_change_compares_and_sets(store: &dyn Store) {
         wave: None,
         progress: None,
         now_ms: 2_000,
+        retire_hosts: Vec::new(),
     };
     let events = vec![event(
         2_000,
@@ -487,6 +488,7 @@ async fn transition_change_compares_and_sets(store: &dyn Store) {
         wave: None,
         progress: None,
         now_ms: 3_000,
+        retire_hosts: Vec::new(),
     };
     let stale_events = vec![event(3_000, "change.transitioned", &["conf-cas"], "stale")];
     let result = store
@@ -552,6 +554,7 @@ async fn transition_change_compares_and_sets(store: &dyn Store) {
         wave: None,
         progress: None,
         now_ms: 1,
+        retire_hosts: Vec::new(),
     };
     let result = store
         .transition_change(ChangeId(999_999), ChangeState::Pending, missing, Vec::new())
@@ -576,6 +579,7 @@ async fn list_changes_filters_and_pages(store: &dyn Store) {
         wave: None,
         progress: None,
         now_ms: 5_000,
+        retire_hosts: Vec::new(),
     };
     store
         .transition_change(done.id, ChangeState::Pending, converge, Vec::new())
@@ -1116,6 +1120,7 @@ fn new_revision(n: u64) -> NewRevision {
         desired: serde_json::json!({"systems": {"shop": {"version": n, "nested": [1, 2, {"b": true, "a": null}]}}}),
         created_ms: 1_000 + i64::try_from(n).unwrap(),
         parent: None,
+        options: None,
     }
 }
 
@@ -1145,6 +1150,7 @@ fn host(name: &str, labels: &[(&str, &str)], last_seen_ms: i64) -> HostRecord {
         labels,
         facts: serde_json::json!({"os": "linux", "cpus": 4}),
         last_seen_ms: Some(last_seen_ms),
+        retired_ms: None,
     }
 }
 

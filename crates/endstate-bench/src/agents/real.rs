@@ -129,6 +129,8 @@ pub(super) async fn run(exe: &Path, smoke: bool, figures: &mut Vec<Figure>) -> a
                 reference: None,
             },
             parent: None,
+            options: Default::default(),
+            basis: None,
         })
         .await?;
     let token = client

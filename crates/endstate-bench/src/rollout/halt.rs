@@ -392,6 +392,8 @@ async fn submit(client: &Client, version: &str, mode: Mode, message: &str) -> an
                 reference: None,
             },
             parent: None,
+            options: Default::default(),
+            basis: None,
         })
         .await?;
     Ok(response.change.id)

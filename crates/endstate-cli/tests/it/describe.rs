@@ -242,6 +242,7 @@ fn describe_note_timeline_and_history_through_the_binary() {
                 labels: Default::default(),
                 facts: serde_json::json!({}),
                 last_seen_ms: None,
+                retired_ms: None,
             })
             .await
             .unwrap();

@@ -280,6 +280,112 @@ fn a_good_version_rolls_out_by_zone_a_bad_one_rolls_back_and_a_freeze_holds_one(
     assert_eq!(refused.status.code(), Some(2), "an ended change cannot be resumed");
 }
 
+/// The web and memo instances per host, as `describe` has them: (host, component, version).
+fn placed(config: &Path) -> Vec<(String, String, String)> {
+    let described: serde_json::Value =
+        serde_json::from_str(&text(&run(&["describe", "storefront", "-o", "json"], config).stdout)).unwrap();
+    let mut out = Vec::new();
+    for component in described["components"].as_array().into_iter().flatten() {
+        for instance in component["instances"].as_array().into_iter().flatten() {
+            out.push((
+                instance["host"].as_str().unwrap_or_default().to_owned(),
+                component["key"].as_str().unwrap_or_default().to_owned(),
+                instance["actual_version"].as_str().unwrap_or_default().to_owned(),
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn a_targeted_change_holds_after_its_hosts_and_a_retired_host_is_drained_for_good() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.json");
+    let _dev = dev(dir.path(), &[]);
+
+    // Only dev-b first: its waves, then the change holds for a person.
+    let good = spec_with_web_version(dir.path(), "1.1.0");
+    let apply = run(
+        &[
+            "apply",
+            good.to_str().unwrap(),
+            "--yes",
+            "--target",
+            "dev-b",
+            "--timeout",
+            "120s",
+        ],
+        &config,
+    );
+    let output = format!("{}{}", text(&apply.stdout), text(&apply.stderr));
+    assert_eq!(apply.status.code(), Some(3), "a held change is still open:\n{output}");
+    assert!(
+        output.contains("-- hold: the targeted hosts are done"),
+        "the plan shows the hold:\n{output}"
+    );
+    assert!(
+        output.contains("holding after the targeted hosts (dev-b)"),
+        "apply says why it stopped following:\n{output}"
+    );
+    assert_eq!(
+        web_instances(&config),
+        [
+            ("dev-a".into(), "1.0.0".into(), "healthy".into()),
+            ("dev-b".into(), "1.1.0".into(), "healthy".into()),
+            ("dev-c".into(), "1.0.0".into(), "healthy".into()),
+        ],
+        "only the targeted host changed"
+    );
+    let resume = run(&["change", "resume", "2", "--reason", "dev-b looks fine"], &config);
+    assert!(resume.status.success(), "{}", text(&resume.stderr));
+    wait_for_event(&config, "change.converged", "at revision 2 after");
+    assert!(web_instances(&config).iter().all(|(_, version, _)| version == "1.1.0"));
+
+    // Retire dev-c: its instances start elsewhere, then stop on it; it stays empty afterwards.
+    let before = placed(&config);
+    assert!(before.iter().any(|(host, _, _)| host == "dev-c"), "{before:#?}");
+    let plan = run(&["plan", good.to_str().unwrap(), "--retire", "dev-c"], &config);
+    let plan_text = text(&plan.stdout);
+    assert!(plan.status.success(), "{plan_text}{}", text(&plan.stderr));
+    assert!(plan_text.contains("on retired host dev-c"), "{plan_text}");
+    let apply = run(
+        &[
+            "apply",
+            good.to_str().unwrap(),
+            "--yes",
+            "--retire",
+            "dev-c",
+            "--timeout",
+            "120s",
+            "-m",
+            "drain dev-c",
+        ],
+        &config,
+    );
+    let output = format!("{}{}", text(&apply.stdout), text(&apply.stderr));
+    assert!(apply.status.success(), "retiring dev-c failed:\n{output}");
+    let after = placed(&config);
+    assert!(after.iter().all(|(host, _, _)| host != "dev-c"), "{after:#?}");
+    assert_eq!(
+        after.iter().filter(|(_, c, _)| c == "storefront/web").count(),
+        3,
+        "web keeps its three instances, on the two other hosts: {after:#?}"
+    );
+    wait_for_event(&config, "host.retired", "host dev-c retired by change 3");
+    // The retirement lasts: planning the same state again changes nothing, and naming the
+    // retired host is refused with the field it is in.
+    let again = run(&["plan", good.to_str().unwrap()], &config);
+    assert!(text(&again.stdout).contains("No changes"), "{}", text(&again.stdout));
+    let refused = run(&["plan", good.to_str().unwrap(), "--host-group", "dev-c"], &config);
+    assert_ne!(refused.status.code(), Some(0));
+    let stderr = text(&refused.stderr);
+    assert!(
+        stderr.contains("options.host_groups[0][0]") && stderr.contains("no host named \"dev-c\" is in service"),
+        "{stderr}"
+    );
+}
+
 /// A GET over HTTP/1.0 on loopback: the status and the body.
 fn http_get(addr: &str, path: &str, token: Option<&str>) -> std::io::Result<(u16, String)> {
     let mut stream = std::net::TcpStream::connect(addr)?;

@@ -128,6 +128,8 @@ fn what_the_api_acknowledged_survives_kill_9() {
                             reference: None,
                         },
                         parent: None,
+                        options: Default::default(),
+                        basis: None,
                     };
                     match client.submit(&request).await {
                         Ok(_) => {

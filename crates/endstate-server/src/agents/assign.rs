@@ -124,9 +124,14 @@ fn assignments_of(
         *instance_index += 1;
         let id = InstanceId::new(&component.system, &component.name, key.slot);
         let used = taken.entry(key.host.clone()).or_default();
-        // Start-before-stop needs the new version on other ports than the old one.
+        // Start-before-stop needs the new instance on other ports than the old one, for an
+        // upgrade and for a reconfiguration alike: the ports follow the version and the config.
         let version_salt = match upgrade_order(component) {
-            UpgradeOrder::StartFirst => format!("{salt}/{}", placement.version),
+            UpgradeOrder::StartFirst => {
+                // The index is rendered too (`instance.index`), and moves when other instances do.
+                let config = Sha256::digest(placement.config.to_string().as_bytes());
+                format!("{salt}/{}/{}/{this_index}", placement.version, hex8(&config))
+            }
             UpgradeOrder::StopFirst => salt.to_owned(),
         };
         let ports = allocate_ports(component, &version_salt, &key.host, &id, used);
@@ -252,6 +257,10 @@ fn upgrade_order(component: &Component) -> UpgradeOrder {
     } else {
         UpgradeOrder::StopFirst
     }
+}
+
+fn hex8(bytes: &[u8]) -> String {
+    bytes.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
 fn millis(duration: endstate_spec::Duration) -> u64 {
@@ -395,6 +404,15 @@ placement: { count: { total: 3 } }
             assert_ne!(
                 before[host].instances[0].ports["http"], after[host].instances[0].ports["http"],
                 "{host}: the new version needs its own port"
+            );
+        }
+        // A reconfiguration at the same version starts beside the old instance too.
+        let reconfigured = assignments(&load(&dynamic.replace("\"--zone\"", "\"--region\"")), &hosts(), "salt");
+        for host in ["h-a", "h-b", "h-c"] {
+            assert_ne!(before[host].instances[0].args, reconfigured[host].instances[0].args);
+            assert_ne!(
+                before[host].instances[0].ports["http"], reconfigured[host].instances[0].ports["http"],
+                "{host}: the reconfigured instance needs its own port"
             );
         }
     }

@@ -731,6 +731,7 @@ async fn record_hello(
             labels,
             facts,
             last_seen_ms: Some(now),
+            retired_ms: None,
         })
         .await?;
     let mut events: Vec<NewEvent> = changed.into_iter().collect();

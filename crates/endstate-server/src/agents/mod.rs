@@ -242,7 +242,7 @@ impl Hub {
         let target = rendering_target(&rendering);
         let mut assigned = self.assigned.lock().await;
         if assigned.key.as_ref() != Some(&key) {
-            let sets = match (&rendering.rollout, &rendering.base) {
+            let mut sets = match (&rendering.rollout, &rendering.base) {
                 (Some(rollout), base) => {
                     let plan = crate::rollout::plan_of(&rollout.change).unwrap_or_default();
                     assign::mixed(
@@ -260,6 +260,10 @@ impl Hub {
                     .map(|h| (h.name.clone(), assign::HostAssignments::default()))
                     .collect(),
             };
+            // A retired host runs nothing: it gets an empty set, not none (it would keep what it has).
+            for host in crate::routes::retired_hosts(state).await? {
+                sets.entry(host).or_default();
+            }
             let mut records = Vec::new();
             let mut problems = Vec::new();
             let existing: BTreeMap<(String, String, u32), (String, u64)> = state

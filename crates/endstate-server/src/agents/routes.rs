@@ -168,6 +168,7 @@ pub(crate) async fn enrol(
         labels: labels.clone(),
         facts: serde_json::json!({}),
         last_seen_ms: None,
+        retired_ms: None,
     };
     match state
         .store()

@@ -108,6 +108,7 @@ pub(crate) async fn with_instances(server: &TestServer, client: &Client) {
             labels: [("zone".to_string(), "a".to_string())].into_iter().collect(),
             facts: serde_json::json!({}),
             last_seen_ms: Some(1),
+            retired_ms: None,
         })
         .await
         .unwrap();

@@ -9,6 +9,7 @@ mod api;
 mod describe;
 mod fake_agent;
 mod history;
+mod options;
 mod systems;
 mod timeline;
 
@@ -141,6 +142,8 @@ pub(crate) fn submit_request(files: &[(&str, &str)], message: &str) -> SubmitRev
             reference: Some("tests".into()),
         },
         parent: None,
+        options: Default::default(),
+        basis: None,
     }
 }
 

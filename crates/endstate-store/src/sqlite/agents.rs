@@ -46,6 +46,13 @@ pub(crate) fn apply(conn: &Connection, op: &AgentOp) -> Result<AgentReply, Store
                 params![token_hash, at_ms, host.name.0],
             )?;
             writer::upsert_host(conn, host)?;
+            // A host enrolled again with a fresh join token (re-imaged, replaced) is back in service.
+            exec(
+                conn,
+                "return an enrolled host to service",
+                "UPDATE hosts SET retired_ms = NULL WHERE name = ?1",
+                params![host.name.0],
+            )?;
             exec(
                 conn,
                 "enrol an agent",

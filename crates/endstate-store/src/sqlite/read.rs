@@ -16,7 +16,7 @@ use crate::model::{
 
 const REVISION_COLUMNS: &str = "id, author, message, source, digest, created_ms, desired";
 const CHANGE_COLUMNS: &str =
-    "id, revision, state, plan, reason, wave_index, wave_count, created_ms, updated_ms, progress";
+    "id, revision, state, plan, reason, wave_index, wave_count, created_ms, updated_ms, progress, options";
 const EVENT_COLUMNS: &str = "seq, time_ms, kind, systems, host, component, change_id, actor, summary, data";
 const INSTANCE_COLUMNS: &str = "component_key, host, slot, system, desired_version, desired_config_digest, generation, \
      actual_version, actual_status, actual_state, actual_since_ms";
@@ -91,14 +91,14 @@ pub(crate) fn list_changes(
 }
 
 pub(crate) fn get_host(conn: &Connection, name: &HostName) -> Result<Option<HostRecord>, StoreError> {
-    let sql = "SELECT name, labels, facts, last_seen_ms FROM hosts WHERE name = ?1";
+    let sql = "SELECT name, labels, facts, last_seen_ms, retired_ms FROM hosts WHERE name = ?1";
     one(conn, "read a host", sql, params![name.0], host_row)?
         .map(HostRecord::try_from)
         .transpose()
 }
 
 pub(crate) fn list_hosts(conn: &Connection) -> Result<Vec<HostRecord>, StoreError> {
-    let sql = "SELECT name, labels, facts, last_seen_ms FROM hosts ORDER BY name";
+    let sql = "SELECT name, labels, facts, last_seen_ms, retired_ms FROM hosts ORDER BY name";
     many(conn, "list hosts", sql, [], host_row)?
         .into_iter()
         .map(HostRecord::try_from)
@@ -251,6 +251,7 @@ pub(crate) struct ChangeRow {
     created_ms: i64,
     updated_ms: i64,
     progress: Option<String>,
+    options: Option<String>,
 }
 
 pub(crate) struct HostRow {
@@ -258,6 +259,7 @@ pub(crate) struct HostRow {
     labels: String,
     facts: String,
     last_seen_ms: Option<i64>,
+    retired_ms: Option<i64>,
 }
 
 pub(crate) struct InstanceRow {
@@ -310,6 +312,7 @@ pub(crate) fn change_row(row: &Row<'_>) -> rusqlite::Result<ChangeRow> {
         created_ms: row.get(7)?,
         updated_ms: row.get(8)?,
         progress: row.get(9)?,
+        options: row.get(10)?,
     })
 }
 
@@ -319,6 +322,7 @@ fn host_row(row: &Row<'_>) -> rusqlite::Result<HostRow> {
         labels: row.get(1)?,
         facts: row.get(2)?,
         last_seen_ms: row.get(3)?,
+        retired_ms: row.get(4)?,
     })
 }
 
@@ -415,6 +419,11 @@ impl TryFrom<ChangeRow> for Change {
             .as_deref()
             .map(|progress| json("changes.progress", key, progress))
             .transpose()?;
+        let options = row
+            .options
+            .as_deref()
+            .map(|options| json("changes.options", key, options))
+            .transpose()?;
         let wave = match row.wave {
             (Some(index), Some(count)) => Some((index, count)),
             _ => None,
@@ -427,6 +436,7 @@ impl TryFrom<ChangeRow> for Change {
             reason: row.reason,
             wave,
             progress,
+            options,
             created_ms: row.created_ms,
             updated_ms: row.updated_ms,
         })
@@ -445,6 +455,7 @@ impl TryFrom<HostRow> for HostRecord {
             labels,
             facts,
             last_seen_ms: row.last_seen_ms,
+            retired_ms: row.retired_ms,
         })
     }
 }

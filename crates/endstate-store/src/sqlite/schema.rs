@@ -127,6 +127,11 @@ CREATE TABLE agents (
     r"
 ALTER TABLE changes ADD COLUMN progress TEXT;
 ",
+    // 3 -> 4: operational parameters given with a change; hosts retired by a converged change.
+    r"
+ALTER TABLE changes ADD COLUMN options TEXT;
+ALTER TABLE hosts ADD COLUMN retired_ms INTEGER;
+",
 ];
 
 /// The schema version this build writes.

@@ -410,9 +410,19 @@ fn submit_revision(
     .map_err(StoreError::sqlite(op))?;
     let revision_id = conn.last_insert_rowid();
     let op = "insert a change";
-    conn.prepare_cached("INSERT INTO changes (revision, state, created_ms, updated_ms) VALUES (?1, ?2, ?3, ?3)")
-        .and_then(|mut stmt| stmt.execute(params![revision_id, ChangeState::Pending.as_str(), new.created_ms]))
-        .map_err(StoreError::sqlite(op))?;
+    let options = new.options.as_ref().map(serde_json::Value::to_string);
+    conn.prepare_cached(
+        "INSERT INTO changes (revision, state, created_ms, updated_ms, options) VALUES (?1, ?2, ?3, ?3, ?4)",
+    )
+    .and_then(|mut stmt| {
+        stmt.execute(params![
+            revision_id,
+            ChangeState::Pending.as_str(),
+            new.created_ms,
+            options
+        ])
+    })
+    .map_err(StoreError::sqlite(op))?;
     let change_id = ChangeId(u64::try_from(conn.last_insert_rowid()).unwrap_or_default());
     for event in events {
         insert_event(conn, event, Some(change_id))?;
@@ -467,6 +477,11 @@ fn transition_change(
         ])
     })
     .map_err(StoreError::sqlite("update a change"))?;
+    for host in &update.retire_hosts {
+        conn.prepare_cached("UPDATE hosts SET retired_ms = ?2 WHERE name = ?1")
+            .and_then(|mut stmt| stmt.execute(params![host, update.now_ms]))
+            .map_err(StoreError::sqlite("retire a host"))?;
+    }
     for event in events {
         insert_event(conn, event, Some(id))?;
     }

@@ -15,6 +15,7 @@ fn new_revision(n: i64) -> NewRevision {
         desired: serde_json::json!({"n": n}),
         created_ms: n,
         parent: None,
+        options: None,
     }
 }
 
@@ -42,6 +43,7 @@ async fn reopen_keeps_everything() {
         wave: None,
         progress: None,
         now_ms: 2,
+        retire_hosts: Vec::new(),
     };
     let change = store
         .transition_change(change.id, ChangeState::Pending, update, Vec::new())
