@@ -500,7 +500,7 @@ async fn gather(
             // nothing about the one coming back.
             Vec::new()
         } else {
-            gates(state, plan, progress, desired).await
+            gates(state, plan, progress, desired, base).await
         },
         freezes: freezes(plan, desired, base),
         degraded: degraded(state, plan, desired, base).await?,
@@ -512,7 +512,13 @@ async fn gather(
 }
 
 /// The metric gates of the components whose waves are released, read from Prometheus.
-async fn gates(state: &AppState, plan: &Plan, progress: &Progress, desired: &DesiredState) -> Vec<GateReading> {
+async fn gates(
+    state: &AppState,
+    plan: &Plan,
+    progress: &Progress,
+    desired: &DesiredState,
+    base: Option<&DesiredState>,
+) -> Vec<GateReading> {
     let components: BTreeSet<&str> = plan
         .waves
         .iter()
@@ -524,13 +530,28 @@ async fn gates(state: &AppState, plan: &Plan, progress: &Progress, desired: &Des
         let Some(component) = desired.components.get(key) else {
             continue;
         };
+        let version = &component.artifact.version;
         for gate in &component.gates {
-            let value = match &state.rollout_config().prometheus_url {
-                Some(url) => crate::prometheus::query(url, &gate.prometheus).await,
-                None => Err("no Prometheus to ask: start the server with --prometheus-url".to_owned()),
-            };
+            let query = gate.query_for(version);
+            let value = ask_prometheus(state, &query).await;
             let name = format!("{key}:{}", gate.name);
-            let source = format!("prometheus: {}", gate.prometheus);
+            let source = format!("prometheus: {query}");
+            // Canary against baseline: the same query for the version in force (the instances
+            // not changed yet). A new component, or a change that keeps the version, has no
+            // baseline to compare with: the ratio is not checked then.
+            let before = base
+                .and_then(|b| b.components.get(key))
+                .map(|c| &c.artifact.version)
+                .filter(|before| *before != version);
+            if let (Some(max_ratio), Some(before)) = (gate.max_ratio_to_baseline, before) {
+                let baseline = ask_prometheus(state, &gate.query_for(before)).await;
+                readings.push(GateReading {
+                    name: name.clone(),
+                    source: source.clone(),
+                    value: value.clone(),
+                    rule: GateRule::MaxRatioToBaseline { baseline, max_ratio },
+                });
+            }
             if let Some(max) = gate.max {
                 readings.push(GateReading {
                     name: name.clone(),
@@ -550,6 +571,13 @@ async fn gates(state: &AppState, plan: &Plan, progress: &Progress, desired: &Des
         }
     }
     readings
+}
+
+async fn ask_prometheus(state: &AppState, query: &str) -> Result<f64, String> {
+    match &state.rollout_config().prometheus_url {
+        Some(url) => crate::prometheus::query(url, query).await,
+        None => Err("no Prometheus to ask: start the server with --prometheus-url".to_owned()),
+    }
 }
 
 /// Instances of the systems the plan touches that no step changes and that are unhealthy: a

@@ -219,6 +219,11 @@ pub(crate) struct GateDoc {
     /// The value must be at least this.
     #[serde(default)]
     pub(crate) min: Option<f64>,
+    /// Canary against baseline: the value for the new version must be at most this many times
+    /// the value for the version in force. The query names the version with `{{ version }}`.
+    /// A new component, or a change that keeps the version, has no baseline: not checked then.
+    #[serde(default)]
+    pub(crate) max_ratio_to_baseline: Option<f64>,
 }
 
 /// A named port.

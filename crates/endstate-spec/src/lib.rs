@@ -119,7 +119,10 @@
 //! gates:                              # optional metric gates, checked while a change rolls out
 //!   - name: error-rate                # unique within the component
 //!     prometheus: 'sum(rate(http_errors_total[1m])) / sum(rate(http_requests_total[1m]))'
-//!     max: 0.05                       # `max`, `min` or both; finite numbers
+//!     max: 0.05                       # `max`, `min`, `max_ratio_to_baseline`, or several
+//!   - name: canary-errors             # canary against baseline: `{{ version }}` is replaced by
+//!     prometheus: 'sum(rate(http_errors_total{version="{{ version }}"}[1m]))'  # each version
+//!     max_ratio_to_baseline: 1.5      # new version at most 1.5 x the version in force
 //! depends_on: [db, payments/gateway]  # `name` in the same system, or `system/name`
 //! ```
 //!

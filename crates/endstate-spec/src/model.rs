@@ -90,6 +90,24 @@ pub struct Gate {
     pub max: Option<f64>,
     /// At least this (finite).
     pub min: Option<f64>,
+    /// At most this many times the same query for the version in force (finite, above 0): the
+    /// query's `{{ version }}` is replaced by each version in turn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ratio_to_baseline: Option<f64>,
+}
+
+impl Gate {
+    /// The query for one version (`{{ version }}` replaced; a query without it is the same for all).
+    pub fn query_for(&self, version: &str) -> String {
+        self.prometheus
+            .replace("{{ version }}", version)
+            .replace("{{version}}", version)
+    }
+
+    /// Whether the query names the version.
+    pub fn names_version(&self) -> bool {
+        self.prometheus.contains("{{ version }}") || self.prometheus.contains("{{version}}")
+    }
 }
 
 // The bounds are finite numbers (validation refuses NaN and infinities), so equality is total.

@@ -773,10 +773,33 @@ fn component<'a>(ctx: DocCtx<'a>, doc: &ComponentDoc, out: &mut Out) -> Componen
                     .expected("a PromQL query giving one number"),
             );
         }
+        let names_version = g.prometheus.value.contains("{{ version }}") || g.prometheus.value.contains("{{version}}");
+        match g.max_ratio_to_baseline {
+            Some(ratio) if !ratio.is_finite() || ratio <= 0.0 => out.push(
+                ctx.error(
+                    pos,
+                    "invalid-gate",
+                    format!("found max_ratio_to_baseline {ratio} on gate `{}`", g.name),
+                )
+                .expected("a finite number above 0"),
+            ),
+            Some(_) if !names_version => out.push(
+                ctx.error(
+                    ctx.pos(&g.prometheus),
+                    "invalid-gate",
+                    format!(
+                        "found gate `{}` comparing with the baseline, but its query does not name the version",
+                        g.name
+                    ),
+                )
+                .expected("`{{ version }}` in the query, e.g. `rate(errors_total{version=\"{{ version }}\"}[1m])`"),
+            ),
+            _ => {}
+        }
         match (g.max, g.min) {
-            (None, None) => out.push(
+            (None, None) if g.max_ratio_to_baseline.is_none() => out.push(
                 ctx.error(pos, "invalid-gate", format!("found gate `{}` without bounds", g.name))
-                    .expected("`max`, `min` or both"),
+                    .expected("`max`, `min`, `max_ratio_to_baseline` or several"),
             ),
             (max, min) if max.is_some_and(|v| !v.is_finite()) || min.is_some_and(|v| !v.is_finite()) => out.push(
                 ctx.error(
@@ -801,6 +824,7 @@ fn component<'a>(ctx: DocCtx<'a>, doc: &ComponentDoc, out: &mut Out) -> Componen
             prometheus: g.prometheus.value.clone(),
             max: g.max.filter(|v| v.is_finite()),
             min: g.min.filter(|v| v.is_finite()),
+            max_ratio_to_baseline: g.max_ratio_to_baseline.filter(|v| v.is_finite() && *v > 0.0),
         });
     }
 

@@ -432,7 +432,7 @@ fn gated_spec(dir: &Path, version: &str) -> std::path::PathBuf {
         .replacen("  min_healthy_time: 3s\n", "  min_healthy_time: 8s\n", 1)
         .replacen(
             "depends_on: [cache/memo]\n",
-            "depends_on: [cache/memo]\ngates:\n  - name: error-rate\n    prometheus: '(sum(rate(example_requests_total{endstate_component=\"storefront/web\",code=\"500\"}[5s])) or vector(0)) / sum(rate(example_requests_total{endstate_component=\"storefront/web\"}[5s]))'\n    max: 0.1\n",
+            "depends_on: [cache/memo]\ngates:\n  - name: error-rate\n    prometheus: '(sum(rate(example_requests_total{endstate_component=\"storefront/web\",code=\"500\"}[5s])) or vector(0)) / sum(rate(example_requests_total{endstate_component=\"storefront/web\"}[5s]))'\n    max: 0.1\n  - name: canary-errors\n    prometheus: 'sum(rate(example_requests_total{endstate_component=\"storefront/web\",endstate_version=\"{{ version }}\",code=\"500\"}[5s])) or vector(0)'\n    max_ratio_to_baseline: 2\n",
             1,
         );
     assert!(
@@ -541,6 +541,19 @@ fn a_raised_error_rate_measured_by_a_real_prometheus_trips_the_gate_and_rolls_ba
         }),
         "the gate was read and passed: {allowed:#?}"
     );
+    assert!(
+        allowed.iter().any(|d| {
+            d["data"]["findings"].as_array().into_iter().flatten().any(|f| {
+                f["rule"] == "gate:storefront/web:canary-errors"
+                    && f["ok"] == true
+                    && f["message"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .contains("endstate_version=\"1.1.0\"")
+            })
+        }),
+        "the canary was compared with the baseline and passed: {allowed:#?}"
+    );
 
     // A version that answers 500: the canary raises the error rate, the gate trips, it rolls back.
     let bad = gated_spec(dir.path(), "1.2.0-errors");
@@ -561,6 +574,18 @@ fn a_raised_error_rate_measured_by_a_real_prometheus_trips_the_gate_and_rolls_ba
     assert!(
         tripped["message"].as_str().unwrap_or_default().contains("> max 0.1"),
         "{tripped}"
+    );
+    // Canary against baseline: the new version's errors against the version in force's.
+    let compared = rollback[0]["data"]["findings"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|f| f["rule"] == "gate:storefront/web:canary-errors")
+        .unwrap_or_else(|| panic!("the baseline gate decided: {:#?}", rollback[0]["data"]["findings"]));
+    let message = compared["message"].as_str().unwrap_or_default();
+    assert!(
+        compared["ok"] == false && message.contains("2 × baseline") && message.contains("1.2.0-errors"),
+        "{compared}"
     );
     assert_eq!(
         change_events(&config, 3, "change.wave_started").len(),

@@ -198,3 +198,12 @@ fn check_action_policy_checks() {
         a.yaml:49:50: error[invalid-value]: found a freeze window of 0s; expected a positive duration
         ");
 }
+
+#[test]
+fn a_baseline_gate_must_name_the_version_and_have_a_positive_ratio() {
+    let gates = "gates:\n  - name: errors\n    prometheus: 'sum(rate(errors_total[1m]))'\n    max_ratio_to_baseline: 1.5\n  - name: latency\n    prometheus: 'p99{version=\"{{ version }}\"}'\n    max_ratio_to_baseline: 0\n";
+    check(&[("a.yaml", &format!("{BASE}{gates}"))], "
+        a.yaml:14:17: error[invalid-gate]: found gate `errors` comparing with the baseline, but its query does not name the version; expected `{{ version }}` in the query, e.g. `rate(errors_total{version=\"{{ version }}\"}[1m])`
+        a.yaml:16:5: error[invalid-gate]: found max_ratio_to_baseline 0 on gate `latency`; expected a finite number above 0
+    ");
+}
