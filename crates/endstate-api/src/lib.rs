@@ -259,6 +259,17 @@ pub struct RollbackRequest {
     pub reason: Option<String>,
 }
 
+/// `POST /v1/components/{system}/{name}/scale`: run another number of instances of one component.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleRequest {
+    /// The new count (1 to 10,000), of the same kind as declared: per host or in total.
+    pub count: u32,
+    /// Why, for the timeline (at most 4 KiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
 /// A system with its rolled-up status.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct SystemView {

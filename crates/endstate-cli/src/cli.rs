@@ -145,6 +145,19 @@ pub(crate) enum Command {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// Run another number of instances of one component: the latest revision with that count is
+    /// submitted as a new revision whose change rolls out like any other (only that component
+    /// moves). The count keeps its kind, per host or in total. A spec taken from Git is not
+    /// changed: its next commit declares its own count.
+    Scale {
+        /// The component, `system/name`.
+        component: String,
+        /// The new count (1 to 10000).
+        count: u32,
+        /// Why, for the timeline.
+        #[arg(long)]
+        reason: Option<String>,
+    },
     /// Print the JSON Schema of a spec document, for editors.
     Schema,
     /// Manage API tokens.

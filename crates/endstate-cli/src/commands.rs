@@ -537,6 +537,36 @@ pub(crate) async fn rollback(
     Ok(Outcome::Success)
 }
 
+/// `endstate scale SYSTEM/COMPONENT COUNT`
+pub(crate) async fn scale(
+    global: &Global,
+    component: &str,
+    count: u32,
+    reason: Option<&str>,
+) -> anyhow::Result<Outcome> {
+    if !component.contains('/') {
+        eprintln!("error: found component {component:?}; expected system/name, e.g. shop/web");
+        return Ok(Outcome::Refused);
+    }
+    let client = client(global)?;
+    let change = match refused_or(client.scale(component, count, reason)).await? {
+        Ok(change) => change,
+        Err(outcome) => return Ok(outcome),
+    };
+    if global.output == Output::Json {
+        print_json(&change)?;
+    } else {
+        println!(
+            "change {} (revision {}): {}: {}\nFollow it with `endstate timeline --follow`.",
+            change.id,
+            change.revision,
+            change.state,
+            change.reason.unwrap_or_default()
+        );
+    }
+    Ok(Outcome::Success)
+}
+
 /// `endstate history TARGET`
 pub(crate) async fn history(global: &Global, target: &str) -> anyhow::Result<Outcome> {
     let client = client(global)?;

@@ -67,6 +67,11 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Note { system, text } => commands::note(global, &system, &text).await,
         Command::Change { action } => commands::change(global, action).await,
         Command::Rollback { system, to, reason } => commands::rollback(global, &system, to, reason.as_deref()).await,
+        Command::Scale {
+            component,
+            count,
+            reason,
+        } => commands::scale(global, &component, count, reason.as_deref()).await,
         Command::History { target } => commands::history(global, &target).await,
         Command::Hosts { action: None } => commands::hosts(global).await,
         Command::Hosts {

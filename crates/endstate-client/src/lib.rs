@@ -259,6 +259,24 @@ impl Client {
             .await
     }
 
+    /// Scales one component (`system/name`) to `count` instances: a new revision whose change
+    /// rolls out like any other.
+    ///
+    /// # Errors
+    /// As the server says.
+    pub async fn scale(&self, component: &str, count: u32, reason: Option<&str>) -> Result<ChangeView, ClientError> {
+        let (system, name) = component.split_once('/').unwrap_or(("", component));
+        let body = endstate_api::ScaleRequest {
+            count,
+            reason: reason.map(str::to_owned),
+        };
+        self.post(
+            &format!("/v1/components/{}/{}/scale", segment(system), segment(name)),
+            &body,
+        )
+        .await
+    }
+
     /// Systems with their status; with `tree`, the top-level ones with their subtrees. Reads every page.
     ///
     /// # Errors

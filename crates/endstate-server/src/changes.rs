@@ -196,3 +196,81 @@ async fn all_changes(state: &AppState) -> Result<Vec<Change>, ApiError> {
         }
     }
 }
+
+/// The most instances a component may be scaled to.
+const MAX_SCALE: u32 = 10_000;
+
+/// Scale one component: the latest revision with that component's count changed is submitted
+/// as a new revision (source `scale`), whose change is planned and rolled out like any other,
+/// so only that component's instances move. The count keeps its kind (per host or in total).
+///
+/// A desired state taken from Git is not changed: the next commit declares its own count.
+#[utoipa::path(post, path = "/v1/components/{system}/{name}/scale",
+    params(("system" = String, Path, description = "the system"), ("name" = String, Path, description = "the component")),
+    request_body = endstate_api::ScaleRequest,
+    responses((status = 201, body = ChangeView), (status = 400, body = endstate_api::Problem), (status = 404, body = endstate_api::Problem)),
+    security(("bearer" = [])))]
+pub(crate) async fn scale(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    axum::extract::Path((system, name)): axum::extract::Path<(String, String)>,
+    JsonBody(request): JsonBody<endstate_api::ScaleRequest>,
+) -> Result<(StatusCode, Json<ChangeView>), ApiError> {
+    authorize(&actor, Verb::Write, Some(&system))?;
+    let reason = reason_of(request.reason.as_deref())?;
+    if request.count == 0 || request.count > MAX_SCALE {
+        return Err(ApiError::bad_field(
+            "count",
+            format!(
+                "is {}; expected 1 to {MAX_SCALE} (to run none, remove the component from the spec)",
+                request.count
+            ),
+        ));
+    }
+    let key = format!("{system}/{name}");
+    let Some((revision, latest)) = state.latest_desired().await? else {
+        return Err(ApiError::NotFound(
+            "no revision was submitted yet: there is nothing to scale".into(),
+        ));
+    };
+    let Some(component) = latest.components.get(&key) else {
+        return Err(ApiError::NotFound(format!(
+            "component {key:?} is not in the latest revision ({})",
+            revision.0
+        )));
+    };
+    let (before, after) = match component.placement.count {
+        endstate_spec::Count::PerHost(n) => (n, endstate_spec::Count::PerHost(request.count)),
+        endstate_spec::Count::Total(n) => (n, endstate_spec::Count::Total(request.count)),
+    };
+    let unit = match after {
+        endstate_spec::Count::PerHost(_) => " per host",
+        endstate_spec::Count::Total(_) => " in total",
+    };
+    if before == request.count {
+        return Err(ApiError::Conflict(format!(
+            "{key} already runs {before}{unit} in revision {}",
+            revision.0
+        )));
+    }
+    let mut desired = (*latest).clone();
+    if let Some(component) = desired.components.get_mut(&key) {
+        component.placement.count = after;
+    }
+    let why = reason.map(|r| format!(": {r}")).unwrap_or_default();
+    let message = format!(
+        "scale {key} from {before} to {}{unit} (on revision {}) by {}{why}",
+        request.count, revision.0, actor.name
+    );
+    let (_, change) = crate::routes::submit_desired(
+        &state,
+        &actor.name,
+        &desired,
+        &message,
+        format!("scale:{}", revision.0),
+        Some(revision),
+        &endstate_plan::PlanOptions::default(),
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(change_view(&change, false))))
+}

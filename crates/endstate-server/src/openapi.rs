@@ -17,6 +17,7 @@ use utoipa::{Modify, OpenApi};
         crate::changes::resume,
         crate::changes::abort,
         crate::changes::rollback,
+        crate::changes::scale,
         crate::routes::list_systems,
         crate::routes::get_system,
         crate::routes::describe_system,

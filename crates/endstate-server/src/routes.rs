@@ -46,6 +46,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/systems/{name}/describe", get(describe_system))
         .route("/v1/systems/{name}/notes", post(add_note))
         .route("/v1/components", get(list_components))
+        .route("/v1/components/{system}/{name}/scale", post(crate::changes::scale))
         .route("/v1/instances", get(list_instances))
         .route("/v1/hosts", get(list_hosts))
         .route("/v1/timeline", get(timeline))

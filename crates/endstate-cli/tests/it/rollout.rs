@@ -384,6 +384,28 @@ fn a_targeted_change_holds_after_its_hosts_and_a_retired_host_is_drained_for_goo
         stderr.contains("options.host_groups[0][0]") && stderr.contains("no host named \"dev-c\" is in service"),
         "{stderr}"
     );
+
+    // Targeted scaling: one component, a new revision that only moves it.
+    let zero = run(&["scale", "storefront/web", "0"], &config);
+    assert_eq!(zero.status.code(), Some(2), "{}", text(&zero.stderr));
+    assert!(text(&zero.stderr).contains("count: is 0"), "{}", text(&zero.stderr));
+    let unknown = run(&["scale", "storefront/nope", "2"], &config);
+    assert_eq!(unknown.status.code(), Some(2), "{}", text(&unknown.stderr));
+    assert!(text(&unknown.stderr).contains("\"storefront/nope\" is not in the latest revision"));
+    let scale = run(&["scale", "storefront/web", "4", "--reason", "more traffic"], &config);
+    assert!(scale.status.success(), "{}{}", text(&scale.stdout), text(&scale.stderr));
+    wait_for_event(&config, "change.converged", "at revision 4 after");
+    let after = placed(&config);
+    assert_eq!(
+        after.iter().filter(|(_, c, _)| c == "storefront/web").count(),
+        4,
+        "{after:#?}"
+    );
+    let submitted = text(&run(&["timeline", "--kind", "revision.submitted", "-o", "json"], &config).stdout);
+    assert!(
+        submitted.contains("scale storefront/web from 3 to 4 in total (on revision 3) by admin: more traffic"),
+        "{submitted}"
+    );
 }
 
 /// A GET over HTTP/1.0 on loopback: the status and the body.
