@@ -223,14 +223,16 @@ fn targeted_first(
 ) -> (Vec<Wave>, Vec<Blocked>, Option<u32>) {
     if options.target_hosts.is_empty() {
         let (waves, blocked) = waves::waves(current, desired, hosts, steps, options);
-        return (waves, blocked, None);
+        return (fit_blast_radius(waves, desired), blocked, None);
     }
     let (targeted, others): (Vec<Step>, Vec<Step>) = steps
         .iter()
         .cloned()
         .partition(|s| options.target_hosts.contains(&s.host));
-    let (mut waves, mut blocked) = waves::waves(current, desired, hosts, &targeted, options);
+    let (waves, mut blocked) = waves::waves(current, desired, hosts, &targeted, options);
+    let mut waves = fit_blast_radius(waves, desired);
     let (rest, more_blocked) = waves::waves(current, desired, hosts, &others, options);
+    let rest = fit_blast_radius(rest, desired);
     for b in more_blocked {
         if !blocked.contains(&b) {
             blocked.push(b);
@@ -357,4 +359,70 @@ fn instance_steps(before: &BTreeMap<PlacementKey, Placement>, after: &BTreeMap<P
     }
     steps.sort_by(|a, b| (&a.component, &a.host, a.slot, a.action).cmp(&(&b.component, &b.host, b.slot, b.action)));
     steps
+}
+
+/// Splits every wave larger than the blast radius allowed for its component's system (the
+/// tightest `max_in_flight` of the policies covering it) into consecutive waves that fit, steps
+/// in order; then numbers the waves again from 0.
+fn fit_blast_radius(waves: Vec<Wave>, desired: &DesiredState) -> Vec<Wave> {
+    let mut out = Vec::with_capacity(waves.len());
+    for wave in waves {
+        let system = wave
+            .component
+            .split_once('/')
+            .map_or(wave.component.as_str(), |(s, _)| s);
+        let Some((limit, policies)) = desired.max_in_flight(system) else {
+            out.push(wave);
+            continue;
+        };
+        let mut parts: Vec<Vec<WaveStep>> = Vec::new();
+        let mut part: Vec<WaveStep> = Vec::new();
+        let mut part_hosts: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+        for step in &wave.steps {
+            let new_host = !part_hosts.contains(&step.step.host);
+            let full = limit.instances.is_some_and(|max| part.len() >= max as usize)
+                || (new_host && limit.hosts.is_some_and(|max| part_hosts.len() >= max as usize));
+            if full && !part.is_empty() {
+                parts.push(std::mem::take(&mut part));
+                part_hosts.clear();
+            }
+            part_hosts.insert(step.step.host.clone());
+            part.push(step.clone());
+        }
+        parts.push(part);
+        if parts.len() == 1 {
+            out.push(wave);
+            continue;
+        }
+        let mut allowed = Vec::new();
+        if let Some(hosts) = limit.hosts {
+            allowed.push(format!("{hosts} host(s)"));
+        }
+        if let Some(instances) = limit.instances {
+            allowed.push(format!("{instances} instance(s)"));
+        }
+        let why = format!(
+            "policy {} allows at most {} in flight",
+            policies.join(", "),
+            allowed.join(" and ")
+        );
+        let n = parts.len();
+        for (k, steps) in parts.into_iter().enumerate() {
+            out.push(Wave {
+                reason: format!("{}; part {} of {n}: {why}", wave.reason, k + 1),
+                steps: steps
+                    .into_iter()
+                    .map(|mut s| {
+                        s.why = format!("{}; part {} of {n} (max_in_flight)", s.why, k + 1);
+                        s
+                    })
+                    .collect(),
+                ..wave.clone()
+            });
+        }
+    }
+    for (index, wave) in out.iter_mut().enumerate() {
+        wave.index = u32::try_from(index).unwrap_or(u32::MAX);
+    }
+    out
 }

@@ -142,6 +142,11 @@ fn scale_down_stops_in_batches() {
 }
 
 #[test]
+fn blast_radius_splits_waves() {
+    check("blast-radius");
+}
+
+#[test]
 fn target_hosts_first_then_hold() {
     check("target-hosts");
 }

@@ -505,10 +505,41 @@ async fn gather(
         freezes: freezes(plan, desired, base),
         degraded: degraded(state, plan, desired, base).await?,
         conflicts: Vec::new(),
-        blast: endstate_decide::BlastRadius::default(),
+        blast: blast(plan, progress, desired),
         on_failure,
         last_wave,
     })
+}
+
+/// What would be in flight if the next wave started, and the limits of the policies covering
+/// its component's system. One change rolls out at a time and a wave starts only once the one
+/// before is done, so the next wave is all that would be in flight.
+fn blast(plan: &Plan, progress: &Progress, desired: &DesiredState) -> endstate_decide::BlastRadius {
+    let next = if progress.back {
+        None
+    } else {
+        plan.waves.get(progress.released as usize)
+    };
+    let Some(wave) = next else {
+        return endstate_decide::BlastRadius::default();
+    };
+    let system = wave
+        .component
+        .split_once('/')
+        .map_or(wave.component.as_str(), |(s, _)| s);
+    let limit = desired
+        .max_in_flight(system)
+        .map(|(limit, _)| limit)
+        .unwrap_or_default();
+    let hosts: BTreeSet<&str> = wave.steps.iter().map(|s| s.step.host.as_str()).collect();
+    endstate_decide::BlastRadius {
+        hosts: u32::try_from(hosts.len()).unwrap_or(u32::MAX),
+        instances: u32::try_from(wave.steps.len()).unwrap_or(u32::MAX),
+        domains: u32::from(wave.domain.is_some()),
+        max_hosts: limit.hosts,
+        max_instances: limit.instances,
+        max_domains: None,
+    }
 }
 
 /// The metric gates of the components whose waves are released, read from Prometheus.
@@ -621,17 +652,7 @@ fn freezes(plan: &Plan, desired: &DesiredState, base: Option<&DesiredState>) -> 
     let systems = crate::routes::touched_systems(plan, base, desired);
     let mut out = Vec::new();
     for policy in desired.policies.values() {
-        let applies = &policy.applies_to;
-        let covers = |system: &String| {
-            (applies.systems.is_empty() && applies.selector.0.is_empty())
-                || applies.systems.contains(system)
-                || (!applies.selector.0.is_empty()
-                    && desired
-                        .systems
-                        .get(system)
-                        .is_some_and(|s| applies.selector.matches(&s.labels)))
-        };
-        if !systems.iter().any(covers) {
+        if !systems.iter().any(|system| policy.covers(system, desired)) {
             continue;
         }
         for window in &policy.rules.freeze_windows {
@@ -844,4 +865,38 @@ pub(crate) async fn command(
         hub.refresh(state).await?;
     }
     Ok(updated)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPEC: &str = "apiVersion: endstate/v1\nkind: System\nname: shop\n---\napiVersion: endstate/v1\nkind: Component\nname: web\nsystem: shop\nartifact: { version: \"2\", path: bin/web }\ncommand: web\nplacement:\n  selector: { role: web }\n  count: { per_host: 2 }\nrollout: { canary: 0, batch: { percent: 100 } }\n---\napiVersion: endstate/v1\nkind: Policy\nname: careful\napplies_to: { systems: [shop] }\nrules:\n  max_in_flight: { hosts: 2, instances: 3 }\n";
+
+    #[test]
+    fn the_next_wave_is_measured_against_the_tightest_policy() {
+        let hosts: Vec<endstate_spec::HostInfo> = (1..=4)
+            .map(|i| endstate_spec::HostInfo {
+                name: format!("h{i}"),
+                labels: [("role".to_owned(), "web".to_owned())].into_iter().collect(),
+            })
+            .collect();
+        let files = [endstate_spec::SourceFile {
+            path: "a.yaml".into(),
+            text: SPEC.into(),
+        }];
+        let desired = endstate_spec::load(&files, &hosts).desired.unwrap();
+        let plan = endstate_plan::plan(None, &desired, &hosts);
+        // Eight starts, split to fit: two hosts and at most three instances per wave.
+        assert_eq!(plan.waves.len(), 3, "{:#?}", plan.waves);
+        let mut progress = Progress::default();
+        let first = blast(&plan, &progress, &desired);
+        assert_eq!((first.hosts, first.instances), (2, 3));
+        assert_eq!((first.max_hosts, first.max_instances), (Some(2), Some(3)));
+        progress.released = u32::try_from(plan.waves.len()).unwrap();
+        assert_eq!(
+            blast(&plan, &progress, &desired),
+            endstate_decide::BlastRadius::default()
+        );
+    }
 }

@@ -609,6 +609,23 @@ pub(crate) struct RulesDoc {
     /// Recurring windows during which no change may start.
     #[serde(default)]
     pub(crate) freeze_windows: Vec<FreezeWindowDoc>,
+    /// The blast radius: at most this much in flight at once (waves are split to fit, and the
+    /// Decider checks it before every wave).
+    #[serde(default)]
+    #[schemars(with = "Option<MaxInFlightDoc>")]
+    pub(crate) max_in_flight: Option<Spanned<MaxInFlightDoc>>,
+}
+
+/// Limits on what one wave may change at once.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MaxInFlightDoc {
+    /// Hosts with a step in flight.
+    #[serde(default)]
+    pub(crate) hosts: Option<u32>,
+    /// Instances with a step in flight.
+    #[serde(default)]
+    pub(crate) instances: Option<u32>,
 }
 
 /// A recurring freeze window.

@@ -205,10 +205,12 @@
 //!   require_escalation: true          # default false
 //!   allowed_artifact_sources: [https, path]   # path | https | http; default [] (all allowed)
 //!   max_batch_percent: 25             # optional, 1..=100; judged against batch.percent
-//!   freeze_windows:                   # validated today; enforced once the Decider lands
+//!   freeze_windows:                   # no wave starts while one is open (the Decider waits)
 //!     - cron: "0 18 * * fri"          # minute hour day-of-month month day-of-week, UTC
 //!       duration: 62h
 //!       reason: Weekend freeze
+//!   max_in_flight: { hosts: 5, instances: 10 }  # blast radius: waves are split to fit, and the
+//!                                     # Decider checks it before every wave; each at least 1
 //! ```
 //!
 //! The static rules (`require_owners`, `require_escalation`, `allowed_artifact_sources`,
@@ -238,8 +240,8 @@ pub use diagnostic::{Diagnostic, Severity};
 pub use duration::Duration;
 pub use model::{
     Action, AppliesTo, Artifact, ArtifactSource, Batch, Check, CheckProbe, Component, ConfigFile, Count, DesiredState,
-    Engagement, Escalation, FreezeWindow, Gate, Health, HttpTarget, Link, OnFailure, ParamValue, Parameter,
-    ParameterType, Placement, Policy, Port, PortRef, Probe, Rollout, Rules, SourceKind, System, Targets,
+    Engagement, Escalation, FreezeWindow, Gate, Health, HttpTarget, Link, MaxInFlight, OnFailure, ParamValue,
+    Parameter, ParameterType, Placement, Policy, Port, PortRef, Probe, Rollout, Rules, SourceKind, System, Targets,
 };
 pub use source::{MAX_FILE_BYTES, SourceFile};
 

@@ -375,6 +375,70 @@ pub struct Rules {
     pub allowed_artifact_sources: Vec<SourceKind>,
     pub max_batch_percent: Option<u32>,
     pub freeze_windows: Vec<FreezeWindow>,
+    /// The blast radius allowed (`None`: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<MaxInFlight>,
+}
+
+/// At most this much changing at once (each at least 1 when given).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MaxInFlight {
+    /// Hosts with a step in flight.
+    pub hosts: Option<u32>,
+    /// Instances with a step in flight.
+    pub instances: Option<u32>,
+}
+
+impl MaxInFlight {
+    /// The tighter of two limits, field by field.
+    pub fn tighter(self, other: MaxInFlight) -> MaxInFlight {
+        let min = |a: Option<u32>, b: Option<u32>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        MaxInFlight {
+            hosts: min(self.hosts, other.hosts),
+            instances: min(self.instances, other.instances),
+        }
+    }
+}
+
+impl Policy {
+    /// Whether the policy covers `system` of `desired`: named, matched by the selector, or every
+    /// system when it names none and has no selector.
+    pub fn covers(&self, system: &str, desired: &DesiredState) -> bool {
+        let applies = &self.applies_to;
+        (applies.systems.is_empty() && applies.selector.0.is_empty())
+            || applies.systems.iter().any(|s| s == system)
+            || (!applies.selector.0.is_empty()
+                && desired
+                    .systems
+                    .get(system)
+                    .is_some_and(|s| applies.selector.matches(&s.labels)))
+    }
+}
+
+impl DesiredState {
+    /// The blast radius allowed for `system`: the tightest of the policies covering it.
+    pub fn max_in_flight(&self, system: &str) -> Option<(MaxInFlight, Vec<String>)> {
+        let mut out: Option<(MaxInFlight, Vec<String>)> = None;
+        for policy in self.policies.values() {
+            let Some(limit) = policy.rules.max_in_flight else {
+                continue;
+            };
+            if !policy.covers(system, self) {
+                continue;
+            }
+            out = Some(match out {
+                Some((seen, mut names)) => {
+                    names.push(policy.name.clone());
+                    (seen.tighter(limit), names)
+                }
+                None => (limit, vec![policy.name.clone()]),
+            });
+        }
+        out
+    }
 }
 
 /// A kind of artifact source, for policies.

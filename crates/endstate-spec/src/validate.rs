@@ -16,8 +16,8 @@ use crate::doc::{
 };
 use crate::model::{
     Action, AppliesTo, Artifact, ArtifactSource, Batch, Check, CheckProbe, Component, ConfigFile, Count, DesiredState,
-    Escalation, FreezeWindow, Gate, Health, HttpTarget, Link, ParamValue, Parameter, ParameterType, Placement, Policy,
-    Port, PortRef, Probe, Rollout, Rules, System, Targets,
+    Escalation, FreezeWindow, Gate, Health, HttpTarget, Link, MaxInFlight, ParamValue, Parameter, ParameterType,
+    Placement, Policy, Port, PortRef, Probe, Rollout, Rules, System, Targets,
 };
 use crate::parse::{Parsed, RawDoc, quoted_list, spanned_pos};
 use crate::template::{ACTION_VARIABLES, COMPONENT_VARIABLES, check_cron, check_template};
@@ -1406,6 +1406,31 @@ fn policy<'a>(ctx: DocCtx<'a>, doc: &PolicyDoc, out: &mut Out) -> PolicyEntry<'a
             }
         })
         .collect();
+    let max_in_flight = rules.max_in_flight.as_ref().map(|limit| {
+        let value = &limit.value;
+        for (field, given) in [("hosts", value.hosts), ("instances", value.instances)] {
+            if given == Some(0) {
+                out.push(
+                    ctx.error(
+                        ctx.pos(limit),
+                        "invalid-value",
+                        format!("found `max_in_flight.{field}: 0`"),
+                    )
+                    .expected("at least 1 (nothing could ever change)"),
+                );
+            }
+        }
+        if value.hosts.is_none() && value.instances.is_none() {
+            out.push(
+                ctx.error(ctx.pos(limit), "invalid-value", "found `max_in_flight` without a limit")
+                    .expected("`hosts`, `instances` or both"),
+            );
+        }
+        MaxInFlight {
+            hosts: value.hosts.filter(|n| *n > 0),
+            instances: value.instances.filter(|n| *n > 0),
+        }
+    });
     let mut allowed = rules.allowed_artifact_sources.clone();
     allowed.sort();
     allowed.dedup();
@@ -1427,6 +1452,7 @@ fn policy<'a>(ctx: DocCtx<'a>, doc: &PolicyDoc, out: &mut Out) -> PolicyEntry<'a
                 allowed_artifact_sources: allowed,
                 max_batch_percent,
                 freeze_windows,
+                max_in_flight,
             },
         },
         systems,

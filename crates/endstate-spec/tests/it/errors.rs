@@ -207,3 +207,12 @@ fn a_baseline_gate_must_name_the_version_and_have_a_positive_ratio() {
         a.yaml:16:5: error[invalid-gate]: found max_ratio_to_baseline 0 on gate `latency`; expected a finite number above 0
     ");
 }
+
+#[test]
+fn a_blast_radius_limit_of_zero_or_nothing_is_refused() {
+    let policy = "---\napiVersion: endstate/v1\nkind: Policy\nname: p\nrules:\n  max_in_flight: { hosts: 0 }\n---\napiVersion: endstate/v1\nkind: Policy\nname: q\nrules:\n  max_in_flight: {}\n";
+    check(&[("a.yaml", &format!("{BASE}{policy}"))], "
+        a.yaml:17:18: error[invalid-value]: found `max_in_flight.hosts: 0`; expected at least 1 (nothing could ever change)
+        a.yaml:23:18: error[invalid-value]: found `max_in_flight` without a limit; expected `hosts`, `instances` or both
+    ");
+}
