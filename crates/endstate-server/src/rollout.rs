@@ -26,10 +26,16 @@
 //!
 //! # Caveats
 //! - Metric gates are read from Prometheus (`RolloutConfig::prometheus_url`) with instant
-//!   queries, thresholds only; canary-against-baseline comparisons and streamed metrics are
-//!   inputs the Decider knows that this controller does not gather yet, nor blast-radius limits.
-//!   Only one change rolls out at a time (a newer revision supersedes an open change), so there
-//!   are no conflicts between changes to gather.
+//!   queries: thresholds, and canary against baseline (`max_ratio_to_baseline`: the same query
+//!   for the new version and for the version in force). Streamed metrics (from the agents) are
+//!   not gathered yet.
+//! - Only one change rolls out at a time (a newer revision supersedes an open change), so the
+//!   blast radius in flight is the next wave, and there are no conflicts between changes to
+//!   gather. A superseded change's released instances go to the newer change's plan, whose
+//!   waves start from the base: they are not withdrawn wave by wave first.
+//! - Hosts that join during a rollout get nothing from it: the change's waves were planned on
+//!   the hosts of its start; once it converges, the new hosts get their instances outside any
+//!   change.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
