@@ -128,10 +128,10 @@ pub use codec::{
 };
 pub use error::ProtoError;
 pub use message::{
-    Ack, ActualInstance, ActualState, Artifact, ArtifactSource, Certificate, CheckResult, ConfigFile, DesiredInstances,
-    Disk, Facts, FromAgent, FromServer, HealthProbe, HealthResult, Hello, InstanceAssignment, InstanceId,
-    InstanceStateChange, InstanceStateWord, Keepalive, Logs, LogsRequest, Observation, Observations, Observed, Ping,
-    Probe, Refused, Renew, ResourceUse, Revoke, UpgradeOrder, VersionRange, Welcome,
+    Ack, ActualInstance, ActualState, Artifact, ArtifactSource, Certificate, CheckAssignment, CheckProbe, CheckResult,
+    ConfigFile, DesiredInstances, Disk, Facts, FromAgent, FromServer, HealthProbe, HealthResult, Hello,
+    InstanceAssignment, InstanceId, InstanceStateChange, InstanceStateWord, Keepalive, Logs, LogsRequest, Observation,
+    Observations, Observed, Ping, Probe, Refused, Renew, ResourceUse, Revoke, UpgradeOrder, VersionRange, Welcome,
 };
 pub use rules::{
     GenerationDecision, IgnoreReason, NoCommonVersion, SeqDecision, accept_generation, classify_seq, negotiate,

@@ -12,6 +12,9 @@ pub const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
 /// Instances in one `desired_instances` or `actual_state`.
 pub const MAX_INSTANCES: usize = 1_000;
 
+/// Checks in one `desired_instances`.
+pub const MAX_CHECKS: usize = 1_000;
+
 /// Observations in one `observations` batch.
 pub const MAX_OBSERVATIONS: usize = 10_000;
 

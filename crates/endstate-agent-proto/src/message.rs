@@ -229,12 +229,18 @@ pub struct ResourceUse {
     pub cpu_millis: u64,
 }
 
-/// A monitoring check result. A placeholder for the monitoring work: the shape of a Nagios plugin.
+/// A monitoring check result, in the shape of a Nagios plugin's.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CheckResult {
-    /// The check's name.
+    /// The check, `system/check`.
     pub name: String,
+    /// What it watched: the host's name or an instance id ([`CheckAssignment::target`]).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub target: String,
+    /// How long the check took, in milliseconds.
+    #[serde(default)]
+    pub duration_ms: u64,
     /// 0 ok, 1 warning, 2 critical, 3 unknown.
     pub status: u8,
     /// The plugin's text output, bounded.
@@ -321,6 +327,67 @@ pub struct DesiredInstances {
     pub generation: Generation,
     /// Every instance the host should run; any other instance is stopped. Ids are unique.
     pub instances: Vec<InstanceAssignment>,
+    /// Every monitoring check the host runs, each on its own schedule; any other stops. Ids are unique.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<CheckAssignment>,
+}
+
+/// A monitoring check the agent runs every `interval_ms` (after a random delay of up to
+/// `splay_ms`) and reports as a `check` observation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckAssignment {
+    /// `system/check@target`, unique in the set.
+    pub id: String,
+    /// The check, `system/check`.
+    pub check: String,
+    /// What it watches: this host's name, or an instance id.
+    pub target: String,
+    /// What it runs, rendered by the server (ports and hosts resolved).
+    pub probe: CheckProbe,
+    /// Between two runs, in milliseconds.
+    pub interval_ms: u64,
+    /// How long one run may take, in milliseconds (an exec check's process group is then killed).
+    pub timeout_ms: u64,
+    /// A random delay of up to this before the first run, in milliseconds.
+    #[serde(default)]
+    pub splay_ms: u64,
+}
+
+/// What a monitoring check runs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum CheckProbe {
+    /// A Nagios-convention plugin: exit 0 ok, 1 warning, 2 critical, 3 unknown; the first line
+    /// is the message, performance data after `|`. Never run through a shell.
+    Exec {
+        /// The program, an absolute path.
+        command: String,
+        /// Its arguments.
+        #[serde(default)]
+        args: Vec<String>,
+    },
+    /// An HTTP GET: the status must be `expect_status`, the body contain `body_match`; slower
+    /// than `latency_threshold_ms` is a warning.
+    Http {
+        /// The URL.
+        url: String,
+        /// The status expected.
+        expect_status: u16,
+        /// A substring the body must contain.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        body_match: Option<String>,
+        /// Slower than this, in milliseconds, is a warning.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        latency_threshold_ms: Option<u64>,
+    },
+    /// A TCP connection.
+    Tcp {
+        /// The host to connect to.
+        host: String,
+        /// The port.
+        port: u16,
+    },
 }
 
 /// One instance the agent should run.

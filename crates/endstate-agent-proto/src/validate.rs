@@ -12,12 +12,12 @@ use endstate_types::validate_name;
 
 use crate::error::ProtoError;
 use crate::limits::{
-    MAX_ARGS, MAX_CHECK_OUTPUT_BYTES, MAX_CHECK_STATUS, MAX_CONFIG_FILE_BYTES, MAX_CONFIG_FILES, MAX_DETAIL_BYTES,
-    MAX_DISKS, MAX_ENV, MAX_INSTANCES, MAX_LABELS, MAX_LOG_BYTES, MAX_OBSERVATIONS, MAX_PATH_BYTES, MAX_PEM_BYTES,
-    MAX_PORTS, MAX_STOP_GRACE_MS, MAX_WORD_BYTES,
+    MAX_ARGS, MAX_CHECK_OUTPUT_BYTES, MAX_CHECK_STATUS, MAX_CHECKS, MAX_CONFIG_FILE_BYTES, MAX_CONFIG_FILES,
+    MAX_DETAIL_BYTES, MAX_DISKS, MAX_ENV, MAX_INSTANCES, MAX_LABELS, MAX_LOG_BYTES, MAX_OBSERVATIONS, MAX_PATH_BYTES,
+    MAX_PEM_BYTES, MAX_PORTS, MAX_STOP_GRACE_MS, MAX_WORD_BYTES,
 };
 use crate::message::{
-    ActualState, ArtifactSource, DesiredInstances, Facts, FromAgent, FromServer, HealthProbe, Hello,
+    ActualState, ArtifactSource, CheckProbe, DesiredInstances, Facts, FromAgent, FromServer, HealthProbe, Hello,
     InstanceAssignment, InstanceId, Observations, Observed, Probe, Refused, VersionRange, Welcome,
 };
 
@@ -178,6 +178,39 @@ fn check_refused(refused: &Refused) -> Result {
 }
 
 fn check_desired(desired: &DesiredInstances) -> Result {
+    count(desired.checks.len(), MAX_CHECKS, || "checks".into())?;
+    let mut ids = BTreeSet::new();
+    for (idx, check) in desired.checks.iter().enumerate() {
+        let at = |field: &str| format!("checks[{idx}].{field}");
+        text(&check.id, MAX_DETAIL_BYTES, || at("id"))?;
+        word(&check.check, || at("check"))?;
+        text(&check.target, MAX_WORD_BYTES, || at("target"))?;
+        if !ids.insert(check.id.as_str()) {
+            return Err(invalid(at("id"), format!("{} is listed twice", shown(&check.id))));
+        }
+        if check.interval_ms == 0 || check.timeout_ms == 0 {
+            return Err(invalid(
+                at("interval_ms"),
+                "the interval and the timeout must be above 0".into(),
+            ));
+        }
+        match &check.probe {
+            CheckProbe::Exec { command, args } => {
+                path_like(command, || at("probe.command"))?;
+                count(args.len(), MAX_ARGS, || at("probe.args"))?;
+                for (i, arg) in args.iter().enumerate() {
+                    text(arg, MAX_PATH_BYTES, || at(&format!("probe.args[{i}]")))?;
+                }
+            }
+            CheckProbe::Http { url, body_match, .. } => {
+                text(url, MAX_PATH_BYTES, || at("probe.url"))?;
+                if let Some(body_match) = body_match {
+                    text(body_match, MAX_DETAIL_BYTES, || at("probe.body_match"))?;
+                }
+            }
+            CheckProbe::Tcp { host, .. } => word(host, || at("probe.host"))?,
+        }
+    }
     count(desired.instances.len(), MAX_INSTANCES, || "instances".into())?;
     let mut seen = BTreeSet::new();
     for (instance_idx, assignment) in desired.instances.iter().enumerate() {

@@ -9,11 +9,11 @@ use std::path::Path;
 
 use endstate_agent_proto::limits::{MAX_FRAME_BYTES, MAX_OBSERVATIONS};
 use endstate_agent_proto::{
-    Ack, ActualInstance, ActualState, Artifact, ArtifactSource, CheckResult, ConfigFile, DesiredInstances, Disk, Facts,
-    FromAgent, FromServer, GenerationDecision, HealthProbe, HealthResult, Hello, IgnoreReason, InstanceAssignment,
-    InstanceId, InstanceStateChange, InstanceStateWord, Keepalive, Observation, Observations, Observed,
-    PROTOCOL_VERSION, Ping, Probe, ProtoError, Refused, ResourceUse, Revoke, VersionRange, Welcome, accept_generation,
-    decode_from_agent, decode_from_server, encode, negotiate,
+    Ack, ActualInstance, ActualState, Artifact, ArtifactSource, CheckAssignment, CheckProbe, CheckResult, ConfigFile,
+    DesiredInstances, Disk, Facts, FromAgent, FromServer, GenerationDecision, HealthProbe, HealthResult, Hello,
+    IgnoreReason, InstanceAssignment, InstanceId, InstanceStateChange, InstanceStateWord, Keepalive, Observation,
+    Observations, Observed, PROTOCOL_VERSION, Ping, Probe, ProtoError, Refused, ResourceUse, Revoke, VersionRange,
+    Welcome, accept_generation, decode_from_agent, decode_from_server, encode, negotiate,
 };
 use endstate_types::{Generation, HostName};
 use serde_json::{Value, json};
@@ -92,7 +92,9 @@ fn observations() -> Observations {
             observation(
                 44,
                 Observed::Check(CheckResult {
-                    name: "disk-root".into(),
+                    name: "platform/disk-root".into(),
+                    target: "h1".into(),
+                    duration_ms: 12,
                     status: 1,
                     output: "DISK WARNING - free space: / 1200 MB (9%)".into(),
                     perfdata: "/=10800MB;10000;11000;0;12000".into(),
@@ -181,6 +183,32 @@ fn desired() -> DesiredInstances {
     DesiredInstances {
         generation: Generation(8),
         instances: vec![assignment(), worker, cache],
+        checks: vec![
+            CheckAssignment {
+                id: "shop/http@shop/web#0@h1".into(),
+                check: "shop/http".into(),
+                target: "shop/web#0@h1".into(),
+                probe: CheckProbe::Exec {
+                    command: "/usr/lib/nagios/plugins/check_http".into(),
+                    args: vec!["-H".into(), "127.0.0.1".into(), "-p".into(), "8080".into()],
+                },
+                interval_ms: 10_000,
+                timeout_ms: 2_000,
+                splay_ms: 1_000,
+            },
+            CheckAssignment {
+                id: "shop/tcp@h1".into(),
+                check: "shop/tcp".into(),
+                target: "h1".into(),
+                probe: CheckProbe::Tcp {
+                    host: "127.0.0.1".into(),
+                    port: 5432,
+                },
+                interval_ms: 10_000,
+                timeout_ms: 2_000,
+                splay_ms: 0,
+            },
+        ],
     }
 }
 
@@ -215,6 +243,7 @@ fn every_server_message() -> Vec<FromServer> {
         FromServer::DesiredInstances(DesiredInstances {
             generation: Generation(9),
             instances: vec![],
+            checks: vec![],
         }),
         FromServer::Revoke(Revoke {
             reason: "host revoked by alice".into(),

@@ -89,6 +89,7 @@
 
 pub mod artifact;
 pub mod buffer;
+mod checks;
 mod event;
 pub mod facts;
 mod group;

@@ -506,6 +506,8 @@ struct Inner {
     generation: Mutex<Option<Generation>>,
     shut_down: AtomicBool,
     background: Mutex<Option<Background>>,
+    /// The monitoring checks of the current set.
+    checks: crate::checks::Checks,
 }
 
 #[derive(Debug)]
@@ -630,6 +632,10 @@ impl Runtime {
             groups_writer: tokio::spawn(groups_writer(Arc::clone(&shared))),
             sampler: tokio::spawn(sampler(Arc::clone(&shared))),
         };
+        let checks = crate::checks::Checks::new({
+            let shared = Arc::clone(&shared);
+            Arc::new(move |observed| shared.observe_now(observed))
+        });
         let runtime = Runtime {
             inner: Arc::new(Inner {
                 shared,
@@ -638,6 +644,7 @@ impl Runtime {
                 generation: Mutex::new(generation),
                 shut_down: AtomicBool::new(false),
                 background: Mutex::new(Some(background)),
+                checks,
             }),
         };
         match desired {
@@ -773,6 +780,7 @@ impl Runtime {
         if self.inner.shut_down.swap(true, Ordering::SeqCst) {
             return;
         }
+        self.inner.checks.stop();
         let workers = std::mem::take(&mut *lock(&self.inner.workers));
         info!(n_instances = workers.len(), "Runtime stopping every instance.");
         for worker in workers.values() {
@@ -820,6 +828,7 @@ impl Runtime {
 
     /// Hands each instance of an accepted set to its worker (sync: no IO, no waiting).
     fn reconcile(&self, desired: DesiredInstances) -> ApplySummary {
+        self.inner.checks.set(&desired.checks);
         let mut summary = ApplySummary {
             generation: desired.generation,
             ..ApplySummary::default()

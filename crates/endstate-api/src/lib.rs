@@ -270,6 +270,18 @@ pub struct ScaleRequest {
     pub reason: Option<String>,
 }
 
+/// `POST /v1/alerts/ack`: acknowledge an open alert.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AckRequest {
+    /// The check, `system/check`.
+    pub check: String,
+    /// What it watches: a host name or an instance id.
+    pub target: String,
+    /// What you are doing about it (at most 4 KiB).
+    pub comment: String,
+}
+
 /// A system with its rolled-up status.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct SystemView {

@@ -158,6 +158,19 @@ pub(crate) enum Command {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// The open alerts: status, check, target, host, since when, flags (acknowledged, silenced,
+    /// flapping, consequence of a down host) and the check's message.
+    Alerts,
+    /// Acknowledge an open alert: it stays open until its check is OK and says who is on it.
+    Ack {
+        /// The check, `system/check`.
+        check: String,
+        /// What it watches: a host name or an instance id (`storefront/web#0`).
+        target: String,
+        /// What you are doing about it.
+        #[arg(long, short)]
+        message: String,
+    },
     /// Print the JSON Schema of a spec document, for editors.
     Schema,
     /// Manage API tokens.
@@ -187,6 +200,10 @@ pub(crate) struct ServerArgs {
     /// scrape every instance.
     #[arg(long, env = "ENDSTATE_PROMETHEUS_URL")]
     pub(crate) prometheus_url: Option<String>,
+    /// A URL every alert notification is POSTed to as JSON (`{"kind": "endstate.alert",
+    /// "reason", "alert"}`), retried with backoff; repeatable.
+    #[arg(long = "alert-webhook", value_name = "URL")]
+    pub(crate) alert_webhooks: Vec<String>,
     /// Requests per second each client may send.
     #[arg(long, default_value_t = 200)]
     pub(crate) rate_limit: u32,
@@ -279,6 +296,10 @@ pub(crate) struct DevArgs {
     /// scrape every instance.
     #[arg(long, env = "ENDSTATE_PROMETHEUS_URL")]
     pub(crate) prometheus_url: Option<String>,
+    /// A URL every alert notification is POSTed to as JSON (`{"kind": "endstate.alert",
+    /// "reason", "alert"}`), retried with backoff; repeatable.
+    #[arg(long = "alert-webhook", value_name = "URL")]
+    pub(crate) alert_webhooks: Vec<String>,
 }
 
 #[derive(Debug, Args)]

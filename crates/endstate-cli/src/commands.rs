@@ -537,6 +537,76 @@ pub(crate) async fn rollback(
     Ok(Outcome::Success)
 }
 
+/// `endstate alerts`
+pub(crate) async fn alerts(global: &Global) -> anyhow::Result<Outcome> {
+    let client = client(global)?;
+    let alerts = match refused_or(client.alerts()).await? {
+        Ok(alerts) => alerts,
+        Err(outcome) => return Ok(outcome),
+    };
+    if global.output == Output::Json {
+        for alert in &alerts {
+            println!("{}", serde_json::to_string(alert)?);
+        }
+        return Ok(Outcome::Success);
+    }
+    if alerts.is_empty() {
+        println!("No open alerts.");
+        return Ok(Outcome::Success);
+    }
+    for alert in &alerts {
+        let word = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+        let since = alert["opened_ms"]
+            .as_i64()
+            .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
+            .map(|t| t.to_string())
+            .unwrap_or_default();
+        let mut flags = Vec::new();
+        if let Some(ack) = alert.get("acked").filter(|a| !a.is_null()) {
+            flags.push(format!("acked by {}: {}", word(&ack["author"]), word(&ack["comment"])));
+        }
+        if let Some(silence) = alert.get("silenced_by").filter(|s| !s.is_null()) {
+            flags.push(format!("silenced ({silence})"));
+        }
+        if alert["flapping"] == true {
+            flags.push("flapping".into());
+        }
+        if let Some(cause) = alert.get("consequence_of").filter(|c| !c.is_null()) {
+            flags.push(format!("consequence: {}", word(cause)));
+        }
+        let flags = if flags.is_empty() {
+            String::new()
+        } else {
+            format!(" [{}]", flags.join("; "))
+        };
+        println!(
+            "{:<8} {} on {} (host {}, since {since}, {} transitions){flags}\n         {}",
+            word(&alert["status"]).to_uppercase(),
+            word(&alert["key"]["check"]),
+            word(&alert["key"]["target"]),
+            word(&alert["host"]),
+            alert["transitions"],
+            word(&alert["message"]),
+        );
+    }
+    Ok(Outcome::Success)
+}
+
+/// `endstate ack CHECK TARGET -m COMMENT`
+pub(crate) async fn ack(global: &Global, check: &str, target: &str, comment: &str) -> anyhow::Result<Outcome> {
+    let client = client(global)?;
+    let alert = match refused_or(client.ack(check, target, comment)).await? {
+        Ok(alert) => alert,
+        Err(outcome) => return Ok(outcome),
+    };
+    if global.output == Output::Json {
+        print_json(&alert)?;
+    } else {
+        println!("Acknowledged: {check} on {target}.");
+    }
+    Ok(Outcome::Success)
+}
+
 /// `endstate scale SYSTEM/COMPONENT COUNT`
 pub(crate) async fn scale(
     global: &Global,

@@ -59,6 +59,7 @@ pub(crate) async fn server(args: ServerArgs) -> anyhow::Result<Outcome> {
     };
     server_config.agents.advertise_url = args.agent_url.clone();
     server_config.rollout.prometheus_url = args.prometheus_url.clone();
+    server_config.monitor.webhooks = args.alert_webhooks.clone();
     if let Some(text) = &args.keepalive_interval {
         let interval = endstate_spec::Duration::parse(text)
             .map_err(|error| anyhow::anyhow!("--keepalive-interval {text:?}: {error}"))?
@@ -95,6 +96,7 @@ pub(crate) async fn dev(global: &Global, args: DevArgs) -> anyhow::Result<Outcom
     // Quicker liveness for a laptop: an agent is unreachable after 3 missed 2-second keepalives.
     server_config.agents.keepalive_interval = std::time::Duration::from_secs(2);
     server_config.rollout.prometheus_url = args.prometheus_url.clone();
+    server_config.monitor.webhooks = args.alert_webhooks.clone();
     let mut server = Server::open(&server_config).await?;
     let token_file = args.data_dir.join("dev-admin-token");
     // The development setup keeps its admin token in its data directory (mode 0600), so every

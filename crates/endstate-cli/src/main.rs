@@ -67,6 +67,8 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Note { system, text } => commands::note(global, &system, &text).await,
         Command::Change { action } => commands::change(global, action).await,
         Command::Rollback { system, to, reason } => commands::rollback(global, &system, to, reason.as_deref()).await,
+        Command::Alerts => commands::alerts(global).await,
+        Command::Ack { check, target, message } => commands::ack(global, &check, &target, &message).await,
         Command::Scale {
             component,
             count,

@@ -277,6 +277,27 @@ impl Client {
         .await
     }
 
+    /// The open alerts (as JSON objects: check, target, status, message, since, flags).
+    ///
+    /// # Errors
+    /// As the server says.
+    pub async fn alerts(&self) -> Result<Vec<serde_json::Value>, ClientError> {
+        self.get("/v1/alerts").await
+    }
+
+    /// Acknowledges the open alert of a check on a target, with a comment.
+    ///
+    /// # Errors
+    /// As the server says (404 when no alert is open).
+    pub async fn ack(&self, check: &str, target: &str, comment: &str) -> Result<serde_json::Value, ClientError> {
+        let body = endstate_api::AckRequest {
+            check: check.to_owned(),
+            target: target.to_owned(),
+            comment: comment.to_owned(),
+        };
+        self.post("/v1/alerts/ack", &body).await
+    }
+
     /// Systems with their status; with `tree`, the top-level ones with their subtrees. Reads every page.
     ///
     /// # Errors

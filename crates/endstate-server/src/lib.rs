@@ -16,6 +16,7 @@ mod changes;
 mod error;
 mod history;
 mod metrics;
+mod monitor;
 mod openapi;
 mod options;
 mod prometheus;
@@ -39,6 +40,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
 pub use agents::{AgentConfig, KEEPALIVE_MISSES, TlsError};
+pub use monitor::MonitorConfig;
 pub use ratelimit::RateLimitConfig;
 pub use rollout::{DEFAULT_WAVE_DEADLINE, RolloutConfig};
 
@@ -58,6 +60,8 @@ pub struct ServerConfig {
     pub agents: AgentConfig,
     /// The rollout controller.
     pub rollout: RolloutConfig,
+    /// Alerts and where they are sent.
+    pub monitor: MonitorConfig,
 }
 
 impl ServerConfig {
@@ -70,6 +74,7 @@ impl ServerConfig {
             max_streams: 256,
             agents: AgentConfig::default(),
             rollout: RolloutConfig::default(),
+            monitor: MonitorConfig::default(),
         }
     }
 }
@@ -141,6 +146,8 @@ struct Inner {
     /// When the controller wants to look again (a min healthy time or a pause ends), in ms
     /// since the epoch; 0 for no wish.
     recheck_at_ms: std::sync::atomic::AtomicI64,
+    /// Check results, alerts and their notifications.
+    monitor: monitor::Monitor,
 }
 
 /// What agents should run, as [`AppState::rendering`] finds it.
@@ -200,6 +207,7 @@ impl Server {
             rollout: config.rollout.clone(),
             rollout_lock: tokio::sync::Mutex::new(()),
             recheck_at_ms: std::sync::atomic::AtomicI64::new(0),
+            monitor: monitor::Monitor::new(config.monitor.clone()),
         }));
         let admin_secret = auth::bootstrap_admin(&state)
             .await
@@ -353,6 +361,10 @@ impl AppState {
 
     pub(crate) fn rollout_config(&self) -> &RolloutConfig {
         &self.0.rollout
+    }
+
+    pub(crate) fn monitor(&self) -> &monitor::Monitor {
+        &self.0.monitor
     }
 
     /// Asks the runner to look again at `at` (ms since the epoch), or forgets the wish.

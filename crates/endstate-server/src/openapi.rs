@@ -18,6 +18,8 @@ use utoipa::{Modify, OpenApi};
         crate::changes::abort,
         crate::changes::rollback,
         crate::changes::scale,
+        crate::monitor::list_alerts,
+        crate::monitor::ack,
         crate::routes::list_systems,
         crate::routes::get_system,
         crate::routes::describe_system,

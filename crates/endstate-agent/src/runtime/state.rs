@@ -239,6 +239,7 @@ mod tests {
         let desired = DesiredInstances {
             generation: Generation(7),
             instances: Vec::new(),
+            checks: Vec::new(),
         };
         let frame = endstate_agent_proto::encode(&FromServer::DesiredInstances(desired.clone())).unwrap();
         save_desired(dir.path(), &frame, Generation(7)).unwrap();

@@ -107,6 +107,8 @@ fn append_pending_ack_round_trip() {
     // The protocol's bounds are checked on append, and the seq is not used up.
     let bad = Observed::Check(CheckResult {
         name: "disk".to_owned(),
+        target: String::new(),
+        duration_ms: 0,
         status: 9,
         output: String::new(),
         perfdata: String::new(),

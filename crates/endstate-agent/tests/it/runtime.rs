@@ -230,6 +230,7 @@ fn desired(generation: u64, instances: Vec<InstanceAssignment>) -> DesiredInstan
     DesiredInstances {
         generation: Generation(generation),
         instances,
+        checks: Vec::new(),
     }
 }
 

@@ -6,6 +6,7 @@
 mod agents;
 mod describe;
 mod hosts;
+mod monitoring;
 mod offline;
 mod rollout;
 mod server;

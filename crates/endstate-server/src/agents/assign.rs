@@ -7,7 +7,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use endstate_agent_proto::{
-    Artifact, ArtifactSource, ConfigFile, HealthProbe, InstanceAssignment, InstanceId, Probe as WireProbe, UpgradeOrder,
+    Artifact, ArtifactSource, CheckAssignment, CheckProbe as WireCheckProbe, ConfigFile, HealthProbe,
+    InstanceAssignment, InstanceId, Probe as WireProbe, UpgradeOrder,
 };
 use endstate_plan::template::{ConfigTemplate, InstanceTemplates, TemplateVars, render_instance};
 use endstate_plan::{Placement, PlacementKey};
@@ -26,6 +27,8 @@ const STOP_GRACE_MS: u64 = 10_000;
 pub(crate) struct HostAssignments {
     /// Every instance, by id.
     pub(crate) instances: Vec<InstanceAssignment>,
+    /// Every monitoring check the host runs, by id.
+    pub(crate) checks: Vec<CheckAssignment>,
     /// Per instance id: the component key, the slot, the version and the digest of the assignment.
     pub(crate) index: BTreeMap<String, InstanceMeta>,
     /// SHA-256 of the whole set: the generation grows when it changes.
@@ -299,6 +302,134 @@ fn allocate_ports(
         ports.insert(port.name.clone(), number);
     }
     ports
+}
+
+/// Adds every check of `desired` to the hosts that run it: a check of a component runs on each
+/// of its instances' hosts, watching that instance (`system/component#slot@host`; ports resolved
+/// from the instance's); a check
+/// of a host selector runs on each matching host, watching the host. An exec check's arguments
+/// may name `{{ ports.<name> }}`, `{{ instance.host }}` and `{{ instance.id }}`. The sets'
+/// digests then cover their checks.
+pub(crate) fn add_checks(desired: &DesiredState, sets: &mut BTreeMap<String, HostAssignments>, hosts: &[HostInfo]) {
+    for check in desired.checks.values() {
+        let key = format!("{}/{}", check.system, check.name);
+        let timing = |id: String, target: String, probe: WireCheckProbe| CheckAssignment {
+            id,
+            check: key.clone(),
+            target,
+            probe,
+            interval_ms: millis(check.interval),
+            timeout_ms: millis(check.timeout),
+            splay_ms: u64::try_from(check.splay.as_std().as_millis()).unwrap_or(u64::MAX),
+        };
+        match &check.targets {
+            endstate_spec::Targets::Component(component) => {
+                for (host, set) in sets.iter_mut() {
+                    let mut rendered = Vec::new();
+                    for instance in &set.instances {
+                        let Some(meta) = set.index.get(&instance.id.0) else {
+                            continue;
+                        };
+                        if meta.component_key != *component {
+                            continue;
+                        }
+                        match check_probe(&check.probe, host, Some(instance)) {
+                            // Instance ids are per host (`shop/web#0` on every host): the
+                            // target names the host too.
+                            Ok(probe) => rendered.push(timing(
+                                format!("{key}@{}@{host}", instance.id.0),
+                                format!("{}@{host}", instance.id.0),
+                                probe,
+                            )),
+                            Err(reason) => set
+                                .problems
+                                .push(format!("check {key} of {} on {host}: {reason}", instance.id.0)),
+                        }
+                    }
+                    set.checks.extend(rendered);
+                }
+            }
+            endstate_spec::Targets::Hosts(selector) => {
+                for host in hosts.iter().filter(|h| selector.matches(&h.labels)) {
+                    let Some(set) = sets.get_mut(&host.name) else { continue };
+                    match check_probe(&check.probe, &host.name, None) {
+                        Ok(probe) => set
+                            .checks
+                            .push(timing(format!("{key}@{}", host.name), host.name.clone(), probe)),
+                        Err(reason) => set.problems.push(format!("check {key} on {}: {reason}", host.name)),
+                    }
+                }
+            }
+        }
+    }
+    for set in sets.values_mut() {
+        if !set.checks.is_empty() {
+            set.checks.sort_by(|a, b| a.id.cmp(&b.id));
+            set.digest = digest_of(&(&set.instances, &set.checks));
+        }
+    }
+}
+
+/// A check's probe as the agent runs it, for one target.
+fn check_probe(
+    probe: &endstate_spec::CheckProbe,
+    host: &str,
+    instance: Option<&InstanceAssignment>,
+) -> Result<WireCheckProbe, String> {
+    let port = |port: &endstate_spec::PortRef| -> Result<u16, String> {
+        match port {
+            endstate_spec::PortRef::Number(n) => Ok(*n),
+            endstate_spec::PortRef::Name(name) => instance
+                .and_then(|i| i.ports.get(name).copied())
+                .ok_or_else(|| format!("no port named {name:?} on the target")),
+        }
+    };
+    Ok(match probe {
+        endstate_spec::CheckProbe::Exec { command, args } => {
+            let mut rendered = Vec::with_capacity(args.len());
+            for arg in args {
+                let mut text = arg.replace("{{ instance.host }}", host);
+                if let Some(instance) = instance {
+                    text = text.replace("{{ instance.id }}", &instance.id.0);
+                    for (name, number) in &instance.ports {
+                        text = text.replace(&format!("{{{{ ports.{name} }}}}"), &number.to_string());
+                    }
+                }
+                if text.contains("{{") {
+                    return Err(format!("argument {arg:?} names a variable this target does not have"));
+                }
+                rendered.push(text);
+            }
+            WireCheckProbe::Exec {
+                command: command.clone(),
+                args: rendered,
+            }
+        }
+        endstate_spec::CheckProbe::Http {
+            target,
+            expect_status,
+            body_match,
+            latency_threshold,
+        } => WireCheckProbe::Http {
+            url: match target {
+                endstate_spec::HttpTarget::Url(url) => url.clone(),
+                endstate_spec::HttpTarget::Port { port: p, path } => {
+                    let slash = if path.starts_with('/') { "" } else { "/" };
+                    format!("http://127.0.0.1:{}{slash}{path}", port(p)?)
+                }
+            },
+            expect_status: *expect_status,
+            body_match: body_match.clone(),
+            latency_threshold_ms: latency_threshold.map(millis),
+        },
+        endstate_spec::CheckProbe::Tcp {
+            host: target_host,
+            port: p,
+        } => WireCheckProbe::Tcp {
+            host: target_host.clone().unwrap_or_else(|| "127.0.0.1".to_owned()),
+            port: port(p)?,
+        },
+    })
 }
 
 fn digest_of<T: serde::Serialize>(value: &T) -> String {

@@ -375,6 +375,7 @@ impl Session<'_> {
             let received_ms = now_ms();
             let mut live_updates: Vec<(String, Live)> = Vec::new();
             let mut live = self.hub.live_of(&self.host);
+            let mut checks = Vec::new();
             for observation in &observations {
                 match classify_seq(last, observation.seq) {
                     SeqDecision::Duplicate => continue,
@@ -392,6 +393,10 @@ impl Session<'_> {
                 }
                 last = observation.seq;
                 let at = i64::try_from(observation.at_unix_ms).unwrap_or(received_ms);
+                if let Observed::Check(check) = &observation.observed {
+                    checks.push((at, check.clone()));
+                    continue;
+                }
                 self.observe(observation, at, received_ms, &mut live, &mut transitions, &mut events);
             }
             if last == self.last_seq {
@@ -416,7 +421,9 @@ impl Session<'_> {
                         }
                     });
                     self.state.written();
-                    return self.ack().await;
+                    self.ack().await?;
+                    // Stored and acknowledged; the alert engine's verdicts follow.
+                    return crate::monitor::ingest(self.state, &self.host, checks).await;
                 }
                 Err(StoreError::Refused { .. }) => {
                     // Another connection of this host stored observations since: re-read and retry.
@@ -439,9 +446,12 @@ impl Session<'_> {
         transitions: &mut Vec<InstanceTransition>,
         events: &mut Vec<NewEvent>,
     ) {
-        let actor = Some(format!("agent:{}", self.host));
         match &observation.observed {
-            Observed::InstanceState(change) if live.get(&change.instance.0).is_some_and(|l| change.generation.0 < l.generation) => {
+            Observed::InstanceState(change)
+                if live
+                    .get(&change.instance.0)
+                    .is_some_and(|l| change.generation.0 < l.generation) =>
+            {
                 // A run of an older generation, retired after its replacement started beside it
                 // (start-before-stop): on the timeline, but not the instance's state any more.
                 events.push(self.instance_event(
@@ -498,7 +508,11 @@ impl Session<'_> {
                             word(change.state),
                             change.exit_code.map(|c| format!(", exit code {c}")).unwrap_or_default(),
                             change.signal.map(|s| format!(", signal {s}")).unwrap_or_default(),
-                            if change.detail.is_empty() { String::new() } else { format!(": {}", change.detail) },
+                            if change.detail.is_empty() {
+                                String::new()
+                            } else {
+                                format!(": {}", change.detail)
+                            },
                         ),
                         serde_json::json!({
                             "instance": change.instance.0, "state": word(change.state), "exit_code": change.exit_code,
@@ -538,12 +552,8 @@ impl Session<'_> {
                 entry.rss_bytes = use_.rss_bytes;
                 entry.cpu_millis = use_.cpu_millis;
             }
-            Observed::Check(check) => events.push(NewEvent {
-                host: Some(self.host.clone()),
-                actor,
-                data: serde_json::json!({ "check": check.name, "status": check.status, "output": check.output, "perfdata": check.perfdata }),
-                ..NewEvent::new(at, "check.result", format!("check {} on {}: {}", check.name, self.host, check.output))
-            }),
+            // Taken by `observations` for the alert engine.
+            Observed::Check(_) => {}
         }
     }
 

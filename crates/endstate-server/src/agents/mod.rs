@@ -260,6 +260,15 @@ impl Hub {
                     .map(|h| (h.name.clone(), assign::HostAssignments::default()))
                     .collect(),
             };
+            // Checks follow what is rendered: the change's revision while it rolls out, else the base.
+            let checks_from = rendering
+                .rollout
+                .as_ref()
+                .map(|r| r.desired.as_ref())
+                .or(rendering.base.as_ref().map(|(_, d)| d.as_ref()));
+            if let Some(desired) = checks_from {
+                assign::add_checks(desired, &mut sets, &hosts);
+            }
             // A retired host runs nothing: it gets an empty set, not none (it would keep what it has).
             for host in crate::routes::retired_hosts(state).await? {
                 sets.entry(host).or_default();
@@ -545,6 +554,7 @@ fn send_set(host: &str, conn: &ConnHandle, set: &assign::HostAssignments, genera
     let message = FromServer::DesiredInstances(DesiredInstances {
         generation: Generation(generation),
         instances: set.instances.clone(),
+        checks: set.checks.clone(),
     });
     // Never wait on one agent's full outbox here: it is retried on the next round.
     if conn.tx.try_send(message).is_ok() {

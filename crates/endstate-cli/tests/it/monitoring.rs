@@ -1,0 +1,230 @@
+//! Monitoring end to end: `endstate dev` runs the example checks through its real agents, among
+//! them Debian's `check_http` plugin on every web instance; a web process that stops answering
+//! raises an alert that shows in `endstate alerts`, on the timeline and at a webhook listener of
+//! the test; acknowledged, then answering again, it is resolved.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::hosts::{alive, pgrep};
+use crate::{Process, run, text};
+
+const PLUGIN: &str = "/usr/lib/nagios/plugins/check_http";
+
+/// A webhook receiver on a free loopback port: every POST body it got, in order.
+fn webhook_listener() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&received);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = value.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; length];
+            if reader.read_exact(&mut body).is_ok()
+                && let Ok(json) = serde_json::from_slice(&body)
+            {
+                sink.lock().unwrap().push(json);
+            }
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        }
+    });
+    (url, received)
+}
+
+/// Waits (at most 90 s) until `probe` returns `Some`.
+fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>, explain: impl Fn() -> String) -> T {
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while std::time::Instant::now() < deadline {
+        if let Some(found) = probe() {
+            return found;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    panic!("{what} did not happen:\n{}", explain());
+}
+
+fn events(config: &Path, kind: &str) -> Vec<serde_json::Value> {
+    let mut args = vec!["timeline", "-o", "json", "--limit", "1000"];
+    if !kind.is_empty() {
+        args.extend(["--kind", kind]);
+    }
+    let out = run(&args, config);
+    text(&out.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect()
+}
+
+#[test]
+fn a_stopped_service_raises_an_alert_seen_in_alerts_the_timeline_and_a_webhook_then_resolves() {
+    assert!(
+        Path::new(PLUGIN).exists(),
+        "{PLUGIN} is missing: install Debian's monitoring-plugins (.ci/run does)"
+    );
+    let (hook, received) = webhook_listener();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.json");
+    let data = dir.path().join("data");
+    let mut dev = Process::spawn(
+        &[
+            "dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--agent-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--alert-webhook",
+            &hook,
+        ],
+        &config,
+    );
+    dev.wait_for_url("API:");
+    dev.wait_for("examples:");
+    let target = "storefront/web#0@dev-a";
+    let timeline = |kind: &str| format!("{:#?}", events(&config, kind));
+
+    // The plugin runs on every web instance and finds it answering.
+    wait_for(
+        "check_http OK on dev-a's web instance",
+        || {
+            events(&config, "check.status").into_iter().find(|e| {
+                e["data"]["check"] == "storefront/web-plugin"
+                    && e["data"]["target"] == target
+                    && e["data"]["to"] == "ok"
+            })
+        },
+        || timeline("check."),
+    );
+
+    // Only what happens from now on counts (an instance checked before it listened may have
+    // alerted and resolved already).
+    let before = events(&config, "")
+        .iter()
+        .filter_map(|e| e["seq"].as_u64())
+        .max()
+        .unwrap_or(0);
+    let after = |e: &serde_json::Value| e["seq"].as_u64().unwrap_or(0) > before;
+    received.lock().unwrap().clear();
+
+    // dev-a's web process stops answering (SIGSTOP: the supervisor still sees it running).
+    let pattern = format!("{}/agents/a/versions/storefront/web/", data.display());
+    let pids: Vec<i32> = pgrep(&pattern).into_iter().filter(|p| alive(*p)).collect();
+    assert_eq!(pids.len(), 1, "one web process on dev-a: {pids:?}");
+    let web = Pid::from_raw(pids[0]);
+    kill(web, Signal::SIGSTOP).unwrap();
+    let opened = wait_for(
+        "an alert for the stopped web instance",
+        || {
+            events(&config, "alert.opened").into_iter().find(|e| {
+                after(e) && e["data"]["key"]["check"] == "storefront/web-plugin" && e["data"]["key"]["target"] == target
+            })
+        },
+        || timeline("check.,alert."),
+    );
+    assert_eq!(opened["data"]["status"], "critical", "{opened:#}");
+    assert_eq!(opened["host"], "dev-a", "{opened:#}");
+    let message = opened["data"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("CRITICAL") || message.contains("timed out") || message.contains("Socket timeout"),
+        "{message}"
+    );
+
+    // It is listed, with the plugin's message, and the webhook got it.
+    let alerts = run(&["alerts"], &config);
+    let listed = text(&alerts.stdout);
+    assert!(alerts.status.success(), "{}", text(&alerts.stderr));
+    assert!(
+        listed.contains("CRITICAL") && listed.contains(&format!("storefront/web-plugin on {target}")),
+        "{listed}"
+    );
+    let notified = wait_for(
+        "the webhook to receive the alert",
+        || {
+            received
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|n| n["alert"]["key"]["target"] == target && n["alert"]["status"] == "critical")
+                .cloned()
+        },
+        || format!("{:#?}\n{}", received.lock().unwrap(), timeline("alert.")),
+    );
+    assert_eq!(notified["kind"], "endstate.alert", "{notified:#}");
+    assert!(
+        events(&config, "alert.notified").iter().any(after),
+        "{}",
+        timeline("alert.")
+    );
+
+    // Someone takes it.
+    let ack = run(
+        &["ack", "storefront/web-plugin", target, "-m", "looking at dev-a"],
+        &config,
+    );
+    assert!(ack.status.success(), "{}", text(&ack.stderr));
+    let listed = text(&run(&["alerts"], &config).stdout);
+    assert!(listed.contains("acked by admin: looking at dev-a"), "{listed}");
+    let missing = run(
+        &["ack", "storefront/web-plugin", "storefront/web#9@dev-z", "-m", "x"],
+        &config,
+    );
+    assert_eq!(missing.status.code(), Some(2), "{}", text(&missing.stderr));
+    assert!(
+        text(&missing.stderr).contains("no open alert"),
+        "{}",
+        text(&missing.stderr)
+    );
+
+    // Answering again, it resolves, and the webhook hears that too.
+    kill(web, Signal::SIGCONT).unwrap();
+    wait_for(
+        "the alert to resolve",
+        || {
+            events(&config, "alert.resolved")
+                .into_iter()
+                .find(|e| after(e) && e["data"]["key"]["target"] == target)
+        },
+        || timeline("check.,alert."),
+    );
+    wait_for(
+        "the webhook to hear of the resolution",
+        || {
+            received
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|n| n["alert"]["key"]["target"] == target && n["reason"] == "resolved")
+                .cloned()
+        },
+        || format!("{:#?}", received.lock().unwrap()),
+    );
+    let listed = text(&run(&["alerts"], &config).stdout);
+    assert!(!listed.contains(target), "{listed}");
+    // The other web instances never alerted.
+    let others: Vec<_> = events(&config, "alert.opened")
+        .into_iter()
+        .filter(|e| {
+            after(e) && e["data"]["key"]["check"] == "storefront/web-plugin" && e["data"]["key"]["target"] != target
+        })
+        .collect();
+    assert!(others.is_empty(), "{others:#?}");
+}

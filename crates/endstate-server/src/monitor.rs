@@ -1,0 +1,368 @@
+//! Monitoring on the server: check results from the agents go through the alert engine
+//! (`endstate_monitor::alerts`, pure); what it decides goes on the timeline, and notifications go
+//! to the configured webhooks.
+//!
+//! # Flow
+//! 1. An agent's `check` observations are stored with the batch they came in (acknowledged as
+//!    usual), then handed to [`ingest`].
+//! 2. The engine keeps one state per (check, target): a status change is a `check.status` event;
+//!    a non-OK status that lasts two results in a row opens one alert (`alert.opened`; one failed
+//!    result alone is a soft state, e.g. an instance checked before it listens), a change of
+//!    severity is `alert.changed`,
+//!    OK resolves it (`alert.resolved`); a notification suppressed by a silence, a down host or
+//!    flapping is `alert.suppressed` with the reason.
+//! 3. A notification is POSTed to every webhook ([`MonitorConfig::webhooks`]) by a task of its
+//!    own, retried with backoff (0.5 s doubling, 5 attempts, 5 s timeout each), so a slow or
+//!    dead receiver never holds up the pipeline; its outcome is `alert.notified` or
+//!    `alert.notify_failed` on the timeline.
+//!
+//! # Caveats
+//! - The engine lives in memory: after a restart, the next result of a failing check opens its
+//!   alert again (and notifies again). Alerts are on the timeline, which is durable.
+//! - Silences and consequences of down hosts are evaluated by the engine, but the server gives
+//!   it no silences and no down hosts yet.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use endstate_agent_proto::CheckResult;
+use endstate_monitor::alerts::{self, Alert, CheckKey, Context, Effect, Engine};
+use endstate_monitor::nagios::Status;
+use endstate_store::NewEvent;
+use serde::Serialize;
+
+use crate::AppState;
+use crate::error::ApiError;
+
+/// Where alerts go.
+#[derive(Clone, Debug, Default)]
+pub struct MonitorConfig {
+    /// URLs every notification is POSTed to, as JSON (see [`Notification`]).
+    pub webhooks: Vec<String>,
+}
+
+/// The server's monitoring state.
+pub(crate) struct Monitor {
+    engine: Mutex<Engine>,
+    config: MonitorConfig,
+    client: reqwest::Client,
+}
+
+/// The JSON a webhook receives.
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct Notification<'a> {
+    /// Always `endstate.alert`.
+    pub(crate) kind: &'static str,
+    /// Why it is sent: `opened`, `changed (warning -> critical)`, `resolved`.
+    pub(crate) reason: &'a str,
+    /// The alert, as `GET /v1/alerts` shows it.
+    pub(crate) alert: &'a Alert,
+}
+
+impl Monitor {
+    pub(crate) fn new(config: MonitorConfig) -> Monitor {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap_or_default();
+        Monitor {
+            engine: Mutex::new(Engine::default()),
+            config,
+            client,
+        }
+    }
+
+    /// The open alerts, by check and target.
+    pub(crate) fn alerts(&self) -> Vec<Alert> {
+        self.engine().alerts().cloned().collect()
+    }
+
+    /// Acknowledges the open alert of `key`.
+    pub(crate) fn ack(&self, key: &CheckKey, ack: alerts::Ack) -> Option<Alert> {
+        self.engine().ack(key, ack)
+    }
+
+    fn engine(&self) -> std::sync::MutexGuard<'_, Engine> {
+        self.engine.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The status of a result on the wire (0 ok, 1 warning, 2 critical, 3 unknown).
+fn status_of(code: u8) -> Status {
+    match code {
+        0 => Status::Ok,
+        1 => Status::Warning,
+        2 => Status::Critical,
+        _ => Status::Unknown,
+    }
+}
+
+/// Feeds an agent's check results (already stored and acknowledged) to the engine, and writes
+/// and sends what it decides.
+pub(crate) async fn ingest(state: &AppState, host: &str, results: Vec<(i64, CheckResult)>) -> Result<(), ApiError> {
+    if results.is_empty() {
+        return Ok(());
+    }
+    let monitor = state.monitor();
+    let silences = Vec::new();
+    let host_labels = BTreeMap::new();
+    let hosts_down = BTreeSet::new();
+    let systems_down = BTreeSet::new();
+    let context = Context {
+        silences: &silences,
+        host_labels: &host_labels,
+        hosts_down: &hosts_down,
+        systems_down: &systems_down,
+    };
+    let mut effects = Vec::new();
+    {
+        let mut engine = monitor.engine();
+        for (at, result) in results {
+            let system = result
+                .name
+                .split_once('/')
+                .map_or(result.name.as_str(), |(s, _)| s)
+                .to_owned();
+            let target = if result.target.is_empty() {
+                host.to_owned()
+            } else {
+                result.target.clone()
+            };
+            let message = result.output.lines().next().unwrap_or_default().to_owned();
+            let observed = alerts::CheckResult {
+                key: CheckKey {
+                    check: result.name.clone(),
+                    target,
+                },
+                host: host.to_owned(),
+                system,
+                status: status_of(result.status),
+                message,
+                at_ms: at,
+            };
+            let perfdata = result.perfdata.clone();
+            for effect in engine.observe(observed, &context) {
+                effects.push((at, effect, perfdata.clone()));
+            }
+        }
+    }
+    let mut events = Vec::new();
+    for (at, effect, perfdata) in effects {
+        if let Effect::Notify { alert, reason } = &effect {
+            notify(state, alert.clone(), reason.clone());
+        }
+        if let Some(event) = event_of(host, at, &effect, &perfdata) {
+            events.push(event);
+        }
+    }
+    if !events.is_empty() {
+        state.store().append_events(events).await?;
+        state.written();
+    }
+    Ok(())
+}
+
+/// The component of an instance target (`shop/web#0@h1` is `shop/web`, as on instance events),
+/// none for a host.
+fn component_of(target: &str) -> Option<String> {
+    let (component, _) = target.split_once('#')?;
+    component.contains('/').then(|| component.to_owned())
+}
+
+fn event_of(host: &str, at: i64, effect: &Effect, perfdata: &str) -> Option<NewEvent> {
+    let base = |key: &CheckKey, system: &str, kind: &str, summary: String, data: serde_json::Value| NewEvent {
+        systems: vec![system.to_owned()],
+        host: Some(host.to_owned()),
+        component: component_of(&key.target),
+        actor: Some(format!("agent:{host}")),
+        data,
+        ..NewEvent::new(at, kind, summary)
+    };
+    let alert_event = |alert: &Alert, kind: &str, what: String| {
+        base(
+            &alert.key,
+            &alert.system,
+            kind,
+            format!("alert {} on {}: {what}", alert.key.check, alert.key.target),
+            serde_json::to_value(alert).unwrap_or_default(),
+        )
+    };
+    Some(match effect {
+        Effect::StatusChanged { key, from, to, message } => {
+            let system = key.check.split_once('/').map_or(key.check.as_str(), |(s, _)| s);
+            let from_word = from.map_or("none", |f| f.as_str());
+            base(
+                key,
+                system,
+                "check.status",
+                format!(
+                    "check {} on {}: {from_word} -> {}: {message}",
+                    key.check,
+                    key.target,
+                    to.as_str()
+                ),
+                serde_json::json!({
+                    "check": key.check, "target": key.target, "from": from, "to": to,
+                    "message": message, "perfdata": perfdata,
+                }),
+            )
+        }
+        Effect::AlertOpened { alert } => alert_event(
+            alert,
+            "alert.opened",
+            format!("{}: {}", alert.status.as_str(), alert.message),
+        ),
+        Effect::AlertChanged { alert } => alert_event(
+            alert,
+            "alert.changed",
+            format!("{}: {}", alert.status.as_str(), alert.message),
+        ),
+        Effect::AlertResolved { alert } => alert_event(alert, "alert.resolved", format!("resolved: {}", alert.message)),
+        Effect::Suppressed { alert, reason } => {
+            alert_event(alert, "alert.suppressed", format!("not notified: {reason}"))
+        }
+        Effect::Notify { .. } => return None,
+    })
+}
+
+/// Sends a notification to every webhook from a task of its own, with retries; the outcome
+/// goes on the timeline.
+fn notify(state: &AppState, alert: Alert, reason: String) {
+    let webhooks = state.monitor().config.webhooks.clone();
+    if webhooks.is_empty() {
+        return;
+    }
+    let state = state.clone();
+    tokio::spawn(async move {
+        for url in webhooks {
+            let outcome = deliver(&state.monitor().client, &url, &alert, &reason).await;
+            let (kind, what) = match &outcome {
+                Ok(attempts) => (
+                    "alert.notified",
+                    format!("notified {url} ({reason}) after {attempts} attempt(s)"),
+                ),
+                Err(error) => (
+                    "alert.notify_failed",
+                    format!("could not notify {url} ({reason}): {error}"),
+                ),
+            };
+            let event = NewEvent {
+                systems: vec![alert.system.clone()],
+                host: Some(alert.host.clone()),
+                component: component_of(&alert.key.target),
+                actor: Some("server".into()),
+                data: serde_json::json!({ "url": url, "reason": reason, "check": alert.key.check, "target": alert.key.target, "error": outcome.as_ref().err() }),
+                ..NewEvent::new(
+                    crate::now_ms(),
+                    kind,
+                    format!("alert {} on {}: {what}", alert.key.check, alert.key.target),
+                )
+            };
+            if let Err(error) = state.store().append_events(vec![event]).await {
+                tracing::warn!(error = %crate::chain(&error), "Could not record a webhook delivery.");
+            }
+            state.written();
+        }
+    });
+}
+
+/// POSTs one notification, retrying with backoff: the number of attempts, or the last error.
+async fn deliver(client: &reqwest::Client, url: &str, alert: &Alert, reason: &str) -> Result<u32, String> {
+    const ATTEMPTS: u32 = 5;
+    let body = Notification {
+        kind: "endstate.alert",
+        reason,
+        alert,
+    };
+    let body = serde_json::to_vec(&body).map_err(|error| error.to_string())?;
+    let mut delay = Duration::from_millis(500);
+    let mut last = String::new();
+    for attempt in 1..=ATTEMPTS {
+        let request = client
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body.clone());
+        match request.send().await {
+            Ok(response) if response.status().is_success() => return Ok(attempt),
+            Ok(response) => last = format!("HTTP {}", response.status()),
+            Err(error) => last = crate::chain(&error),
+        }
+        if attempt < ATTEMPTS {
+            tokio::time::sleep(delay).await;
+            delay *= 2;
+        }
+    }
+    Err(format!("{last} (after {ATTEMPTS} attempts)"))
+}
+
+/// The open alerts, by check and target: status, since when, how often it changed, whether it
+/// flaps, who acknowledged it, the silence or the down host that keeps it quiet.
+#[utoipa::path(get, path = "/v1/alerts",
+    responses((status = 200, body = Object)),
+    security(("bearer" = [])))]
+pub(crate) async fn list_alerts(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    axum::Extension(actor): axum::Extension<crate::auth::Actor>,
+) -> Result<axum::Json<Vec<Alert>>, ApiError> {
+    crate::auth::authorize(&actor, crate::auth::Verb::Read, None)?;
+    Ok(axum::Json(state.monitor().alerts()))
+}
+
+/// Acknowledge an open alert: it stays open until its check is OK, and says who is on it.
+#[utoipa::path(post, path = "/v1/alerts/ack", request_body = endstate_api::AckRequest,
+    responses((status = 200, body = Object), (status = 404, body = endstate_api::Problem)),
+    security(("bearer" = [])))]
+pub(crate) async fn ack(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    axum::Extension(actor): axum::Extension<crate::auth::Actor>,
+    crate::routes::JsonBody(request): crate::routes::JsonBody<endstate_api::AckRequest>,
+) -> Result<axum::Json<Alert>, ApiError> {
+    let system = request
+        .check
+        .split_once('/')
+        .map_or(request.check.as_str(), |(s, _)| s)
+        .to_owned();
+    crate::auth::authorize(&actor, crate::auth::Verb::Write, Some(&system))?;
+    let comment = request.comment.trim();
+    if comment.is_empty() || comment.len() > 4096 {
+        return Err(ApiError::bad_field(
+            "comment",
+            format!("is {} bytes; say what you are doing, in at most 4096", comment.len()),
+        ));
+    }
+    let key = CheckKey {
+        check: request.check.clone(),
+        target: request.target.clone(),
+    };
+    let now = crate::now_ms();
+    let ack = alerts::Ack {
+        author: actor.name.clone(),
+        comment: comment.to_owned(),
+        at_ms: now,
+    };
+    let alert = state.monitor().ack(&key, ack).ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "no open alert for check {} on {}",
+            request.check, request.target
+        ))
+    })?;
+    let event = NewEvent {
+        systems: vec![alert.system.clone()],
+        host: Some(alert.host.clone()),
+        component: component_of(&alert.key.target),
+        actor: Some(actor.name.clone()),
+        data: serde_json::to_value(&alert).unwrap_or_default(),
+        ..NewEvent::new(
+            now,
+            "alert.acknowledged",
+            format!(
+                "alert {} on {} acknowledged by {}: {comment}",
+                alert.key.check, alert.key.target, actor.name
+            ),
+        )
+    };
+    state.store().append_events(vec![event]).await?;
+    state.written();
+    Ok(axum::Json(alert))
+}
