@@ -270,6 +270,28 @@ pub struct ScaleRequest {
     pub reason: Option<String>,
 }
 
+/// `POST /v1/silences`: keep matching alerts from notifying for a while.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSilence {
+    /// Only this system's checks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<String>,
+    /// Only this check, `system/check`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<String>,
+    /// Only checks running on this host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Only checks running on hosts with all these labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// When it ends: RFC 3339, or a duration from now (`2h`). At most 30 days ahead.
+    pub until: String,
+    /// Why (at most 4 KiB).
+    pub reason: String,
+}
+
 /// `POST /v1/alerts/ack`: acknowledge an open alert.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

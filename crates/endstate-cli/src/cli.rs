@@ -171,6 +171,35 @@ pub(crate) enum Command {
         #[arg(long, short)]
         message: String,
     },
+    /// Keep matching alerts from notifying until a time (they still open, marked silenced, and
+    /// the timeline says what was held back). At least one of --system, --check, --host, --label.
+    Silence {
+        /// Only this system's checks.
+        #[arg(long)]
+        system: Option<String>,
+        /// Only this check, `system/check`.
+        #[arg(long)]
+        check: Option<String>,
+        /// Only checks running on this host.
+        #[arg(long)]
+        host: Option<String>,
+        /// Only checks on hosts with this label, `key=value` (repeatable).
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+        /// How long (`2h`) or until when (RFC 3339).
+        #[arg(long = "for", value_name = "DURATION")]
+        until: String,
+        /// Why.
+        #[arg(long)]
+        reason: String,
+    },
+    /// The active silences.
+    Silences,
+    /// End a silence now.
+    Unsilence {
+        /// The silence's number.
+        id: u64,
+    },
     /// Print the JSON Schema of a spec document, for editors.
     Schema,
     /// Manage API tokens.

@@ -592,6 +592,104 @@ pub(crate) async fn alerts(global: &Global) -> anyhow::Result<Outcome> {
     Ok(Outcome::Success)
 }
 
+/// `endstate silence ...`
+pub(crate) async fn silence(
+    global: &Global,
+    system: Option<String>,
+    check: Option<String>,
+    host: Option<String>,
+    labels: &[String],
+    until: String,
+    reason: String,
+) -> anyhow::Result<Outcome> {
+    let mut parsed = std::collections::BTreeMap::new();
+    for label in labels {
+        let Some((key, value)) = label.split_once('=') else {
+            eprintln!("error: found --label {label:?}; expected key=value");
+            return Ok(Outcome::Refused);
+        };
+        parsed.insert(key.trim().to_owned(), value.trim().to_owned());
+    }
+    let request = endstate_api::CreateSilence {
+        system,
+        check,
+        host,
+        labels: parsed,
+        until,
+        reason,
+    };
+    let client = client(global)?;
+    let silence = match refused_or(client.silence(&request)).await? {
+        Ok(silence) => silence,
+        Err(outcome) => return Ok(outcome),
+    };
+    if global.output == Output::Json {
+        print_json(&silence)?;
+    } else {
+        println!(
+            "Silence {} created; `endstate unsilence {}` ends it.",
+            silence["id"], silence["id"]
+        );
+    }
+    Ok(Outcome::Success)
+}
+
+/// `endstate silences`
+pub(crate) async fn silences(global: &Global) -> anyhow::Result<Outcome> {
+    let client = client(global)?;
+    let silences = match refused_or(client.silences()).await? {
+        Ok(silences) => silences,
+        Err(outcome) => return Ok(outcome),
+    };
+    if global.output == Output::Json {
+        for silence in &silences {
+            println!("{}", serde_json::to_string(silence)?);
+        }
+        return Ok(Outcome::Success);
+    }
+    if silences.is_empty() {
+        println!("No active silences.");
+    }
+    for s in &silences {
+        let until = s["ends_ms"]
+            .as_i64()
+            .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
+            .map(|t| t.to_string())
+            .unwrap_or_default();
+        let scope: Vec<String> = ["system", "check", "host"]
+            .iter()
+            .filter_map(|k| s[*k].as_str().map(|v| format!("{k} {v}")))
+            .chain(
+                s["labels"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())),
+            )
+            .collect();
+        println!(
+            "{:>4}  until {until}  {}  by {}: {}",
+            s["id"],
+            scope.join(", "),
+            s["author"].as_str().unwrap_or_default(),
+            s["reason"].as_str().unwrap_or_default()
+        );
+    }
+    Ok(Outcome::Success)
+}
+
+/// `endstate unsilence ID`
+pub(crate) async fn unsilence(global: &Global, id: u64) -> anyhow::Result<Outcome> {
+    let client = client(global)?;
+    match refused_or(client.unsilence(id)).await? {
+        Ok(_) => {
+            println!("Silence {id} ended.");
+            Ok(Outcome::Success)
+        }
+        Err(outcome) => Ok(outcome),
+    }
+}
+
 /// `endstate ack CHECK TARGET -m COMMENT`
 pub(crate) async fn ack(global: &Global, check: &str, target: &str, comment: &str) -> anyhow::Result<Outcome> {
     let client = client(global)?;

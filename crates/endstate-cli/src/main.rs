@@ -68,6 +68,16 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Change { action } => commands::change(global, action).await,
         Command::Rollback { system, to, reason } => commands::rollback(global, &system, to, reason.as_deref()).await,
         Command::Alerts => commands::alerts(global).await,
+        Command::Silence {
+            system,
+            check,
+            host,
+            labels,
+            until,
+            reason,
+        } => commands::silence(global, system, check, host, &labels, until, reason).await,
+        Command::Silences => commands::silences(global).await,
+        Command::Unsilence { id } => commands::unsilence(global, id).await,
         Command::Ack { check, target, message } => commands::ack(global, &check, &target, &message).await,
         Command::Scale {
             component,

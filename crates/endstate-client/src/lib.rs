@@ -174,6 +174,10 @@ impl Client {
         self.send(path, self.http.get(format!("{}{path}", self.base))).await
     }
 
+    async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.send(path, self.http.delete(format!("{}{path}", self.base))).await
+    }
+
     async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
         self.send(path, self.http.post(format!("{}{path}", self.base)).json(body))
             .await
@@ -283,6 +287,30 @@ impl Client {
     /// As the server says.
     pub async fn alerts(&self) -> Result<Vec<serde_json::Value>, ClientError> {
         self.get("/v1/alerts").await
+    }
+
+    /// Creates a silence.
+    ///
+    /// # Errors
+    /// As the server says (a silence ending in the past, or matching everything, is refused).
+    pub async fn silence(&self, request: &endstate_api::CreateSilence) -> Result<serde_json::Value, ClientError> {
+        self.post("/v1/silences", request).await
+    }
+
+    /// The active silences.
+    ///
+    /// # Errors
+    /// As the server says.
+    pub async fn silences(&self) -> Result<Vec<serde_json::Value>, ClientError> {
+        self.get("/v1/silences").await
+    }
+
+    /// Ends a silence now.
+    ///
+    /// # Errors
+    /// As the server says (404 when it is not active).
+    pub async fn unsilence(&self, id: u64) -> Result<serde_json::Value, ClientError> {
+        self.delete(&format!("/v1/silences/{id}")).await
     }
 
     /// Acknowledges the open alert of a check on a target, with a comment.

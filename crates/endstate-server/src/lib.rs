@@ -212,6 +212,9 @@ impl Server {
         let admin_secret = auth::bootstrap_admin(&state)
             .await
             .map_err(|error| ServerError::Bootstrap(Box::new(error)))?;
+        monitor::load_silences(&state)
+            .await
+            .map_err(|error| ServerError::Bootstrap(Box::new(error)))?;
         Ok(Server {
             state,
             admin_secret,

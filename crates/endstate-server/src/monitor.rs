@@ -45,6 +45,9 @@ pub struct MonitorConfig {
 /// The server's monitoring state.
 pub(crate) struct Monitor {
     engine: Mutex<Engine>,
+    /// Active silences (rebuilt from the timeline's `silence.*` events at start).
+    silences: Mutex<Vec<alerts::Silence>>,
+    next_silence: std::sync::atomic::AtomicU64,
     config: MonitorConfig,
     client: reqwest::Client,
 }
@@ -68,6 +71,8 @@ impl Monitor {
             .unwrap_or_default();
         Monitor {
             engine: Mutex::new(Engine::default()),
+            silences: Mutex::new(Vec::new()),
+            next_silence: std::sync::atomic::AtomicU64::new(1),
             config,
             client,
         }
@@ -86,6 +91,101 @@ impl Monitor {
     fn engine(&self) -> std::sync::MutexGuard<'_, Engine> {
         self.engine.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+
+    /// A silence number never used (numbered from 1; after a restart, after the highest on the
+    /// timeline).
+    fn next_silence_id(&self) -> u64 {
+        self.next_silence.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn silences(&self) -> std::sync::MutexGuard<'_, Vec<alerts::Silence>> {
+        self.silences.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Most silences active at once.
+const MAX_SILENCES: usize = 10_000;
+/// How far ahead a silence may end.
+const MAX_SILENCE_MS: i64 = 30 * 24 * 3600 * 1000;
+
+/// Rebuilds the active silences from the timeline (`silence.created` minus `silence.removed`
+/// and `silence.expired`), at start.
+pub(crate) async fn load_silences(state: &AppState) -> Result<(), ApiError> {
+    let now = crate::now_ms();
+    let mut created: BTreeMap<u64, alerts::Silence> = BTreeMap::new();
+    let mut highest = 0;
+    let mut after = None;
+    loop {
+        let page = state
+            .store()
+            .query_events(&endstate_store::EventQuery {
+                kinds: Some(vec!["silence.".into()]),
+                // Every silence ever made: their numbers are never reused.
+                since_ms: None,
+                after,
+                limit: 1000,
+                ..endstate_store::EventQuery::default()
+            })
+            .await?;
+        for event in &page.items {
+            let Some(id) = event.data.get("id").and_then(serde_json::Value::as_u64) else {
+                continue;
+            };
+            highest = highest.max(id);
+            match event.kind.as_str() {
+                "silence.created" => {
+                    if let Ok(silence) = serde_json::from_value::<alerts::Silence>(event.data.clone()) {
+                        created.insert(id, silence);
+                    }
+                }
+                _ => {
+                    created.remove(&id);
+                }
+            }
+        }
+        match page.items.last() {
+            Some(last) if page.items.len() == 1000 => after = Some(last.seq),
+            _ => break,
+        }
+    }
+    *state.monitor().silences() = created.into_values().filter(|s| s.ends_ms > now).collect();
+    state
+        .monitor()
+        .next_silence
+        .fetch_max(highest.saturating_add(1), std::sync::atomic::Ordering::Relaxed);
+    Ok(())
+}
+
+/// Drops expired silences, each with a `silence.expired` event; the active ones.
+async fn active_silences(state: &AppState) -> Result<Vec<alerts::Silence>, ApiError> {
+    let now = crate::now_ms();
+    let expired: Vec<alerts::Silence> = {
+        let mut silences = state.monitor().silences();
+        let (expired, active) = std::mem::take(&mut *silences)
+            .into_iter()
+            .partition(|s| s.ends_ms <= now);
+        *silences = active;
+        expired
+    };
+    if !expired.is_empty() {
+        let events = expired
+            .iter()
+            .map(|s| NewEvent {
+                systems: s.system.iter().cloned().collect(),
+                host: s.host.clone(),
+                actor: Some("server".into()),
+                data: serde_json::json!({ "id": s.id }),
+                ..NewEvent::new(
+                    now,
+                    "silence.expired",
+                    format!("silence {} of {} expired: {}", s.id, s.author, s.reason),
+                )
+            })
+            .collect();
+        state.store().append_events(events).await?;
+        state.written();
+    }
+    Ok(state.monitor().silences().clone())
 }
 
 /// The status of a result on the wire (0 ok, 1 warning, 2 critical, 3 unknown).
@@ -105,8 +205,18 @@ pub(crate) async fn ingest(state: &AppState, host: &str, results: Vec<(i64, Chec
         return Ok(());
     }
     let monitor = state.monitor();
-    let silences = Vec::new();
-    let host_labels = BTreeMap::new();
+    let silences = active_silences(state).await?;
+    let host_labels: BTreeMap<String, BTreeMap<String, String>> = if silences.iter().any(|s| !s.labels.is_empty()) {
+        state
+            .store()
+            .list_hosts()
+            .await?
+            .into_iter()
+            .map(|h| (h.name.0, h.labels.into_iter().collect()))
+            .collect()
+    } else {
+        BTreeMap::new()
+    };
     let hosts_down = BTreeSet::new();
     let systems_down = BTreeSet::new();
     let context = Context {
@@ -365,4 +475,162 @@ pub(crate) async fn ack(
     state.store().append_events(vec![event]).await?;
     state.written();
     Ok(axum::Json(alert))
+}
+
+/// Keep matching alerts from notifying until a time: by system, check, host or host labels (at
+/// least one). The silence is on the timeline, and so is every notification it holds back.
+#[utoipa::path(post, path = "/v1/silences", request_body = endstate_api::CreateSilence,
+    responses((status = 201, body = Object), (status = 400, body = endstate_api::Problem)),
+    security(("bearer" = [])))]
+pub(crate) async fn create_silence(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    axum::Extension(actor): axum::Extension<crate::auth::Actor>,
+    crate::routes::JsonBody(request): crate::routes::JsonBody<endstate_api::CreateSilence>,
+) -> Result<(axum::http::StatusCode, axum::Json<alerts::Silence>), ApiError> {
+    let system = request.system.clone().or_else(|| {
+        request
+            .check
+            .as_ref()
+            .and_then(|c| c.split_once('/').map(|(s, _)| s.to_owned()))
+    });
+    crate::auth::authorize(&actor, crate::auth::Verb::Write, system.as_deref())?;
+    let now = crate::now_ms();
+    if request.system.is_none() && request.check.is_none() && request.host.is_none() && request.labels.is_empty() {
+        return Err(ApiError::bad_field(
+            "system",
+            "a silence needs at least one of system, check, host or labels (it would silence everything)",
+        ));
+    }
+    if let Some(check) = &request.check
+        && !check.contains('/')
+    {
+        return Err(ApiError::bad_field(
+            "check",
+            format!("found {check:?}; expected system/check"),
+        ));
+    }
+    let reason = request.reason.trim();
+    if reason.is_empty() || reason.len() > 4096 {
+        return Err(ApiError::bad_field(
+            "reason",
+            format!("is {} bytes; say why, in at most 4096", reason.len()),
+        ));
+    }
+    let ends_ms = match request.until.parse::<jiff::Timestamp>() {
+        Ok(ts) => ts.as_millisecond(),
+        Err(_) => match endstate_spec::Duration::parse(&request.until) {
+            Ok(ahead) => now.saturating_add(i64::try_from(ahead.as_std().as_millis()).unwrap_or(i64::MAX)),
+            Err(why) => {
+                return Err(ApiError::bad_field(
+                    "until",
+                    format!(
+                        "{:?} is neither an RFC 3339 time nor a duration like 30m or 2h ({why})",
+                        request.until
+                    ),
+                ));
+            }
+        },
+    };
+    if ends_ms <= now {
+        return Err(ApiError::bad_field(
+            "until",
+            format!("{} is in the past: a silence must end after now", request.until),
+        ));
+    }
+    if ends_ms - now > MAX_SILENCE_MS {
+        return Err(ApiError::bad_field(
+            "until",
+            "is more than 30 days ahead; silence for less, and renew",
+        ));
+    }
+    if active_silences(&state).await?.len() >= MAX_SILENCES {
+        return Err(ApiError::Unavailable(format!(
+            "{MAX_SILENCES} silences are active; remove some first"
+        )));
+    }
+    let id = state.monitor().next_silence_id();
+    let silence = alerts::Silence {
+        id,
+        system: request.system.clone(),
+        check: request.check.clone(),
+        host: request.host.clone(),
+        labels: request.labels.clone(),
+        starts_ms: now,
+        ends_ms,
+        reason: reason.to_owned(),
+        author: actor.name.clone(),
+    };
+    let scope = [
+        request.system.as_ref().map(|s| format!("system {s}")),
+        request.check.as_ref().map(|c| format!("check {c}")),
+        request.host.as_ref().map(|h| format!("host {h}")),
+        (!request.labels.is_empty()).then(|| {
+            let labels: Vec<String> = request.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            format!("hosts with {}", labels.join(","))
+        }),
+    ]
+    .into_iter()
+    .flatten()
+    .collect::<Vec<_>>()
+    .join(", ");
+    let until = jiff::Timestamp::from_millisecond(ends_ms)
+        .map(|t| t.to_string())
+        .unwrap_or_default();
+    let event = NewEvent {
+        systems: system.into_iter().collect(),
+        host: request.host.clone(),
+        actor: Some(actor.name.clone()),
+        data: serde_json::to_value(&silence).unwrap_or_default(),
+        ..NewEvent::new(
+            now,
+            "silence.created",
+            format!("silence {id} by {} of {scope} until {until}: {reason}", actor.name),
+        )
+    };
+    state.store().append_events(vec![event]).await?;
+    state.monitor().silences().push(silence.clone());
+    state.written();
+    Ok((axum::http::StatusCode::CREATED, axum::Json(silence)))
+}
+
+/// The active silences.
+#[utoipa::path(get, path = "/v1/silences", responses((status = 200, body = Object)), security(("bearer" = [])))]
+pub(crate) async fn list_silences(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    axum::Extension(actor): axum::Extension<crate::auth::Actor>,
+) -> Result<axum::Json<Vec<alerts::Silence>>, ApiError> {
+    crate::auth::authorize(&actor, crate::auth::Verb::Read, None)?;
+    Ok(axum::Json(active_silences(&state).await?))
+}
+
+/// Ends a silence now.
+#[utoipa::path(delete, path = "/v1/silences/{id}", params(("id" = u64, Path, description = "the silence")),
+    responses((status = 200, body = Object), (status = 404, body = endstate_api::Problem)),
+    security(("bearer" = [])))]
+pub(crate) async fn remove_silence(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    axum::Extension(actor): axum::Extension<crate::auth::Actor>,
+    crate::routes::Segment(id): crate::routes::Segment,
+) -> Result<axum::Json<alerts::Silence>, ApiError> {
+    let id: u64 = id
+        .parse()
+        .map_err(|_| ApiError::bad_field("id", format!("found {id:?}; expected a silence number")))?;
+    let found = state.monitor().silences().iter().find(|s| s.id == id).cloned();
+    let silence = found.ok_or_else(|| ApiError::NotFound(format!("no active silence {id}")))?;
+    crate::auth::authorize(&actor, crate::auth::Verb::Write, silence.system.as_deref())?;
+    state.monitor().silences().retain(|s| s.id != id);
+    let event = NewEvent {
+        systems: silence.system.iter().cloned().collect(),
+        host: silence.host.clone(),
+        actor: Some(actor.name.clone()),
+        data: serde_json::json!({ "id": id }),
+        ..NewEvent::new(
+            crate::now_ms(),
+            "silence.removed",
+            format!("silence {id} removed by {}", actor.name),
+        )
+    };
+    state.store().append_events(vec![event]).await?;
+    state.written();
+    Ok(axum::Json(silence))
 }

@@ -227,4 +227,97 @@ fn a_stopped_service_raises_an_alert_seen_in_alerts_the_timeline_and_a_webhook_t
         })
         .collect();
     assert!(others.is_empty(), "{others:#?}");
+
+    // A silence on dev-b: its web instance stops answering too, the alert opens, marked silenced,
+    // and nobody is notified; the timeline says what was held back and why.
+    let past = run(
+        &[
+            "silence",
+            "--host",
+            "dev-b",
+            "--for",
+            "2020-01-01T00:00:00Z",
+            "--reason",
+            "x",
+        ],
+        &config,
+    );
+    assert_eq!(past.status.code(), Some(2), "{}", text(&past.stderr));
+    assert!(
+        text(&past.stderr).contains("until: 2020-01-01T00:00:00Z is in the past"),
+        "{}",
+        text(&past.stderr)
+    );
+    let everything = run(&["silence", "--for", "1h", "--reason", "x"], &config);
+    assert_eq!(everything.status.code(), Some(2), "a silence of everything is refused");
+    let silence = run(
+        &[
+            "silence",
+            "--check",
+            "storefront/web-plugin",
+            "--host",
+            "dev-b",
+            "--for",
+            "10m",
+            "--reason",
+            "replacing dev-b's disk",
+        ],
+        &config,
+    );
+    assert!(silence.status.success(), "{}", text(&silence.stderr));
+    let silences = text(&run(&["silences"], &config).stdout);
+    assert!(
+        silences.contains("host dev-b") && silences.contains("replacing dev-b's disk"),
+        "{silences}"
+    );
+    received.lock().unwrap().clear();
+    let quiet_target = "storefront/web#0@dev-b";
+    let pattern = format!("{}/agents/b/versions/storefront/web/", data.display());
+    let pids: Vec<i32> = pgrep(&pattern).into_iter().filter(|p| alive(*p)).collect();
+    assert_eq!(pids.len(), 1, "one web process on dev-b: {pids:?}");
+    let quiet = Pid::from_raw(pids[0]);
+    kill(quiet, Signal::SIGSTOP).unwrap();
+    let suppressed = wait_for(
+        "the silenced alert to be held back",
+        || {
+            events(&config, "alert.suppressed")
+                .into_iter()
+                .find(|e| after(e) && e["data"]["key"]["target"] == quiet_target)
+        },
+        || timeline("check.,alert.,silence."),
+    );
+    assert!(
+        suppressed["summary"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("replacing dev-b's disk"),
+        "{suppressed:#}"
+    );
+    let listed = text(&run(&["alerts"], &config).stdout);
+    assert!(listed.contains(quiet_target) && listed.contains("silenced"), "{listed}");
+    kill(quiet, Signal::SIGCONT).unwrap();
+    wait_for(
+        "the silenced alert to resolve",
+        || {
+            events(&config, "alert.resolved")
+                .into_iter()
+                .find(|e| after(e) && e["data"]["key"]["target"] == quiet_target)
+        },
+        || timeline("check.,alert."),
+    );
+    let heard: Vec<_> = received
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|n| n["alert"]["key"]["target"] == quiet_target)
+        .cloned()
+        .collect();
+    assert!(heard.is_empty(), "a silenced alert notifies nobody: {heard:#?}");
+    let id = serde_json::from_str::<serde_json::Value>(&text(&run(&["silences", "-o", "json"], &config).stdout))
+        .unwrap()["id"]
+        .as_u64()
+        .unwrap();
+    let ended = run(&["unsilence", &id.to_string()], &config);
+    assert!(ended.status.success(), "{}", text(&ended.stderr));
+    assert!(text(&run(&["silences"], &config).stdout).contains("No active silences"));
 }
