@@ -45,6 +45,8 @@ pub struct MonitorConfig {
 /// The server's monitoring state.
 pub(crate) struct Monitor {
     engine: Mutex<Engine>,
+    /// Alerts received from Alertmanager (hard at once: Prometheus already waited `for`).
+    external: Mutex<Engine>,
     /// Active silences (rebuilt from the timeline's `silence.*` events at start).
     silences: Mutex<Vec<alerts::Silence>>,
     next_silence: std::sync::atomic::AtomicU64,
@@ -71,6 +73,7 @@ impl Monitor {
             .unwrap_or_default();
         Monitor {
             engine: Mutex::new(Engine::default()),
+            external: Mutex::new(Engine::new(1)),
             silences: Mutex::new(Vec::new()),
             next_silence: std::sync::atomic::AtomicU64::new(1),
             config,
@@ -78,14 +81,22 @@ impl Monitor {
         }
     }
 
-    /// The open alerts, by check and target.
+    /// The open alerts, by check and target: the agents' checks', then Alertmanager's.
     pub(crate) fn alerts(&self) -> Vec<Alert> {
-        self.engine().alerts().cloned().collect()
+        let mut alerts: Vec<Alert> = self.engine().alerts().cloned().collect();
+        alerts.extend(self.external().alerts().cloned());
+        alerts
     }
 
     /// Acknowledges the open alert of `key`.
     pub(crate) fn ack(&self, key: &CheckKey, ack: alerts::Ack) -> Option<Alert> {
-        self.engine().ack(key, ack)
+        self.engine()
+            .ack(key, ack.clone())
+            .or_else(|| self.external().ack(key, ack))
+    }
+
+    fn external(&self) -> std::sync::MutexGuard<'_, Engine> {
+        self.external.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn engine(&self) -> std::sync::MutexGuard<'_, Engine> {
@@ -201,6 +212,51 @@ fn status_of(code: u8) -> Status {
 /// Feeds an agent's check results (already stored and acknowledged) to the engine, and writes
 /// and sends what it decides.
 pub(crate) async fn ingest(state: &AppState, host: &str, results: Vec<(i64, CheckResult)>) -> Result<(), ApiError> {
+    let results = results
+        .into_iter()
+        .map(|(at, result)| {
+            let system = result
+                .name
+                .split_once('/')
+                .map_or(result.name.as_str(), |(s, _)| s)
+                .to_owned();
+            let target = if result.target.is_empty() {
+                host.to_owned()
+            } else {
+                result.target.clone()
+            };
+            let observed = alerts::CheckResult {
+                key: CheckKey {
+                    check: result.name.clone(),
+                    target,
+                },
+                host: host.to_owned(),
+                system,
+                status: status_of(result.status),
+                message: result.output.lines().next().unwrap_or_default().to_owned(),
+                at_ms: at,
+            };
+            (observed, result.perfdata)
+        })
+        .collect();
+    process(state, Source::Agent(host), results).await
+}
+
+/// Where results come from.
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    /// An agent: results of checks, soft before hard.
+    Agent(&'a str),
+    /// Alertmanager: every firing alert is already hard.
+    Alertmanager,
+}
+
+/// Runs results through the engine of their source; writes and sends what it decides.
+async fn process(
+    state: &AppState,
+    source: Source<'_>,
+    results: Vec<(alerts::CheckResult, String)>,
+) -> Result<(), ApiError> {
     if results.is_empty() {
         return Ok(());
     }
@@ -227,42 +283,31 @@ pub(crate) async fn ingest(state: &AppState, host: &str, results: Vec<(i64, Chec
     };
     let mut effects = Vec::new();
     {
-        let mut engine = monitor.engine();
-        for (at, result) in results {
-            let system = result
-                .name
-                .split_once('/')
-                .map_or(result.name.as_str(), |(s, _)| s)
-                .to_owned();
-            let target = if result.target.is_empty() {
-                host.to_owned()
-            } else {
-                result.target.clone()
-            };
-            let message = result.output.lines().next().unwrap_or_default().to_owned();
-            let observed = alerts::CheckResult {
-                key: CheckKey {
-                    check: result.name.clone(),
-                    target,
-                },
-                host: host.to_owned(),
-                system,
-                status: status_of(result.status),
-                message,
-                at_ms: at,
-            };
-            let perfdata = result.perfdata.clone();
-            for effect in engine.observe(observed, &context) {
-                effects.push((at, effect, perfdata.clone()));
+        let mut engine = match source {
+            Source::Agent(_) => monitor.engine(),
+            Source::Alertmanager => monitor.external(),
+        };
+        for (result, perfdata) in results {
+            let (at, host) = (result.at_ms, result.host.clone());
+            for effect in engine.observe(result, &context) {
+                effects.push((at, host.clone(), effect, perfdata.clone()));
             }
         }
     }
+    let actor = match source {
+        Source::Agent(host) => format!("agent:{host}"),
+        Source::Alertmanager => "alertmanager".to_owned(),
+    };
     let mut events = Vec::new();
-    for (at, effect, perfdata) in effects {
+    for (at, host, effect, perfdata) in effects {
         if let Effect::Notify { alert, reason } = &effect {
             notify(state, alert.clone(), reason.clone());
         }
-        if let Some(event) = event_of(host, at, &effect, &perfdata) {
+        if let Some(mut event) = event_of(&host, at, &effect, &perfdata) {
+            event.actor = Some(actor.clone());
+            if host.is_empty() {
+                event.host = None;
+            }
             events.push(event);
         }
     }
@@ -633,4 +678,101 @@ pub(crate) async fn remove_silence(
     state.store().append_events(vec![event]).await?;
     state.written();
     Ok(axum::Json(silence))
+}
+
+/// Most alerts in one Alertmanager notification.
+const MAX_EXTERNAL_ALERTS: usize = 1000;
+
+/// An Alertmanager webhook receiver (the `webhook_config` payload, version 4): every alert of
+/// the group becomes a result of the check `alertmanager/<alertname>` on its `instance` (else
+/// its fingerprint): `firing` is critical (`warning` or `info` severity: warning), `resolved`
+/// is ok. It is then an alert like any other: in `endstate alerts`, on the timeline of the
+/// system its `system` (or `endstate_system`) label names, silenced and notified the same way.
+/// Point Alertmanager at it with `http_config.authorization` carrying an endstate token.
+#[utoipa::path(post, path = "/v1/alertmanager", request_body = Object,
+    responses((status = 200, body = Object), (status = 400, body = endstate_api::Problem)),
+    security(("bearer" = [])))]
+pub(crate) async fn alertmanager(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    axum::Extension(actor): axum::Extension<crate::auth::Actor>,
+    crate::routes::JsonBody(body): crate::routes::JsonBody<serde_json::Value>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    crate::auth::authorize(&actor, crate::auth::Verb::Write, None)?;
+    let Some(list) = body.get("alerts").and_then(serde_json::Value::as_array) else {
+        return Err(ApiError::bad_field(
+            "alerts",
+            "missing or not a list: expected Alertmanager's webhook payload (version 4)",
+        ));
+    };
+    if list.len() > MAX_EXTERNAL_ALERTS {
+        return Err(ApiError::bad_field(
+            "alerts",
+            format!("{} alerts; at most {MAX_EXTERNAL_ALERTS} per request", list.len()),
+        ));
+    }
+    let now = crate::now_ms();
+    let mut results = Vec::with_capacity(list.len());
+    for (i, alert) in list.iter().enumerate() {
+        let field = |name: &str| -> Result<&str, ApiError> {
+            alert.pointer(name).and_then(serde_json::Value::as_str).ok_or_else(|| {
+                ApiError::bad_field(format!("alerts[{i}]{}", name.replace('/', ".")), "missing or not text")
+            })
+        };
+        let name = field("/labels/alertname")?;
+        let firing = match field("/status")? {
+            "firing" => true,
+            "resolved" => false,
+            other => {
+                return Err(ApiError::bad_field(
+                    format!("alerts[{i}].status"),
+                    format!("found {other:?}; expected firing or resolved"),
+                ));
+            }
+        };
+        let label = |key: &str| {
+            alert
+                .pointer(&format!("/labels/{key}"))
+                .and_then(serde_json::Value::as_str)
+        };
+        let annotation = |key: &str| {
+            alert
+                .pointer(&format!("/annotations/{key}"))
+                .and_then(serde_json::Value::as_str)
+        };
+        let target = label("instance")
+            .or_else(|| alert.get("fingerprint").and_then(serde_json::Value::as_str))
+            .unwrap_or("alertmanager")
+            .to_owned();
+        let system = label("system")
+            .or_else(|| label("endstate_system"))
+            .unwrap_or("alertmanager")
+            .to_owned();
+        let host = label("endstate_host").unwrap_or_default().to_owned();
+        let status = match (firing, label("severity")) {
+            (false, _) => Status::Ok,
+            (true, Some("warning" | "info")) => Status::Warning,
+            (true, _) => Status::Critical,
+        };
+        let message = annotation("summary")
+            .or_else(|| annotation("description"))
+            .unwrap_or(name)
+            .to_owned();
+        results.push((
+            alerts::CheckResult {
+                key: CheckKey {
+                    check: format!("alertmanager/{name}"),
+                    target,
+                },
+                host,
+                system,
+                status,
+                message,
+                at_ms: now,
+            },
+            String::new(),
+        ));
+    }
+    let n = results.len();
+    process(&state, Source::Alertmanager, results).await?;
+    Ok(axum::Json(serde_json::json!({ "received": n })))
 }

@@ -20,6 +20,7 @@ use utoipa::{Modify, OpenApi};
         crate::changes::scale,
         crate::monitor::list_alerts,
         crate::monitor::ack,
+        crate::monitor::alertmanager,
         crate::monitor::create_silence,
         crate::monitor::list_silences,
         crate::monitor::remove_silence,

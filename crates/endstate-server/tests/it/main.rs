@@ -9,6 +9,7 @@ mod api;
 mod describe;
 mod fake_agent;
 mod history;
+mod monitoring;
 mod options;
 mod systems;
 mod timeline;

@@ -1,0 +1,117 @@
+//! Alertmanager's webhook payload, posted to a real server: its alerts become endstate alerts,
+//! on the list and on the timeline of the system they name, and resolve the same way.
+
+use endstate_client::TimelineQuery;
+
+use crate::TestServer;
+
+fn payload(status: &str, severity: &str) -> serde_json::Value {
+    serde_json::json!({
+        "version": "4",
+        "groupKey": "{}:{alertname=\"HighErrorRate\"}",
+        "status": status,
+        "receiver": "endstate",
+        "groupLabels": { "alertname": "HighErrorRate" },
+        "commonLabels": {},
+        "commonAnnotations": {},
+        "externalURL": "http://alertmanager.example:9093",
+        "alerts": [{
+            "status": status,
+            "labels": { "alertname": "HighErrorRate", "instance": "web-1:9100", "severity": severity, "system": "storefront" },
+            "annotations": { "summary": "5% of requests fail on web-1" },
+            "startsAt": "2026-11-22T10:00:00Z",
+            "endsAt": "0001-01-01T00:00:00Z",
+            "generatorURL": "http://prometheus.example:9090/graph",
+            "fingerprint": "c0ffee"
+        }]
+    })
+}
+
+async fn post(server: &TestServer, body: &serde_json::Value) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!("{}/v1/alertmanager", server.url))
+        .bearer_auth(&server.admin)
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn kinds(server: &TestServer) -> Vec<(String, String)> {
+    let page = server
+        .client()
+        .timeline(&TimelineQuery {
+            kind: Some("alert.".into()),
+            system: Some("storefront".into()),
+            ..TimelineQuery::default()
+        })
+        .await
+        .unwrap();
+    page.items.into_iter().map(|e| (e.kind, e.summary)).collect()
+}
+
+#[tokio::test]
+async fn an_alertmanager_alert_is_an_endstate_alert_until_it_resolves() {
+    let server = TestServer::start().await;
+    let response = post(&server, &payload("firing", "critical")).await;
+    assert_eq!(response.status(), 200, "{:?}", response.text().await);
+    let alerts = server.client().alerts().await.unwrap();
+    assert_eq!(alerts.len(), 1, "{alerts:#?}");
+    assert_eq!(alerts[0]["key"]["check"], "alertmanager/HighErrorRate");
+    assert_eq!(alerts[0]["key"]["target"], "web-1:9100");
+    assert_eq!(alerts[0]["status"], "critical");
+    assert_eq!(alerts[0]["message"], "5% of requests fail on web-1");
+    let seen = kinds(&server).await;
+    assert_eq!(seen.len(), 1, "{seen:#?}");
+    assert_eq!(seen[0].0, "alert.opened");
+    assert!(
+        seen[0].1.contains("alertmanager/HighErrorRate on web-1:9100: critical"),
+        "{seen:#?}"
+    );
+
+    // Sent again (Alertmanager repeats), nothing new; resolved, it closes.
+    post(&server, &payload("firing", "critical")).await;
+    assert_eq!(kinds(&server).await.len(), 1);
+    post(&server, &payload("resolved", "critical")).await;
+    assert!(server.client().alerts().await.unwrap().is_empty());
+    let seen = kinds(&server).await;
+    assert_eq!(
+        seen.first().map(|(k, _)| k.as_str()),
+        Some("alert.resolved"),
+        "{seen:#?}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_malformed_alertmanager_payload_is_refused_by_field() {
+    let server = TestServer::start().await;
+    for (body, field) in [
+        (serde_json::json!({ "version": "4" }), "alerts"),
+        (
+            serde_json::json!({ "alerts": [{ "status": "firing", "labels": {} }] }),
+            "alerts[0].labels.alertname",
+        ),
+        (
+            serde_json::json!({ "alerts": [{ "status": "odd", "labels": { "alertname": "A" } }] }),
+            "alerts[0].status",
+        ),
+    ] {
+        let response = post(&server, &body).await;
+        assert_eq!(response.status(), 400);
+        let problem: endstate_api::Problem = response.json().await.unwrap();
+        assert_eq!(problem.errors[0].field, field, "{problem:?}");
+    }
+    assert!(
+        server.client().alerts().await.unwrap().is_empty(),
+        "nothing half-stored"
+    );
+    let unauthenticated = reqwest::Client::new()
+        .post(format!("{}/v1/alertmanager", server.url))
+        .json(&payload("firing", "critical"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthenticated.status(), 401);
+    server.stop().await;
+}
