@@ -49,8 +49,14 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/alerts", get(crate::monitor::list_alerts))
         .route("/v1/alerts/ack", post(crate::monitor::ack))
         .route("/v1/alertmanager", post(crate::monitor::alertmanager))
-        .route("/v1/silences", post(crate::monitor::create_silence).get(crate::monitor::list_silences))
-        .route("/v1/silences/{id}", axum::routing::delete(crate::monitor::remove_silence))
+        .route(
+            "/v1/silences",
+            post(crate::monitor::create_silence).get(crate::monitor::list_silences),
+        )
+        .route(
+            "/v1/silences/{id}",
+            axum::routing::delete(crate::monitor::remove_silence),
+        )
         .route("/v1/components/{system}/{name}/scale", post(crate::changes::scale))
         .route("/v1/instances", get(list_instances))
         .route("/v1/hosts", get(list_hosts))
