@@ -242,6 +242,32 @@ pub(crate) async fn ingest(state: &AppState, host: &str, results: Vec<(i64, Chec
     process(state, Source::Agent(host), results).await
 }
 
+/// The check every host has: its agent's keepalives.
+pub(crate) const KEEPALIVE: &str = "endstate/keepalive";
+
+/// A host's keepalive as a check: critical when the server declared it unreachable, ok when it
+/// is back. While its alert is open, the host is down: alerts about it are consequences.
+pub(crate) async fn keepalive(
+    state: &AppState,
+    host: &str,
+    reachable: bool,
+    reason: &str,
+    systems: &[String],
+) -> Result<(), ApiError> {
+    let result = alerts::CheckResult {
+        key: CheckKey {
+            check: KEEPALIVE.to_owned(),
+            target: host.to_owned(),
+        },
+        host: host.to_owned(),
+        system: systems.first().cloned().unwrap_or_else(|| "endstate".to_owned()),
+        status: if reachable { Status::Ok } else { Status::Critical },
+        message: reason.to_owned(),
+        at_ms: crate::now_ms(),
+    };
+    process(state, Source::Server, vec![(result, String::new())]).await
+}
+
 /// Where results come from.
 #[derive(Clone, Copy)]
 enum Source<'a> {
@@ -249,6 +275,8 @@ enum Source<'a> {
     Agent(&'a str),
     /// Alertmanager: every firing alert is already hard.
     Alertmanager,
+    /// The server itself (keepalives): hard at once, the liveness rule already waited.
+    Server,
 }
 
 /// Runs results through the engine of their source; writes and sends what it decides.
@@ -273,7 +301,13 @@ async fn process(
     } else {
         BTreeMap::new()
     };
-    let hosts_down = BTreeSet::new();
+    // Hosts whose keepalive alert is open are down.
+    let hosts_down: BTreeSet<String> = monitor
+        .external()
+        .alerts()
+        .filter(|a| a.key.check == KEEPALIVE)
+        .map(|a| a.key.target.clone())
+        .collect();
     let systems_down = BTreeSet::new();
     let context = Context {
         silences: &silences,
@@ -285,7 +319,7 @@ async fn process(
     {
         let mut engine = match source {
             Source::Agent(_) => monitor.engine(),
-            Source::Alertmanager => monitor.external(),
+            Source::Alertmanager | Source::Server => monitor.external(),
         };
         for (result, perfdata) in results {
             let (at, host) = (result.at_ms, result.host.clone());
@@ -297,6 +331,7 @@ async fn process(
     let actor = match source {
         Source::Agent(host) => format!("agent:{host}"),
         Source::Alertmanager => "alertmanager".to_owned(),
+        Source::Server => "server".to_owned(),
     };
     let mut events = Vec::new();
     for (at, host, effect, perfdata) in effects {

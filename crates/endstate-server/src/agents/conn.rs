@@ -765,6 +765,16 @@ async fn record_hello(
         .set_agent_reachable(name, true, Some(serial.to_owned()), events)
         .await?;
     state.written();
+    if was_reachable == Some(false) {
+        crate::monitor::keepalive(
+            state,
+            &name.0,
+            true,
+            &format!("reachable again (agent {})", hello.agent_version),
+            &[],
+        )
+        .await?;
+    }
     Ok(())
 }
 

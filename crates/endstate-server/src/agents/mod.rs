@@ -593,7 +593,7 @@ pub(crate) async fn mark_unreachable(state: &AppState, hub: &Hub, host: &str, re
         .await?;
     let systems: Vec<String> = instances.iter().map(|i| i.system.clone()).collect();
     let event = NewEvent {
-        systems,
+        systems: systems.clone(),
         host: Some(host.to_owned()),
         actor: Some("server".into()),
         data: serde_json::json!({ "reason": reason, "instances": instances.len() }),
@@ -610,6 +610,7 @@ pub(crate) async fn mark_unreachable(state: &AppState, hub: &Hub, host: &str, re
         .store()
         .set_agent_reachable(&name, false, None, vec![event])
         .await?;
+    crate::monitor::keepalive(state, host, false, &format!("unreachable: {reason}"), &systems).await?;
     let transitions: Vec<InstanceTransition> = instances
         .iter()
         .map(|i| InstanceTransition {

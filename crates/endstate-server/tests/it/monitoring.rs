@@ -115,3 +115,67 @@ async fn a_malformed_alertmanager_payload_is_refused_by_field() {
     assert_eq!(unauthenticated.status(), 401);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_host_that_goes_down_alerts_once_and_what_fails_on_it_is_a_consequence() {
+    crate::fake_agent::install_crypto();
+    let server =
+        TestServer::start_with_agents(|config| config.agents.keepalive_interval = std::time::Duration::from_secs(10))
+            .await;
+    let identity = crate::fake_agent::enrol(&server, "web-1", &[]).await;
+    let agent = crate::fake_agent::FakeAgent::join(&identity).await;
+    crate::fake_agent::wait_for_liveness(&server, "web-1", "reachable").await;
+    assert!(
+        server.client().alerts().await.unwrap().is_empty(),
+        "a reachable host raises nothing"
+    );
+
+    agent.close().await;
+    crate::fake_agent::wait_for_liveness(&server, "web-1", "unreachable").await;
+    let deadline = tokio::time::Instant::now() + crate::fake_agent::WAIT;
+    let keepalive = loop {
+        let alerts = server.client().alerts().await.unwrap();
+        if let Some(alert) = alerts.iter().find(|a| a["key"]["check"] == "endstate/keepalive") {
+            break alert.clone();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{alerts:#?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(keepalive["key"]["target"], "web-1");
+    assert_eq!(keepalive["status"], "critical");
+
+    // What fails on the down host does not page on its own.
+    let mut about_it = payload("firing", "critical");
+    about_it["alerts"][0]["labels"]["endstate_host"] = "web-1".into();
+    assert_eq!(post(&server, &about_it).await.status(), 200);
+    let alerts = server.client().alerts().await.unwrap();
+    let consequence = alerts
+        .iter()
+        .find(|a| a["key"]["check"] == "alertmanager/HighErrorRate")
+        .unwrap();
+    assert_eq!(consequence["consequence_of"], "host web-1 is down", "{consequence:#?}");
+    let suppressed = kinds(&server).await;
+    assert!(
+        suppressed
+            .iter()
+            .any(|(k, s)| k == "alert.suppressed" && s.contains("a consequence: host web-1 is down")),
+        "{suppressed:#?}"
+    );
+
+    // Back, the keepalive alert resolves.
+    let _agent = crate::fake_agent::FakeAgent::join(&identity).await;
+    crate::fake_agent::wait_for_liveness(&server, "web-1", "reachable").await;
+    let deadline = tokio::time::Instant::now() + crate::fake_agent::WAIT;
+    while server
+        .client()
+        .alerts()
+        .await
+        .unwrap()
+        .iter()
+        .any(|a| a["key"]["check"] == "endstate/keepalive")
+    {
+        assert!(tokio::time::Instant::now() < deadline, "the keepalive alert stays open");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    server.stop().await;
+}
