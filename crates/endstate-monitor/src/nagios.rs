@@ -37,6 +37,16 @@ impl Status {
         }
     }
 
+    /// The Nagios code: ok 0, warning 1, critical 2, unknown 3.
+    pub fn severity_code(self) -> u8 {
+        match self {
+            Status::Ok => 0,
+            Status::Warning => 1,
+            Status::Critical => 2,
+            Status::Unknown => 3,
+        }
+    }
+
     /// How bad: ok 0, warning 1, unknown 2, critical 3.
     pub fn severity_rank(self) -> u8 {
         match self {
@@ -244,6 +254,15 @@ fn items(text: &str) -> Vec<String> {
     out
 }
 
+/// Reads performance data alone (what follows `|`): the data that could be read, and a note for
+/// each item that could not.
+pub fn perfdata(text: &str) -> (Vec<PerfDatum>, Vec<String>) {
+    let mut out = Vec::new();
+    let mut notes = Vec::new();
+    parse_perfdata(text, &mut out, &mut notes);
+    (out, notes)
+}
+
 fn parse_perfdata(text: &str, out: &mut Vec<PerfDatum>, notes: &mut Vec<String>) {
     for item in items(text) {
         match parse_datum(&item) {
@@ -402,6 +421,16 @@ mod tests {
         assert!(out.message.len() <= MAX_MESSAGE_BYTES);
         assert!(out.message.chars().all(|c| c == 'é'));
         assert_eq!(out.notes, [format!("message cut to {MAX_MESSAGE_BYTES} bytes")]);
+    }
+
+    #[test]
+    fn perfdata_alone() {
+        let (data, notes) = perfdata("time=0.5s size=10B bad");
+        assert_eq!(
+            data.iter().map(|d| (d.label.as_str(), d.value)).collect::<Vec<_>>(),
+            [("time", 0.5), ("size", 10.0)]
+        );
+        assert_eq!(notes.len(), 1);
     }
 
     #[test]

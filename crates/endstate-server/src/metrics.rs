@@ -23,6 +23,20 @@ pub(crate) struct StateLabels {
     pub(crate) state: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct CheckLabels {
+    pub(crate) check: String,
+    pub(crate) target: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct PerfLabels {
+    pub(crate) check: String,
+    pub(crate) target: String,
+    pub(crate) label: String,
+    pub(crate) unit: String,
+}
+
 /// Every metric the server exports.
 #[derive(Debug)]
 pub(crate) struct Metrics {
@@ -33,6 +47,10 @@ pub(crate) struct Metrics {
     pub(crate) revisions_refused: Counter,
     pub(crate) change_transitions: Family<StateLabels, Counter>,
     pub(crate) open_changes: Gauge,
+    /// The last status of every check on every target: 0 ok, 1 warning, 2 critical, 3 unknown.
+    pub(crate) check_status: Family<CheckLabels, Gauge>,
+    /// The last performance data of every check on every target, as the plugin gave it.
+    pub(crate) check_perfdata: Family<PerfLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
 }
 
 fn request_histogram() -> Histogram {
@@ -76,8 +94,22 @@ impl Metrics {
             "Changes not yet terminal",
             open_changes.clone(),
         );
+        let check_status = Family::<CheckLabels, Gauge>::default();
+        let check_perfdata = Family::<PerfLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "endstate_check_status",
+            "The last status of a check on a target (0 ok, 1 warning, 2 critical, 3 unknown)",
+            check_status.clone(),
+        );
+        registry.register(
+            "endstate_check_perfdata",
+            "The last performance data of a check on a target, in the plugin's unit",
+            check_perfdata.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
+            check_status,
+            check_perfdata,
             requests,
             request_seconds,
             revisions_submitted,

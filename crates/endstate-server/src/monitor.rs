@@ -238,7 +238,28 @@ pub(crate) async fn ingest(state: &AppState, host: &str, results: Vec<(i64, Chec
             };
             (observed, result.perfdata)
         })
-        .collect();
+        .collect::<Vec<_>>();
+    // The last status and performance data of each, for Prometheus to scrape.
+    let metrics = state.metrics();
+    for (result, perfdata) in &results {
+        let labels = crate::metrics::CheckLabels {
+            check: result.key.check.clone(),
+            target: result.key.target.clone(),
+        };
+        metrics
+            .check_status
+            .get_or_create(&labels)
+            .set(i64::from(result.status.severity_code()));
+        for datum in endstate_monitor::nagios::perfdata(perfdata).0 {
+            let labels = crate::metrics::PerfLabels {
+                check: labels.check.clone(),
+                target: labels.target.clone(),
+                label: datum.label,
+                unit: datum.unit.unwrap_or_default(),
+            };
+            metrics.check_perfdata.get_or_create(&labels).set(datum.value);
+        }
+    }
     process(state, Source::Agent(host), results).await
 }
 

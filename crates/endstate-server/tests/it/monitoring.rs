@@ -179,3 +179,94 @@ async fn a_host_that_goes_down_alerts_once_and_what_fails_on_it_is_a_consequence
     }
     server.stop().await;
 }
+
+/// A `check` observation of the disk check on `web-1`.
+fn disk_result(seq: u64, status: u8, output: &str, perfdata: &str) -> endstate_agent_proto::Observation {
+    endstate_agent_proto::Observation {
+        seq,
+        at_unix_ms: u64::try_from(crate::fake_agent::now_ms()).unwrap(),
+        observed: endstate_agent_proto::Observed::Check(endstate_agent_proto::CheckResult {
+            name: "platform/disk".into(),
+            target: "web-1".into(),
+            duration_ms: 15,
+            status,
+            output: output.into(),
+            perfdata: perfdata.into(),
+        }),
+    }
+}
+
+#[tokio::test]
+async fn agent_check_results_become_statuses_alerts_and_metrics() {
+    crate::fake_agent::install_crypto();
+    let server =
+        TestServer::start_with_agents(|config| config.agents.keepalive_interval = std::time::Duration::from_secs(10))
+            .await;
+    let identity = crate::fake_agent::enrol(&server, "web-1", &[]).await;
+    let mut agent = crate::fake_agent::FakeAgent::join(&identity).await;
+    let send = |results: Vec<endstate_agent_proto::Observation>| {
+        endstate_agent_proto::FromAgent::Observations(endstate_agent_proto::Observations { observations: results })
+    };
+    agent
+        .send(&send(vec![disk_result(
+            1,
+            0,
+            "DISK OK - free 60%",
+            "/=40%;80;90;0;100",
+        )]))
+        .await;
+    // One warning is soft; the second in a row opens the alert.
+    agent
+        .send(&send(vec![disk_result(
+            2,
+            1,
+            "DISK WARNING - free 15%",
+            "/=85%;80;90;0;100",
+        )]))
+        .await;
+    let statuses = crate::fake_agent::wait_for_event(&server, "check.status", Some("web-1"), |e| {
+        e.summary.contains("ok -> warning")
+    })
+    .await;
+    assert!(
+        statuses.summary.contains("check platform/disk on web-1"),
+        "{statuses:?}"
+    );
+    assert!(
+        server.client().alerts().await.unwrap().is_empty(),
+        "one warning is soft"
+    );
+    agent
+        .send(&send(vec![disk_result(
+            3,
+            1,
+            "DISK WARNING - free 14%",
+            "/=86%;80;90;0;100",
+        )]))
+        .await;
+    let opened = crate::fake_agent::wait_for_event(&server, "alert.opened", Some("web-1"), |_| true).await;
+    assert!(
+        opened.summary.contains("warning: DISK WARNING - free 14%"),
+        "{opened:?}"
+    );
+
+    // The last status and performance data, for Prometheus.
+    let metrics = reqwest::Client::new()
+        .get(format!("{}/metrics", server.url))
+        .bearer_auth(&server.admin)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"endstate_check_status{check="platform/disk",target="web-1"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"endstate_check_perfdata{check="platform/disk",target="web-1",label="/",unit="%"} 86"#),
+        "{metrics}"
+    );
+    server.stop().await;
+}
