@@ -195,6 +195,16 @@ pub(crate) enum Command {
     },
     /// The active silences.
     Silences,
+    /// What needs a person (unacknowledged, flapping, silenced alerts, silences ending within the
+    /// hour) and what fired in a period: for how long, time to acknowledge and to resolve.
+    Review {
+        /// The period: from this time (RFC 3339 or a duration back, e.g. 24h; default 7d).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only this system.
+        #[arg(long)]
+        system: Option<String>,
+    },
     /// End a silence now.
     Unsilence {
         /// The silence's number.

@@ -634,6 +634,88 @@ pub(crate) async fn silence(
     Ok(Outcome::Success)
 }
 
+/// `endstate review`
+pub(crate) async fn review(global: &Global, since: Option<&str>, system: Option<&str>) -> anyhow::Result<Outcome> {
+    let client = client(global)?;
+    let review = match refused_or(client.review(since, system)).await? {
+        Ok(review) => review,
+        Err(outcome) => return Ok(outcome),
+    };
+    if global.output == Output::Json {
+        print_json(&review)?;
+        return Ok(Outcome::Success);
+    }
+    let word = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+    let time = |v: &serde_json::Value| {
+        v.as_i64()
+            .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
+            .map(|t| t.to_string())
+            .unwrap_or_else(|| "-".into())
+    };
+    let took = |v: &serde_json::Value| {
+        v.as_i64()
+            .map(|ms| format!("{}s", ms / 1000))
+            .unwrap_or_else(|| "-".into())
+    };
+    println!(
+        "Review from {} to {}",
+        time(&review["since_ms"]),
+        time(&review["until_ms"])
+    );
+    for (title, key) in [
+        ("Needs a person (open, unacknowledged)", "unacknowledged"),
+        ("Flapping", "flapping"),
+        ("Silenced", "silenced"),
+    ] {
+        let list = review[key].as_array().cloned().unwrap_or_default();
+        println!("\n{title}: {}", list.len());
+        for alert in &list {
+            println!(
+                "  {:<8} {} on {} since {}: {}",
+                word(&alert["status"]).to_uppercase(),
+                word(&alert["key"]["check"]),
+                word(&alert["key"]["target"]),
+                time(&alert["opened_ms"]),
+                word(&alert["message"])
+            );
+        }
+    }
+    let expiring = review["expiring_silences"].as_array().cloned().unwrap_or_default();
+    println!("\nSilences ending within the hour: {}", expiring.len());
+    for s in &expiring {
+        println!("  {} until {}: {}", s["id"], time(&s["ends_ms"]), word(&s["reason"]));
+    }
+    let fired = review["fired"].as_array().cloned().unwrap_or_default();
+    let summary = &review["summary"];
+    println!(
+        "\nFired: {} (acknowledged {}, resolved {}; median to acknowledge {}, to resolve {})",
+        summary["opened"],
+        summary["acknowledged"],
+        summary["resolved"],
+        took(&summary["median_to_ack_ms"]),
+        took(&summary["median_to_resolve_ms"])
+    );
+    for f in &fired {
+        let ack = match f["acknowledged_by"].as_str() {
+            Some(by) => format!("acked by {by} after {}", took(&f["to_ack_ms"])),
+            None => "never acked".into(),
+        };
+        let resolved = match f["to_resolve_ms"].as_i64() {
+            Some(_) => format!("resolved after {}", took(&f["to_resolve_ms"])),
+            None => "still open".into(),
+        };
+        println!(
+            "  {} {:<8} {} on {}: {ack}, {resolved}: {}",
+            time(&f["opened_ms"]),
+            word(&f["status"]).to_uppercase(),
+            word(&f["check"]),
+            word(&f["target"]),
+            word(&f["message"])
+        );
+    }
+    Ok(Outcome::Success)
+}
+
 /// `endstate silences`
 pub(crate) async fn silences(global: &Global) -> anyhow::Result<Outcome> {
     let client = client(global)?;

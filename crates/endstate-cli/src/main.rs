@@ -77,6 +77,7 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
             reason,
         } => commands::silence(global, system, check, host, &labels, until, reason).await,
         Command::Silences => commands::silences(global).await,
+        Command::Review { since, system } => commands::review(global, since.as_deref(), system.as_deref()).await,
         Command::Unsilence { id } => commands::unsilence(global, id).await,
         Command::Ack { check, target, message } => commands::ack(global, &check, &target, &message).await,
         Command::Scale {

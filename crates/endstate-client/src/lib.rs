@@ -289,6 +289,25 @@ impl Client {
         self.get("/v1/alerts").await
     }
 
+    /// The review queue and the report of a period (`since`: RFC 3339 or a duration back, default 7d).
+    ///
+    /// # Errors
+    /// As the server says.
+    pub async fn review(&self, since: Option<&str>, system: Option<&str>) -> Result<serde_json::Value, ClientError> {
+        let mut query = Vec::new();
+        if let Some(since) = since {
+            query.push(("since", since));
+        }
+        if let Some(system) = system {
+            query.push(("system", system));
+        }
+        self.send(
+            "/v1/review",
+            self.http.get(format!("{}/v1/review", self.base)).query(&query),
+        )
+        .await
+    }
+
     /// Creates a silence.
     ///
     /// # Errors

@@ -125,7 +125,8 @@ pub(crate) async fn load_silences(state: &AppState) -> Result<(), ApiError> {
     let now = crate::now_ms();
     let mut created: BTreeMap<u64, alerts::Silence> = BTreeMap::new();
     let mut highest = 0;
-    let mut after = None;
+    // `after` makes the store list oldest first: the order things happened in.
+    let mut after = Some(endstate_types::EventSeq(0));
     loop {
         let page = state
             .store()
@@ -831,4 +832,169 @@ pub(crate) async fn alertmanager(
     let n = results.len();
     process(&state, Source::Alertmanager, results).await?;
     Ok(axum::Json(serde_json::json!({ "received": n })))
+}
+
+/// `GET /v1/review` parameters.
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ReviewParams {
+    /// The period reported on: from this time (RFC 3339 or a duration back from now, default 7d).
+    since: Option<String>,
+    /// Only this system.
+    system: Option<String>,
+}
+
+/// One alert of the period, as the timeline has it.
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct Fired {
+    check: String,
+    target: String,
+    system: String,
+    status: String,
+    message: String,
+    opened_ms: i64,
+    acknowledged_by: Option<String>,
+    /// From opening to the first acknowledgement.
+    to_ack_ms: Option<i64>,
+    /// From opening to resolution.
+    to_resolve_ms: Option<i64>,
+}
+
+/// The review of a period: what needs a person now, and what fired.
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct Review {
+    since_ms: i64,
+    until_ms: i64,
+    /// Open alerts nobody acknowledged, not silenced and not consequences.
+    unacknowledged: Vec<Alert>,
+    /// Open alerts of checks that flap.
+    flapping: Vec<Alert>,
+    /// Open alerts kept quiet by a silence.
+    silenced: Vec<Alert>,
+    /// Silences ending within the hour: renew or let go.
+    expiring_silences: Vec<alerts::Silence>,
+    /// Every alert opened in the period, oldest first.
+    fired: Vec<Fired>,
+    /// Alerts opened in the period, acknowledged, resolved; median times to acknowledge and resolve.
+    summary: serde_json::Value,
+}
+
+/// The review queue and the report of a period, across systems or for one.
+#[utoipa::path(get, path = "/v1/review", params(ReviewParams), responses((status = 200, body = Object)), security(("bearer" = [])))]
+pub(crate) async fn review(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    axum::Extension(actor): axum::Extension<crate::auth::Actor>,
+    axum::extract::Query(params): axum::extract::Query<ReviewParams>,
+) -> Result<axum::Json<Review>, ApiError> {
+    crate::auth::authorize(&actor, crate::auth::Verb::Read, params.system.as_deref())?;
+    let now = crate::now_ms();
+    let since_ms = crate::routes::parse_time("since", params.since.as_deref().unwrap_or("7d"), now)?;
+    if since_ms >= now {
+        return Err(ApiError::bad_field("since", "is not in the past"));
+    }
+    if now - since_ms > 400 * 24 * 3600 * 1000 {
+        return Err(ApiError::bad_field("since", "reaches back more than 400 days"));
+    }
+    let in_scope = |system: &str| params.system.as_deref().is_none_or(|s| s == system);
+    let open: Vec<Alert> = state
+        .monitor()
+        .alerts()
+        .into_iter()
+        .filter(|a| in_scope(&a.system))
+        .collect();
+    let silences = active_silences(&state).await?;
+    let expiring_silences = silences
+        .into_iter()
+        .filter(|s| s.ends_ms - now <= 3600 * 1000)
+        .filter(|s| s.system.as_deref().is_none_or(&in_scope))
+        .collect();
+    // What fired in the period, from the timeline.
+    let mut fired: Vec<Fired> = Vec::new();
+    let mut open_index: BTreeMap<(String, String), usize> = BTreeMap::new();
+    // `after` makes the store list oldest first: the order things happened in.
+    let mut after = Some(endstate_types::EventSeq(0));
+    for _page in 0..50 {
+        let page = state
+            .store()
+            .query_events(&endstate_store::EventQuery {
+                kinds: Some(vec![
+                    "alert.opened".into(),
+                    "alert.acknowledged".into(),
+                    "alert.resolved".into(),
+                ]),
+                systems: params.system.clone().map(|s| vec![s]),
+                since_ms: Some(since_ms),
+                after,
+                limit: 1000,
+                ..endstate_store::EventQuery::default()
+            })
+            .await?;
+        for event in &page.items {
+            let Ok(alert) = serde_json::from_value::<Alert>(event.data.clone()) else {
+                continue;
+            };
+            let key = (alert.key.check.clone(), alert.key.target.clone());
+            match event.kind.as_str() {
+                "alert.opened" => {
+                    open_index.insert(key, fired.len());
+                    fired.push(Fired {
+                        check: alert.key.check.clone(),
+                        target: alert.key.target.clone(),
+                        system: alert.system.clone(),
+                        status: alert.status.as_str().to_owned(),
+                        message: alert.message.clone(),
+                        opened_ms: alert.opened_ms,
+                        acknowledged_by: None,
+                        to_ack_ms: None,
+                        to_resolve_ms: None,
+                    });
+                }
+                "alert.acknowledged" => {
+                    if let Some(entry) = open_index.get(&key).and_then(|i| fired.get_mut(*i))
+                        && entry.to_ack_ms.is_none()
+                    {
+                        entry.to_ack_ms = Some(event.time_ms - entry.opened_ms);
+                        entry.acknowledged_by = alert.acked.map(|a| a.author);
+                    }
+                }
+                _ => {
+                    if let Some(i) = open_index.remove(&key)
+                        && let Some(entry) = fired.get_mut(i)
+                    {
+                        entry.to_resolve_ms = Some(event.time_ms - entry.opened_ms);
+                    }
+                }
+            }
+        }
+        match page.items.last() {
+            Some(last) if page.items.len() == 1000 => after = Some(last.seq),
+            _ => break,
+        }
+    }
+    let median = |mut values: Vec<i64>| -> Option<i64> {
+        values.sort_unstable();
+        values.get(values.len() / 2).copied()
+    };
+    let summary = serde_json::json!({
+        "opened": fired.len(),
+        "acknowledged": fired.iter().filter(|f| f.to_ack_ms.is_some()).count(),
+        "resolved": fired.iter().filter(|f| f.to_resolve_ms.is_some()).count(),
+        "median_to_ack_ms": median(fired.iter().filter_map(|f| f.to_ack_ms).collect()),
+        "median_to_resolve_ms": median(fired.iter().filter_map(|f| f.to_resolve_ms).collect()),
+    });
+    Ok(axum::Json(Review {
+        since_ms,
+        until_ms: now,
+        unacknowledged: open
+            .iter()
+            .filter(|a| a.acked.is_none() && a.silenced_by.is_none() && a.consequence_of.is_none())
+            .cloned()
+            .collect(),
+        flapping: open.iter().filter(|a| a.flapping).cloned().collect(),
+        silenced: open.iter().filter(|a| a.silenced_by.is_some()).cloned().collect(),
+        expiring_silences,
+        fired,
+        summary,
+    }))
 }

@@ -21,6 +21,7 @@ use utoipa::{Modify, OpenApi};
         crate::monitor::list_alerts,
         crate::monitor::ack,
         crate::monitor::alertmanager,
+        crate::monitor::review,
         crate::monitor::create_silence,
         crate::monitor::list_silences,
         crate::monitor::remove_silence,

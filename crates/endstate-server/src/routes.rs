@@ -49,6 +49,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/alerts", get(crate::monitor::list_alerts))
         .route("/v1/alerts/ack", post(crate::monitor::ack))
         .route("/v1/alertmanager", post(crate::monitor::alertmanager))
+        .route("/v1/review", get(crate::monitor::review))
         .route(
             "/v1/silences",
             post(crate::monitor::create_silence).get(crate::monitor::list_silences),

@@ -320,4 +320,30 @@ fn a_stopped_service_raises_an_alert_seen_in_alerts_the_timeline_and_a_webhook_t
     let ended = run(&["unsilence", &id.to_string()], &config);
     assert!(ended.status.success(), "{}", text(&ended.stderr));
     assert!(text(&run(&["silences"], &config).stdout).contains("No active silences"));
+
+    // The review of the last hour: what fired, who took it, how long it lasted.
+    let review = run(&["review", "--since", "1h", "--system", "storefront"], &config);
+    let report = text(&review.stdout);
+    assert!(review.status.success(), "{}", text(&review.stderr));
+    let line = report
+        .lines()
+        .find(|l| l.contains(&format!("storefront/web-plugin on {target}")) && l.contains("acked by admin"))
+        .unwrap_or_else(|| panic!("dev-a's alert in the review:\n{report}"));
+    assert!(line.contains("resolved after"), "{line}");
+    assert!(
+        report.contains(&format!(
+            "storefront/web-plugin on {quiet_target}: never acked, resolved after"
+        )),
+        "{report}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&text(&run(&["review", "--since", "1h", "-o", "json"], &config).stdout)).unwrap();
+    assert!(json["summary"]["acknowledged"].as_u64().unwrap_or(0) >= 1, "{json:#}");
+    let reversed = run(&["review", "--since", "2999-01-01T00:00:00Z"], &config);
+    assert_eq!(reversed.status.code(), Some(2));
+    assert!(
+        text(&reversed.stderr).contains("since: is not in the past"),
+        "{}",
+        text(&reversed.stderr)
+    );
 }
