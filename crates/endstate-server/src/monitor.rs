@@ -998,3 +998,81 @@ pub(crate) async fn review(
         summary,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    fn alert() -> Alert {
+        Alert {
+            key: CheckKey {
+                check: "shop/http".into(),
+                target: "shop/web#0@h1".into(),
+            },
+            system: "shop".into(),
+            host: "h1".into(),
+            status: Status::Critical,
+            message: "down".into(),
+            opened_ms: 1,
+            last_change_ms: 1,
+            transitions: 0,
+            flapping: false,
+            acked: None,
+            silenced_by: None,
+            consequence_of: None,
+            resolved_ms: None,
+        }
+    }
+
+    /// A receiver that answers 503 to its first `failures` requests, then 200; how many it got.
+    async fn flaky_receiver(failures: u32) -> (String, Arc<AtomicU32>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let seen = Arc::new(AtomicU32::new(0));
+        let counter = Arc::clone(&seen);
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+                let mut buf = vec![0; 64 * 1024];
+                let _ = stream.read(&mut buf).await;
+                let status = if n <= failures {
+                    "503 Service Unavailable"
+                } else {
+                    "200 OK"
+                };
+                let _ = stream
+                    .write_all(
+                        format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").as_bytes(),
+                    )
+                    .await;
+            }
+        });
+        (url, seen)
+    }
+
+    #[tokio::test]
+    async fn a_failing_webhook_is_retried_and_a_dead_one_gives_up_saying_why() {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .unwrap();
+        let (url, seen) = flaky_receiver(2).await;
+        assert_eq!(deliver(&client, &url, &alert(), "opened").await, Ok(3));
+        assert_eq!(seen.load(Ordering::SeqCst), 3);
+
+        // Nothing listens: every attempt fails, and the error says so.
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", closed.local_addr().unwrap());
+        drop(closed);
+        let error = deliver(&client, &url, &alert(), "opened").await.unwrap_err();
+        assert!(error.ends_with("(after 5 attempts)"), "{error}");
+    }
+}

@@ -270,3 +270,46 @@ async fn agent_check_results_become_statuses_alerts_and_metrics() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn silences_survive_a_restart_and_removed_ones_stay_removed() {
+    let server = TestServer::start().await;
+    let client = server.client();
+    let silence = |host: &str| endstate_api::CreateSilence {
+        host: Some(host.into()),
+        until: "2h".into(),
+        reason: format!("work on {host}"),
+        ..endstate_api::CreateSilence::default()
+    };
+    let kept = client.silence(&silence("h1")).await.unwrap();
+    let removed = client.silence(&silence("h2")).await.unwrap();
+    assert_eq!((kept["id"].as_u64(), removed["id"].as_u64()), (Some(1), Some(2)));
+    client.unsilence(2).await.unwrap();
+
+    // The same store behind a new server.
+    let (store, admin) = (server.store.clone(), server.admin.clone());
+    server.stop().await;
+    let dir = tempfile::tempdir().unwrap();
+    let restarted = endstate_server::Server::with_store(store, &endstate_server::ServerConfig::new(dir.path()))
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        restarted
+            .serve(listener, async move {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+    });
+    let client = endstate_client::Client::new(&url, &admin).unwrap();
+    let silences = client.silences().await.unwrap();
+    assert_eq!(silences.len(), 1, "{silences:#?}");
+    assert_eq!(silences[0]["host"], "h1");
+    // Numbers are not reused.
+    assert_eq!(client.silence(&silence("h3")).await.unwrap()["id"], 3);
+    let _ = stop.send(());
+    task.await.unwrap();
+}
