@@ -20,12 +20,13 @@ pub mod template;
 mod waves;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use endstate_spec::{DesiredState, HostInfo};
 use serde::{Deserialize, Serialize};
 
 pub use diff::{FieldDiff, diff_values};
-pub use placement::{Placement, PlacementKey, place, runtime_config};
+pub use placement::{Placement, PlacementKey, place, place_only, runtime_config};
 pub use render::render;
 pub use waves::{Blocked, PlanOptions, Wave, WaveKind, WaveStep, waves};
 
@@ -175,8 +176,16 @@ pub fn plan_with(
     diff_kind("action", &current.actions, &desired.actions, &mut objects);
     diff_kind("policy", &current.policies, &desired.policies, &mut objects);
 
-    let (before, _) = place(current, hosts);
-    let (after, unplaced) = place(desired, &options.placement_hosts(hosts));
+    // A component declared the same before and after is placed the same on the same hosts, so it
+    // has no step: only the others are placed (unless hosts are retired, which moves everything).
+    let changed =
+        |key: &str| !options.retire_hosts.is_empty() || current.components.get(key) != desired.components.get(key);
+    let (before, _) = place_only(current, hosts, changed);
+    let (after, mut unplaced) = place_only(desired, &options.placement_hosts(hosts), changed);
+    // What cannot be placed is said of every component, changed or not.
+    let (_, unchanged_unplaced) = place_only(desired, hosts, |key| !changed(key));
+    unplaced.extend(unchanged_unplaced);
+    unplaced.sort_by(|a, b| a.component.cmp(&b.component));
     let steps = instance_steps(&before, &after);
 
     let mut summary = Summary::default();
@@ -300,6 +309,15 @@ fn to_value<T: Serialize>(value: &T) -> serde_json::Value {
 
 fn instance_steps(before: &BTreeMap<PlacementKey, Placement>, after: &BTreeMap<PlacementKey, Placement>) -> Vec<Step> {
     let mut steps = Vec::new();
+    // The placements of a component share their config: compare each pair once.
+    let mut same_config: std::collections::HashMap<(*const serde_json::Value, *const serde_json::Value), bool> =
+        std::collections::HashMap::new();
+    let mut config_differs = |have: &Placement, want: &Placement| {
+        !*same_config
+            .entry((Arc::as_ptr(&have.config), Arc::as_ptr(&want.config)))
+            .or_insert_with(|| have.config == want.config)
+    };
+    let declared: std::collections::BTreeSet<&str> = after.keys().map(|k| k.component.as_str()).collect();
     for (key, want) in after {
         match before.get(key) {
             None => steps.push(Step {
@@ -320,7 +338,7 @@ fn instance_steps(before: &BTreeMap<PlacementKey, Placement>, after: &BTreeMap<P
                 to_version: Some(want.version.clone()),
                 reason: format!("artifact.version changes from {} to {}", have.version, want.version),
             }),
-            Some(have) if have.config != want.config => {
+            Some(have) if config_differs(have, want) => {
                 let fields: Vec<String> = diff_values(&have.config, &want.config)
                     .into_iter()
                     .map(|field| field.path)
@@ -340,7 +358,7 @@ fn instance_steps(before: &BTreeMap<PlacementKey, Placement>, after: &BTreeMap<P
     }
     for (key, have) in before {
         if !after.contains_key(key) {
-            let still_declared = after.keys().any(|k| k.component == key.component);
+            let still_declared = declared.contains(key.component.as_str());
             let reason = if still_declared {
                 "no longer desired: the component's placement no longer selects this slot"
             } else {

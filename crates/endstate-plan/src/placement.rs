@@ -2,6 +2,7 @@
 //! component's placement rule and the inventory alone.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use endstate_spec::{Component, Count, DesiredState, HostInfo};
 use serde_json::Value;
@@ -24,8 +25,9 @@ pub struct PlacementKey {
 pub struct Placement {
     /// The artifact version.
     pub version: String,
-    /// Everything that defines the running process apart from its version (see [`runtime_config`]).
-    pub config: Value,
+    /// Everything that defines the running process apart from its version (see [`runtime_config`]),
+    /// shared by every placement of the component.
+    pub config: Arc<Value>,
     /// Why this instance is placed here.
     pub reason: String,
 }
@@ -50,11 +52,20 @@ pub fn runtime_config(component: &Component) -> Value {
 /// and a total count is spread round-robin over the values of the spread label (in order), then
 /// over the hosts within each value.
 pub fn place(desired: &DesiredState, hosts: &[HostInfo]) -> (BTreeMap<PlacementKey, Placement>, Vec<Unplaced>) {
+    place_only(desired, hosts, |_| true)
+}
+
+/// [`place`] for the components whose key `wanted` accepts.
+pub fn place_only(
+    desired: &DesiredState,
+    hosts: &[HostInfo],
+    wanted: impl Fn(&str) -> bool,
+) -> (BTreeMap<PlacementKey, Placement>, Vec<Unplaced>) {
     let mut sorted: Vec<&HostInfo> = hosts.iter().collect();
     sorted.sort_by(|a, b| a.name.cmp(&b.name));
     let mut placements = BTreeMap::new();
     let mut unplaced = Vec::new();
-    for (key, component) in &desired.components {
+    for (key, component) in desired.components.iter().filter(|(key, _)| wanted(key)) {
         let selector = &component.placement.selector;
         let eligible: Vec<&HostInfo> = sorted
             .iter()
@@ -81,7 +92,7 @@ pub fn place(desired: &DesiredState, hosts: &[HostInfo]) -> (BTreeMap<PlacementK
             continue;
         }
         let version = component.artifact.version.clone();
-        let config = runtime_config(component);
+        let config = Arc::new(runtime_config(component));
         match component.placement.count {
             Count::PerHost(n) => {
                 for host in &eligible {
@@ -94,7 +105,7 @@ pub fn place(desired: &DesiredState, hosts: &[HostInfo]) -> (BTreeMap<PlacementK
                             },
                             Placement {
                                 version: version.clone(),
-                                config: config.clone(),
+                                config: Arc::clone(&config),
                                 reason: format!("{n} per host on every host matching {selector}"),
                             },
                         );
@@ -122,7 +133,7 @@ pub fn place(desired: &DesiredState, hosts: &[HostInfo]) -> (BTreeMap<PlacementK
                         },
                         Placement {
                             version: version.clone(),
-                            config: config.clone(),
+                            config: Arc::clone(&config),
                             reason,
                         },
                     );
