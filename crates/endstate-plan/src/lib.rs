@@ -353,6 +353,23 @@ fn instance_steps(before: &BTreeMap<PlacementKey, Placement>, after: &BTreeMap<P
                     reason: format!("configuration changes: {}", fields.join(", ")),
                 });
             }
+            Some(have) if have.index != want.index => {
+                let word = |i: Option<u32>| i.map_or_else(|| "none".to_owned(), |i| i.to_string());
+                steps.push(Step {
+                    action: StepAction::Reconfigure,
+                    component: key.component.clone(),
+                    host: key.host.clone(),
+                    slot: key.slot,
+                    from_version: Some(have.version.clone()),
+                    to_version: Some(want.version.clone()),
+                    reason: format!(
+                        "instance.index changes from {} to {}: other instances of {} come or go",
+                        word(have.index),
+                        word(want.index),
+                        key.component
+                    ),
+                });
+            }
             Some(_) => {}
         }
     }

@@ -30,6 +30,10 @@ pub struct Placement {
     pub config: Arc<Value>,
     /// Why this instance is placed here.
     pub reason: String,
+    /// `{{ instance.index }}`: the instance's 0-based index among the component's placements in
+    /// key order (host, then slot), when the component's templates use it (`None` otherwise).
+    /// Moving another instance can change it: that is a reconfiguration of this one.
+    pub index: Option<u32>,
 }
 
 /// The part of a component that defines its running processes, apart from the artifact version:
@@ -93,6 +97,8 @@ pub fn place_only(
         }
         let version = component.artifact.version.clone();
         let config = Arc::new(runtime_config(component));
+        let uses_index = config.to_string().contains("instance.index");
+        let first = placements.len();
         match component.placement.count {
             Count::PerHost(n) => {
                 for host in &eligible {
@@ -107,6 +113,7 @@ pub fn place_only(
                                 version: version.clone(),
                                 config: Arc::clone(&config),
                                 reason: format!("{n} per host on every host matching {selector}"),
+                                index: None,
                             },
                         );
                     }
@@ -135,10 +142,23 @@ pub fn place_only(
                             version: version.clone(),
                             config: Arc::clone(&config),
                             reason,
+                            index: None,
                         },
                     );
                     *slot += 1;
                 }
+            }
+        }
+        if uses_index {
+            // The component's keys are consecutive in the map, in the order the server numbers them.
+            let placed = placements.len() - first;
+            let start = PlacementKey {
+                component: key.clone(),
+                host: String::new(),
+                slot: 0,
+            };
+            for (index, (_, placement)) in placements.range_mut(start..).take(placed).enumerate() {
+                placement.index = Some(u32::try_from(index).unwrap_or(u32::MAX));
             }
         }
     }

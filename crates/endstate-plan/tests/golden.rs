@@ -147,6 +147,11 @@ fn blast_radius_splits_waves() {
 }
 
 #[test]
+fn an_instance_index_that_moves_is_a_reconfiguration() {
+    check("index-moves");
+}
+
+#[test]
 fn target_hosts_first_then_hold() {
     check("target-hosts");
 }

@@ -84,7 +84,9 @@ pub(crate) fn mixed(
     let mut chosen: BTreeMap<PlacementKey, (&Component, Placement)> = BTreeMap::new();
     for (key, placement) in after {
         let old = before.get(&key);
-        let unchanged = old.is_some_and(|old| old.version == placement.version && old.config == placement.config);
+        let unchanged = old.is_some_and(|old| {
+            old.version == placement.version && old.config == placement.config && old.index == placement.index
+        });
         if released.contains(&key) || unchanged {
             if let Some(component) = target.components.get(&key.component) {
                 chosen.insert(key, (component, placement));
@@ -120,11 +122,10 @@ fn assignments_of(
         let used = taken.entry(key.host.clone()).or_default();
         used.extend(component.ports.iter().filter_map(|p| p.number));
     }
-    let mut index_of: BTreeMap<&str, u32> = BTreeMap::new();
     for (key, (component, placement)) in placements {
-        let instance_index = index_of.entry(key.component.as_str()).or_insert(0);
-        let this_index = *instance_index;
-        *instance_index += 1;
+        // The planner's index (a change in it is a planned reconfiguration), 0 when the
+        // component's templates do not use it.
+        let this_index = placement.index.unwrap_or(0);
         let id = InstanceId::new(&component.system, &component.name, key.slot);
         let used = taken.entry(key.host.clone()).or_default();
         // Start-before-stop needs the new instance on other ports than the old one, for an
