@@ -26,7 +26,7 @@ use endstate_spec::{DesiredState, HostInfo};
 use serde::{Deserialize, Serialize};
 
 pub use diff::{FieldDiff, diff_values};
-pub use placement::{Placement, PlacementKey, place, place_only, runtime_config};
+pub use placement::{Placement, PlacementKey, place, place_only, runtime_config, unplaceable};
 pub use render::render;
 pub use waves::{Blocked, PlanOptions, Wave, WaveKind, WaveStep, waves};
 
@@ -183,8 +183,7 @@ pub fn plan_with(
     let (before, _) = place_only(current, hosts, changed);
     let (after, mut unplaced) = place_only(desired, &options.placement_hosts(hosts), changed);
     // What cannot be placed is said of every component, changed or not.
-    let (_, unchanged_unplaced) = place_only(desired, hosts, |key| !changed(key));
-    unplaced.extend(unchanged_unplaced);
+    unplaced.extend(unplaceable(desired, hosts, |key| !changed(key)));
     unplaced.sort_by(|a, b| a.component.cmp(&b.component));
     let steps = instance_steps(&before, &after);
 

@@ -65,6 +65,20 @@ pub fn place_only(
     hosts: &[HostInfo],
     wanted: impl Fn(&str) -> bool,
 ) -> (BTreeMap<PlacementKey, Placement>, Vec<Unplaced>) {
+    place_inner(desired, hosts, wanted, true)
+}
+
+/// What of the components `wanted` accepts cannot be placed, without placing the rest.
+pub fn unplaceable(desired: &DesiredState, hosts: &[HostInfo], wanted: impl Fn(&str) -> bool) -> Vec<Unplaced> {
+    place_inner(desired, hosts, wanted, false).1
+}
+
+fn place_inner(
+    desired: &DesiredState,
+    hosts: &[HostInfo],
+    wanted: impl Fn(&str) -> bool,
+    place: bool,
+) -> (BTreeMap<PlacementKey, Placement>, Vec<Unplaced>) {
     let mut sorted: Vec<&HostInfo> = hosts.iter().collect();
     sorted.sort_by(|a, b| a.name.cmp(&b.name));
     let mut placements = BTreeMap::new();
@@ -93,6 +107,9 @@ pub fn place_only(
                     hosts.len()
                 ),
             });
+            continue;
+        }
+        if !place {
             continue;
         }
         let version = component.artifact.version.clone();
