@@ -80,16 +80,28 @@ fn place_inner(
     place: bool,
 ) -> (BTreeMap<PlacementKey, Placement>, Vec<Unplaced>) {
     let mut sorted: Vec<&HostInfo> = hosts.iter().collect();
-    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    if place {
+        sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    }
     let mut placements = BTreeMap::new();
     let mut unplaced = Vec::new();
     for (key, component) in desired.components.iter().filter(|(key, _)| wanted(key)) {
         let selector = &component.placement.selector;
-        let eligible: Vec<&HostInfo> = sorted
-            .iter()
-            .copied()
-            .filter(|host| selector.matches(&host.labels))
-            .collect();
+        // Only whether one host matches, when nothing is placed.
+        let eligible: Vec<&HostInfo> = if place {
+            sorted
+                .iter()
+                .copied()
+                .filter(|host| selector.matches(&host.labels))
+                .collect()
+        } else {
+            sorted
+                .iter()
+                .copied()
+                .find(|host| selector.matches(&host.labels))
+                .into_iter()
+                .collect()
+        };
         let wanted = match component.placement.count {
             Count::PerHost(n) => n,
             Count::Total(n) => n,
