@@ -422,8 +422,12 @@ impl Session<'_> {
                     });
                     self.state.written();
                     self.ack().await?;
-                    // Stored and acknowledged; the alert engine's verdicts follow.
-                    return crate::monitor::ingest(self.state, &self.host, checks).await;
+                    // Stored and acknowledged; the alert engine's verdicts follow. A failure there
+                    // (the store refusing its events) must not cut the agent's link.
+                    if let Err(error) = crate::monitor::ingest(self.state, &self.host, checks).await {
+                        tracing::warn!(host = %self.host, error = %crate::chain(&error), "Check results could not be evaluated.");
+                    }
+                    return Ok(());
                 }
                 Err(StoreError::Refused { .. }) => {
                     // Another connection of this host stored observations since: re-read and retry.
