@@ -15,7 +15,7 @@ use nix::unistd::Pid;
 
 use crate::hosts::{
     AgentHome, Cli, Event, Netns, PATIENCE, Proc, Reaper, Server, alive, assert_in_order, assert_no_duplicates,
-    assert_nothing_left, example_service, free_port, script, script_component, service, show, start_server,
+    assert_nothing_left, example_service, free_port, script, script_component, service, show, start_server, tail,
     transitions, wait_until, write_spec,
 };
 
@@ -445,24 +445,44 @@ fn kill_9_of_an_agent_loses_nothing_acknowledged() {
     let spec = write_spec(&lab.root().join("spec"), &[service("svc", &binary, "a")]);
     lab.cli.apply(&spec, &["--timeout", "90s"], 0);
     let home = lab.home("k9a-a").clone();
-    let first = home.wait_one_instance("lab", "svc", &[]);
     let slot = lab.slot("k9a-a", "lab/svc");
     let instance = format!("lab/svc#{slot}");
+    // Start from a quiet agent: everything it observed so far is acknowledged.
+    wait_until("the agent's buffer to be acknowledged", PATIENCE, || {
+        let pending = home.pending();
+        if pending.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{pending:?}"))
+        }
+    });
 
     // With the server frozen, nothing the agent sees now is acknowledged: the instance crashes,
-    // the agent restarts it, and all of that waits in its buffer when it is killed.
+    // the agent restarts it, and all of that waits in its buffer when it is killed. The pid is
+    // read after the freeze, so a restart of the agent's own (a slow health probe on a loaded
+    // machine) cannot make the kill miss.
     lab.server.proc.signal(Signal::SIGSTOP);
+    let first = home.wait_one_instance("lab", "svc", &[]);
     sigkill(first);
     let second = home.wait_one_instance("lab", "svc", &[first]);
     wait_until("the agent to buffer the crash and the restart", PATIENCE, || {
-        let states: Vec<String> = instance_states(&home.pending(), &instance)
+        let pending = home.pending();
+        let states: Vec<(String, Option<i64>)> = instance_states(&pending, &instance)
             .into_iter()
-            .map(|(_, state, _, _)| state)
+            .map(|(_, state, _, observed)| (state, observed["signal"].as_i64()))
             .collect();
-        if states.contains(&"exited".to_owned()) && states.last().map(String::as_str) == Some("running") {
+        let killed = states
+            .iter()
+            .any(|(state, signal)| state == "exited" && *signal == Some(9));
+        if killed && states.last().map(|(state, _)| state.as_str()) == Some("running") {
             Ok(())
         } else {
-            Err(format!("{states:?}"))
+            Err(format!(
+                "{states:?} (acked up to {}); killed pid {first}, now {:?}\nagent log:\n{}",
+                home.acked_seq(),
+                home.instance_pids("lab", "svc"),
+                tail(&home.log)
+            ))
         }
     });
     lab.agent("k9a-a").kill9();
