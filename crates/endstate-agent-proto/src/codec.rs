@@ -67,6 +67,7 @@ pub fn decode_from_agent(frame: &[u8]) -> Result<FromAgent, ProtoError> {
         "actual_state",
         "logs",
         "renew",
+        "action_output",
     ];
     let message: FromAgent = decode(frame, TYPES, &["hello"])?;
     validate::from_agent(&message)?;
@@ -87,6 +88,8 @@ pub fn decode_from_server(frame: &[u8]) -> Result<FromServer, ProtoError> {
         "ping",
         "logs_request",
         "certificate",
+        "run_action",
+        "cancel_action",
     ];
     let message: FromServer = decode(frame, TYPES, &["welcome", "refused"])?;
     validate::from_server(&message)?;

@@ -40,11 +40,16 @@
 //! | ↳ `observed.kind = health` | | `instance`, `healthy`, `detail?` | detail 1024 |
 //! | ↳ `observed.kind = resources` | | `instance`, `rss_bytes`, `cpu_millis` | |
 //! | ↳ `observed.kind = check` | | `name`, `status` (0..=3), `output`, `perfdata?` | output and perfdata 8 KiB each |
+//! | ↳ `observed.kind = action` | | `run`, `action`, `outcome` (`succeeded`, `failed`, `timed_out`, `cancelled`, `refused`), `exit_code?`, `signal?`, `duration_ms`, `output?`, `detail?` | output 64 KiB (its tail), detail 1024 |
+//! | `action_output` | agent → server | `run`, `stream` (`stdout`/`stderr`), `data` | 64 KiB; live only, not durable |
 //! | `actual_state` | agent → server | `generation?`, `last_seq`, `instances [{instance, generation, version, state, pid?}]` | 1,000 instances, ids unique |
 //! | `welcome` | server → agent | `version`, `server_version` | any `v` accepted |
 //! | `refused` | server → agent | `reason`, `agent_versions`, `server_versions` | reason 1024; any `v` accepted |
 //! | `ack` | server → agent | `up_to_seq` | |
-//! | `desired_instances` | server → agent | `generation`, `instances [InstanceAssignment]` | 1,000 instances, ids unique |
+//! | `desired_instances` | server → agent | `generation`, `instances [InstanceAssignment]`, `checks? [CheckAssignment]`, `actions? [ActionAssignment]` | 1,000 instances, ids unique; 1,000 checks; 256 actions |
+//! | ↳ `ActionAssignment` | | `name` (`system/action`), `command` (argv; only `{{ params.X }}` left), `shell`, `parameters {name: {type, values?, min?, max?}}`, `timeout_ms` | 256 args, 64 parameters, timeout 1 day |
+//! | `run_action` | server → agent | `run`, `action`, `generation`, `params {name: text}` | 64 params, values 4096 |
+//! | `cancel_action` | server → agent | `run` | |
 //! | ↳ `InstanceAssignment` | | `id`, `artifact {version, source}`, `command`, `args`, `env`, `config_files [{path, content}]`, `ports {name: number}`, `health?`, `stop_grace_ms`, `upgrade?` (`stop_first` default, or `start_first`) | 256 args, 256 env, 32 files of 256 KiB, 64 ports, paths 4096, grace 1 h |
 //! | `logs` | agent → server | `request`, `instance`, `found`, `stdout`, `stderr`, `stdout_total`, `stderr_total` | streams 1 MiB each |
 //! | `renew` | agent → server | `csr_pem` | 16 KiB |
@@ -128,10 +133,12 @@ pub use codec::{
 };
 pub use error::ProtoError;
 pub use message::{
-    Ack, ActualInstance, ActualState, Artifact, ArtifactSource, Certificate, CheckAssignment, CheckProbe, CheckResult,
-    ConfigFile, DesiredInstances, Disk, Facts, FromAgent, FromServer, HealthProbe, HealthResult, Hello,
+    Ack, ActionAssignment, ActionOutcome, ActionOutput, ActionParameter, ActionParameterType, ActionResult,
+    ActualInstance, ActualState, Artifact, ArtifactSource, CancelAction, Certificate, CheckAssignment, CheckProbe,
+    CheckResult, ConfigFile, DesiredInstances, Disk, Facts, FromAgent, FromServer, HealthProbe, HealthResult, Hello,
     InstanceAssignment, InstanceId, InstanceStateChange, InstanceStateWord, Keepalive, Logs, LogsRequest, Observation,
-    Observations, Observed, Ping, Probe, Refused, Renew, ResourceUse, Revoke, UpgradeOrder, VersionRange, Welcome,
+    Observations, Observed, OutputStream, Ping, Probe, Refused, Renew, ResourceUse, Revoke, RunAction, UpgradeOrder,
+    VersionRange, Welcome,
 };
 pub use rules::{
     GenerationDecision, IgnoreReason, NoCommonVersion, SeqDecision, accept_generation, classify_seq, negotiate,

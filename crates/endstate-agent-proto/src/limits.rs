@@ -63,3 +63,15 @@ pub const MAX_CHECK_STATUS: u8 = 3;
 
 /// The longest stop grace period, in milliseconds (one hour).
 pub const MAX_STOP_GRACE_MS: u64 = 3_600_000;
+
+/// Actions in one host's catalogue.
+pub const MAX_ACTIONS: usize = 256;
+
+/// Parameters of one action.
+pub const MAX_ACTION_PARAMS: usize = 64;
+
+/// The tail of a run's output kept in its result, and one `action_output` piece (64 KiB).
+pub const MAX_ACTION_OUTPUT_BYTES: usize = 64 * 1024;
+
+/// The longest run of an action, in milliseconds (one day).
+pub const MAX_ACTION_TIMEOUT_MS: u64 = 86_400_000;

@@ -27,6 +27,8 @@ pub enum FromAgent {
     Logs(Logs),
     /// Asks for a new certificate for the agent's own key (renewal).
     Renew(Renew),
+    /// Output of a running action, live; not durable (the result carries its tail).
+    ActionOutput(ActionOutput),
 }
 
 /// Everything the server sends to an agent.
@@ -49,6 +51,10 @@ pub enum FromServer {
     LogsRequest(LogsRequest),
     /// A renewed certificate, answering [`Renew`].
     Certificate(Certificate),
+    /// Runs one action of the host's catalogue (the `actions` of its current [`DesiredInstances`]).
+    RunAction(RunAction),
+    /// Cancels a running action: its process group is killed.
+    CancelAction(CancelAction),
 }
 
 /// An inclusive range of protocol versions, `min..=max`.
@@ -154,6 +160,152 @@ pub enum Observed {
     Resources(ResourceUse),
     /// A monitoring check gave a result (Nagios plugin semantics).
     Check(CheckResult),
+    /// A run of an action ended on this host, or was refused.
+    Action(ActionResult),
+}
+
+/// How a run of an action ended on one host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionOutcome {
+    /// It exited 0.
+    Succeeded,
+    /// It exited with another code, by a signal, or could not be spawned.
+    Failed,
+    /// It ran past its timeout; its process group was killed.
+    TimedOut,
+    /// It was cancelled; its process group was killed.
+    Cancelled,
+    /// The agent refused to run it: not in its catalogue at this generation, a parameter that
+    /// does not fit its declaration, or a run of the same id already known.
+    Refused,
+}
+
+/// `action` observation: the end of one run of an action on this host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionResult {
+    /// The run's id, as given in [`RunAction::run`].
+    pub run: String,
+    /// The action, `system/action`, as asked.
+    pub action: String,
+    /// How it ended.
+    pub outcome: ActionOutcome,
+    /// The exit code, when it exited normally.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// The signal that ended it, when one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    /// How long it ran, in milliseconds.
+    #[serde(default)]
+    pub duration_ms: u64,
+    /// The tail of its output, stdout and stderr interleaved as they came, bounded.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub output: String,
+    /// Why, in words (a refusal's reason, a spawn error), bounded.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
+/// `action_output`, agent → server: a piece of a running action's output, as it comes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionOutput {
+    /// The run's id.
+    pub run: String,
+    /// `stdout` or `stderr`.
+    pub stream: OutputStream,
+    /// The text (invalid UTF-8 replaced), bounded.
+    pub data: String,
+}
+
+/// Which output stream of a process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputStream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// `run_action`, server → agent: run an action of the catalogue.
+///
+/// The agent looks `action` up in the catalogue of the generation named here (which must be the
+/// one it holds), checks `params` against the declaration it holds, and fills them into the
+/// command it holds: the server names an action and gives values, never a command.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunAction {
+    /// The run's id, unique per server (`run-42`).
+    pub run: String,
+    /// The action, `system/action`.
+    pub action: String,
+    /// The generation of the catalogue the server checked the request against.
+    pub generation: Generation,
+    /// Parameter values, as text (`"3"`, `"true"`), defaults already applied.
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+}
+
+/// `cancel_action`, server → agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CancelAction {
+    /// The run's id.
+    pub run: String,
+}
+
+/// One action of a host's catalogue, as the server rendered it for this host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionAssignment {
+    /// `system/action`, unique in the set.
+    pub name: String,
+    /// The argv. Everything but `{{ params.<name> }}` is rendered; the agent fills those.
+    pub command: Vec<String>,
+    /// Run the single element of `command` with `sh -c`; parameter values are then shell-quoted.
+    #[serde(default)]
+    pub shell: bool,
+    /// The parameters the command may use, each with its rules.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub parameters: BTreeMap<String, ActionParameter>,
+    /// How long one run may take, in milliseconds; then its process group is killed.
+    pub timeout_ms: u64,
+}
+
+/// A declared parameter of an action, as the agent checks it (a string's pattern is the server's
+/// to check).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionParameter {
+    /// `string`, `integer`, `boolean` or `enum`.
+    #[serde(rename = "type")]
+    pub kind: ActionParameterType,
+    /// The allowed values of an `enum`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<String>,
+    /// The smallest allowed `integer`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<i64>,
+    /// The largest allowed `integer`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<i64>,
+}
+
+/// The type of an [`ActionParameter`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionParameterType {
+    /// Any text (the server checks its pattern).
+    String,
+    /// A whole number, in decimal.
+    Integer,
+    /// `true` or `false`.
+    Boolean,
+    /// One of `values`.
+    Enum,
 }
 
 /// An instance entered a state.
@@ -330,6 +482,9 @@ pub struct DesiredInstances {
     /// Every monitoring check the host runs, each on its own schedule; any other stops. Ids are unique.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub checks: Vec<CheckAssignment>,
+    /// The host's action catalogue at this generation: the only actions it runs. Names are unique.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub actions: Vec<ActionAssignment>,
 }
 
 /// A monitoring check the agent runs every `interval_ms` (after a random delay of up to
@@ -630,6 +785,7 @@ impl FromAgent {
             FromAgent::ActualState(_) => "actual_state",
             FromAgent::Logs(_) => "logs",
             FromAgent::Renew(_) => "renew",
+            FromAgent::ActionOutput(_) => "action_output",
         }
     }
 }
@@ -647,6 +803,8 @@ impl FromServer {
             FromServer::Ping(_) => "ping",
             FromServer::LogsRequest(_) => "logs_request",
             FromServer::Certificate(_) => "certificate",
+            FromServer::RunAction(_) => "run_action",
+            FromServer::CancelAction(_) => "cancel_action",
         }
     }
 }

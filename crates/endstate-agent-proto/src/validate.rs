@@ -12,9 +12,10 @@ use endstate_types::validate_name;
 
 use crate::error::ProtoError;
 use crate::limits::{
-    MAX_ARGS, MAX_CHECK_OUTPUT_BYTES, MAX_CHECK_STATUS, MAX_CHECKS, MAX_CONFIG_FILE_BYTES, MAX_CONFIG_FILES,
-    MAX_DETAIL_BYTES, MAX_DISKS, MAX_ENV, MAX_INSTANCES, MAX_LABELS, MAX_LOG_BYTES, MAX_OBSERVATIONS, MAX_PATH_BYTES,
-    MAX_PEM_BYTES, MAX_PORTS, MAX_STOP_GRACE_MS, MAX_WORD_BYTES,
+    MAX_ACTION_OUTPUT_BYTES, MAX_ACTION_PARAMS, MAX_ACTION_TIMEOUT_MS, MAX_ACTIONS, MAX_ARGS, MAX_CHECK_OUTPUT_BYTES,
+    MAX_CHECK_STATUS, MAX_CHECKS, MAX_CONFIG_FILE_BYTES, MAX_CONFIG_FILES, MAX_DETAIL_BYTES, MAX_DISKS, MAX_ENV,
+    MAX_INSTANCES, MAX_LABELS, MAX_LOG_BYTES, MAX_OBSERVATIONS, MAX_PATH_BYTES, MAX_PEM_BYTES, MAX_PORTS,
+    MAX_STOP_GRACE_MS, MAX_WORD_BYTES,
 };
 use crate::message::{
     ActualState, ArtifactSource, CheckProbe, DesiredInstances, Facts, FromAgent, FromServer, HealthProbe, Hello,
@@ -37,6 +38,10 @@ pub(crate) fn from_agent(message: &FromAgent) -> Result {
             no_nul(&logs.stderr, MAX_LOG_BYTES, || "stderr".into())
         }
         FromAgent::Renew(renew) => text(&renew.csr_pem, MAX_PEM_BYTES, || "csr_pem".into()),
+        FromAgent::ActionOutput(output) => {
+            word(&output.run, || "run".into())?;
+            no_nul(&output.data, MAX_ACTION_OUTPUT_BYTES, || "data".into())
+        }
     }
 }
 
@@ -50,6 +55,17 @@ pub(crate) fn from_server(message: &FromServer) -> Result {
         FromServer::Revoke(revoke) => text(&revoke.reason, MAX_DETAIL_BYTES, || "reason".into()),
         FromServer::LogsRequest(request) => instance_id(&request.instance, || "instance".into()),
         FromServer::Certificate(certificate) => text(&certificate.cert_pem, MAX_PEM_BYTES, || "cert_pem".into()),
+        FromServer::RunAction(run) => {
+            word(&run.run, || "run".into())?;
+            word(&run.action, || "action".into())?;
+            count(run.params.len(), MAX_ACTION_PARAMS, || "params".into())?;
+            for (name, value) in &run.params {
+                word(name, || "params (a name)".into())?;
+                no_nul(value, MAX_PATH_BYTES, || format!("params.{}", shown(name)))?;
+            }
+            Ok(())
+        }
+        FromServer::CancelAction(cancel) => word(&cancel.run, || "run".into()),
     }
 }
 
@@ -142,6 +158,12 @@ fn check_observations(batch: &Observations) -> Result {
                 text(&check.output, MAX_CHECK_OUTPUT_BYTES, || at("observed.output"))?;
                 text(&check.perfdata, MAX_CHECK_OUTPUT_BYTES, || at("observed.perfdata"))?;
             }
+            Observed::Action(result) => {
+                word(&result.run, || at("observed.run"))?;
+                word(&result.action, || at("observed.action"))?;
+                no_nul(&result.output, MAX_ACTION_OUTPUT_BYTES, || at("observed.output"))?;
+                text(&result.detail, MAX_DETAIL_BYTES, || at("observed.detail"))?;
+            }
         }
     }
     Ok(())
@@ -178,6 +200,43 @@ fn check_refused(refused: &Refused) -> Result {
 }
 
 fn check_desired(desired: &DesiredInstances) -> Result {
+    count(desired.actions.len(), MAX_ACTIONS, || "actions".into())?;
+    let mut names = BTreeSet::new();
+    for (idx, action) in desired.actions.iter().enumerate() {
+        let at = |field: &str| format!("actions[{idx}].{field}");
+        word(&action.name, || at("name"))?;
+        if !names.insert(action.name.as_str()) {
+            return Err(invalid(at("name"), format!("{} is listed twice", shown(&action.name))));
+        }
+        if action.command.is_empty() || (action.shell && action.command.len() != 1) {
+            return Err(invalid(
+                at("command"),
+                "at least one element; exactly one with shell".into(),
+            ));
+        }
+        count(action.command.len(), MAX_ARGS, || at("command"))?;
+        for (i, arg) in action.command.iter().enumerate() {
+            no_nul(arg, MAX_PATH_BYTES, || at(&format!("command[{i}]")))?;
+        }
+        count(action.parameters.len(), MAX_ACTION_PARAMS, || at("parameters"))?;
+        for (name, parameter) in &action.parameters {
+            word(name, || at("parameters (a name)"))?;
+            count(parameter.values.len(), MAX_ARGS, || {
+                at(&format!("parameters.{}.values", shown(name)))
+            })?;
+            for value in &parameter.values {
+                no_nul(value, MAX_WORD_BYTES, || {
+                    at(&format!("parameters.{}.values", shown(name)))
+                })?;
+            }
+        }
+        if action.timeout_ms == 0 || action.timeout_ms > MAX_ACTION_TIMEOUT_MS {
+            return Err(invalid(
+                at("timeout_ms"),
+                format!("{}, must be 1 to {MAX_ACTION_TIMEOUT_MS}", action.timeout_ms),
+            ));
+        }
+    }
     count(desired.checks.len(), MAX_CHECKS, || "checks".into())?;
     let mut ids = BTreeSet::new();
     for (idx, check) in desired.checks.iter().enumerate() {

@@ -209,6 +209,27 @@ fn desired() -> DesiredInstances {
                 splay_ms: 0,
             },
         ],
+        actions: vec![endstate_agent_proto::ActionAssignment {
+            name: "shop/flush".into(),
+            command: vec![
+                "bin/shop-admin".into(),
+                "flush".into(),
+                "--scope={{ params.scope }}".into(),
+            ],
+            shell: false,
+            parameters: [(
+                "scope".to_owned(),
+                endstate_agent_proto::ActionParameter {
+                    kind: endstate_agent_proto::ActionParameterType::Enum,
+                    values: vec!["all".into(), "sessions".into()],
+                    min: None,
+                    max: None,
+                },
+            )]
+            .into_iter()
+            .collect(),
+            timeout_ms: 60_000,
+        }],
     }
 }
 
@@ -223,6 +244,27 @@ fn every_agent_message() -> Vec<FromAgent> {
             generation: None,
             last_seq: 0,
             instances: vec![],
+        }),
+        FromAgent::ActionOutput(endstate_agent_proto::ActionOutput {
+            run: "run-3".into(),
+            stream: endstate_agent_proto::OutputStream::Stderr,
+            data: "flushing...\n".into(),
+        }),
+        FromAgent::Observations(Observations {
+            observations: vec![Observation {
+                seq: 9,
+                at_unix_ms: 1_700_000_000_000,
+                observed: Observed::Action(endstate_agent_proto::ActionResult {
+                    run: "run-3".into(),
+                    action: "shop/flush".into(),
+                    outcome: endstate_agent_proto::ActionOutcome::Failed,
+                    exit_code: Some(2),
+                    signal: None,
+                    duration_ms: 40,
+                    output: "flushing...\nno such scope\n".into(),
+                    detail: String::new(),
+                }),
+            }],
         }),
     ]
 }
@@ -244,7 +286,15 @@ fn every_server_message() -> Vec<FromServer> {
             generation: Generation(9),
             instances: vec![],
             checks: vec![],
+            actions: vec![],
         }),
+        FromServer::RunAction(endstate_agent_proto::RunAction {
+            run: "run-3".into(),
+            action: "shop/flush".into(),
+            generation: Generation(8),
+            params: [("scope".to_owned(), "all".to_owned())].into_iter().collect(),
+        }),
+        FromServer::CancelAction(endstate_agent_proto::CancelAction { run: "run-3".into() }),
         FromServer::Revoke(Revoke {
             reason: "host revoked by alice".into(),
         }),

@@ -51,6 +51,7 @@
 //!      | `health` | instance and `healthy`: per instance its latest result, and the latest of the other kind (the last failure's detail) |
 //!      | `resources` | instance: the latest sample |
 //!      | `check` | check name and status: per check its latest result, and the latest of each other status |
+//!      | `action` | the run: a run's result is never summarised away |
 //!
 //!      What is summarised away: intermediate transitions and repeated results (how many restarts
 //!      there were is still in the `restarts` field of the latest state). The latest observation
@@ -244,6 +245,7 @@ enum Key {
     Health(String, bool),
     Resources(String),
     Check(String, u8),
+    Action(String),
 }
 
 impl Default for BufferLimits {
@@ -820,6 +822,8 @@ fn key_of(observed: &Observed) -> Key {
         Observed::Health(health) => Key::Health(health.instance.0.clone(), health.healthy),
         Observed::Resources(resources) => Key::Resources(resources.instance.0.clone()),
         Observed::Check(check) => Key::Check(check.name.clone(), check.status),
+        // One result per run: never superseded.
+        Observed::Action(result) => Key::Action(result.run.clone()),
     }
 }
 

@@ -87,6 +87,7 @@
 //!   starts again (see [`runtime`]).
 //! - There is no OS trait seam: tests run real processes (spawning a missing program is also real).
 
+mod actions;
 pub mod artifact;
 pub mod buffer;
 mod checks;

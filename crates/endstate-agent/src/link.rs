@@ -195,12 +195,14 @@ pub async fn run(options: AgentOptions, shutdown: impl std::future::Future<Outpu
         })
     };
 
+    let action_output = runtime.take_action_output().unwrap_or_else(|| mpsc::channel(1).1);
     let link = Link {
         options: options.clone(),
         identity,
         buffer,
         appended,
         runtime: runtime.clone(),
+        action_output: tokio::sync::Mutex::new(action_output),
     };
     let result = tokio::select! {
         result = link.run_forever() => result,
@@ -218,6 +220,8 @@ struct Link {
     buffer: Arc<Mutex<ObservationBuffer>>,
     appended: Arc<Notify>,
     runtime: Runtime,
+    /// Live output of running actions, forwarded while connected (dropped while not).
+    action_output: tokio::sync::Mutex<mpsc::Receiver<endstate_agent_proto::ActionOutput>>,
 }
 
 /// How a connection ended.
@@ -324,8 +328,14 @@ impl Link {
         // TCP's retransmission timeout: every keepalive goes with a websocket ping, and a link on
         // which nothing (not even a pong) arrived for 3 intervals is dropped and redialled.
         let mut last_heard = tokio::time::Instant::now();
+        let mut action_output = self.action_output.lock().await;
+        // Output from while the link was down is stale: it is in the results' tails.
+        while action_output.try_recv().is_ok() {}
         loop {
             tokio::select! {
+                Some(piece) = action_output.recv() => {
+                    send(&mut sink, &FromAgent::ActionOutput(piece)).await?;
+                }
                 frame = stream.next() => {
                     last_heard = tokio::time::Instant::now();
                     let text = match frame {
@@ -387,6 +397,8 @@ impl Link {
                                 Err(error) => tracing::error!(error = %error, "Renewed certificate not saved."),
                             }
                         }
+                        FromServer::RunAction(request) => self.runtime.run_action(request).await,
+                        FromServer::CancelAction(cancel) => self.runtime.cancel_action(&cancel.run),
                         FromServer::Revoke(revoke) => return Ok(Ended::Revoked(revoke.reason)),
                         FromServer::Welcome(_) | FromServer::Refused(_) => {}
                     }

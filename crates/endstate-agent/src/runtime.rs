@@ -508,6 +508,10 @@ struct Inner {
     background: Mutex<Option<Background>>,
     /// The monitoring checks of the current set.
     checks: crate::checks::Checks,
+    /// The action catalogue of the current set, and the runs in flight.
+    actions: crate::actions::Actions,
+    /// Live output of runs, until the link takes it.
+    action_output: Mutex<Option<mpsc::Receiver<endstate_agent_proto::ActionOutput>>>,
 }
 
 #[derive(Debug)]
@@ -628,7 +632,7 @@ impl Runtime {
         let background = Background {
             bookkeeper: tokio::spawn(bookkeeper(Arc::clone(&shared), events, drain_rx)),
             drain,
-            forwarder: tokio::spawn(forwarder(queue_rx, observations)),
+            forwarder: tokio::spawn(forwarder(queue_rx, observations.clone())),
             groups_writer: tokio::spawn(groups_writer(Arc::clone(&shared))),
             sampler: tokio::spawn(sampler(Arc::clone(&shared))),
         };
@@ -636,6 +640,14 @@ impl Runtime {
             let shared = Arc::clone(&shared);
             Arc::new(move |observed| shared.observe_now(observed))
         });
+        let (output_tx, output_rx) = mpsc::channel(256);
+        let actions = crate::actions::Actions::new(
+            crate::actions::Outlets {
+                results: observations,
+                output: output_tx,
+            },
+            shared.config.artifact_root.clone(),
+        );
         let runtime = Runtime {
             inner: Arc::new(Inner {
                 shared,
@@ -645,6 +657,8 @@ impl Runtime {
                 shut_down: AtomicBool::new(false),
                 background: Mutex::new(Some(background)),
                 checks,
+                actions,
+                action_output: Mutex::new(Some(output_rx)),
             }),
         };
         match desired {
@@ -693,6 +707,22 @@ impl Runtime {
             "Applied desired instances."
         );
         Ok(ApplyOutcome::Applied(summary))
+    }
+
+    /// Runs an action of the current catalogue, or reports why not; returns once it started or
+    /// was refused. Its result comes as an `action` observation.
+    pub async fn run_action(&self, request: endstate_agent_proto::RunAction) {
+        self.inner.actions.run(request).await;
+    }
+
+    /// Kills a running action's process group; an unknown run is ignored.
+    pub fn cancel_action(&self, run: &str) {
+        self.inner.actions.cancel(run);
+    }
+
+    /// The live output of actions, once (the link takes it).
+    pub fn take_action_output(&self) -> Option<mpsc::Receiver<endstate_agent_proto::ActionOutput>> {
+        lock(&self.inner.action_output).take()
     }
 
     /// The generation of the last accepted set, if any (loaded from the data directory at start).
@@ -829,6 +859,7 @@ impl Runtime {
     /// Hands each instance of an accepted set to its worker (sync: no IO, no waiting).
     fn reconcile(&self, desired: DesiredInstances) -> ApplySummary {
         self.inner.checks.set(&desired.checks);
+        self.inner.actions.set(desired.generation, &desired.actions);
         let mut summary = ApplySummary {
             generation: desired.generation,
             ..ApplySummary::default()

@@ -459,8 +459,27 @@ pub struct Page<T> {
 pub struct CreateToken {
     /// A name for the token, shown on the timeline for everything it does.
     pub name: String,
-    /// `viewer` (read only) or `admin`.
+    /// `viewer` (reads), `operator` (also makes changes and runs actions), `approver` (also
+    /// approves other people's runs) or `admin` (also manages tokens and hosts).
     pub role: String,
+    /// The systems the token may act on (it reads every system); empty: all of them.
+    #[serde(default)]
+    pub systems: Vec<String>,
+}
+
+/// A token as listed (never its secret).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TokenView {
+    /// The token's name.
+    pub name: String,
+    /// Its role.
+    pub role: String,
+    /// The systems it may act on; empty: all of them.
+    pub systems: Vec<String>,
+    /// When it was created, in milliseconds since the Unix epoch.
+    pub created_ms: i64,
+    /// Whether it was revoked.
+    pub revoked: bool,
 }
 
 /// A created token. The secret is shown this once; the server keeps only its hash.
@@ -470,6 +489,9 @@ pub struct CreatedToken {
     pub name: String,
     /// Its role.
     pub role: String,
+    /// The systems it may act on; empty: all of them.
+    #[serde(default)]
+    pub systems: Vec<String>,
     /// The bearer secret.
     pub secret: String,
 }
@@ -745,4 +767,94 @@ pub struct UnhealthyShare {
     pub observed_s: u64,
     /// Seconds of those spent failing.
     pub failing_s: u64,
+}
+
+/// `POST /v1/runs`: run an action of a system's catalogue.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunRequest {
+    /// The system whose action it is.
+    pub system: String,
+    /// The action's name.
+    pub action: String,
+    /// Parameter values: JSON strings, numbers or booleans as declared (a string is also taken
+    /// for a number or a boolean: `"5"`, `"true"`). Omitted ones take their default.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub params: BTreeMap<String, serde_json::Value>,
+    /// Only these of the action's hosts; empty: all of them.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Why, for the timeline and the approver.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// `POST /v1/runs/{id}/cancel` and `/approve`: an optional reason.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunDecision {
+    /// Why, for the timeline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// A run of an action: who asked, why, with what, and what happened on each host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RunView {
+    /// `run-N`.
+    pub id: String,
+    /// The system.
+    pub system: String,
+    /// The action.
+    pub action: String,
+    /// The parameter values it ran with, defaults applied.
+    pub params: BTreeMap<String, String>,
+    /// Why, as given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The token that asked for it.
+    pub requested_by: String,
+    /// When, RFC 3339.
+    pub requested_at: String,
+    /// The token that approved it, when approval was needed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_by: Option<String>,
+    /// `awaiting_approval`, `running`, `succeeded` (every host), `failed` (some host did not
+    /// succeed), `cancelled` or `interrupted` (the server restarted while it ran).
+    pub state: String,
+    /// One line for people: "2 of 3 hosts succeeded; web-c failed (exit code 1)".
+    pub summary: String,
+    /// Per host, in name order.
+    pub hosts: Vec<RunHostView>,
+    /// When it ended, RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+}
+
+/// One host of a run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RunHostView {
+    /// The host.
+    pub host: String,
+    /// `pending` (waiting for a concurrency slot or approval), `running`, `succeeded`, `failed`,
+    /// `timed_out`, `cancelled`, `refused` (by the agent, with the reason in `detail`) or `lost`
+    /// (the host disconnected, or no result came in time).
+    pub state: String,
+    /// The exit code, when it exited normally.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// The signal that ended it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    /// How long it ran, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// Its output so far (the tail, at most 64 KiB).
+    pub output: String,
+    /// How many bytes of output there were in all, so a follower can print only what is new.
+    pub output_bytes: u64,
+    /// Why, in words (a refusal, a lost host).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
 }

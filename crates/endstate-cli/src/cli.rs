@@ -158,6 +158,56 @@ pub(crate) enum Command {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// Run an action a system declares, on its hosts (or some of them), and follow each host's
+    /// output live until every host has ended. An action needing approval waits for a second
+    /// person's `endstate approve RUN`; an escalate-only one names whom to call instead.
+    Run {
+        /// The action's name.
+        action: String,
+        /// The system whose action it is.
+        #[arg(long)]
+        system: String,
+        /// A parameter, `name=value` (repeat for more).
+        #[arg(long = "param", short = 'p', value_name = "NAME=VALUE")]
+        params: Vec<String>,
+        /// Only these of the action's hosts, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        hosts: Vec<String>,
+        /// Why, for the timeline and the approver.
+        #[arg(long)]
+        reason: Option<String>,
+        /// Print the run and return at once, without following it.
+        #[arg(long)]
+        no_follow: bool,
+    },
+    /// Approve a run someone else asked for; it starts at once and is followed.
+    Approve {
+        /// The run, `run-N`.
+        run: String,
+        /// Why, for the timeline.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Cancel a run: one awaiting approval never runs, a running one is killed on its hosts.
+    Cancel {
+        /// The run, `run-N`.
+        run: String,
+        /// Why, for the timeline.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Recent runs of actions, newest first: did someone just do that already?
+    Runs {
+        /// Only this system's runs.
+        #[arg(long)]
+        system: Option<String>,
+        /// Only runs of this action.
+        #[arg(long)]
+        action: Option<String>,
+        /// Show this run in full (each host's state and output tail).
+        #[arg(long)]
+        show: Option<String>,
+    },
     /// The open alerts: status, check, target, host, since when, flags (acknowledged, silenced,
     /// flapping, consequence of a down host) and the check's message.
     Alerts,
@@ -435,9 +485,13 @@ pub(crate) enum TokenCommand {
         /// The token's name, shown on the timeline for everything it does (API tokens).
         #[arg(long, required_unless_present = "join")]
         name: Option<String>,
-        /// viewer (read only) or admin (API tokens).
+        /// viewer (reads), operator (also makes changes and runs actions), approver (also approves
+        /// other people's runs) or admin (also manages tokens and hosts).
         #[arg(long, default_value = "viewer")]
         role: String,
+        /// The systems the token may act on, comma-separated (it reads every system); default all.
+        #[arg(long, value_delimiter = ',', conflicts_with = "join")]
+        systems: Vec<String>,
         /// Make a one-time join token for `endstate agent --join-token`.
         #[arg(long)]
         join: bool,
@@ -450,6 +504,13 @@ pub(crate) enum TokenCommand {
         /// The only host name the join token admits.
         #[arg(long, requires = "join")]
         host: Option<String>,
+    },
+    /// List the API tokens (names, roles, systems; never secrets).
+    List,
+    /// Revoke the API token of this name: it is refused from now on.
+    Revoke {
+        /// The token's name.
+        name: String,
     },
 }
 

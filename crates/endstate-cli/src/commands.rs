@@ -846,15 +846,63 @@ pub(crate) async fn hosts(global: &Global) -> anyhow::Result<Outcome> {
 }
 
 /// `endstate token create`
-pub(crate) async fn token_create(global: &Global, name: &str, role: &str) -> anyhow::Result<Outcome> {
-    let created = client(global)?.create_token(name, role).await?;
+pub(crate) async fn token_create(
+    global: &Global,
+    name: &str,
+    role: &str,
+    systems: &[String],
+) -> anyhow::Result<Outcome> {
+    let created = client(global)?.create_token(name, role, systems).await?;
     if global.output == Output::Json {
         print_json(&created)?;
     } else {
+        let scope = if created.systems.is_empty() {
+            String::new()
+        } else {
+            format!(", for {}", created.systems.join(", "))
+        };
         println!(
-            "token {} ({}) created; its secret is shown this once:\n{}",
+            "token {} ({}{scope}) created; its secret is shown this once:\n{}",
             created.name, created.role, created.secret
         );
+    }
+    Ok(Outcome::Success)
+}
+
+/// `endstate token list`
+pub(crate) async fn token_list(global: &Global) -> anyhow::Result<Outcome> {
+    let tokens = client(global)?.tokens().await?;
+    if global.output == Output::Json {
+        print_json(&tokens)?;
+    } else {
+        for t in &tokens {
+            let systems = if t.systems.is_empty() {
+                "all systems".to_owned()
+            } else {
+                t.systems.join(",")
+            };
+            println!(
+                "{:<20} {:<9} {:<24} {}{}",
+                t.name,
+                t.role,
+                systems,
+                jiff::Timestamp::from_millisecond(t.created_ms)
+                    .map(|t| t.to_string())
+                    .unwrap_or_default(),
+                if t.revoked { "  revoked" } else { "" }
+            );
+        }
+    }
+    Ok(Outcome::Success)
+}
+
+/// `endstate token revoke NAME`
+pub(crate) async fn token_revoke(global: &Global, name: &str) -> anyhow::Result<Outcome> {
+    let revoked = client(global)?.revoke_token(name).await?;
+    if global.output == Output::Json {
+        print_json(&revoked)?;
+    } else {
+        println!("token {} ({}) revoked", revoked.name, revoked.role);
     }
     Ok(Outcome::Success)
 }
@@ -998,4 +1046,243 @@ fn new_part(tail: &str, total: u64, seen: u64) -> String {
         start += 1;
     }
     tail[start..].to_owned()
+}
+
+// === actions ===
+
+/// `endstate run ACTION --system S`
+pub(crate) async fn run_action(
+    global: &Global,
+    system: &str,
+    action: &str,
+    params: &[String],
+    hosts: Vec<String>,
+    reason: Option<String>,
+    follow: bool,
+) -> anyhow::Result<Outcome> {
+    let mut values = std::collections::BTreeMap::new();
+    for param in params {
+        let Some((name, value)) = param.split_once('=') else {
+            eprintln!("error: --param {param:?} is not NAME=VALUE");
+            return Ok(Outcome::Refused);
+        };
+        // The server takes text for numbers and booleans too, and checks the types it declared.
+        values.insert(name.trim().to_owned(), serde_json::Value::String(value.to_owned()));
+    }
+    let request = endstate_api::RunRequest {
+        system: system.to_owned(),
+        action: action.to_owned(),
+        params: values,
+        hosts,
+        reason,
+    };
+    let client = client(global)?;
+    let run = match refused_or(client.run_action(&request)).await? {
+        Ok(run) => run,
+        Err(outcome) => return Ok(outcome),
+    };
+    if run.state == "awaiting_approval" {
+        if global.output == Output::Json {
+            print_json(&run)?;
+        } else {
+            println!(
+                "{} of {}/{} awaits approval by someone other than {} (an approver of {}): `endstate approve {}`",
+                run.id, run.system, run.action, run.requested_by, run.system, run.id
+            );
+        }
+        return Ok(Outcome::StillOpen);
+    }
+    if !follow {
+        // Accepted and started: follow it with `endstate runs --show RUN`.
+        print_run(global, &run)?;
+        return Ok(Outcome::Success);
+    }
+    follow_run(global, &client, run).await
+}
+
+/// `endstate approve RUN`
+pub(crate) async fn approve_run(global: &Global, id: &str, reason: Option<String>) -> anyhow::Result<Outcome> {
+    let client = client(global)?;
+    let run = match refused_or(client.approve_run(id, reason)).await? {
+        Ok(run) => run,
+        Err(outcome) => return Ok(outcome),
+    };
+    if global.output != Output::Json {
+        println!("{} approved; it runs now", run.id);
+    }
+    follow_run(global, &client, run).await
+}
+
+/// `endstate cancel RUN`
+pub(crate) async fn cancel_run(global: &Global, id: &str, reason: Option<String>) -> anyhow::Result<Outcome> {
+    let client = client(global)?;
+    let run = match refused_or(client.cancel_run(id, reason)).await? {
+        Ok(run) => run,
+        Err(outcome) => return Ok(outcome),
+    };
+    if global.output == Output::Json {
+        print_json(&run)?;
+    } else {
+        println!("{} cancelled: {}", run.id, run.summary);
+    }
+    Ok(Outcome::Success)
+}
+
+/// `endstate runs`
+pub(crate) async fn runs(
+    global: &Global,
+    system: Option<&str>,
+    action: Option<&str>,
+    show: Option<&str>,
+) -> anyhow::Result<Outcome> {
+    let client = client(global)?;
+    if let Some(id) = show {
+        let run = match refused_or(client.run(id)).await? {
+            Ok(run) => run,
+            Err(outcome) => return Ok(outcome),
+        };
+        return print_run(global, &run);
+    }
+    let runs = match refused_or(client.runs(system, action, None)).await? {
+        Ok(runs) => runs,
+        Err(outcome) => return Ok(outcome),
+    };
+    if global.output == Output::Json {
+        print_json(&runs)?;
+        return Ok(Outcome::Success);
+    }
+    if runs.is_empty() {
+        println!("no runs");
+    }
+    for run in &runs {
+        let who = match &run.approved_by {
+            Some(approver) => format!("{} (approved by {approver})", run.requested_by),
+            None => run.requested_by.clone(),
+        };
+        let why = run.reason.as_deref().map(|r| format!(" \"{r}\"")).unwrap_or_default();
+        println!(
+            "{:<8} {}  {}/{}  {:<17} by {who}{why}\n         {}",
+            run.id, run.requested_at, run.system, run.action, run.state, run.summary
+        );
+    }
+    Ok(Outcome::Success)
+}
+
+fn print_run(global: &Global, run: &endstate_api::RunView) -> anyhow::Result<Outcome> {
+    if global.output == Output::Json {
+        print_json(run)?;
+        return Ok(run_outcome(run));
+    }
+    let params: Vec<String> = run.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    println!(
+        "{} {}/{} {}  asked by {} at {}{}",
+        run.id,
+        run.system,
+        run.action,
+        params.join(" "),
+        run.requested_by,
+        run.requested_at,
+        run.approved_by
+            .as_deref()
+            .map(|a| format!(", approved by {a}"))
+            .unwrap_or_default()
+    );
+    if let Some(reason) = &run.reason {
+        println!("  why: {reason}");
+    }
+    println!("  {}: {}", run.state, run.summary);
+    for host in &run.hosts {
+        println!(
+            "  {:<16} {:<10}{}{}",
+            host.host,
+            host.state,
+            host.exit_code.map(|c| format!(" exit {c}")).unwrap_or_default(),
+            if host.detail.is_empty() {
+                String::new()
+            } else {
+                format!("  {}", host.detail)
+            }
+        );
+        for line in host.output.lines() {
+            println!("    | {line}");
+        }
+    }
+    Ok(run_outcome(run))
+}
+
+fn run_outcome(run: &endstate_api::RunView) -> Outcome {
+    match run.state.as_str() {
+        "succeeded" => Outcome::Success,
+        "awaiting_approval" | "running" => Outcome::StillOpen,
+        _ => Outcome::Failed,
+    }
+}
+
+/// Prints each host's output as it comes (`host | line`) and each host's end, until the run ends.
+async fn follow_run(
+    global: &Global,
+    client: &endstate_client::Client,
+    mut run: endstate_api::RunView,
+) -> anyhow::Result<Outcome> {
+    let json = global.output == Output::Json;
+    if !json {
+        println!(
+            "{} of {}/{} on {} host(s)",
+            run.id,
+            run.system,
+            run.action,
+            run.hosts.len()
+        );
+    }
+    let mut printed: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+    let mut partial: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
+    let mut ended: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+    loop {
+        for host in &run.hosts {
+            let seen = printed.entry(host.host.clone()).or_default();
+            if host.output_bytes > *seen && !json {
+                let new = usize::try_from(host.output_bytes - *seen).unwrap_or(usize::MAX);
+                let text = &host.output;
+                let mut start = text.len().saturating_sub(new);
+                while !text.is_char_boundary(start) {
+                    start += 1;
+                }
+                let pending = partial.entry(host.host.clone()).or_default();
+                pending.push_str(&text[start..]);
+                while let Some(newline) = pending.find('\n') {
+                    println!("{:<16} | {}", host.host, &pending[..newline]);
+                    pending.drain(..=newline);
+                }
+            }
+            *seen = host.output_bytes.max(*seen);
+            let done = !matches!(host.state.as_str(), "pending" | "running");
+            if done && ended.insert(host.host.clone()) && !json {
+                if let Some(rest) = partial.remove(&host.host).filter(|p| !p.is_empty()) {
+                    println!("{:<16} | {rest}", host.host);
+                }
+                println!(
+                    "{:<16} = {}{}{}",
+                    host.host,
+                    host.state,
+                    host.exit_code.map(|c| format!(", exit code {c}")).unwrap_or_default(),
+                    if host.detail.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", host.detail)
+                    }
+                );
+            }
+        }
+        if !matches!(run.state.as_str(), "running" | "awaiting_approval") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        run = client.run(&run.id).await?;
+    }
+    if json {
+        print_json(&run)?;
+    } else {
+        println!("{} {}: {}", run.id, run.state, run.summary);
+    }
+    Ok(run_outcome(&run))
 }

@@ -80,6 +80,19 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Review { since, system } => commands::review(global, since.as_deref(), system.as_deref()).await,
         Command::Unsilence { id } => commands::unsilence(global, id).await,
         Command::Ack { check, target, message } => commands::ack(global, &check, &target, &message).await,
+        Command::Run {
+            action,
+            system,
+            params,
+            hosts,
+            reason,
+            no_follow,
+        } => commands::run_action(global, &system, &action, &params, hosts, reason, !no_follow).await,
+        Command::Approve { run, reason } => commands::approve_run(global, &run, reason).await,
+        Command::Cancel { run, reason } => commands::cancel_run(global, &run, reason).await,
+        Command::Runs { system, action, show } => {
+            commands::runs(global, system.as_deref(), action.as_deref(), show.as_deref()).await
+        }
         Command::Scale {
             component,
             count,
@@ -95,9 +108,12 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
             println!("{}", serde_json::to_string_pretty(&endstate_spec::json_schema())?);
             Ok(Outcome::Success)
         }
+        Command::Token(cli::TokenCommand::List) => commands::token_list(global).await,
+        Command::Token(cli::TokenCommand::Revoke { name }) => commands::token_revoke(global, &name).await,
         Command::Token(cli::TokenCommand::Create {
             name,
             role,
+            systems,
             join,
             ttl,
             labels,
@@ -106,7 +122,7 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
             if join {
                 commands::join_token_create(global, ttl, labels.as_deref(), host).await
             } else {
-                commands::token_create(global, name.as_deref().unwrap_or_default(), &role).await
+                commands::token_create(global, name.as_deref().unwrap_or_default(), &role, &systems).await
             }
         }
     }

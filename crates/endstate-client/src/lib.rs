@@ -308,6 +308,73 @@ impl Client {
         .await
     }
 
+    /// `POST /v1/runs`: asks to run an action.
+    ///
+    /// # Errors
+    /// As the server says (bad parameters by field path, not allowed, not reentrant, rate limited).
+    pub async fn run_action(&self, request: &endstate_api::RunRequest) -> Result<endstate_api::RunView, ClientError> {
+        self.post("/v1/runs", request).await
+    }
+
+    /// `GET /v1/runs/{id}`: a run with its hosts' output so far.
+    ///
+    /// # Errors
+    /// As the server says (404 for an unknown run).
+    pub async fn run(&self, id: &str) -> Result<endstate_api::RunView, ClientError> {
+        self.get(&format!("/v1/runs/{}", segment(id))).await
+    }
+
+    /// `GET /v1/runs`: recent runs, newest first.
+    ///
+    /// # Errors
+    /// As the server says.
+    pub async fn runs(
+        &self,
+        system: Option<&str>,
+        action: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<Vec<endstate_api::RunView>, ClientError> {
+        let mut query: Vec<(&str, String)> = Vec::new();
+        if let Some(system) = system {
+            query.push(("system", system.to_owned()));
+        }
+        if let Some(action) = action {
+            query.push(("action", action.to_owned()));
+        }
+        if let Some(limit) = limit {
+            query.push(("limit", limit.to_string()));
+        }
+        self.send(
+            "/v1/runs",
+            self.http.get(format!("{}/v1/runs", self.base)).query(&query),
+        )
+        .await
+    }
+
+    /// `POST /v1/runs/{id}/approve`.
+    ///
+    /// # Errors
+    /// As the server says (your own run, not an approver, not awaiting approval).
+    pub async fn approve_run(&self, id: &str, reason: Option<String>) -> Result<endstate_api::RunView, ClientError> {
+        self.post(
+            &format!("/v1/runs/{}/approve", segment(id)),
+            &endstate_api::RunDecision { reason },
+        )
+        .await
+    }
+
+    /// `POST /v1/runs/{id}/cancel`.
+    ///
+    /// # Errors
+    /// As the server says (already ended).
+    pub async fn cancel_run(&self, id: &str, reason: Option<String>) -> Result<endstate_api::RunView, ClientError> {
+        self.post(
+            &format!("/v1/runs/{}/cancel", segment(id)),
+            &endstate_api::RunDecision { reason },
+        )
+        .await
+    }
+
     /// Creates a silence.
     ///
     /// # Errors
@@ -431,15 +498,33 @@ impl Client {
     ///
     /// # Errors
     /// As the server says (403 unless the caller is an admin).
-    pub async fn create_token(&self, name: &str, role: &str) -> Result<CreatedToken, ClientError> {
+    pub async fn create_token(&self, name: &str, role: &str, systems: &[String]) -> Result<CreatedToken, ClientError> {
         self.post(
             "/v1/tokens",
             &CreateToken {
                 name: name.to_string(),
                 role: role.to_string(),
+                systems: systems.to_vec(),
             },
         )
         .await
+    }
+
+    /// `GET /v1/tokens`: every token, revoked ones too.
+    ///
+    /// # Errors
+    /// Transport failures and problem answers.
+    pub async fn tokens(&self) -> Result<Vec<endstate_api::TokenView>, ClientError> {
+        self.get("/v1/tokens").await
+    }
+
+    /// `POST /v1/tokens/{name}/revoke`.
+    ///
+    /// # Errors
+    /// Transport failures and problem answers (404 for no such token).
+    pub async fn revoke_token(&self, name: &str) -> Result<endstate_api::TokenView, ClientError> {
+        self.post(&format!("/v1/tokens/{}/revoke", segment(name)), &serde_json::json!({}))
+            .await
     }
 
     /// Creates a one-time join token for a new host.

@@ -6,6 +6,13 @@
 //!                 [--config FILE] [--data-dir DIR] [--host HOST]
 //! ```
 //!
+//! ```text
+//! example-service flush --port PORT [--scope SCOPE]
+//! ```
+//!
+//! is the service's admin client (what the example systems' actions run): it POSTs
+//! `/admin/flush?scope=SCOPE` to `127.0.0.1:PORT`, prints the answer, and exits 0 on a 200.
+//!
 //! On start it prints exactly one line to stdout, after the socket is bound and the signal handlers are
 //! installed: `example-service NAME VERSION listening on IP:PORT` (with `--listen 127.0.0.1:0` the line
 //! carries the port the kernel chose). The effective faults go to stderr on a second line.
@@ -154,6 +161,10 @@ impl AppState {
 }
 
 fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("flush") {
+        return flush_client(&argv[2..]);
+    }
     let args = Args::parse();
     let faults = match load_faults(&args) {
         Ok(faults) => faults,
@@ -307,6 +318,64 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 async fn flush(State(state): State<Arc<AppState>>) -> Response {
     let dropped = state.metrics.flush_cache();
     axum::Json(json!({ "dropped": dropped })).into_response()
+}
+
+/// `example-service flush --port PORT [--scope SCOPE]`: the admin client, std only.
+fn flush_client(args: &[String]) -> ExitCode {
+    use std::io::{Read, Write};
+    let mut port = None;
+    let mut scope = "all".to_owned();
+    let mut rest = args.iter();
+    while let Some(flag) = rest.next() {
+        match (flag.as_str(), rest.next()) {
+            ("--port", Some(value)) => port = value.parse::<u16>().ok(),
+            ("--scope", Some(value)) => scope.clone_from(value),
+            _ => {
+                eprintln!("usage: example-service flush --port PORT [--scope SCOPE]");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let Some(port) = port else {
+        eprintln!("usage: example-service flush --port PORT [--scope SCOPE]");
+        return ExitCode::from(2);
+    };
+    if !scope
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        eprintln!("example-service flush: scope {scope:?} is not a word");
+        return ExitCode::from(2);
+    }
+    let answer = (|| -> std::io::Result<String> {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        write!(
+            stream,
+            "POST /admin/flush?scope={scope} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer)?;
+        Ok(answer)
+    })();
+    match answer {
+        Ok(answer) if answer.starts_with("HTTP/1.1 200") => {
+            let body = answer.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+            println!("flushed {scope} on 127.0.0.1:{port}: {body}");
+            ExitCode::SUCCESS
+        }
+        Ok(answer) => {
+            eprintln!(
+                "example-service flush: 127.0.0.1:{port} answered {}",
+                answer.lines().next().unwrap_or_default()
+            );
+            ExitCode::from(1)
+        }
+        Err(error) => {
+            eprintln!("example-service flush: 127.0.0.1:{port}: {error}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 /// Bumps the start counter in `DIR/example-service.json` and rewrites the file atomically.

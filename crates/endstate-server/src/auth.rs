@@ -6,9 +6,16 @@
 //! - Secrets are 32 random bytes, shown once; the store keeps only their SHA-256 (a fast hash is
 //!   right for high-entropy secrets, and keeps a lookup per request cheap).
 //!
+//! - Roles grow: `viewer` reads; `operator` also makes changes and operates (runs actions,
+//!   acknowledges and silences alerts, adds notes); `approver` also approves other people's runs;
+//!   `admin` also manages tokens and hosts. A token may be scoped to systems: then every verb but
+//!   reading needs one of them named, and verbs about no system in particular (submitting a whole
+//!   revision, managing tokens) are refused.
+//!
 //! # Caveats
-//! - Roles are `viewer` and `admin` for now; named operator and approver roles scoped to systems
-//!   come with sanctioned actions, and plug into [`authorize`] without touching the routes.
+//! - Reading is not scoped: a scoped token still reads every system. Scope is exact: a token for an
+//!   aggregate does not reach its subsystems. Single sign-on and groups come later and produce the
+//!   same [`Actor`], so [`authorize`] stays the one place to ask.
 
 use std::net::SocketAddr;
 
@@ -31,14 +38,20 @@ pub(crate) struct Actor {
     /// The token's name; it appears on the timeline for everything the actor does.
     pub(crate) name: String,
     pub(crate) role: Role,
+    /// The systems the actor may act on; empty: every system.
+    pub(crate) systems: Vec<String>,
 }
 
-/// What a token may do.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What a token may do, each role everything the one before may and more.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Role {
     /// Reads everything, changes nothing.
     Viewer,
-    /// Everything.
+    /// Makes changes and operates: runs actions, acknowledges and silences alerts, adds notes.
+    Operator,
+    /// An operator who may also approve other people's runs.
+    Approver,
+    /// Everything, including tokens and hosts.
     Admin,
 }
 
@@ -47,16 +60,45 @@ pub(crate) enum Role {
 pub(crate) enum Verb {
     /// Read state, the timeline, metrics.
     Read,
-    /// Submit revisions, add notes.
+    /// Submit revisions and steer changes (pause, resume, abort, roll back, scale).
     Write,
-    /// Manage tokens.
+    /// Run actions, acknowledge and silence alerts, add notes.
+    Operate,
+    /// Approve a run someone else asked for.
+    Approve,
+    /// Manage tokens and hosts.
     Administer,
 }
 
+impl Verb {
+    fn least_role(self) -> Role {
+        match self {
+            Verb::Read => Role::Viewer,
+            Verb::Write | Verb::Operate => Role::Operator,
+            Verb::Approve => Role::Approver,
+            Verb::Administer => Role::Admin,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Verb::Read => "read",
+            Verb::Write => "make changes",
+            Verb::Operate => "operate (run actions, acknowledge, silence, add notes)",
+            Verb::Approve => "approve runs",
+            Verb::Administer => "manage tokens and hosts",
+        }
+    }
+}
+
 impl Role {
+    pub(crate) const NAMES: &'static str = "viewer, operator, approver or admin";
+
     pub(crate) fn parse(word: &str) -> Option<Role> {
         match word {
             "viewer" => Some(Role::Viewer),
+            "operator" => Some(Role::Operator),
+            "approver" => Some(Role::Approver),
             "admin" => Some(Role::Admin),
             _ => None,
         }
@@ -65,32 +107,43 @@ impl Role {
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Approver => "approver",
             Role::Admin => "admin",
         }
     }
 }
 
-/// The one authorisation decision. `system` is the system the verb touches, when there is one;
-/// scoped tokens will use it.
+/// The one authorisation decision: may `actor` do `verb` on `system` (`None`: no system in
+/// particular, or all of them).
 pub(crate) fn authorize(actor: &Actor, verb: Verb, system: Option<&str>) -> Result<(), ApiError> {
-    let allowed = match actor.role {
-        Role::Admin => true,
-        Role::Viewer => verb == Verb::Read,
-    };
-    if allowed {
-        Ok(())
-    } else {
-        let on = system.map(|s| format!(" on system {s}")).unwrap_or_default();
-        Err(ApiError::Forbidden(format!(
-            "token {:?} has role {} which may not {}{on}",
+    let on = system.map(|s| format!(" on system {s}")).unwrap_or_default();
+    if actor.role < verb.least_role() {
+        return Err(ApiError::Forbidden(format!(
+            "token {:?} has role {} which may not {}{on}; that needs {} or more",
             actor.name,
             actor.role.as_str(),
-            match verb {
-                Verb::Read => "read",
-                Verb::Write => "make changes",
-                Verb::Administer => "manage tokens",
-            }
-        )))
+            verb.as_str(),
+            verb.least_role().as_str(),
+        )));
+    }
+    if verb == Verb::Read || actor.systems.is_empty() {
+        return Ok(());
+    }
+    match system {
+        Some(system) if actor.systems.iter().any(|s| s == system) => Ok(()),
+        Some(system) => Err(ApiError::Forbidden(format!(
+            "token {:?} may {} only on systems {}, not on {system}",
+            actor.name,
+            verb.as_str(),
+            actor.systems.join(", ")
+        ))),
+        None => Err(ApiError::Forbidden(format!(
+            "token {:?} is limited to systems {} and may not {} beyond them",
+            actor.name,
+            actor.systems.join(", "),
+            verb.as_str()
+        ))),
     }
 }
 
@@ -130,6 +183,7 @@ pub(crate) async fn bootstrap_admin(state: &AppState) -> Result<Option<String>, 
             hash_hex: hash_secret(&secret),
             created_ms: crate::now_ms(),
             revoked: false,
+            systems: Vec::new(),
         })
         .await?;
     Ok(Some(secret))
@@ -223,6 +277,7 @@ async fn authenticate(
     Ok(Actor {
         name: record.name,
         role,
+        systems: record.systems,
     })
 }
 
@@ -230,21 +285,50 @@ async fn authenticate(
 mod tests {
     use super::*;
 
+    fn actor(role: Role, systems: &[&str]) -> Actor {
+        Actor {
+            name: "t".into(),
+            role,
+            systems: systems.iter().map(|s| (*s).to_owned()).collect(),
+        }
+    }
+
     #[test]
-    fn viewers_only_read() {
-        let viewer = Actor {
-            name: "v".into(),
-            role: Role::Viewer,
-        };
-        let admin = Actor {
-            name: "a".into(),
-            role: Role::Admin,
-        };
+    fn each_role_may_what_the_one_before_may_and_more() {
+        let viewer = actor(Role::Viewer, &[]);
         assert!(authorize(&viewer, Verb::Read, None).is_ok());
         assert!(
-            matches!(authorize(&viewer, Verb::Write, Some("shop")), Err(ApiError::Forbidden(m)) if m.contains("on system shop"))
+            matches!(authorize(&viewer, Verb::Write, Some("shop")), Err(ApiError::Forbidden(m)) if m.contains("on system shop") && m.contains("needs operator"))
         );
-        assert!(authorize(&admin, Verb::Administer, None).is_ok());
+        let operator = actor(Role::Operator, &[]);
+        assert!(authorize(&operator, Verb::Operate, Some("shop")).is_ok());
+        assert!(authorize(&operator, Verb::Write, None).is_ok());
+        assert!(
+            matches!(authorize(&operator, Verb::Approve, Some("shop")), Err(ApiError::Forbidden(m)) if m.contains("needs approver"))
+        );
+        let approver = actor(Role::Approver, &[]);
+        assert!(authorize(&approver, Verb::Approve, Some("shop")).is_ok());
+        assert!(authorize(&approver, Verb::Administer, None).is_err());
+        assert!(authorize(&actor(Role::Admin, &[]), Verb::Administer, None).is_ok());
+    }
+
+    #[test]
+    fn a_scoped_token_acts_only_on_its_systems_but_reads_everything() {
+        let scoped = actor(Role::Approver, &["shop", "billing"]);
+        assert!(authorize(&scoped, Verb::Operate, Some("billing")).is_ok());
+        assert!(authorize(&scoped, Verb::Read, Some("search")).is_ok());
+        assert!(authorize(&scoped, Verb::Read, None).is_ok());
+        assert!(
+            matches!(authorize(&scoped, Verb::Approve, Some("search")), Err(ApiError::Forbidden(m)) if m.contains("only on systems shop, billing, not on search"))
+        );
+        assert!(
+            matches!(authorize(&scoped, Verb::Write, None), Err(ApiError::Forbidden(m)) if m.contains("limited to systems shop, billing"))
+        );
+        let admin = actor(Role::Admin, &["shop"]);
+        assert!(
+            authorize(&admin, Verb::Administer, None).is_err(),
+            "a scoped admin manages no tokens"
+        );
     }
 
     #[test]

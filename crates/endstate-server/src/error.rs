@@ -51,6 +51,9 @@ pub(crate) enum ApiError {
         burst: u32,
         retry_after_s: u64,
     },
+    /// An action's or a system's run rate limit: too many runs lately; the message says which.
+    #[error("{0}")]
+    TooManyRuns(String),
     /// The store failed. The details go to the log, never to the client.
     #[error("the store failed")]
     Store(#[source] endstate_store::StoreError),
@@ -95,6 +98,7 @@ impl ApiError {
                 "Method not allowed",
             ),
             ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate-limited", "Too many requests"),
+            ApiError::TooManyRuns(_) => (StatusCode::TOO_MANY_REQUESTS, "too-many-runs", "Too many runs"),
             ApiError::Store(_) | ApiError::Internal(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal server error")
             }

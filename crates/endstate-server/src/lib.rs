@@ -10,6 +10,7 @@
 //! - Stream subscribers wait on a [`tokio::sync::watch`] counter bumped after every write to the
 //!   timeline, then read the new events from the store: nothing is delivered that was not stored.
 
+mod actions;
 mod agents;
 mod auth;
 mod changes;
@@ -148,6 +149,8 @@ struct Inner {
     recheck_at_ms: std::sync::atomic::AtomicI64,
     /// Check results, alerts and their notifications.
     monitor: monitor::Monitor,
+    /// Runs of actions.
+    runs: actions::Runs,
 }
 
 /// What agents should run, as [`AppState::rendering`] finds it.
@@ -208,11 +211,15 @@ impl Server {
             rollout_lock: tokio::sync::Mutex::new(()),
             recheck_at_ms: std::sync::atomic::AtomicI64::new(0),
             monitor: monitor::Monitor::new(config.monitor.clone()),
+            runs: actions::Runs::default(),
         }));
         let admin_secret = auth::bootstrap_admin(&state)
             .await
             .map_err(|error| ServerError::Bootstrap(Box::new(error)))?;
         monitor::load_silences(&state)
+            .await
+            .map_err(|error| ServerError::Bootstrap(Box::new(error)))?;
+        actions::load_runs(&state)
             .await
             .map_err(|error| ServerError::Bootstrap(Box::new(error)))?;
         Ok(Server {
@@ -368,6 +375,10 @@ impl AppState {
 
     pub(crate) fn monitor(&self) -> &monitor::Monitor {
         &self.0.monitor
+    }
+
+    pub(crate) fn runs(&self) -> &actions::Runs {
+        &self.0.runs
     }
 
     /// Asks the runner to look again at `at` (ms since the epoch), or forgets the wish.

@@ -535,7 +535,7 @@ pub(crate) async fn ack(
         .split_once('/')
         .map_or(request.check.as_str(), |(s, _)| s)
         .to_owned();
-    crate::auth::authorize(&actor, crate::auth::Verb::Write, Some(&system))?;
+    crate::auth::authorize(&actor, crate::auth::Verb::Operate, Some(&system))?;
     let comment = request.comment.trim();
     if comment.is_empty() || comment.len() > 4096 {
         return Err(ApiError::bad_field(
@@ -595,7 +595,7 @@ pub(crate) async fn create_silence(
             .as_ref()
             .and_then(|c| c.split_once('/').map(|(s, _)| s.to_owned()))
     });
-    crate::auth::authorize(&actor, crate::auth::Verb::Write, system.as_deref())?;
+    crate::auth::authorize(&actor, crate::auth::Verb::Operate, system.as_deref())?;
     let now = crate::now_ms();
     if request.system.is_none() && request.check.is_none() && request.host.is_none() && request.labels.is_empty() {
         return Err(ApiError::bad_field(
@@ -719,7 +719,7 @@ pub(crate) async fn remove_silence(
         .map_err(|_| ApiError::bad_field("id", format!("found {id:?}; expected a silence number")))?;
     let found = state.monitor().silences().iter().find(|s| s.id == id).cloned();
     let silence = found.ok_or_else(|| ApiError::NotFound(format!("no active silence {id}")))?;
-    crate::auth::authorize(&actor, crate::auth::Verb::Write, silence.system.as_deref())?;
+    crate::auth::authorize(&actor, crate::auth::Verb::Operate, silence.system.as_deref())?;
     state.monitor().silences().retain(|s| s.id != id);
     let event = NewEvent {
         systems: silence.system.iter().cloned().collect(),
@@ -754,7 +754,7 @@ pub(crate) async fn alertmanager(
     axum::Extension(actor): axum::Extension<crate::auth::Actor>,
     crate::routes::JsonBody(body): crate::routes::JsonBody<serde_json::Value>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
-    crate::auth::authorize(&actor, crate::auth::Verb::Write, None)?;
+    crate::auth::authorize(&actor, crate::auth::Verb::Operate, None)?;
     let Some(list) = body.get("alerts").and_then(serde_json::Value::as_array) else {
         return Err(ApiError::bad_field(
             "alerts",

@@ -189,7 +189,10 @@
 //! ```
 //!
 //! Template variables in `command`: `params.<name>` for every declared parameter, `instance.host`,
-//! `action.name`, `action.system`, `host.labels.<key>`.
+//! `action.name`, `action.system`, `host.labels.<key>`, and with `targets: { component: ... }`
+//! `ports.<name>` (the port of that component's instance on the host; a host running several
+//! instances of it is not offered the action). A `pattern` must compile as a regular expression
+//! (`regex-lite` syntax) and the whole value must match it.
 //!
 //! ## `Policy`
 //!

@@ -1175,6 +1175,14 @@ fn action<'a>(ctx: DocCtx<'a>, doc: &ActionDoc, out: &mut Out) -> ActionEntry<'a
                 problem(format!("found enum value `{value}` twice"), "each value once");
             }
         }
+        if let Some(pattern) = &p.pattern
+            && let Err(error) = regex_lite::Regex::new(pattern)
+        {
+            problem(
+                format!("found pattern `{pattern}`, which is not a regular expression: {error}"),
+                "a regular expression (the whole value must match)",
+            );
+        }
         if p.pattern.is_some() && p.kind != ParameterType::String {
             problem(
                 "found `pattern` on a parameter that is not a string".to_owned(),
@@ -1268,12 +1276,14 @@ fn action<'a>(ctx: DocCtx<'a>, doc: &ActionDoc, out: &mut Out) -> ActionEntry<'a
             .expected("exactly one element, the script given to `sh -c`"),
         );
     }
+    let on_component = doc.targets.value.component.is_some();
     let known = |variable: &str| {
         ACTION_VARIABLES.contains(&variable)
             || variable
                 .strip_prefix("params.")
                 .is_some_and(|param| parameters.contains_key(param))
             || variable.strip_prefix("host.labels.").is_some_and(|key| !key.is_empty())
+            || (on_component && variable.strip_prefix("ports.").is_some_and(|port| !port.is_empty()))
     };
     for (idx, element) in doc.command.value.iter().enumerate() {
         let pos = ctx.pos(element);
@@ -1286,6 +1296,9 @@ fn action<'a>(ctx: DocCtx<'a>, doc: &ActionDoc, out: &mut Out) -> ActionEntry<'a
         for problem in check_template(&element.value, &known) {
             let mut list = quoted_list(ACTION_VARIABLES);
             list.push_str(", `host.labels.<key>`");
+            if on_component {
+                list.push_str(", `ports.<name>`");
+            }
             for param in parameters.keys() {
                 list.push_str(&format!(", `params.{param}`"));
             }

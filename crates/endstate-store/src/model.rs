@@ -320,6 +320,8 @@ pub struct TokenRecord {
     pub created_ms: i64,
     /// Whether it was revoked (revoked tokens are still found, so the caller can tell why it fails).
     pub revoked: bool,
+    /// The systems it may act on (names without commas); empty: every system.
+    pub systems: Vec<String>,
 }
 
 // === impl NewEvent ===

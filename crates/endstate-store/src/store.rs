@@ -133,6 +133,12 @@ pub trait Store: Send + Sync + 'static {
     /// On storage failure.
     async fn count_tokens(&self) -> Result<u64, StoreError>;
 
+    /// Every token, revoked ones too, oldest first.
+    ///
+    /// # Errors
+    /// On storage failure or unreadable data.
+    async fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
+
     // --- agents ---
 
     /// Stores a new join token.

@@ -1058,7 +1058,10 @@ async fn tokens_by_hash(store: &dyn Store) {
         "conformance needs a fresh store: found tokens"
     );
     let admin = token("t1", "admin", "aa11");
-    let reader = token("t2", "reader", "bb22");
+    let reader = TokenRecord {
+        systems: vec!["shop".into(), "billing".into()],
+        ..token("t2", "reader", "bb22")
+    };
     store.put_token(admin.clone()).await.unwrap();
     store.put_token(reader.clone()).await.unwrap();
     assert_eq!(
@@ -1078,6 +1081,17 @@ async fn tokens_by_hash(store: &dyn Store) {
     assert!(
         store.find_token("ffff").await.unwrap().is_none(),
         "an unknown hash is None"
+    );
+
+    assert_eq!(
+        store.find_token("bb22").await.unwrap().as_ref(),
+        Some(&reader),
+        "a token's systems are kept, in order"
+    );
+    assert_eq!(
+        store.list_tokens().await.unwrap(),
+        vec![admin.clone(), reader.clone()],
+        "list_tokens lists every token"
     );
 
     let revoked = TokenRecord {
@@ -1193,5 +1207,6 @@ fn token(id: &str, role: &str, hash_hex: &str) -> TokenRecord {
         hash_hex: hash_hex.into(),
         created_ms: 42,
         revoked: false,
+        systems: Vec::new(),
     }
 }

@@ -240,6 +240,7 @@ mod tests {
             generation: Generation(7),
             instances: Vec::new(),
             checks: Vec::new(),
+            actions: Vec::new(),
         };
         let frame = endstate_agent_proto::encode(&FromServer::DesiredInstances(desired.clone())).unwrap();
         save_desired(dir.path(), &frame, Generation(7)).unwrap();

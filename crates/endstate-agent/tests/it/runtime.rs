@@ -18,8 +18,9 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use endstate_agent::{ApplyOutcome, RestartPolicy, Runtime, RuntimeConfig, RuntimeError};
 use endstate_agent_proto::{
-    ActualInstance, Artifact, ArtifactSource, ConfigFile, DesiredInstances, HealthProbe, IgnoreReason,
-    InstanceAssignment, InstanceId, InstanceStateChange, InstanceStateWord, Observed, Probe, UpgradeOrder,
+    ActionAssignment, ActionOutcome, ActionParameter, ActionParameterType, ActionResult, ActualInstance, Artifact,
+    ArtifactSource, ConfigFile, DesiredInstances, HealthProbe, IgnoreReason, InstanceAssignment, InstanceId,
+    InstanceStateChange, InstanceStateWord, Observed, Probe, RunAction, UpgradeOrder,
 };
 use endstate_types::Generation;
 use nix::sys::signal::{Signal, kill, killpg};
@@ -231,6 +232,7 @@ fn desired(generation: u64, instances: Vec<InstanceAssignment>) -> DesiredInstan
         generation: Generation(generation),
         instances,
         checks: Vec::new(),
+        actions: Vec::new(),
     }
 }
 
@@ -1198,4 +1200,146 @@ async fn start_kills_only_groups_that_are_still_the_recorded_ones() {
     assert!(reused.is_running());
     assert!(!data.path().join("runtime/groups.json").exists());
     runtime.shutdown().await;
+}
+
+// === actions ===
+
+fn catalogue_action(name: &str, command: &[&str], timeout_ms: u64) -> ActionAssignment {
+    ActionAssignment {
+        name: name.to_owned(),
+        command: command.iter().map(|c| (*c).to_owned()).collect(),
+        shell: false,
+        parameters: [(
+            "word".to_owned(),
+            ActionParameter {
+                kind: ActionParameterType::Enum,
+                values: vec!["hello".into(), "bye".into()],
+                min: None,
+                max: None,
+            },
+        )]
+        .into_iter()
+        .collect(),
+        timeout_ms,
+    }
+}
+
+fn run_request(run: &str, action: &str, generation: u64, word: &str) -> RunAction {
+    RunAction {
+        run: run.to_owned(),
+        action: action.to_owned(),
+        generation: Generation(generation),
+        params: [("word".to_owned(), word.to_owned())].into_iter().collect(),
+    }
+}
+
+async fn action_result(agent: &mut Agent, run: &str) -> ActionResult {
+    let (_, observed) = agent
+        .observed
+        .wait(
+            &format!("the result of {run}"),
+            0,
+            |o| matches!(o, Observed::Action(r) if r.run == run),
+        )
+        .await;
+    let Observed::Action(result) = observed else {
+        unreachable!()
+    };
+    result
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_actions_of_the_catalogue_run_and_they_can_be_cancelled_or_time_out() {
+    let mut agent = Agent::start().await;
+    let echo = agent.script("bin/say", "echo \"said $1 in $(pwd)\"");
+    let mut set = desired(4, Vec::new());
+    set.actions = vec![
+        catalogue_action("lab/say", &["bin/say", "{{ params.word }}"], 10_000),
+        catalogue_action(
+            "lab/wait",
+            &["/bin/sh", "-c", "echo waiting; exec sleep 601", "{{ params.word }}"],
+            10_000,
+        ),
+        catalogue_action(
+            "lab/short",
+            &["/bin/sh", "-c", "exec sleep 600", "{{ params.word }}"],
+            300,
+        ),
+    ];
+    agent.apply(set).await;
+
+    // A catalogue action runs in the artifact root with the value in its argument.
+    agent
+        .runtime
+        .run_action(run_request("run-1", "lab/say", 4, "hello"))
+        .await;
+    let result = action_result(&mut agent, "run-1").await;
+    assert_eq!(result.outcome, ActionOutcome::Succeeded, "{result:?}");
+    assert_eq!(result.exit_code, Some(0));
+    let root = agent.root.path().canonicalize().unwrap();
+    assert_eq!(result.output, format!("said hello in {}\n", root.display()), "{echo}");
+
+    // Anything else is refused, with the reason, and nothing runs.
+    for (run, request, reason) in [
+        (
+            "run-2",
+            run_request("run-2", "lab/rm-rf", 4, "hello"),
+            "lab/rm-rf is not in this host's catalogue",
+        ),
+        (
+            "run-3",
+            run_request("run-3", "lab/say", 3, "hello"),
+            "generation 3, this agent holds generation 4",
+        ),
+        (
+            "run-4",
+            run_request("run-4", "lab/say", 4, "hello; rm -rf /"),
+            "is not one of hello, bye",
+        ),
+    ] {
+        agent.runtime.run_action(request).await;
+        let result = action_result(&mut agent, run).await;
+        assert_eq!(result.outcome, ActionOutcome::Refused, "{result:?}");
+        assert!(result.detail.contains(reason), "{result:?}");
+        assert!(result.output.is_empty());
+    }
+
+    // Cancelled mid-run: its process group is killed.
+    agent
+        .runtime
+        .run_action(run_request("run-5", "lab/wait", 4, "bye"))
+        .await;
+    let sleeper = {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let found = std::fs::read_dir("/proc").unwrap().find_map(|e| {
+                let pid: i32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+                let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+                (cmdline == "sleep 601 ").then_some(pid)
+            });
+            if let Some(pid) = found {
+                break pid;
+            }
+            assert!(Instant::now() < deadline, "the action's sleep never started");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    agent.runtime.cancel_action("run-5");
+    let result = action_result(&mut agent, "run-5").await;
+    assert_eq!(result.outcome, ActionOutcome::Cancelled, "{result:?}");
+    assert_eq!(result.output, "waiting\n");
+    eventually("the cancelled action's process to be gone", async || {
+        stat_fields(sleeper).is_none_or(|f| f[0] == "Z")
+    })
+    .await;
+
+    // Past its timeout: killed, and said so.
+    agent
+        .runtime
+        .run_action(run_request("run-6", "lab/short", 4, "bye"))
+        .await;
+    let result = action_result(&mut agent, "run-6").await;
+    assert_eq!(result.outcome, ActionOutcome::TimedOut, "{result:?}");
+    assert!(result.detail.contains("timeout of 300 ms"), "{result:?}");
 }

@@ -7,8 +7,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use endstate_agent_proto::{
-    Artifact, ArtifactSource, CheckAssignment, CheckProbe as WireCheckProbe, ConfigFile, HealthProbe,
-    InstanceAssignment, InstanceId, Probe as WireProbe, UpgradeOrder,
+    ActionAssignment, ActionParameter, ActionParameterType, Artifact, ArtifactSource, CheckAssignment,
+    CheckProbe as WireCheckProbe, ConfigFile, HealthProbe, InstanceAssignment, InstanceId, Probe as WireProbe,
+    UpgradeOrder,
 };
 use endstate_plan::template::{ConfigTemplate, InstanceTemplates, TemplateVars, render_instance};
 use endstate_plan::{Placement, PlacementKey};
@@ -29,6 +30,8 @@ pub(crate) struct HostAssignments {
     pub(crate) instances: Vec<InstanceAssignment>,
     /// Every monitoring check the host runs, by id.
     pub(crate) checks: Vec<CheckAssignment>,
+    /// The host's action catalogue, by name (`system/action`).
+    pub(crate) actions: Vec<ActionAssignment>,
     /// Per instance id: the component key, the slot, the version and the digest of the assignment.
     pub(crate) index: BTreeMap<String, InstanceMeta>,
     /// SHA-256 of the whole set: the generation grows when it changes.
@@ -369,6 +372,134 @@ pub(crate) fn add_checks(desired: &DesiredState, sets: &mut BTreeMap<String, Hos
             set.digest = digest_of(&(&set.instances, &set.checks));
         }
     }
+}
+
+/// Adds every `Action` of `desired` to the catalogue of the hosts it targets: a component's
+/// action on each host running one instance of it (its `{{ ports.<name> }}` are that instance's;
+/// a host with several instances of the component is not offered it, with a problem saying so),
+/// a selector's action on each matching host. Everything in the command but
+/// `{{ params.<name> }}` is rendered here; the agent fills those in. Call after [`add_checks`]:
+/// the sets' digests then cover their catalogues.
+pub(crate) fn add_actions(desired: &DesiredState, sets: &mut BTreeMap<String, HostAssignments>, hosts: &[HostInfo]) {
+    for action in desired.actions.values() {
+        let key = format!("{}/{}", action.system, action.name);
+        let parameters: BTreeMap<String, ActionParameter> = action
+            .parameters
+            .iter()
+            .map(|(name, p)| {
+                let kind = match p.kind {
+                    endstate_spec::ParameterType::String => ActionParameterType::String,
+                    endstate_spec::ParameterType::Integer => ActionParameterType::Integer,
+                    endstate_spec::ParameterType::Boolean => ActionParameterType::Boolean,
+                    endstate_spec::ParameterType::Enum => ActionParameterType::Enum,
+                };
+                let wire = ActionParameter {
+                    kind,
+                    values: p.values.clone(),
+                    min: p.min,
+                    max: p.max,
+                };
+                (name.clone(), wire)
+            })
+            .collect();
+        for host in hosts {
+            let Some(set) = sets.get_mut(&host.name) else { continue };
+            let ports = match &action.targets {
+                endstate_spec::Targets::Hosts(selector) if selector.matches(&host.labels) => None,
+                endstate_spec::Targets::Hosts(_) => continue,
+                endstate_spec::Targets::Component(component) => {
+                    let mine: Vec<&InstanceAssignment> = set
+                        .instances
+                        .iter()
+                        .filter(|i| set.index.get(&i.id.0).is_some_and(|m| m.component_key == *component))
+                        .collect();
+                    match mine.as_slice() {
+                        [] => continue,
+                        [one] => Some(one.ports.clone()),
+                        _ => {
+                            set.problems.push(format!(
+                                "action {key} is not offered on {}: it runs {} instances of {component}",
+                                host.name,
+                                mine.len()
+                            ));
+                            continue;
+                        }
+                    }
+                }
+            };
+            let mut command = Vec::with_capacity(action.command.len());
+            let mut failed = None;
+            for element in &action.command {
+                match render_action_element(element, action, host, ports.as_ref()) {
+                    Ok(text) => command.push(text),
+                    Err(reason) => failed = Some(reason),
+                }
+            }
+            if let Some(reason) = failed {
+                set.problems.push(format!("action {key} on {}: {reason}", host.name));
+                continue;
+            }
+            set.actions.push(ActionAssignment {
+                name: key.clone(),
+                command,
+                shell: action.shell,
+                parameters: parameters.clone(),
+                timeout_ms: millis(action.timeout),
+            });
+        }
+    }
+    for set in sets.values_mut() {
+        if !set.actions.is_empty() {
+            set.actions.sort_by(|a, b| a.name.cmp(&b.name));
+            set.digest = digest_of(&(&set.instances, &set.checks, &set.actions));
+        }
+    }
+}
+
+/// Renders one element of an action's command for a host, leaving `{{ params.<name> }}`
+/// (normalised to that spelling) for the agent.
+fn render_action_element(
+    element: &str,
+    action: &endstate_spec::Action,
+    host: &HostInfo,
+    ports: Option<&BTreeMap<String, u16>>,
+) -> Result<String, String> {
+    let mut out = String::with_capacity(element.len());
+    let mut rest = element;
+    while let Some(open) = rest.find("{{") {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 2..];
+        let close = after
+            .find("}}")
+            .ok_or_else(|| format!("{element:?} has an unclosed placeholder"))?;
+        let variable = after[..close].trim();
+        let value = match variable {
+            "instance.host" => host.name.clone(),
+            "action.name" => action.name.clone(),
+            "action.system" => action.system.clone(),
+            _ => {
+                if let Some(param) = variable.strip_prefix("params.") {
+                    format!("{{{{ params.{param} }}}}")
+                } else if let Some(key) = variable.strip_prefix("host.labels.") {
+                    host.labels
+                        .get(key)
+                        .cloned()
+                        .ok_or_else(|| format!("the host has no label {key:?}"))?
+                } else if let Some(port) = variable.strip_prefix("ports.") {
+                    ports
+                        .and_then(|p| p.get(port))
+                        .map(u16::to_string)
+                        .ok_or_else(|| format!("no port named {port:?} on the target"))?
+                } else {
+                    return Err(format!("{{{{ {variable} }}}} is not a variable of actions"));
+                }
+            }
+        };
+        out.push_str(&value);
+        rest = &after[close + 2..];
+    }
+    out.push_str(rest);
+    Ok(out)
 }
 
 /// A check's probe as the agent runs it, for one target.

@@ -362,6 +362,7 @@ impl Session<'_> {
                 self.hub.refresh_host(self.state, &self.host).await?;
             }
             FromAgent::Logs(logs) => self.hub.deliver_logs(&self.host, logs),
+            FromAgent::ActionOutput(piece) => crate::actions::output(self.state, &self.host, piece),
             FromAgent::Renew(renew) => self.renew(&renew.csr_pem).await?,
         }
         Ok(())
@@ -376,6 +377,7 @@ impl Session<'_> {
             let mut live_updates: Vec<(String, Live)> = Vec::new();
             let mut live = self.hub.live_of(&self.host);
             let mut checks = Vec::new();
+            let mut action_results = Vec::new();
             for observation in &observations {
                 match classify_seq(last, observation.seq) {
                     SeqDecision::Duplicate => continue,
@@ -395,6 +397,12 @@ impl Session<'_> {
                 let at = i64::try_from(observation.at_unix_ms).unwrap_or(received_ms);
                 if let Observed::Check(check) = &observation.observed {
                     checks.push((at, check.clone()));
+                    continue;
+                }
+                if let Observed::Action(result) = &observation.observed {
+                    // Stored with the batch, so a resent result is recorded once.
+                    events.push(crate::actions::result_event(self.state, &self.host, at, result));
+                    action_results.push(result.clone());
                     continue;
                 }
                 self.observe(observation, at, received_ms, &mut live, &mut transitions, &mut events);
@@ -422,6 +430,7 @@ impl Session<'_> {
                     });
                     self.state.written();
                     self.ack().await?;
+                    crate::actions::ingest(self.state, &self.host, &action_results);
                     // Stored and acknowledged; the alert engine's verdicts follow. A failure there
                     // (the store refusing its events) must not cut the agent's link.
                     if let Err(error) = crate::monitor::ingest(self.state, &self.host, checks).await {
@@ -556,8 +565,8 @@ impl Session<'_> {
                 entry.rss_bytes = use_.rss_bytes;
                 entry.cpu_millis = use_.cpu_millis;
             }
-            // Taken by `observations` for the alert engine.
-            Observed::Check(_) => {}
+            // Taken by `observations` for the alert engine and the action runs.
+            Observed::Check(_) | Observed::Action(_) => {}
         }
     }
 

@@ -83,6 +83,9 @@ pub(crate) struct Hub {
     /// Serialises the full refreshes of [`Hub::refresh_host`], so agents reconnecting before the
     /// sets are computed wait for one computation instead of each making its own.
     refreshing: tokio::sync::Mutex<()>,
+    /// Per host: the generation of its current set and the actions (`system/action`) of its
+    /// catalogue, readable without waiting for a refresh.
+    catalogues: Mutex<HashMap<String, (u64, std::collections::BTreeSet<String>)>>,
 }
 
 /// One connected agent.
@@ -142,7 +145,39 @@ impl Hub {
             last_tls_event_ms: AtomicI64::new(0),
             host_locks: Mutex::new(HashMap::new()),
             refreshing: tokio::sync::Mutex::new(()),
+            catalogues: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The hosts whose current catalogue offers `action` (`system/action`), in name order.
+    pub(crate) fn action_hosts(&self, action: &str) -> Vec<String> {
+        let mut hosts: Vec<String> = lock(&self.catalogues)
+            .iter()
+            .filter(|(_, (_, actions))| actions.contains(action))
+            .map(|(host, _)| host.clone())
+            .collect();
+        hosts.sort();
+        hosts
+    }
+
+    /// The generation of the catalogue a run of `action` on `host` must name: the host's current
+    /// set, once its connection was sent it. Else why not (yet).
+    pub(crate) fn action_generation(&self, host: &str, action: &str) -> Result<u64, String> {
+        let Some((generation, actions)) = lock(&self.catalogues).get(host).cloned() else {
+            return Err(format!("{host} has no catalogue"));
+        };
+        if !actions.contains(action) {
+            return Err(format!("the catalogue of {host} no longer offers {action}"));
+        }
+        let Some(conn) = self.connection(host) else {
+            return Err(format!("{host} is not connected"));
+        };
+        if conn.sent_generation.load(Ordering::Relaxed) != generation {
+            return Err(format!(
+                "{host} has not been sent generation {generation} of its catalogue yet"
+            ));
+        }
+        Ok(generation)
     }
 
     pub(crate) fn agent_url(&self) -> String {
@@ -268,6 +303,7 @@ impl Hub {
                 .or(rendering.base.as_ref().map(|(_, d)| d.as_ref()));
             if let Some(desired) = checks_from {
                 assign::add_checks(desired, &mut sets, &hosts);
+                assign::add_actions(desired, &mut sets, &hosts);
             }
             // A retired host runs nothing: it gets an empty set, not none (it would keep what it has).
             for host in crate::routes::retired_hosts(state).await? {
@@ -355,6 +391,17 @@ impl Hub {
             assigned.hosts = sets;
             assigned.generations = generations;
             assigned.host_generations = host_generations;
+            *lock(&self.catalogues) = assigned
+                .hosts
+                .iter()
+                .map(|(host, set)| {
+                    let generation = assigned.host_generations.get(host).copied().unwrap_or_default();
+                    (
+                        host.clone(),
+                        (generation, set.actions.iter().map(|a| a.name.clone()).collect()),
+                    )
+                })
+                .collect();
             state.written();
         }
         for (host, conn) in self.connected() {
@@ -555,6 +602,7 @@ fn send_set(host: &str, conn: &ConnHandle, set: &assign::HostAssignments, genera
         generation: Generation(generation),
         instances: set.instances.clone(),
         checks: set.checks.clone(),
+        actions: set.actions.clone(),
     });
     // Never wait on one agent's full outbox here: it is retried on the next round.
     if conn.tx.try_send(message).is_ok() {

@@ -26,7 +26,7 @@ async fn every_call_needs_a_known_token() {
 #[tokio::test]
 async fn a_viewer_reads_but_may_not_change() {
     let server = TestServer::start().await;
-    let created = server.client().create_token("dashboards", "viewer").await.unwrap();
+    let created = server.client().create_token("dashboards", "viewer", &[]).await.unwrap();
     assert!(created.secret.starts_with("es_"));
     let viewer = Client::new(&server.url, &created.secret).unwrap();
     assert!(viewer.systems(false).await.is_ok());
@@ -40,9 +40,9 @@ async fn a_viewer_reads_but_may_not_change() {
         problem.detail.contains("role viewer which may not make changes"),
         "{problem:?}"
     );
-    let error = viewer.create_token("another", "admin").await.unwrap_err();
+    let error = viewer.create_token("another", "admin", &[]).await.unwrap_err();
     assert_eq!(error.problem().map(|p| p.status), Some(403));
-    let error = server.client().create_token("bad", "root").await.unwrap_err();
+    let error = server.client().create_token("bad", "root", &[]).await.unwrap_err();
     assert_eq!(error.problem().unwrap().errors[0].field, "role");
     server.stop().await;
 }

@@ -317,7 +317,7 @@ async fn a_note_is_on_the_timeline_with_its_author_and_bad_notes_store_nothing()
     assert_eq!(problem.status, 404);
     assert!(problem.detail.contains("\"nowhere\""), "{problem:?}");
     // A viewer may not write notes.
-    let viewer = client.create_token("night-viewer", "viewer").await.unwrap();
+    let viewer = client.create_token("night-viewer", "viewer", &[]).await.unwrap();
     let viewer = Client::new(&server.url, &viewer.secret).unwrap();
     let error = viewer.add_note("cache", "hi").await.unwrap_err();
     assert_eq!(error.problem().unwrap().status, 403);

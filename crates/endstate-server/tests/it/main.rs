@@ -4,6 +4,7 @@
 
 //! in a temporary directory, called through the real client and raw HTTP.
 
+mod actions;
 mod agents;
 mod api;
 mod describe;

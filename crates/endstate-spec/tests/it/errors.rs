@@ -173,6 +173,17 @@ fn component_field_checks() {
 }
 
 #[test]
+fn an_action_parameter_pattern_must_compile() {
+    check(
+        &[("a.yaml", "apiVersion: endstate/v1\nkind: System\nname: shop\n---\napiVersion: endstate/v1\nkind: Action\nname: a1\nsystem: shop\nparameters:\n  t: { type: string, pattern: '[A-Z+' }\ncommand: [x, '{{ params.t }}', '{{ ports.http }}']\ntargets: { selector: { role: web } }\n")],
+        "
+        a.yaml:10:6: error[invalid-parameter]: parameter `t`: found pattern `[A-Z+`, which is not a regular expression: non-empty character class has no closing bracket; expected a regular expression (the whole value must match)
+        a.yaml:11:32: error[unknown-template-variable]: found unknown template variable `ports.http`; expected one of `instance.host`, `action.name`, `action.system`, `host.labels.<key>`, `params.t`
+        ",
+    );
+}
+
+#[test]
 fn check_action_policy_checks() {
     let input = format!(
         "{BASE}ports: [{{ name: http }}]\n---\napiVersion: endstate/v1\nkind: Check\nname: c1\nsystem: shop\nhttp: {{ port: grpc }}\ntcp: {{ port: 80 }}\ntargets: {{ component: api }}\n---\napiVersion: endstate/v1\nkind: Check\nname: c2\nsystem: shop\ntargets: {{ selector: {{ role: web }}, component: api }}\n---\napiVersion: endstate/v1\nkind: Action\nname: a1\nsystem: shop\nparameters:\n  level: {{ type: enum }}\n  n: {{ type: integer, min: 5, max: 10, default: 11 }}\n  s: {{ type: string, default: 42 }}\ncommand: [x, '{{{{ params.nope }}}}']\nshell: true\ntargets: {{ component: ghost }}\nengagement: escalate\n---\napiVersion: endstate/v1\nkind: Policy\nname: p1\napplies_to: {{ systems: [shop, ghost] }}\nrules:\n  require_owners: true\n  allowed_artifact_sources: [https]\n  max_batch_percent: 0\n  freeze_windows: [{{ cron: '0 25 * *', duration: 0s, reason: '' }}]\n"
@@ -187,7 +198,7 @@ fn check_action_policy_checks() {
         a.yaml:33:10: error[invalid-parameter]: parameter `level`: found an enum without `values`; expected a non-empty list of `values`
         a.yaml:34:6: error[invalid-parameter]: parameter `n`: found default 11 outside `min`..`max`; expected a default within `min` and `max`
         a.yaml:35:6: error[invalid-parameter]: parameter `s`: found default `42` (an integer); expected a default of its type: a string (quote it)
-        a.yaml:36:14: error[unknown-template-variable]: found unknown template variable `params.nope`; expected one of `instance.host`, `action.name`, `action.system`, `host.labels.<key>`, `params.level`, `params.n`, `params.s`
+        a.yaml:36:14: error[unknown-template-variable]: found unknown template variable `params.nope`; expected one of `instance.host`, `action.name`, `action.system`, `host.labels.<key>`, `ports.<name>`, `params.level`, `params.n`, `params.s`
         a.yaml:37:8: error[conflicting-fields]: found `shell: true` with 2 command elements; expected exactly one element, the script given to `sh -c`
         a.yaml:38:23: error[dangling-reference]: found target component `ghost`, which is not declared; expected a component of system `shop` or `system/component` (`api`)
         a.yaml:39:13: error[missing-field]: found `engagement: escalate` without `escalate_to`; expected `escalate_to` naming the team or person

@@ -323,6 +323,10 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        self.read("list tokens", read::list_tokens).await
+    }
+
     async fn count_tokens(&self) -> Result<u64, StoreError> {
         self.read("count tokens", read::count_tokens).await
     }

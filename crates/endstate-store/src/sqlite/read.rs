@@ -20,7 +20,7 @@ const CHANGE_COLUMNS: &str =
 const EVENT_COLUMNS: &str = "seq, time_ms, kind, systems, host, component, change_id, actor, summary, data";
 const INSTANCE_COLUMNS: &str = "component_key, host, slot, system, desired_version, desired_config_digest, generation, \
      actual_version, actual_status, actual_state, actual_since_ms";
-const TOKEN_COLUMNS: &str = "id, name, role, hash_hex, created_ms, revoked";
+const TOKEN_COLUMNS: &str = "id, name, role, hash_hex, created_ms, revoked, systems";
 
 pub(crate) fn get_revision(conn: &Connection, id: RevisionId) -> Result<Option<Revision>, StoreError> {
     let sql = format!("SELECT {REVISION_COLUMNS} FROM revisions WHERE id = ?1");
@@ -226,6 +226,16 @@ pub(crate) fn find_token(conn: &Connection, hash_hex: &str) -> Result<Option<Tok
     one(conn, "find a token", &sql, params![hash_hex], token_row)
 }
 
+pub(crate) fn list_tokens(conn: &Connection) -> Result<Vec<TokenRecord>, StoreError> {
+    let sql = format!("SELECT {TOKEN_COLUMNS} FROM tokens ORDER BY created_ms, id");
+    let mut stmt = conn.prepare(&sql).map_err(StoreError::sqlite("list tokens"))?;
+    let rows = stmt
+        .query_map([], token_row)
+        .map_err(StoreError::sqlite("list tokens"))?;
+    rows.collect::<Result<Vec<_>, _>>()
+        .map_err(StoreError::sqlite("list tokens"))
+}
+
 pub(crate) fn count_tokens(conn: &Connection) -> Result<u64, StoreError> {
     conn.query_row("SELECT COUNT(*) FROM tokens", [], |row| get_u64(row, 0))
         .map_err(StoreError::sqlite("count tokens"))
@@ -367,6 +377,12 @@ fn token_row(row: &Row<'_>) -> rusqlite::Result<TokenRecord> {
         hash_hex: row.get(3)?,
         created_ms: row.get(4)?,
         revoked: row.get(5)?,
+        systems: row
+            .get::<_, String>(6)?
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
     })
 }
 

@@ -132,6 +132,10 @@ ALTER TABLE changes ADD COLUMN progress TEXT;
 ALTER TABLE changes ADD COLUMN options TEXT;
 ALTER TABLE hosts ADD COLUMN retired_ms INTEGER;
 ",
+    // 4 -> 5: API tokens scoped to systems (comma-separated names; empty: every system).
+    r"
+ALTER TABLE tokens ADD COLUMN systems TEXT NOT NULL DEFAULT '';
+",
 ];
 
 /// The schema version this build writes.

@@ -714,9 +714,9 @@ fn put_token(conn: &Connection, token: &TokenRecord) -> Result<(), StoreError> {
         });
     }
     conn.prepare_cached(
-        "INSERT INTO tokens (id, name, role, hash_hex, created_ms, revoked) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+        "INSERT INTO tokens (id, name, role, hash_hex, created_ms, revoked, systems) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
          ON CONFLICT (id) DO UPDATE SET name = excluded.name, role = excluded.role, hash_hex = excluded.hash_hex, \
-         created_ms = excluded.created_ms, revoked = excluded.revoked",
+         created_ms = excluded.created_ms, revoked = excluded.revoked, systems = excluded.systems",
     )
     .and_then(|mut stmt| {
         stmt.execute(params![
@@ -725,7 +725,8 @@ fn put_token(conn: &Connection, token: &TokenRecord) -> Result<(), StoreError> {
             token.role,
             token.hash_hex,
             token.created_ms,
-            token.revoked
+            token.revoked,
+            token.systems.join(",")
         ])
     })
     .map(drop)
