@@ -41,16 +41,17 @@ fn main() -> anyhow::Result<()> {
                 )
             }
             "--help" | "-h" => {
-                println!("usage: endstate-bench [--smoke] [--out FILE] [--only spec|store|agents|rollout]");
+                println!("usage: endstate-bench [--smoke] [--out FILE] [--only spec|store|agents|actions|rollout]");
                 return Ok(());
             }
             other => anyhow::bail!("unknown argument {other:?}; see --help"),
         }
     }
-    let groups: [(&str, Group); 4] = [
+    let groups: [(&str, Group); 5] = [
         ("spec", spec::run),
         ("store", store::run),
         ("agents", agents::run),
+        ("actions", agents::run_actions),
         ("rollout", rollout::run),
     ];
     if let Some(only) = &only {

@@ -15,9 +15,11 @@
 //! - **State** is in memory and rebuilt from those events at start; a run that was going when the
 //!   server stopped is finished as `interrupted` (its hosts' results still land if they come).
 //!
+//! - **Rate limits**: an action's own (`rate_limit`, default 10 runs per 10 minutes, declared in
+//!   the spec), and [`MAX_RUNS_PER_SYSTEM`] runs of a system's actions within [`RATE_WINDOW_MS`].
+//!
 //! # Caveats
-//! - Rate limits are fixed: [`MAX_RUNS_PER_ACTION`] per action and [`MAX_RUNS_PER_SYSTEM`] per
-//!   system within [`RATE_WINDOW_MS`]; they are not declared in the spec yet.
+//! - The per-system limit is fixed, not declared.
 //! - A run waiting for approval waits forever (until cancelled); approvals do not expire.
 
 use std::collections::BTreeMap;
@@ -39,11 +41,9 @@ use crate::error::ApiError;
 use crate::routes::{JsonBody, Params};
 use crate::{AppState, now_ms, rfc3339};
 
-/// Runs of one action within [`RATE_WINDOW_MS`].
-pub(crate) const MAX_RUNS_PER_ACTION: usize = 10;
 /// Runs of one system's actions within [`RATE_WINDOW_MS`].
-pub(crate) const MAX_RUNS_PER_SYSTEM: usize = 30;
-/// The rate limits' window: ten minutes.
+pub(crate) const MAX_RUNS_PER_SYSTEM: usize = 100;
+/// The per-system rate limit's window: ten minutes.
 pub(crate) const RATE_WINDOW_MS: i64 = 10 * 60 * 1000;
 /// How long after its timeout a host's result may still come before the host counts as lost.
 const RESULT_GRACE_MS: i64 = 10_000;
@@ -558,21 +558,22 @@ pub(crate) async fn request(
     let run = {
         let runs = state.runs();
         let mut inner = runs.lock();
-        let recent = |f: &dyn Fn(&Run) -> bool| {
+        let recent = |window_ms: i64, f: &dyn Fn(&Run) -> bool| {
             inner
                 .runs
                 .values()
-                .filter(|r| r.requested_ms > now - RATE_WINDOW_MS && f(r))
+                .filter(|r| r.requested_ms > now - window_ms && f(r))
                 .count()
         };
-        if recent(&|r| r.key() == key) >= MAX_RUNS_PER_ACTION {
+        let limit = action.rate_limit;
+        let per_ms = i64::try_from(limit.per.as_std().as_millis()).unwrap_or(i64::MAX);
+        if recent(per_ms, &|r| r.key() == key) >= usize::try_from(limit.runs).unwrap_or(usize::MAX) {
             return Err(ApiError::TooManyRuns(format!(
-                "{key} ran {MAX_RUNS_PER_ACTION} times in the last {} minutes, its limit; wait, or look at `endstate runs --system {}`",
-                RATE_WINDOW_MS / 60_000,
-                action.system
+                "{key} ran {} times within {}, its rate limit; wait, or look at `endstate runs --system {}`",
+                limit.runs, limit.per, action.system
             )));
         }
-        if recent(&|r| r.system == action.system) >= MAX_RUNS_PER_SYSTEM {
+        if recent(RATE_WINDOW_MS, &|r| r.system == action.system) >= MAX_RUNS_PER_SYSTEM {
             return Err(ApiError::TooManyRuns(format!(
                 "system {} had {MAX_RUNS_PER_SYSTEM} runs in the last {} minutes, its limit",
                 action.system,
@@ -1418,6 +1419,7 @@ mod tests {
             reentrant: false,
             engagement: Engagement::Direct,
             escalate_to: None,
+            rate_limit: endstate_spec::RateLimit::default(),
         }
     }
 

@@ -514,6 +514,21 @@ pub(crate) struct ActionDoc {
     /// The team or person to escalate to; required with `engagement: escalate`.
     #[serde(default)]
     pub(crate) escalate_to: Option<String>,
+    /// At most `runs` runs of it within `per` (default 10 per 10m); more are refused until the
+    /// window moves on.
+    #[serde(default)]
+    pub(crate) rate_limit: Option<RateLimitDoc>,
+}
+
+/// An action's rate limit.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RateLimitDoc {
+    /// How many runs (at least 1).
+    #[schemars(with = "u32")]
+    pub(crate) runs: Spanned<u32>,
+    /// Within this sliding window (e.g. `10m`).
+    pub(crate) per: Duration,
 }
 
 /// An action parameter.

@@ -186,6 +186,7 @@
 //! reentrant: false                    # default false
 //! engagement: approval                # direct | approval | escalate; default approval
 //! escalate_to: shop-oncall            # required with engagement: escalate
+//! rate_limit: { runs: 10, per: 10m }  # the default; more runs in the window are refused
 //! ```
 //!
 //! Template variables in `command`: `params.<name>` for every declared parameter, `instance.host`,
@@ -244,7 +245,8 @@ pub use duration::Duration;
 pub use model::{
     Action, AppliesTo, Artifact, ArtifactSource, Batch, Check, CheckProbe, Component, ConfigFile, Count, DesiredState,
     Engagement, Escalation, FreezeWindow, Gate, Health, HttpTarget, Link, MaxInFlight, OnFailure, ParamValue,
-    Parameter, ParameterType, Placement, Policy, Port, PortRef, Probe, Rollout, Rules, SourceKind, System, Targets,
+    Parameter, ParameterType, Placement, Policy, Port, PortRef, Probe, RateLimit, Rollout, Rules, SourceKind, System,
+    Targets,
 };
 pub use source::{MAX_FILE_BYTES, SourceFile};
 

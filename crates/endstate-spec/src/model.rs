@@ -302,6 +302,26 @@ pub struct Action {
     pub reentrant: bool,
     pub engagement: Engagement,
     pub escalate_to: Option<String>,
+    /// At most this many runs within a sliding window.
+    #[serde(default)]
+    pub rate_limit: RateLimit,
+}
+
+/// At most `runs` runs within `per`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateLimit {
+    pub runs: u32,
+    pub per: Duration,
+}
+
+impl Default for RateLimit {
+    /// 10 runs per 10 minutes.
+    fn default() -> Self {
+        RateLimit {
+            runs: 10,
+            per: Duration::from_secs(600),
+        }
+    }
 }
 
 /// One declared parameter of an action.

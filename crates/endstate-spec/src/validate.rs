@@ -1336,6 +1336,20 @@ fn action<'a>(ctx: DocCtx<'a>, doc: &ActionDoc, out: &mut Out) -> ActionEntry<'a
             .expected("`escalate_to` naming the team or person"),
         );
     }
+    if let Some(limit) = &doc.rate_limit {
+        if limit.runs.value == 0 {
+            out.push(
+                ctx.error(ctx.pos(&limit.runs), "invalid-value", "found `rate_limit.runs: 0`")
+                    .expected("at least 1 (an action that must never run is better removed)"),
+            );
+        }
+        if limit.per.is_zero() {
+            out.push(
+                ctx.error(ctx.pos(&limit.runs), "invalid-value", "found `rate_limit.per` of 0s")
+                    .expected("a positive duration, e.g. `10m`"),
+            );
+        }
+    }
     let target = targets(ctx, &doc.targets, out);
     ActionEntry {
         ctx,
@@ -1355,6 +1369,13 @@ fn action<'a>(ctx: DocCtx<'a>, doc: &ActionDoc, out: &mut Out) -> ActionEntry<'a
             reentrant: doc.reentrant,
             engagement: doc.engagement.value,
             escalate_to: doc.escalate_to.clone(),
+            rate_limit: doc
+                .rate_limit
+                .as_ref()
+                .map_or_else(crate::model::RateLimit::default, |r| crate::model::RateLimit {
+                    runs: r.runs.value,
+                    per: r.per,
+                }),
         },
         target,
     }

@@ -8,8 +8,13 @@
 //!   server CPU second, dead agent detection, observation ingest, and the reconnect storm after
 //!   the server is killed and restarted.
 //!
+//!
+//! The `actions` group ([`run_actions`]) runs an action on N real agents, from the request to
+//! every result recorded.
+//!
 //! Each figure that cannot be measured is reported as not measured, with the reason.
 
+mod actions;
 mod fleet;
 mod procfs;
 mod real;
@@ -47,6 +52,31 @@ pub(crate) fn run(smoke: bool) -> anyhow::Result<Vec<Figure>> {
             fill_missing(fleet::expected(smoke), &mut measured, &format!("{error:#}"));
         }
         figures.append(&mut measured);
+        Ok(figures)
+    })
+}
+
+/// The `actions` group: a run of an action on N real agents (see [`actions`]).
+pub(crate) fn run_actions(smoke: bool) -> anyhow::Result<Vec<Figure>> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    raise_fd_limit();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let exe = match server::endstate_exe() {
+            Ok(exe) => exe,
+            Err(error) => {
+                let reason = format!("{error:#}");
+                return Ok(actions::expected(smoke)
+                    .into_iter()
+                    .map(|e| e.not_measured(reason.clone()))
+                    .collect());
+            }
+        };
+        let mut figures = Vec::new();
+        if let Err(error) = actions::run(&exe, smoke, &mut figures).await {
+            eprintln!("actions: the benchmark failed: {error:#}");
+            fill_missing(actions::expected(smoke), &mut figures, &format!("{error:#}"));
+        }
         Ok(figures)
     })
 }
