@@ -4,9 +4,9 @@
 //! (`GET /v1/runs/{id}` polled every millisecond), at N = 1, 10 and 50; and the RSS of the server
 //! and of one agent at the largest N.
 //!
-//! The peer is Salt (`salt '*' cmd.run /bin/true` with N minions on loopback); this harness does
-//! not install Salt, so its figures are the ones recorded in `../shared/brief/performance-anchors.md`
-//! and are quoted in the details, not measured side by side.
+//! The peer, side by side in the same run (full runs only; smoke runs do not install it): Salt,
+//! `salt '*' cmd.run /bin/true` on N minions on loopback ([`super::salt`]); its figures are in
+//! each endstate figure's detail, next to the anchors of `../shared/brief/performance-anchors.md`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -43,6 +43,10 @@ fn sizes(smoke: bool) -> Vec<usize> {
     if smoke { vec![1, 3] } else { vec![1, 10, 50] }
 }
 
+fn sim_sizes(smoke: bool) -> Vec<usize> {
+    if smoke { vec![50] } else { vec![1_000, 10_000] }
+}
+
 pub(super) fn expected(smoke: bool) -> Vec<Expect> {
     let mut out = Vec::new();
     for n in sizes(smoke) {
@@ -59,6 +63,15 @@ pub(super) fn expected(smoke: bool) -> Vec<Expect> {
         ));
         out.push(Expect::new(
             format!("actions: run on {n} real agent(s) -> all results recorded, p99"),
+            "ms",
+            p99,
+            Goal::AtMost,
+        ));
+    }
+    for n in sim_sizes(smoke) {
+        let p99 = if n >= 10_000 { 1000.0 } else { 100.0 };
+        out.push(Expect::new(
+            format!("actions: run on {n} simulated agents -> all results recorded, p99"),
             "ms",
             p99,
             Goal::AtMost,
@@ -104,7 +117,8 @@ impl Drop for Agents {
 
 pub(super) async fn run(exe: &Path, smoke: bool, figures: &mut Vec<Figure>) -> anyhow::Result<()> {
     let expect = expected(smoke);
-    let runs = if smoke { 5 } else { 40 };
+    // At most 100 runs of a system within 10 minutes (the per-system limit): 3 sizes x 30.
+    let runs = if smoke { 5 } else { 30 };
     let dir = tempfile::tempdir()?;
     let spec = ServerSpec {
         exe: exe.to_path_buf(),
@@ -139,6 +153,13 @@ pub(super) async fn run(exe: &Path, smoke: bool, figures: &mut Vec<Figure>) -> a
     std::fs::create_dir_all(&artifacts)?;
     let mut agents = Agents(Vec::new());
     let mut idx = 0;
+    let mut salt = if smoke {
+        Err("smoke runs do not install Salt; `cargo xtask bench --only actions` does".to_owned())
+    } else {
+        super::salt::install()
+            .and_then(|bin| super::salt::Salt::start(&bin, &dir.path().join("salt")))
+            .map_err(|error| format!("Salt could not be started: {error:#}"))
+    };
     let result = async {
         for n in sizes(smoke) {
             while agents.0.len() < n {
@@ -180,11 +201,15 @@ pub(super) async fn run(exe: &Path, smoke: bool, figures: &mut Vec<Figure>) -> a
                 samples.push(one_run(&client, n).await?);
             }
             let all: Vec<String> = samples.iter().map(|d| format!("{:.1}", millis(*d))).collect();
+            let peer = match &mut salt {
+                Ok(salt) => salt_runs(salt, n, if smoke { 2 } else { 10 }).await,
+                Err(reason) => format!("Salt not measured: {reason}"),
+            };
             let detail = format!(
                 "POST /v1/runs of `noop` (/bin/true, concurrency 1000) on {n} `endstate agent` process(es) \
                  on this machine to GET /v1/runs/{{id}} showing it ended with {n} result(s), polled every 1 ms; \
-                 {runs} runs one after another: {} ms. Peer: Salt `cmd.run /bin/true` median 3.45 s at 50 \
-                 minions (2.72 s threaded), Ansible local about 10.5 s (performance-anchors.md, not re-run here)",
+                 {runs} runs one after another: {} ms. Side by side: {peer}. Anchors: Salt median 3.45 s at \
+                 50 minions (2.72 s threaded), Ansible local about 10.5 s",
                 all.join(", ")
             );
             let i = expect
@@ -207,26 +232,189 @@ pub(super) async fn run(exe: &Path, smoke: bool, figures: &mut Vec<Figure>) -> a
             / 1e6;
         let n = agents.0.len();
         let last = expect.len();
+        let (master, minion) = match &salt {
+            Ok(salt) => {
+                let (master, minion) = salt.rss_mb();
+                let show = |mb: Option<f64>| mb.map_or_else(|| "unreadable".to_owned(), |mb| format!("{mb:.1} MB"));
+                (show(master), show(minion))
+            }
+            Err(reason) => (format!("not measured ({reason})"), format!("not measured ({reason})")),
+        };
         figures.push(expect[last - 2].figure(
             server_rss,
             format!(
-                "VmRSS of `endstate server` with {n} connected agents after the runs (salt-master: not measured here)"
+                "VmRSS of `endstate server` with {n} connected agents after the runs; side by side, the \
+                 salt-master's processes with {n} minions: {master}"
             ),
         ));
-        figures.push(
-            expect[last - 1].figure(
-                agent_rss,
-                "VmRSS of the first `endstate agent` process after the runs; a salt-minion measured 70 MB RSS on \
-             this machine (performance-anchors.md)"
-                    .to_owned(),
+        figures.push(expect[last - 1].figure(
+            agent_rss,
+            format!(
+                "VmRSS of the first `endstate agent` process after the runs; side by side, the first \
+                 salt-minion's processes: {minion} (anchor: 70 MB)"
             ),
-        );
+        ));
         anyhow::Ok(())
     }
     .await;
     drop(agents);
+    drop(salt);
     server.stop(Duration::from_secs(5)).await;
-    result
+    result?;
+    let sim = simulated(exe, smoke, &expect, figures).await;
+    if let Err(error) = &sim {
+        eprintln!("actions: the simulated fleet failed: {error:#}");
+    }
+    sim
+}
+
+/// Runs of the action on fleets of simulated agents speaking the real protocol (each answers a
+/// `run_action` at once with a successful result): the server's side of a fan-out.
+async fn simulated(exe: &Path, smoke: bool, expect: &[Expect], figures: &mut Vec<Figure>) -> anyhow::Result<()> {
+    for n in sim_sizes(smoke) {
+        let Some(slot) = expect
+            .iter()
+            .position(|e| e.name.contains(&format!(" {n} simulated agents")))
+        else {
+            continue;
+        };
+        let dir = tempfile::tempdir()?;
+        let spec = ServerSpec {
+            exe: exe.to_path_buf(),
+            data_dir: dir.path().join("server"),
+            listen: "127.0.0.1:0".into(),
+            agent_listen: "127.0.0.1:0".into(),
+            keepalive: None,
+        };
+        let mut server = ServerProc::start(&spec).await?;
+        let admin = server
+            .admin_token
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("the server printed no admin token"))?;
+        let client = endstate_client::Client::new(&server.http, &admin)?;
+        let result = async {
+            client
+                .submit(&SubmitRevision {
+                    documents: vec![Document {
+                        path: "bench.yaml".into(),
+                        content: SPEC.replace("concurrency: 1000", "concurrency: 10000"),
+                    }],
+                    message: "actions benchmark".into(),
+                    source: RevisionSource {
+                        kind: "cli".into(),
+                        reference: None,
+                    },
+                    parent: None,
+                    options: Default::default(),
+                    basis: None,
+                })
+                .await?;
+            eprintln!("actions: enrolling {n} simulated agents");
+            let hosts = (0..n).map(|i| format!("bench-{i:05}")).collect();
+            let labels = BTreeMap::from([("role".to_owned(), "bench".to_owned())]);
+            let identities = super::sim::enrol(&server.http, &admin, hosts, labels, 32).await?;
+            let fleet = super::sim::Fleet::start(identities, server.agent_addr, Duration::from_secs(5), 128);
+            let measured = async {
+                fleet
+                    .wait_resynced(0, Duration::from_secs(60) + Duration::from_millis(20 * n as u64))
+                    .await?;
+                wait_offered(&client, n).await?;
+                let runs = if smoke { 3 } else { 10 };
+                let mut samples = Vec::with_capacity(runs);
+                for _ in 0..runs {
+                    samples.push(one_run_recorded(&client, &server.http, &admin, n).await?);
+                }
+                let all: Vec<String> = samples.iter().map(|d| format!("{:.0}", millis(*d))).collect();
+                let p50 = millis(percentile(&mut samples, 0.5));
+                let p99 = millis(percentile(&mut samples, 0.99));
+                figures.push(expect[slot].figure(
+                    p99,
+                    format!(
+                        "POST /v1/runs of `noop` (concurrency 10000) on {n} simulated agents (one process, real \
+                         mutual-TLS websockets, each answering `run_action` at once) to its `action.finished` \
+                         event on GET /v1/timeline (polled every 5 ms); {runs} runs: p50 {p50:.0} ms; {} ms",
+                        all.join(", ")
+                    ),
+                ));
+                anyhow::Ok(())
+            }
+            .await;
+            fleet.stop().await;
+            measured
+        }
+        .await;
+        server.stop(Duration::from_secs(5)).await;
+        result?;
+    }
+    Ok(())
+}
+
+/// One run to its `action.finished` event (cheap to poll, unlike a view of thousands of hosts).
+async fn one_run_recorded(
+    client: &endstate_client::Client,
+    server: &str,
+    admin: &str,
+    n: usize,
+) -> anyhow::Result<Duration> {
+    let http = super::http_client()?;
+    let after = super::newest_seq(&http, server, admin).await?;
+    let started = Instant::now();
+    let run = client
+        .run_action(&RunRequest {
+            system: "bench".into(),
+            action: "noop".into(),
+            ..RunRequest::default()
+        })
+        .await?;
+    anyhow::ensure!(
+        run.hosts.len() == n,
+        "the run went to {} hosts, not {n}",
+        run.hosts.len()
+    );
+    let query = format!("kind=action.finished&after={after}&limit=10");
+    loop {
+        let events = super::timeline(&http, server, admin, &query).await?;
+        if let Some(event) = events.iter().find(|e| e["data"]["run"] == run.id.as_str()) {
+            let took = started.elapsed();
+            anyhow::ensure!(
+                event["data"]["state"] == "succeeded",
+                "{} ended {}",
+                run.id,
+                event["summary"]
+            );
+            return Ok(took);
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(60),
+            "{} still runs after 60 s",
+            run.id
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Grows Salt to `n` minions and times `runs` runs of `cmd.run /bin/true`; a line for the detail.
+async fn salt_runs(salt: &mut super::salt::Salt, n: usize, runs: usize) -> String {
+    eprintln!("actions: waiting for {n} salt minions");
+    if let Err(error) = salt.grow(n).await {
+        return format!("Salt not measured: {error:#}");
+    }
+    let mut samples = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        match salt.cmd(&["cmd.run", "/bin/true"]).await {
+            Ok((took, answered)) if answered == n => samples.push(took),
+            Ok((_, answered)) => return format!("Salt not measured: {answered} of {n} minions answered"),
+            Err(error) => return format!("Salt not measured: {error:#}"),
+        }
+    }
+    let all: Vec<String> = samples.iter().map(|d| format!("{:.0}", millis(*d))).collect();
+    format!(
+        "`salt '*' cmd.run /bin/true` on {n} salt-minion(s) (wall time of the CLI until every minion \
+         answered), {runs} runs: p50 {:.0} ms, p99 {:.0} ms ({} ms)",
+        millis(percentile(&mut samples, 0.5)),
+        millis(percentile(&mut samples, 0.99)),
+        all.join(", ")
+    )
 }
 
 /// Waits until `n` hosts are offered the action: asks for a run on hosts that do not exist, and

@@ -18,6 +18,7 @@ mod actions;
 mod fleet;
 mod procfs;
 mod real;
+mod salt;
 pub(crate) mod server;
 pub(crate) mod sim;
 

@@ -591,6 +591,32 @@ async fn answer(
             });
             send(sink, &logs).await?;
         }
+        // An action "runs" at once and succeeds: its result goes as the real agent's does, an
+        // `action` observation (acknowledged later, like any other).
+        FromServer::RunAction(request) => {
+            let seq = memory.next_seq;
+            memory.next_seq += 1;
+            let at_unix_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0));
+            let result = FromAgent::Observations(Observations {
+                observations: vec![Observation {
+                    seq,
+                    at_unix_ms,
+                    observed: Observed::Action(endstate_agent_proto::ActionResult {
+                        run: request.run,
+                        action: request.action,
+                        outcome: endstate_agent_proto::ActionOutcome::Succeeded,
+                        exit_code: Some(0),
+                        signal: None,
+                        duration_ms: 0,
+                        output: String::new(),
+                        detail: String::new(),
+                    }),
+                }],
+            });
+            send(sink, &result).await?;
+        }
         FromServer::Revoke(revoke) => return Err(Ended::Lost(format!("revoked: {}", revoke.reason))),
         FromServer::Refused(refused) => return Err(Ended::Lost(format!("refused: {}", refused.reason))),
         _ => {}
