@@ -19,8 +19,9 @@
 //! # Caveats
 //! - A string parameter's `pattern` is checked by the server only (the agent has no regular
 //!   expressions); values are still confined to their argument, or quoted for the shell.
-//! - Runs are not durable on the agent: a killed agent does not resume them, and their processes
-//!   are killed with their group only when the agent itself shuts down cleanly.
+//! - Runs are not durable on the agent: a killed agent does not resume them (their process groups
+//!   are recorded with the instances' and stopped by the next agent at its start, and the server
+//!   counts such hosts as lost).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -40,11 +41,14 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 use tokio::sync::{mpsc, oneshot};
 
-/// Where results go (durable) and where output goes (live, dropped when nobody listens).
+/// Where results go (durable) and where output goes (live, dropped when nobody listens); and
+/// where a run's process group is recorded (`Some(label)`) and forgotten (`None`), so an agent
+/// restarted after a `kill -9` stops what its predecessor's runs left running.
 #[derive(Clone)]
 pub(crate) struct Outlets {
     pub(crate) results: mpsc::Sender<Observed>,
     pub(crate) output: mpsc::Sender<ActionOutput>,
+    pub(crate) groups: Arc<dyn Fn(u32, Option<String>) + Send + Sync>,
 }
 
 /// The catalogue of the current set and the runs in flight.
@@ -115,7 +119,7 @@ impl Actions {
         let running = Arc::clone(&self.running);
         let dir = self.dir.clone();
         tokio::spawn(async move {
-            let result = execute(&request, &argv, &dir, timeout, cancel_rx, &outlets.output).await;
+            let result = execute(&request, &argv, &dir, timeout, cancel_rx, &outlets).await;
             running
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -254,8 +258,9 @@ async fn execute(
     dir: &Path,
     timeout: Duration,
     cancel: oneshot::Receiver<()>,
-    output: &mpsc::Sender<ActionOutput>,
+    outlets: &Outlets,
 ) -> ActionResult {
+    let output = &outlets.output;
     let started = Instant::now();
     let mut result = ActionResult {
         run: request.run.clone(),
@@ -296,6 +301,9 @@ async fn execute(
             let _ = killpg(group, Signal::SIGKILL);
         }
     };
+    if let Some(group) = group.and_then(|g| u32::try_from(g.as_raw()).ok()) {
+        (outlets.groups)(group, Some(format!("action {} ({})", request.action, request.run)));
+    }
     let tail = Mutex::new(Tail::default());
     let stdout = pump(child.stdout.take(), OutputStream::Stdout, request, output, &tail);
     let stderr = pump(child.stderr.take(), OutputStream::Stderr, request, output, &tail);
@@ -309,6 +317,9 @@ async fn execute(
         Ok(()) = cancel => Err(ActionOutcome::Cancelled),
     };
     kill_group();
+    if let Some(group) = group.and_then(|g| u32::try_from(g.as_raw()).ok()) {
+        (outlets.groups)(group, None);
+    }
     match ended {
         Ok(Ok(status)) => {
             use std::os::unix::process::ExitStatusExt;

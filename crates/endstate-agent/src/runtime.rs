@@ -645,6 +645,16 @@ impl Runtime {
             crate::actions::Outlets {
                 results: observations,
                 output: output_tx,
+                groups: {
+                    let shared = Arc::clone(&shared);
+                    Arc::new(move |pgid, label: Option<String>| {
+                        let record = label.map(|instance| state::GroupRecord {
+                            instance,
+                            start_ticks: procfs::start_ticks(pgid),
+                        });
+                        shared.set_group(pgid, record);
+                    })
+                },
             },
             shared.config.artifact_root.clone(),
         );

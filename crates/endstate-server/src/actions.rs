@@ -922,11 +922,20 @@ fn spawn_driver(state: &AppState, n: u64) {
 /// run when every host has an end.
 async fn drive(state: &AppState, n: u64) -> Result<(), ApiError> {
     let runs = state.runs();
+    // Looking for lost hosts asks the hub about every running host: at most every `SWEEP_MS`,
+    // not on each of thousands of results (each wakes the driver), so a wake-up stays cheap.
+    const SWEEP_MS: i64 = 500;
+    let mut swept_ms = now_ms();
     loop {
         let wake = runs.wake.notified();
         let now = now_ms();
+        let sweep = now - swept_ms >= SWEEP_MS;
+        if sweep {
+            swept_ms = now;
+        }
         let mut sends = Vec::new();
         let mut events = Vec::new();
+        let many_hosts;
         let finished = {
             let mut inner = runs.lock();
             let Some(run) = inner.runs.get_mut(&n) else {
@@ -938,7 +947,7 @@ async fn drive(state: &AppState, n: u64) -> Result<(), ApiError> {
             let timeout_ms = run.timeout_ms;
             let mut lost = Vec::new();
             for (host, h) in &mut run.hosts {
-                if h.state != HostState::Running {
+                if !sweep || h.state != HostState::Running {
                     continue;
                 }
                 let connected = hub.as_ref().is_some_and(|hub| hub.connection(host).is_some());
@@ -1019,6 +1028,7 @@ async fn drive(state: &AppState, n: u64) -> Result<(), ApiError> {
                     }
                 }
             }
+            many_hosts = run.hosts.len() > 100;
             let all_done = run.hosts.values().all(|h| h.state.done());
             if all_done && run.finished_ms.is_none() {
                 if run.state == RunState::Running {
@@ -1065,7 +1075,13 @@ async fn drive(state: &AppState, n: u64) -> Result<(), ApiError> {
             return Ok(());
         }
         tokio::select! {
-            () = wake => {}
+            () = wake => {
+                // A run on many hosts gets a result per host: let a few gather before the next
+                // pass over all of them, rather than a pass per result.
+                if many_hosts {
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+            }
             () = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
         }
     }

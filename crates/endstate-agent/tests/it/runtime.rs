@@ -1343,3 +1343,45 @@ async fn only_actions_of_the_catalogue_run_and_they_can_be_cancelled_or_time_out
     assert_eq!(result.outcome, ActionOutcome::TimedOut, "{result:?}");
     assert!(result.detail.contains("timeout of 300 ms"), "{result:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_kills_an_action_a_killed_agent_left_running() {
+    let killed_data = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let (killed, mut killed_observed) = start(config(killed_data.path(), root.path())).await;
+    let mut set = desired(2, Vec::new());
+    set.actions = vec![catalogue_action(
+        "lab/long",
+        &["/bin/sh", "-c", "echo long; exec sleep 602", "{{ params.word }}"],
+        600_000,
+    )];
+    killed.apply(set).await.unwrap();
+    killed.run_action(run_request("run-7", "lab/long", 2, "hello")).await;
+    let pid = {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let found = std::fs::read_dir("/proc").unwrap().find_map(|e| {
+                let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+                (String::from_utf8_lossy(&cmdline).replace('\0', " ") == "sleep 602 ").then_some(pid)
+            });
+            if let Some(pid) = found {
+                break pid;
+            }
+            assert!(Instant::now() < deadline, "the action never started");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let groups_file = killed_data.path().join("runtime/groups.json");
+    eventually("the action's group is recorded", async || recorded(&groups_file, pid)).await;
+    // "kill -9": nothing of the runtime runs its shutdown.
+    std::mem::forget(killed);
+    killed_observed.drain();
+
+    let data = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(data.path().join("runtime")).unwrap();
+    std::fs::copy(&groups_file, data.path().join("runtime/groups.json")).unwrap();
+    let (next, _observed) = start(config(data.path(), root.path())).await;
+    eventually("the action left running is stopped", async || group_is_gone(pid)).await;
+    next.shutdown().await;
+}
