@@ -48,7 +48,7 @@
 //! | `ack` | server → agent | `up_to_seq` | |
 //! | `desired_instances` | server → agent | `generation`, `instances [InstanceAssignment]`, `checks? [CheckAssignment]`, `actions? [ActionAssignment]` | 1,000 instances, ids unique; 1,000 checks; 256 actions |
 //! | ↳ `ActionAssignment` | | `name` (`system/action`), `command` (argv; only `{{ params.X }}` left), `shell`, `parameters {name: {type, values?, min?, max?}}`, `timeout_ms` | 256 args, 64 parameters, timeout 1 day |
-//! | `run_action` | server → agent | `run`, `action`, `generation`, `params {name: text}` | 64 params, values 4096 |
+//! | `run_action` | server → agent | `run`, `action`, `generation`, `params {name: text}`, `signature` (hex, the server CA's signature of `RunAction::signed_bytes`) | 64 params, values 4096 |
 //! | `cancel_action` | server → agent | `run` | |
 //! | ↳ `InstanceAssignment` | | `id`, `artifact {version, source}`, `command`, `args`, `env`, `config_files [{path, content}]`, `ports {name: number}`, `health?`, `stop_grace_ms`, `upgrade?` (`stop_first` default, or `start_first`) | 256 args, 256 env, 32 files of 256 KiB, 64 ports, paths 4096, grace 1 h |
 //! | `logs` | agent → server | `request`, `instance`, `found`, `stdout`, `stderr`, `stdout_total`, `stderr_total` | streams 1 MiB each |

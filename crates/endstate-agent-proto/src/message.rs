@@ -247,6 +247,21 @@ pub struct RunAction {
     /// Parameter values, as text (`"3"`, `"true"`), defaults already applied.
     #[serde(default)]
     pub params: BTreeMap<String, String>,
+    /// The server CA's signature of [`RunAction::signed_bytes`], in lowercase hex: the agent
+    /// checks it with the CA certificate it pinned at enrolment before it runs anything.
+    pub signature: String,
+}
+
+impl RunAction {
+    /// What [`signature`](Self::signature) signs: a fixed prefix, then the run, the action, the
+    /// generation and the parameters as one JSON array (parameters in name order).
+    #[must_use]
+    pub fn signed_bytes(&self) -> Vec<u8> {
+        let mut out = b"endstate run_action v1\n".to_vec();
+        let body = serde_json::json!([self.run, self.action, self.generation.0, self.params]);
+        out.extend_from_slice(body.to_string().as_bytes());
+        out
+    }
 }
 
 /// `cancel_action`, server → agent.

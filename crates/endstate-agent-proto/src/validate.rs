@@ -57,6 +57,7 @@ pub(crate) fn from_server(message: &FromServer) -> Result {
         FromServer::Certificate(certificate) => text(&certificate.cert_pem, MAX_PEM_BYTES, || "cert_pem".into()),
         FromServer::RunAction(run) => {
             word(&run.run, || "run".into())?;
+            text(&run.signature, MAX_DETAIL_BYTES, || "signature".into())?;
             word(&run.action, || "action".into())?;
             count(run.params.len(), MAX_ACTION_PARAMS, || "params".into())?;
             for (name, value) in &run.params {

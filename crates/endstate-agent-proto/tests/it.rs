@@ -293,6 +293,7 @@ fn every_server_message() -> Vec<FromServer> {
             action: "shop/flush".into(),
             generation: Generation(8),
             params: [("scope".to_owned(), "all".to_owned())].into_iter().collect(),
+            signature: "3045022100ab".into(),
         }),
         FromServer::CancelAction(endstate_agent_proto::CancelAction { run: "run-3".into() }),
         FromServer::Revoke(Revoke {

@@ -129,6 +129,12 @@ impl Actions {
         });
     }
 
+    /// Reports a request refused before it reached the catalogue (a bad signature).
+    pub(crate) async fn refuse(&self, request: &RunAction, reason: String) {
+        tracing::warn!(run = request.run, action = request.action, reason, "Action refused.");
+        self.report(refused(request, reason)).await;
+    }
+
     /// Cancels a run in flight; an unknown run (already ended) is ignored.
     pub(crate) fn cancel(&self, run: &str) {
         let cancel = self.running.lock().unwrap_or_else(PoisonError::into_inner).remove(run);
@@ -153,6 +159,23 @@ fn refused(request: &RunAction, reason: String) -> ActionResult {
         output: String::new(),
         detail: cut(reason, MAX_DETAIL_BYTES),
     }
+}
+
+/// Checks that a request is signed by the server's CA (the certificate pinned at enrolment).
+pub(crate) fn check_signature(ca_pem: &str, request: &RunAction) -> Result<(), String> {
+    let signature = hex_decode(&request.signature).ok_or_else(|| "the request's signature is not hex".to_owned())?;
+    endstate_pki::verify_ca_signature(ca_pem, &request.signed_bytes(), &signature)
+        .map_err(|error| format!("the request is not signed by this agent's server: {error}"))
+}
+
+fn hex_decode(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 /// Checks a request against the catalogue and renders its argv. Pure.
@@ -478,7 +501,45 @@ mod tests {
             action: action.into(),
             generation: Generation(generation),
             params: params.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            signature: String::new(),
         }
+    }
+
+    #[test]
+    fn only_a_request_signed_by_the_pinned_ca_passes() {
+        let now = 1_795_305_600_000;
+        let ca =
+            endstate_pki::CertificateAuthority::generate("endstate", now, endstate_pki::DEFAULT_CA_VALIDITY).unwrap();
+        let other =
+            endstate_pki::CertificateAuthority::generate("endstate", now, endstate_pki::DEFAULT_CA_VALIDITY).unwrap();
+        let hex = |bytes: Vec<u8>| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let mut signed = request("shop/flush", 3, &[("scope", "all")]);
+        signed.signature = hex(ca.sign_message(&signed.signed_bytes()).unwrap());
+        check_signature(ca.cert_pem(), &signed).unwrap();
+        // Another action, or other values, under the same signature: refused.
+        let mut swapped = signed.clone();
+        swapped.action = "shop/rm".into();
+        assert!(
+            check_signature(ca.cert_pem(), &swapped)
+                .unwrap_err()
+                .contains("not signed by this agent's server")
+        );
+        let mut changed = signed.clone();
+        changed.params.insert("scope".into(), "sessions".into());
+        assert!(check_signature(ca.cert_pem(), &changed).is_err());
+        // Signed by another CA, unsigned, or garbage.
+        let mut foreign = signed.clone();
+        foreign.signature = hex(other.sign_message(&foreign.signed_bytes()).unwrap());
+        assert!(check_signature(ca.cert_pem(), &foreign).is_err());
+        let unsigned = request("shop/flush", 3, &[("scope", "all")]);
+        assert!(check_signature(ca.cert_pem(), &unsigned).is_err());
+        let mut garbage = signed;
+        garbage.signature = "zz".into();
+        assert!(
+            check_signature(ca.cert_pem(), &garbage)
+                .unwrap_err()
+                .contains("not hex")
+        );
     }
 
     #[test]

@@ -397,7 +397,14 @@ impl Link {
                                 Err(error) => tracing::error!(error = %error, "Renewed certificate not saved."),
                             }
                         }
-                        FromServer::RunAction(request) => self.runtime.run_action(request).await,
+                        FromServer::RunAction(request) => {
+                            let ca = fs::read_to_string(self.options.data_dir.join("identity").join("ca.pem"))
+                                .map_err(|error| format!("the pinned CA certificate is unreadable: {error}"));
+                            match ca.and_then(|ca| crate::actions::check_signature(&ca, &request)) {
+                                Ok(()) => self.runtime.run_action(request).await,
+                                Err(reason) => self.runtime.refuse_action(&request, reason).await,
+                            }
+                        }
                         FromServer::CancelAction(cancel) => self.runtime.cancel_action(&cancel.run),
                         FromServer::Revoke(revoke) => return Ok(Ended::Revoked(revoke.reason)),
                         FromServer::Welcome(_) | FromServer::Refused(_) => {}

@@ -725,6 +725,12 @@ impl Runtime {
         self.inner.actions.run(request).await;
     }
 
+    /// Reports a run request refused before it reached the catalogue (its signature), with the
+    /// reason, as an `action` observation.
+    pub async fn refuse_action(&self, request: &endstate_agent_proto::RunAction, reason: String) {
+        self.inner.actions.refuse(request, reason).await;
+    }
+
     /// Kills a running action's process group; an unknown run is ignored.
     pub fn cancel_action(&self, run: &str) {
         self.inner.actions.cancel(run);

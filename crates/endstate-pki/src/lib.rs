@@ -248,6 +248,15 @@ pub struct AgentIdentity {
 }
 
 impl CertificateAuthority {
+    /// Signs a request to an agent (a run of an action, say) with the CA's key, so the agent can
+    /// check with [`verify_ca_signature`] that it comes from its server.
+    ///
+    /// # Errors
+    /// [`PkiError::Crypto`] if signing fails.
+    pub fn sign_message(&self, message: &[u8]) -> Result<Vec<u8>, PkiError> {
+        rcgen::SigningKey::sign(self.issuer.key(), message).map_err(|e| PkiError::Crypto { reason: e.to_string() })
+    }
+
     /// Creates a new CA named `name` (its subject CN), valid from `now` for `validity`
     /// ([`DEFAULT_CA_VALIDITY`] is a sensible choice), with a fresh key.
     ///
@@ -791,6 +800,21 @@ fn check_requested_names(params: &CertificateParams, host_name: &str) -> Result<
         }
     }
     if named { Ok(()) } else { Err(mismatch(String::new())) }
+}
+
+/// Checks that `signature` is the CA's signature of `message` ([`CertificateAuthority::sign_message`]),
+/// with the CA certificate the agent pinned at enrolment.
+///
+/// # Errors
+/// [`PkiError::Malformed`] if the CA certificate does not parse, [`PkiError::BadSignature`] if the
+/// signature does not verify.
+pub fn verify_ca_signature(ca_cert_pem: &str, message: &[u8], signature: &[u8]) -> Result<(), PkiError> {
+    let ca_der = pem_der(ca_cert_pem, "CERTIFICATE")?;
+    let ca = parse_cert(&ca_der, "CA certificate")?;
+    // The CA signs with the algorithm of its own (self-signed) certificate.
+    let signature = x509_parser::der_parser::asn1_rs::BitString::new(0, signature);
+    x509_parser::verify::verify_signature(ca.public_key(), &ca.signature_algorithm, &signature, message)
+        .map_err(|_| PkiError::BadSignature)
 }
 
 fn pem_der(pem: &str, tag: &'static str) -> Result<Vec<u8>, PkiError> {

@@ -424,3 +424,27 @@ fn base64(bytes: &[u8]) -> String {
     }
     out
 }
+
+#[test]
+fn a_message_signed_by_the_ca_verifies_with_its_certificate_only() {
+    let ca = ca();
+    let message = br#"{"run":"run-1","action":"shop/flush","generation":3,"params":{"scope":"all"}}"#;
+    let signature = ca.sign_message(message).unwrap();
+    endstate_pki::verify_ca_signature(ca.cert_pem(), message, &signature).unwrap();
+
+    let mut tampered = message.to_vec();
+    tampered[10] ^= 1;
+    assert_eq!(
+        endstate_pki::verify_ca_signature(ca.cert_pem(), &tampered, &signature),
+        Err(PkiError::BadSignature)
+    );
+    let other = CertificateAuthority::generate("someone-else", NOW - HOUR_MS, DEFAULT_CA_VALIDITY).unwrap();
+    assert_eq!(
+        endstate_pki::verify_ca_signature(other.cert_pem(), message, &signature),
+        Err(PkiError::BadSignature)
+    );
+    assert_eq!(
+        endstate_pki::verify_ca_signature(ca.cert_pem(), message, b"not a signature"),
+        Err(PkiError::BadSignature)
+    );
+}

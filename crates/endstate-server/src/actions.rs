@@ -6,7 +6,8 @@
 //!
 //! - **What runs** is the host's catalogue: the agent gets the action's command with its desired
 //!   set, and a run request names the action and gives parameter values only (see the agent's
-//!   `actions` module). A refusal by the agent is an `action.refused` event.
+//!   `actions` module), signed with the server's CA key, which the agent checks against the CA
+//!   certificate it pinned at enrolment. A refusal by the agent is an `action.refused` event.
 //! - **Events** (all on the system's timeline): `action.requested`, `action.escalated` (engagement
 //!   `escalate`: nothing runs, the contact is named), `action.approved`, `action.started`,
 //!   `action.host_finished`, `action.refused`, `action.host_lost`, `action.cancelled`,
@@ -926,6 +927,7 @@ async fn drive(state: &AppState, n: u64) -> Result<(), ApiError> {
     // not on each of thousands of results (each wakes the driver), so a wake-up stays cheap.
     const SWEEP_MS: i64 = 500;
     let mut swept_ms = now_ms();
+    let mut signatures: BTreeMap<u64, String> = BTreeMap::new();
     loop {
         let wake = runs.wake.notified();
         let now = now_ms();
@@ -1006,6 +1008,7 @@ async fn drive(state: &AppState, n: u64) -> Result<(), ApiError> {
                                     action: key.clone(),
                                     generation: Generation(generation),
                                     params: run.params.clone(),
+                                    signature: String::new(),
                                 },
                             ));
                         }
@@ -1055,7 +1058,20 @@ async fn drive(state: &AppState, n: u64) -> Result<(), ApiError> {
             }
         };
         if let Some(hub) = state.hub() {
-            for (host, request) in sends {
+            for (host, mut request) in sends {
+                // Signed by the CA the agent pinned at enrolment; hosts at the same generation
+                // share a signature.
+                request.signature = match signatures.get(&request.generation.0) {
+                    Some(signature) => signature.clone(),
+                    None => {
+                        let signature =
+                            crate::auth::hex(&hub.tls.ca.sign_message(&request.signed_bytes()).map_err(|error| {
+                                ApiError::Internal(format!("signing a run request failed: {error}"))
+                            })?);
+                        signatures.insert(request.generation.0, signature.clone());
+                        signature
+                    }
+                };
                 let sent = hub
                     .connection(&host)
                     .is_some_and(|conn| conn.tx.try_send(FromServer::RunAction(request)).is_ok());

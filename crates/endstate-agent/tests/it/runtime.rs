@@ -1230,6 +1230,8 @@ fn run_request(run: &str, action: &str, generation: u64, word: &str) -> RunActio
         action: action.to_owned(),
         generation: Generation(generation),
         params: [("word".to_owned(), word.to_owned())].into_iter().collect(),
+        // The link checks signatures; the runtime takes what the link let through.
+        signature: String::new(),
     }
 }
 

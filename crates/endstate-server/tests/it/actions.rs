@@ -111,6 +111,12 @@ async fn a_run_goes_to_the_agent_as_a_catalogue_name_and_comes_back_on_the_timel
         [("word".to_owned(), "bye".to_owned())].into_iter().collect(),
         "defaults applied, unset optional ones absent"
     );
+    // Signed by the CA the agent pinned at enrolment.
+    let signature: Vec<u8> = (0..request.signature.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&request.signature[i..i + 2], 16).unwrap())
+        .collect();
+    endstate_pki::verify_ca_signature(&identity.ca_pem, &request.signed_bytes(), &signature).unwrap();
 
     // Live output, then the result.
     agent
