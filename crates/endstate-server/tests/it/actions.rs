@@ -14,7 +14,7 @@ const LAB: &str = "apiVersion: endstate/v1\nkind: System\nname: lab\n---\n\
 apiVersion: endstate/v1\nkind: Action\nname: say\nsystem: lab\ndescription: Says a word.\n\
 parameters:\n  word: { type: enum, values: [hello, bye], default: hello }\n  times: { type: integer, min: 1, max: 3 }\n\
 command: [/bin/echo, \"{{ params.word }}\", \"on {{ instance.host }} in {{ host.labels.zone }}\"]\n\
-targets: { selector: { role: [ops] } }\nengagement: direct\n";
+targets: { selector: { role: [ops] } }\nconcurrency: 2\nengagement: direct\n";
 
 fn result(seq: u64, run: &str, action: &str, outcome: ActionOutcome, output: &str, detail: &str) -> FromAgent {
     FromAgent::Observations(Observations {
@@ -190,5 +190,87 @@ async fn a_run_goes_to_the_agent_as_a_catalogue_name_and_comes_back_on_the_timel
     );
     let refusals = crate::fake_agent::events(&server, "action.refused", None).await;
     assert_eq!(refusals.len(), 1, "{refusals:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_host_that_disconnects_mid_run_is_lost_and_the_others_complete() {
+    install_crypto();
+    // A 10 s keepalive interval: the fake agents are not dropped for silence while the test waits
+    // on the API (only the drop below disconnects one), and the sets are refreshed every 2.5 s.
+    let server =
+        TestServer::start_with_agents(|config| config.agents.keepalive_interval = std::time::Duration::from_secs(10))
+            .await;
+    let client = server.client();
+    let first = enrol(&server, "ops-1", &[("role", "ops"), ("zone", "a")]).await;
+    let second = enrol(&server, "ops-2", &[("role", "ops"), ("zone", "b")]).await;
+    let mut agents = vec![FakeAgent::join(&first).await, FakeAgent::join(&second).await];
+    for agent in &mut agents {
+        agent.keepalive_every = Some(std::time::Duration::from_millis(200));
+    }
+    let submitted = client
+        .submit(&submit_request(&[("lab.yaml", LAB)], "lab"))
+        .await
+        .unwrap();
+    wait_for_change(&client, submitted.change.id, &["converged"]).await;
+    for agent in &mut agents {
+        loop {
+            match agent.recv().await {
+                Some(FromServer::DesiredInstances(set)) if !set.actions.is_empty() => break,
+                Some(_) => {}
+                None => panic!("the connection closed"),
+            }
+        }
+    }
+
+    let unknown = client
+        .run_action(&endstate_api::RunRequest {
+            system: "nope".into(),
+            action: "say".into(),
+            ..endstate_api::RunRequest::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.problem().unwrap().errors[0].field, "system", "{unknown:?}");
+
+    let run = client
+        .run_action(&endstate_api::RunRequest {
+            system: "lab".into(),
+            action: "say".into(),
+            ..endstate_api::RunRequest::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(run.hosts.len(), 2, "{run:?}");
+    for agent in &mut agents {
+        loop {
+            match agent.recv().await {
+                Some(FromServer::RunAction(request)) => {
+                    assert_eq!(request.run, run.id);
+                    break;
+                }
+                Some(_) => {}
+                None => panic!("the connection closed"),
+            }
+        }
+    }
+    // ops-2 goes away mid-run; ops-1 finishes.
+    drop(agents.pop());
+    agents[0]
+        .send(&result(1, &run.id, "lab/say", ActionOutcome::Succeeded, "hello\n", ""))
+        .await;
+    let finished = wait_for_event(&server, "action.finished", None, |_| true).await;
+    assert!(
+        finished
+            .summary
+            .contains("failed: 1 of 2 hosts succeeded; ops-2 lost (the host disconnected while it ran"),
+        "{finished:?}"
+    );
+    let view = client.run(&run.id).await.unwrap();
+    assert_eq!(view.state, "failed");
+    let states: Vec<(&str, &str)> = view.hosts.iter().map(|h| (h.host.as_str(), h.state.as_str())).collect();
+    assert_eq!(states, [("ops-1", "succeeded"), ("ops-2", "lost")]);
+    let lost = wait_for_event(&server, "action.host_lost", Some("ops-2"), |_| true).await;
+    assert!(lost.summary.contains("disconnected"), "{lost:?}");
     server.stop().await;
 }
