@@ -35,10 +35,11 @@ use endstate_agent_proto::{
     OutputStream, RunAction,
 };
 use endstate_types::Generation;
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
+
+use crate::checks::cut;
 use tokio::sync::{mpsc, oneshot};
 
 /// Where results go (durable) and where output goes (live, dropped when nobody listens); and
@@ -314,16 +315,8 @@ async fn execute(
             return result;
         }
     };
-    let group = child
-        .id()
-        .and_then(|pid| i32::try_from(pid).ok())
-        .filter(|pid| *pid > 0)
-        .map(Pid::from_raw);
-    let kill_group = || {
-        if let Some(group) = group {
-            let _ = killpg(group, Signal::SIGKILL);
-        }
-    };
+    let group = crate::group::led_by(&child);
+    let kill_group = || crate::group::kill_now(group);
     if let Some(group) = group.and_then(|g| u32::try_from(g.as_raw()).ok()) {
         (outlets.groups)(group, Some(format!("action {} ({})", request.action, request.run)));
     }
@@ -425,18 +418,6 @@ impl Tail {
             format!("[{} bytes cut]\n{}", self.dropped, self.text)
         }
     }
-}
-
-fn cut(mut text: String, max: usize) -> String {
-    if text.len() > max {
-        let mut end = max - 3;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-        text.push_str("...");
-    }
-    text
 }
 
 #[cfg(test)]

@@ -21,8 +21,6 @@ use std::time::{Duration, Instant};
 
 use endstate_agent_proto::{CheckAssignment, CheckProbe, CheckResult, Observed, limits::MAX_CHECK_OUTPUT_BYTES};
 use endstate_monitor::nagios::{self, Exit, Status};
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
 use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 use tokio::task::JoinHandle;
@@ -176,9 +174,14 @@ fn wire_status(status: Status) -> u8 {
 }
 
 /// At most what the protocol carries, cut on a character boundary.
-fn bounded(mut text: String) -> String {
-    if text.len() > MAX_CHECK_OUTPUT_BYTES {
-        let mut end = MAX_CHECK_OUTPUT_BYTES - 3;
+fn bounded(text: String) -> String {
+    cut(text, MAX_CHECK_OUTPUT_BYTES)
+}
+
+/// At most `max` bytes, cut on a character boundary and marked with `...`.
+pub(crate) fn cut(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max - 3;
         while !text.is_char_boundary(end) {
             end -= 1;
         }
@@ -215,17 +218,8 @@ async fn run_plugin(command: &str, args: &[String], timeout: Duration) -> (Exit,
         Ok(child) => child,
         Err(error) => return (Exit::SpawnFailed(format!("{command}: {error}")), Vec::new(), false),
     };
-    let group = child
-        .id()
-        .and_then(|pid| i32::try_from(pid).ok())
-        .filter(|pid| *pid > 0)
-        .map(Pid::from_raw);
-    let kill_group = || {
-        if let Some(group) = group {
-            // ESRCH (nothing left in the group) is the usual answer.
-            let _ = killpg(group, Signal::SIGKILL);
-        }
-    };
+    let group = crate::group::led_by(&child);
+    let kill_group = || crate::group::kill_now(group);
     let stdout = child.stdout.take();
     let run = async {
         tokio::join!(read_kept(stdout), async {

@@ -16,6 +16,22 @@ use crate::InstanceSpec;
 /// How often a group whose leader is gone is checked for remaining members.
 const GROUP_POLL: Duration = Duration::from_millis(20);
 
+/// The process group `child` leads (it was spawned with `process_group(0)`), while it has a pid.
+pub(crate) fn led_by(child: &Child) -> Option<Pid> {
+    child
+        .id()
+        .and_then(|pid| i32::try_from(pid).ok())
+        .filter(|pid| *pid > 0)
+        .map(Pid::from_raw)
+}
+
+/// SIGKILL to a whole group at once; ESRCH (nothing left in it) is the usual answer.
+pub(crate) fn kill_now(group: Option<Pid>) {
+    if let Some(group) = group {
+        let _ = killpg(group, Signal::SIGKILL);
+    }
+}
+
 /// Spawns the instance's program as the leader of a new process group, with piped output.
 pub(crate) fn spawn(spec: &InstanceSpec) -> io::Result<Child> {
     let mut command = Command::new(&spec.program);

@@ -31,8 +31,6 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::TcpStream;
 use tokio::process::Command;
@@ -241,17 +239,8 @@ async fn exec(
         Ok(child) => child,
         Err(error) => return fail(format!("{shown}: could not start: {error}")),
     };
-    let group = child
-        .id()
-        .and_then(|pid| i32::try_from(pid).ok())
-        .filter(|pid| *pid > 0)
-        .map(Pid::from_raw);
-    let kill_group = || {
-        if let Some(group) = group {
-            // ESRCH (nothing left in the group) is the usual answer.
-            let _ = killpg(group, Signal::SIGKILL);
-        }
-    };
+    let group = crate::group::led_by(&child);
+    let kill_group = || crate::group::kill_now(group);
     let stdout = child.stdout.take();
     let run = async {
         // Read while waiting, so a chatty command never blocks on a full pipe. Once the leader

@@ -196,7 +196,11 @@ pub async fn run(options: AgentOptions, shutdown: impl std::future::Future<Outpu
     };
 
     let action_output = runtime.take_action_output().unwrap_or_else(|| mpsc::channel(1).1);
+    // Run requests are checked against the CA pinned at enrolment; it does not change while the
+    // agent runs (a new enrolment is a new start).
+    let ca_pem = read(&options.data_dir.join("identity").join("ca.pem"))?;
     let link = Link {
+        ca_pem,
         options: options.clone(),
         identity,
         buffer,
@@ -220,6 +224,8 @@ struct Link {
     buffer: Arc<Mutex<ObservationBuffer>>,
     appended: Arc<Notify>,
     runtime: Runtime,
+    /// The CA pinned at enrolment, which signs run requests.
+    ca_pem: String,
     /// Live output of running actions, forwarded while connected (dropped while not).
     action_output: tokio::sync::Mutex<mpsc::Receiver<endstate_agent_proto::ActionOutput>>,
 }
@@ -397,14 +403,10 @@ impl Link {
                                 Err(error) => tracing::error!(error = %error, "Renewed certificate not saved."),
                             }
                         }
-                        FromServer::RunAction(request) => {
-                            let ca = fs::read_to_string(self.options.data_dir.join("identity").join("ca.pem"))
-                                .map_err(|error| format!("the pinned CA certificate is unreadable: {error}"));
-                            match ca.and_then(|ca| crate::actions::check_signature(&ca, &request)) {
-                                Ok(()) => self.runtime.run_action(request).await,
-                                Err(reason) => self.runtime.refuse_action(&request, reason).await,
-                            }
-                        }
+                        FromServer::RunAction(request) => match crate::actions::check_signature(&self.ca_pem, &request) {
+                            Ok(()) => self.runtime.run_action(request).await,
+                            Err(reason) => self.runtime.refuse_action(&request, reason).await,
+                        },
                         FromServer::CancelAction(cancel) => self.runtime.cancel_action(&cancel.run),
                         FromServer::Revoke(revoke) => return Ok(Ended::Revoked(revoke.reason)),
                         FromServer::Welcome(_) | FromServer::Refused(_) => {}

@@ -692,14 +692,7 @@ pub(crate) async fn approve(
     Path(id): Path<String>,
     JsonBody(decision): JsonBody<RunDecision>,
 ) -> Result<Json<RunView>, ApiError> {
-    let n = find(&state, &id)?;
-    let system = state
-        .runs()
-        .lock()
-        .runs
-        .get(&n)
-        .map(|r| r.system.clone())
-        .unwrap_or_default();
+    let (n, system) = find(&state, &id)?;
     authorize(&actor, Verb::Approve, Some(&system))?;
     let now = now_ms();
     let run = {
@@ -765,14 +758,7 @@ pub(crate) async fn cancel(
     Path(id): Path<String>,
     JsonBody(decision): JsonBody<RunDecision>,
 ) -> Result<Json<RunView>, ApiError> {
-    let n = find(&state, &id)?;
-    let system = state
-        .runs()
-        .lock()
-        .runs
-        .get(&n)
-        .map(|r| r.system.clone())
-        .unwrap_or_default();
+    let (n, system) = find(&state, &id)?;
     authorize(&actor, Verb::Operate, Some(&system))?;
     let now = now_ms();
     let (run, running_hosts) = {
@@ -885,7 +871,7 @@ pub(crate) async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<RunView>, ApiError> {
     authorize(&actor, Verb::Read, None)?;
-    let n = find(&state, &id)?;
+    let (n, _) = find(&state, &id)?;
     let runs = state.runs();
     let inner = runs.lock();
     inner
@@ -895,13 +881,11 @@ pub(crate) async fn get(
         .ok_or_else(|| not_found(&id))
 }
 
-fn find(state: &AppState, id: &str) -> Result<u64, ApiError> {
+/// The run's number and its system, or why there is none.
+fn find(state: &AppState, id: &str) -> Result<(u64, String), ApiError> {
     let n = parse_run_id(id).ok_or_else(|| ApiError::bad_field("id", format!("{id:?} is not a run id (run-N)")))?;
-    if state.runs().lock().runs.contains_key(&n) {
-        Ok(n)
-    } else {
-        Err(not_found(id))
-    }
+    let system = state.runs().lock().runs.get(&n).map(|r| r.system.clone());
+    system.map(|system| (n, system)).ok_or_else(|| not_found(id))
 }
 
 fn not_found(id: &str) -> ApiError {

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use endstate_api::{CreateJoinToken, Document, RevisionSource, RunRequest, SubmitRevision};
+use endstate_api::{CreateJoinToken, RunRequest};
 use tokio::time::Instant;
 
 use super::server::{ServerProc, ServerSpec};
@@ -133,22 +133,7 @@ pub(super) async fn run(exe: &Path, smoke: bool, figures: &mut Vec<Figure>) -> a
         .clone()
         .ok_or_else(|| anyhow::anyhow!("the server printed no admin token"))?;
     let client = endstate_client::Client::new(&server.http, &admin)?;
-    client
-        .submit(&SubmitRevision {
-            documents: vec![Document {
-                path: "bench.yaml".into(),
-                content: SPEC.into(),
-            }],
-            message: "actions benchmark".into(),
-            source: RevisionSource {
-                kind: "cli".into(),
-                reference: None,
-            },
-            parent: None,
-            options: Default::default(),
-            basis: None,
-        })
-        .await?;
+    super::server::submit_spec(&client, SPEC.to_owned(), "actions benchmark").await?;
     let artifacts = dir.path().join("artifacts");
     std::fs::create_dir_all(&artifacts)?;
     let mut agents = Agents(Vec::new());
@@ -293,22 +278,12 @@ async fn simulated(exe: &Path, smoke: bool, expect: &[Expect], figures: &mut Vec
             .ok_or_else(|| anyhow::anyhow!("the server printed no admin token"))?;
         let client = endstate_client::Client::new(&server.http, &admin)?;
         let result = async {
-            client
-                .submit(&SubmitRevision {
-                    documents: vec![Document {
-                        path: "bench.yaml".into(),
-                        content: SPEC.replace("concurrency: 1000", "concurrency: 10000"),
-                    }],
-                    message: "actions benchmark".into(),
-                    source: RevisionSource {
-                        kind: "cli".into(),
-                        reference: None,
-                    },
-                    parent: None,
-                    options: Default::default(),
-                    basis: None,
-                })
-                .await?;
+            super::server::submit_spec(
+                &client,
+                SPEC.replace("concurrency: 1000", "concurrency: 10000"),
+                "actions benchmark",
+            )
+            .await?;
             eprintln!("actions: enrolling {n} simulated agents");
             let hosts = (0..n).map(|i| format!("bench-{i:05}")).collect();
             let labels = BTreeMap::from([("role".to_owned(), "bench".to_owned())]);

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use endstate_api::{CreateJoinToken, Document, RevisionSource, SubmitRevision};
+use endstate_api::CreateJoinToken;
 use tokio::time::Instant;
 
 use super::server::{ServerProc, ServerSpec};
@@ -117,22 +117,7 @@ pub(super) async fn run(exe: &Path, smoke: bool, figures: &mut Vec<Figure>) -> a
     let script = artifacts.join("bin/sleeper");
     std::fs::write(&script, "#!/bin/sh\nexec sleep 100000\n")?;
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
-    client
-        .submit(&SubmitRevision {
-            documents: vec![Document {
-                path: "bench.yaml".into(),
-                content: SPEC.into(),
-            }],
-            message: "agent benchmark: 10 idle instances".into(),
-            source: RevisionSource {
-                kind: "cli".into(),
-                reference: None,
-            },
-            parent: None,
-            options: Default::default(),
-            basis: None,
-        })
-        .await?;
+    super::server::submit_spec(&client, SPEC.to_owned(), "agent benchmark: 10 idle instances").await?;
     let token = client
         .create_join_token(&CreateJoinToken {
             ttl: Some("10m".into()),

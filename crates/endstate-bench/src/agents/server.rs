@@ -188,3 +188,28 @@ pub(crate) fn log_tail(path: &Path, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
+
+/// Submits one spec document (`bench.yaml`) as a revision, as `endstate apply` would.
+pub(crate) async fn submit_spec(
+    client: &endstate_client::Client,
+    content: String,
+    message: &str,
+) -> anyhow::Result<()> {
+    client
+        .submit(&endstate_api::SubmitRevision {
+            documents: vec![endstate_api::Document {
+                path: "bench.yaml".into(),
+                content,
+            }],
+            message: message.into(),
+            source: endstate_api::RevisionSource {
+                kind: "cli".into(),
+                reference: None,
+            },
+            parent: None,
+            options: Default::default(),
+            basis: None,
+        })
+        .await?;
+    Ok(())
+}
