@@ -633,6 +633,9 @@ pub struct SystemDescription {
     pub status: StatusView,
     /// Its direct subsystems, each with its own rolled-up status.
     pub subsystems: Vec<RelatedSystem>,
+    /// The label selector that adds subsystems (`tier=storage`), when declared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subsystem_selector: Option<String>,
     /// The aggregates it belongs to directly (many-to-many), each with its rolled-up status.
     pub aggregates: Vec<RelatedSystem>,
     /// Its own components (not its subsystems'), each with its instances per host.

@@ -206,6 +206,9 @@ pub(crate) fn description(d: &endstate_api::SystemDescription, color: bool) -> S
         }
     };
     related("Subsystems", &d.subsystems, "(none)", &mut out);
+    if let Some(selector) = &d.subsystem_selector {
+        let _ = writeln!(out, "  (and every system labelled {selector})");
+    }
     related("Part of", &d.aggregates, "(none: a top-level system)", &mut out);
 
     let _ = writeln!(out, "\nComponents");

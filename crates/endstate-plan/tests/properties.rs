@@ -138,6 +138,7 @@ fn state(case: &Case, after: bool) -> DesiredState {
             links: Vec::new(),
             labels: BTreeMap::new(),
             subsystems: Vec::new(),
+            subsystem_selector: None,
         },
     );
     let present: Vec<bool> = case

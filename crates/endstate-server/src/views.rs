@@ -309,6 +309,7 @@ impl World {
             actions,
             status,
             subsystems,
+            subsystem_selector: system.subsystem_selector.as_ref().map(ToString::to_string),
             aggregates,
             components,
             recent_events: Vec::new(),

@@ -75,6 +75,11 @@ pub(crate) struct SystemDoc {
     #[serde(default)]
     #[schemars(with = "Vec<String>")]
     pub(crate) subsystems: Vec<Spanned<String>>,
+    /// Also aggregate every system whose labels match this selector (`tier: storage`), resolved
+    /// anew for each revision, so a system added later with matching labels joins; never the system itself.
+    #[serde(default)]
+    #[schemars(with = "Option<SelectorDoc>")]
+    pub(crate) subsystem_selector: Option<Spanned<SelectorDoc>>,
 }
 
 /// An escalation contact.

@@ -35,8 +35,12 @@ pub struct System {
     pub escalation: Option<Escalation>,
     pub links: Vec<Link>,
     pub labels: Labels,
-    /// Names of the systems this one aggregates, sorted.
+    /// Names of the systems this one aggregates, sorted: those listed and those its
+    /// `subsystem_selector` matched when the revision was validated.
     pub subsystems: Vec<String>,
+    /// The selector that added members, as declared (`tier: storage`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subsystem_selector: Option<Selector>,
 }
 
 /// Whom to escalate to, and how to reach them.

@@ -41,7 +41,10 @@ struct SystemEntry<'a> {
     ctx: DocCtx<'a>,
     name_pos: Pos,
     system: System,
+    /// The subsystems listed by name (a selector's members are added once every system is known).
     subsystems: Vec<Ref>,
+    /// Where `subsystem_selector` was written.
+    selector_pos: Option<Pos>,
 }
 
 struct ComponentEntry<'a> {
@@ -123,12 +126,13 @@ pub(crate) fn validate(
     }
 
     // Names: the first declaration wins, later ones are reported.
-    let systems = unique(
+    let mut systems = unique(
         systems,
         "system",
         |e| (e.system.name.clone(), e.ctx, e.name_pos),
         &mut out,
     );
+    resolve_subsystem_selectors(&mut systems, &mut out);
     let components = unique(
         components,
         "component",
@@ -552,8 +556,49 @@ fn system<'a>(ctx: DocCtx<'a>, doc: &SystemDoc, out: &mut Out) -> SystemEntry<'a
             links,
             labels: doc.labels.clone(),
             subsystems: names,
+            subsystem_selector: doc
+                .subsystem_selector
+                .as_ref()
+                .map(|selector| Selector(selector.value.0.clone())),
         },
         subsystems,
+        selector_pos: doc.subsystem_selector.as_ref().map(|selector| ctx.pos(selector)),
+    }
+}
+
+/// Adds to each aggregate with a `subsystem_selector` the systems whose labels match it (never
+/// itself), located at the selector, so a cycle through a selector is reported there.
+fn resolve_subsystem_selectors(systems: &mut BTreeMap<String, SystemEntry<'_>>, out: &mut Out) {
+    let labels: Vec<(String, endstate_types::Labels)> = systems
+        .iter()
+        .map(|(name, entry)| (name.clone(), entry.system.labels.clone()))
+        .collect();
+    for (name, entry) in systems.iter_mut() {
+        let (Some(selector), Some(pos)) = (entry.system.subsystem_selector.clone(), entry.selector_pos) else {
+            continue;
+        };
+        let members: Vec<&String> = labels
+            .iter()
+            .filter(|(other, other_labels)| other != name && selector.matches(other_labels))
+            .map(|(other, _)| other)
+            .collect();
+        if members.is_empty() {
+            out.push(entry.ctx.warning(
+                pos,
+                "selector-matches-no-system",
+                format!("found subsystem selector `{selector}`, which matches no other declared system"),
+            ));
+        }
+        for member in members {
+            if !entry.system.subsystems.contains(member) {
+                entry.system.subsystems.push(member.clone());
+                entry.subsystems.push(Ref {
+                    name: member.clone(),
+                    pos,
+                });
+            }
+        }
+        entry.system.subsystems.sort();
     }
 }
 

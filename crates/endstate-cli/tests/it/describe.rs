@@ -27,7 +27,7 @@ apiVersion: endstate/v1
 kind: System
 name: platform
 owners: [team-platform]
-subsystems: [cache]
+subsystem_selector: { team: platform }
 ---
 apiVersion: endstate/v1
 kind: System

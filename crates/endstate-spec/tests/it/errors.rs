@@ -144,7 +144,7 @@ fn many_problems_in_one_run() {
         ],
         "
         a.yaml:3:7: error[invalid-name]: found system name `Shop`; expected lowercase letters, digits, `-`, `_` and `.`, starting with a letter or digit
-        a.yaml:8:1: error[unknown-field]: found field `bogus`; expected one of `apiVersion`, `kind`, `name`, `description`, `owners`, `escalation`, `links`, `labels`, `subsystems`
+        a.yaml:8:1: error[unknown-field]: found field `bogus`; expected one of `apiVersion`, `kind`, `name`, `description`, `owners`, `escalation`, `links`, `labels`, `subsystems`, `subsystem_selector`
         b.yaml:3:7: error[wrong-type]: found a list; expected a string
         b.yaml:8:14: error[dangling-reference]: found system `missing`, which is not declared; expected a declared system (`Shop`, `after-syntax-error`, `shop`)
         c.yaml:12:20: error[invalid-rollout]: found canary 5 larger than the total count 3; expected a canary of at most 3
@@ -226,4 +226,35 @@ fn a_blast_radius_limit_of_zero_or_nothing_is_refused() {
         a.yaml:17:18: error[invalid-value]: found `max_in_flight.hosts: 0`; expected at least 1 (nothing could ever change)
         a.yaml:23:18: error[invalid-value]: found `max_in_flight` without a limit; expected `hosts`, `instances` or both
     ");
+}
+
+/// A cycle closed by a selector is reported at the selector, with its path; a selector that
+/// matches no other system is a warning.
+#[test]
+fn subsystem_cycle_through_a_selector() {
+    let input = "\
+apiVersion: endstate/v1
+kind: System
+name: storage
+labels: { tier: storage }
+subsystem_selector: { tier: storage }
+---
+apiVersion: endstate/v1
+kind: System
+name: db
+labels: { tier: storage }
+subsystems: [storage]
+---
+apiVersion: endstate/v1
+kind: System
+name: lonely
+subsystem_selector: { tier: nothing }
+";
+    check(
+        &[("a.yaml", input)],
+        "
+        a.yaml:5:21: error[subsystem-cycle]: found a subsystem cycle: db -> storage -> db
+        a.yaml:16:21: warning[selector-matches-no-system]: found subsystem selector `tier=nothing`, which matches no other declared system
+        ",
+    );
 }

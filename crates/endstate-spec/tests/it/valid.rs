@@ -114,3 +114,40 @@ fn json_schema_describes_every_kind() {
         "{text}"
     );
 }
+
+/// Many-to-many aggregation with a selector: `storage` aggregates every system labelled
+/// `tier: storage` (never itself), `shop` lists `db` by name too, so `db` is in both; a system
+/// added with the label joins the aggregate in the next revision.
+#[test]
+fn selector_aggregate_gains_members_and_shares_them() {
+    let system = |name: &str, extra: &str| format!("---\napiVersion: endstate/v1\nkind: System\nname: {name}\n{extra}");
+    let base = [
+        system(
+            "storage",
+            "labels: { tier: storage }\nsubsystem_selector: { tier: storage }\n",
+        ),
+        system("shop", "subsystems: [db, web]\n"),
+        system("db", "labels: { tier: storage }\n"),
+        system("web", "labels: { tier: web }\n"),
+    ]
+    .concat();
+    let loaded = load(&files(&[("a.yaml", &base)]), &[]);
+    assert_eq!(render(&loaded), "");
+    let desired = loaded.desired.expect("no errors");
+    assert_eq!(desired.systems["storage"].subsystems, ["db"]);
+    assert_eq!(desired.systems["shop"].subsystems, ["db", "web"]);
+    assert_eq!(
+        desired.systems["storage"]
+            .subsystem_selector
+            .as_ref()
+            .map(ToString::to_string),
+        Some("tier=storage".to_owned())
+    );
+
+    let grown = format!("{base}{}", system("blobs", "labels: { tier: storage }\n"));
+    let loaded = load(&files(&[("a.yaml", &grown)]), &[]);
+    assert_eq!(render(&loaded), "");
+    let desired = loaded.desired.expect("no errors");
+    assert_eq!(desired.systems["storage"].subsystems, ["blobs", "db"]);
+    assert_eq!(desired.subsystems_closure("storage"), ["blobs", "db", "storage"]);
+}
