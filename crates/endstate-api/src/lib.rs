@@ -727,9 +727,10 @@ pub struct CreateNote {
 /// instance, computed from its transitions on the timeline over the last 30 days.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct HistoryView {
-    /// The target as given, normalised: `host:NAME` or `system/component#slot@host`.
+    /// The target as given, normalised: `host:NAME`, `system/component#slot@host` or
+    /// `check:system/check@host`.
     pub target: String,
-    /// `host` or `instance`.
+    /// `host`, `instance` or `check`.
     pub kind: String,
     /// When this was computed (RFC 3339); the windows end here.
     pub now: String,
@@ -755,6 +756,64 @@ pub struct HistoryView {
     /// `chronic` (failing more than 50% of the observed last 7 days, or failing for more than
     /// 24 hours now), `new` (failing now, not chronic) or `ok`.
     pub label: String,
+}
+
+/// `GET /v1/why?target=…`: what changed right before a target's state changed, ranked by
+/// closeness in time and in topology, each with why it is listed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct WhyView {
+    /// The target, normalised: `host:NAME`, `system/component#slot@host`,
+    /// `check:system/check@host` or `system:NAME`.
+    pub target: String,
+    /// `host`, `instance`, `check` or `system`.
+    pub kind: String,
+    /// The moment explained (RFC 3339): when the target's state changed, or the time given.
+    pub at: String,
+    /// How `at` was chosen, e.g. "when it turned unhealthy (failing since then)".
+    pub at_reason: String,
+    /// The start of the window looked at (RFC 3339); it ends at `at`.
+    pub since: String,
+    /// The systems looked at: the target's system and its subsystems (a host: the systems it runs).
+    pub systems: Vec<String>,
+    /// The hosts looked at: the target's host, or the hosts of the system.
+    pub hosts: Vec<String>,
+    /// What may explain it, most likely first.
+    pub suspects: Vec<Suspect>,
+    /// How many timeline events were read.
+    pub considered: u64,
+    /// Whether the window held more candidate events than are read (the oldest were left out).
+    pub truncated: bool,
+}
+
+/// One thing that changed before the target's state did.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Suspect {
+    /// 1 for the most likely.
+    pub rank: u32,
+    /// Closeness in time times closeness in topology times the weight of its kind, 0 to 100.
+    pub score: f64,
+    /// `change`, `revision`, `action`, `host` or `note`.
+    pub category: String,
+    /// When its newest event before `at` happened (RFC 3339).
+    pub time: String,
+    /// How long before `at`, in seconds.
+    pub before_s: u64,
+    /// That event's kind, e.g. `change.wave_started`.
+    pub kind: String,
+    /// That event's summary.
+    pub summary: String,
+    /// Why it is listed, in one line: what it is, how close in time, how close in topology.
+    pub reason: String,
+    /// The event's position on the timeline.
+    pub seq: u64,
+    /// The change it belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<u64>,
+    /// The action run it belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
+    /// How many events of the same change or run fell in the window (this one included).
+    pub events: u32,
 }
 
 /// The share of one window a target spent failing, weighted by time.

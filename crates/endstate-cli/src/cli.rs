@@ -104,19 +104,37 @@ pub(crate) enum Command {
     /// With `-o json` every event is printed as one JSON object per line (JSON lines), ready
     /// for export: `endstate timeline shop --since 7d --limit 1000 -o json > shop.jsonl`.
     Timeline(TimelineArgs),
-    /// Always broken, or did it just happen? The history of a host or an instance over the last
-    /// 30 days, from its transitions on the timeline.
+    /// Always broken, or did it just happen? The history of a host, an instance or a check over
+    /// the last 30 days, from its transitions on the timeline.
     ///
-    /// TARGET is `host:NAME` or an instance `system/component#slot@host` (e.g.
-    /// `storefront/web#0@dev-a`). Shows the current state, since when it fails, when it first
+    /// TARGET is `host:NAME`, an instance `system/component#slot@host` (e.g.
+    /// `storefront/web#0@dev-a`) or a check `check:system/check@host` (its results on that host). Shows the current state, since when it fails, when it first
     /// failed, the number of transitions, the share of time failing over 24 h, 7 d and 30 d
     /// (time before the first event and unknown time are not counted), whether it flaps (5 or
     /// more changes between healthy and failing in the last hour), and a label: `chronic`
     /// (failing more than half of the last 7 days, or failing for more than 24 h), `new`
     /// (failing, not chronic) or `ok`.
     History {
-        /// `host:NAME` or `system/component#slot@host`.
+        /// `host:NAME`, `system/component#slot@host` or `check:system/check@host`.
         target: String,
+    },
+    /// What changed right before? The changes, actions, host events, configuration revisions
+    /// and notes of the target's system, its subsystems and its hosts in the window before its
+    /// state changed, ranked by closeness in time and in topology, each with why it is listed.
+    ///
+    /// TARGET is a system (`storefront` or `system:storefront`), `host:NAME`, an instance
+    /// `system/component#slot@host` or a check `check:system/check@host`. The moment is when it
+    /// started failing (or last changed state; for a system, when something in it last turned
+    /// bad), unless `--at` gives one.
+    Why {
+        /// A system, `host:NAME`, `system/component#slot@host` or `check:system/check@host`.
+        target: String,
+        /// The moment to explain: an RFC 3339 time or a duration ago (`90m`).
+        #[arg(long)]
+        at: Option<String>,
+        /// How far back before that moment to look (default 1h, at most 30d).
+        #[arg(long)]
+        window: Option<String>,
     },
     /// The hosts of the inventory with liveness, labels and instances; `hosts revoke HOST`.
     Hosts {

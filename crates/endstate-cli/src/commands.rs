@@ -832,6 +832,26 @@ pub(crate) async fn history(global: &Global, target: &str) -> anyhow::Result<Out
     Ok(Outcome::Success)
 }
 
+/// `endstate why TARGET [--at TIME] [--window DURATION]`
+pub(crate) async fn why(
+    global: &Global,
+    target: &str,
+    at: Option<&str>,
+    window: Option<&str>,
+) -> anyhow::Result<Outcome> {
+    let client = client(global)?;
+    let why = match refused_or(client.why(target, at, window)).await? {
+        Ok(why) => why,
+        Err(outcome) => return Ok(outcome),
+    };
+    if global.output == Output::Json {
+        print_json(&why)?;
+    } else {
+        print!("{}", render::why(&why));
+    }
+    Ok(Outcome::Success)
+}
+
 /// `endstate hosts`
 pub(crate) async fn hosts(global: &Global) -> anyhow::Result<Outcome> {
     let hosts = client(global)?.hosts().await?;

@@ -99,6 +99,7 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
             reason,
         } => commands::scale(global, &component, count, reason.as_deref()).await,
         Command::History { target } => commands::history(global, &target).await,
+        Command::Why { target, at, window } => commands::why(global, &target, at.as_deref(), window.as_deref()).await,
         Command::Hosts { action: None } => commands::hosts(global).await,
         Command::Hosts {
             action: Some(cli::HostsCommand::Revoke { host }),

@@ -314,6 +314,39 @@ pub(crate) fn history(h: &endstate_api::HistoryView, color: bool) -> String {
     out
 }
 
+/// `endstate why`: what changed right before, most likely first.
+pub(crate) fn why(w: &endstate_api::WhyView) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{} ({}) at {}, {}", w.target, w.kind, w.at, w.at_reason);
+    let _ = writeln!(
+        out,
+        "  looked at     {} to {}: systems {}; hosts {}",
+        w.since,
+        w.at,
+        none_if_empty(&w.systems.join(", ")),
+        none_if_empty(&w.hosts.join(", "))
+    );
+    let _ = writeln!(
+        out,
+        "  read          {} event(s){}",
+        w.considered,
+        if w.truncated { " (the oldest were left out)" } else { "" }
+    );
+    if w.suspects.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nNothing changed in that window: no change, action, host event, revision or note."
+        );
+        return out;
+    }
+    let _ = writeln!(out, "\nWhat changed before, most likely first");
+    for s in &w.suspects {
+        let _ = writeln!(out, "  {:>2}. [{:>5.1}] {}  {}", s.rank, s.score, s.time, s.summary);
+        let _ = writeln!(out, "             {}", s.reason);
+    }
+    out
+}
+
 fn paint_word(word: &str, bad: bool, color: bool) -> String {
     if color && bad {
         format!("\x1b[31m{word}\x1b[0m")

@@ -8,7 +8,7 @@ use std::time::Duration;
 use endstate_api::{
     ChangeOptions, ChangeView, CreateJoinToken, CreateNote, CreateToken, CreatedJoinToken, CreatedToken, Document,
     EventView, HistoryView, HostView, LogsView, Page, PlanRequest, PlanResponse, Problem, RevisionView, SubmitResponse,
-    SubmitRevision, SystemDescription, SystemView,
+    SubmitRevision, SystemDescription, SystemView, WhyView,
 };
 use futures_util::{Stream, StreamExt};
 use serde::Serialize;
@@ -463,7 +463,8 @@ impl Client {
         self.post(&path, &CreateNote { text: text.to_string() }).await
     }
 
-    /// The history of a host (`host:NAME`) or an instance (`system/component#slot@host`).
+    /// The history of a host (`host:NAME`), an instance (`system/component#slot@host`) or a check
+    /// (`check:system/check@host`).
     ///
     /// # Errors
     /// As the server says (400 for a bad target, 404 for an unknown one).
@@ -472,6 +473,23 @@ impl Client {
             .append_pair("target", target)
             .finish();
         self.get(&format!("/v1/history?{query}")).await
+    }
+
+    /// What changed right before `target`'s state changed (`at`: an RFC 3339 time or a duration
+    /// ago; `window`: how far back, a duration).
+    ///
+    /// # Errors
+    /// As the server says (400 for a bad target, time or window, 404 for an unknown one).
+    pub async fn why(&self, target: &str, at: Option<&str>, window: Option<&str>) -> Result<WhyView, ClientError> {
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        query.append_pair("target", target);
+        if let Some(at) = at {
+            query.append_pair("at", at);
+        }
+        if let Some(window) = window {
+            query.append_pair("window", window);
+        }
+        self.get(&format!("/v1/why?{}", query.finish())).await
     }
 
     /// The hosts of the inventory.

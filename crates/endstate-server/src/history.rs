@@ -181,9 +181,12 @@ pub(crate) enum Target {
     Host(String),
     /// `system/component#slot@host`
     Instance { component: String, slot: u32, host: String },
+    /// `check:system/check@host`: every target of that check run by that host's agent.
+    Check { check: String, host: String },
 }
 
-const TARGET_SYNTAX: &str = "expected host:NAME or an instance system/component#slot@host (e.g. shop/web#0@dev-a)";
+pub(crate) const TARGET_SYNTAX: &str = "expected host:NAME, an instance system/component#slot@host (e.g. shop/web#0@dev-a) \
+     or a check check:system/check@host (e.g. check:shop/web-http@dev-a)";
 
 impl Target {
     pub(crate) fn parse(text: &str) -> Result<Target, String> {
@@ -191,6 +194,17 @@ impl Target {
         if let Some(host) = text.strip_prefix("host:") {
             endstate_types::validate_name(host).map_err(|error| format!("{text:?}: host {error}"))?;
             return Ok(Target::Host(host.to_string()));
+        }
+        if let Some(check) = text.strip_prefix("check:") {
+            let parsed = check.split_once('@').and_then(|(key, host)| {
+                let (system, name) = key.split_once('/')?;
+                let ok = |part: &str| endstate_types::validate_name(part).is_ok();
+                (ok(system) && ok(name) && ok(host)).then(|| Target::Check {
+                    check: key.to_string(),
+                    host: host.to_string(),
+                })
+            });
+            return parsed.ok_or_else(|| format!("{text:?} is not a target: {TARGET_SYNTAX}"));
         }
         let parsed = text.split_once('@').and_then(|(instance, host)| {
             let (component, slot) = instance.split_once('#')?;
@@ -206,17 +220,34 @@ impl Target {
         parsed.ok_or_else(|| format!("{text:?} is not a target: {TARGET_SYNTAX}"))
     }
 
-    fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             Target::Host(_) => "host",
             Target::Instance { .. } => "instance",
+            Target::Check { .. } => "check",
         }
     }
 
-    fn display(&self) -> String {
+    pub(crate) fn display(&self) -> String {
         match self {
             Target::Host(host) => format!("host:{host}"),
             Target::Instance { component, slot, host } => format!("{component}#{slot}@{host}"),
+            Target::Check { check, host } => format!("check:{check}@{host}"),
+        }
+    }
+
+    /// The host the target lives on.
+    pub(crate) fn host(&self) -> &str {
+        match self {
+            Target::Host(host) | Target::Instance { host, .. } | Target::Check { host, .. } => host,
+        }
+    }
+
+    /// The system the target belongs to; a host belongs to none.
+    pub(crate) fn system(&self) -> Option<&str> {
+        match self {
+            Target::Host(_) => None,
+            Target::Instance { component: key, .. } | Target::Check { check: key, .. } => key.split('/').next(),
         }
     }
 
@@ -232,6 +263,12 @@ impl Target {
                 kinds: Some(vec!["instance.transitioned".into()]),
                 host: Some(host.clone()),
                 component: Some(component.clone()),
+                ..EventQuery::default()
+            },
+            Target::Check { check, host } => EventQuery {
+                systems: Some(vec![check.split('/').next().unwrap_or_default().to_string()]),
+                kinds: Some(vec!["check.status".into()]),
+                host: Some(host.clone()),
                 ..EventQuery::default()
             },
         }
@@ -257,6 +294,22 @@ impl Target {
                     "healthy" => Health::Healthy,
                     "degraded" | "unhealthy" => Health::Failing,
                     "pending" => Health::Neutral,
+                    _ => Health::Unknown,
+                };
+                Some(Sample {
+                    time_ms: event.time_ms,
+                    health,
+                    state: status.to_string(),
+                })
+            }
+            Target::Check { check, .. } => {
+                if event.data.get("check").and_then(|c| c.as_str()) != Some(check.as_str()) {
+                    return None;
+                }
+                let status = event.data.get("to").and_then(|s| s.as_str()).unwrap_or("unknown");
+                let health = match status {
+                    "ok" => Health::Healthy,
+                    "warning" | "critical" => Health::Failing,
                     _ => Health::Unknown,
                 };
                 Some(Sample {
@@ -292,12 +345,43 @@ pub(crate) async fn history(
         .target
         .ok_or_else(|| ApiError::bad_field("target", format!("is required: {TARGET_SYNTAX}")))?;
     let target = Target::parse(&text).map_err(|message| ApiError::bad_field("target", message))?;
-    let system = match &target {
-        Target::Instance { component, .. } => component.split('/').next().map(str::to_string),
-        Target::Host(_) => None,
-    };
-    authorize(&actor, Verb::Read, system.as_deref())?;
+    authorize(&actor, Verb::Read, target.system())?;
     let now = now_ms();
+    let (before, samples) = load_samples(&state, &target, now).await?;
+    let stats = compute(now, before.as_ref(), &samples);
+    Ok(Json(HistoryView {
+        target: target.display(),
+        kind: target.kind().to_string(),
+        now: rfc3339(now),
+        current: stats.current,
+        failing: stats.failing,
+        failing_since: stats.failing_since_ms.map(rfc3339),
+        first_failed: stats.first_failed_ms.map(rfc3339),
+        transitions: stats.transitions,
+        unhealthy: stats
+            .shares
+            .iter()
+            .map(|(window, observed, failing)| UnhealthyShare {
+                window: (*window).to_string(),
+                percent: percent(*failing, *observed),
+                observed_s: u64::try_from(observed / 1000).unwrap_or(0),
+                failing_s: u64::try_from(failing / 1000).unwrap_or(0),
+            })
+            .collect(),
+        flapping: stats.flapping,
+        flips_last_hour: stats.flips_last_hour,
+        label: stats.label.to_string(),
+    }))
+}
+
+/// The samples of `target` over the 30 days before `now`, in time order, and the last one before
+/// them (the state the window starts in). A target without any that is not known either (a host
+/// not in the inventory, an instance not placed, a check never reported) is not found.
+pub(crate) async fn load_samples(
+    state: &AppState,
+    target: &Target,
+    now: i64,
+) -> Result<(Option<Sample>, Vec<Sample>), ApiError> {
     let window_start = now - HISTORY_MS;
 
     let mut samples = Vec::new();
@@ -351,39 +435,20 @@ pub(crate) async fn history(
                 .await?
                 .iter()
                 .any(|i| &i.component_key == component && i.slot == *slot),
+            Target::Check { .. } => false,
         };
         if !known {
             return Err(ApiError::NotFound(match &target {
                 Target::Host(host) => format!("host {host:?} is not in the inventory and has no history"),
                 Target::Instance { .. } => format!("instance {} is not placed and has no history", target.display()),
+                Target::Check { check, host } => {
+                    format!("check {check} has no results from host {host} in the last 30 days")
+                }
             }));
         }
     }
     samples.sort_by_key(|s| s.time_ms);
-    let stats = compute(now, before.as_ref(), &samples);
-    Ok(Json(HistoryView {
-        target: target.display(),
-        kind: target.kind().to_string(),
-        now: rfc3339(now),
-        current: stats.current,
-        failing: stats.failing,
-        failing_since: stats.failing_since_ms.map(rfc3339),
-        first_failed: stats.first_failed_ms.map(rfc3339),
-        transitions: stats.transitions,
-        unhealthy: stats
-            .shares
-            .iter()
-            .map(|(window, observed, failing)| UnhealthyShare {
-                window: (*window).to_string(),
-                percent: percent(*failing, *observed),
-                observed_s: u64::try_from(observed / 1000).unwrap_or(0),
-                failing_s: u64::try_from(failing / 1000).unwrap_or(0),
-            })
-            .collect(),
-        flapping: stats.flapping,
-        flips_last_hour: stats.flips_last_hour,
-        label: stats.label.to_string(),
-    }))
+    Ok((before, samples))
 }
 
 /// `part` of `whole` in percent, to two decimals; `None` when `whole` is 0.

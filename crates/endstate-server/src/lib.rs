@@ -27,6 +27,7 @@ mod routes;
 mod runner;
 mod stream;
 mod views;
+mod why;
 
 use std::collections::BTreeMap;
 use std::future::Future;

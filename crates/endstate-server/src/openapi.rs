@@ -34,6 +34,7 @@ use utoipa::{Modify, OpenApi};
         crate::routes::list_hosts,
         crate::routes::timeline,
         crate::history::history,
+        crate::why::why,
         crate::prometheus::targets,
         crate::stream::stream,
         crate::routes::create_token,

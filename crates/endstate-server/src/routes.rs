@@ -63,6 +63,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/hosts", get(list_hosts))
         .route("/v1/timeline", get(timeline))
         .route("/v1/history", get(crate::history::history))
+        .route("/v1/why", get(crate::why::why))
         .route("/v1/prometheus/targets", get(crate::prometheus::targets))
         .route("/v1/stream", get(crate::stream::stream))
         .route("/v1/runs", post(crate::actions::request).get(crate::actions::list))

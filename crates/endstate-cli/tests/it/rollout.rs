@@ -207,6 +207,62 @@ fn a_good_version_rolls_out_by_zone_a_bad_one_rolls_back_and_a_freeze_holds_one(
         ]
     );
 
+    // The 3 a.m. questions about the canary that went bad: did it just happen, and what changed
+    // right before? The failed rollout is the first suspect, with its reason.
+    let canary = "storefront/web#0@dev-a";
+    let history = run(&["history", canary, "-o", "json"], &config);
+    assert!(history.status.success(), "{}", text(&history.stderr));
+    let history: serde_json::Value = serde_json::from_str(&text(&history.stdout)).unwrap();
+    assert!(
+        history["first_failed"].is_string(),
+        "the canary failed today: {history:#}"
+    );
+    assert_eq!(history["failing"], false, "and was rolled back: {history:#}");
+    let why = run(&["why", canary, "-o", "json"], &config);
+    assert!(why.status.success(), "{}", text(&why.stderr));
+    let why: serde_json::Value = serde_json::from_str(&text(&why.stdout)).unwrap();
+    assert_eq!(
+        why["at"], history["first_failed"],
+        "why explains the moment it failed: {why:#}"
+    );
+    assert!(
+        why["at_reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("recovered since"),
+        "{why:#}"
+    );
+    let first = &why["suspects"][0];
+    assert_eq!(first["change"], 3, "the bad rollout comes first: {why:#}");
+    assert!(
+        first["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("change 3, in progress then ("),
+        "{why:#}"
+    );
+    let good = why["suspects"].as_array().unwrap().iter().find(|s| s["change"] == 2);
+    assert!(
+        good.is_some_and(|s| s["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("change 2, ended before")),
+        "the earlier good rollout is listed too, lower: {why:#}"
+    );
+    let shown = text(&run(&["why", canary], &config).stdout);
+    assert!(
+        shown.contains("when it last turned unhealthy") && shown.contains("   1. ["),
+        "{shown}"
+    );
+    // The system: when something in it last turned bad, the same rollout first.
+    let system = run(&["why", "storefront", "-o", "json"], &config);
+    let system: serde_json::Value = serde_json::from_str(&text(&system.stdout)).unwrap();
+    assert_eq!(system["kind"], "system", "{system:#}");
+    assert!(
+        system["suspects"].as_array().unwrap().iter().any(|s| s["change"] == 3),
+        "{system:#}"
+    );
+
     // A freeze window holds the next change before its first wave and says why; a person
     // pauses, resumes and aborts it, each on the timeline with who did it.
     let frozen = spec_with_web_version(dir.path(), "1.3.0");

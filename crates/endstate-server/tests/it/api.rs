@@ -240,6 +240,7 @@ async fn openapi_and_metrics_are_served() {
         "/v1/systems/{name}/describe",
         "/v1/systems/{name}/notes",
         "/v1/history",
+        "/v1/why",
     ] {
         assert!(
             doc["paths"][path].is_object(),

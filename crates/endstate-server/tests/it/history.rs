@@ -128,3 +128,41 @@ async fn bad_and_unknown_targets_are_clear_errors() {
     assert_eq!(share(&quiet, "24h"), None);
     server.stop().await;
 }
+
+/// A check's history on one host: its `check.status` results (warning and critical fail).
+#[tokio::test]
+async fn history_of_a_check_on_a_host() {
+    let server = TestServer::start().await;
+    let client = server.client();
+    with_instances(&server, &client).await;
+    let now = jiff::Timestamp::now().as_millisecond();
+    let status = |ago_ms: i64, check: &str, to: &str| NewEvent {
+        systems: vec!["cache".into()],
+        host: Some("h-a".into()),
+        actor: Some("agent:h-a".into()),
+        data: serde_json::json!({ "check": check, "target": "cache/memo#0@h-a", "to": to }),
+        ..NewEvent::new(now - ago_ms, "check.status", format!("{check} {to}"))
+    };
+    server
+        .store
+        .append_events(vec![
+            status(4 * HOUR_MS, "cache/memo-port", "ok"),
+            status(2 * HOUR_MS, "cache/memo-port", "critical"),
+            // Another check of the same system is not this one's history.
+            status(HOUR_MS, "cache/other", "ok"),
+        ])
+        .await
+        .unwrap();
+    let check = client.history("check:cache/memo-port@h-a").await.unwrap();
+    assert_eq!(
+        (check.target.as_str(), check.kind.as_str()),
+        ("check:cache/memo-port@h-a", "check")
+    );
+    assert_eq!(check.current, "critical");
+    assert!(check.failing);
+    assert_eq!(check.transitions, 2);
+    assert!((share(&check, "24h").unwrap() - 50.0).abs() < 0.01, "{check:?}");
+    let error = client.history("check:cache/never@h-a").await.unwrap_err();
+    assert_eq!(error.problem().unwrap().status, 404, "{error}");
+    server.stop().await;
+}

@@ -14,6 +14,7 @@ mod monitoring;
 mod options;
 mod systems;
 mod timeline;
+mod why;
 
 use std::sync::Arc;
 use std::time::Duration;
