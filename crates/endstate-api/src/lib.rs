@@ -399,18 +399,62 @@ pub struct InstanceView {
 pub struct HostView {
     /// The host's name.
     pub name: String,
+    /// `agent` (enrolled, reports its facts) or `static` (declared in the spec, no agent).
+    #[serde(default = "agent_kind")]
+    pub kind: String,
+    /// What it is (static entries).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
     /// Its labels (zone, rack, role, …).
     pub labels: BTreeMap<String, String>,
     /// Its facts (os, kernel, cpus, memory, …).
     #[schema(value_type = Object)]
     pub facts: serde_json::Value,
-    /// `reachable`, `unreachable` or `unknown`.
+    /// The systems it serves: those of the instances placed on it, and those a static entry declares.
+    #[serde(default)]
+    pub systems: Vec<String>,
+    /// `reachable`, `unreachable`, `unknown`, `revoked`, or `static` for a static entry.
     pub liveness: String,
     /// When it was last heard from (RFC 3339), if ever.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_seen: Option<String>,
     /// The instances placed on it (`system/component#slot`).
     pub instances: Vec<String>,
+}
+
+fn agent_kind() -> String {
+    "agent".to_string()
+}
+
+/// `GET /v1/hosts/{host}`: one host of the inventory with the history of its changes and what
+/// ran on it when.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct HostDetail {
+    /// The host as the inventory lists it.
+    pub host: HostView,
+    /// Its own events (enrolment, reachability, facts changed, renewal, revocation,
+    /// retirement), newest first, at most 100.
+    pub changes: Vec<EventView>,
+    /// What ran on it: each instance and version, from its first to its last transition
+    /// (newest last seen first, at most 200), from the timeline.
+    pub ran: Vec<RanView>,
+}
+
+/// One instance at one version on a host, over the time the timeline saw it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RanView {
+    /// `system/component#slot`.
+    pub instance: String,
+    /// The version it ran (empty when it reported none).
+    pub version: String,
+    /// Its first transition at that version (RFC 3339).
+    pub first_seen: String,
+    /// Its last transition at that version (RFC 3339).
+    pub last_seen: String,
+    /// Its status at the last transition.
+    pub last_status: String,
+    /// How many transitions.
+    pub transitions: u64,
 }
 
 /// One timeline event.

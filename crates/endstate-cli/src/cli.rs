@@ -136,6 +136,28 @@ pub(crate) enum Command {
         #[arg(long)]
         window: Option<String>,
     },
+    /// The inventory (the CMDB): hosts with agents and the static entries of the spec, with
+    /// labels, facts, systems and liveness; with HOST, that host's changes and what ran on it when.
+    ///
+    /// `--csv` exports the list as CSV (one column per fact), `-o json` as JSON:
+    /// `endstate inventory --selector zone=a --csv > zone-a.csv`.
+    Inventory {
+        /// One host: its facts, the history of its changes, and what ran on it when.
+        host: Option<String>,
+        /// Only hosts whose labels match: `zone=a,role=web`, `zone=a|b`.
+        #[arg(long)]
+        selector: Option<String>,
+        /// Only hosts serving this system or one of its subsystems.
+        #[arg(long)]
+        system: Option<String>,
+        /// Only `agent` hosts or only `static` entries.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Print CSV: name, kind, liveness, systems, labels, description, last seen, instances,
+        /// then one `fact:KEY` column per scalar fact.
+        #[arg(long, conflicts_with = "host")]
+        csv: bool,
+    },
     /// The hosts of the inventory with liveness, labels and instances; `hosts revoke HOST`.
     Hosts {
         #[command(subcommand)]

@@ -852,6 +852,42 @@ pub(crate) async fn why(
     Ok(Outcome::Success)
 }
 
+/// `endstate inventory [HOST] [--selector S] [--system S] [--kind K] [--csv]`
+pub(crate) async fn inventory(
+    global: &Global,
+    host: Option<&str>,
+    filter: &endstate_client::HostsFilter,
+    csv: bool,
+) -> anyhow::Result<Outcome> {
+    let client = client(global)?;
+    if let Some(host) = host {
+        let detail = match refused_or(client.host(host)).await? {
+            Ok(detail) => detail,
+            Err(outcome) => return Ok(outcome),
+        };
+        if global.output == Output::Json {
+            print_json(&detail)?;
+        } else {
+            print!("{}", render::host_detail(&detail));
+        }
+        return Ok(Outcome::Success);
+    }
+    let hosts = match refused_or(client.inventory(filter)).await? {
+        Ok(hosts) => hosts,
+        Err(outcome) => return Ok(outcome),
+    };
+    if csv {
+        print!("{}", render::inventory_csv(&hosts)?);
+    } else if global.output == Output::Json {
+        print_json(&hosts)?;
+    } else if hosts.is_empty() {
+        println!("No host matches.");
+    } else {
+        print!("{}", render::inventory_table(&hosts));
+    }
+    Ok(Outcome::Success)
+}
+
 /// `endstate hosts`
 pub(crate) async fn hosts(global: &Global) -> anyhow::Result<Outcome> {
     let hosts = client(global)?.hosts().await?;

@@ -100,6 +100,16 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         } => commands::scale(global, &component, count, reason.as_deref()).await,
         Command::History { target } => commands::history(global, &target).await,
         Command::Why { target, at, window } => commands::why(global, &target, at.as_deref(), window.as_deref()).await,
+        Command::Inventory {
+            host,
+            selector,
+            system,
+            kind,
+            csv,
+        } => {
+            let filter = endstate_client::HostsFilter { selector, system, kind };
+            commands::inventory(global, host.as_deref(), &filter, csv).await
+        }
         Command::Hosts { action: None } => commands::hosts(global).await,
         Command::Hosts {
             action: Some(cli::HostsCommand::Revoke { host }),

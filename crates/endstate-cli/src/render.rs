@@ -113,6 +113,161 @@ pub(crate) fn hosts_table(hosts: &[HostView]) -> String {
     out
 }
 
+/// `endstate inventory`: one line per host, agents and static entries alike.
+pub(crate) fn inventory_table(hosts: &[HostView]) -> String {
+    let mut out = format!(
+        "{:<24} {:<7} {:<12} {:<24} {:<28} {}\n",
+        "HOST", "KIND", "LIVENESS", "SYSTEMS", "LABELS", "FACTS"
+    );
+    for host in hosts {
+        let labels: Vec<String> = host.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let facts = scalar_facts(&host.facts);
+        // The facts people look for first: what it is and how big.
+        let shown: Vec<String> = ["os", "vendor", "model", "cpus", "memory_bytes"]
+            .iter()
+            .filter_map(|key| facts.iter().find(|(k, _)| k == key))
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "{:<24} {:<7} {:<12} {:<24} {:<28} {}",
+            host.name,
+            host.kind,
+            host.liveness,
+            none_if_empty(&host.systems.join(",")),
+            none_if_empty(&labels.join(",")),
+            shown.join(" ")
+        );
+    }
+    out
+}
+
+/// The top-level facts that are scalars, as text, in key order.
+fn scalar_facts(facts: &serde_json::Value) -> Vec<(String, String)> {
+    let Some(object) = facts.as_object() else {
+        return Vec::new();
+    };
+    let mut out: Vec<(String, String)> = object
+        .iter()
+        .filter_map(|(key, value)| {
+            let text = match value {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Number(n) => n.to_string(),
+                serde_json::Value::Bool(b) => b.to_string(),
+                _ => return None,
+            };
+            Some((key.clone(), text))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// `endstate inventory --csv`: fixed columns, then one `fact:KEY` column per scalar fact any
+/// host has (empty where a host lacks it).
+pub(crate) fn inventory_csv(hosts: &[HostView]) -> anyhow::Result<String> {
+    let facts: Vec<Vec<(String, String)>> = hosts.iter().map(|h| scalar_facts(&h.facts)).collect();
+    let keys: std::collections::BTreeSet<&str> = facts.iter().flatten().map(|(k, _)| k.as_str()).collect();
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    let mut header = vec![
+        "name".to_string(),
+        "kind".into(),
+        "liveness".into(),
+        "systems".into(),
+        "labels".into(),
+        "description".into(),
+        "last_seen".into(),
+        "instances".into(),
+    ];
+    header.extend(keys.iter().map(|k| format!("fact:{k}")));
+    writer.write_record(&header)?;
+    for (host, facts) in hosts.iter().zip(&facts) {
+        let labels: Vec<String> = host.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let mut record = vec![
+            host.name.clone(),
+            host.kind.clone(),
+            host.liveness.clone(),
+            host.systems.join(" "),
+            labels.join(";"),
+            host.description.clone(),
+            host.last_seen.clone().unwrap_or_default(),
+            host.instances.len().to_string(),
+        ];
+        record.extend(keys.iter().map(|key| {
+            facts
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        }));
+        writer.write_record(&record)?;
+    }
+    Ok(String::from_utf8(writer.into_inner()?)?)
+}
+
+/// `endstate inventory HOST`: the host, its changes, and what ran on it when.
+pub(crate) fn host_detail(d: &endstate_api::HostDetail) -> String {
+    let h = &d.host;
+    let mut out = String::new();
+    let what = if h.description.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", h.description)
+    };
+    let _ = writeln!(out, "{} ({}){what}", h.name, h.kind);
+    let _ = writeln!(out, "  liveness    {}", h.liveness);
+    if let Some(seen) = &h.last_seen {
+        let _ = writeln!(out, "  last seen   {seen}");
+    }
+    let labels: Vec<String> = h.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let _ = writeln!(out, "  labels      {}", none_if_empty(&labels.join(", ")));
+    let _ = writeln!(out, "  systems     {}", none_if_empty(&h.systems.join(", ")));
+    let _ = writeln!(out, "\nFacts");
+    let facts = scalar_facts(&h.facts);
+    if facts.is_empty() {
+        let _ = writeln!(out, "  (none)");
+    }
+    let width = facts.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    for (key, value) in &facts {
+        let _ = writeln!(out, "  {key:<width$}  {value}");
+    }
+    let _ = writeln!(out, "\nRuns now");
+    if h.instances.is_empty() {
+        let _ = writeln!(out, "  (nothing)");
+    }
+    for instance in &h.instances {
+        let _ = writeln!(out, "  {instance}");
+    }
+    let _ = writeln!(out, "\nWhat ran here, newest first");
+    if d.ran.is_empty() {
+        let _ = writeln!(out, "  (nothing on the timeline)");
+    }
+    for ran in &d.ran {
+        let _ = writeln!(
+            out,
+            "  {} {}  {} .. {}  last {} ({} transition(s))",
+            ran.instance,
+            if ran.version.is_empty() {
+                "(no version)"
+            } else {
+                ran.version.as_str()
+            },
+            ran.first_seen,
+            ran.last_seen,
+            ran.last_status,
+            ran.transitions
+        );
+    }
+    let _ = writeln!(out, "\nChanges of the host, newest first");
+    if d.changes.is_empty() {
+        let _ = writeln!(out, "  (none)");
+    }
+    for event in &d.changes {
+        let _ = writeln!(out, "  {}  {:<20} {}", event.time, event.kind, event.summary);
+    }
+    out
+}
+
 /// `endstate describe`: one system on one screen, in the order the 3 a.m. questions come.
 pub(crate) fn description(d: &endstate_api::SystemDescription, color: bool) -> String {
     let mut out = String::new();

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use endstate_api::{
     ChangeOptions, ChangeView, CreateJoinToken, CreateNote, CreateToken, CreatedJoinToken, CreatedToken, Document,
-    EventView, HistoryView, HostView, LogsView, Page, PlanRequest, PlanResponse, Problem, RevisionView, SubmitResponse,
-    SubmitRevision, SystemDescription, SystemView, WhyView,
+    EventView, HistoryView, HostDetail, HostView, LogsView, Page, PlanRequest, PlanResponse, Problem, RevisionView,
+    SubmitResponse, SubmitRevision, SystemDescription, SystemView, WhyView,
 };
 use futures_util::{Stream, StreamExt};
 use serde::Serialize;
@@ -59,6 +59,17 @@ impl ClientError {
             _ => None,
         }
     }
+}
+
+/// Which hosts of the inventory to list (`GET /v1/hosts`).
+#[derive(Clone, Debug, Default)]
+pub struct HostsFilter {
+    /// A label selector: `zone=a,role=web`, `zone=a|b`.
+    pub selector: Option<String>,
+    /// Hosts serving this system or one of its subsystems.
+    pub system: Option<String>,
+    /// `agent` or `static`.
+    pub kind: Option<String>,
 }
 
 /// Filters of the timeline and the live stream (see `GET /v1/timeline`).
@@ -498,6 +509,32 @@ impl Client {
     /// As the server says.
     pub async fn hosts(&self) -> Result<Vec<HostView>, ClientError> {
         self.all_pages("/v1/hosts").await
+    }
+
+    /// The hosts of the inventory that match `filter`.
+    ///
+    /// # Errors
+    /// As the server says (400 for a bad selector or kind, 404 for an unknown system).
+    pub async fn inventory(&self, filter: &HostsFilter) -> Result<Vec<HostView>, ClientError> {
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        for (key, value) in [
+            ("selector", &filter.selector),
+            ("system", &filter.system),
+            ("kind", &filter.kind),
+        ] {
+            if let Some(value) = value {
+                query.append_pair(key, value);
+            }
+        }
+        self.all_pages(&format!("/v1/hosts?{}", query.finish())).await
+    }
+
+    /// One host of the inventory with its changes and what ran on it.
+    ///
+    /// # Errors
+    /// As the server says (404 for a host not in the inventory).
+    pub async fn host(&self, name: &str) -> Result<HostDetail, ClientError> {
+        self.get(&format!("/v1/hosts/{}", segment(name))).await
     }
 
     /// A page of the timeline.

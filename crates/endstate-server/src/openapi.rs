@@ -32,6 +32,7 @@ use utoipa::{Modify, OpenApi};
         crate::routes::list_components,
         crate::routes::list_instances,
         crate::routes::list_hosts,
+        crate::routes::get_host,
         crate::routes::timeline,
         crate::history::history,
         crate::why::why,

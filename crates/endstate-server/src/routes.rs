@@ -61,6 +61,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/components/{system}/{name}/scale", post(crate::changes::scale))
         .route("/v1/instances", get(list_instances))
         .route("/v1/hosts", get(list_hosts))
+        .route("/v1/hosts/{host}", get(get_host))
         .route("/v1/timeline", get(timeline))
         .route("/v1/history", get(crate::history::history))
         .route("/v1/why", get(crate::why::why))
@@ -940,15 +941,69 @@ pub(crate) async fn list_instances(
     Ok(Json(page_by_key(instances, key, params.cursor, params.limit)))
 }
 
-/// List hosts of the inventory with liveness and what runs on them.
-#[utoipa::path(get, path = "/v1/hosts", params(ListParams), responses((status = 200, body = Page<HostView>)), security(("bearer" = [])))]
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct HostsParams {
+    /// Only hosts whose labels match: `zone=a,role=web`, `zone=a|b`.
+    selector: Option<String>,
+    /// Only hosts serving this system or one of its subsystems.
+    system: Option<String>,
+    /// Only `agent` hosts or only `static` entries.
+    kind: Option<String>,
+    /// The `next` of the previous page.
+    cursor: Option<String>,
+    /// At most this many items (default 500, at most 1000).
+    limit: Option<u32>,
+}
+
+/// The inventory: hosts with agents (liveness, labels, facts, what runs on them) and the static
+/// entries of the spec (machines without an agent), filtered by labels, system and kind.
+#[utoipa::path(get, path = "/v1/hosts", params(HostsParams),
+    responses((status = 200, body = Page<HostView>), (status = 400, body = endstate_api::Problem), (status = 404, body = endstate_api::Problem)),
+    security(("bearer" = [])))]
 pub(crate) async fn list_hosts(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
-    Params(params): Params<ListParams>,
+    Params(params): Params<HostsParams>,
 ) -> Result<Json<Page<HostView>>, ApiError> {
     authorize(&actor, Verb::Read, None)?;
-    let views = host_views(&state).await?;
+    let selector = params
+        .selector
+        .as_deref()
+        .map(endstate_types::Selector::parse)
+        .transpose()
+        .map_err(|message| ApiError::bad_field("selector", message))?;
+    if let Some(kind) = params.kind.as_deref()
+        && !matches!(kind, "agent" | "static")
+    {
+        return Err(ApiError::bad_field(
+            "kind",
+            format!("{kind:?} is neither agent nor static"),
+        ));
+    }
+    let systems = match params.system.as_deref() {
+        None => None,
+        Some(system) => match state.latest_desired().await? {
+            Some((_, desired)) if desired.systems.contains_key(system) => Some(desired.subsystems_closure(system)),
+            _ => {
+                return Err(ApiError::NotFound(format!(
+                    "system {system:?} is not in the latest revision"
+                )));
+            }
+        },
+    };
+    let views: Vec<HostView> = host_views(&state)
+        .await?
+        .into_iter()
+        .filter(|h| selector.as_ref().is_none_or(|s| s.matches(&h.labels)))
+        .filter(|h| params.kind.as_deref().is_none_or(|k| k == h.kind))
+        .filter(|h| {
+            systems
+                .as_ref()
+                .is_none_or(|systems| h.systems.iter().any(|s| systems.contains(s)))
+        })
+        .collect();
     Ok(Json(page_by_key(
         views,
         |h| h.name.clone(),
@@ -957,12 +1012,108 @@ pub(crate) async fn list_hosts(
     )))
 }
 
-/// Every host with its liveness, agent and instances.
+/// Every host of the inventory: agents with their liveness and instances, then static entries.
 pub(crate) async fn host_views(state: &AppState) -> Result<Vec<HostView>, ApiError> {
     let hosts = state.store().list_hosts().await?;
     let agents = state.store().list_agents().await?;
     let instances = state.store().list_instances(InstanceFilter::default()).await?;
-    Ok(views::hosts(&hosts, &agents, &instances, now_ms()))
+    let desired = state.latest_desired().await?;
+    let statics: Vec<&endstate_spec::StaticHost> = desired
+        .as_ref()
+        .map(|(_, d)| d.hosts.values().collect())
+        .unwrap_or_default();
+    Ok(views::hosts(&hosts, &agents, &instances, &statics, now_ms()))
+}
+
+/// The most events of a host read for what ran on it.
+const RAN_EVENTS: usize = 20_000;
+
+/// One host of the inventory with the history of its changes (its own events, newest first)
+/// and what ran on it when (from its instances' transitions on the timeline).
+#[utoipa::path(get, path = "/v1/hosts/{host}", params(("host" = String, Path, description = "The host's name")),
+    responses((status = 200, body = endstate_api::HostDetail), (status = 404, body = endstate_api::Problem)),
+    security(("bearer" = [])))]
+pub(crate) async fn get_host(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(host): Path<String>,
+) -> Result<Json<endstate_api::HostDetail>, ApiError> {
+    authorize(&actor, Verb::Read, None)?;
+    let view = host_views(&state)
+        .await?
+        .into_iter()
+        .find(|h| h.name == host)
+        .ok_or_else(|| ApiError::NotFound(format!("host {host:?} is not in the inventory")))?;
+    let changes = state
+        .store()
+        .query_events(&EventQuery {
+            host: Some(host.clone()),
+            kinds: Some(vec!["host.".into(), "agent.".into()]),
+            limit: 100,
+            ..EventQuery::default()
+        })
+        .await?
+        .items
+        .iter()
+        .map(views::event_view)
+        .collect();
+    // What ran: every instance transition of the host, grouped by instance and version.
+    let mut ran: BTreeMap<(String, String), endstate_api::RanView> = BTreeMap::new();
+    let mut query = EventQuery {
+        host: Some(host.clone()),
+        kinds: Some(vec!["instance.transitioned".into()]),
+        after: Some(EventSeq(0)),
+        limit: 1000,
+        ..EventQuery::default()
+    };
+    let mut read = 0usize;
+    loop {
+        let page = state.store().query_events(&query).await?;
+        read += page.items.len();
+        for event in &page.items {
+            let slot = event.data.get("slot").and_then(serde_json::Value::as_u64).unwrap_or(0);
+            let instance = format!("{}#{slot}", event.component.as_deref().unwrap_or("?"));
+            let version = event
+                .data
+                .get("version")
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_string();
+            let status = event
+                .data
+                .get("status")
+                .and_then(|v| v.as_str())
+                .unwrap_or("unknown")
+                .to_string();
+            let time = crate::rfc3339(event.time_ms);
+            let entry = ran
+                .entry((instance.clone(), version.clone()))
+                .or_insert_with(|| endstate_api::RanView {
+                    instance,
+                    version,
+                    first_seen: time.clone(),
+                    last_seen: time.clone(),
+                    last_status: status.clone(),
+                    transitions: 0,
+                });
+            entry.transitions += 1;
+            entry.last_seen = time;
+            entry.last_status = status;
+        }
+        // Ascending pages always carry a cursor (to follow the timeline): a short page is the end.
+        match page.next {
+            Some(next) if page.items.len() == 1000 && read < RAN_EVENTS => query.after = Some(EventSeq(next)),
+            _ => break,
+        }
+    }
+    let mut ran: Vec<endstate_api::RanView> = ran.into_values().collect();
+    ran.sort_by(|a, b| b.last_seen.cmp(&a.last_seen).then(a.instance.cmp(&b.instance)));
+    ran.truncate(200);
+    Ok(Json(endstate_api::HostDetail {
+        host: view,
+        changes,
+        ran,
+    }))
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]

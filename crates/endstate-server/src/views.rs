@@ -9,7 +9,7 @@ use endstate_api::{
     RelatedSystem, StatusView, SystemDescription, SystemView,
 };
 use endstate_plan::{Placement, PlacementKey, Unplaced};
-use endstate_spec::{DesiredState, HostInfo};
+use endstate_spec::{DesiredState, HostInfo, StaticHost};
 use endstate_store::{Event, HostRecord, InstanceFilter, InstanceRecord};
 use endstate_types::Status;
 
@@ -416,13 +416,16 @@ fn status_view(rolled: &Rolled) -> StatusView {
 /// Hosts with their liveness: for a host with an agent, what the agent link says (`reachable`,
 /// `unreachable`, `revoked`, or `unknown` before its first connection); for a host known without
 /// an agent, how long ago it was last seen.
+/// The inventory: every host with an agent record or a last report, then the static entries of
+/// the desired state whose name no agent has (an agent of the same name wins).
 pub(crate) fn hosts(
     hosts: &[HostRecord],
     agents: &[endstate_store::AgentRecord],
     instances: &[InstanceRecord],
+    statics: &[&StaticHost],
     now_ms: i64,
 ) -> Vec<HostView> {
-    hosts
+    let mut views: Vec<HostView> = hosts
         .iter()
         .map(|host| {
             let agent = agents.iter().find(|a| a.host == host.name);
@@ -439,15 +442,21 @@ pub(crate) fn hosts(
                     Some(_) => "reachable",
                 },
             };
+            let on_host: Vec<&InstanceRecord> = instances.iter().filter(|i| i.host == host.name).collect();
+            let mut systems: Vec<String> = on_host.iter().map(|i| i.system.clone()).collect();
+            systems.sort();
+            systems.dedup();
             HostView {
                 name: host.name.0.clone(),
+                kind: "agent".to_string(),
+                description: String::new(),
                 labels: host.labels.clone(),
                 facts: host.facts.clone(),
+                systems,
                 liveness: liveness.to_string(),
                 last_seen: host.last_seen_ms.map(crate::rfc3339),
-                instances: instances
+                instances: on_host
                     .iter()
-                    .filter(|i| i.host == host.name)
                     .map(|i| {
                         let actual = i.actual.as_ref().map_or_else(
                             || "not observed".to_owned(),
@@ -458,7 +467,25 @@ pub(crate) fn hosts(
                     .collect(),
             }
         })
-        .collect()
+        .collect();
+    for entry in statics {
+        if views.iter().any(|v| v.name == entry.name) {
+            continue;
+        }
+        views.push(HostView {
+            name: entry.name.clone(),
+            kind: "static".to_string(),
+            description: entry.description.clone(),
+            labels: entry.labels.clone(),
+            facts: serde_json::to_value(&entry.facts).unwrap_or_default(),
+            systems: entry.systems.clone(),
+            liveness: "static".to_string(),
+            last_seen: None,
+            instances: Vec::new(),
+        });
+    }
+    views.sort_by(|a, b| a.name.cmp(&b.name));
+    views
 }
 
 pub(crate) fn event_view(event: &Event) -> EventView {

@@ -38,6 +38,7 @@ kind_marker!(ComponentKind, Component);
 kind_marker!(CheckKind, Check);
 kind_marker!(ActionKind, Action);
 kind_marker!(PolicyKind, Policy);
+kind_marker!(HostKind, Host);
 
 /// Something people operate: a service, a product, a platform. Systems aggregate other systems
 /// through `subsystems` (many-to-many: a system may be the subsystem of several others).
@@ -573,6 +574,38 @@ pub(crate) enum ParamValueDoc {
     String(String),
 }
 
+/// A static inventory entry: a machine without an agent (network gear, a managed database, an
+/// appliance), listed in the inventory with its labels and facts. Nothing is placed on it.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "Host")]
+pub(crate) struct HostDoc {
+    /// Always `endstate/v1`.
+    #[serde(rename = "apiVersion")]
+    #[allow(dead_code, reason = "parsed so that the schema and unknown-field errors list it")]
+    pub(crate) api_version: ApiVersion,
+    /// Always `Host`.
+    #[allow(dead_code, reason = "parsed so that the schema and unknown-field errors list it")]
+    pub(crate) kind: HostKind,
+    /// The host's name, unique among hosts.
+    #[schemars(with = "String")]
+    pub(crate) name: Spanned<String>,
+    /// What it is.
+    #[serde(default)]
+    pub(crate) description: String,
+    /// Its labels (`zone: a`, `role: switch`).
+    #[serde(default)]
+    pub(crate) labels: Labels,
+    /// What is known about it (`vendor: arista`, `model: 7050X`, `ports: 48`): scalars, kept as text.
+    #[serde(default)]
+    #[schemars(with = "BTreeMap<String, String>")]
+    pub(crate) facts: BTreeMap<String, ScalarText>,
+    /// The systems it serves.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub(crate) systems: Vec<Spanned<String>>,
+}
+
 /// Rules for a set of systems.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -676,6 +709,7 @@ pub(crate) enum AnyDoc {
     Check(CheckDoc),
     Action(ActionDoc),
     Policy(PolicyDoc),
+    Host(HostDoc),
 }
 
 /// The fields every document starts with, read leniently first to dispatch on `kind`.

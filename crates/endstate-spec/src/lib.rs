@@ -245,8 +245,8 @@ pub use duration::Duration;
 pub use model::{
     Action, AppliesTo, Artifact, ArtifactSource, Batch, Check, CheckProbe, Component, ConfigFile, Count, DesiredState,
     Engagement, Escalation, FreezeWindow, Gate, Health, HttpTarget, Link, MaxInFlight, OnFailure, ParamValue,
-    Parameter, ParameterType, Placement, Policy, Port, PortRef, Probe, RateLimit, Rollout, Rules, SourceKind, System,
-    Targets,
+    Parameter, ParameterType, Placement, Policy, Port, PortRef, Probe, RateLimit, Rollout, Rules, SourceKind,
+    StaticHost, System, Targets,
 };
 pub use source::{MAX_FILE_BYTES, SourceFile};
 

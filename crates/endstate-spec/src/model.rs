@@ -24,6 +24,22 @@ pub struct DesiredState {
     pub actions: BTreeMap<String, Action>,
     /// Policies by name.
     pub policies: BTreeMap<String, Policy>,
+    /// Static inventory entries (machines without an agent) by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub hosts: BTreeMap<String, StaticHost>,
+}
+
+/// A machine without an agent, declared in the spec so it is in the inventory: network gear, a
+/// managed database, an appliance. Nothing is placed on it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StaticHost {
+    pub name: String,
+    pub description: String,
+    pub labels: Labels,
+    /// What is known about it, as text.
+    pub facts: BTreeMap<String, String>,
+    /// The systems it serves, sorted.
+    pub systems: Vec<String>,
 }
 
 /// Something people operate. Aggregates other systems through `subsystems` (many-to-many).

@@ -9,14 +9,14 @@ use serde::de::DeserializeOwned;
 use serde_saphyr::{Error as YamlError, Location, Spanned};
 
 use crate::diagnostic::{Diagnostic, Pos};
-use crate::doc::{ActionDoc, CheckDoc, ComponentDoc, Header, PolicyDoc, SystemDoc};
+use crate::doc::{ActionDoc, CheckDoc, ComponentDoc, Header, HostDoc, PolicyDoc, SystemDoc};
 use crate::source::SourceFile;
 
 /// The API version every document must declare.
 pub(crate) const API_VERSION: &str = "endstate/v1";
 
 /// The kinds of documents, in the order they are documented.
-pub(crate) const KINDS: [&str; 5] = ["System", "Component", "Check", "Action", "Policy"];
+pub(crate) const KINDS: [&str; 6] = ["System", "Component", "Check", "Action", "Policy", "Host"];
 
 /// A typed document, before validation.
 #[derive(Debug)]
@@ -26,6 +26,7 @@ pub(crate) enum RawDoc {
     Check(Box<CheckDoc>),
     Action(Box<ActionDoc>),
     Policy(Box<PolicyDoc>),
+    Host(Box<HostDoc>),
 }
 
 /// A parsed document and where it came from.
@@ -124,6 +125,7 @@ fn parse_document(file_idx: usize, path: &str, piece: &Piece<'_>, diagnostics: &
         "Component" => typed(path, piece, diagnostics).map(|d| RawDoc::Component(Box::new(d))),
         "Check" => typed(path, piece, diagnostics).map(|d| RawDoc::Check(Box::new(d))),
         "Action" => typed(path, piece, diagnostics).map(|d| RawDoc::Action(Box::new(d))),
+        "Host" => typed(path, piece, diagnostics).map(|d| RawDoc::Host(Box::new(d))),
         _ => typed(path, piece, diagnostics).map(|d| RawDoc::Policy(Box::new(d))),
     };
     let Some(doc) = doc else {
@@ -154,6 +156,7 @@ fn unknown_top_level_fields(
         "Component" => schemars::schema_for!(ComponentDoc),
         "Check" => schemars::schema_for!(CheckDoc),
         "Action" => schemars::schema_for!(ActionDoc),
+        "Host" => schemars::schema_for!(HostDoc),
         _ => schemars::schema_for!(PolicyDoc),
     };
     let schema = schema.to_value();

@@ -12,12 +12,12 @@ use serde_saphyr::Spanned;
 use crate::HostInfo;
 use crate::diagnostic::{Diagnostic, Pos};
 use crate::doc::{
-    ActionDoc, CheckDoc, ComponentDoc, ExecDoc, ParamValueDoc, PolicyDoc, PortRefDoc, SystemDoc, TargetsDoc,
+    ActionDoc, CheckDoc, ComponentDoc, ExecDoc, HostDoc, ParamValueDoc, PolicyDoc, PortRefDoc, SystemDoc, TargetsDoc,
 };
 use crate::model::{
     Action, AppliesTo, Artifact, ArtifactSource, Batch, Check, CheckProbe, Component, ConfigFile, Count, DesiredState,
     Escalation, FreezeWindow, Gate, Health, HttpTarget, Link, MaxInFlight, ParamValue, Parameter, ParameterType,
-    Placement, Policy, Port, PortRef, Probe, Rollout, Rules, System, Targets,
+    Placement, Policy, Port, PortRef, Probe, Rollout, Rules, StaticHost, System, Targets,
 };
 use crate::parse::{Parsed, RawDoc, quoted_list, spanned_pos};
 use crate::template::{ACTION_VARIABLES, COMPONENT_VARIABLES, check_cron, check_template};
@@ -76,6 +76,13 @@ struct ActionEntry<'a> {
     target: TargetRef,
 }
 
+struct HostEntry<'a> {
+    ctx: DocCtx<'a>,
+    name_pos: Pos,
+    host: StaticHost,
+    systems: Vec<Ref>,
+}
+
 struct PolicyEntry<'a> {
     ctx: DocCtx<'a>,
     name_pos: Pos,
@@ -110,6 +117,7 @@ pub(crate) fn validate(
     let mut checks = Vec::new();
     let mut actions = Vec::new();
     let mut policies = Vec::new();
+    let mut static_hosts = Vec::new();
     for parsed in &docs {
         let ctx = DocCtx {
             file: paths.get(parsed.file).copied().unwrap_or_default(),
@@ -122,6 +130,7 @@ pub(crate) fn validate(
             RawDoc::Check(doc) => checks.push(check(ctx, doc, &mut out)),
             RawDoc::Action(doc) => actions.push(action(ctx, doc, &mut out)),
             RawDoc::Policy(doc) => policies.push(policy(ctx, doc, &mut out)),
+            RawDoc::Host(doc) => static_hosts.push(static_host(ctx, doc, &mut out)),
         }
     }
 
@@ -282,6 +291,28 @@ pub(crate) fn validate(
     for entry in policies.values() {
         for reference in &entry.systems {
             check_system(entry.ctx, &reference.name, reference.pos, &mut out);
+        }
+    }
+    let static_hosts = unique(
+        static_hosts,
+        "host",
+        |e| (e.host.name.clone(), e.ctx, e.name_pos),
+        &mut out,
+    );
+    for entry in static_hosts.values() {
+        for reference in &entry.systems {
+            check_system(entry.ctx, &reference.name, reference.pos, &mut out);
+        }
+        // An enrolled agent of the same name is the same machine seen twice.
+        if hosts.iter().any(|h| h.name == entry.host.name) {
+            out.push(entry.ctx.warning(
+                entry.name_pos,
+                "static-host-has-agent",
+                format!(
+                    "found static host `{}`, which is also an enrolled agent; the agent's entry is kept",
+                    entry.host.name
+                ),
+            ));
         }
     }
 
@@ -479,6 +510,38 @@ pub(crate) fn validate(
             .map(|(name, entry)| (name, entry.action))
             .collect(),
         policies: policies.into_iter().map(|(name, entry)| (name, entry.policy)).collect(),
+        hosts: static_hosts
+            .into_iter()
+            .map(|(name, entry)| (name, entry.host))
+            .collect(),
+    }
+}
+
+fn static_host<'a>(ctx: DocCtx<'a>, doc: &HostDoc, out: &mut Out) -> HostEntry<'a> {
+    let name_pos = ctx.pos(&doc.name);
+    check_name(ctx, &doc.name.value, name_pos, "host", out);
+    let systems: Vec<Ref> = doc
+        .systems
+        .iter()
+        .map(|s| Ref {
+            name: s.value.clone(),
+            pos: ctx.pos(s),
+        })
+        .collect();
+    let mut names: Vec<String> = systems.iter().map(|s| s.name.clone()).collect();
+    names.sort();
+    names.dedup();
+    HostEntry {
+        ctx,
+        name_pos,
+        host: StaticHost {
+            name: doc.name.value.clone(),
+            description: doc.description.clone(),
+            labels: doc.labels.clone(),
+            facts: doc.facts.iter().map(|(k, v)| (k.clone(), v.0.clone())).collect(),
+            systems: names,
+        },
+        systems,
     }
 }
 

@@ -36,6 +36,39 @@ impl Selector {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// Parses the text form: terms separated by `,`, each `key=value` or `key=a|b` (one of);
+    /// `key in (a|b)`, as [`Display`](std::fmt::Display) writes it, is read too.
+    ///
+    /// # Errors
+    /// Names the term that is not `key=value`, or has an empty key or value, or a key twice.
+    pub fn parse(text: &str) -> Result<Selector, String> {
+        let mut terms = BTreeMap::new();
+        for term in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            let (key, values) = match term.split_once('=') {
+                Some((key, values)) => (key.trim(), values.trim()),
+                None => match term.split_once(" in ") {
+                    Some((key, values)) => (
+                        key.trim(),
+                        values.trim().trim_start_matches('(').trim_end_matches(')').trim(),
+                    ),
+                    None => return Err(format!("{term:?} is not key=value or key=a|b")),
+                },
+            };
+            let values: Vec<String> = values.split('|').map(|v| v.trim().to_string()).collect();
+            if key.is_empty() || values.iter().any(String::is_empty) {
+                return Err(format!("{term:?} has an empty key or value"));
+            }
+            let term_value = match values.as_slice() {
+                [one] => SelectorTerm::Equals(one.clone()),
+                _ => SelectorTerm::OneOf(values),
+            };
+            if terms.insert(key.to_string(), term_value).is_some() {
+                return Err(format!("{key:?} is given twice"));
+            }
+        }
+        Ok(Selector(terms))
+    }
 }
 
 impl std::fmt::Display for Selector {
@@ -64,6 +97,25 @@ mod tests {
 
     fn labels(pairs: &[(&str, &str)]) -> Labels {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn selectors_parse_from_text_and_back() {
+        let selector = Selector::parse("zone=a|b, role=web").unwrap();
+        assert_eq!(selector.to_string(), "role=web,zone in (a|b)");
+        assert_eq!(Selector::parse(&selector.to_string()).unwrap(), selector);
+        assert!(selector.matches(&labels(&[("zone", "b"), ("role", "web")])));
+        assert!(!selector.matches(&labels(&[("zone", "c"), ("role", "web")])));
+        assert!(Selector::parse("").unwrap().is_empty());
+        assert_eq!(
+            Selector::parse("zone").unwrap_err(),
+            "\"zone\" is not key=value or key=a|b"
+        );
+        assert_eq!(
+            Selector::parse("zone=").unwrap_err(),
+            "\"zone=\" has an empty key or value"
+        );
+        assert_eq!(Selector::parse("a=1,a=2").unwrap_err(), "\"a\" is given twice");
     }
 
     #[test]

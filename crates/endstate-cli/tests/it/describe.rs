@@ -6,7 +6,7 @@ use endstate_store::{HostRecord, NewEvent, SqliteStore, Store};
 use crate::server::{cli, start_server};
 use crate::{repo_root, text};
 
-const SPEC: &str = r#"apiVersion: endstate/v1
+pub(crate) const SPEC: &str = r#"apiVersion: endstate/v1
 kind: System
 name: shop
 owners: [team-shop]
@@ -81,7 +81,7 @@ escalate_to: dba-oncall
 "#;
 
 /// Masks what changes from run to run: times, loopback ports, token secrets.
-fn mask(text: &str) -> String {
+pub(crate) fn mask(text: &str) -> String {
     let chars: Vec<char> = text.chars().collect();
     let mut out = String::new();
     let mut idx = 0;

@@ -7,6 +7,7 @@ mod actions;
 mod agents;
 mod describe;
 mod hosts;
+mod inventory;
 mod monitoring;
 mod offline;
 mod rollout;

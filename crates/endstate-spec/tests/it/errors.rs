@@ -67,10 +67,10 @@ fn bad_kind_and_api_version() {
     check(
         &[("a.yaml", "apiVersion: endstate/v1\nkind: Service\nname: x\n---\napiVersion: v2\nkind: System\nname: y\n---\nname: z\n---\n- a\n")],
         "
-        a.yaml:2:7: error[unknown-kind]: found kind `Service`; expected one of `System`, `Component`, `Check`, `Action`, `Policy`
+        a.yaml:2:7: error[unknown-kind]: found kind `Service`; expected one of `System`, `Component`, `Check`, `Action`, `Policy`, `Host`
         a.yaml:5:13: error[unsupported-api-version]: found apiVersion `v2`; expected `endstate/v1`
         a.yaml:9:1: error[missing-field]: found no `apiVersion`; expected `apiVersion: endstate/v1`
-        a.yaml:9:1: error[missing-field]: found no `kind`; expected one of `System`, `Component`, `Check`, `Action`, `Policy`
+        a.yaml:9:1: error[missing-field]: found no `kind`; expected one of `System`, `Component`, `Check`, `Action`, `Policy`, `Host`
         a.yaml:11:1: error[not-a-mapping]: found a document that is not a mapping; expected a mapping with `apiVersion`, `kind`, `name` and the kind's fields
         ",
     );
@@ -255,6 +255,28 @@ subsystem_selector: { tier: nothing }
         "
         a.yaml:5:21: error[subsystem-cycle]: found a subsystem cycle: db -> storage -> db
         a.yaml:16:21: warning[selector-matches-no-system]: found subsystem selector `tier=nothing`, which matches no other declared system
+        ",
+    );
+}
+
+/// Static hosts: a bad name, a system that is not declared, a duplicate, a fact that is not a scalar.
+#[test]
+fn bad_static_hosts() {
+    let host = |name: &str, extra: &str| format!("---\napiVersion: endstate/v1\nkind: Host\nname: {name}\n{extra}");
+    let input = [
+        host("Switch", ""),
+        host("db-1", "systems: [missing]\n"),
+        host("db-1", ""),
+        host("fw-1", "facts: { zones: [a, b] }\n"),
+    ]
+    .concat();
+    check(
+        &[("a.yaml", &input)],
+        "
+        a.yaml:4:7: error[invalid-name]: found host name `Switch`; expected lowercase letters, digits, `-`, `_` and `.`, starting with a letter or digit
+        a.yaml:9:11: error[dangling-reference]: found system `missing`, which is not declared; expected a declared system
+        a.yaml:13:7: error[duplicate-name]: found host `db-1` a second time; first declared at a.yaml:8:7; expected one host per name
+        a.yaml:18:17: error[wrong-type]: found a list; expected a string
         ",
     );
 }

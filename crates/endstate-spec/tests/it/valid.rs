@@ -102,6 +102,7 @@ fn json_schema_describes_every_kind() {
         "Check",
         "Action",
         "Policy",
+        "Host",
         "endstate/v1",
         "per_host",
         "one_domain_at_a_time",
@@ -110,7 +111,7 @@ fn json_schema_describes_every_kind() {
     }
     assert_eq!(schema["$schema"], "https://json-schema.org/draft/2020-12/schema");
     assert!(
-        schema["anyOf"].as_array().is_some_and(|kinds| kinds.len() == 5),
+        schema["anyOf"].as_array().is_some_and(|kinds| kinds.len() == 6),
         "{text}"
     );
 }
@@ -150,4 +151,42 @@ fn selector_aggregate_gains_members_and_shares_them() {
     let desired = loaded.desired.expect("no errors");
     assert_eq!(desired.systems["storage"].subsystems, ["blobs", "db"]);
     assert_eq!(desired.subsystems_closure("storage"), ["blobs", "db", "storage"]);
+}
+
+/// A static inventory entry: a machine without an agent, with labels, facts (any scalar, kept as
+/// text) and the systems it serves; an enrolled agent of the same name is a warning.
+#[test]
+fn static_hosts_are_in_the_desired_state() {
+    let input = "\
+apiVersion: endstate/v1
+kind: System
+name: net
+---
+apiVersion: endstate/v1
+kind: Host
+name: core-switch-1
+description: Core switch, rack 12.
+labels: { zone: a, role: switch }
+facts: { vendor: arista, ports: 48, poe: false }
+systems: [net]
+";
+    let loaded = load(&files(&[("a.yaml", input)]), &[]);
+    assert_eq!(render(&loaded), "");
+    let desired = loaded.desired.expect("no errors");
+    let switch = &desired.hosts["core-switch-1"];
+    assert_eq!(switch.systems, ["net"]);
+    assert_eq!(switch.labels["role"], "switch");
+    assert_eq!(
+        switch.facts.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
+        ["poe=false", "ports=48", "vendor=arista"]
+    );
+    let agent = HostInfo {
+        name: "core-switch-1".into(),
+        labels: Default::default(),
+    };
+    let loaded = load(&files(&[("a.yaml", input)]), &[agent]);
+    assert_eq!(
+        render(&loaded),
+        "a.yaml:7:7: warning[static-host-has-agent]: found static host `core-switch-1`, which is also an enrolled agent; the agent's entry is kept\n"
+    );
 }
