@@ -10,6 +10,7 @@ mod figure;
 mod rollout;
 mod spec;
 mod store;
+mod timeline;
 
 use std::path::PathBuf;
 
@@ -41,18 +42,21 @@ fn main() -> anyhow::Result<()> {
                 )
             }
             "--help" | "-h" => {
-                println!("usage: endstate-bench [--smoke] [--out FILE] [--only spec|store|agents|actions|rollout]");
+                println!(
+                    "usage: endstate-bench [--smoke] [--out FILE] [--only spec|store|agents|actions|rollout|timeline]"
+                );
                 return Ok(());
             }
             other => anyhow::bail!("unknown argument {other:?}; see --help"),
         }
     }
-    let groups: [(&str, Group); 5] = [
+    let groups: [(&str, Group); 6] = [
         ("spec", spec::run),
         ("store", store::run),
         ("agents", agents::run),
         ("actions", agents::run_actions),
         ("rollout", rollout::run),
+        ("timeline", timeline::run),
     ];
     if let Some(only) = &only {
         anyhow::ensure!(
