@@ -333,6 +333,11 @@ pub(crate) struct ServerArgs {
     /// "reason", "alert"}`), retried with backoff; repeatable.
     #[arg(long = "alert-webhook", value_name = "URL")]
     pub(crate) alert_webhooks: Vec<String>,
+    /// Keep timeline events of a kind for this long, like `check.status=7d` or `instance.=30d`
+    /// (a prefix ends in `.`); older ones are deleted every 10 minutes, except the newest of each
+    /// subject (its latest state). Repeatable; kinds without a rule are kept forever.
+    #[arg(long = "retain", value_name = "KIND=DURATION", value_parser = parse_retention)]
+    pub(crate) retain: Vec<endstate_server::RetentionRule>,
     /// Requests per second each client may send.
     #[arg(long, default_value_t = 200)]
     pub(crate) rate_limit: u32,
@@ -581,4 +586,8 @@ pub(crate) enum ChangeAction {
         #[arg(long)]
         reason: Option<String>,
     },
+}
+
+fn parse_retention(text: &str) -> Result<endstate_server::RetentionRule, String> {
+    endstate_server::RetentionRule::parse(text)
 }

@@ -568,6 +568,14 @@ pub(crate) async fn alerts(global: &Global) -> anyhow::Result<Outcome> {
         if let Some(silence) = alert.get("silenced_by").filter(|s| !s.is_null()) {
             flags.push(format!("silenced ({silence})"));
         }
+        // Always broken, or did it just happen?
+        if let Some(label) = alert["history"]["label"].as_str() {
+            let share = alert["history"]["failing_7d_percent"]
+                .as_f64()
+                .map(|p| format!(", failing {p:.1}% of 7 days"))
+                .unwrap_or_default();
+            flags.push(format!("{label}{share}"));
+        }
         if alert["flapping"] == true {
             flags.push("flapping".into());
         }

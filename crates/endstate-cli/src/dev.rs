@@ -60,6 +60,7 @@ pub(crate) async fn server(args: ServerArgs) -> anyhow::Result<Outcome> {
     server_config.agents.advertise_url = args.agent_url.clone();
     server_config.rollout.prometheus_url = args.prometheus_url.clone();
     server_config.monitor.webhooks = args.alert_webhooks.clone();
+    server_config.retention = args.retain.clone();
     if let Some(text) = &args.keepalive_interval {
         let interval = endstate_spec::Duration::parse(text)
             .map_err(|error| anyhow::anyhow!("--keepalive-interval {text:?}: {error}"))?

@@ -22,6 +22,7 @@ mod openapi;
 mod options;
 mod prometheus;
 mod ratelimit;
+mod retention;
 mod rollout;
 mod routes;
 mod runner;
@@ -44,6 +45,7 @@ use tokio::sync::{Notify, watch};
 pub use agents::{AgentConfig, KEEPALIVE_MISSES, TlsError};
 pub use monitor::MonitorConfig;
 pub use ratelimit::RateLimitConfig;
+pub use retention::RetentionRule;
 pub use rollout::{DEFAULT_WAVE_DEADLINE, RolloutConfig};
 
 /// How the server is set up. Built by the binary from flags and environment; everything is
@@ -64,6 +66,10 @@ pub struct ServerConfig {
     pub rollout: RolloutConfig,
     /// Alerts and where they are sent.
     pub monitor: MonitorConfig,
+    /// How long each kind of timeline event is kept (none: everything is kept).
+    pub retention: Vec<RetentionRule>,
+    /// How often retention is applied.
+    pub retention_interval: Duration,
 }
 
 impl ServerConfig {
@@ -77,6 +83,8 @@ impl ServerConfig {
             agents: AgentConfig::default(),
             rollout: RolloutConfig::default(),
             monitor: MonitorConfig::default(),
+            retention: Vec::new(),
+            retention_interval: Duration::from_secs(600),
         }
     }
 }
@@ -117,6 +125,8 @@ pub struct Server {
     state: AppState,
     admin_secret: Option<String>,
     runner_interval: Duration,
+    retention: Vec<RetentionRule>,
+    retention_interval: Duration,
     data_dir: PathBuf,
     agent_config: AgentConfig,
     agent_listener: Option<TcpListener>,
@@ -140,6 +150,9 @@ struct Inner {
     stopping: watch::Sender<bool>,
     /// Parsed desired states by revision, so requests do not re-parse the same JSON.
     desired_cache: Mutex<BTreeMap<RevisionId, Arc<DesiredState>>>,
+    /// The placement of the latest revision on the hosts in service, for the views: placing
+    /// every component again on every read would cost more than the rest of a view.
+    placement_cache: Mutex<Option<Arc<views::Placed>>>,
     hub: std::sync::OnceLock<Arc<agents::Hub>>,
     rollout: RolloutConfig,
     /// Held by the controller's round and by a person's pause, resume or abort, so neither
@@ -207,6 +220,7 @@ impl Server {
             stopping: watch::channel(false).0,
             streams: Arc::new(tokio::sync::Semaphore::new(config.max_streams)),
             desired_cache: Mutex::new(BTreeMap::new()),
+            placement_cache: Mutex::new(None),
             hub: std::sync::OnceLock::new(),
             rollout: config.rollout.clone(),
             rollout_lock: tokio::sync::Mutex::new(()),
@@ -227,6 +241,8 @@ impl Server {
             state,
             admin_secret,
             runner_interval: config.runner_interval,
+            retention: config.retention.clone(),
+            retention_interval: config.retention_interval,
             data_dir: config.data_dir.clone(),
             agent_config: config.agents.clone(),
             agent_listener: None,
@@ -305,6 +321,12 @@ impl Server {
     ) -> Result<(), ServerError> {
         let stopping = self.state.0.stopping.subscribe();
         let runner = tokio::spawn(runner::run(self.state.clone(), self.runner_interval, stopping));
+        let retention = tokio::spawn(retention::run(
+            self.state.clone(),
+            self.retention.clone(),
+            self.retention_interval,
+            self.state.0.stopping.subscribe(),
+        ));
         let mut agent_tasks = Vec::new();
         if let (Some(listener), Some(hub)) = (self.agent_listener.take(), self.state.hub().cloned()) {
             let stop = self.state.0.stopping.subscribe();
@@ -333,6 +355,7 @@ impl Server {
         .map_err(ServerError::Serve);
         self.state.0.stopping.send_replace(true);
         let _ = runner.await;
+        let _ = retention.await;
         for task in agent_tasks {
             let _ = task.await;
         }
@@ -482,7 +505,13 @@ impl AppState {
 
     /// The desired state of the latest revision, with its id.
     pub(crate) async fn latest_desired(&self) -> Result<Option<(RevisionId, Arc<DesiredState>)>, error::ApiError> {
-        let Some(revision) = self.store().latest_revision().await? else {
+        // The newest revision's id only: its desired state comes from the cache (parsing a large
+        // desired state on every read would cost more than everything else a view does).
+        let newest = self
+            .store()
+            .list_revisions(PageRequest { before: None, limit: 1 })
+            .await?;
+        let Some(revision) = newest.items.first() else {
             return Ok(None);
         };
         Ok(self.desired(revision.id).await?.map(|desired| (revision.id, desired)))

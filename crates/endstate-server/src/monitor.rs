@@ -63,6 +63,11 @@ pub(crate) struct Notification<'a> {
     pub(crate) reason: &'a str,
     /// The alert, as `GET /v1/alerts` shows it.
     pub(crate) alert: &'a Alert,
+    /// Always broken, or did it just happen: `label` (`new`, `chronic`, `ok`), `failing_since`,
+    /// `first_failed`, `failing_7d_percent`, `flapping` of the check on that host; null when
+    /// the check has no stored result (an Alertmanager alert).
+    #[serde(skip_serializing_if = "serde_json::Value::is_null")]
+    pub(crate) history: serde_json::Value,
 }
 
 impl Monitor {
@@ -356,9 +361,10 @@ async fn process(
         Source::Server => "server".to_owned(),
     };
     let mut events = Vec::new();
+    let mut notifications = Vec::new();
     for (at, host, effect, perfdata) in effects {
         if let Effect::Notify { alert, reason } = &effect {
-            notify(state, alert.clone(), reason.clone());
+            notifications.push((alert.clone(), reason.clone()));
         }
         if let Some(mut event) = event_of(&host, at, &effect, &perfdata) {
             event.actor = Some(actor.clone());
@@ -371,6 +377,10 @@ async fn process(
     if !events.is_empty() {
         state.store().append_events(events).await?;
         state.written();
+    }
+    // After the results are stored, so a notification's history includes the result that sent it.
+    for (alert, reason) in notifications {
+        notify(state, alert, reason);
     }
     Ok(())
 }
@@ -447,8 +457,11 @@ fn notify(state: &AppState, alert: Alert, reason: String) {
     }
     let state = state.clone();
     tokio::spawn(async move {
+        let history = history_label(&state, &alert, crate::now_ms())
+            .await
+            .unwrap_or(serde_json::Value::Null);
         for url in webhooks {
-            let outcome = deliver(&state.monitor().client, &url, &alert, &reason).await;
+            let outcome = deliver(&state.monitor().client, &url, &alert, &reason, &history).await;
             let (kind, what) = match &outcome {
                 Ok(attempts) => (
                     "alert.notified",
@@ -480,12 +493,19 @@ fn notify(state: &AppState, alert: Alert, reason: String) {
 }
 
 /// POSTs one notification, retrying with backoff: the number of attempts, or the last error.
-async fn deliver(client: &reqwest::Client, url: &str, alert: &Alert, reason: &str) -> Result<u32, String> {
+async fn deliver(
+    client: &reqwest::Client,
+    url: &str,
+    alert: &Alert,
+    reason: &str,
+    history: &serde_json::Value,
+) -> Result<u32, String> {
     const ATTEMPTS: u32 = 5;
     let body = Notification {
         kind: "endstate.alert",
         reason,
         alert,
+        history: history.clone(),
     };
     let body = serde_json::to_vec(&body).map_err(|error| error.to_string())?;
     let mut delay = Duration::from_millis(500);
@@ -516,9 +536,48 @@ async fn deliver(client: &reqwest::Client, url: &str, alert: &Alert, reason: &st
 pub(crate) async fn list_alerts(
     axum::extract::State(state): axum::extract::State<AppState>,
     axum::Extension(actor): axum::Extension<crate::auth::Actor>,
-) -> Result<axum::Json<Vec<Alert>>, ApiError> {
+) -> Result<axum::Json<Vec<serde_json::Value>>, ApiError> {
     crate::auth::authorize(&actor, crate::auth::Verb::Read, None)?;
-    Ok(axum::Json(state.monitor().alerts()))
+    let now = crate::now_ms();
+    let mut out = Vec::new();
+    for alert in state.monitor().alerts() {
+        let label = history_label(&state, &alert, now).await?;
+        let mut value = serde_json::to_value(&alert)
+            .map_err(|error| ApiError::Internal(format!("cannot serialize an alert: {error}")))?;
+        if let Some(object) = value.as_object_mut() {
+            object.insert("history".into(), label);
+        }
+        out.push(value);
+    }
+    Ok(axum::Json(out))
+}
+
+/// "Always broken, or did it just happen?" for an alert: the history of its check on its host
+/// over 30 days (`new` or `chronic`, since when it fails, its share failing over 7 days).
+async fn history_label(state: &AppState, alert: &Alert, now: i64) -> Result<serde_json::Value, ApiError> {
+    let target = crate::history::Target::Check {
+        check: alert.key.check.clone(),
+        host: alert.host.clone(),
+    };
+    let (before, samples) = match crate::history::load_samples(state, &target, now).await {
+        Ok(found) => found,
+        // No result stored yet (an alert from Alertmanager): nothing to say.
+        Err(ApiError::NotFound(_)) => return Ok(serde_json::Value::Null),
+        Err(error) => return Err(error),
+    };
+    let stats = crate::history::compute(now, before.as_ref(), &samples);
+    let share_7d = stats
+        .shares
+        .iter()
+        .find(|(window, _, _)| *window == "7d")
+        .and_then(|(_, observed, failing)| crate::history::percent(*failing, *observed));
+    Ok(serde_json::json!({
+        "label": if stats.failing { stats.label } else { "ok" },
+        "failing_since": stats.failing_since_ms.map(crate::rfc3339),
+        "first_failed": stats.first_failed_ms.map(crate::rfc3339),
+        "failing_7d_percent": share_7d,
+        "flapping": stats.flapping,
+    }))
 }
 
 /// Acknowledge an open alert: it stays open until its check is OK, and says who is on it.
@@ -1065,14 +1124,19 @@ mod tests {
             .build()
             .unwrap();
         let (url, seen) = flaky_receiver(2).await;
-        assert_eq!(deliver(&client, &url, &alert(), "opened").await, Ok(3));
+        assert_eq!(
+            deliver(&client, &url, &alert(), "opened", &serde_json::Value::Null).await,
+            Ok(3)
+        );
         assert_eq!(seen.load(Ordering::SeqCst), 3);
 
         // Nothing listens: every attempt fails, and the error says so.
         let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/hook", closed.local_addr().unwrap());
         drop(closed);
-        let error = deliver(&client, &url, &alert(), "opened").await.unwrap_err();
+        let error = deliver(&client, &url, &alert(), "opened", &serde_json::Value::Null)
+            .await
+            .unwrap_err();
         assert!(error.ends_with("(after 5 attempts)"), "{error}");
     }
 }

@@ -778,18 +778,28 @@ pub(crate) async fn list_systems(
     )))
 }
 
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct SystemParams {
+    /// How many levels of subsystems to expand (0: the system alone, its status still rolled
+    /// up from its whole subtree, naming the leaf). Default: all of them.
+    depth: Option<usize>,
+}
+
 /// One system with its subsystems and components, each with its status.
-#[utoipa::path(get, path = "/v1/systems/{name}", params(("name" = String, Path)),
+#[utoipa::path(get, path = "/v1/systems/{name}", params(("name" = String, Path), SystemParams),
     responses((status = 200, body = SystemView), (status = 404, body = endstate_api::Problem)), security(("bearer" = [])))]
 pub(crate) async fn get_system(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
     Segment(name): Segment,
+    Params(params): Params<SystemParams>,
 ) -> Result<Json<SystemView>, ApiError> {
     authorize(&actor, Verb::Read, Some(&name))?;
     let world = views::World::load(&state).await?;
     world
-        .and_then(|world| world.system(&name))
+        .and_then(|world| world.system_to_depth(&name, params.depth.unwrap_or(usize::MAX)))
         .map(Json)
         .ok_or_else(|| ApiError::NotFound(format!("system {name:?} is not in the latest revision")))
 }
@@ -1143,6 +1153,25 @@ pub(crate) struct TimelineParams {
     pub(crate) limit: Option<u32>,
 }
 
+/// A short fingerprint of a timeline query's filters (as given, not as resolved, so a relative
+/// `since` stays the same query from page to page), carried in its cursors.
+pub(crate) fn timeline_filters(params: &TimelineParams) -> String {
+    let text = [
+        &params.system,
+        &params.kind,
+        &params.host,
+        &params.component,
+        &params.actor,
+        &params.since,
+        &params.until,
+    ]
+    .iter()
+    .map(|field| field.as_deref().unwrap_or(""))
+    .collect::<Vec<_>>()
+    .join("\u{1f}");
+    auth::hex(&Sha256::digest(text.as_bytes()))[..8].to_string()
+}
+
 /// Parses `since`/`until`: RFC 3339 or a duration back from `now_ms`.
 pub(crate) fn parse_time(field: &str, text: &str, now_ms: i64) -> Result<i64, ApiError> {
     if let Ok(ts) = text.parse::<jiff::Timestamp>() {
@@ -1249,7 +1278,22 @@ pub(crate) async fn event_query(state: &AppState, params: &TimelineParams) -> Re
         Some(_) if params.after.is_some() => {
             return Err(ApiError::bad_field("cursor", "give either cursor or after, not both"));
         }
-        cursor => parse_cursor(cursor)?.map(EventSeq),
+        None => None,
+        Some(cursor) => {
+            // `SEQ.FILTERS`: a cursor carries the filters of the query that gave it, so one
+            // reused with other filters is refused rather than silently paging another list.
+            let (seq, filters) = cursor.split_once('.').unwrap_or((cursor, ""));
+            if !filters.is_empty() && filters != timeline_filters(params) {
+                return Err(ApiError::bad_field(
+                    "cursor",
+                    format!(
+                        "{cursor:?} comes from a query with other filters (system, kind, host, component, actor, \
+                         since, until); ask again without a cursor"
+                    ),
+                ));
+            }
+            parse_cursor(Some(seq))?.map(EventSeq)
+        }
     };
     let since_ms = params
         .since
@@ -1289,9 +1333,17 @@ pub(crate) async fn timeline(
     authorize(&actor, Verb::Read, None)?;
     let event_query = event_query(&state, &params).await?;
     let page = state.store().query_events(&event_query).await?;
+    // Following (`after`): the next position is a plain sequence number; paging back: a cursor.
+    let filters = timeline_filters(&params);
     Ok(Json(Page {
         items: page.items.iter().map(views::event_view).collect(),
-        next: page.next.map(|n| n.to_string()),
+        next: page.next.map(|n| {
+            if params.after.is_some() {
+                n.to_string()
+            } else {
+                format!("{n}.{filters}")
+            }
+        }),
     }))
 }
 

@@ -24,6 +24,14 @@ pub(crate) struct World {
     revision: endstate_types::RevisionId,
     desired: Arc<DesiredState>,
     records: BTreeMap<PlacementKey, InstanceRecord>,
+    placed: Arc<Placed>,
+}
+
+/// The placement of one revision on one set of hosts (what [`endstate_plan::place`] answers),
+/// kept by the server until either changes.
+pub(crate) struct Placed {
+    revision: endstate_types::RevisionId,
+    hosts: Vec<HostInfo>,
     placements: BTreeMap<PlacementKey, Placement>,
     unplaced: Vec<Unplaced>,
 }
@@ -36,6 +44,38 @@ struct Rolled {
     path: Vec<String>,
 }
 
+impl crate::AppState {
+    /// The placement of `revision` on `hosts`: the one kept when both are the same, else placed
+    /// anew and kept.
+    pub(crate) fn placed(
+        &self,
+        revision: endstate_types::RevisionId,
+        desired: &DesiredState,
+        hosts: Vec<HostInfo>,
+    ) -> Arc<Placed> {
+        let mut cache = self
+            .0
+            .placement_cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(placed) = cache.as_ref()
+            && placed.revision == revision
+            && placed.hosts == hosts
+        {
+            return Arc::clone(placed);
+        }
+        let (placements, unplaced) = endstate_plan::place(desired, &hosts);
+        let placed = Arc::new(Placed {
+            revision,
+            hosts,
+            placements,
+            unplaced,
+        });
+        *cache = Some(Arc::clone(&placed));
+        placed
+    }
+}
+
 impl World {
     /// Reads the latest desired state, the hosts and the instances. `None` before the first revision.
     pub(crate) async fn load(state: &AppState) -> Result<Option<World>, ApiError> {
@@ -43,7 +83,7 @@ impl World {
             return Ok(None);
         };
         let hosts: Vec<HostInfo> = crate::routes::host_infos(state).await?;
-        let (placements, unplaced) = endstate_plan::place(&desired, &hosts);
+        let placed = state.placed(revision, &desired, hosts);
         let records = state
             .store()
             .list_instances(InstanceFilter::default())
@@ -64,13 +104,12 @@ impl World {
             revision,
             desired,
             records,
-            placements,
-            unplaced,
+            placed,
         }))
     }
 
     fn component_status(&self, key: &str) -> (Rolled, u64, u64) {
-        if let Some(unplaced) = self.unplaced.iter().find(|u| u.component == key) {
+        if let Some(unplaced) = self.placed.unplaced.iter().find(|u| u.component == key) {
             let rolled = Rolled {
                 status: Status::Pending,
                 reason: Some(format!(
@@ -88,7 +127,7 @@ impl World {
         };
         let mut n_desired = 0u64;
         let mut n_ready = 0u64;
-        for (placement_key, placement) in self.placements.range(range_of(key)) {
+        for (placement_key, placement) in self.placed.placements.range(range_of(key)) {
             n_desired += 1;
             let instance = format!("{key}#{} on {}", placement_key.slot, placement_key.host);
             let (status, reason) = match self.records.get(placement_key).and_then(|r| r.actual.as_ref()) {
@@ -223,9 +262,9 @@ impl World {
         }
     }
 
-    /// One system and its whole tree of subsystems and components.
-    pub(crate) fn system(&self, name: &str) -> Option<SystemView> {
-        self.system_view(name, usize::MAX, &mut HashMap::new())
+    /// One system and `depth` levels of its subsystems (its status always rolled up from all).
+    pub(crate) fn system_to_depth(&self, name: &str, depth: usize) -> Option<SystemView> {
+        self.system_view(name, depth, &mut HashMap::new())
     }
 
     /// What `endstate describe` shows of one system, but its recent events (the caller adds
@@ -351,7 +390,7 @@ impl World {
     /// Every desired instance with what was observed, then observed instances no longer desired.
     pub(crate) fn instances(&self) -> Vec<InstanceView> {
         let mut out = Vec::new();
-        for (key, placement) in &self.placements {
+        for (key, placement) in &self.placed.placements {
             let record = self.records.get(key);
             let actual = record.and_then(|r| r.actual.as_ref());
             out.push(InstanceView {
@@ -369,7 +408,7 @@ impl World {
             });
         }
         for (key, record) in &self.records {
-            if self.placements.contains_key(key) {
+            if self.placed.placements.contains_key(key) {
                 continue;
             }
             let actual = record.actual.as_ref();

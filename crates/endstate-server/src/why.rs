@@ -46,6 +46,8 @@ const MAX_EVENTS: usize = 5_000;
 const MAX_HOSTS: usize = 20;
 /// The kinds that may explain a change of state.
 const KINDS: [&str; 6] = ["revision.", "change.", "action.", "host.", "agent.", "note."];
+/// The kinds read for each host of the target (the others come with its systems).
+const HOST_KINDS: [&str; 2] = ["host.", "agent."];
 
 /// The kinds that end a change.
 const ENDED: [&str; 5] = [
@@ -372,17 +374,23 @@ pub(crate) async fn why(
         &mut events,
     )
     .await?;
+    // Events of the hosts themselves (enrolment, reachability, facts): they may name no system.
+    // One kind prefix per query, so the store reads them by host and kind, not every event of
+    // a busy host.
     let hosts: Vec<String> = scope.host.iter().chain(scope.other_hosts.iter()).cloned().collect();
     for host in hosts.iter().take(MAX_HOSTS) {
-        truncated |= read_newest(
-            &state,
-            EventQuery {
-                host: Some(host.clone()),
-                ..base.clone()
-            },
-            &mut events,
-        )
-        .await?;
+        for kind in HOST_KINDS {
+            truncated |= read_newest(
+                &state,
+                EventQuery {
+                    host: Some(host.clone()),
+                    kinds: Some(vec![kind.to_string()]),
+                    ..base.clone()
+                },
+                &mut events,
+            )
+            .await?;
+        }
     }
     let considered = events.len() as u64;
     let mut suspects = rank(&scope, at, &events);

@@ -109,6 +109,16 @@ pub trait Store: Send + Sync + 'static {
     /// `Invalid` for an event without a kind; storage failures.
     async fn append_events(&self, events: Vec<NewEvent>) -> Result<Vec<EventSeq>, StoreError>;
 
+    /// Retention: deletes at most `limit` events of `kind` (exact, or a prefix ending in `.`)
+    /// older than `before_ms`, except the newest of each subject older than `before_ms` (a
+    /// subject: kind, host, component, and the `slot`, `check` and `target` of the data), so
+    /// compaction never loses the latest state of anything. Returns how many were deleted;
+    /// fewer than `limit` means none is left to delete.
+    ///
+    /// # Errors
+    /// `Invalid` for an empty kind; storage failures (nothing is deleted).
+    async fn compact_events(&self, kind: &str, before_ms: i64, limit: u32) -> Result<u64, StoreError>;
+
     /// Queries the timeline.
     ///
     /// # Errors

@@ -34,6 +34,7 @@ pub async fn conformance(store: Arc<dyn Store>) {
     event_filters(store).await;
     event_cursors_have_no_gaps_or_duplicates(store).await;
     append_events_rejects_empty_kind_atomically(store).await;
+    compaction_keeps_the_latest_state_of_everything(store).await;
     tokens_by_hash(store).await;
     join_tokens_enrol_once(store).await;
     agent_link_state(store).await;
@@ -1049,6 +1050,62 @@ async fn append_events_rejects_empty_kind_atomically(store: &dyn Store) {
     );
     let page = store.query_events(&systems_query(&["conf-empty-kind"])).await.unwrap();
     assert!(page.items.is_empty(), "a rejected append writes none of its events");
+}
+
+async fn compaction_keeps_the_latest_state_of_everything(store: &dyn Store) {
+    let state = |time_ms: i64, host: &str, slot: u32, status: &str| NewEvent {
+        systems: vec!["conf-compact".into()],
+        host: Some(host.into()),
+        component: Some("conf-compact/web".into()),
+        data: serde_json::json!({ "slot": slot, "status": status }),
+        ..NewEvent::new(
+            time_ms,
+            "conf.compact.state",
+            format!("{host}#{slot} {status} at {time_ms}"),
+        )
+    };
+    store
+        .append_events(vec![
+            event(5, "conf.other", &["conf-compact"], "another kind at 5"),
+            state(10, "h1", 0, "healthy"),
+            state(15, "h1", 1, "healthy"),
+            state(20, "h1", 0, "unhealthy"),
+            state(25, "h2", 0, "healthy"),
+            state(26, "h2", 0, "degraded"),
+            state(30, "h1", 0, "healthy"),
+            state(100, "h1", 0, "unhealthy"),
+        ])
+        .await
+        .unwrap();
+    // Older than 50: h1#0 at 10 and 20, h2#0 at 25 go; the newest of each subject before the cut
+    // (h1#0 at 30, h1#1 at 15, h2#0 at 26) stays, as does everything newer and other kinds.
+    assert_eq!(store.compact_events("conf.compact.", 50, 2).await.unwrap(), 2);
+    assert_eq!(store.compact_events("conf.compact.", 50, 2).await.unwrap(), 1);
+    assert_eq!(store.compact_events("conf.compact.", 50, 2).await.unwrap(), 0);
+    let left: Vec<String> = store
+        .query_events(&systems_query(&["conf-compact"]))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|e| e.summary)
+        .collect();
+    assert_eq!(
+        left,
+        [
+            "h1#0 unhealthy at 100",
+            "h1#0 healthy at 30",
+            "h2#0 degraded at 26",
+            "h1#1 healthy at 15",
+            "another kind at 5",
+        ]
+    );
+    // An exact kind matches only itself; an empty kind is refused.
+    assert_eq!(store.compact_events("conf.compact", 1_000, 10).await.unwrap(), 0);
+    assert!(matches!(
+        store.compact_events("", 1_000, 10).await,
+        Err(StoreError::Invalid { .. })
+    ));
 }
 
 async fn tokens_by_hash(store: &dyn Store) {

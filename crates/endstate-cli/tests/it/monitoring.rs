@@ -156,6 +156,8 @@ fn a_stopped_service_raises_an_alert_seen_in_alerts_the_timeline_and_a_webhook_t
         listed.contains("CRITICAL") && listed.contains(&format!("storefront/web-plugin on {target}")),
         "{listed}"
     );
+    // It just happened: new, not chronic.
+    assert!(listed.contains("[new, failing "), "{listed}");
     let notified = wait_for(
         "the webhook to receive the alert",
         || {
@@ -169,6 +171,7 @@ fn a_stopped_service_raises_an_alert_seen_in_alerts_the_timeline_and_a_webhook_t
         || format!("{:#?}\n{}", received.lock().unwrap(), timeline("alert.")),
     );
     assert_eq!(notified["kind"], "endstate.alert", "{notified:#}");
+    assert_eq!(notified["history"]["label"], "new", "{notified:#}");
     assert!(
         events(&config, "alert.notified").iter().any(after),
         "{}",

@@ -2,7 +2,10 @@
 
 use futures_util::StreamExt;
 
+use std::time::Duration;
+
 use endstate_client::TimelineQuery;
+use endstate_store::Store;
 
 use crate::{CACHE_COMPONENT, SYSTEMS, TestServer, submit_request, wait_for_change, wait_until_waiting};
 
@@ -105,6 +108,39 @@ async fn filters_pagination_and_subtrees() {
         }
     }
     assert_eq!(seen, all.iter().map(|e| e.seq).collect::<Vec<_>>());
+
+    // A cursor carries its query's filters: reused with others, it is refused by name.
+    let first = client
+        .timeline(&TimelineQuery {
+            limit: Some(1),
+            ..TimelineQuery::default()
+        })
+        .await
+        .unwrap();
+    let cursor = first.next.expect("more than one event");
+    let error = client
+        .timeline(&TimelineQuery {
+            kind: Some("change.".into()),
+            cursor: Some(cursor.clone()),
+            ..TimelineQuery::default()
+        })
+        .await
+        .unwrap_err();
+    let problem = error.problem().unwrap();
+    assert_eq!(
+        (problem.status, problem.errors[0].field.as_str()),
+        (400, "cursor"),
+        "{problem:?}"
+    );
+    assert!(problem.errors[0].message.contains("other filters"), "{problem:?}");
+    let garbage = client
+        .timeline(&TimelineQuery {
+            cursor: Some("yesterday".into()),
+            ..TimelineQuery::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(garbage.problem().unwrap().errors[0].field, "cursor");
 
     // Following from a position returns what came after, oldest first.
     let after = all.last().unwrap().seq;
@@ -339,5 +375,95 @@ async fn a_system_no_longer_declared_keeps_its_history() {
         .unwrap()
         .items;
     assert!(!history.is_empty());
+    server.stop().await;
+}
+
+/// Retention per kind: a server keeping `instance.` for 2 hours deletes older transitions in
+/// the background, but keeps the newest of each instance before the cut (its state then) and
+/// every other kind, and says so on the timeline.
+#[tokio::test]
+async fn retention_deletes_old_events_of_a_kind_but_keeps_the_latest_state() {
+    let server = TestServer::start_with(|config| {
+        config.retention = vec![endstate_server::RetentionRule::parse("instance.=2h").unwrap()];
+        config.retention_interval = Duration::from_millis(100);
+    })
+    .await;
+    let now = jiff::Timestamp::now().as_millisecond();
+    let hour = 3_600_000;
+    let transition = |ago_h: i64, slot: u32, status: &str| endstate_store::NewEvent {
+        systems: vec!["ret".into()],
+        host: Some("h-1".into()),
+        component: Some("ret/web".into()),
+        data: serde_json::json!({ "slot": slot, "status": status }),
+        ..endstate_store::NewEvent::new(
+            now - ago_h * hour,
+            "instance.transitioned",
+            format!("#{slot} {status} {ago_h}h ago"),
+        )
+    };
+    server
+        .store
+        .append_events(vec![
+            transition(50, 0, "healthy"),
+            transition(40, 0, "unhealthy"),
+            transition(30, 0, "healthy"),
+            transition(20, 1, "healthy"),
+            transition(1, 0, "degraded"),
+            endstate_store::NewEvent {
+                systems: vec!["ret".into()],
+                ..endstate_store::NewEvent::new(now - 50 * hour, "note.added", "an old note")
+            },
+        ])
+        .await
+        .unwrap();
+    let summaries = || async {
+        server
+            .client()
+            .timeline(&TimelineQuery {
+                system: None,
+                kind: Some("instance.,note.".into()),
+                ..TimelineQuery::default()
+            })
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|e| e.summary)
+            .collect::<Vec<_>>()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = summaries().await;
+        if left.len() == 4 {
+            assert_eq!(
+                left,
+                // Newest first by position on the timeline (the note was appended last).
+                [
+                    "an old note",
+                    "#0 degraded 1h ago",
+                    "#1 healthy 20h ago",
+                    "#0 healthy 30h ago",
+                ]
+            );
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not compacted: {left:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let compacted = server
+        .client()
+        .timeline(&TimelineQuery {
+            kind: Some("timeline.compacted".into()),
+            ..TimelineQuery::default()
+        })
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(compacted.len(), 1, "{compacted:#?}");
+    assert!(
+        compacted[0].summary.contains("2 instance. older than 2h00m"),
+        "{}",
+        compacted[0].summary
+    );
     server.stop().await;
 }

@@ -307,6 +307,18 @@ impl Store for SqliteStore {
         self.write(|reply| writer::WriteOp::AppendEvents(events, reply)).await
     }
 
+    async fn compact_events(&self, kind: &str, before_ms: i64, limit: u32) -> Result<u64, StoreError> {
+        if kind.is_empty() {
+            return Err(StoreError::Invalid {
+                what: "compaction",
+                reason: "it needs a kind".into(),
+            });
+        }
+        let kind = kind.to_string();
+        self.write(|reply| writer::WriteOp::CompactEvents(kind, before_ms, limit, reply))
+            .await
+    }
+
     async fn query_events(&self, query: &EventQuery) -> Result<Page<Event>, StoreError> {
         let query = query.clone();
         self.read("query events", move |conn| read::query_events(conn, &query))

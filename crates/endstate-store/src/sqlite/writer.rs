@@ -49,6 +49,8 @@ pub(crate) enum WriteOp {
     PutInstances(Vec<InstanceRecord>, Reply<()>),
     RecordTransitions(Vec<InstanceTransition>, Reply<Vec<EventSeq>>),
     AppendEvents(Vec<NewEvent>, Reply<Vec<EventSeq>>),
+    /// Deletes old events of a kind, keeping the newest of each subject (kind, before, limit).
+    CompactEvents(String, i64, u32, Reply<u64>),
     PutToken(TokenRecord, Reply<()>),
     /// The writes of the agent link (enrolment, revocation, observations), one variant for them all.
     Agent(AgentOp, Reply<AgentReply>),
@@ -115,6 +117,7 @@ enum Outcome {
     Change(Result<Change, StoreError>),
     Done(Result<(), StoreError>),
     Seqs(Result<Vec<EventSeq>, StoreError>),
+    Count(Result<u64, StoreError>),
     Agent(Result<AgentReply, StoreError>),
 }
 
@@ -282,6 +285,9 @@ fn apply(conn: &Connection, op: &WriteOp) -> Outcome {
         WriteOp::PutInstances(instances, _) => Outcome::Done(put_instances(conn, instances)),
         WriteOp::RecordTransitions(transitions, _) => Outcome::Seqs(record_transitions(conn, transitions)),
         WriteOp::AppendEvents(events, _) => Outcome::Seqs(append_events(conn, events)),
+        WriteOp::CompactEvents(kind, before_ms, limit, _) => {
+            Outcome::Count(compact_events(conn, kind, *before_ms, *limit))
+        }
         WriteOp::PutToken(token, _) => Outcome::Done(put_token(conn, token)),
         WriteOp::Agent(op, _) => Outcome::Agent(crate::sqlite::agents::apply(conn, op)),
         WriteOp::Shutdown(_) => Outcome::Done(Ok(())),
@@ -295,6 +301,7 @@ impl Outcome {
             WriteOp::SubmitRevision(..) => Outcome::Revision(Err(error)),
             WriteOp::TransitionChange(..) => Outcome::Change(Err(error)),
             WriteOp::RecordTransitions(..) | WriteOp::AppendEvents(..) => Outcome::Seqs(Err(error)),
+            WriteOp::CompactEvents(..) => Outcome::Count(Err(error)),
             WriteOp::Agent(..) => Outcome::Agent(Err(error)),
             WriteOp::UpsertHost(..) | WriteOp::PutInstances(..) | WriteOp::PutToken(..) | WriteOp::Shutdown(_) => {
                 Outcome::Done(Err(error))
@@ -308,6 +315,7 @@ impl Outcome {
             Outcome::Change(result) => result.as_ref().err(),
             Outcome::Done(result) => result.as_ref().err(),
             Outcome::Seqs(result) => result.as_ref().err(),
+            Outcome::Count(result) => result.as_ref().err(),
             Outcome::Agent(result) => result.as_ref().err(),
         }
     }
@@ -331,6 +339,7 @@ fn answer(op: WriteOp, outcome: Option<Outcome>, batch_error: Option<&StoreError
         (WriteOp::RecordTransitions(_, reply) | WriteOp::AppendEvents(_, reply), Some(Outcome::Seqs(result))) => {
             send(reply, result, batch_error);
         }
+        (WriteOp::CompactEvents(.., reply), Some(Outcome::Count(result))) => send(reply, result, batch_error),
         // Never applied (the batch failed first); a mismatched outcome cannot happen.
         (op, _) => fail(
             op,
@@ -362,6 +371,7 @@ fn fail(op: WriteOp, error: StoreError) {
         WriteOp::RecordTransitions(_, reply) | WriteOp::AppendEvents(_, reply) => {
             drop(reply.send(Err(error)));
         }
+        WriteOp::CompactEvents(.., reply) => drop(reply.send(Err(error))),
         WriteOp::Shutdown(reply) => drop(reply.send(())),
     }
 }
@@ -635,6 +645,45 @@ pub(crate) fn record_transitions(
         seqs.push(insert_event(conn, &event, None)?);
     }
     Ok(seqs)
+}
+
+/// Deletes at most `limit` events of `kind` (exact, or a prefix ending in `.`) older than
+/// `before_ms`, except the newest of each subject older than `before_ms`, so the state of every
+/// subject at the cut (and its latest state) survives. A subject is what an event is about: its
+/// kind, host, component and the `slot`, `check` and `target` of its data.
+fn compact_events(conn: &Connection, kind: &str, before_ms: i64, limit: u32) -> Result<u64, StoreError> {
+    let (low, high) = match kind.strip_suffix('.') {
+        // Every kind starting with "stem." sorts in ["stem.", "stem/"): '/' follows '.'.
+        Some(stem) => (kind.to_string(), format!("{stem}/")),
+        None => (kind.to_string(), format!("{kind}\u{0}")),
+    };
+    let subject = "kind, host, component, json_extract(data, '$.slot'), json_extract(data, '$.check'), \
+                   json_extract(data, '$.target')";
+    let doomed = format!(
+        "SELECT seq FROM events WHERE kind >= ?1 AND kind < ?2 AND time_ms < ?3 \
+         AND seq NOT IN (SELECT MAX(seq) FROM events WHERE kind >= ?1 AND kind < ?2 AND time_ms < ?3 GROUP BY {subject}) \
+         ORDER BY seq LIMIT ?4"
+    );
+    exec(
+        conn,
+        "compact the timeline",
+        "CREATE TEMP TABLE IF NOT EXISTS doomed (seq INTEGER PRIMARY KEY)",
+    )?;
+    exec(conn, "compact the timeline", "DELETE FROM doomed")?;
+    conn.prepare_cached(&format!("INSERT INTO doomed (seq) {doomed}"))
+        .and_then(|mut stmt| stmt.execute(params![low, high, before_ms, i64::from(limit)]))
+        .map_err(StoreError::sqlite("compact the timeline"))?;
+    exec(
+        conn,
+        "compact the timeline",
+        "DELETE FROM event_systems WHERE seq IN (SELECT seq FROM doomed)",
+    )?;
+    let deleted = conn
+        .prepare_cached("DELETE FROM events WHERE seq IN (SELECT seq FROM doomed)")
+        .and_then(|mut stmt| stmt.execute([]))
+        .map_err(StoreError::sqlite("compact the timeline"))?;
+    exec(conn, "compact the timeline", "DELETE FROM doomed")?;
+    Ok(deleted as u64)
 }
 
 fn append_events(conn: &Connection, events: &[NewEvent]) -> Result<Vec<EventSeq>, StoreError> {
