@@ -1267,13 +1267,55 @@ pub(crate) async fn event_query(state: &AppState, params: &TimelineParams) -> Re
             Some(subtree)
         }
     };
-    let kinds = params.kind.as_ref().map(|kinds| {
+    let kinds: Option<Vec<String>> = params.kind.as_ref().map(|kinds| {
         kinds
             .split(',')
             .map(|k| k.trim().to_string())
             .filter(|k| !k.is_empty())
             .collect()
     });
+    // A kind is words of lowercase letters, digits and `_` joined by `.` (a prefix ends in `.`).
+    // A well-formed kind without events is no error: it may simply not have happened yet.
+    for kind in kinds.iter().flatten() {
+        let words = kind.strip_suffix('.').unwrap_or(kind);
+        let valid = words.split('.').all(|word| {
+            !word.is_empty()
+                && word
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        });
+        if !valid {
+            return Err(ApiError::bad_field(
+                "kind",
+                format!(
+                    "{kind:?} is not a kind: lowercase words joined by `.` (e.g. change.converged), or a prefix \
+                     ending in `.` (e.g. alert.)"
+                ),
+            ));
+        }
+    }
+    // A host that never was in the inventory and never had an event is a mistake.
+    if let Some(host) = &params.host
+        && state
+            .store()
+            .get_host(&endstate_types::HostName(host.clone()))
+            .await?
+            .is_none()
+    {
+        let any = state
+            .store()
+            .query_events(&EventQuery {
+                host: Some(host.clone()),
+                limit: 1,
+                ..EventQuery::default()
+            })
+            .await?;
+        if any.items.is_empty() {
+            return Err(ApiError::NotFound(format!(
+                "host {host:?} is not in the inventory and has no events"
+            )));
+        }
+    }
     let before = match params.cursor.as_deref() {
         Some(_) if params.after.is_some() => {
             return Err(ApiError::bad_field("cursor", "give either cursor or after, not both"));

@@ -333,6 +333,30 @@ async fn component_and_actor_filters_and_bad_windows() {
         assert_eq!((bad.status, bad.errors[0].field.as_str()), (400, "since"), "{since}");
         assert!(bad.errors[0].message.contains(needle), "{since}: {bad:?}");
     }
+    // A malformed kind is named; a well-formed one that never happened is an empty page.
+    let bad = problem(TimelineQuery {
+        kind: Some("change.,Alert!".into()),
+        ..TimelineQuery::default()
+    })
+    .await;
+    assert_eq!((bad.status, bad.errors[0].field.as_str()), (400, "kind"), "{bad:?}");
+    assert!(bad.errors[0].message.contains("\"Alert!\""), "{bad:?}");
+    let none = client
+        .timeline(&TimelineQuery {
+            kind: Some("alert.opened".into()),
+            ..TimelineQuery::default()
+        })
+        .await
+        .unwrap();
+    assert!(none.items.is_empty());
+    // A host never seen is a mistake.
+    let nowhere = problem(TimelineQuery {
+        host: Some("nowhere".into()),
+        ..TimelineQuery::default()
+    })
+    .await;
+    assert_eq!(nowhere.status, 404, "{nowhere:?}");
+    assert!(nowhere.detail.contains("\"nowhere\""), "{nowhere:?}");
     // The live stream refuses the same.
     let refused = client
         .stream(&TimelineQuery {

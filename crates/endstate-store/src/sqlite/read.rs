@@ -156,16 +156,9 @@ pub(crate) fn query_events(conn: &Connection, query: &EventQuery) -> Result<Page
         bounds.push_str(" AND time_ms < ?");
         bound_args.push(SqlValue::Integer(until));
     }
-    if let Some(systems) = &query.systems {
-        sql.push_str(" AND seq IN (SELECT seq FROM event_systems WHERE system IN (");
-        sql.push_str(&placeholders(systems.len()));
-        sql.push(')');
-        args.extend(systems.iter().map(|s| SqlValue::Text(s.clone())));
-        sql.push_str(&bounds);
-        args.extend(bound_args.iter().cloned());
-        sql.push(')');
-    }
-    if let Some(kinds) = &query.kinds {
+    // The kinds, as a condition and its arguments (used in the system subquery too, where the
+    // index on (system, kind, time) answers it without reading the events).
+    let kind_filter = query.kinds.as_ref().map(|kinds| {
         let terms: Vec<&str> = kinds
             .iter()
             .map(|kind| {
@@ -176,18 +169,34 @@ pub(crate) fn query_events(conn: &Connection, query: &EventQuery) -> Result<Page
                 }
             })
             .collect();
-        sql.push_str(" AND (");
-        sql.push_str(&terms.join(" OR "));
-        sql.push(')');
+        let mut kind_args = Vec::new();
         for kind in kinds {
             if let Some(stem) = kind.strip_suffix('.') {
                 // Every kind starting with "stem." sorts in ["stem.", "stem/"): '/' follows '.'.
-                args.push(SqlValue::Text(kind.clone()));
-                args.push(SqlValue::Text(format!("{stem}/")));
+                kind_args.push(SqlValue::Text(kind.clone()));
+                kind_args.push(SqlValue::Text(format!("{stem}/")));
             } else {
-                args.push(SqlValue::Text(kind.clone()));
+                kind_args.push(SqlValue::Text(kind.clone()));
             }
         }
+        (format!(" AND ({})", terms.join(" OR ")), kind_args)
+    });
+    if let Some(systems) = &query.systems {
+        sql.push_str(" AND seq IN (SELECT seq FROM event_systems WHERE system IN (");
+        sql.push_str(&placeholders(systems.len()));
+        sql.push(')');
+        args.extend(systems.iter().map(|s| SqlValue::Text(s.clone())));
+        if let Some((terms, kind_args)) = &kind_filter {
+            sql.push_str(terms);
+            args.extend(kind_args.iter().cloned());
+        }
+        sql.push_str(&bounds);
+        args.extend(bound_args.iter().cloned());
+        sql.push(')');
+    }
+    if let Some((terms, kind_args)) = kind_filter {
+        sql.push_str(&terms);
+        args.extend(kind_args);
     }
     if let Some(host) = &query.host {
         sql.push_str(" AND host = ?");

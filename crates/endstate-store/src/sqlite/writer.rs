@@ -742,10 +742,10 @@ pub(crate) fn insert_event(
     .map_err(StoreError::sqlite("insert an event"))?;
     let seq = conn.last_insert_rowid();
     let mut stmt = conn
-        .prepare_cached("INSERT INTO event_systems (system, seq, time_ms) VALUES (?1, ?2, ?3)")
+        .prepare_cached("INSERT INTO event_systems (system, seq, time_ms, kind) VALUES (?1, ?2, ?3, ?4)")
         .map_err(StoreError::sqlite("index an event by system"))?;
     for system in systems {
-        stmt.execute(params![system, seq, event.time_ms])
+        stmt.execute(params![system, seq, event.time_ms, event.kind])
             .map_err(StoreError::sqlite("index an event by system"))?;
     }
     Ok(EventSeq(u64::try_from(seq).unwrap_or_default()))

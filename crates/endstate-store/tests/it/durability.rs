@@ -117,6 +117,51 @@ async fn fresh_database_is_migrated_to_the_current_version() {
     assert_eq!(user_version(&path), SCHEMA_VERSION);
 }
 
+/// Migration 6 -> 7 gives every existing (system, event) row its event's kind, so queries by
+/// system and kind find events written before it.
+#[tokio::test]
+async fn events_written_before_the_kind_index_are_found_by_kind_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("endstate.db");
+    let store = SqliteStore::open(&path).unwrap();
+    store
+        .append_events(vec![
+            NewEvent {
+                systems: vec!["old".into()],
+                ..NewEvent::new(1, "change.created", "a change")
+            },
+            NewEvent {
+                systems: vec!["old".into()],
+                ..NewEvent::new(2, "note.added", "a note")
+            },
+        ])
+        .await
+        .unwrap();
+    store.close().await;
+    // Back to version 6, as a database of the previous build would be.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "DROP INDEX event_systems_by_kind; ALTER TABLE event_systems DROP COLUMN kind; PRAGMA user_version = 6;",
+    )
+    .unwrap();
+    drop(conn);
+    let store = SqliteStore::open(&path).unwrap();
+    let found = store
+        .query_events(&EventQuery {
+            systems: Some(vec!["old".into()]),
+            kinds: Some(vec!["note.".into()]),
+            ..EventQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        found.items.iter().map(|e| e.summary.as_str()).collect::<Vec<_>>(),
+        ["a note"]
+    );
+    store.close().await;
+    assert_eq!(user_version(&path), SCHEMA_VERSION);
+}
+
 #[tokio::test]
 async fn newer_database_is_refused() {
     let dir = tempfile::tempdir().unwrap();
