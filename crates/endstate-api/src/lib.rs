@@ -436,7 +436,7 @@ pub struct HostDetail {
     /// retirement), newest first, at most 100.
     pub changes: Vec<EventView>,
     /// What ran on it: each instance and version, from its first to its last transition
-    /// (newest last seen first, at most 200), from the timeline.
+    /// among the newest 20,000 transitions of the host (newest last seen first, at most 200).
     pub ran: Vec<RanView>,
 }
 

@@ -561,8 +561,9 @@ async fn history_label(state: &AppState, alert: &Alert, now: i64) -> Result<serd
     };
     let (before, samples) = match crate::history::load_samples(state, &target, now).await {
         Ok(found) => found,
-        // No result stored yet (an alert from Alertmanager): nothing to say.
-        Err(ApiError::NotFound(_)) => return Ok(serde_json::Value::Null),
+        // No result stored yet (an alert from Alertmanager), or too many to read at once (a
+        // check flapping every second for a month): nothing to say, the alert is listed anyway.
+        Err(ApiError::NotFound(_) | ApiError::Unavailable(_)) => return Ok(serde_json::Value::Null),
         Err(error) => return Err(error),
     };
     let stats = crate::history::compute(now, before.as_ref(), &samples);

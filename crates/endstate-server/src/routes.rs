@@ -1067,12 +1067,12 @@ pub(crate) async fn get_host(
         .iter()
         .map(views::event_view)
         .collect();
-    // What ran: every instance transition of the host, grouped by instance and version.
+    // What ran: the newest transitions of the host (at most RAN_EVENTS), newest first, grouped
+    // by instance and version.
     let mut ran: BTreeMap<(String, String), endstate_api::RanView> = BTreeMap::new();
     let mut query = EventQuery {
         host: Some(host.clone()),
         kinds: Some(vec!["instance.transitioned".into()]),
-        after: Some(EventSeq(0)),
         limit: 1000,
         ..EventQuery::default()
     };
@@ -1083,36 +1083,31 @@ pub(crate) async fn get_host(
         for event in &page.items {
             let slot = event.data.get("slot").and_then(serde_json::Value::as_u64).unwrap_or(0);
             let instance = format!("{}#{slot}", event.component.as_deref().unwrap_or("?"));
-            let version = event
-                .data
-                .get("version")
-                .and_then(|v| v.as_str())
-                .unwrap_or_default()
-                .to_string();
-            let status = event
-                .data
-                .get("status")
-                .and_then(|v| v.as_str())
-                .unwrap_or("unknown")
-                .to_string();
+            let text = |field: &str, default: &str| {
+                event
+                    .data
+                    .get(field)
+                    .and_then(|v| v.as_str())
+                    .unwrap_or(default)
+                    .to_string()
+            };
             let time = crate::rfc3339(event.time_ms);
+            // Newest first: the first seen of a pair is its last transition.
             let entry = ran
-                .entry((instance.clone(), version.clone()))
+                .entry((instance.clone(), text("version", "")))
                 .or_insert_with(|| endstate_api::RanView {
                     instance,
-                    version,
+                    version: text("version", ""),
                     first_seen: time.clone(),
                     last_seen: time.clone(),
-                    last_status: status.clone(),
+                    last_status: text("status", "unknown"),
                     transitions: 0,
                 });
             entry.transitions += 1;
-            entry.last_seen = time;
-            entry.last_status = status;
+            entry.first_seen = time;
         }
-        // Ascending pages always carry a cursor (to follow the timeline): a short page is the end.
         match page.next {
-            Some(next) if page.items.len() == 1000 && read < RAN_EVENTS => query.after = Some(EventSeq(next)),
+            Some(next) if read < RAN_EVENTS => query.before = Some(EventSeq(next)),
             _ => break,
         }
     }

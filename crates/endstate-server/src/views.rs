@@ -79,15 +79,16 @@ impl crate::AppState {
 impl World {
     /// Reads the latest desired state, the hosts and the instances. `None` before the first revision.
     pub(crate) async fn load(state: &AppState) -> Result<Option<World>, ApiError> {
-        let Some((revision, desired)) = state.latest_desired().await? else {
+        // Three reads at once, each on a reader connection of its own.
+        let (latest, hosts, instances) =
+            tokio::try_join!(state.latest_desired(), crate::routes::host_infos(state), async {
+                Ok(state.store().list_instances(InstanceFilter::default()).await?)
+            },)?;
+        let Some((revision, desired)) = latest else {
             return Ok(None);
         };
-        let hosts: Vec<HostInfo> = crate::routes::host_infos(state).await?;
         let placed = state.placed(revision, &desired, hosts);
-        let records = state
-            .store()
-            .list_instances(InstanceFilter::default())
-            .await?
+        let records = instances
             .into_iter()
             .map(|record| {
                 (
