@@ -797,8 +797,8 @@ pub struct HistoryView {
     pub flapping: bool,
     /// How many changes between healthy and failing happened in the last hour.
     pub flips_last_hour: u64,
-    /// `chronic` (failing more than 50% of the observed last 7 days, or failing for more than
-    /// 24 hours now), `new` (failing now, not chronic) or `ok`.
+    /// `chronic` (failing more than 50% of the observed last 7 days and more than 24 hours in
+    /// them, or failing for more than 24 hours now), `new` (failing now, not chronic) or `ok`.
     pub label: String,
 }
 

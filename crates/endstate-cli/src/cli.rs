@@ -112,7 +112,8 @@ pub(crate) enum Command {
     /// failed, the number of transitions, the share of time failing over 24 h, 7 d and 30 d
     /// (time before the first event and unknown time are not counted), whether it flaps (5 or
     /// more changes between healthy and failing in the last hour), and a label: `chronic`
-    /// (failing more than half of the last 7 days, or failing for more than 24 h), `new`
+    /// (failing more than half of the last 7 days and more than 24 h of them, or failing now
+    /// for more than 24 h), `new`
     /// (failing, not chronic) or `ok`.
     History {
         /// `host:NAME`, `system/component#slot@host` or `check:system/check@host`.

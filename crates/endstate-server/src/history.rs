@@ -12,9 +12,10 @@
 //!   time before the first sample, and time in the unknown state, is not counted.
 //! - Flapping: at least [`FLAP_CHANGES`] changes between healthy and failing (neutral and
 //!   unknown samples are skipped) in the last hour.
-//! - The label is `chronic` when the target failed more than half of the observed last 7 days,
-//!   or fails now and has been failing for more than 24 hours; `new` when it fails now and is
-//!   not chronic; `ok` otherwise.
+//! - The label is `chronic` when the target failed more than half of the observed last 7 days
+//!   and more than 24 hours in all of them (a target seen for ten minutes, failing for six, is
+//!   new, not chronic), or fails now and has been failing for more than 24 hours; `new` when it
+//!   fails now and is not chronic; `ok` otherwise.
 
 use axum::Extension;
 use axum::Json;
@@ -152,7 +153,7 @@ pub(crate) fn compute(now_ms: i64, before: Option<&Sample>, samples: &[Sample]) 
     let flapping = flips_last_hour >= FLAP_CHANGES;
 
     let (_, observed_7d, failing_7d) = shares[1];
-    let mostly_failing = observed_7d > 0 && failing_7d * 2 > observed_7d;
+    let mostly_failing = observed_7d > 0 && failing_7d * 2 > observed_7d && failing_7d > DAY_MS;
     let long_failing = failing_since_ms.is_some_and(|since| now_ms - since > DAY_MS);
     let label = if mostly_failing || long_failing {
         "chronic"
@@ -570,6 +571,11 @@ mod tests {
         // Failing for 23 hours: new.
         let samples = [at(7 * DAY_MS, Health::Healthy), at(23 * HOUR_MS, Health::Failing)];
         assert_eq!(compute(NOW, None, &samples).label, "new");
+        // Seen for 10 minutes, failing for the last 6 of them: most of what was seen, but new.
+        let samples = [at(10 * 60_000, Health::Healthy), at(6 * 60_000, Health::Failing)];
+        let stats = compute(NOW, None, &samples);
+        assert_eq!(pct(&stats, "7d"), Some(60.0));
+        assert_eq!(stats.label, "new");
     }
 
     #[test]
