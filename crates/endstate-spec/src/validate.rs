@@ -517,17 +517,21 @@ pub(crate) fn validate(
     }
 }
 
+/// Names as written, each with where, to resolve once every document is known.
+fn refs(ctx: DocCtx<'_>, names: &[Spanned<String>]) -> Vec<Ref> {
+    names
+        .iter()
+        .map(|name| Ref {
+            name: name.value.clone(),
+            pos: ctx.pos(name),
+        })
+        .collect()
+}
+
 fn static_host<'a>(ctx: DocCtx<'a>, doc: &HostDoc, out: &mut Out) -> HostEntry<'a> {
     let name_pos = ctx.pos(&doc.name);
     check_name(ctx, &doc.name.value, name_pos, "host", out);
-    let systems: Vec<Ref> = doc
-        .systems
-        .iter()
-        .map(|s| Ref {
-            name: s.value.clone(),
-            pos: ctx.pos(s),
-        })
-        .collect();
+    let systems = refs(ctx, &doc.systems);
     let mut names: Vec<String> = systems.iter().map(|s| s.name.clone()).collect();
     names.sort();
     names.dedup();
@@ -1492,15 +1496,7 @@ fn action<'a>(ctx: DocCtx<'a>, doc: &ActionDoc, out: &mut Out) -> ActionEntry<'a
 fn policy<'a>(ctx: DocCtx<'a>, doc: &PolicyDoc, out: &mut Out) -> PolicyEntry<'a> {
     let name_pos = ctx.pos(&doc.name);
     check_name(ctx, &doc.name.value, name_pos, "policy", out);
-    let systems: Vec<Ref> = doc
-        .applies_to
-        .systems
-        .iter()
-        .map(|s| Ref {
-            name: s.value.clone(),
-            pos: ctx.pos(s),
-        })
-        .collect();
+    let systems = refs(ctx, &doc.applies_to.systems);
     let rules = &doc.rules;
     let max_batch_percent = rules.max_batch_percent.as_ref().map(|max| {
         if !(1..=100).contains(&max.value) {

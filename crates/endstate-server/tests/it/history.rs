@@ -25,7 +25,8 @@ fn host_event(at_ms: i64, reachable: bool) -> NewEvent {
     }
 }
 
-fn instance_event(at_ms: i64, slot: u32, status: &str) -> NewEvent {
+/// A transition of `cache/memo#slot` on h-a.
+pub(crate) fn instance_event(at_ms: i64, slot: u32, status: &str) -> NewEvent {
     NewEvent {
         systems: vec!["cache".into()],
         host: Some("h-a".into()),

@@ -5,6 +5,7 @@ use endstate_types::ChangeId;
 
 use crate::TestServer;
 use crate::describe::with_instances;
+use crate::history::instance_event;
 
 const MINUTE_MS: i64 = 60_000;
 
@@ -14,17 +15,6 @@ fn event(at_ms: i64, kind: &str, systems: &[&str], host: Option<&str>, summary: 
         host: host.map(str::to_string),
         actor: Some("alice".into()),
         ..NewEvent::new(at_ms, kind, summary)
-    }
-}
-
-fn instance_event(at_ms: i64, slot: u32, status: &str) -> NewEvent {
-    NewEvent {
-        systems: vec!["cache".into()],
-        host: Some("h-a".into()),
-        component: Some("cache/memo".into()),
-        actor: Some("agent:h-a".into()),
-        data: serde_json::json!({ "slot": slot, "status": status, "state": "running" }),
-        ..NewEvent::new(at_ms, "instance.transitioned", format!("memo#{slot} {status}"))
     }
 }
 
