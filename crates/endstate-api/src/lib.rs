@@ -304,6 +304,34 @@ pub struct AckRequest {
     pub comment: String,
 }
 
+/// `POST /v1/alerts/bulk`: acknowledge or annotate every open alert that matches, at once (at
+/// least one filter, or `all`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BulkAlerts {
+    /// Only this system's alerts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<String>,
+    /// Only this check's (`system/check`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<String>,
+    /// Only alerts of checks running on this host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Only this target (a host name or an instance id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// Every open alert (instead of filters).
+    #[serde(default)]
+    pub all: bool,
+    /// Acknowledge them (the comment is the acknowledgement's); otherwise add the comment to
+    /// each as a note, leaving acknowledgement as it is.
+    #[serde(default)]
+    pub acknowledge: bool,
+    /// What you are doing about them (at most 4 KiB).
+    pub comment: String,
+}
+
 /// A system with its rolled-up status.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct SystemView {

@@ -254,11 +254,27 @@ pub(crate) enum Command {
     Alerts,
     /// Acknowledge an open alert: it stays open until its check is OK and says who is on it.
     Ack {
-        /// The check, `system/check`.
-        check: String,
+        /// The check, `system/check`; without it (and TARGET), every open alert matching the
+        /// filters is acknowledged at once.
+        check: Option<String>,
         /// What it watches: a host name or an instance id (`storefront/web#0`).
-        target: String,
+        target: Option<String>,
+        #[command(flatten)]
+        filter: AlertFilter,
         /// What you are doing about it.
+        #[arg(long, short)]
+        message: String,
+    },
+    /// Add a note to open alerts (what you found, a link), leaving their acknowledgement as it
+    /// is: one alert (CHECK TARGET) or every one matching the filters.
+    Annotate {
+        /// The check, `system/check`.
+        check: Option<String>,
+        /// What it watches: a host name or an instance id.
+        target: Option<String>,
+        #[command(flatten)]
+        filter: AlertFilter,
+        /// The note.
         #[arg(long, short)]
         message: String,
     },
@@ -591,4 +607,21 @@ pub(crate) enum ChangeAction {
 
 fn parse_retention(text: &str) -> Result<endstate_server::RetentionRule, String> {
     endstate_server::RetentionRule::parse(text)
+}
+
+/// Which open alerts `ack` and `annotate` take when no CHECK TARGET is given.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub(crate) struct AlertFilter {
+    /// Every open alert of this system.
+    #[arg(long, conflicts_with = "target")]
+    pub(crate) system: Option<String>,
+    /// Every open alert of checks running on this host.
+    #[arg(long, conflicts_with = "target")]
+    pub(crate) host: Option<String>,
+    /// Every open alert of this check (`system/check`).
+    #[arg(id = "check_filter", long = "check", value_name = "CHECK", conflicts_with = "target")]
+    pub(crate) check: Option<String>,
+    /// Every open alert.
+    #[arg(long, conflicts_with_all = ["system", "host", "check_filter", "target"])]
+    pub(crate) all: bool,
 }

@@ -565,6 +565,9 @@ pub(crate) async fn alerts(global: &Global) -> anyhow::Result<Outcome> {
         if let Some(ack) = alert.get("acked").filter(|a| !a.is_null()) {
             flags.push(format!("acked by {}: {}", word(&ack["author"]), word(&ack["comment"])));
         }
+        if let Some(note) = alert["notes"].as_array().and_then(|notes| notes.last()) {
+            flags.push(format!("note by {}: {}", word(&note["author"]), word(&note["comment"])));
+        }
         if let Some(silence) = alert.get("silenced_by").filter(|s| !s.is_null()) {
             flags.push(format!("silenced ({silence})"));
         }
@@ -781,16 +784,67 @@ pub(crate) async fn unsilence(global: &Global, id: u64) -> anyhow::Result<Outcom
 }
 
 /// `endstate ack CHECK TARGET -m COMMENT`
-pub(crate) async fn ack(global: &Global, check: &str, target: &str, comment: &str) -> anyhow::Result<Outcome> {
+pub(crate) async fn ack(
+    global: &Global,
+    check: Option<String>,
+    target: Option<String>,
+    filter: crate::cli::AlertFilter,
+    comment: &str,
+    acknowledge: bool,
+) -> anyhow::Result<Outcome> {
     let client = client(global)?;
-    let alert = match refused_or(client.ack(check, target, comment)).await? {
-        Ok(alert) => alert,
+    let (verb, noun) = if acknowledge {
+        ("Acknowledged", "acknowledge")
+    } else {
+        ("Annotated", "annotate")
+    };
+    if let (Some(check), Some(target)) = (&check, &target)
+        && acknowledge
+    {
+        let alert = match refused_or(client.ack(check, target, comment)).await? {
+            Ok(alert) => alert,
+            Err(outcome) => return Ok(outcome),
+        };
+        if global.output == Output::Json {
+            print_json(&alert)?;
+        } else {
+            println!("{verb}: {check} on {target}.");
+        }
+        return Ok(Outcome::Success);
+    }
+    if check.is_some() != target.is_some() {
+        eprintln!("error: give both CHECK and TARGET (one alert), or neither and --system, --host, --check or --all");
+        return Ok(Outcome::Refused);
+    }
+    let request = endstate_api::BulkAlerts {
+        system: filter.system,
+        check: check.or(filter.check),
+        host: filter.host,
+        target,
+        all: filter.all,
+        acknowledge,
+        comment: comment.to_owned(),
+    };
+    let done = match refused_or(client.bulk_alerts(&request)).await? {
+        Ok(done) => done,
         Err(outcome) => return Ok(outcome),
     };
     if global.output == Output::Json {
-        print_json(&alert)?;
-    } else {
-        println!("Acknowledged: {check} on {target}.");
+        print_json(&done)?;
+        return Ok(Outcome::Success);
+    }
+    let alerts = done["alerts"].as_array().cloned().unwrap_or_default();
+    if alerts.is_empty() {
+        println!("No open alert matches: nothing to {noun}.");
+        return Ok(Outcome::Success);
+    }
+    println!("{verb} {} alert(s):", alerts.len());
+    for alert in &alerts {
+        println!(
+            "  {} on {}",
+            alert["key"]["check"].as_str().unwrap_or_default(),
+            alert["key"]["target"].as_str().unwrap_or_default()
+        );
     }
     Ok(Outcome::Success)
 }

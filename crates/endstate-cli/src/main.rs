@@ -79,7 +79,18 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Silences => commands::silences(global).await,
         Command::Review { since, system } => commands::review(global, since.as_deref(), system.as_deref()).await,
         Command::Unsilence { id } => commands::unsilence(global, id).await,
-        Command::Ack { check, target, message } => commands::ack(global, &check, &target, &message).await,
+        Command::Ack {
+            check,
+            target,
+            filter,
+            message,
+        } => commands::ack(global, check, target, filter, &message, true).await,
+        Command::Annotate {
+            check,
+            target,
+            filter,
+            message,
+        } => commands::ack(global, check, target, filter, &message, false).await,
         Command::Run {
             action,
             system,

@@ -423,6 +423,15 @@ impl Client {
         self.post("/v1/alerts/ack", &body).await
     }
 
+    /// Acknowledges or annotates every open alert matching the request's filters at once:
+    /// `{matched, alerts}`.
+    ///
+    /// # Errors
+    /// As the server says (400 without a filter).
+    pub async fn bulk_alerts(&self, request: &endstate_api::BulkAlerts) -> Result<serde_json::Value, ClientError> {
+        self.post("/v1/alerts/bulk", request).await
+    }
+
     /// Systems with their status; with `tree`, the top-level ones with their subtrees. Reads every page.
     ///
     /// # Errors

@@ -38,6 +38,8 @@ pub const FLAP_HIGH: f64 = 0.50;
 pub const FLAP_LOW: f64 = 0.25;
 /// Results a key needs before it can be called flapping (fewer say too little).
 pub const FLAP_MIN_HISTORY: usize = 10;
+/// Notes kept on an alert (the oldest go first).
+pub const MAX_NOTES: usize = 20;
 /// Non-OK results in a row before an alert opens, unless the engine is told otherwise.
 pub const DEFAULT_ATTEMPTS: u32 = 2;
 
@@ -150,6 +152,9 @@ pub struct Alert {
     pub flapping: bool,
     /// Who acknowledged it.
     pub acked: Option<Ack>,
+    /// Notes people added (oldest first, the newest [`MAX_NOTES`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<Ack>,
     /// The silence that keeps it quiet.
     pub silenced_by: Option<u64>,
     /// Why it is only a consequence (`host h1 is down`).
@@ -309,6 +314,7 @@ impl Engine {
                     transitions: 0,
                     flapping: state.flapping,
                     acked: None,
+                    notes: Vec::new(),
                     silenced_by,
                     consequence_of,
                     resolved_ms: None,
@@ -357,6 +363,32 @@ impl Engine {
         let alert = self.keys.get_mut(key)?.alert.as_mut()?;
         alert.acked = Some(ack);
         Some(alert.clone())
+    }
+
+    /// Adds a note to the open alert of `key`; `None` when there is none.
+    pub fn annotate(&mut self, key: &CheckKey, note: Ack) -> Option<Alert> {
+        let alert = self.keys.get_mut(key)?.alert.as_mut()?;
+        alert.notes.push(note);
+        if alert.notes.len() > MAX_NOTES {
+            let extra = alert.notes.len() - MAX_NOTES;
+            alert.notes.drain(..extra);
+        }
+        Some(alert.clone())
+    }
+
+    /// Takes back an open alert known from before (the timeline, after a restart): its key is
+    /// hard in the alert's status, so the next failing result neither opens it again nor
+    /// notifies again, and the next OK result resolves it. A resolved alert is ignored.
+    pub fn restore(&mut self, alert: Alert) {
+        if alert.status == Status::Ok || alert.resolved_ms.is_some() {
+            return;
+        }
+        let state = self.keys.entry(alert.key.clone()).or_default();
+        state.last = Some(alert.status);
+        state.failing = self.attempts;
+        state.flapping = alert.flapping;
+        state.history = VecDeque::from([alert.status]);
+        state.alert = Some(alert);
     }
 
     /// The open alerts, by key.
@@ -662,6 +694,47 @@ mod tests {
             .map(|i| if i % 2 == 0 { Status::Ok } else { Status::Critical })
             .collect();
         assert!((percent_state_change(&alternating) - 1.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_restored_alert_neither_reopens_nor_notifies_again_and_resolves_on_ok() {
+        let w = World::new();
+        let mut before = Engine::new(2);
+        before.observe(result(Status::Critical, 1), &w.ctx());
+        let opened = before.observe(result(Status::Critical, 2), &w.ctx());
+        assert_eq!(kinds(&opened), ["opened critical", "notify opened"]);
+        let ack = Ack {
+            author: "ann".into(),
+            comment: "on it".into(),
+            at_ms: 3,
+        };
+        let alert = before.ack(&key(), ack.clone()).unwrap();
+
+        // A new engine (a restarted server) given the alert from the timeline.
+        let mut after = Engine::new(2);
+        after.restore(alert.clone());
+        assert_eq!(after.alerts().collect::<Vec<_>>(), [&alert]);
+        assert!(after.observe(result(Status::Critical, 4), &w.ctx()).is_empty());
+        assert_eq!(after.alerts().next().unwrap().acked, Some(ack));
+        assert_eq!(
+            kinds(&after.observe(result(Status::Warning, 5), &w.ctx())),
+            [
+                "status critical->warning",
+                "changed warning",
+                "notify changed (critical -> warning)"
+            ]
+        );
+        let resolved = after.observe(result(Status::Ok, 6), &w.ctx());
+        assert_eq!(kinds(&resolved), ["status warning->ok", "resolved", "notify resolved"]);
+        assert_eq!(after.alerts().count(), 0);
+
+        // A resolved alert is not taken back.
+        let mut again = Engine::new(2);
+        again.restore(Alert {
+            resolved_ms: Some(6),
+            ..alert
+        });
+        assert_eq!(again.alerts().count(), 0);
     }
 
     #[test]

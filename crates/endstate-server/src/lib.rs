@@ -234,6 +234,9 @@ impl Server {
         monitor::load_silences(&state)
             .await
             .map_err(|error| ServerError::Bootstrap(Box::new(error)))?;
+        monitor::load_alerts(&state)
+            .await
+            .map_err(|error| ServerError::Bootstrap(Box::new(error)))?;
         actions::load_runs(&state)
             .await
             .map_err(|error| ServerError::Bootstrap(Box::new(error)))?;

@@ -16,11 +16,13 @@
 //!    dead receiver never holds up the pipeline; its outcome is `alert.notified` or
 //!    `alert.notify_failed` on the timeline.
 //!
-//! # Caveats
-//! - The engine lives in memory: after a restart, the next result of a failing check opens its
-//!   alert again (and notifies again). Alerts are on the timeline, which is durable.
-//! - Silences and consequences of down hosts are evaluated by the engine, but the server gives
-//!   it no silences and no down hosts yet.
+//! # State across restarts
+//! The engine lives in memory; at start, [`load_silences`] and [`load_alerts`] take back the
+//! active silences and the open alerts (with their acknowledgements and tickets) from the
+//! timeline, so a check still failing after a restart neither opens its alert again nor pages
+//! again. What is not taken back: flap histories and soft states (a check that had failed once
+//! needs two failures again), and the statuses of checks without an open alert (their first
+//! result after a restart is a `check.status` from `none`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
@@ -91,6 +93,15 @@ impl Monitor {
         let mut alerts: Vec<Alert> = self.engine().alerts().cloned().collect();
         alerts.extend(self.external().alerts().cloned());
         alerts
+    }
+
+    /// Adds a note to the open alert of `key`.
+    pub(crate) fn annotate(&self, key: &CheckKey, note: alerts::Ack) -> Option<Alert> {
+        if is_external(key) {
+            self.external().annotate(key, note)
+        } else {
+            self.engine().annotate(key, note)
+        }
     }
 
     /// Acknowledges the open alert of `key`.
@@ -171,6 +182,88 @@ pub(crate) async fn load_silences(state: &AppState) -> Result<(), ApiError> {
         .next_silence
         .fetch_max(highest.saturating_add(1), std::sync::atomic::Ordering::Relaxed);
     Ok(())
+}
+
+/// How far back the timeline is read for open alerts at start: an alert with no event in
+/// that long (not changed, acknowledged or held back) is not taken back.
+const RESTORE_ALERTS_MS: i64 = 90 * 24 * 3600 * 1000;
+/// At most this many alert events are read at start (newest first).
+const RESTORE_ALERTS_EVENTS: usize = 2_000_000;
+
+/// Takes back the alerts that were open when the server stopped, from the timeline: per
+/// (check, target), its newest `alert.opened`, `alert.changed`, `alert.acknowledged`,
+/// `alert.annotated`, `alert.suppressed`, `alert.ticket` or `alert.resolved` event carries the alert as it was;
+/// unless that is `alert.resolved`, the alert is open again, with its acknowledgement, and the
+/// next failing result of its check neither opens it again nor notifies again.
+pub(crate) async fn load_alerts(state: &AppState) -> Result<(), ApiError> {
+    let now = crate::now_ms();
+    let mut seen: BTreeSet<CheckKey> = BTreeSet::new();
+    let mut open: Vec<Alert> = Vec::new();
+    let mut before = None;
+    let mut read = 0;
+    loop {
+        let page = state
+            .store()
+            .query_events(&endstate_store::EventQuery {
+                kinds: Some(
+                    [
+                        "alert.opened",
+                        "alert.changed",
+                        "alert.acknowledged",
+                        "alert.annotated",
+                        "alert.suppressed",
+                        "alert.ticket",
+                        "alert.resolved",
+                    ]
+                    .map(String::from)
+                    .to_vec(),
+                ),
+                since_ms: Some(now - RESTORE_ALERTS_MS),
+                before,
+                limit: 1000,
+                ..endstate_store::EventQuery::default()
+            })
+            .await?;
+        read += page.items.len();
+        for event in &page.items {
+            let payload = if event.kind == "alert.ticket" {
+                event.data.get("alert").cloned().unwrap_or_default()
+            } else {
+                event.data.clone()
+            };
+            let Ok(alert) = serde_json::from_value::<Alert>(payload) else {
+                continue;
+            };
+            if seen.insert(alert.key.clone()) && event.kind != "alert.resolved" {
+                open.push(alert);
+            }
+        }
+        match page.items.last() {
+            Some(last) if page.items.len() == 1000 && read < RESTORE_ALERTS_EVENTS => before = Some(last.seq),
+            _ => break,
+        }
+    }
+    if read >= RESTORE_ALERTS_EVENTS {
+        tracing::warn!(
+            read,
+            "Stopped reading alert events at start after {RESTORE_ALERTS_EVENTS}: older open alerts are not taken back."
+        );
+    }
+    let monitor = state.monitor();
+    for alert in open {
+        if is_external(&alert.key) {
+            monitor.external().restore(alert);
+        } else {
+            monitor.engine().restore(alert);
+        }
+    }
+    Ok(())
+}
+
+/// Whether a key belongs to the engine of results judged elsewhere (keepalives by the server's
+/// liveness rule, alerts from Alertmanager), which are hard at once.
+fn is_external(key: &CheckKey) -> bool {
+    key.check == KEEPALIVE || key.check.starts_with("alertmanager/")
 }
 
 /// Drops expired silences, each with a `silence.expired` event; the active ones.
@@ -639,6 +732,97 @@ pub(crate) async fn ack(
     Ok(axum::Json(alert))
 }
 
+/// Acknowledge or annotate every open alert that matches (by system, check, host, target; at
+/// least one, or `all`), at once: each gets the comment and an `alert.acknowledged` or
+/// `alert.annotated` event. Refused as a whole when one of them is of a system you may not
+/// operate.
+#[utoipa::path(post, path = "/v1/alerts/bulk", request_body = endstate_api::BulkAlerts,
+    responses((status = 200, body = Object), (status = 400, body = endstate_api::Problem)),
+    security(("bearer" = [])))]
+pub(crate) async fn bulk(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    axum::Extension(actor): axum::Extension<crate::auth::Actor>,
+    crate::routes::JsonBody(request): crate::routes::JsonBody<endstate_api::BulkAlerts>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    crate::auth::authorize(&actor, crate::auth::Verb::Read, None)?;
+    let filtered =
+        request.system.is_some() || request.check.is_some() || request.host.is_some() || request.target.is_some();
+    if !filtered && !request.all {
+        return Err(ApiError::bad_field(
+            "all",
+            "give at least one of system, check, host, target, or all: true to take every open alert",
+        ));
+    }
+    if filtered && request.all {
+        return Err(ApiError::bad_field("all", "all: true takes no filters"));
+    }
+    let comment = request.comment.trim();
+    if comment.is_empty() || comment.len() > 4096 {
+        return Err(ApiError::bad_field(
+            "comment",
+            format!("is {} bytes; say what you are doing, in at most 4096", comment.len()),
+        ));
+    }
+    let matched: Vec<Alert> = state
+        .monitor()
+        .alerts()
+        .into_iter()
+        .filter(|a| {
+            request.system.as_ref().is_none_or(|s| *s == a.system)
+                && request.check.as_ref().is_none_or(|c| *c == a.key.check)
+                && request.host.as_ref().is_none_or(|h| *h == a.host)
+                && request.target.as_ref().is_none_or(|t| *t == a.key.target)
+        })
+        .collect();
+    for system in matched.iter().map(|a| a.system.as_str()).collect::<BTreeSet<_>>() {
+        crate::auth::authorize(&actor, crate::auth::Verb::Operate, Some(system))?;
+    }
+    let now = crate::now_ms();
+    let note = alerts::Ack {
+        author: actor.name.clone(),
+        comment: comment.to_owned(),
+        at_ms: now,
+    };
+    let (kind, verb) = if request.acknowledge {
+        ("alert.acknowledged", "acknowledged")
+    } else {
+        ("alert.annotated", "annotated")
+    };
+    let mut done = Vec::new();
+    let mut events = Vec::new();
+    for alert in matched {
+        let monitor = state.monitor();
+        let updated = if request.acknowledge {
+            monitor.ack(&alert.key, note.clone())
+        } else {
+            monitor.annotate(&alert.key, note.clone())
+        };
+        // Resolved in the meantime: nothing to do.
+        let Some(updated) = updated else { continue };
+        events.push(NewEvent {
+            systems: vec![updated.system.clone()],
+            host: (!updated.host.is_empty()).then(|| updated.host.clone()),
+            component: component_of(&updated.key.target),
+            actor: Some(actor.name.clone()),
+            data: serde_json::to_value(&updated).unwrap_or_default(),
+            ..NewEvent::new(
+                now,
+                kind,
+                format!(
+                    "alert {} on {} {verb} by {}: {comment}",
+                    updated.key.check, updated.key.target, actor.name
+                ),
+            )
+        });
+        done.push(updated);
+    }
+    if !events.is_empty() {
+        state.store().append_events(events).await?;
+        state.written();
+    }
+    Ok(axum::Json(serde_json::json!({ "matched": done.len(), "alerts": done })))
+}
+
 /// Keep matching alerts from notifying until a time: by system, check, host or host labels (at
 /// least one). The silence is on the timeline, and so is every notification it holds back.
 #[utoipa::path(post, path = "/v1/silences", request_body = endstate_api::CreateSilence,
@@ -1083,6 +1267,7 @@ mod tests {
             transitions: 0,
             flapping: false,
             acked: None,
+            notes: Vec::new(),
             silenced_by: None,
             consequence_of: None,
             resolved_ms: None,

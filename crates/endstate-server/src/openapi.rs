@@ -20,6 +20,7 @@ use utoipa::{Modify, OpenApi};
         crate::changes::scale,
         crate::monitor::list_alerts,
         crate::monitor::ack,
+        crate::monitor::bulk,
         crate::monitor::alertmanager,
         crate::monitor::review,
         crate::monitor::create_silence,

@@ -48,6 +48,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/components", get(list_components))
         .route("/v1/alerts", get(crate::monitor::list_alerts))
         .route("/v1/alerts/ack", post(crate::monitor::ack))
+        .route("/v1/alerts/bulk", post(crate::monitor::bulk))
         .route("/v1/alertmanager", post(crate::monitor::alertmanager))
         .route("/v1/review", get(crate::monitor::review))
         .route(

@@ -186,6 +186,27 @@ fn a_stopped_service_raises_an_alert_seen_in_alerts_the_timeline_and_a_webhook_t
     assert!(ack.status.success(), "{}", text(&ack.stderr));
     let listed = text(&run(&["alerts"], &config).stdout);
     assert!(listed.contains("acked by admin: looking at dev-a"), "{listed}");
+    // A note for whoever looks next, on every open alert of the system's web check.
+    let noted = run(
+        &[
+            "annotate",
+            "--check",
+            "storefront/web-plugin",
+            "-m",
+            "SIGSTOPped on purpose",
+        ],
+        &config,
+    );
+    assert!(noted.status.success(), "{}", text(&noted.stderr));
+    assert!(
+        text(&noted.stdout).contains(&format!("storefront/web-plugin on {target}")),
+        "{}",
+        text(&noted.stdout)
+    );
+    let listed = text(&run(&["alerts"], &config).stdout);
+    assert!(listed.contains("note by admin: SIGSTOPped on purpose"), "{listed}");
+    let unfiltered = run(&["ack", "-m", "everything?"], &config);
+    assert_eq!(unfiltered.status.code(), Some(2), "{}", text(&unfiltered.stderr));
     let missing = run(
         &["ack", "storefront/web-plugin", "storefront/web#9@dev-z", "-m", "x"],
         &config,

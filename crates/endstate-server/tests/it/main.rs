@@ -33,6 +33,8 @@ pub(crate) struct TestServer {
     pub(crate) store: Arc<endstate_store::SqliteStore>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
+    config: ServerConfig,
+    agents: bool,
     _dir: tempfile::TempDir,
 }
 
@@ -60,6 +62,31 @@ impl TestServer {
         };
         adjust(&mut config);
         std::fs::create_dir_all(&config.data_dir).unwrap();
+        TestServer::open(config, agents, dir, None).await
+    }
+
+    /// The same server stopped and started again on its data directory (its store, its CA),
+    /// on new ports; the admin token stays valid.
+    pub(crate) async fn restart(mut self) -> TestServer {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap();
+        }
+        let TestServer {
+            config,
+            agents,
+            _dir: dir,
+            admin,
+            store,
+            ..
+        } = self;
+        drop(store);
+        TestServer::open(config, agents, dir, Some(admin)).await
+    }
+
+    async fn open(config: ServerConfig, agents: bool, dir: tempfile::TempDir, admin: Option<String>) -> TestServer {
         let store = Arc::new(endstate_store::SqliteStore::open(config.data_dir.join("endstate.db")).unwrap());
         let mut server = Server::with_store(store.clone(), &config).await.unwrap();
         let mut agent_url = None;
@@ -68,10 +95,12 @@ impl TestServer {
             agent_url = Some(format!("wss://{}/v1/agent", agent_listener.local_addr().unwrap()));
             server = server.with_agent_listener(agent_listener).unwrap();
         }
-        let admin = server
-            .admin_secret()
-            .expect("a new store creates an admin token")
-            .to_string();
+        let admin = admin.unwrap_or_else(|| {
+            server
+                .admin_secret()
+                .expect("a new store creates an admin token")
+                .to_string()
+        });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -93,6 +122,8 @@ impl TestServer {
             store,
             stop: Some(stop),
             task: Some(task),
+            config,
+            agents,
             _dir: dir,
         }
     }

@@ -313,3 +313,182 @@ async fn silences_survive_a_restart_and_removed_ones_stay_removed() {
     let _ = stop.send(());
     task.await.unwrap();
 }
+
+#[tokio::test]
+async fn an_open_alert_survives_a_restart_acknowledged_and_does_not_open_again() {
+    crate::fake_agent::install_crypto();
+    let server =
+        TestServer::start_with_agents(|config| config.agents.keepalive_interval = std::time::Duration::from_secs(10))
+            .await;
+    let identity = crate::fake_agent::enrol(&server, "web-1", &[]).await;
+    let mut agent = crate::fake_agent::FakeAgent::join(&identity).await;
+    let send = |results: Vec<endstate_agent_proto::Observation>| {
+        endstate_agent_proto::FromAgent::Observations(endstate_agent_proto::Observations { observations: results })
+    };
+    for seq in 1..=2 {
+        agent
+            .send(&send(vec![disk_result(seq, 2, "DISK CRITICAL - free 4%", "")]))
+            .await;
+    }
+    crate::fake_agent::wait_for_event(&server, "alert.opened", Some("web-1"), |_| true).await;
+    server
+        .client()
+        .ack("platform/disk", "web-1", "ordering a bigger disk")
+        .await
+        .unwrap();
+    let before = server.client().alerts().await.unwrap();
+    assert_eq!(before.len(), 1, "{before:#?}");
+    drop(agent);
+
+    let server = server.restart().await;
+    let alerts = server.client().alerts().await.unwrap();
+    assert_eq!(alerts.len(), 1, "the open alert is taken back: {alerts:#?}");
+    for field in ["key", "status", "opened_ms", "acked"] {
+        assert_eq!(alerts[0][field], before[0][field], "{field}: {alerts:#?}");
+    }
+    assert_eq!(alerts[0]["acked"]["comment"], "ordering a bigger disk");
+
+    // Still failing after the restart: no second alert; a change of severity is a change of
+    // the same alert; OK resolves it.
+    let moved = crate::fake_agent::Identity {
+        agent_url: server.agent_url.clone().unwrap(),
+        ..identity
+    };
+    let mut agent = crate::fake_agent::FakeAgent::join(&moved).await;
+    agent
+        .send(&send(vec![disk_result(3, 2, "DISK CRITICAL - free 3%", "")]))
+        .await;
+    agent
+        .send(&send(vec![disk_result(4, 1, "DISK WARNING - free 12%", "")]))
+        .await;
+    let changed = crate::fake_agent::wait_for_event(&server, "alert.changed", Some("web-1"), |_| true).await;
+    assert!(changed.summary.contains("warning: DISK WARNING"), "{changed:?}");
+    agent
+        .send(&send(vec![disk_result(5, 0, "DISK OK - free 60%", "")]))
+        .await;
+    crate::fake_agent::wait_for_event(&server, "alert.resolved", Some("web-1"), |_| true).await;
+    let opened = crate::fake_agent::events(&server, "alert.opened", Some("web-1")).await;
+    assert_eq!(opened.len(), 1, "opened once, before the restart: {opened:#?}");
+    assert!(server.client().alerts().await.unwrap().is_empty());
+
+    // Resolved, it stays resolved across another restart.
+    drop(agent);
+    let server = server.restart().await;
+    assert!(server.client().alerts().await.unwrap().is_empty());
+    server.stop().await;
+}
+
+/// An Alertmanager payload of one firing alert on `instance` of `system`.
+fn firing(instance: &str, system: &str) -> serde_json::Value {
+    let mut body = payload("firing", "critical");
+    body["alerts"][0]["labels"]["instance"] = instance.into();
+    body["alerts"][0]["labels"]["system"] = system.into();
+    body
+}
+
+#[tokio::test]
+async fn open_alerts_are_acknowledged_and_annotated_in_bulk_by_filter() {
+    let server = TestServer::start().await;
+    for (instance, system) in [
+        ("web-1:9100", "storefront"),
+        ("web-2:9100", "storefront"),
+        ("db-1:9100", "payments"),
+    ] {
+        let response = post(&server, &firing(instance, system)).await;
+        assert_eq!(response.status(), 200, "{:?}", response.text().await);
+    }
+    let client = server.client();
+    let bulk = |system: Option<&str>, all: bool, acknowledge: bool, comment: &str| endstate_api::BulkAlerts {
+        system: system.map(String::from),
+        all,
+        acknowledge,
+        comment: comment.into(),
+        ..endstate_api::BulkAlerts::default()
+    };
+
+    // A note on storefront's two, then both acknowledged; payments' is left alone.
+    let noted = client
+        .bulk_alerts(&bulk(
+            Some("storefront"),
+            false,
+            false,
+            "the load balancer was drained at 10:02",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(noted["matched"], 2, "{noted:#}");
+    let acked = client
+        .bulk_alerts(&bulk(
+            Some("storefront"),
+            false,
+            true,
+            "INC-42: rolling back the LB config",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(acked["matched"], 2, "{acked:#}");
+    let by_target = |alerts: &[serde_json::Value], target: &str| {
+        alerts
+            .iter()
+            .find(|a| a["key"]["target"] == target)
+            .cloned()
+            .unwrap_or_else(|| panic!("{target} in {alerts:#?}"))
+    };
+    let alerts = client.alerts().await.unwrap();
+    for target in ["web-1:9100", "web-2:9100"] {
+        let alert = by_target(&alerts, target);
+        assert_eq!(
+            alert["acked"]["comment"], "INC-42: rolling back the LB config",
+            "{alert:#}"
+        );
+        assert_eq!(
+            alert["notes"][0]["comment"], "the load balancer was drained at 10:02",
+            "{alert:#}"
+        );
+    }
+    assert!(by_target(&alerts, "db-1:9100")["acked"].is_null());
+    let events = |kind: &str| {
+        let client = server.client();
+        let kind = kind.to_owned();
+        async move {
+            client
+                .timeline(&TimelineQuery {
+                    kind: Some(kind),
+                    ..TimelineQuery::default()
+                })
+                .await
+                .unwrap()
+                .items
+        }
+    };
+    assert_eq!(events("alert.annotated").await.len(), 2);
+    assert_eq!(events("alert.acknowledged").await.len(), 2);
+
+    // No filter is refused, naming what to give; a blank comment too.
+    for (request, field) in [
+        (bulk(None, false, true, "x"), "all"),
+        (bulk(Some("storefront"), true, true, "x"), "all"),
+        (bulk(Some("storefront"), false, true, "  "), "comment"),
+    ] {
+        let error = client.bulk_alerts(&request).await.unwrap_err().to_string();
+        assert!(error.contains(field), "{request:?}: {error}");
+    }
+    let nothing = client
+        .bulk_alerts(&bulk(Some("nowhere"), false, true, "x"))
+        .await
+        .unwrap();
+    assert_eq!(nothing["matched"], 0);
+
+    // Every open alert, then a restart: acknowledgements and notes are kept.
+    let everything = client.bulk_alerts(&bulk(None, true, true, "all hands")).await.unwrap();
+    assert_eq!(everything["matched"], 3, "{everything:#}");
+    let server = server.restart().await;
+    let alerts = server.client().alerts().await.unwrap();
+    assert_eq!(alerts.len(), 3, "{alerts:#?}");
+    assert_eq!(by_target(&alerts, "db-1:9100")["acked"]["comment"], "all hands");
+    assert_eq!(
+        by_target(&alerts, "web-1:9100")["notes"][0]["comment"],
+        "the load balancer was drained at 10:02"
+    );
+    server.stop().await;
+}
