@@ -115,6 +115,35 @@ fn a_stopped_service_raises_an_alert_seen_in_alerts_the_timeline_and_a_webhook_t
         || timeline("check."),
     );
 
+    // The examples' first change must have converged: a web instance that stops answering
+    // while it rolls out would (rightly) roll the change back instead.
+    wait_for(
+        "the examples' first change to converge",
+        || (!events(&config, "change.converged").is_empty()).then_some(()),
+        || timeline("change."),
+    );
+
+    // The other plugins run too: check_tcp and check_procs on every web instance, check_disk
+    // on every host (its status depends on this machine's disk: only that it ran is checked).
+    for (check, to, output) in [
+        ("storefront/web-tcp", Some("ok"), "TCP OK"),
+        ("storefront/web-procs", Some("ok"), "PROCS OK: 1 process"),
+        ("platform/disk", None, "DISK "),
+    ] {
+        wait_for(
+            &format!("{check} from its plugin"),
+            || {
+                events(&config, "check.status").into_iter().find(|e| {
+                    e["data"]["check"] == check
+                        && e["host"] == "dev-a"
+                        && to.is_none_or(|to| e["data"]["to"] == to)
+                        && e["data"]["message"].as_str().unwrap_or_default().starts_with(output)
+                })
+            },
+            || timeline("check."),
+        );
+    }
+
     // Only what happens from now on counts (an instance checked before it listened may have
     // alerted and resolved already).
     let before = events(&config, "")
@@ -146,6 +175,23 @@ fn a_stopped_service_raises_an_alert_seen_in_alerts_the_timeline_and_a_webhook_t
     assert!(
         message.contains("CRITICAL") || message.contains("timed out") || message.contains("Socket timeout"),
         "{message}"
+    );
+    // check_procs sees it stopped (state T, not S).
+    let procs = wait_for(
+        "check_procs to alert on the stopped process",
+        || {
+            events(&config, "alert.opened").into_iter().find(|e| {
+                after(e) && e["data"]["key"]["check"] == "storefront/web-procs" && e["data"]["key"]["target"] == target
+            })
+        },
+        || timeline("check.,alert."),
+    );
+    assert!(
+        procs["data"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("PROCS CRITICAL: 0 processes with STATE = S"),
+        "{procs:#}"
     );
 
     // It is listed, with the plugin's message, and the webhook got it.
@@ -241,8 +287,15 @@ fn a_stopped_service_raises_an_alert_seen_in_alerts_the_timeline_and_a_webhook_t
         },
         || format!("{:#?}", received.lock().unwrap()),
     );
-    let listed = text(&run(&["alerts"], &config).stdout);
-    assert!(!listed.contains(target), "{listed}");
+    // check_procs resolves too, on its next run.
+    wait_for(
+        "every alert of the instance to resolve",
+        || {
+            let listed = text(&run(&["alerts"], &config).stdout);
+            (!listed.contains(target)).then_some(())
+        },
+        || text(&run(&["alerts"], &config).stdout),
+    );
     // The other web instances never alerted.
     let others: Vec<_> = events(&config, "alert.opened")
         .into_iter()
@@ -277,8 +330,8 @@ fn a_stopped_service_raises_an_alert_seen_in_alerts_the_timeline_and_a_webhook_t
     let silence = run(
         &[
             "silence",
-            "--check",
-            "storefront/web-plugin",
+            "--system",
+            "storefront",
             "--host",
             "dev-b",
             "--for",
