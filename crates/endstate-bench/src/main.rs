@@ -7,6 +7,7 @@
 
 mod agents;
 mod figure;
+mod monitoring;
 mod rollout;
 mod spec;
 mod store;
@@ -43,20 +44,21 @@ fn main() -> anyhow::Result<()> {
             }
             "--help" | "-h" => {
                 println!(
-                    "usage: endstate-bench [--smoke] [--out FILE] [--only spec|store|agents|actions|rollout|timeline]"
+                    "usage: endstate-bench [--smoke] [--out FILE] [--only spec|store|agents|actions|rollout|timeline|monitoring]"
                 );
                 return Ok(());
             }
             other => anyhow::bail!("unknown argument {other:?}; see --help"),
         }
     }
-    let groups: [(&str, Group); 6] = [
+    let groups: [(&str, Group); 7] = [
         ("spec", spec::run),
         ("store", store::run),
         ("agents", agents::run),
         ("actions", agents::run_actions),
         ("rollout", rollout::run),
         ("timeline", timeline::run),
+        ("monitoring", monitoring::run),
     ];
     if let Some(only) = &only {
         anyhow::ensure!(

@@ -16,7 +16,7 @@
 
 mod actions;
 mod fleet;
-mod procfs;
+pub(crate) mod procfs;
 mod real;
 mod salt;
 pub(crate) mod server;
@@ -83,7 +83,7 @@ pub(crate) fn run_actions(smoke: bool) -> anyhow::Result<Vec<Figure>> {
 }
 
 /// Thousands of connections need as many descriptors: raise the soft limit to the hard one.
-fn raise_fd_limit() {
+pub(crate) fn raise_fd_limit() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
         && soft < hard
@@ -174,12 +174,12 @@ async fn newest_seq(http: &reqwest::Client, server: &str, admin: &str) -> anyhow
         .unwrap_or(0))
 }
 
-fn percentile(samples: &mut [Duration], q: f64) -> Duration {
+pub(crate) fn percentile(samples: &mut [Duration], q: f64) -> Duration {
     samples.sort_unstable();
     let idx = ((samples.len() as f64 - 1.0) * q).round() as usize;
     samples.get(idx).copied().unwrap_or_default()
 }
 
-fn millis(duration: Duration) -> f64 {
+pub(crate) fn millis(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1_000.0
 }

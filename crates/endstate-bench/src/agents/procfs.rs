@@ -51,6 +51,21 @@ pub(crate) fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     Ok(total as f64 / clock_ticks() as f64)
 }
 
+/// CPU time of the process's children that ended and were waited for, user plus system
+/// (`cutime + cstime` of `/proc/PID/stat`), in seconds.
+pub(crate) fn children_cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let fields = stat_fields(pid)?;
+    let ticks = |i: usize| -> anyhow::Result<u64> {
+        Ok(fields
+            .get(i)
+            .ok_or_else(|| anyhow::anyhow!("/proc/{pid}/stat is short"))?
+            .parse()?)
+    };
+    // cutime and cstime are fields 16 and 17.
+    let total = ticks(13)? + ticks(14)?;
+    Ok(total as f64 / clock_ticks() as f64)
+}
+
 /// CPU time of the process's live threads in ns (the first field of each
 /// `/proc/PID/task/TID/schedstat`): finer than `cpu_seconds`, but blind to threads that ended.
 pub(crate) fn threads_cpu_ns(pid: u32) -> Option<u64> {

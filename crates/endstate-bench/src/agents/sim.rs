@@ -158,6 +158,31 @@ pub(crate) enum Command {
     /// Send one keepalive now, then nothing (the socket stays open and is read); answers the
     /// moment of that last keepalive.
     Silence { done: oneshot::Sender<Instant> },
+    /// Run `per_agent` checks every `period` (from a random phase) until `until`, as the real
+    /// agent streams results: one `observations` frame per period with a result of each check
+    /// (`bench/c0` .. on the agent's host), not waiting for acks; keepalives go on meanwhile.
+    /// Check `bench/c0` fails three periods in six (its phase set by the agent's index, its
+    /// cycle kept across commands), so its alert opens at the second failure in a row and
+    /// resolves at the next success: the moment each second failure was sent is put in
+    /// `hardened` under the agent's host, for the benchmark to match with `alert.opened`.
+    Checks {
+        until: Instant,
+        per_agent: usize,
+        period: Duration,
+        hardened: Arc<Mutex<std::collections::HashMap<String, Instant>>>,
+        done: oneshot::Sender<Result<ChecksStats, String>>,
+    },
+}
+
+/// What one agent's checks did.
+#[derive(Default)]
+pub(crate) struct ChecksStats {
+    /// Results sent.
+    pub(crate) sent: u64,
+    /// Results acknowledged (stored) by the server.
+    pub(crate) acked: u64,
+    /// Per frame, from sending it to the `ack` that covered it.
+    pub(crate) latencies: Vec<Duration>,
 }
 
 /// What one agent's ingest did.
@@ -346,6 +371,8 @@ struct Memory {
     next_seq: u64,
     generation: Option<Generation>,
     rng: u64,
+    /// Periods of checks run so far (see [`Command::Checks`]).
+    check_cycle: u64,
 }
 
 async fn agent(idx: usize, identity: Identity, shared: Arc<Shared>, mut control: mpsc::Receiver<Command>) {
@@ -354,6 +381,7 @@ async fn agent(idx: usize, identity: Identity, shared: Arc<Shared>, mut control:
         next_seq: 1,
         generation: None,
         rng: 0x9E37_79B9_7F4A_7C15 ^ (idx as u64 + 1).wrapping_mul(0xBF58_476D_1CE4_E5B9),
+        check_cycle: 0,
     };
     let mut failures: u32 = 0;
     let mut first = true;
@@ -531,6 +559,16 @@ async fn session(
                             return Ended::Lost(error);
                         }
                     }
+                    Command::Checks { until, per_agent, period, hardened, done } => {
+                        let host = identity.host.as_str();
+                        let plan = ChecksPlan { host, until, per_agent, period, keepalive: shared.keepalive, hardened: &hardened };
+                        let result = checks(&mut sink, &mut stream, memory, &plan, &mut ka_seq).await;
+                        let failed = result.as_ref().err().map(|e| e.to_string());
+                        let _ = done.send(result.map_err(|e| e.to_string()));
+                        if let Some(error) = failed {
+                            return Ended::Lost(error);
+                        }
+                    }
                     Command::Silence { done } => {
                         ka_seq += 1;
                         if let Err(ended) = send(&mut sink, &FromAgent::Keepalive(Keepalive { seq: ka_seq })).await {
@@ -701,6 +739,119 @@ async fn ingest(
         }
         stats.latencies.push(sent.elapsed());
         stats.observations += batch as u64;
+    }
+    Ok(stats)
+}
+
+/// What [`checks`] runs.
+struct ChecksPlan<'a> {
+    host: &'a str,
+    until: Instant,
+    per_agent: usize,
+    period: Duration,
+    keepalive: Duration,
+    hardened: &'a Mutex<std::collections::HashMap<String, Instant>>,
+}
+
+/// Periods in a cycle of `bench/c0`: ok for the first half, critical for the second.
+const CHECK_CYCLE: u64 = 6;
+
+async fn checks(
+    sink: &mut Sink,
+    stream: &mut Stream,
+    memory: &mut Memory,
+    plan: &ChecksPlan<'_>,
+    ka_seq: &mut u64,
+) -> anyhow::Result<ChecksStats> {
+    let mut stats = ChecksStats::default();
+    // Frames sent and not yet acknowledged: (last seq, results, sent at).
+    let mut pending: std::collections::VecDeque<(u64, u64, Instant)> = std::collections::VecDeque::new();
+    let phase = Duration::from_nanos(next_random(&mut memory.rng) % plan.period.as_nanos().max(1) as u64);
+    let mut ticks = tokio::time::interval_at(Instant::now() + phase, plan.period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut keepalive = tokio::time::interval(plan.keepalive);
+    keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sending = true;
+    // After the last period, wait at most this long for the acks still due.
+    let drain = plan.until + Duration::from_secs(10);
+    loop {
+        if !sending && pending.is_empty() {
+            break;
+        }
+        tokio::select! {
+            tick = ticks.tick(), if sending => {
+                if tick >= plan.until {
+                    sending = false;
+                    continue;
+                }
+                let cycle = memory.check_cycle;
+                memory.check_cycle += 1;
+                let position = (cycle + memory.idx as u64) % CHECK_CYCLE;
+                let failing = position >= CHECK_CYCLE / 2;
+                let at_unix_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0));
+                let first = memory.next_seq;
+                let observations: Vec<Observation> = (0..plan.per_agent)
+                    .map(|j| {
+                        let critical = j == 0 && failing;
+                        Observation {
+                            seq: first + j as u64,
+                            at_unix_ms,
+                            observed: Observed::Check(endstate_agent_proto::CheckResult {
+                                name: format!("bench/c{j}"),
+                                target: String::new(),
+                                duration_ms: 3,
+                                status: if critical { 2 } else { 0 },
+                                output: if critical {
+                                    "PROCS CRITICAL: 0 processes with args 'bench'".to_owned()
+                                } else {
+                                    "PROCS OK: 1 process with args 'bench'".to_owned()
+                                },
+                                perfdata: format!("procs={};;1:1;0;", u8::from(!critical)),
+                            }),
+                        }
+                    })
+                    .collect();
+                memory.next_seq += plan.per_agent as u64;
+                let frame = FromAgent::Observations(Observations { observations });
+                let sent = Instant::now();
+                // The second failure in a row (never the first period of a run: the one before
+                // it may not have been a failure the server saw).
+                if failing && position == CHECK_CYCLE / 2 + 1 && cycle > 0 {
+                    lock(plan.hardened).insert(plan.host.to_owned(), sent);
+                }
+                send(sink, &frame).await.map_err(ended_error)?;
+                pending.push_back((memory.next_seq - 1, plan.per_agent as u64, sent));
+                stats.sent += plan.per_agent as u64;
+            }
+            _ = keepalive.tick() => {
+                *ka_seq += 1;
+                send(sink, &FromAgent::Keepalive(Keepalive { seq: *ka_seq })).await.map_err(ended_error)?;
+            }
+            _ = tokio::time::sleep_until(drain), if !sending => {
+                break;
+            }
+            frame = stream.next() => {
+                let message = match read_frame(frame).map_err(ended_error)? {
+                    Some(message) => message,
+                    None => continue,
+                };
+                match message {
+                    FromServer::Ack(ack) => {
+                        while let Some((last, n, at)) = pending.front().copied() {
+                            if last > ack.up_to_seq {
+                                break;
+                            }
+                            pending.pop_front();
+                            stats.acked += n;
+                            stats.latencies.push(at.elapsed());
+                        }
+                    }
+                    other => answer(sink, memory, other, ka_seq, false).await.map_err(ended_error)?,
+                }
+            }
+        }
     }
     Ok(stats)
 }
