@@ -350,6 +350,15 @@ pub(crate) struct ServerArgs {
     /// "reason", "alert"}`), retried with backoff; repeatable.
     #[arg(long = "alert-webhook", value_name = "URL")]
     pub(crate) alert_webhooks: Vec<String>,
+    /// A program run for every alert notification (a command handler): the notification's JSON
+    /// on its stdin, `ENDSTATE_ALERT_{REASON,CHECK,TARGET,HOST,SYSTEM,STATUS}` in its
+    /// environment, its process group killed after 30 s; repeatable. No shell, no arguments.
+    #[arg(long = "alert-command", value_name = "PROGRAM")]
+    pub(crate) alert_commands: Vec<PathBuf>,
+    /// A URL POSTed the notification of every alert that opens, to open a ticket: the link in its
+    /// JSON answer (`url`, `link` or `ticket_url`) is stored on the alert and shown with it.
+    #[arg(long = "ticket-webhook", value_name = "URL")]
+    pub(crate) ticket_webhook: Option<String>,
     /// Keep timeline events of a kind for this long, like `check.status=7d` or `instance.=30d`
     /// (a prefix ends in `.`); older ones are deleted every 10 minutes, except the newest of each
     /// subject (its latest state). Repeatable; kinds without a rule are kept forever.
@@ -451,6 +460,15 @@ pub(crate) struct DevArgs {
     /// "reason", "alert"}`), retried with backoff; repeatable.
     #[arg(long = "alert-webhook", value_name = "URL")]
     pub(crate) alert_webhooks: Vec<String>,
+    /// A program run for every alert notification (a command handler): the notification's JSON
+    /// on its stdin, `ENDSTATE_ALERT_{REASON,CHECK,TARGET,HOST,SYSTEM,STATUS}` in its
+    /// environment, its process group killed after 30 s; repeatable. No shell, no arguments.
+    #[arg(long = "alert-command", value_name = "PROGRAM")]
+    pub(crate) alert_commands: Vec<PathBuf>,
+    /// A URL POSTed the notification of every alert that opens, to open a ticket: the link in its
+    /// JSON answer (`url`, `link` or `ticket_url`) is stored on the alert and shown with it.
+    #[arg(long = "ticket-webhook", value_name = "URL")]
+    pub(crate) ticket_webhook: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -1,6 +1,7 @@
 //! `endstate server` and `endstate dev`: the binary's server side.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use anyhow::Context;
 use endstate_api::{Document, RevisionSource, SubmitRevision};
@@ -49,6 +50,37 @@ async fn bind(listen: &str) -> anyhow::Result<(TcpListener, SocketAddr)> {
     Ok((listener, local))
 }
 
+/// Where alerts go, from the flags: every URL must parse, every handler must be a file.
+fn monitor_config(
+    webhooks: &[String],
+    commands: &[PathBuf],
+    ticket: Option<&String>,
+) -> anyhow::Result<endstate_server::MonitorConfig> {
+    for (flag, url) in webhooks
+        .iter()
+        .map(|u| ("--alert-webhook", u))
+        .chain(ticket.map(|u| ("--ticket-webhook", u)))
+    {
+        let parsed = reqwest::Url::parse(url).map_err(|error| anyhow::anyhow!("{flag} {url:?}: {error}"))?;
+        anyhow::ensure!(
+            matches!(parsed.scheme(), "http" | "https"),
+            "{flag} {url:?}: expected an http or https URL"
+        );
+    }
+    for program in commands {
+        anyhow::ensure!(
+            program.is_file(),
+            "--alert-command {}: not a file (give the path of a program; it gets the alert as JSON on stdin)",
+            program.display()
+        );
+    }
+    Ok(endstate_server::MonitorConfig {
+        webhooks: webhooks.to_vec(),
+        commands: commands.to_vec(),
+        ticket_webhook: ticket.cloned(),
+    })
+}
+
 /// `endstate server`
 pub(crate) async fn server(args: ServerArgs) -> anyhow::Result<Outcome> {
     init_logs(args.log_format);
@@ -59,7 +91,7 @@ pub(crate) async fn server(args: ServerArgs) -> anyhow::Result<Outcome> {
     };
     server_config.agents.advertise_url = args.agent_url.clone();
     server_config.rollout.prometheus_url = args.prometheus_url.clone();
-    server_config.monitor.webhooks = args.alert_webhooks.clone();
+    server_config.monitor = monitor_config(&args.alert_webhooks, &args.alert_commands, args.ticket_webhook.as_ref())?;
     server_config.retention = args.retain.clone();
     if let Some(text) = &args.keepalive_interval {
         let interval = endstate_spec::Duration::parse(text)
@@ -97,7 +129,7 @@ pub(crate) async fn dev(global: &Global, args: DevArgs) -> anyhow::Result<Outcom
     // Quicker liveness for a laptop: an agent is unreachable after 3 missed 2-second keepalives.
     server_config.agents.keepalive_interval = std::time::Duration::from_secs(2);
     server_config.rollout.prometheus_url = args.prometheus_url.clone();
-    server_config.monitor.webhooks = args.alert_webhooks.clone();
+    server_config.monitor = monitor_config(&args.alert_webhooks, &args.alert_commands, args.ticket_webhook.as_ref())?;
     let mut server = Server::open(&server_config).await?;
     let token_file = args.data_dir.join("dev-admin-token");
     // The development setup keeps its admin token in its data directory (mode 0600), so every

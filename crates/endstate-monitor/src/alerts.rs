@@ -152,6 +152,9 @@ pub struct Alert {
     pub flapping: bool,
     /// Who acknowledged it.
     pub acked: Option<Ack>,
+    /// The ticket opened for it (the link the ticket webhook answered).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket: Option<String>,
     /// Notes people added (oldest first, the newest [`MAX_NOTES`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<Ack>,
@@ -314,6 +317,7 @@ impl Engine {
                     transitions: 0,
                     flapping: state.flapping,
                     acked: None,
+                    ticket: None,
                     notes: Vec::new(),
                     silenced_by,
                     consequence_of,
@@ -362,6 +366,13 @@ impl Engine {
     pub fn ack(&mut self, key: &CheckKey, ack: Ack) -> Option<Alert> {
         let alert = self.keys.get_mut(key)?.alert.as_mut()?;
         alert.acked = Some(ack);
+        Some(alert.clone())
+    }
+
+    /// Records the ticket opened for the open alert of `key`; `None` when there is none.
+    pub fn set_ticket(&mut self, key: &CheckKey, link: String) -> Option<Alert> {
+        let alert = self.keys.get_mut(key)?.alert.as_mut()?;
+        alert.ticket = Some(link);
         Some(alert.clone())
     }
 

@@ -42,11 +42,25 @@ use crate::error::ApiError;
 pub struct MonitorConfig {
     /// URLs every notification is POSTed to, as JSON (see [`Notification`]).
     pub webhooks: Vec<String>,
+    /// Programs run for every notification (command handlers), with its JSON on stdin and
+    /// `ENDSTATE_ALERT_*` variables; no shell, no arguments: the operator's own script.
+    pub commands: Vec<std::path::PathBuf>,
+    /// A URL POSTed the notification of every alert that opens (and notifies): it opens a
+    /// ticket and answers JSON with its link (`url`, `link` or `ticket_url`), stored on the
+    /// alert and shown with it.
+    pub ticket_webhook: Option<String>,
 }
+
+/// How long a command handler may run before its process group is killed.
+const HANDLER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Output of a command handler kept on the timeline.
+const HANDLER_OUTPUT: usize = 4096;
 
 /// The server's monitoring state.
 pub(crate) struct Monitor {
     engine: Mutex<Engine>,
+    /// The latest result of every agent check, by (check, target), for check gates.
+    latest: Mutex<std::collections::HashMap<CheckKey, Latest>>,
     /// Alerts received from Alertmanager (hard at once: Prometheus already waited `for`).
     external: Mutex<Engine>,
     /// Active silences (rebuilt from the timeline's `silence.*` events at start).
@@ -54,6 +68,17 @@ pub(crate) struct Monitor {
     next_silence: std::sync::atomic::AtomicU64,
     config: MonitorConfig,
     client: reqwest::Client,
+}
+
+/// The latest result of a check on a target.
+#[derive(Clone, Debug)]
+pub(crate) struct Latest {
+    pub(crate) status: Status,
+    /// Results not OK in a row, this one included (0 when OK).
+    pub(crate) failing: u32,
+    /// Its performance data, by label.
+    pub(crate) perfdata: Vec<(String, f64)>,
+    pub(crate) at_ms: i64,
 }
 
 /// The JSON a webhook receives.
@@ -80,6 +105,7 @@ impl Monitor {
             .unwrap_or_default();
         Monitor {
             engine: Mutex::new(Engine::default()),
+            latest: Mutex::new(std::collections::HashMap::new()),
             external: Mutex::new(Engine::new(1)),
             silences: Mutex::new(Vec::new()),
             next_silence: std::sync::atomic::AtomicU64::new(1),
@@ -93,6 +119,104 @@ impl Monitor {
         let mut alerts: Vec<Alert> = self.engine().alerts().cloned().collect();
         alerts.extend(self.external().alerts().cloned());
         alerts
+    }
+
+    /// A check gate's measure on a component's instances: the latest results of `check` on
+    /// targets of `component` no older than `fresh_ms` before `now`; with `perfdata`, the
+    /// largest value of that label among them, else how many are not OK. Also says what was
+    /// measured, for people.
+    pub(crate) fn check_gate(
+        &self,
+        check: &str,
+        component: &str,
+        perfdata: Option<&str>,
+        now_ms: i64,
+        fresh_ms: i64,
+    ) -> (Result<f64, String>, String) {
+        let latest = self.latest.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let prefix = format!("{component}#");
+        let mut fresh: Vec<(&CheckKey, &Latest)> = latest
+            .iter()
+            .filter(|(key, result)| {
+                key.check == check && key.target.starts_with(&prefix) && now_ms - result.at_ms <= fresh_ms
+            })
+            .collect();
+        fresh.sort_by(|a, b| a.0.cmp(b.0));
+        let seconds = fresh_ms / 1000;
+        if fresh.is_empty() {
+            return (
+                Err(format!(
+                    "no result of check {check} on an instance of {component} in the last {seconds}s"
+                )),
+                format!("check {check} on {component}'s instances"),
+            );
+        }
+        match perfdata {
+            None => {
+                // A hard state, as for alerts: one failed result alone (an instance checked
+                // while it is being replaced) is not a failure yet.
+                let failing: Vec<String> = fresh
+                    .iter()
+                    .filter(|(_, r)| r.failing >= alerts::DEFAULT_ATTEMPTS)
+                    .map(|(k, r)| format!("{} {} {} times in a row", k.target, r.status.as_str(), r.failing))
+                    .collect();
+                let soft = fresh.iter().filter(|(_, r)| r.failing == 1).count();
+                let source = if failing.is_empty() {
+                    let soft = if soft > 0 {
+                        format!(" ({soft} with one failed result, not counted yet)")
+                    } else {
+                        String::new()
+                    };
+                    format!(
+                        "check {check}: {} instance(s) of {component}, all OK{soft}",
+                        fresh.len()
+                    )
+                } else {
+                    format!(
+                        "check {check}: {} of {} instance(s) of {component} not OK ({})",
+                        failing.len(),
+                        fresh.len(),
+                        failing.join(", ")
+                    )
+                };
+                (Ok(failing.len() as f64), source)
+            }
+            Some(label) => {
+                let values: Vec<(&str, f64)> = fresh
+                    .iter()
+                    .filter_map(|(k, r)| {
+                        r.perfdata
+                            .iter()
+                            .find(|(l, _)| l == label)
+                            .map(|(_, v)| (k.target.as_str(), *v))
+                    })
+                    .collect();
+                let Some((target, max)) = values.iter().copied().max_by(|a, b| a.1.total_cmp(&b.1)) else {
+                    return (
+                        Err(format!(
+                            "no result of check {check} on {component}'s instances has performance data `{label}`"
+                        )),
+                        format!("check {check} perfdata {label} on {component}'s instances"),
+                    );
+                };
+                (
+                    Ok(max),
+                    format!(
+                        "check {check} perfdata {label}: the largest of {} instance(s) of {component} ({target})",
+                        values.len()
+                    ),
+                )
+            }
+        }
+    }
+
+    /// Records the ticket of the open alert of `key`.
+    pub(crate) fn set_ticket(&self, key: &CheckKey, link: String) -> Option<Alert> {
+        if is_external(key) {
+            self.external().set_ticket(key, link)
+        } else {
+            self.engine().set_ticket(key, link)
+        }
     }
 
     /// Adds a note to the open alert of `key`.
@@ -338,9 +462,11 @@ pub(crate) async fn ingest(state: &AppState, host: &str, results: Vec<(i64, Chec
             (observed, result.perfdata)
         })
         .collect::<Vec<_>>();
-    // The last status and performance data of each, for Prometheus to scrape.
+    // The last status and performance data of each, for Prometheus to scrape and check gates.
     let metrics = state.metrics();
+    let mut latest = Vec::with_capacity(results.len());
     for (result, perfdata) in &results {
+        let mut values = Vec::new();
         let labels = crate::metrics::CheckLabels {
             check: result.key.check.clone(),
             target: result.key.target.clone(),
@@ -350,6 +476,7 @@ pub(crate) async fn ingest(state: &AppState, host: &str, results: Vec<(i64, Chec
             .get_or_create(&labels)
             .set(i64::from(result.status.severity_code()));
         for datum in endstate_monitor::nagios::perfdata(perfdata).0 {
+            values.push((datum.label.clone(), datum.value));
             let labels = crate::metrics::PerfLabels {
                 check: labels.check.clone(),
                 target: labels.target.clone(),
@@ -357,6 +484,30 @@ pub(crate) async fn ingest(state: &AppState, host: &str, results: Vec<(i64, Chec
                 unit: datum.unit.unwrap_or_default(),
             };
             metrics.check_perfdata.get_or_create(&labels).set(datum.value);
+        }
+        latest.push((
+            result.key.clone(),
+            Latest {
+                status: result.status,
+                failing: u32::from(result.status != Status::Ok),
+                perfdata: values,
+                at_ms: result.at_ms,
+            },
+        ));
+    }
+    {
+        let mut known = state
+            .monitor()
+            .latest
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (key, mut result) in latest {
+            if result.failing > 0
+                && let Some(before) = known.get(&key)
+            {
+                result.failing = before.failing.saturating_add(1);
+            }
+            known.insert(key, result);
         }
     }
     process(state, Source::Agent(host), results).await
@@ -541,75 +692,198 @@ fn event_of(host: &str, at: i64, effect: &Effect, perfdata: &str) -> Option<NewE
     })
 }
 
-/// Sends a notification to every webhook from a task of its own, with retries; the outcome
-/// goes on the timeline.
+/// Sends a notification to every handler from a task of its own: each webhook (retried), each
+/// command handler, and for an alert that opens, the ticket webhook; each outcome goes on the
+/// timeline (`alert.notified`, `alert.notify_failed`, `alert.handled`, `alert.handler_failed`,
+/// `alert.ticket`, `alert.ticket_failed`).
 fn notify(state: &AppState, alert: Alert, reason: String) {
-    let webhooks = state.monitor().config.webhooks.clone();
-    if webhooks.is_empty() {
+    let config = &state.monitor().config;
+    let ticket = config.ticket_webhook.clone().filter(|_| reason == "opened");
+    if config.webhooks.is_empty() && config.commands.is_empty() && ticket.is_none() {
         return;
     }
+    let (webhooks, commands) = (config.webhooks.clone(), config.commands.clone());
     let state = state.clone();
     tokio::spawn(async move {
         let history = history_label(&state, &alert, crate::now_ms())
             .await
             .unwrap_or(serde_json::Value::Null);
+        let body = Notification {
+            kind: "endstate.alert",
+            reason: &reason,
+            alert: &alert,
+            history: history.clone(),
+        };
+        let body = serde_json::to_vec(&body).unwrap_or_default();
+        let record = |kind: &'static str, what: String, data: serde_json::Value| NewEvent {
+            systems: vec![alert.system.clone()],
+            host: (!alert.host.is_empty()).then(|| alert.host.clone()),
+            component: component_of(&alert.key.target),
+            actor: Some("server".into()),
+            data,
+            ..NewEvent::new(
+                crate::now_ms(),
+                kind,
+                format!("alert {} on {}: {what}", alert.key.check, alert.key.target),
+            )
+        };
+        let mut events = Vec::new();
+        if let Some(url) = ticket {
+            match open_ticket(&state.monitor().client, &url, &body).await {
+                Ok(link) => {
+                    let updated = state.monitor().set_ticket(&alert.key, link.clone());
+                    events.push(record(
+                        "alert.ticket",
+                        format!("ticket {link} opened through {url}"),
+                        serde_json::json!({ "url": url, "ticket": link, "check": alert.key.check, "target": alert.key.target, "alert": updated }),
+                    ));
+                }
+                Err(error) => events.push(record(
+                    "alert.ticket_failed",
+                    format!("could not open a ticket through {url}: {error}"),
+                    serde_json::json!({ "url": url, "error": error, "check": alert.key.check, "target": alert.key.target }),
+                )),
+            }
+        }
         for url in webhooks {
-            let outcome = deliver(&state.monitor().client, &url, &alert, &reason, &history).await;
-            let (kind, what) = match &outcome {
-                Ok(attempts) => (
+            let outcome = deliver(&state.monitor().client, &url, &body).await;
+            events.push(match &outcome {
+                Ok(attempts) => record(
                     "alert.notified",
                     format!("notified {url} ({reason}) after {attempts} attempt(s)"),
+                    serde_json::json!({ "url": url, "reason": reason, "check": alert.key.check, "target": alert.key.target, "error": null }),
                 ),
-                Err(error) => (
+                Err(error) => record(
                     "alert.notify_failed",
                     format!("could not notify {url} ({reason}): {error}"),
+                    serde_json::json!({ "url": url, "reason": reason, "check": alert.key.check, "target": alert.key.target, "error": error }),
                 ),
-            };
-            let event = NewEvent {
-                systems: vec![alert.system.clone()],
-                host: Some(alert.host.clone()),
-                component: component_of(&alert.key.target),
-                actor: Some("server".into()),
-                data: serde_json::json!({ "url": url, "reason": reason, "check": alert.key.check, "target": alert.key.target, "error": outcome.as_ref().err() }),
-                ..NewEvent::new(
-                    crate::now_ms(),
-                    kind,
-                    format!("alert {} on {}: {what}", alert.key.check, alert.key.target),
-                )
-            };
-            if let Err(error) = state.store().append_events(vec![event]).await {
-                tracing::warn!(error = %crate::chain(&error), "Could not record a webhook delivery.");
-            }
-            state.written();
+            });
         }
+        for program in commands {
+            let shown = program.display().to_string();
+            let outcome = run_handler(&program, &body, &alert, &reason).await;
+            events.push(match outcome {
+                Ok(output) => record(
+                    "alert.handled",
+                    format!("handler {shown} ran ({reason})"),
+                    serde_json::json!({ "command": shown, "reason": reason, "check": alert.key.check, "target": alert.key.target, "output": output }),
+                ),
+                Err((error, output)) => record(
+                    "alert.handler_failed",
+                    format!("handler {shown} failed ({reason}): {error}"),
+                    serde_json::json!({ "command": shown, "reason": reason, "check": alert.key.check, "target": alert.key.target, "error": error, "output": output }),
+                ),
+            });
+        }
+        if let Err(error) = state.store().append_events(events).await {
+            tracing::warn!(error = %crate::chain(&error), "Could not record what the alert handlers did.");
+        }
+        state.written();
     });
 }
 
-/// POSTs one notification, retrying with backoff: the number of attempts, or the last error.
-async fn deliver(
-    client: &reqwest::Client,
-    url: &str,
+/// Runs a command handler: the notification on its stdin, the alert in `ENDSTATE_ALERT_*`
+/// variables, in a process group of its own, killed whole after [`HANDLER_TIMEOUT`]. Its output
+/// (stdout then stderr, at most [`HANDLER_OUTPUT`] bytes) either way.
+async fn run_handler(
+    program: &std::path::Path,
+    body: &[u8],
     alert: &Alert,
     reason: &str,
-    history: &serde_json::Value,
-) -> Result<u32, String> {
-    const ATTEMPTS: u32 = 5;
-    let body = Notification {
-        kind: "endstate.alert",
-        reason,
-        alert,
-        history: history.clone(),
+) -> Result<String, (String, String)> {
+    use tokio::io::AsyncWriteExt;
+    let mut command = tokio::process::Command::new(program);
+    command
+        .env("ENDSTATE_ALERT_REASON", reason)
+        .env("ENDSTATE_ALERT_CHECK", &alert.key.check)
+        .env("ENDSTATE_ALERT_TARGET", &alert.key.target)
+        .env("ENDSTATE_ALERT_HOST", &alert.host)
+        .env("ENDSTATE_ALERT_SYSTEM", &alert.system)
+        .env("ENDSTATE_ALERT_STATUS", alert.status.as_str())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = command
+        .spawn()
+        .map_err(|error| (format!("cannot start it: {error}"), String::new()))?;
+    let pid = child.id();
+    if let Some(mut stdin) = child.stdin.take() {
+        // A handler that does not read its input is its business.
+        let _ = stdin.write_all(body).await;
+    }
+    let finished = tokio::time::timeout(HANDLER_TIMEOUT, child.wait_with_output()).await;
+    let Ok(finished) = finished else {
+        if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+        return Err((
+            format!("still running after {HANDLER_TIMEOUT:?}: its process group was killed"),
+            String::new(),
+        ));
     };
-    let body = serde_json::to_vec(&body).map_err(|error| error.to_string())?;
+    let output = finished.map_err(|error| (format!("cannot wait for it: {error}"), String::new()))?;
+    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&output.stderr));
+    if text.len() > HANDLER_OUTPUT {
+        let mut cut = HANDLER_OUTPUT;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push_str(" [truncated]");
+    }
+    match output.status.code() {
+        Some(0) => Ok(text),
+        Some(code) => Err((format!("exit code {code}"), text)),
+        None => Err(("killed by a signal".to_owned(), text)),
+    }
+}
+
+/// POSTs an alert that opened to the ticket webhook: the link its JSON answer gives.
+async fn open_ticket(client: &reqwest::Client, url: &str, body: &[u8]) -> Result<String, String> {
+    let response = post_with_retries(client, url, body).await?;
+    let answer: serde_json::Value = response
+        .json()
+        .await
+        .map_err(|error| format!("the answer is not JSON: {}", crate::chain(&error)))?;
+    ["url", "link", "ticket_url"]
+        .iter()
+        .find_map(|field| answer.get(*field).and_then(serde_json::Value::as_str))
+        .filter(|link| !link.is_empty() && link.len() <= 2048)
+        .map(str::to_owned)
+        .ok_or_else(|| "the answer has no url, link or ticket_url (at most 2 KiB)".to_owned())
+}
+
+/// POSTs one notification, retrying with backoff: the number of attempts, or the last error.
+async fn deliver(client: &reqwest::Client, url: &str, body: &[u8]) -> Result<u32, String> {
+    post_with_retries(client, url, body)
+        .await
+        .map(|response| response.extensions().get::<Attempts>().map_or(1, |a| a.0))
+}
+
+/// How many attempts a POST took.
+#[derive(Clone, Copy)]
+struct Attempts(u32);
+
+/// POSTs JSON with backoff (0.5 s doubling, 5 attempts, each with the client's timeout): the
+/// first successful response, or the last error.
+async fn post_with_retries(client: &reqwest::Client, url: &str, body: &[u8]) -> Result<reqwest::Response, String> {
+    const ATTEMPTS: u32 = 5;
     let mut delay = Duration::from_millis(500);
     let mut last = String::new();
     for attempt in 1..=ATTEMPTS {
         let request = client
             .post(url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body.clone());
+            .body(body.to_vec());
         match request.send().await {
-            Ok(response) if response.status().is_success() => return Ok(attempt),
+            Ok(mut response) if response.status().is_success() => {
+                response.extensions_mut().insert(Attempts(attempt));
+                return Ok(response);
+            }
             Ok(response) => last = format!("HTTP {}", response.status()),
             Err(error) => last = crate::chain(&error),
         }
@@ -1267,11 +1541,62 @@ mod tests {
             transitions: 0,
             flapping: false,
             acked: None,
+            ticket: None,
             notes: Vec::new(),
             silenced_by: None,
             consequence_of: None,
             resolved_ms: None,
         }
+    }
+
+    #[test]
+    fn a_check_gate_counts_fresh_failing_instances_or_reads_the_largest_perfdata() {
+        let monitor = Monitor::new(MonitorConfig::default());
+        let result = |target: &str, status: Status, time: f64, at_ms: i64| {
+            (
+                CheckKey {
+                    check: "shop/http".into(),
+                    target: target.into(),
+                },
+                Latest {
+                    status,
+                    failing: if status == Status::Ok { 0 } else { 2 },
+                    perfdata: vec![("time".into(), time)],
+                    at_ms,
+                },
+            )
+        };
+        monitor.latest.lock().unwrap().extend([
+            result("shop/web#0@h1", Status::Critical, 0.9, 1_000),
+            result("shop/web#1@h2", Status::Ok, 0.2, 1_000),
+            // Stale: an instance gone long ago.
+            result("shop/web#2@h3", Status::Critical, 5.0, 1),
+            // Another component with the same prefix.
+            result("shop/webhook#0@h1", Status::Critical, 7.0, 1_000),
+        ]);
+        // One failed result alone is soft: not counted.
+        let (key, mut soft) = result("shop/web#3@h4", Status::Critical, 0.1, 1_000);
+        soft.failing = 1;
+        monitor.latest.lock().unwrap().insert(key, soft);
+        let (value, source) = monitor.check_gate("shop/http", "shop/web", None, 2_000, 1_500);
+        assert_eq!(value, Ok(1.0));
+        assert_eq!(
+            source,
+            "check shop/http: 1 of 3 instance(s) of shop/web not OK (shop/web#0@h1 critical 2 times in a row)"
+        );
+        let (value, source) = monitor.check_gate("shop/http", "shop/web", Some("time"), 2_000, 1_500);
+        assert_eq!(value, Ok(0.9));
+        assert!(
+            source.contains("the largest of 3 instance(s) of shop/web (shop/web#0@h1)"),
+            "{source}"
+        );
+        let (value, _) = monitor.check_gate("shop/http", "shop/web", Some("size"), 2_000, 1_500);
+        assert!(value.unwrap_err().contains("has performance data `size`"));
+        let (value, _) = monitor.check_gate("shop/http", "shop/web", None, 60_000, 1_500);
+        assert_eq!(
+            value,
+            Err("no result of check shop/http on an instance of shop/web in the last 1s".to_owned())
+        );
     }
 
     /// A receiver that answers 503 to its first `failures` requests, then 200; how many it got.
@@ -1311,7 +1636,7 @@ mod tests {
             .unwrap();
         let (url, seen) = flaky_receiver(2).await;
         assert_eq!(
-            deliver(&client, &url, &alert(), "opened", &serde_json::Value::Null).await,
+            deliver(&client, &url, &serde_json::to_vec(&alert()).unwrap()).await,
             Ok(3)
         );
         assert_eq!(seen.load(Ordering::SeqCst), 3);
@@ -1320,7 +1645,7 @@ mod tests {
         let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/hook", closed.local_addr().unwrap());
         drop(closed);
-        let error = deliver(&client, &url, &alert(), "opened", &serde_json::Value::Null)
+        let error = deliver(&client, &url, &serde_json::to_vec(&alert()).unwrap())
             .await
             .unwrap_err();
         assert!(error.ends_with("(after 5 attempts)"), "{error}");

@@ -569,6 +569,34 @@ async fn gates(
         };
         let version = &component.artifact.version;
         for gate in &component.gates {
+            if let Some(check) = &gate.check {
+                // Fresh: results from the last three intervals (and a timeout) of the check.
+                let declared = desired
+                    .checks
+                    .values()
+                    .find(|c| check.split_once('/') == Some((c.system.as_str(), c.name.as_str())));
+                let fresh_ms = declared.map_or(30_000, |c| {
+                    i64::try_from(3 * c.interval.as_std().as_millis() + c.timeout.as_std().as_millis())
+                        .unwrap_or(i64::MAX)
+                });
+                let (value, source) =
+                    state
+                        .monitor()
+                        .check_gate(check, key, gate.perfdata.as_deref(), crate::now_ms(), fresh_ms);
+                let name = format!("{key}:{}", gate.name);
+                for rule in [gate.max.map(GateRule::Max), gate.min.map(GateRule::Min)]
+                    .into_iter()
+                    .flatten()
+                {
+                    readings.push(GateReading {
+                        name: name.clone(),
+                        source: source.clone(),
+                        value: value.clone(),
+                        rule,
+                    });
+                }
+                continue;
+            }
             let query = gate.query_for(version);
             let value = ask_prometheus(state, &query).await;
             let name = format!("{key}:{}", gate.name);

@@ -209,16 +209,29 @@ pub(crate) struct ConfigFileDoc {
     pub(crate) template: Spanned<String>,
 }
 
-/// A metric gate: a PromQL instant query (against the server's `--prometheus-url`) and the
-/// bounds its value must stay within.
+/// A gate: a measure and the bounds it must stay within while a change of the component rolls
+/// out. The measure is a PromQL instant query (against the server's `--prometheus-url`) or a
+/// check of the component's system (the agents' latest results on the component's instances).
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct GateDoc {
     /// The gate's name (`error-rate`), unique within the component.
     pub(crate) name: String,
     /// The query; its result must be a single number (a scalar or a one-series vector).
-    #[schemars(with = "String")]
-    pub(crate) prometheus: Spanned<String>,
+    /// Either this or `check`.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub(crate) prometheus: Option<Spanned<String>>,
+    /// A check of the component's system whose targets are this component: the value is how
+    /// many of the component's instances have a latest result that is not OK (bounds default
+    /// to `max: 0`); with `perfdata`, the largest value of that performance-data label among
+    /// their latest results. Either this or `prometheus`.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub(crate) check: Option<Spanned<String>>,
+    /// With `check`: the performance-data label to read (`time`, `/`), in the plugin's unit.
+    #[serde(default)]
+    pub(crate) perfdata: Option<String>,
     /// The value must be at most this.
     #[serde(default)]
     pub(crate) max: Option<f64>,

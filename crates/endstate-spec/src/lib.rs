@@ -123,6 +123,13 @@
 //!   - name: canary-errors             # canary against baseline: `{{ version }}` is replaced by
 //!     prometheus: 'sum(rate(http_errors_total{version="{{ version }}"}[1m]))'  # each version
 //!     max_ratio_to_baseline: 1.5      # new version at most 1.5 x the version in force
+//!   - name: plugin-ok                 # a check gate: a Check of this system targeting this
+//!     check: web-plugin               # component; how many instances' latest result is not
+//!                                     # OK (default bound `max: 0`)
+//!   - name: latency
+//!     check: web-http
+//!     perfdata: time                  # or the largest value of a performance-data label
+//!     max: 0.5                        # among their latest results (`max`/`min` required)
 //! depends_on: [db, payments/gateway]  # `name` in the same system, or `system/name`
 //! ```
 //!

@@ -104,8 +104,16 @@ pub struct Component {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Gate {
     pub name: String,
-    /// A PromQL instant query giving one number.
+    /// A PromQL instant query giving one number (empty for a check gate).
     pub prometheus: String,
+    /// A check gate: the check (`system/check`) whose latest results on the component's
+    /// instances are the measure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<String>,
+    /// With `check`: the performance-data label read (the largest value among the instances);
+    /// without it, the measure is the number of instances whose latest result is not OK.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub perfdata: Option<String>,
     /// At most this (finite: validation refuses anything else).
     pub max: Option<f64>,
     /// At least this (finite).

@@ -56,6 +56,14 @@ struct ComponentEntry<'a> {
     selector_pos: Pos,
     component: Component,
     depends_on: Vec<Ref>,
+    gate_checks: Vec<GateCheck>,
+}
+
+/// A gate measured by a check, to resolve once every check is known.
+struct GateCheck {
+    gate: String,
+    /// The check's name in the component's system.
+    check: Ref,
 }
 
 struct CheckEntry<'a> {
@@ -279,6 +287,55 @@ pub(crate) fn validate(
             entry.check.targets = Targets::Component(key);
         }
         final_checks.insert(name, entry);
+    }
+    // Gates measured by a check: the check must be of the component's system and target it.
+    for entry in components.values() {
+        let component = &entry.component;
+        for gate in &entry.gate_checks {
+            match final_checks
+                .get(&gate.check.name)
+                .filter(|c| c.check.system == component.system)
+            {
+                Some(check) if check.check.targets == Targets::Component(component.key()) => {}
+                Some(_) => out.push(
+                    entry
+                        .ctx
+                        .error(
+                            gate.check.pos,
+                            "invalid-gate",
+                            format!(
+                                "found gate `{}` on check `{}`, which does not target component `{}`",
+                                gate.gate,
+                                gate.check.name,
+                                component.key()
+                            ),
+                        )
+                        .expected(format!("a check with `targets: {{ component: {} }}`", component.name)),
+                ),
+                None => out.push(
+                    entry
+                        .ctx
+                        .error(
+                            gate.check.pos,
+                            "dangling-reference",
+                            format!(
+                                "found gate `{}` on check `{}`, which is not declared",
+                                gate.gate, gate.check.name
+                            ),
+                        )
+                        .expected(expect_one_of(
+                            &format!(
+                                "a check of system `{}` targeting `{}`",
+                                component.system, component.name
+                            ),
+                            final_checks
+                                .values()
+                                .filter(|c| c.check.targets == Targets::Component(component.key()))
+                                .map(|c| c.check.name.as_str()),
+                        )),
+                ),
+            }
+        }
     }
     let mut final_actions = BTreeMap::new();
     for (name, mut entry) in actions {
@@ -864,6 +921,7 @@ fn component<'a>(ctx: DocCtx<'a>, doc: &ComponentDoc, out: &mut Out) -> Componen
 
     // Metric gates.
     let mut gates: Vec<Gate> = Vec::new();
+    let mut gate_checks: Vec<GateCheck> = Vec::new();
     for gate in &doc.gates {
         let pos = ctx.pos(gate);
         let g = &gate.value;
@@ -879,13 +937,61 @@ fn component<'a>(ctx: DocCtx<'a>, doc: &ComponentDoc, out: &mut Out) -> Componen
                     .expected("a name such as `error-rate`"),
             );
         }
-        if g.prometheus.value.trim().is_empty() {
-            out.push(
-                ctx.error(ctx.pos(&g.prometheus), "invalid-value", "found an empty query")
+        let query = g.prometheus.as_ref().map_or("", |q| q.value.as_str());
+        let query_pos = g.prometheus.as_ref().map_or(pos, |q| ctx.pos(q));
+        match (&g.prometheus, &g.check) {
+            (Some(_), Some(check)) => out.push(
+                ctx.error(
+                    ctx.pos(check),
+                    "invalid-gate",
+                    format!("found gate `{}` with both a query and a check", g.name),
+                )
+                .expected("either `prometheus` or `check`"),
+            ),
+            (None, None) => out.push(
+                ctx.error(
+                    pos,
+                    "invalid-gate",
+                    format!("found gate `{}` measuring nothing", g.name),
+                )
+                .expected("`prometheus: <query>` or `check: <check of this system>`"),
+            ),
+            (Some(q), None) if q.value.trim().is_empty() => out.push(
+                ctx.error(ctx.pos(q), "invalid-value", "found an empty query")
                     .expected("a PromQL query giving one number"),
+            ),
+            (None, Some(check)) => {
+                if g.max_ratio_to_baseline.is_some() {
+                    out.push(
+                        ctx.error(
+                            ctx.pos(check),
+                            "invalid-gate",
+                            format!("found gate `{}` comparing a check with the baseline", g.name),
+                        )
+                        .expected("`max` or `min` on a check gate (the baseline is for queries)"),
+                    );
+                }
+                gate_checks.push(GateCheck {
+                    gate: g.name.clone(),
+                    check: Ref {
+                        name: check.value.clone(),
+                        pos: ctx.pos(check),
+                    },
+                });
+            }
+            _ => {}
+        }
+        if g.perfdata.is_some() && g.check.is_none() {
+            out.push(
+                ctx.error(
+                    pos,
+                    "invalid-gate",
+                    format!("found gate `{}` with perfdata but no check", g.name),
+                )
+                .expected("`perfdata` only beside `check`"),
             );
         }
-        let names_version = g.prometheus.value.contains("{{ version }}") || g.prometheus.value.contains("{{version}}");
+        let names_version = query.contains("{{ version }}") || query.contains("{{version}}");
         match g.max_ratio_to_baseline {
             Some(ratio) if !ratio.is_finite() || ratio <= 0.0 => out.push(
                 ctx.error(
@@ -895,9 +1001,9 @@ fn component<'a>(ctx: DocCtx<'a>, doc: &ComponentDoc, out: &mut Out) -> Componen
                 )
                 .expected("a finite number above 0"),
             ),
-            Some(_) if !names_version => out.push(
+            Some(_) if !names_version && g.check.is_none() => out.push(
                 ctx.error(
-                    ctx.pos(&g.prometheus),
+                    query_pos,
                     "invalid-gate",
                     format!(
                         "found gate `{}` comparing with the baseline, but its query does not name the version",
@@ -909,9 +1015,15 @@ fn component<'a>(ctx: DocCtx<'a>, doc: &ComponentDoc, out: &mut Out) -> Componen
             _ => {}
         }
         match (g.max, g.min) {
+            // A check gate without bounds: no instance may fail it.
+            (None, None) if g.check.is_some() && g.perfdata.is_none() => {}
             (None, None) if g.max_ratio_to_baseline.is_none() => out.push(
                 ctx.error(pos, "invalid-gate", format!("found gate `{}` without bounds", g.name))
-                    .expected("`max`, `min`, `max_ratio_to_baseline` or several"),
+                    .expected(if g.check.is_some() {
+                        "`max`, `min` or both for a performance-data gate"
+                    } else {
+                        "`max`, `min`, `max_ratio_to_baseline` or several"
+                    }),
             ),
             (max, min) if max.is_some_and(|v| !v.is_finite()) || min.is_some_and(|v| !v.is_finite()) => out.push(
                 ctx.error(
@@ -931,10 +1043,17 @@ fn component<'a>(ctx: DocCtx<'a>, doc: &ComponentDoc, out: &mut Out) -> Componen
             ),
             _ => {}
         }
+        let count_gate = g.check.is_some() && g.perfdata.is_none() && g.max.is_none() && g.min.is_none();
         gates.push(Gate {
             name: g.name.clone(),
-            prometheus: g.prometheus.value.clone(),
-            max: g.max.filter(|v| v.is_finite()),
+            prometheus: query.to_owned(),
+            check: g.check.as_ref().map(|c| format!("{}/{}", doc.system.value, c.value)),
+            perfdata: g.perfdata.clone(),
+            max: if count_gate {
+                Some(0.0)
+            } else {
+                g.max.filter(|v| v.is_finite())
+            },
             min: g.min.filter(|v| v.is_finite()),
             max_ratio_to_baseline: g.max_ratio_to_baseline.filter(|v| v.is_finite() && *v > 0.0),
         });
@@ -1110,6 +1229,7 @@ fn component<'a>(ctx: DocCtx<'a>, doc: &ComponentDoc, out: &mut Out) -> Componen
             depends_on: Vec::new(),
         },
         depends_on,
+        gate_checks,
     }
 }
 

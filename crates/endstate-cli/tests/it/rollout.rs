@@ -685,3 +685,90 @@ fn a_raised_error_rate_measured_by_a_real_prometheus_trips_the_gate_and_rolls_ba
         ]
     );
 }
+
+/// The examples with storefront/web at `version`, gated on a monitoring plugin: Debian's
+/// `check_http` on every web instance's `/work` (the traffic path), run by the agents every
+/// second; the gate allows no instance whose latest result is not OK. Each wave is held 6 s so
+/// the canary is checked a few times.
+fn check_gated_spec(dir: &Path, version: &str) -> std::path::PathBuf {
+    let spec = spec_with_web_version(dir, &format!("checked-{version}"));
+    let components = spec.join("components.yaml");
+    let body = std::fs::read_to_string(&components)
+        .unwrap()
+        .replacen("version: \"checked-", "version: \"", 1)
+        .replacen("  min_healthy_time: 3s\n", "  min_healthy_time: 6s\n", 1)
+        .replacen(
+            "depends_on: [cache/memo]\n",
+            "depends_on: [cache/memo]\ngates:\n  - name: work-answers\n    check: web-work\n",
+            1,
+        );
+    assert!(body.contains("work-answers"), "{body}");
+    std::fs::write(&components, body).unwrap();
+    let operations = spec.join("operations.yaml");
+    let mut body = std::fs::read_to_string(&operations).unwrap();
+    body.push_str(
+        "---\napiVersion: endstate/v1\nkind: Check\nname: web-work\nsystem: storefront\nexec:\n  command: /usr/lib/nagios/plugins/check_http\n  args: [-H, 127.0.0.1, -p, \"{{ ports.http }}\", -u, /work, -t, \"1\"]\ninterval: 1s\ntimeout: 1s\ntargets: { component: web }\n",
+    );
+    std::fs::write(&operations, body).unwrap();
+    spec
+}
+
+#[test]
+fn a_check_gate_on_a_monitoring_plugin_rolls_back_a_version_that_fails_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.json");
+    let _dev = dev(dir.path(), &[]);
+
+    // A good version passes: the plugin finds /work answering on every instance.
+    let good = check_gated_spec(dir.path(), "1.1.0");
+    let apply = run(
+        &["apply", good.to_str().unwrap(), "--yes", "--timeout", "240s"],
+        &config,
+    );
+    let output = format!("{}{}", text(&apply.stdout), text(&apply.stderr));
+    assert!(apply.status.success(), "a good version converges:\n{output}");
+    let allowed = change_events(&config, 2, "decision.allow");
+    assert!(
+        allowed.iter().any(|d| {
+            d["data"]["findings"].as_array().into_iter().flatten().any(|f| {
+                f["rule"] == "gate:storefront/web:work-answers"
+                    && f["ok"] == true
+                    && f["message"].as_str().unwrap_or_default().contains("all OK")
+            })
+        }),
+        "the check gate was read and passed: {allowed:#?}"
+    );
+
+    // A version whose /work answers 500 (its /health is fine): the plugin fails on the canary,
+    // the gate trips, the change rolls back.
+    let bad = check_gated_spec(dir.path(), "1.2.0-errors");
+    let apply = run(&["apply", bad.to_str().unwrap(), "--yes", "--timeout", "240s"], &config);
+    let output = format!("{}{}", text(&apply.stdout), text(&apply.stderr));
+    assert_eq!(apply.status.code(), Some(1), "the change is rolled back:\n{output}");
+    let rollback = change_events(&config, 3, "decision.rollback");
+    assert_eq!(rollback.len(), 1, "{rollback:#?}\n{output}");
+    let tripped = rollback[0]["data"]["findings"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|f| f["rule"] == "gate:storefront/web:work-answers" && f["ok"] == false)
+        .unwrap_or_else(|| panic!("the check gate decided: {:#?}", rollback[0]["data"]["findings"]));
+    let message = tripped["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("1 of 3 instance(s) of storefront/web not OK") && message.contains("> max 0"),
+        "{tripped}"
+    );
+    assert_eq!(
+        change_events(&config, 3, "change.wave_started").len(),
+        1,
+        "only the canary started"
+    );
+    assert_eq!(
+        web_instances(&config),
+        [
+            ("dev-a".into(), "1.1.0".into(), "healthy".into()),
+            ("dev-b".into(), "1.1.0".into(), "healthy".into()),
+            ("dev-c".into(), "1.1.0".into(), "healthy".into()),
+        ]
+    );
+}

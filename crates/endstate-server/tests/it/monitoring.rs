@@ -492,3 +492,143 @@ async fn open_alerts_are_acknowledged_and_annotated_in_bulk_by_filter() {
     );
     server.stop().await;
 }
+
+/// A ticket system on a free loopback port: answers every POST with the link of a new ticket;
+/// counts them.
+async fn ticket_system() -> (String, std::sync::Arc<std::sync::atomic::AtomicU32>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/tickets", listener.local_addr().unwrap());
+    let opened = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counter = std::sync::Arc::clone(&opened);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let mut buf = vec![0; 64 * 1024];
+            let _ = stream.read(&mut buf).await;
+            let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            let body = format!(r#"{{"id": {n}, "url": "https://tickets.example/OPS-{n}"}}"#);
+            let _ = stream
+                .write_all(
+                    format!(
+                        "HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                    .as_bytes(),
+                )
+                .await;
+        }
+    });
+    (url, opened)
+}
+
+fn script(dir: &std::path::Path, name: &str, body: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn an_alert_opens_a_ticket_and_runs_command_handlers_whose_failures_are_on_the_timeline() {
+    let (tickets, opened) = ticket_system().await;
+    let scripts = tempfile::tempdir().unwrap();
+    let out = scripts.path().to_owned();
+    let pager = script(
+        scripts.path(),
+        "pager",
+        &format!(
+            "cat > {}/paged-$ENDSTATE_ALERT_REASON.json\necho \"paged for $ENDSTATE_ALERT_CHECK on $ENDSTATE_ALERT_TARGET ($ENDSTATE_ALERT_STATUS)\"",
+            out.display()
+        ),
+    );
+    let broken = script(scripts.path(), "broken", "echo 'no route to the pager' >&2\nexit 3");
+    let server = TestServer::start_with(|config| {
+        config.monitor.commands = vec![pager.clone(), broken.clone()];
+        config.monitor.ticket_webhook = Some(tickets.clone());
+    })
+    .await;
+    let response = post(&server, &payload("firing", "critical")).await;
+    assert_eq!(response.status(), 200, "{:?}", response.text().await);
+
+    let wait = |kind: &'static str, pick: fn(&endstate_api::EventView) -> bool| {
+        let client = server.client();
+        async move {
+            for _ in 0..200 {
+                let page = client
+                    .timeline(&TimelineQuery {
+                        kind: Some(kind.into()),
+                        ..TimelineQuery::default()
+                    })
+                    .await
+                    .unwrap();
+                if let Some(found) = page.items.into_iter().find(&pick) {
+                    return found;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            panic!("no {kind} event as expected");
+        }
+    };
+    // The ticket: opened once, its link on the alert and the timeline.
+    let ticket = wait("alert.ticket", |_| true).await;
+    assert!(
+        ticket.summary.contains("ticket https://tickets.example/OPS-1 opened"),
+        "{ticket:?}"
+    );
+    let alerts = server.client().alerts().await.unwrap();
+    assert_eq!(alerts[0]["ticket"], "https://tickets.example/OPS-1", "{alerts:#?}");
+
+    // The handlers: one ran with the notification on stdin, one failed, saying how.
+    let handled = wait("alert.handled", |e| e.data["reason"] == "opened").await;
+    assert_eq!(
+        handled.data["output"], "paged for alertmanager/HighErrorRate on web-1:9100 (critical)\n",
+        "{handled:?}"
+    );
+    let stdin: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("paged-opened.json")).unwrap()).unwrap();
+    assert_eq!(stdin["kind"], "endstate.alert");
+    assert_eq!(stdin["alert"]["key"]["check"], "alertmanager/HighErrorRate");
+    let failed = wait("alert.handler_failed", |_| true).await;
+    assert!(failed.summary.contains("failed (opened): exit code 3"), "{failed:?}");
+    assert_eq!(failed.data["output"], "no route to the pager\n");
+
+    // The ticket survives a restart; resolving runs the handlers again, and opens no ticket.
+    let server = server.restart().await;
+    assert_eq!(
+        server.client().alerts().await.unwrap()[0]["ticket"],
+        "https://tickets.example/OPS-1"
+    );
+    let response = post(&server, &payload("resolved", "critical")).await;
+    assert_eq!(response.status(), 200);
+    let wait_resolved = || {
+        let client = server.client();
+        async move {
+            for _ in 0..200 {
+                let page = client
+                    .timeline(&TimelineQuery {
+                        kind: Some("alert.handled".into()),
+                        ..TimelineQuery::default()
+                    })
+                    .await
+                    .unwrap();
+                if page.items.iter().any(|e| e.data["reason"] == "resolved") {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            panic!("the handler did not run for the resolution");
+        }
+    };
+    wait_resolved().await;
+    assert!(out.join("paged-resolved.json").exists());
+    assert_eq!(
+        opened.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one ticket, for the opening"
+    );
+    server.stop().await;
+}

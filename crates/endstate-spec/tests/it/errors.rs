@@ -280,3 +280,53 @@ fn bad_static_hosts() {
         ",
     );
 }
+
+#[test]
+fn a_check_gate_names_a_check_of_its_system_that_targets_the_component() {
+    let gates = "gates:
+  - name: up
+    check: up
+  - name: both
+    check: up
+    prometheus: 'x'
+  - name: nothing
+    max: 1
+  - name: ghost
+    check: ghost
+  - name: hosts
+    check: disk
+  - name: ratio
+    check: up
+    max_ratio_to_baseline: 2
+  - name: slow
+    check: up
+    perfdata: time
+  - name: stray
+    prometheus: 'y'
+    perfdata: time
+    max: 1
+---
+apiVersion: endstate/v1
+kind: Check
+name: up
+system: shop
+tcp: { port: 80 }
+targets: { component: api }
+---
+apiVersion: endstate/v1
+kind: Check
+name: disk
+system: shop
+exec: { command: /usr/lib/nagios/plugins/check_disk }
+targets: { selector: { role: db } }
+";
+    check(&[("a.yaml", &format!("{BASE}{gates}"))], "
+        a.yaml:16:12: error[invalid-gate]: found gate `both` with both a query and a check; expected either `prometheus` or `check`
+        a.yaml:18:5: error[invalid-gate]: found gate `nothing` measuring nothing; expected `prometheus: <query>` or `check: <check of this system>`
+        a.yaml:21:12: error[dangling-reference]: found gate `ghost` on check `ghost`, which is not declared; expected a check of system `shop` targeting `api` (`up`)
+        a.yaml:23:12: error[invalid-gate]: found gate `hosts` on check `disk`, which does not target component `shop/api`; expected a check with `targets: { component: api }`
+        a.yaml:25:12: error[invalid-gate]: found gate `ratio` comparing a check with the baseline; expected `max` or `min` on a check gate (the baseline is for queries)
+        a.yaml:27:5: error[invalid-gate]: found gate `slow` without bounds; expected `max`, `min` or both for a performance-data gate
+        a.yaml:30:5: error[invalid-gate]: found gate `stray` with perfdata but no check; expected `perfdata` only beside `check`
+    ");
+}
