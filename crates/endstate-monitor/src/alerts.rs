@@ -115,7 +115,7 @@ pub struct Context<'a> {
     /// Hosts known to be down: their checks' alerts are consequences.
     pub hosts_down: &'a BTreeSet<String>,
     /// Systems whose parent is down: their checks' alerts are consequences too.
-    pub systems_down: &'a BTreeSet<String>,
+    pub systems_down: &'a BTreeMap<String, String>,
 }
 
 /// An acknowledgement.
@@ -431,10 +431,8 @@ fn quiet_reason(result: &CheckResult, ctx: &Context<'_>, flapping: bool) -> Quie
     let silence = ctx.silences.iter().find(|s| s.matches(result, labels, result.at_ms));
     let consequence = if ctx.hosts_down.contains(&result.host) {
         Some(format!("host {} is down", result.host))
-    } else if ctx.systems_down.contains(&result.system) {
-        Some(format!("system {} depends on something down", result.system))
     } else {
-        None
+        ctx.systems_down.get(&result.system).cloned()
     };
     let reason = if let Some(silence) = silence {
         Some(format!(
@@ -510,7 +508,7 @@ mod tests {
         silences: Vec<Silence>,
         labels: BTreeMap<String, BTreeMap<String, String>>,
         down: BTreeSet<String>,
-        systems_down: BTreeSet<String>,
+        systems_down: BTreeMap<String, String>,
     }
 
     impl World {
@@ -519,7 +517,7 @@ mod tests {
                 silences: Vec::new(),
                 labels: BTreeMap::new(),
                 down: BTreeSet::new(),
-                systems_down: BTreeSet::new(),
+                systems_down: BTreeMap::new(),
             }
         }
         fn ctx(&self) -> Context<'_> {
@@ -654,6 +652,25 @@ mod tests {
             engine.alerts().next().unwrap().consequence_of.as_deref(),
             Some("host h1 is down")
         );
+    }
+
+    #[test]
+    fn a_system_whose_dependency_is_down_makes_a_consequence_that_says_which() {
+        let mut world = World::new();
+        world.systems_down.insert(
+            "shop".into(),
+            "shop/web depends on payments/api, whose check payments/http on payments/api#0@h2 is critical".into(),
+        );
+        let mut engine = Engine::new(1);
+        let effects = engine.observe(result(Status::Critical, 1), &world.ctx());
+        assert_eq!(
+            kinds(&effects)[2],
+            "suppressed opened: a consequence: shop/web depends on payments/api, whose check payments/http on payments/api#0@h2 is critical"
+        );
+        // The dependency recovers: the next change of the alert notifies again.
+        world.systems_down.clear();
+        let effects = engine.observe(result(Status::Warning, 2), &world.ctx());
+        assert_eq!(kinds(&effects)[2], "notify changed (critical -> warning)");
     }
 
     #[test]

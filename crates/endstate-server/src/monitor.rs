@@ -579,7 +579,10 @@ async fn process(
         .filter(|a| a.key.check == KEEPALIVE)
         .map(|a| a.key.target.clone())
         .collect();
-    let systems_down = BTreeSet::new();
+    let systems_down = match source {
+        Source::Agent(_) => dependencies_down(state).await,
+        Source::Alertmanager | Source::Server => BTreeMap::new(),
+    };
     let context = Context {
         silences: &silences,
         host_labels: &host_labels,
@@ -627,6 +630,47 @@ async fn process(
         notify(state, alert, reason);
     }
     Ok(())
+}
+
+/// Systems with a component that depends on a component of another system whose check is
+/// critical (an open alert that is not itself a consequence), with why: their alerts are
+/// consequences and do not page on their own. Empty when no such alert is open (the desired
+/// state is not even read then).
+async fn dependencies_down(state: &AppState) -> BTreeMap<String, String> {
+    // The failing components, each with one of its alerts.
+    let failing: BTreeMap<String, (String, String)> = state
+        .monitor()
+        .engine()
+        .alerts()
+        .filter(|a| a.status == Status::Critical && a.consequence_of.is_none())
+        .filter_map(|a| {
+            Some((
+                component_of(&a.key.target)?,
+                (a.key.check.clone(), a.key.target.clone()),
+            ))
+        })
+        .collect();
+    if failing.is_empty() {
+        return BTreeMap::new();
+    }
+    let Ok(Some((_, desired))) = state.latest_desired().await else {
+        return BTreeMap::new();
+    };
+    let mut down = BTreeMap::new();
+    for component in desired.components.values() {
+        for dependency in &component.depends_on {
+            let other_system = dependency.split_once('/').is_some_and(|(s, _)| s != component.system);
+            if let (true, Some((check, target))) = (other_system, failing.get(dependency)) {
+                down.entry(component.system.clone()).or_insert_with(|| {
+                    format!(
+                        "{} depends on {dependency}, whose check {check} on {target} is critical",
+                        component.key()
+                    )
+                });
+            }
+        }
+    }
+    down
 }
 
 /// The component of an instance target (`shop/web#0@h1` is `shop/web`, as on instance events),

@@ -632,3 +632,117 @@ async fn an_alert_opens_a_ticket_and_runs_command_handlers_whose_failures_are_on
     );
     server.stop().await;
 }
+
+const DEPENDS: &str = "apiVersion: endstate/v1
+kind: System
+name: payments
+---
+apiVersion: endstate/v1
+kind: Component
+name: api
+system: payments
+artifact: { version: '1', path: /opt/api }
+command: bin/api
+placement: { selector: { role: nowhere }, count: { total: 1 } }
+---
+apiVersion: endstate/v1
+kind: System
+name: shop
+---
+apiVersion: endstate/v1
+kind: Component
+name: web
+system: shop
+artifact: { version: '1', path: /opt/web }
+command: bin/web
+placement: { selector: { role: nowhere }, count: { total: 1 } }
+depends_on: [payments/api]
+";
+
+/// A `check` observation of `check` on `target`.
+fn result_of(seq: u64, check: &str, target: &str, status: u8) -> endstate_agent_proto::Observation {
+    endstate_agent_proto::Observation {
+        seq,
+        at_unix_ms: u64::try_from(crate::fake_agent::now_ms()).unwrap(),
+        observed: endstate_agent_proto::Observed::Check(endstate_agent_proto::CheckResult {
+            name: check.into(),
+            target: target.into(),
+            duration_ms: 5,
+            status,
+            output: format!("HTTP {} on {target}", if status == 0 { "OK" } else { "CRITICAL" }),
+            perfdata: String::new(),
+        }),
+    }
+}
+
+#[tokio::test]
+async fn an_alert_of_a_system_whose_dependency_is_down_is_a_consequence_that_pages_nobody() {
+    crate::fake_agent::install_crypto();
+    let server =
+        TestServer::start_with_agents(|config| config.agents.keepalive_interval = std::time::Duration::from_secs(10))
+            .await;
+    server
+        .client()
+        .submit(&crate::submit_request(&[("shop.yaml", DEPENDS)], "shop needs payments"))
+        .await
+        .unwrap();
+    let identity = crate::fake_agent::enrol(&server, "web-1", &[]).await;
+    let mut agent = crate::fake_agent::FakeAgent::join(&identity).await;
+    let mut seq = 0;
+    let mut send = |check: &str, target: &str, status: u8| {
+        seq += 1;
+        endstate_agent_proto::FromAgent::Observations(endstate_agent_proto::Observations {
+            observations: vec![result_of(seq, check, target, status)],
+        })
+    };
+    // payments/api fails: its alert opens and pages.
+    for _ in 0..2 {
+        agent.send(&send("payments/http", "payments/api#0@web-1", 2)).await;
+    }
+    crate::fake_agent::wait_for_event(&server, "alert.opened", Some("web-1"), |e| {
+        e.data["key"]["check"] == "payments/http"
+    })
+    .await;
+    // Then shop/web, which depends on it: a consequence, held back, saying of what.
+    for _ in 0..2 {
+        agent.send(&send("shop/http", "shop/web#0@web-1", 2)).await;
+    }
+    let held = crate::fake_agent::wait_for_event(&server, "alert.suppressed", Some("web-1"), |e| {
+        e.data["key"]["check"] == "shop/http"
+    })
+    .await;
+    assert!(
+        held.summary.contains(
+            "a consequence: shop/web depends on payments/api, whose check payments/http on payments/api#0@web-1 is critical"
+        ),
+        "{held:?}"
+    );
+    let alerts = server.client().alerts().await.unwrap();
+    let shop = alerts.iter().find(|a| a["key"]["check"] == "shop/http").unwrap();
+    assert!(
+        shop["consequence_of"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("shop/web depends on payments/api"),
+        "{shop:#}"
+    );
+    let payments = alerts.iter().find(|a| a["key"]["check"] == "payments/http").unwrap();
+    assert!(
+        payments["consequence_of"].is_null(),
+        "the cause is not a consequence: {payments:#}"
+    );
+
+    // payments recovers; shop/web still failing is its own problem now and pages on its next change.
+    agent.send(&send("payments/http", "payments/api#0@web-1", 0)).await;
+    crate::fake_agent::wait_for_event(&server, "alert.resolved", Some("web-1"), |e| {
+        e.data["key"]["check"] == "payments/http"
+    })
+    .await;
+    agent.send(&send("shop/http", "shop/web#0@web-1", 1)).await;
+    let changed = crate::fake_agent::wait_for_event(&server, "alert.changed", Some("web-1"), |e| {
+        e.data["key"]["check"] == "shop/http"
+    })
+    .await;
+    assert!(changed.data["consequence_of"].is_null(), "{changed:?}");
+    server.stop().await;
+}
