@@ -54,6 +54,19 @@ pub(crate) fn check_template(text: &str, known: &dyn Fn(&str) -> bool) -> Vec<Te
     problems
 }
 
+/// The names of the `{{ variable }}`s of `text`, trimmed, as written.
+pub(crate) fn variables(text: &str) -> Vec<&str> {
+    let mut names = Vec::new();
+    let mut rest = text;
+    while let Some(open) = rest.find("{{") {
+        let after = rest.get(open + 2..).unwrap_or_default();
+        let Some(close) = after.find("}}") else { break };
+        names.push(after.get(..close).unwrap_or_default().trim());
+        rest = after.get(close + 2..).unwrap_or_default();
+    }
+    names
+}
+
 /// Checks a 5-field cron expression (`minute hour day-of-month month day-of-week`).
 ///
 /// Each field is `*` or a comma list of `value`, `a-b`, with an optional `/step`; months and weekdays

@@ -72,8 +72,9 @@ struct CheckEntry<'a> {
     system_pos: Pos,
     check: Check,
     target: TargetRef,
-    /// A port name the check uses, to look up on its target component.
-    port_name: Option<Ref>,
+    /// Port names the check uses (its `port:`, `{{ ports.<name> }}` in its arguments), to look
+    /// up on its target component.
+    port_names: Vec<Ref>,
 }
 
 struct ActionEntry<'a> {
@@ -250,7 +251,7 @@ pub(crate) fn validate(
     for (name, mut entry) in checks {
         check_system(entry.ctx, &entry.check.system, entry.system_pos, &mut out);
         let key = resolve_target(entry.ctx, &entry.check.system, &entry.target, &mut out);
-        if let Some(port) = &entry.port_name {
+        for port in &entry.port_names {
             match key.as_ref().and_then(|key| components.get(key)) {
                 Some(target) if target.component.ports.iter().any(|p| p.name == port.name) => {}
                 Some(target) => out.push(
@@ -1354,6 +1355,39 @@ fn check<'a>(ctx: DocCtx<'a>, doc: &CheckDoc, out: &mut Out) -> CheckEntry<'a> {
     });
     check_timeout(ctx, &doc.timeout, &doc.interval, name_pos, out);
     let target = targets(ctx, &doc.targets, out);
+    let mut port_names: Vec<Ref> = port_name.into_iter().collect();
+    // An exec check's arguments: `{{ instance.host }}` always; `{{ instance.id }}` and
+    // `{{ ports.<name> }}` only on a component's instances.
+    if let Some(exec) = &doc.exec {
+        let pos = ctx.pos(exec);
+        let on_component = matches!(target, TargetRef::Component(_));
+        let known = |v: &str| {
+            v == "instance.host"
+                || (on_component && (v == "instance.id" || v.strip_prefix("ports.").is_some_and(|p| !p.contains('.'))))
+        };
+        for arg in &exec.value.args {
+            for problem in check_template(arg, &known) {
+                out.push(
+                    ctx.error(pos, problem.code, format!("{} in argument `{arg}`", problem.message))
+                        .expected(if on_component {
+                            "one of `instance.host`, `instance.id`, `ports.<name>`"
+                        } else {
+                            "`instance.host` (a check of hosts has no instance or ports)"
+                        }),
+                );
+            }
+            if on_component {
+                for name in crate::template::variables(arg) {
+                    if let Some(port) = name.strip_prefix("ports.") {
+                        port_names.push(Ref {
+                            name: port.to_owned(),
+                            pos,
+                        });
+                    }
+                }
+            }
+        }
+    }
     CheckEntry {
         ctx,
         name_pos,
@@ -1368,7 +1402,7 @@ fn check<'a>(ctx: DocCtx<'a>, doc: &CheckDoc, out: &mut Out) -> CheckEntry<'a> {
             targets: provisional_targets(&target),
         },
         target,
-        port_name,
+        port_names,
     }
 }
 

@@ -330,3 +330,33 @@ targets: { selector: { role: db } }
         a.yaml:30:5: error[invalid-gate]: found gate `stray` with perfdata but no check; expected `perfdata` only beside `check`
     ");
 }
+
+#[test]
+fn an_exec_check_names_only_variables_its_targets_have() {
+    let checks = "ports: [{ name: http }]
+---
+apiVersion: endstate/v1
+kind: Check
+name: on-instances
+system: shop
+exec:
+  command: /usr/lib/nagios/plugins/check_http
+  args: [-H, '{{ instance.host }}', -p, '{{ ports.http }}', -p, '{{ ports.grpc }}', '{{ instance.index }}']
+targets: { component: api }
+---
+apiVersion: endstate/v1
+kind: Check
+name: on-hosts
+system: shop
+exec:
+  command: /usr/lib/nagios/plugins/check_tcp
+  args: [-H, '{{ instance.host }}', -p, '{{ ports.http }}', '{{ instance.id']
+targets: { selector: { role: db } }
+";
+    check(&[("a.yaml", &format!("{BASE}{checks}"))], "
+        a.yaml:19:3: error[unknown-port]: found port `grpc`, which component `shop/api` does not declare; expected a declared port (`http`)
+        a.yaml:19:3: error[unknown-template-variable]: found unknown template variable `instance.index` in argument `{{ instance.index }}`; expected one of `instance.host`, `instance.id`, `ports.<name>`
+        a.yaml:28:3: error[template-syntax]: found `{{` without a closing `}}` in argument `{{ instance.id`; expected `instance.host` (a check of hosts has no instance or ports)
+        a.yaml:28:3: error[unknown-template-variable]: found unknown template variable `ports.http` in argument `{{ ports.http }}`; expected `instance.host` (a check of hosts has no instance or ports)
+    ");
+}
