@@ -286,6 +286,10 @@ pub struct CreateSilence {
     /// Only checks running on hosts with all these labels.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// When it starts (a maintenance planned ahead): RFC 3339, or a duration from now (`1h`).
+    /// Default now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub starts: Option<String>,
     /// When it ends: RFC 3339, or a duration from now (`2h`). At most 30 days ahead.
     pub until: String,
     /// Why (at most 4 KiB).

@@ -293,9 +293,13 @@ pub(crate) enum Command {
         /// Only checks on hosts with this label, `key=value` (repeatable).
         #[arg(long = "label", value_name = "KEY=VALUE")]
         labels: Vec<String>,
-        /// How long (`2h`) or until when (RFC 3339).
+        /// How long from now (`2h`) or until when (RFC 3339).
         #[arg(long = "for", value_name = "DURATION")]
         until: String,
+        /// From when, for maintenance planned ahead: a duration from now (`1h`) or RFC 3339.
+        /// Default now.
+        #[arg(long = "from", value_name = "TIME")]
+        starts: Option<String>,
         /// Why.
         #[arg(long)]
         reason: String,

@@ -565,6 +565,12 @@ pub(crate) async fn alerts(global: &Global) -> anyhow::Result<Outcome> {
         if let Some(ack) = alert.get("acked").filter(|a| !a.is_null()) {
             flags.push(format!("acked by {}: {}", word(&ack["author"]), word(&ack["comment"])));
         }
+        if let Some(ticket) = alert["ticket"].as_str() {
+            flags.push(format!("ticket {ticket}"));
+        }
+        if let Some(failed) = alert["notify_failed"].as_str() {
+            flags.push(format!("notification failed: {failed}"));
+        }
         if let Some(note) = alert["notes"].as_array().and_then(|notes| notes.last()) {
             flags.push(format!("note by {}: {}", word(&note["author"]), word(&note["comment"])));
         }
@@ -610,7 +616,7 @@ pub(crate) async fn silence(
     check: Option<String>,
     host: Option<String>,
     labels: &[String],
-    until: String,
+    (starts, until): (Option<String>, String),
     reason: String,
 ) -> anyhow::Result<Outcome> {
     let mut parsed = std::collections::BTreeMap::new();
@@ -626,6 +632,7 @@ pub(crate) async fn silence(
         check,
         host,
         labels: parsed,
+        starts,
         until,
         reason,
     };
@@ -675,6 +682,7 @@ pub(crate) async fn review(global: &Global, since: Option<&str>, system: Option<
     );
     for (title, key) in [
         ("Needs a person (open, unacknowledged)", "unacknowledged"),
+        ("Chronic (failing most of the week)", "chronic"),
         ("Flapping", "flapping"),
         ("Silenced", "silenced"),
     ] {

@@ -155,6 +155,9 @@ pub struct Alert {
     /// The ticket opened for it (the link the ticket webhook answered).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ticket: Option<String>,
+    /// Why its last notification did not reach a handler (cleared when one gets through).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify_failed: Option<String>,
     /// Notes people added (oldest first, the newest [`MAX_NOTES`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<Ack>,
@@ -318,6 +321,7 @@ impl Engine {
                     flapping: state.flapping,
                     acked: None,
                     ticket: None,
+                    notify_failed: None,
                     notes: Vec::new(),
                     silenced_by,
                     consequence_of,
@@ -366,6 +370,14 @@ impl Engine {
     pub fn ack(&mut self, key: &CheckKey, ack: Ack) -> Option<Alert> {
         let alert = self.keys.get_mut(key)?.alert.as_mut()?;
         alert.acked = Some(ack);
+        Some(alert.clone())
+    }
+
+    /// Records whether the last notification of the open alert of `key` failed (and why);
+    /// `None` when there is no open alert.
+    pub fn set_notify_failed(&mut self, key: &CheckKey, failed: Option<String>) -> Option<Alert> {
+        let alert = self.keys.get_mut(key)?.alert.as_mut()?;
+        alert.notify_failed = failed;
         Some(alert.clone())
     }
 

@@ -210,6 +210,15 @@ impl Monitor {
         }
     }
 
+    /// Records whether the last notification of the open alert of `key` failed.
+    pub(crate) fn set_notify_failed(&self, key: &CheckKey, failed: Option<String>) -> Option<Alert> {
+        if is_external(key) {
+            self.external().set_notify_failed(key, failed)
+        } else {
+            self.engine().set_notify_failed(key, failed)
+        }
+    }
+
     /// Records the ticket of the open alert of `key`.
     pub(crate) fn set_ticket(&self, key: &CheckKey, link: String) -> Option<Alert> {
         if is_external(key) {
@@ -772,6 +781,7 @@ fn notify(state: &AppState, alert: Alert, reason: String) {
             )
         };
         let mut events = Vec::new();
+        let mut failures: Vec<String> = Vec::new();
         if let Some(url) = ticket {
             match open_ticket(&state.monitor().client, &url, &body).await {
                 Ok(link) => {
@@ -791,6 +801,9 @@ fn notify(state: &AppState, alert: Alert, reason: String) {
         }
         for url in webhooks {
             let outcome = deliver(&state.monitor().client, &url, &body).await;
+            if let Err(error) = &outcome {
+                failures.push(format!("{url}: {error}"));
+            }
             events.push(match &outcome {
                 Ok(attempts) => record(
                     "alert.notified",
@@ -807,6 +820,9 @@ fn notify(state: &AppState, alert: Alert, reason: String) {
         for program in commands {
             let shown = program.display().to_string();
             let outcome = run_handler(&program, &body, &alert, &reason).await;
+            if let Err((error, _)) = &outcome {
+                failures.push(format!("{shown}: {error}"));
+            }
             events.push(match outcome {
                 Ok(output) => record(
                     "alert.handled",
@@ -820,6 +836,9 @@ fn notify(state: &AppState, alert: Alert, reason: String) {
                 ),
             });
         }
+        // On the alert too, while it is open: `endstate alerts` says nobody may have heard of it.
+        let failed = (!failures.is_empty()).then(|| failures.join("; "));
+        state.monitor().set_notify_failed(&alert.key, failed);
         if let Err(error) = state.store().append_events(events).await {
             tracing::warn!(error = %crate::chain(&error), "Could not record what the alert handlers did.");
         }
@@ -1180,21 +1199,35 @@ pub(crate) async fn create_silence(
             format!("is {} bytes; say why, in at most 4096", reason.len()),
         ));
     }
-    let ends_ms = match request.until.parse::<jiff::Timestamp>() {
-        Ok(ts) => ts.as_millisecond(),
-        Err(_) => match endstate_spec::Duration::parse(&request.until) {
-            Ok(ahead) => now.saturating_add(i64::try_from(ahead.as_std().as_millis()).unwrap_or(i64::MAX)),
-            Err(why) => {
-                return Err(ApiError::bad_field(
-                    "until",
-                    format!(
-                        "{:?} is neither an RFC 3339 time nor a duration like 30m or 2h ({why})",
-                        request.until
-                    ),
-                ));
-            }
-        },
+    // RFC 3339, or a duration from now.
+    let when = |field: &str, text: &str| -> Result<i64, ApiError> {
+        match text.parse::<jiff::Timestamp>() {
+            Ok(ts) => Ok(ts.as_millisecond()),
+            Err(_) => match endstate_spec::Duration::parse(text) {
+                Ok(ahead) => Ok(now.saturating_add(i64::try_from(ahead.as_std().as_millis()).unwrap_or(i64::MAX))),
+                Err(why) => Err(ApiError::bad_field(
+                    field,
+                    format!("{text:?} is neither an RFC 3339 time nor a duration like 30m or 2h ({why})"),
+                )),
+            },
+        }
     };
+    let ends_ms = when("until", &request.until)?;
+    let starts_ms = match &request.starts {
+        // A start in the past is now: the silence holds from the moment it is made.
+        Some(text) => when("starts", text)?.max(now),
+        None => now,
+    };
+    if starts_ms >= ends_ms && ends_ms > now {
+        return Err(ApiError::bad_field(
+            "starts",
+            format!(
+                "{} is not before until ({}): a silence must start before it ends",
+                request.starts.as_deref().unwrap_or_default(),
+                request.until
+            ),
+        ));
+    }
     if ends_ms <= now {
         return Err(ApiError::bad_field(
             "until",
@@ -1219,7 +1252,7 @@ pub(crate) async fn create_silence(
         check: request.check.clone(),
         host: request.host.clone(),
         labels: request.labels.clone(),
-        starts_ms: now,
+        starts_ms,
         ends_ms,
         reason: reason.to_owned(),
         author: actor.name.clone(),
@@ -1240,6 +1273,14 @@ pub(crate) async fn create_silence(
     let until = jiff::Timestamp::from_millisecond(ends_ms)
         .map(|t| t.to_string())
         .unwrap_or_default();
+    let until = if starts_ms > now {
+        let from = jiff::Timestamp::from_millisecond(starts_ms)
+            .map(|t| t.to_string())
+            .unwrap_or_default();
+        format!("{until}, from {from}")
+    } else {
+        until
+    };
     let event = NewEvent {
         systems: system.into_iter().collect(),
         host: request.host.clone(),
@@ -1430,6 +1471,9 @@ pub(crate) struct Review {
     until_ms: i64,
     /// Open alerts nobody acknowledged, not silenced and not consequences.
     unacknowledged: Vec<Alert>,
+    /// Open alerts of checks that have been failing for long (`chronic` in their history: more
+    /// than half of the last 7 days and more than a day of it): fix or retire the check.
+    chronic: Vec<Alert>,
     /// Open alerts of checks that flap.
     flapping: Vec<Alert>,
     /// Open alerts kept quiet by a silence.
@@ -1465,6 +1509,13 @@ pub(crate) async fn review(
         .into_iter()
         .filter(|a| in_scope(&a.system))
         .collect();
+    let mut chronic = Vec::new();
+    for alert in &open {
+        let label = history_label(&state, alert, now).await?;
+        if label["label"] == "chronic" {
+            chronic.push(alert.clone());
+        }
+    }
     let silences = active_silences(&state).await?;
     let expiring_silences = silences
         .into_iter()
@@ -1553,6 +1604,7 @@ pub(crate) async fn review(
             .filter(|a| a.acked.is_none() && a.silenced_by.is_none() && a.consequence_of.is_none())
             .cloned()
             .collect(),
+        chronic,
         flapping: open.iter().filter(|a| a.flapping).cloned().collect(),
         silenced: open.iter().filter(|a| a.silenced_by.is_some()).cloned().collect(),
         expiring_silences,
@@ -1586,6 +1638,7 @@ mod tests {
             flapping: false,
             acked: None,
             ticket: None,
+            notify_failed: None,
             notes: Vec::new(),
             silenced_by: None,
             consequence_of: None,

@@ -595,6 +595,15 @@ async fn an_alert_opens_a_ticket_and_runs_command_handlers_whose_failures_are_on
     let failed = wait("alert.handler_failed", |_| true).await;
     assert!(failed.summary.contains("failed (opened): exit code 3"), "{failed:?}");
     assert_eq!(failed.data["output"], "no route to the pager\n");
+    // The failure is on the alert too.
+    let alerts = server.client().alerts().await.unwrap();
+    assert!(
+        alerts[0]["notify_failed"]
+            .as_str()
+            .unwrap_or_default()
+            .ends_with("broken: exit code 3"),
+        "{alerts:#?}"
+    );
 
     // The ticket survives a restart; resolving runs the handlers again, and opens no ticket.
     let server = server.restart().await;
@@ -744,5 +753,62 @@ async fn an_alert_of_a_system_whose_dependency_is_down_is_a_consequence_that_pag
     })
     .await;
     assert!(changed.data["consequence_of"].is_null(), "{changed:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_silence_planned_ahead_holds_only_from_its_start() {
+    let server = TestServer::start().await;
+    let client = server.client();
+    let planned = client
+        .silence(&endstate_api::CreateSilence {
+            system: Some("storefront".into()),
+            starts: Some("1h".into()),
+            until: "3h".into(),
+            reason: "database upgrade tonight".into(),
+            ..endstate_api::CreateSilence::default()
+        })
+        .await
+        .unwrap();
+    let now = crate::fake_agent::now_ms();
+    let starts = planned["starts_ms"].as_i64().unwrap();
+    assert!((now + 3_500_000..=now + 3_700_000).contains(&starts), "{planned:#}");
+    // Not yet: the alert opens and is not silenced.
+    post(&server, &payload("firing", "critical")).await;
+    let alerts = client.alerts().await.unwrap();
+    assert!(alerts[0]["silenced_by"].is_null(), "{alerts:#?}");
+    let created = kinds(&server).await;
+    assert!(
+        !created.iter().any(|(kind, _)| kind == "alert.suppressed"),
+        "{created:#?}"
+    );
+    // Listed, saying from when.
+    let listed = client.silences().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    let timeline = client
+        .timeline(&TimelineQuery {
+            kind: Some("silence.created".into()),
+            ..TimelineQuery::default()
+        })
+        .await
+        .unwrap();
+    assert!(timeline.items[0].summary.contains(", from "), "{:?}", timeline.items[0]);
+
+    // A start after the end is refused, naming `starts`.
+    let error = client
+        .silence(&endstate_api::CreateSilence {
+            system: Some("storefront".into()),
+            starts: Some("3h".into()),
+            until: "1h".into(),
+            reason: "x".into(),
+            ..endstate_api::CreateSilence::default()
+        })
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("starts") && error.contains("is not before until"),
+        "{error}"
+    );
     server.stop().await;
 }
