@@ -231,6 +231,14 @@ pub struct Engine {
     /// Non-OK results in a row before an alert opens (at least 1).
     pub attempts: u32,
     keys: BTreeMap<CheckKey, KeyState>,
+    /// The keys with an open alert (listing alerts must not walk every key: a fleet has far
+    /// more checks than open alerts).
+    #[serde(default)]
+    open: BTreeSet<CheckKey>,
+    /// Counts the alerts opened, changed and resolved: what was derived from the open alerts
+    /// is still good while it is the same.
+    #[serde(default)]
+    version: u64,
 }
 
 impl Default for Engine {
@@ -264,6 +272,8 @@ impl Engine {
         Engine {
             attempts: attempts.max(1),
             keys: BTreeMap::new(),
+            open: BTreeSet::new(),
+            version: 0,
         }
     }
 
@@ -330,6 +340,8 @@ impl Engine {
                 effects.push(Effect::AlertOpened { alert: alert.clone() });
                 effects.push(notification(&alert, "opened".to_owned(), quiet.reason.as_deref()));
                 state.alert = Some(alert);
+                self.open.insert(result.key.clone());
+                self.version += 1;
             }
             (Some(alert), Status::Ok) => {
                 alert.transitions += 1;
@@ -344,6 +356,8 @@ impl Engine {
                 effects.push(Effect::AlertResolved { alert: alert.clone() });
                 effects.push(notification(&alert, "resolved".to_owned(), quiet.reason.as_deref()));
                 state.alert = None;
+                self.open.remove(&result.key);
+                self.version += 1;
             }
             (Some(alert), status) => {
                 alert.message = result.message.clone();
@@ -358,6 +372,7 @@ impl Engine {
                     let alert = alert.clone();
                     effects.push(Effect::AlertChanged { alert: alert.clone() });
                     effects.push(notification(&alert, reason, quiet.reason.as_deref()));
+                    self.version += 1;
                 } else if flap_changed {
                     effects.push(Effect::AlertChanged { alert: alert.clone() });
                 }
@@ -411,12 +426,21 @@ impl Engine {
         state.failing = self.attempts;
         state.flapping = alert.flapping;
         state.history = VecDeque::from([alert.status]);
+        self.open.insert(alert.key.clone());
+        self.version += 1;
         state.alert = Some(alert);
     }
 
     /// The open alerts, by key.
     pub fn alerts(&self) -> impl Iterator<Item = &Alert> {
-        self.keys.values().filter_map(|state| state.alert.as_ref())
+        self.open
+            .iter()
+            .filter_map(|key| self.keys.get(key).and_then(|state| state.alert.as_ref()))
+    }
+
+    /// Changes whenever an alert opens, changes status or resolves.
+    pub fn version(&self) -> u64 {
+        self.version
     }
 
     /// Whether a key flaps now.
@@ -427,6 +451,9 @@ impl Engine {
     /// Forgets a key (its check or target is gone).
     pub fn forget(&mut self, key: &CheckKey) {
         self.keys.remove(key);
+        if self.open.remove(key) {
+            self.version += 1;
+        }
     }
 }
 

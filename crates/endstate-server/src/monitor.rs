@@ -61,6 +61,8 @@ pub(crate) struct Monitor {
     engine: Mutex<Engine>,
     /// The latest result of every agent check, by (check, target), for check gates.
     latest: Mutex<std::collections::HashMap<CheckKey, Latest>>,
+    /// The last [`dependencies_down`]: for the engine's version it was computed at, and when.
+    dependencies: Mutex<(u64, i64, BTreeMap<String, String>)>,
     /// Alerts received from Alertmanager (hard at once: Prometheus already waited `for`).
     external: Mutex<Engine>,
     /// Active silences (rebuilt from the timeline's `silence.*` events at start).
@@ -106,6 +108,7 @@ impl Monitor {
         Monitor {
             engine: Mutex::new(Engine::default()),
             latest: Mutex::new(std::collections::HashMap::new()),
+            dependencies: Mutex::new((u64::MAX, 0, BTreeMap::new())),
             external: Mutex::new(Engine::new(1)),
             silences: Mutex::new(Vec::new()),
             next_silence: std::sync::atomic::AtomicU64::new(1),
@@ -646,6 +649,30 @@ async fn process(
 /// consequences and do not page on their own. Empty when no such alert is open (the desired
 /// state is not even read then).
 async fn dependencies_down(state: &AppState) -> BTreeMap<String, String> {
+    // Computed again only when an alert opened, changed or resolved, and at least every 5 s (a
+    // new revision may declare other dependencies): every batch of results asks.
+    let now = crate::now_ms();
+    let version = state.monitor().engine().version();
+    {
+        let cached = state
+            .monitor()
+            .dependencies
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if cached.0 == version && now - cached.1 < 5_000 {
+            return cached.2.clone();
+        }
+    }
+    let down = compute_dependencies_down(state).await;
+    *state
+        .monitor()
+        .dependencies
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = (version, now, down.clone());
+    down
+}
+
+async fn compute_dependencies_down(state: &AppState) -> BTreeMap<String, String> {
     // The failing components, each with one of its alerts.
     let failing: BTreeMap<String, (String, String)> = state
         .monitor()
