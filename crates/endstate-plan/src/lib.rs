@@ -316,83 +316,116 @@ fn instance_steps(before: &BTreeMap<PlacementKey, Placement>, after: &BTreeMap<P
             .entry((Arc::as_ptr(&have.config), Arc::as_ptr(&want.config)))
             .or_insert_with(|| have.config == want.config)
     };
-    let declared: std::collections::BTreeSet<&str> = after.keys().map(|k| k.component.as_str()).collect();
-    for (key, want) in after {
-        match before.get(key) {
-            None => steps.push(Step {
-                action: StepAction::Start,
-                component: key.component.clone(),
-                host: key.host.clone(),
-                slot: key.slot,
-                from_version: None,
-                to_version: Some(want.version.clone()),
-                reason: format!("new instance: {}", want.reason),
-            }),
-            Some(have) if have.version != want.version => steps.push(Step {
-                action: StepAction::Upgrade,
-                component: key.component.clone(),
-                host: key.host.clone(),
-                slot: key.slot,
-                from_version: Some(have.version.clone()),
-                to_version: Some(want.version.clone()),
-                reason: format!("artifact.version changes from {} to {}", have.version, want.version),
-            }),
-            Some(have) if config_differs(have, want) => {
-                let fields: Vec<String> = diff_values(&have.config, &want.config)
-                    .into_iter()
-                    .map(|field| field.path)
-                    .collect();
+    // Whether a component still places instances (for the reason of a stop).
+    let declared = |component: &str| {
+        let first = PlacementKey {
+            component: component.to_owned(),
+            host: String::new(),
+            slot: 0,
+        };
+        after
+            .range(first..)
+            .next()
+            .is_some_and(|(k, _)| k.component == component)
+    };
+    // Both maps in key order at once: the steps come out ordered by component, host and slot.
+    let mut have_iter = before.iter().peekable();
+    let mut want_iter = after.iter().peekable();
+    loop {
+        let order = match (have_iter.peek(), want_iter.peek()) {
+            (None, None) => break,
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some((have_key, _)), Some((want_key, _))) => have_key.cmp(want_key),
+        };
+        match order {
+            std::cmp::Ordering::Less => {
+                let Some((key, have)) = have_iter.next() else { break };
+                let reason = if declared(&key.component) {
+                    "no longer desired: the component's placement no longer selects this slot"
+                } else {
+                    "no longer desired: the component is removed or places no instance"
+                };
                 steps.push(Step {
-                    action: StepAction::Reconfigure,
+                    action: StepAction::Stop,
                     component: key.component.clone(),
                     host: key.host.clone(),
                     slot: key.slot,
                     from_version: Some(have.version.clone()),
-                    to_version: Some(want.version.clone()),
-                    reason: format!("configuration changes: {}", fields.join(", ")),
+                    to_version: None,
+                    reason: reason.to_string(),
                 });
             }
-            Some(have) if have.index != want.index => {
-                let word = |i: Option<u32>| i.map_or_else(|| "none".to_owned(), |i| i.to_string());
+            std::cmp::Ordering::Greater => {
+                let Some((key, want)) = want_iter.next() else { break };
                 steps.push(Step {
-                    action: StepAction::Reconfigure,
+                    action: StepAction::Start,
                     component: key.component.clone(),
                     host: key.host.clone(),
                     slot: key.slot,
-                    from_version: Some(have.version.clone()),
+                    from_version: None,
                     to_version: Some(want.version.clone()),
-                    reason: format!(
-                        "instance.index changes from {} to {}: other instances of {} come or go",
-                        word(have.index),
-                        word(want.index),
-                        key.component
-                    ),
+                    reason: format!("new instance: {}", want.reason),
                 });
             }
-            Some(_) => {}
+            std::cmp::Ordering::Equal => {
+                let (Some((key, have)), Some((_, want))) = (have_iter.next(), want_iter.next()) else {
+                    break;
+                };
+                if let Some(step) = changed_step(key, have, want, &mut config_differs) {
+                    steps.push(step);
+                }
+            }
         }
     }
-    for (key, have) in before {
-        if !after.contains_key(key) {
-            let still_declared = declared.contains(key.component.as_str());
-            let reason = if still_declared {
-                "no longer desired: the component's placement no longer selects this slot"
-            } else {
-                "no longer desired: the component is removed or places no instance"
-            };
-            steps.push(Step {
-                action: StepAction::Stop,
-                component: key.component.clone(),
-                host: key.host.clone(),
-                slot: key.slot,
-                from_version: Some(have.version.clone()),
-                to_version: None,
-                reason: reason.to_string(),
-            });
-        }
-    }
-    steps.sort_by(|a, b| (&a.component, &a.host, a.slot, a.action).cmp(&(&b.component, &b.host, b.slot, b.action)));
     steps
+}
+
+/// The step that takes one slot from `have` to `want`, if they differ.
+fn changed_step(
+    key: &PlacementKey,
+    have: &Placement,
+    want: &Placement,
+    config_differs: &mut impl FnMut(&Placement, &Placement) -> bool,
+) -> Option<Step> {
+    let step = |action: StepAction, reason: String| Step {
+        action,
+        component: key.component.clone(),
+        host: key.host.clone(),
+        slot: key.slot,
+        from_version: Some(have.version.clone()),
+        to_version: Some(want.version.clone()),
+        reason,
+    };
+    if have.version != want.version {
+        return Some(step(
+            StepAction::Upgrade,
+            format!("artifact.version changes from {} to {}", have.version, want.version),
+        ));
+    }
+    if config_differs(have, want) {
+        let fields: Vec<String> = diff_values(&have.config, &want.config)
+            .into_iter()
+            .map(|field| field.path)
+            .collect();
+        return Some(step(
+            StepAction::Reconfigure,
+            format!("configuration changes: {}", fields.join(", ")),
+        ));
+    }
+    if have.index != want.index {
+        let word = |i: Option<u32>| i.map_or_else(|| "none".to_owned(), |i| i.to_string());
+        return Some(step(
+            StepAction::Reconfigure,
+            format!(
+                "instance.index changes from {} to {}: other instances of {} come or go",
+                word(have.index),
+                word(want.index),
+                key.component
+            ),
+        ));
+    }
+    None
 }
 
 /// Splits every wave larger than the blast radius allowed for its component's system (the

@@ -83,7 +83,10 @@ fn place_inner(
     if place {
         sorted.sort_by(|a, b| a.name.cmp(&b.name));
     }
-    let mut placements = BTreeMap::new();
+    // Built as a list and made a map at once at the end (a bulk build from sorted keys is much
+    // cheaper than a search per insert); the components with `instance.index` are numbered then.
+    let mut placements: Vec<(PlacementKey, Placement)> = Vec::new();
+    let mut indexed: Vec<&str> = Vec::new();
     let mut unplaced = Vec::new();
     for (key, component) in desired.components.iter().filter(|(key, _)| wanted(key)) {
         let selector = &component.placement.selector;
@@ -126,13 +129,15 @@ fn place_inner(
         }
         let version = component.artifact.version.clone();
         let config = Arc::new(runtime_config(component));
-        let uses_index = config.to_string().contains("instance.index");
-        let first = placements.len();
+        if config.to_string().contains("instance.index") {
+            indexed.push(key.as_str());
+        }
         match component.placement.count {
             Count::PerHost(n) => {
+                let reason = format!("{n} per host on every host matching {selector}");
                 for host in &eligible {
                     for slot in 0..n {
-                        placements.insert(
+                        placements.push((
                             PlacementKey {
                                 component: key.clone(),
                                 host: host.name.clone(),
@@ -141,27 +146,36 @@ fn place_inner(
                             Placement {
                                 version: version.clone(),
                                 config: Arc::clone(&config),
-                                reason: format!("{n} per host on every host matching {selector}"),
+                                reason: reason.clone(),
                                 index: None,
                             },
-                        );
+                        ));
                     }
                 }
             }
             Count::Total(n) => {
                 let order = spread_order(&eligible, component.placement.spread_by.as_deref());
-                let mut per_host: BTreeMap<&str, u32> = BTreeMap::new();
+                let mut per_host: std::collections::HashMap<&str, u32> = std::collections::HashMap::new();
+                // One reason per spread value.
+                let mut reasons: BTreeMap<&str, String> = BTreeMap::new();
                 for idx in 0..n as usize {
                     let host = order[idx % order.len()];
                     let slot = per_host.entry(host.name.as_str()).or_insert(0);
-                    let reason = match &component.placement.spread_by {
-                        Some(label) => format!(
-                            "{n} in total over hosts matching {selector}, spread by {label} ({label}={})",
-                            host.labels.get(label).map_or("none", String::as_str)
-                        ),
-                        None => format!("{n} in total over hosts matching {selector}"),
-                    };
-                    placements.insert(
+                    let value = component
+                        .placement
+                        .spread_by
+                        .as_ref()
+                        .map_or("", |label| host.labels.get(label).map_or("none", String::as_str));
+                    let reason = reasons
+                        .entry(value)
+                        .or_insert_with(|| match &component.placement.spread_by {
+                            Some(label) => format!(
+                                "{n} in total over hosts matching {selector}, spread by {label} ({label}={value})"
+                            ),
+                            None => format!("{n} in total over hosts matching {selector}"),
+                        })
+                        .clone();
+                    placements.push((
                         PlacementKey {
                             component: key.clone(),
                             host: host.name.clone(),
@@ -173,22 +187,26 @@ fn place_inner(
                             reason,
                             index: None,
                         },
-                    );
+                    ));
                     *slot += 1;
                 }
             }
         }
-        if uses_index {
-            // The component's keys are consecutive in the map, in the order the server numbers them.
-            let placed = placements.len() - first;
-            let start = PlacementKey {
-                component: key.clone(),
-                host: String::new(),
-                slot: 0,
-            };
-            for (index, (_, placement)) in placements.range_mut(start..).take(placed).enumerate() {
-                placement.index = Some(u32::try_from(index).unwrap_or(u32::MAX));
-            }
+    }
+    let mut placements: BTreeMap<PlacementKey, Placement> = placements.into_iter().collect();
+    for key in indexed {
+        // The component's keys are consecutive in the map, in the order the server numbers them.
+        let start = PlacementKey {
+            component: key.to_owned(),
+            host: String::new(),
+            slot: 0,
+        };
+        for (index, (_, placement)) in placements
+            .range_mut(start..)
+            .take_while(|(k, _)| k.component == key)
+            .enumerate()
+        {
+            placement.index = Some(u32::try_from(index).unwrap_or(u32::MAX));
         }
     }
     (placements, unplaced)

@@ -435,13 +435,29 @@ fn component_waves(
                 reason: text.wave_reason(kind, ordinal, chunks.len(), chunk, first),
                 min_healthy_ms: if kind == WaveKind::Stop { 0 } else { min_healthy_ms },
                 pause_after_ms: rollout.pause.map_or(0, millis),
-                steps: chunk
-                    .iter()
-                    .map(|placed| WaveStep {
-                        step: placed.step.clone(),
-                        why: text.step_why(kind, ordinal, chunks.len(), placed, first),
-                    })
-                    .collect(),
+                steps: {
+                    // The steps of a wave mostly share their group and domain, hence their why.
+                    let mut last: Option<(StepShape<'_>, String)> = None;
+                    chunk
+                        .iter()
+                        .map(|placed| {
+                            let retired = ctx.options.retire_hosts.contains(&placed.step.host);
+                            let shape = (placed.group, placed.domain, retired);
+                            let why = match &last {
+                                Some((seen, why)) if *seen == shape => why.clone(),
+                                _ => {
+                                    let why = text.step_why(kind, ordinal, chunks.len(), placed, first);
+                                    last = Some((shape, why.clone()));
+                                    why
+                                }
+                            };
+                            WaveStep {
+                                step: placed.step.clone(),
+                                why,
+                            }
+                        })
+                        .collect()
+                },
             });
         }
     }
@@ -450,6 +466,10 @@ fn component_waves(
     }
     Ok(waves)
 }
+
+/// What a step's `why` depends on besides its wave: its host group, its domain, whether its host
+/// is retired.
+type StepShape<'a> = (Option<usize>, Option<&'a str>, bool);
 
 /// Cuts ordered steps into waves: a wave ends when it holds `size` steps, when the next step is
 /// in another host group or domain, or when the next step is disruptive and the wave already
