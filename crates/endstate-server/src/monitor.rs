@@ -1,6 +1,6 @@
 //! Monitoring on the server: check results from the agents go through the alert engine
 //! (`endstate_monitor::alerts`, pure); what it decides goes on the timeline, and notifications go
-//! to the configured webhooks.
+//! to the configured handlers (webhooks, command handlers, the ticket webhook).
 //!
 //! # Flow
 //! 1. An agent's `check` observations are stored with the batch they came in (acknowledged as
@@ -9,12 +9,16 @@
 //!    a non-OK status that lasts two results in a row opens one alert (`alert.opened`; one failed
 //!    result alone is a soft state, e.g. an instance checked before it listens), a change of
 //!    severity is `alert.changed`,
-//!    OK resolves it (`alert.resolved`); a notification suppressed by a silence, a down host or
-//!    flapping is `alert.suppressed` with the reason.
-//! 3. A notification is POSTed to every webhook ([`MonitorConfig::webhooks`]) by a task of its
-//!    own, retried with backoff (0.5 s doubling, 5 attempts, 5 s timeout each), so a slow or
-//!    dead receiver never holds up the pipeline; its outcome is `alert.notified` or
-//!    `alert.notify_failed` on the timeline.
+//!    OK resolves it (`alert.resolved`); a notification suppressed by a silence, a down host, a
+//!    critical dependency in another system or flapping is `alert.suppressed` with the reason.
+//! 3. A notification is handed to the handlers by a task of its own, so a slow or dead one never
+//!    holds up the pipeline: POSTed to every webhook ([`MonitorConfig::webhooks`]), retried with
+//!    backoff (0.5 s doubling, 5 attempts, 5 s timeout each); given on stdin to every command
+//!    handler ([`MonitorConfig::commands`]); for an alert that opens, POSTed to the ticket
+//!    webhook, whose answered link is kept on the alert. Outcomes: `alert.notified`,
+//!    `alert.notify_failed`, `alert.handled`, `alert.handler_failed`, `alert.ticket`,
+//!    `alert.ticket_failed` on the timeline, and `notify_failed` on the alert while the last
+//!    notification did not get through.
 //!
 //! # State across restarts
 //! The engine lives in memory; at start, [`load_silences`] and [`load_alerts`] take back the
