@@ -252,7 +252,8 @@ pub(crate) enum Command {
     /// The open alerts: status, check, target, host, since when, flags (acknowledged, silenced,
     /// flapping, consequence of a down host) and the check's message.
     Alerts,
-    /// Acknowledge an open alert: it stays open until its check is OK and says who is on it.
+    /// Acknowledge open alerts: one (CHECK TARGET), or every one matching --system, --host,
+    /// --check or --all. An alert stays open until its check is OK and says who is on it.
     Ack {
         /// The check, `system/check`; without it (and TARGET), every open alert matching the
         /// filters is acknowledged at once.
