@@ -16,7 +16,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,7 +23,7 @@ use futures_util::StreamExt;
 use tokio::time::Instant;
 
 use crate::agents::procfs;
-use crate::agents::server::{ServerProc, ServerSpec};
+use crate::agents::server::{AgentProc, ServerProc, ServerSpec};
 use crate::agents::sim::{self, ChecksStats, Fleet};
 use crate::figure::{Figure, Goal};
 
@@ -198,18 +197,9 @@ async fn fleet(exe: &Path, smoke: bool) -> anyhow::Result<Vec<Figure>> {
     let sizes = Sizes::new(smoke);
     let n = sizes.agents;
     let dir = tempfile::tempdir()?;
-    let spec = ServerSpec {
-        exe: exe.to_path_buf(),
-        data_dir: dir.path().join("server"),
-        listen: "127.0.0.1:0".into(),
-        agent_listen: "127.0.0.1:0".into(),
-        keepalive: None,
-    };
+    let spec = ServerSpec::local(exe, dir.path().join("server"));
     let mut server = ServerProc::start(&spec).await?;
-    let admin = server
-        .admin_token
-        .clone()
-        .ok_or_else(|| anyhow::anyhow!("the server printed no admin token"))?;
+    let admin = server.admin()?;
     eprintln!("monitoring: enrolling {n} simulated agents");
     let hosts = (0..n).map(|i| format!("mon-{i:05}")).collect();
     let identities = sim::enrol(&server.http, &admin, hosts, BTreeMap::new(), 32).await?;
@@ -388,18 +378,9 @@ fn checks_spec(plugin: &str, args: &[&str]) -> String {
 async fn agent_cpu(exe: &Path, smoke: bool) -> anyhow::Result<Figure> {
     let sizes = Sizes::new(smoke);
     let dir = tempfile::tempdir()?;
-    let spec = ServerSpec {
-        exe: exe.to_path_buf(),
-        data_dir: dir.path().join("server"),
-        listen: "127.0.0.1:0".into(),
-        agent_listen: "127.0.0.1:0".into(),
-        keepalive: None,
-    };
+    let spec = ServerSpec::local(exe, dir.path().join("server"));
     let mut server = ServerProc::start(&spec).await?;
-    let admin = server
-        .admin_token
-        .clone()
-        .ok_or_else(|| anyhow::anyhow!("the server printed no admin token"))?;
+    let admin = server.admin()?;
     let client = endstate_client::Client::new(&server.http, &admin)?;
     let dummy = "/usr/lib/nagios/plugins/check_dummy";
     let (plugin, args): (&str, &[&str]) = if Path::new(dummy).exists() {
@@ -419,23 +400,18 @@ async fn agent_cpu(exe: &Path, smoke: bool) -> anyhow::Result<Figure> {
     std::fs::create_dir_all(agent_dir.join("artifacts"))?;
     std::fs::set_permissions(&agent_dir, std::fs::Permissions::from_mode(0o700))?;
     let log = agent_dir.join("agent.log");
-    let mut child = Command::new(exe)
-        .arg("agent")
-        .arg("--server")
-        .arg(&server.http)
-        .arg("--name")
-        .arg(AGENT_HOST)
-        .arg("--data-dir")
-        .arg(&agent_dir)
-        .arg("--artifact-root")
-        .arg(agent_dir.join("artifacts"))
-        .args(["--ca-sha256", &token.ca_sha256])
-        .env("ENDSTATE_JOIN_TOKEN", &token.secret)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log)?)
-        .spawn()?;
-    let pid = child.id();
+    let agent = AgentProc(
+        crate::agents::server::agent_command(
+            exe,
+            &server.http,
+            AGENT_HOST,
+            (&agent_dir, &agent_dir.join("artifacts")),
+            &token,
+            &log,
+        )?
+        .spawn()?,
+    );
+    let pid = agent.pid();
     let result = async {
         // Wait until every check reported once, then a period more.
         let started = Instant::now();
@@ -485,17 +461,7 @@ async fn agent_cpu(exe: &Path, smoke: bool) -> anyhow::Result<Figure> {
         ))
     }
     .await;
-    if let Ok(pid) = i32::try_from(pid) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(10), async {
-        while child.try_wait().ok().flatten().is_none() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(agent);
     if result.is_err() {
         eprintln!(
             "monitoring: agent log tail:\n{}",

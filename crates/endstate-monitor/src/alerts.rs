@@ -215,7 +215,7 @@ pub enum Effect {
     },
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default)]
 struct KeyState {
     last: Option<Status>,
     /// Non-OK results in a row.
@@ -226,18 +226,16 @@ struct KeyState {
 }
 
 /// The engine's state: per key, the last status, a short history and the open alert.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug)]
 pub struct Engine {
     /// Non-OK results in a row before an alert opens (at least 1).
     pub attempts: u32,
     keys: BTreeMap<CheckKey, KeyState>,
     /// The keys with an open alert (listing alerts must not walk every key: a fleet has far
     /// more checks than open alerts).
-    #[serde(default)]
     open: BTreeSet<CheckKey>,
     /// Counts the alerts opened, changed and resolved: what was derived from the open alerts
     /// is still good while it is the same.
-    #[serde(default)]
     version: u64,
 }
 
@@ -441,6 +439,11 @@ impl Engine {
     /// Changes whenever an alert opens, changes status or resolves.
     pub fn version(&self) -> u64 {
         self.version
+    }
+
+    /// Non-OK results of a key in a row, the last one included (0 when it is OK or unknown).
+    pub fn failing(&self, key: &CheckKey) -> u32 {
+        self.keys.get(key).map_or(0, |state| state.failing)
     }
 
     /// Whether a key flaps now.

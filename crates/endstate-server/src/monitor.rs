@@ -80,8 +80,6 @@ pub(crate) struct Monitor {
 #[derive(Clone, Debug)]
 pub(crate) struct Latest {
     pub(crate) status: Status,
-    /// Results not OK in a row, this one included (0 when OK).
-    pub(crate) failing: u32,
     /// Its performance data, by label.
     pub(crate) perfdata: Vec<(String, f64)>,
     pub(crate) at_ms: i64,
@@ -160,14 +158,21 @@ impl Monitor {
         }
         match perfdata {
             None => {
-                // A hard state, as for alerts: one failed result alone (an instance checked
-                // while it is being replaced) is not a failure yet.
-                let failing: Vec<String> = fresh
+                // A hard state, as for alerts (the engine counts the failures in a row): one
+                // failed result alone (an instance checked while it is being replaced) is not a
+                // failure yet.
+                let engine = self.engine();
+                let in_a_row: Vec<(&CheckKey, &Latest, u32)> = fresh
                     .iter()
-                    .filter(|(_, r)| r.failing >= alerts::DEFAULT_ATTEMPTS)
-                    .map(|(k, r)| format!("{} {} {} times in a row", k.target, r.status.as_str(), r.failing))
+                    .map(|(k, r)| (*k, *r, if r.status == Status::Ok { 0 } else { engine.failing(k) }))
                     .collect();
-                let soft = fresh.iter().filter(|(_, r)| r.failing == 1).count();
+                drop(engine);
+                let failing: Vec<String> = in_a_row
+                    .iter()
+                    .filter(|(_, _, n)| *n >= alerts::DEFAULT_ATTEMPTS)
+                    .map(|(k, r, n)| format!("{} {} {n} times in a row", k.target, r.status.as_str()))
+                    .collect();
+                let soft = in_a_row.iter().filter(|(_, _, n)| *n == 1).count();
                 let source = if failing.is_empty() {
                     let soft = if soft > 0 {
                         format!(" ({soft} with one failed result, not counted yet)")
@@ -505,27 +510,17 @@ pub(crate) async fn ingest(state: &AppState, host: &str, results: Vec<(i64, Chec
             result.key.clone(),
             Latest {
                 status: result.status,
-                failing: u32::from(result.status != Status::Ok),
                 perfdata: values,
                 at_ms: result.at_ms,
             },
         ));
     }
-    {
-        let mut known = state
-            .monitor()
-            .latest
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for (key, mut result) in latest {
-            if result.failing > 0
-                && let Some(before) = known.get(&key)
-            {
-                result.failing = before.failing.saturating_add(1);
-            }
-            known.insert(key, result);
-        }
-    }
+    state
+        .monitor()
+        .latest
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .extend(latest);
     process(state, Source::Agent(host), results).await
 }
 
@@ -1688,11 +1683,34 @@ mod tests {
                 },
                 Latest {
                     status,
-                    failing: if status == Status::Ok { 0 } else { 2 },
                     perfdata: vec![("time".into(), time)],
                     at_ms,
                 },
             )
+        };
+        // The engine counts the failures in a row: `times` critical results of a target.
+        let fail = |target: &str, times: u32| {
+            let (silences, labels, down, systems) = (Vec::new(), BTreeMap::new(), BTreeSet::new(), BTreeMap::new());
+            let context = Context {
+                silences: &silences,
+                host_labels: &labels,
+                hosts_down: &down,
+                systems_down: &systems,
+            };
+            for at_ms in 0..i64::from(times) {
+                let result = alerts::CheckResult {
+                    key: CheckKey {
+                        check: "shop/http".into(),
+                        target: target.into(),
+                    },
+                    host: "h".into(),
+                    system: "shop".into(),
+                    status: Status::Critical,
+                    message: "down".into(),
+                    at_ms,
+                };
+                monitor.engine().observe(result, &context);
+            }
         };
         monitor.latest.lock().unwrap().extend([
             result("shop/web#0@h1", Status::Critical, 0.9, 1_000),
@@ -1701,11 +1719,13 @@ mod tests {
             result("shop/web#2@h3", Status::Critical, 5.0, 1),
             // Another component with the same prefix.
             result("shop/webhook#0@h1", Status::Critical, 7.0, 1_000),
+            // One failed result alone is soft: not counted.
+            result("shop/web#3@h4", Status::Critical, 0.1, 1_000),
         ]);
-        // One failed result alone is soft: not counted.
-        let (key, mut soft) = result("shop/web#3@h4", Status::Critical, 0.1, 1_000);
-        soft.failing = 1;
-        monitor.latest.lock().unwrap().insert(key, soft);
+        for target in ["shop/web#0@h1", "shop/web#2@h3", "shop/webhook#0@h1"] {
+            fail(target, 2);
+        }
+        fail("shop/web#3@h4", 1);
         let (value, source) = monitor.check_gate("shop/http", "shop/web", None, 2_000, 1_500);
         assert_eq!(value, Ok(1.0));
         assert_eq!(

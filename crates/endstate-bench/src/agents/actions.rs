@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 use endstate_api::{CreateJoinToken, RunRequest};
@@ -120,18 +120,9 @@ pub(super) async fn run(exe: &Path, smoke: bool, figures: &mut Vec<Figure>) -> a
     // At most 100 runs of a system within 10 minutes (the per-system limit): 3 sizes x 30.
     let runs = if smoke { 5 } else { 30 };
     let dir = tempfile::tempdir()?;
-    let spec = ServerSpec {
-        exe: exe.to_path_buf(),
-        data_dir: dir.path().join("server"),
-        listen: "127.0.0.1:0".into(),
-        agent_listen: "127.0.0.1:0".into(),
-        keepalive: None,
-    };
+    let spec = ServerSpec::local(exe, dir.path().join("server"));
     let mut server = ServerProc::start(&spec).await?;
-    let admin = server
-        .admin_token
-        .clone()
-        .ok_or_else(|| anyhow::anyhow!("the server printed no admin token"))?;
+    let admin = server.admin()?;
     let client = endstate_client::Client::new(&server.http, &admin)?;
     super::server::submit_spec(&client, SPEC.to_owned(), "actions benchmark").await?;
     let artifacts = dir.path().join("artifacts");
@@ -159,23 +150,10 @@ pub(super) async fn run(exe: &Path, smoke: bool, figures: &mut Vec<Figure>) -> a
                     .await?;
                 let data = dir.path().join(&host);
                 std::fs::create_dir_all(&data)?;
+                let log = data.join("agent.log");
                 agents.0.push(
-                    Command::new(exe)
-                        .arg("agent")
-                        .arg("--server")
-                        .arg(&server.http)
-                        .arg("--name")
-                        .arg(&host)
-                        .arg("--data-dir")
-                        .arg(&data)
-                        .arg("--artifact-root")
-                        .arg(&artifacts)
-                        .args(["--ca-sha256", &token.ca_sha256])
-                        .env("ENDSTATE_JOIN_TOKEN", &token.secret)
+                    super::server::agent_command(exe, &server.http, &host, (&data, &artifacts), &token, &log)?
                         .env("ENDSTATE_LOG", "warn")
-                        .stdin(Stdio::null())
-                        .stdout(Stdio::null())
-                        .stderr(std::fs::File::create(data.join("agent.log"))?)
                         .spawn()?,
                 );
             }

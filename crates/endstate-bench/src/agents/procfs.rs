@@ -39,21 +39,19 @@ fn stat_fields(pid: u32) -> anyhow::Result<Vec<String>> {
 /// CPU time the process used so far, user plus system (`utime + stime` of `/proc/PID/stat`,
 /// which includes its threads, ended ones too), in seconds.
 pub(crate) fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let fields = stat_fields(pid)?;
-    let ticks = |i: usize| -> anyhow::Result<u64> {
-        Ok(fields
-            .get(i)
-            .ok_or_else(|| anyhow::anyhow!("/proc/{pid}/stat is short"))?
-            .parse()?)
-    };
     // utime and stime are fields 14 and 15.
-    let total = ticks(11)? + ticks(12)?;
-    Ok(total as f64 / clock_ticks() as f64)
+    stat_seconds(pid, 11, 12)
 }
 
 /// CPU time of the process's children that ended and were waited for, user plus system
 /// (`cutime + cstime` of `/proc/PID/stat`), in seconds.
 pub(crate) fn children_cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    // cutime and cstime are fields 16 and 17.
+    stat_seconds(pid, 13, 14)
+}
+
+/// Two clock-tick fields of `/proc/PID/stat` (indexes after the command), added, in seconds.
+fn stat_seconds(pid: u32, first: usize, second: usize) -> anyhow::Result<f64> {
     let fields = stat_fields(pid)?;
     let ticks = |i: usize| -> anyhow::Result<u64> {
         Ok(fields
@@ -61,9 +59,7 @@ pub(crate) fn children_cpu_seconds(pid: u32) -> anyhow::Result<f64> {
             .ok_or_else(|| anyhow::anyhow!("/proc/{pid}/stat is short"))?
             .parse()?)
     };
-    // cutime and cstime are fields 16 and 17.
-    let total = ticks(13)? + ticks(14)?;
-    Ok(total as f64 / clock_ticks() as f64)
+    Ok((ticks(first)? + ticks(second)?) as f64 / clock_ticks() as f64)
 }
 
 /// CPU time of the process's live threads in ns (the first field of each

@@ -5,13 +5,13 @@
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use endstate_api::CreateJoinToken;
 use tokio::time::Instant;
 
-use super::server::{ServerProc, ServerSpec};
+use super::server::{AgentProc, ServerProc, ServerSpec};
 use super::{Expect, http_client, millis, newest_seq, percentile, procfs, timeline};
 use crate::figure::{Figure, Goal};
 
@@ -69,25 +69,6 @@ pub(super) fn expected(smoke: bool) -> Vec<Expect> {
     ]
 }
 
-/// The agent process; stopped (SIGTERM, then SIGKILL) when dropped.
-struct AgentProc(Child);
-
-impl Drop for AgentProc {
-    fn drop(&mut self) {
-        if let Ok(pid) = i32::try_from(self.0.id()) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
-        }
-        for _ in 0..200 {
-            if self.0.try_wait().ok().flatten().is_some() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 pub(super) async fn run(exe: &Path, smoke: bool, figures: &mut Vec<Figure>) -> anyhow::Result<()> {
     let expect = expected(smoke);
     let (settle, window, crashes) = if smoke {
@@ -96,18 +77,9 @@ pub(super) async fn run(exe: &Path, smoke: bool, figures: &mut Vec<Figure>) -> a
         (Duration::from_secs(5), Duration::from_secs(20), 5)
     };
     let dir = tempfile::tempdir()?;
-    let spec = ServerSpec {
-        exe: exe.to_path_buf(),
-        data_dir: dir.path().join("server"),
-        listen: "127.0.0.1:0".into(),
-        agent_listen: "127.0.0.1:0".into(),
-        keepalive: None,
-    };
+    let spec = ServerSpec::local(exe, dir.path().join("server"));
     let mut server = ServerProc::start(&spec).await?;
-    let admin = server
-        .admin_token
-        .clone()
-        .ok_or_else(|| anyhow::anyhow!("the server printed no admin token"))?;
+    let admin = server.admin()?;
     let client = endstate_client::Client::new(&server.http, &admin)?;
     let http = http_client()?;
 
@@ -129,24 +101,9 @@ pub(super) async fn run(exe: &Path, smoke: bool, figures: &mut Vec<Figure>) -> a
     std::fs::create_dir_all(&agent_dir)?;
     let log = agent_dir.join("agent.log");
     let agent = AgentProc(
-        Command::new(exe)
-            .arg("agent")
-            .arg("--server")
-            .arg(&server.http)
-            .arg("--name")
-            .arg(HOST)
-            .arg("--data-dir")
-            .arg(&agent_dir)
-            .arg("--artifact-root")
-            .arg(&artifacts)
-            .args(["--ca-sha256", &token.ca_sha256])
-            .env("ENDSTATE_JOIN_TOKEN", &token.secret)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log)?)
-            .spawn()?,
+        super::server::agent_command(exe, &server.http, HOST, (&agent_dir, &artifacts), &token, &log)?.spawn()?,
     );
-    let pid = agent.0.id();
+    let pid = agent.pid();
     let result = measure(
         pid,
         exe,

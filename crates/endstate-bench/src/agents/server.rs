@@ -41,7 +41,82 @@ pub(crate) struct ServerSpec {
     pub(crate) keepalive: Option<String>,
 }
 
+impl ServerSpec {
+    /// A first start in `data_dir`: loopback, free ports, the default keepalive.
+    pub(crate) fn local(exe: &Path, data_dir: PathBuf) -> ServerSpec {
+        ServerSpec {
+            exe: exe.to_path_buf(),
+            data_dir,
+            listen: "127.0.0.1:0".into(),
+            agent_listen: "127.0.0.1:0".into(),
+            keepalive: None,
+        }
+    }
+}
+
+/// `endstate agent` enrolling with `token` into the server at `server` as `host`, its data in
+/// `data_dir`, its log (stderr) in `log`; stdin and stdout closed. The caller adds what it
+/// needs (the log level) and spawns it.
+pub(crate) fn agent_command(
+    exe: &Path,
+    server: &str,
+    host: &str,
+    (data_dir, artifacts): (&Path, &Path),
+    token: &endstate_api::CreatedJoinToken,
+    log: &Path,
+) -> anyhow::Result<Command> {
+    let mut command = Command::new(exe);
+    command
+        .arg("agent")
+        .arg("--server")
+        .arg(server)
+        .arg("--name")
+        .arg(host)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--artifact-root")
+        .arg(artifacts)
+        .args(["--ca-sha256", &token.ca_sha256])
+        .env("ENDSTATE_JOIN_TOKEN", &token.secret)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log)?);
+    Ok(command)
+}
+
+/// An agent process; stopped (SIGTERM, then SIGKILL after 10 s) when dropped.
+pub(crate) struct AgentProc(pub(crate) std::process::Child);
+
+impl AgentProc {
+    pub(crate) fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.0.id()) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+        }
+        for _ in 0..200 {
+            if self.0.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 impl ServerProc {
+    /// The admin token this start created (the first start on a data directory).
+    pub(crate) fn admin(&self) -> anyhow::Result<String> {
+        self.admin_token
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("the server printed no admin token"))
+    }
+
     /// Starts the server and waits until it listens. Its log (stderr) goes to `server.log` in
     /// the data directory, at level warn, so logging costs the server next to nothing.
     pub(crate) async fn start(spec: &ServerSpec) -> anyhow::Result<ServerProc> {

@@ -182,12 +182,24 @@ async fn a_host_that_goes_down_alerts_once_and_what_fails_on_it_is_a_consequence
 
 /// A `check` observation of the disk check on `web-1`.
 fn disk_result(seq: u64, status: u8, output: &str, perfdata: &str) -> endstate_agent_proto::Observation {
+    check_result(seq, "platform/disk", "web-1", status, output, perfdata)
+}
+
+/// A `check` observation of `check` on `target`, now.
+fn check_result(
+    seq: u64,
+    check: &str,
+    target: &str,
+    status: u8,
+    output: &str,
+    perfdata: &str,
+) -> endstate_agent_proto::Observation {
     endstate_agent_proto::Observation {
         seq,
         at_unix_ms: u64::try_from(crate::fake_agent::now_ms()).unwrap(),
         observed: endstate_agent_proto::Observed::Check(endstate_agent_proto::CheckResult {
-            name: "platform/disk".into(),
-            target: "web-1".into(),
+            name: check.into(),
+            target: target.into(),
             duration_ms: 15,
             status,
             output: output.into(),
@@ -668,20 +680,10 @@ placement: { selector: { role: nowhere }, count: { total: 1 } }
 depends_on: [payments/api]
 ";
 
-/// A `check` observation of `check` on `target`.
+/// An HTTP check's observation of `target`: OK (0) or not.
 fn result_of(seq: u64, check: &str, target: &str, status: u8) -> endstate_agent_proto::Observation {
-    endstate_agent_proto::Observation {
-        seq,
-        at_unix_ms: u64::try_from(crate::fake_agent::now_ms()).unwrap(),
-        observed: endstate_agent_proto::Observed::Check(endstate_agent_proto::CheckResult {
-            name: check.into(),
-            target: target.into(),
-            duration_ms: 5,
-            status,
-            output: format!("HTTP {} on {target}", if status == 0 { "OK" } else { "CRITICAL" }),
-            perfdata: String::new(),
-        }),
-    }
+    let word = if status == 0 { "OK" } else { "CRITICAL" };
+    check_result(seq, check, target, status, &format!("HTTP {word} on {target}"), "")
 }
 
 #[tokio::test]
