@@ -44,18 +44,19 @@ fn main() -> anyhow::Result<()> {
             }
             "--help" | "-h" => {
                 println!(
-                    "usage: endstate-bench [--smoke] [--out FILE] [--only spec|store|agents|actions|rollout|timeline|monitoring]"
+                    "usage: endstate-bench [--smoke] [--out FILE] [--only spec|store|agents|actions|planner|rollout|timeline|monitoring]"
                 );
                 return Ok(());
             }
             other => anyhow::bail!("unknown argument {other:?}; see --help"),
         }
     }
-    let groups: [(&str, Group); 7] = [
+    let groups: [(&str, Group); 8] = [
         ("spec", spec::run),
         ("store", store::run),
         ("agents", agents::run),
         ("actions", agents::run_actions),
+        ("planner", rollout::run_planner),
         ("rollout", rollout::run),
         ("timeline", timeline::run),
         ("monitoring", monitoring::run),

@@ -19,14 +19,16 @@ mod render;
 pub mod template;
 mod waves;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use endstate_spec::{DesiredState, HostInfo};
+use endstate_spec::{Component, Count, DesiredState, HostInfo};
 use serde::{Deserialize, Serialize};
 
 pub use diff::{FieldDiff, diff_values};
 pub use placement::{Placement, PlacementKey, place, place_only, runtime_config, unplaceable};
+
+use placement::{HostTable, place_sorted};
 pub use render::render;
 pub use waves::{Blocked, PlanOptions, Wave, WaveKind, WaveStep, waves};
 
@@ -70,22 +72,25 @@ pub enum StepAction {
 }
 
 /// One concrete step on one instance, with the reason it is in the plan.
+///
+/// Its strings are shared with the placements and the other steps (a plan of 100,000 steps holds
+/// a few hundred distinct strings); they serialize as plain strings.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Step {
     /// What to do.
     pub action: StepAction,
     /// `system/component`.
-    pub component: String,
+    pub component: Arc<str>,
     /// The host.
-    pub host: String,
+    pub host: Arc<str>,
     /// The slot on that host.
     pub slot: u32,
     /// The version running before, if any.
-    pub from_version: Option<String>,
+    pub from_version: Option<Arc<str>>,
     /// The version running after, if any.
-    pub to_version: Option<String>,
+    pub to_version: Option<Arc<str>>,
     /// Why the step is there.
-    pub reason: String,
+    pub reason: Arc<str>,
 }
 
 /// A component whose placement cannot be satisfied on the known hosts.
@@ -176,16 +181,34 @@ pub fn plan_with(
     diff_kind("action", &current.actions, &desired.actions, &mut objects);
     diff_kind("policy", &current.policies, &desired.policies, &mut objects);
 
-    // A component declared the same before and after is placed the same on the same hosts, so it
-    // has no step: only the others are placed (unless hosts are retired, which moves everything).
-    let changed =
-        |key: &str| !options.retire_hosts.is_empty() || current.components.get(key) != desired.components.get(key);
-    let (before, _) = place_only(current, hosts, changed);
-    let (after, mut unplaced) = place_only(desired, &options.placement_hosts(hosts), changed);
+    // What to place of each component: nothing when it is declared the same before and after (it
+    // is placed the same on the same hosts, so it has no step), unless hosts are retired (which
+    // moves everything); when only its count changes, only the instances the two counts do not
+    // share; otherwise all of it, before and after.
+    let retired = &options.retire_hosts;
+    let skip = |key: &str| -> Option<u32> {
+        if !retired.is_empty() {
+            return Some(0);
+        }
+        match (current.components.get(key), desired.components.get(key)) {
+            (Some(have), Some(want)) if have == want => None,
+            (Some(have), Some(want)) => Some(shared_instances(have, want)),
+            _ => Some(0),
+        }
+    };
+    let table = HostTable::new(hosts);
+    let (before, _) = place_sorted(current, &table, &[], skip);
+    let (after, mut unplaced) = place_sorted(desired, &table, retired, skip);
     // What cannot be placed is said of every component, changed or not.
-    unplaced.extend(unplaceable(desired, hosts, |key| !changed(key)));
+    unplaced.extend(unplaceable(desired, hosts, |key| skip(key).is_none()));
     unplaced.sort_by(|a, b| a.component.cmp(&b.component));
-    let steps = instance_steps(&before, &after);
+    let places = |component: &str| {
+        desired
+            .components
+            .get(component)
+            .is_some_and(|c| !matches!(c.placement.count, Count::PerHost(0) | Count::Total(0)))
+    };
+    let steps = instance_steps(&before, &after, places);
 
     let mut summary = Summary::default();
     for object in &objects {
@@ -203,7 +226,7 @@ pub fn plan_with(
             StepAction::Stop => summary.stop += 1,
         }
     }
-    let (waves, blocked, held_after) = targeted_first(current, desired, hosts, &steps, options);
+    let (waves, blocked, held_after) = targeted_first(current, desired, &table, &steps, options);
     Plan {
         objects,
         steps,
@@ -225,21 +248,21 @@ pub fn plan_with(
 fn targeted_first(
     current: &DesiredState,
     desired: &DesiredState,
-    hosts: &[HostInfo],
+    hosts: &HostTable<'_>,
     steps: &[Step],
     options: &PlanOptions,
 ) -> (Vec<Wave>, Vec<Blocked>, Option<u32>) {
     if options.target_hosts.is_empty() {
-        let (waves, blocked) = waves::waves(current, desired, hosts, steps, options);
+        let (waves, blocked) = waves::waves_in(current, desired, hosts, steps, options);
         return (fit_blast_radius(waves, desired), blocked, None);
     }
     let (targeted, others): (Vec<Step>, Vec<Step>) = steps
         .iter()
         .cloned()
-        .partition(|s| options.target_hosts.contains(&s.host));
-    let (waves, mut blocked) = waves::waves(current, desired, hosts, &targeted, options);
+        .partition(|s| options.target_hosts.iter().any(|h| *h == *s.host));
+    let (waves, mut blocked) = waves::waves_in(current, desired, hosts, &targeted, options);
     let mut waves = fit_blast_radius(waves, desired);
-    let (rest, more_blocked) = waves::waves(current, desired, hosts, &others, options);
+    let (rest, more_blocked) = waves::waves_in(current, desired, hosts, &others, options);
     let rest = fit_blast_radius(rest, desired);
     for b in more_blocked {
         if !blocked.contains(&b) {
@@ -306,31 +329,35 @@ fn to_value<T: Serialize>(value: &T) -> serde_json::Value {
     serde_json::to_value(value).unwrap_or(serde_json::Value::Null)
 }
 
-fn instance_steps(before: &BTreeMap<PlacementKey, Placement>, after: &BTreeMap<PlacementKey, Placement>) -> Vec<Step> {
-    let mut steps = Vec::new();
-    // The placements of a component share their config: compare each pair once.
-    let mut same_config: std::collections::HashMap<(*const serde_json::Value, *const serde_json::Value), bool> =
-        std::collections::HashMap::new();
-    let mut config_differs = |have: &Placement, want: &Placement| {
-        !*same_config
-            .entry((Arc::as_ptr(&have.config), Arc::as_ptr(&want.config)))
-            .or_insert_with(|| have.config == want.config)
+/// How many instances a component keeps where they are when it changes from `have` to `want`:
+/// when only its count changes (same kind of count, same everything else) and no template numbers
+/// its instances, the instances both counts share are placed the same, so they need no placing;
+/// otherwise none.
+fn shared_instances(have: &Component, want: &Component) -> u32 {
+    let (n, m) = match (have.placement.count, want.placement.count) {
+        (Count::PerHost(n), Count::PerHost(m)) | (Count::Total(n), Count::Total(m)) => (n, m),
+        _ => return 0,
     };
-    // Whether a component still places instances (for the reason of a stop).
-    let declared = |component: &str| {
-        let first = PlacementKey {
-            component: component.to_owned(),
-            host: String::new(),
-            slot: 0,
-        };
-        after
-            .range(first..)
-            .next()
-            .is_some_and(|(k, _)| k.component == component)
-    };
-    // Both maps in key order at once: the steps come out ordered by component, host and slot.
-    let mut have_iter = before.iter().peekable();
-    let mut want_iter = after.iter().peekable();
+    let mut same = want.clone();
+    same.placement.count = have.placement.count;
+    if &same != have || runtime_config(want).to_string().contains("instance.index") {
+        return 0;
+    }
+    n.min(m)
+}
+
+/// The steps from the placements `before` to those `after` (both in key order), ordered by
+/// component, host and slot; `places(component)` says whether a component still places instances
+/// (for the reason of a stop).
+fn instance_steps(
+    before: &[(PlacementKey, Placement)],
+    after: &[(PlacementKey, Placement)],
+    places: impl Fn(&str) -> bool,
+) -> Vec<Step> {
+    let mut steps = Vec::with_capacity(after.len().max(before.len()));
+    let mut reasons = StepReasons::default();
+    // Both lists in key order at once: the steps come out ordered by component, host and slot.
+    let (mut have_iter, mut want_iter) = (before.iter().peekable(), after.iter().peekable());
     loop {
         let order = match (have_iter.peek(), want_iter.peek()) {
             (None, None) => break,
@@ -341,38 +368,33 @@ fn instance_steps(before: &BTreeMap<PlacementKey, Placement>, after: &BTreeMap<P
         match order {
             std::cmp::Ordering::Less => {
                 let Some((key, have)) = have_iter.next() else { break };
-                let reason = if declared(&key.component) {
-                    "no longer desired: the component's placement no longer selects this slot"
-                } else {
-                    "no longer desired: the component is removed or places no instance"
-                };
                 steps.push(Step {
                     action: StepAction::Stop,
-                    component: key.component.clone(),
-                    host: key.host.clone(),
+                    component: Arc::clone(&key.component),
+                    host: Arc::clone(&key.host),
                     slot: key.slot,
-                    from_version: Some(have.version.clone()),
+                    from_version: Some(Arc::clone(&have.version)),
                     to_version: None,
-                    reason: reason.to_string(),
+                    reason: reasons.stopped(places(&key.component)),
                 });
             }
             std::cmp::Ordering::Greater => {
                 let Some((key, want)) = want_iter.next() else { break };
                 steps.push(Step {
                     action: StepAction::Start,
-                    component: key.component.clone(),
-                    host: key.host.clone(),
+                    component: Arc::clone(&key.component),
+                    host: Arc::clone(&key.host),
                     slot: key.slot,
                     from_version: None,
-                    to_version: Some(want.version.clone()),
-                    reason: format!("new instance: {}", want.reason),
+                    to_version: Some(Arc::clone(&want.version)),
+                    reason: reasons.started(want),
                 });
             }
             std::cmp::Ordering::Equal => {
                 let (Some((key, have)), Some((_, want))) = (have_iter.next(), want_iter.next()) else {
                     break;
                 };
-                if let Some(step) = changed_step(key, have, want, &mut config_differs) {
+                if let Some(step) = changed_step(key, have, want, &mut reasons) {
                     steps.push(step);
                 }
             }
@@ -381,48 +403,94 @@ fn instance_steps(before: &BTreeMap<PlacementKey, Placement>, after: &BTreeMap<P
     steps
 }
 
+/// The reasons of steps, made once and shared: placements of a component share their version,
+/// configuration and reason (by pointer), so do their steps' reasons.
+#[derive(Default)]
+struct StepReasons {
+    started: HashMap<*const u8, Arc<str>>,
+    upgraded: HashMap<(*const u8, *const u8), Arc<str>>,
+    /// `None` when the two configurations are the same.
+    reconfigured: HashMap<(*const serde_json::Value, *const serde_json::Value), Option<Arc<str>>>,
+    stopped: [Option<Arc<str>>; 2],
+}
+
+impl StepReasons {
+    fn started(&mut self, want: &Placement) -> Arc<str> {
+        Arc::clone(
+            self.started
+                .entry(Arc::as_ptr(&want.reason).cast::<u8>())
+                .or_insert_with(|| Arc::from(format!("new instance: {}", want.reason))),
+        )
+    }
+
+    fn upgraded(&mut self, have: &Placement, want: &Placement) -> Arc<str> {
+        let key = (
+            Arc::as_ptr(&have.version).cast::<u8>(),
+            Arc::as_ptr(&want.version).cast::<u8>(),
+        );
+        Arc::clone(self.upgraded.entry(key).or_insert_with(|| {
+            Arc::from(format!(
+                "artifact.version changes from {} to {}",
+                have.version, want.version
+            ))
+        }))
+    }
+
+    fn reconfigured(&mut self, have: &Placement, want: &Placement) -> Option<Arc<str>> {
+        let key = (Arc::as_ptr(&have.config), Arc::as_ptr(&want.config));
+        self.reconfigured
+            .entry(key)
+            .or_insert_with(|| {
+                (have.config != want.config).then(|| {
+                    let fields: Vec<String> = diff_values(&have.config, &want.config)
+                        .into_iter()
+                        .map(|field| field.path)
+                        .collect();
+                    Arc::from(format!("configuration changes: {}", fields.join(", ")))
+                })
+            })
+            .clone()
+    }
+
+    fn stopped(&mut self, still_placed: bool) -> Arc<str> {
+        let reason = &mut self.stopped[usize::from(still_placed)];
+        Arc::clone(reason.get_or_insert_with(|| {
+            Arc::from(if still_placed {
+                "no longer desired: the component's placement no longer selects this slot"
+            } else {
+                "no longer desired: the component is removed or places no instance"
+            })
+        }))
+    }
+}
+
 /// The step that takes one slot from `have` to `want`, if they differ.
-fn changed_step(
-    key: &PlacementKey,
-    have: &Placement,
-    want: &Placement,
-    config_differs: &mut impl FnMut(&Placement, &Placement) -> bool,
-) -> Option<Step> {
-    let step = |action: StepAction, reason: String| Step {
+fn changed_step(key: &PlacementKey, have: &Placement, want: &Placement, reasons: &mut StepReasons) -> Option<Step> {
+    let step = |action: StepAction, reason: Arc<str>| Step {
         action,
-        component: key.component.clone(),
-        host: key.host.clone(),
+        component: Arc::clone(&key.component),
+        host: Arc::clone(&key.host),
         slot: key.slot,
-        from_version: Some(have.version.clone()),
-        to_version: Some(want.version.clone()),
+        from_version: Some(Arc::clone(&have.version)),
+        to_version: Some(Arc::clone(&want.version)),
         reason,
     };
     if have.version != want.version {
-        return Some(step(
-            StepAction::Upgrade,
-            format!("artifact.version changes from {} to {}", have.version, want.version),
-        ));
+        return Some(step(StepAction::Upgrade, reasons.upgraded(have, want)));
     }
-    if config_differs(have, want) {
-        let fields: Vec<String> = diff_values(&have.config, &want.config)
-            .into_iter()
-            .map(|field| field.path)
-            .collect();
-        return Some(step(
-            StepAction::Reconfigure,
-            format!("configuration changes: {}", fields.join(", ")),
-        ));
+    if let Some(reason) = reasons.reconfigured(have, want) {
+        return Some(step(StepAction::Reconfigure, reason));
     }
     if have.index != want.index {
         let word = |i: Option<u32>| i.map_or_else(|| "none".to_owned(), |i| i.to_string());
         return Some(step(
             StepAction::Reconfigure,
-            format!(
+            Arc::from(format!(
                 "instance.index changes from {} to {}: other instances of {} come or go",
                 word(have.index),
                 word(want.index),
                 key.component
-            ),
+            )),
         ));
     }
     None
@@ -444,16 +512,16 @@ fn fit_blast_radius(waves: Vec<Wave>, desired: &DesiredState) -> Vec<Wave> {
         };
         let mut parts: Vec<Vec<WaveStep>> = Vec::new();
         let mut part: Vec<WaveStep> = Vec::new();
-        let mut part_hosts: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+        let mut part_hosts: HashSet<&str> = HashSet::new();
         for step in &wave.steps {
-            let new_host = !part_hosts.contains(&step.step.host);
+            let new_host = !part_hosts.contains(&*step.step.host);
             let full = limit.instances.is_some_and(|max| part.len() >= max as usize)
                 || (new_host && limit.hosts.is_some_and(|max| part_hosts.len() >= max as usize));
             if full && !part.is_empty() {
                 parts.push(std::mem::take(&mut part));
                 part_hosts.clear();
             }
-            part_hosts.insert(step.step.host.clone());
+            part_hosts.insert(&step.step.host);
             part.push(step.clone());
         }
         parts.push(part);
@@ -480,7 +548,7 @@ fn fit_blast_radius(waves: Vec<Wave>, desired: &DesiredState) -> Vec<Wave> {
                 steps: steps
                     .into_iter()
                     .map(|mut s| {
-                        s.why = format!("{}; part {} of {n} (max_in_flight)", s.why, k + 1);
+                        s.why = Arc::from(format!("{}; part {} of {n} (max_in_flight)", s.why, k + 1));
                         s
                     })
                     .collect(),

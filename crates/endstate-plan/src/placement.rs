@@ -1,10 +1,17 @@
 //! Placement: which instances of which component run on which host, decided from the
 //! component's placement rule and the inventory alone.
+//!
+//! Placements are built in key order (component, host, slot) as one list: no map, no sort. The
+//! strings they hold are shared (`Arc<str>`): a component's key, version and reasons once per
+//! component, a host's name once per host, so placing 100,000 instances allocates no string per
+//! instance.
 
-use std::collections::BTreeMap;
+use std::cell::OnceCell;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use endstate_spec::{Component, Count, DesiredState, HostInfo};
+use endstate_types::Labels;
 use serde_json::Value;
 
 use crate::Unplaced;
@@ -13,9 +20,9 @@ use crate::Unplaced;
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PlacementKey {
     /// `system/component`.
-    pub component: String,
+    pub component: Arc<str>,
     /// The host.
-    pub host: String,
+    pub host: Arc<str>,
     /// The slot on the host, from 0.
     pub slot: u32,
 }
@@ -24,12 +31,12 @@ pub struct PlacementKey {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Placement {
     /// The artifact version.
-    pub version: String,
+    pub version: Arc<str>,
     /// Everything that defines the running process apart from its version (see [`runtime_config`]),
     /// shared by every placement of the component.
     pub config: Arc<Value>,
     /// Why this instance is placed here.
-    pub reason: String,
+    pub reason: Arc<str>,
     /// `{{ instance.index }}`: the instance's 0-based index among the component's placements in
     /// key order (host, then slot), when the component's templates use it (`None` otherwise).
     /// Moving another instance can change it: that is a reconfiguration of this one.
@@ -65,174 +72,305 @@ pub fn place_only(
     hosts: &[HostInfo],
     wanted: impl Fn(&str) -> bool,
 ) -> (BTreeMap<PlacementKey, Placement>, Vec<Unplaced>) {
-    place_inner(desired, hosts, wanted, true)
+    let table = HostTable::new(hosts);
+    let (placements, unplaced) = place_sorted(desired, &table, &[], |key| wanted(key).then_some(0));
+    (placements.into_iter().collect(), unplaced)
 }
 
 /// What of the components `wanted` accepts cannot be placed, without placing the rest.
 pub fn unplaceable(desired: &DesiredState, hosts: &[HostInfo], wanted: impl Fn(&str) -> bool) -> Vec<Unplaced> {
-    place_inner(desired, hosts, wanted, false).1
-}
-
-fn place_inner(
-    desired: &DesiredState,
-    hosts: &[HostInfo],
-    wanted: impl Fn(&str) -> bool,
-    place: bool,
-) -> (BTreeMap<PlacementKey, Placement>, Vec<Unplaced>) {
-    let mut sorted: Vec<&HostInfo> = hosts.iter().collect();
-    if place {
-        sorted.sort_by(|a, b| a.name.cmp(&b.name));
-    }
-    // Built as a list and made a map at once at the end (a bulk build from sorted keys is much
-    // cheaper than a search per insert); the components with `instance.index` are numbered then.
-    let mut placements: Vec<(PlacementKey, Placement)> = Vec::new();
-    let mut indexed: Vec<&str> = Vec::new();
     let mut unplaced = Vec::new();
     for (key, component) in desired.components.iter().filter(|(key, _)| wanted(key)) {
         let selector = &component.placement.selector;
-        // Only whether one host matches, when nothing is placed.
-        let eligible: Vec<&HostInfo> = if place {
-            sorted
-                .iter()
-                .copied()
-                .filter(|host| selector.matches(&host.labels))
-                .collect()
+        if wanted_count(component) > 0 && !hosts.iter().any(|host| selector.matches(&host.labels)) {
+            unplaced.push(no_host(key, component, hosts.len()));
+        }
+    }
+    unplaced
+}
+
+/// The known hosts in name order (each name once), with their names made shareable on first use.
+pub(crate) struct HostTable<'a> {
+    hosts: Vec<&'a HostInfo>,
+    names: Vec<OnceCell<Arc<str>>>,
+    /// How many hosts were given (for messages).
+    given: usize,
+}
+
+impl<'a> HostTable<'a> {
+    pub(crate) fn new(hosts: &'a [HostInfo]) -> HostTable<'a> {
+        let mut sorted: Vec<&HostInfo> = hosts.iter().collect();
+        if !sorted.is_sorted_by(|a, b| a.name < b.name) {
+            sorted.sort_by(|a, b| a.name.cmp(&b.name));
+            sorted.dedup_by(|a, b| a.name == b.name);
+        }
+        HostTable {
+            names: (0..sorted.len()).map(|_| OnceCell::new()).collect(),
+            hosts: sorted,
+            given: hosts.len(),
+        }
+    }
+
+    /// The labels of the host named `name`. `cursor` is where a previous lookup ended: a lookup
+    /// of a later name gallops on from there (lookups in name order cost little more than a pass
+    /// over their hosts), an earlier one searches the whole table.
+    pub(crate) fn labels(&self, name: &str, cursor: &mut usize) -> Option<&'a Labels> {
+        let hosts = &self.hosts;
+        let before = |host: &&HostInfo| host.name.as_str() < name;
+        // Every host before `low` is before `name`.
+        let mut low = if *cursor <= hosts.len() && (*cursor == 0 || before(&hosts[*cursor - 1])) {
+            *cursor
         } else {
-            sorted
-                .iter()
-                .copied()
-                .find(|host| selector.matches(&host.labels))
-                .into_iter()
-                .collect()
+            0
         };
-        let wanted = match component.placement.count {
-            Count::PerHost(n) => n,
-            Count::Total(n) => n,
-        };
+        let mut step = 1;
+        loop {
+            let probe = low + step - 1;
+            match hosts.get(probe) {
+                Some(host) if before(host) => {
+                    low = probe + 1;
+                    step *= 2;
+                }
+                _ => {
+                    let high = probe.min(hosts.len());
+                    *cursor = low + hosts[low..high].partition_point(before);
+                    break;
+                }
+            }
+        }
+        hosts.get(*cursor).filter(|h| h.name == name).map(|h| &h.labels)
+    }
+
+    fn name(&self, index: usize) -> Arc<str> {
+        Arc::clone(self.names[index].get_or_init(|| Arc::from(self.hosts[index].name.as_str())))
+    }
+}
+
+fn wanted_count(component: &Component) -> u32 {
+    match component.placement.count {
+        Count::PerHost(n) | Count::Total(n) => n,
+    }
+}
+
+fn no_host(key: &str, component: &Component, known: usize) -> Unplaced {
+    Unplaced {
+        component: key.to_owned(),
+        wanted: wanted_count(component),
+        placed: 0,
+        reason: format!(
+            "no known host matches the selector {} ({known} hosts known)",
+            component.placement.selector
+        ),
+    }
+}
+
+/// Places the components for which `skip` answers `Some(k)`, on the table's hosts but the
+/// `retired` ones, leaving out each one's first `k` instances: for a total count the first `k` in
+/// spread order, for a count per host the slots below `k` on every host. (Changing a count alone
+/// leaves the instances both counts share where they are: only the others need placing.)
+///
+/// The placements come out in key order: components in key order, then hosts in name order, then
+/// slots.
+pub(crate) fn place_sorted(
+    desired: &DesiredState,
+    table: &HostTable<'_>,
+    retired: &[String],
+    skip: impl Fn(&str) -> Option<u32>,
+) -> (Vec<(PlacementKey, Placement)>, Vec<Unplaced>) {
+    let mut placements: Vec<(PlacementKey, Placement)> = Vec::new();
+    let mut unplaced = Vec::new();
+    for (key, component) in &desired.components {
+        let Some(skip) = skip(key) else { continue };
+        let selector = &component.placement.selector;
+        let eligible_host = |host: &HostInfo| selector.matches(&host.labels) && !retired.contains(&host.name);
+        let wanted = wanted_count(component);
         if wanted == 0 {
             continue;
         }
+        if skip >= wanted {
+            // Nothing of it to place here; only whether it could be placed at all.
+            if !table.hosts.iter().any(|host| eligible_host(host)) {
+                unplaced.push(no_host(key, component, table.given));
+            }
+            continue;
+        }
+        let eligible: Vec<usize> = (0..table.hosts.len())
+            .filter(|&i| eligible_host(table.hosts[i]))
+            .collect();
         if eligible.is_empty() {
-            unplaced.push(Unplaced {
-                component: key.clone(),
-                wanted,
-                placed: 0,
-                reason: format!(
-                    "no known host matches the selector {selector} ({} hosts known)",
-                    hosts.len()
-                ),
-            });
+            unplaced.push(no_host(key, component, table.given));
             continue;
         }
-        if !place {
-            continue;
-        }
-        let version = component.artifact.version.clone();
+        let key_arc: Arc<str> = Arc::from(key.as_str());
+        let version: Arc<str> = Arc::from(component.artifact.version.as_str());
         let config = Arc::new(runtime_config(component));
-        if config.to_string().contains("instance.index") {
-            indexed.push(key.as_str());
-        }
+        let indexed = config.to_string().contains("instance.index");
+        let first = placements.len();
+        let mut push = |host: usize, slot: u32, reason: &Arc<str>| {
+            placements.push((
+                PlacementKey {
+                    component: Arc::clone(&key_arc),
+                    host: table.name(host),
+                    slot,
+                },
+                Placement {
+                    version: Arc::clone(&version),
+                    config: Arc::clone(&config),
+                    reason: Arc::clone(reason),
+                    index: None,
+                },
+            ));
+        };
         match component.placement.count {
             Count::PerHost(n) => {
-                let reason = format!("{n} per host on every host matching {selector}");
-                for host in &eligible {
-                    for slot in 0..n {
-                        placements.push((
-                            PlacementKey {
-                                component: key.clone(),
-                                host: host.name.clone(),
-                                slot,
-                            },
-                            Placement {
-                                version: version.clone(),
-                                config: Arc::clone(&config),
-                                reason: reason.clone(),
-                                index: None,
-                            },
-                        ));
+                let reason: Arc<str> = Arc::from(format!("{n} per host on every host matching {selector}"));
+                for &host in &eligible {
+                    for slot in skip..n {
+                        push(host, slot, &reason);
                     }
                 }
             }
             Count::Total(n) => {
-                let order = spread_order(&eligible, component.placement.spread_by.as_deref());
-                let mut per_host: std::collections::HashMap<&str, u32> = std::collections::HashMap::new();
+                let spread_by = component.placement.spread_by.as_deref();
+                let position = spread_positions(table, &eligible, spread_by);
+                let len = eligible.len();
                 // One reason per spread value.
-                let mut reasons: BTreeMap<&str, String> = BTreeMap::new();
-                for idx in 0..n as usize {
-                    let host = order[idx % order.len()];
-                    let slot = per_host.entry(host.name.as_str()).or_insert(0);
-                    let value = component
-                        .placement
-                        .spread_by
-                        .as_ref()
-                        .map_or("", |label| host.labels.get(label).map_or("none", String::as_str));
+                let mut reasons: HashMap<&str, Arc<str>> = HashMap::new();
+                for (&host, &pos) in eligible.iter().zip(&position) {
+                    // Instance `i` goes to the host at position `i % len` of the spread order, in
+                    // its slot `i / len`: this host holds instances `pos`, `pos + len`, ...
+                    let n = n as usize;
+                    let count = n / len + usize::from(pos < n % len);
+                    let skip = skip as usize;
+                    let from = if skip > pos { (skip - pos).div_ceil(len) } else { 0 };
+                    if from >= count {
+                        continue;
+                    }
+                    let value = spread_by.map_or("", |label| {
+                        table.hosts[host].labels.get(label).map_or("none", String::as_str)
+                    });
                     let reason = reasons
                         .entry(value)
-                        .or_insert_with(|| match &component.placement.spread_by {
-                            Some(label) => format!(
-                                "{n} in total over hosts matching {selector}, spread by {label} ({label}={value})"
-                            ),
-                            None => format!("{n} in total over hosts matching {selector}"),
+                        .or_insert_with(|| {
+                            Arc::from(match spread_by {
+                                Some(label) => format!(
+                                    "{n} in total over hosts matching {selector}, spread by {label} ({label}={value})"
+                                ),
+                                None => format!("{n} in total over hosts matching {selector}"),
+                            })
                         })
                         .clone();
-                    placements.push((
-                        PlacementKey {
-                            component: key.clone(),
-                            host: host.name.clone(),
-                            slot: *slot,
-                        },
-                        Placement {
-                            version: version.clone(),
-                            config: Arc::clone(&config),
-                            reason,
-                            index: None,
-                        },
-                    ));
-                    *slot += 1;
+                    for slot in from..count {
+                        push(host, u32::try_from(slot).unwrap_or(u32::MAX), &reason);
+                    }
                 }
             }
         }
-    }
-    let mut placements: BTreeMap<PlacementKey, Placement> = placements.into_iter().collect();
-    for key in indexed {
-        // The component's keys are consecutive in the map, in the order the server numbers them.
-        let start = PlacementKey {
-            component: key.to_owned(),
-            host: String::new(),
-            slot: 0,
-        };
-        for (index, (_, placement)) in placements
-            .range_mut(start..)
-            .take_while(|(k, _)| k.component == key)
-            .enumerate()
-        {
-            placement.index = Some(u32::try_from(index).unwrap_or(u32::MAX));
+        if indexed {
+            // In key order, as the server numbers them (`skip` is 0 for such components).
+            for (index, (_, placement)) in placements[first..].iter_mut().enumerate() {
+                placement.index = Some(u32::try_from(index).unwrap_or(u32::MAX));
+            }
         }
     }
     (placements, unplaced)
 }
 
-/// The order in which hosts receive instances of a total count: one host of each spread value in
-/// turn, so consecutive instances land in different failure domains.
-fn spread_order<'a>(eligible: &[&'a HostInfo], spread_by: Option<&str>) -> Vec<&'a HostInfo> {
+/// Each eligible host's position in the order in which hosts receive instances of a total count:
+/// one host of each spread value in turn (hosts without the label first, then the values in
+/// order), so consecutive instances land in different failure domains.
+fn spread_positions(table: &HostTable<'_>, eligible: &[usize], spread_by: Option<&str>) -> Vec<usize> {
     let Some(label) = spread_by else {
-        return eligible.to_vec();
+        return (0..eligible.len()).collect();
     };
-    let mut domains: BTreeMap<Option<&str>, Vec<&'a HostInfo>> = BTreeMap::new();
-    for host in eligible {
-        domains
-            .entry(host.labels.get(label).map(String::as_str))
-            .or_default()
-            .push(host);
+    // Failure domains are mostly few: a list searched in order beats a map, up to a point.
+    const FEW: usize = 16;
+    let mut domains: Vec<(Option<&str>, Vec<usize>)> = Vec::new();
+    let mut many: HashMap<Option<&str>, usize> = HashMap::new();
+    for (at, &host) in eligible.iter().enumerate() {
+        let value = table.hosts[host].labels.get(label).map(String::as_str);
+        let found = if domains.len() <= FEW {
+            domains.iter().position(|(v, _)| *v == value)
+        } else {
+            many.get(&value).copied()
+        };
+        let d = found.unwrap_or_else(|| {
+            domains.push((value, Vec::new()));
+            if domains.len() == FEW + 1 {
+                many.extend(domains.iter().enumerate().map(|(d, (v, _))| (*v, d)));
+            } else if domains.len() > FEW + 1 {
+                many.insert(value, domains.len() - 1);
+            }
+            domains.len() - 1
+        });
+        domains[d].1.push(at);
     }
-    let longest = domains.values().map(Vec::len).max().unwrap_or(0);
-    let mut order = Vec::with_capacity(eligible.len());
+    domains.sort_by(|a, b| a.0.cmp(&b.0));
+    let longest = domains.iter().map(|(_, hosts)| hosts.len()).max().unwrap_or(0);
+    let mut position = vec![0; eligible.len()];
+    let mut next = 0;
     for round in 0..longest {
-        for hosts in domains.values() {
-            if let Some(host) = hosts.get(round) {
-                order.push(*host);
+        for (_, hosts) in &domains {
+            if let Some(&at) = hosts.get(round) {
+                position[at] = next;
+                next += 1;
             }
         }
     }
-    order
+    position
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(name: String, rack: usize) -> HostInfo {
+        HostInfo {
+            name,
+            labels: [("rack".to_owned(), format!("r{rack:02}"))].into_iter().collect(),
+        }
+    }
+
+    /// Lookups in any order find every host, and nothing for names not in the table, wherever
+    /// the cursor was.
+    #[test]
+    fn labels_are_found_from_any_cursor() {
+        let hosts: Vec<HostInfo> = (0..100).map(|i| host(format!("h{:03}", i * 2), i % 7)).collect();
+        let table = HostTable::new(&hosts);
+        let mut cursor = 0;
+        // Ascending, descending, jumping, and names between and beyond the hosts.
+        let order = (0..200).chain((0..200).rev()).chain((0..200).map(|i| (i * 37) % 200));
+        for i in order {
+            let name = format!("h{i:03}");
+            let want = hosts.iter().find(|h| h.name == name).map(|h| &h.labels);
+            assert_eq!(table.labels(&name, &mut cursor), want, "{name}");
+        }
+        assert_eq!(table.labels("h999", &mut cursor), None);
+        assert_eq!(table.labels("a", &mut cursor), None);
+        assert_eq!(table.labels("h000", &mut cursor), Some(&hosts[0].labels));
+    }
+
+    /// With more failure domains than the short list holds, the spread order is still one host
+    /// of each domain in turn, domains in order.
+    #[test]
+    fn many_domains_spread_in_turn() {
+        let hosts: Vec<HostInfo> = (0..120).map(|i| host(format!("h{i:03}"), (i * 13) % 40)).collect();
+        let table = HostTable::new(&hosts);
+        let eligible: Vec<usize> = (0..hosts.len()).collect();
+        let position = spread_positions(&table, &eligible, Some("rack"));
+        let mut order = vec![""; hosts.len()];
+        for (at, &pos) in position.iter().enumerate() {
+            order[pos] = &hosts[at].name;
+        }
+        // The first 40 positions take one host of each rack, racks in order.
+        let racks: Vec<&str> = order[..40]
+            .iter()
+            .map(|name| hosts.iter().find(|h| h.name == *name).unwrap().labels["rack"].as_str())
+            .collect();
+        let expected: Vec<String> = (0..40).map(|r| format!("r{r:02}")).collect();
+        assert_eq!(racks, expected);
+        let mut sorted = position.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..hosts.len()).collect::<Vec<_>>());
+    }
 }

@@ -45,8 +45,8 @@ pub fn render(plan: &Plan, color: bool) -> String {
             let (sign, word, code) = action_words(step.action);
             let versions = match (&step.from_version, &step.to_version) {
                 (Some(from), Some(to)) if from != to => format!("{from} -> {to}"),
-                (_, Some(to)) => to.clone(),
-                (Some(from), None) => from.clone(),
+                (_, Some(to)) => to.to_string(),
+                (Some(from), None) => from.to_string(),
                 (None, None) => String::new(),
             };
             let _ = writeln!(

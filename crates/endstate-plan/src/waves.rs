@@ -26,11 +26,12 @@
 //! the steps.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use endstate_spec::{Batch, Component, DesiredState, Duration, HostInfo, OnFailure, Rollout};
-use endstate_types::Labels;
 use serde::{Deserialize, Serialize};
 
+use crate::placement::HostTable;
 use crate::{Step, StepAction};
 
 /// Operational parameters given with a change (CLI `--host-groups`, `--retire`; API `options`).
@@ -109,8 +110,9 @@ pub struct WaveStep {
     #[serde(flatten)]
     pub step: Step,
     /// Why it is in this wave, in parts separated by `; ` (`canary; zone=a, domain 1 of 3`,
-    /// `batch 2 of 4; host group 1 (h1, h2)`, `the only batch; after shop/db (depends_on)`).
-    pub why: String,
+    /// `batch 2 of 4; host group 1 (h1, h2)`, `the only batch; after shop/db (depends_on)`);
+    /// shared by the steps of a wave that have the same reasons.
+    pub why: Arc<str>,
 }
 
 /// A rollout rule that cannot be satisfied: the plan is refused.
@@ -137,10 +139,21 @@ pub fn waves(
     steps: &[Step],
     options: &PlanOptions,
 ) -> (Vec<Wave>, Vec<Blocked>) {
+    waves_in(current, desired, &HostTable::new(hosts), steps, options)
+}
+
+/// [`waves`] with the hosts already in a table (the planner's own).
+pub(crate) fn waves_in(
+    current: &DesiredState,
+    desired: &DesiredState,
+    hosts: &HostTable<'_>,
+    steps: &[Step],
+    options: &PlanOptions,
+) -> (Vec<Wave>, Vec<Blocked>) {
     let ctx = Context::new(hosts, options);
     let mut by_component: BTreeMap<&str, Vec<&Step>> = BTreeMap::new();
     for step in steps {
-        by_component.entry(step.component.as_str()).or_default().push(step);
+        by_component.entry(&*step.component).or_default().push(step);
     }
     let mut waves: Vec<Wave> = Vec::new();
     let mut blocked = Vec::new();
@@ -244,33 +257,27 @@ fn dependency_order<'a>(
 
 /// What the waves of every component need to know about the hosts and the options.
 struct Context<'a> {
-    labels: BTreeMap<&'a str, &'a Labels>,
+    hosts: &'a HostTable<'a>,
     groups: BTreeMap<&'a str, usize>,
     options: &'a PlanOptions,
 }
 
 impl<'a> Context<'a> {
-    fn new(hosts: &'a [HostInfo], options: &'a PlanOptions) -> Context<'a> {
-        let mut labels = BTreeMap::new();
-        for host in hosts {
-            labels.entry(host.name.as_str()).or_insert(&host.labels);
-        }
+    fn new(hosts: &'a HostTable<'a>, options: &'a PlanOptions) -> Context<'a> {
         let mut groups = BTreeMap::new();
         for (index, group) in options.host_groups.iter().enumerate() {
             for host in group {
                 groups.entry(host.as_str()).or_insert(index);
             }
         }
-        Context {
-            labels,
-            groups,
-            options,
-        }
+        Context { hosts, groups, options }
     }
 
-    fn domain(&self, host: &str, label: &str) -> Option<&'a str> {
-        self.labels
-            .get(host)
+    /// The value of `label` on `host`. `cursor` is where the previous lookup ended: steps come in
+    /// host order, so the next host is mostly a few places further.
+    fn domain(&self, host: &str, label: &str, cursor: &mut usize) -> Option<&'a str> {
+        self.hosts
+            .labels(host, cursor)
             .and_then(|labels| labels.get(label))
             .map(String::as_str)
     }
@@ -356,11 +363,12 @@ fn component_waves(
     let label = rollout.one_domain_at_a_time.as_deref();
     let mut changes = Vec::new();
     let mut stops = Vec::new();
+    let mut cursor = 0;
     for step in steps {
         let placed = Placed {
             step,
-            group: ctx.groups.get(step.host.as_str()).copied(),
-            domain: label.and_then(|label| ctx.domain(&step.host, label)),
+            group: ctx.groups.get(&*step.host).copied(),
+            domain: label.and_then(|label| ctx.domain(&step.host, label, &mut cursor)),
             disruptive: !start_first && matches!(step.action, StepAction::Upgrade | StepAction::Reconfigure),
         };
         if step.action == StepAction::Stop {
@@ -377,8 +385,8 @@ fn component_waves(
             reason: unavailable_reason(key, component, &changes),
         });
     }
-    changes.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
-    stops.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
+    let changes = in_wave_order(changes);
+    let stops = in_wave_order(stops);
 
     // The batch percentage applies to the component's instance count after the change, which is
     // not known here (unchanged instances are not steps): the number of its starts, upgrades and
@@ -437,16 +445,17 @@ fn component_waves(
                 pause_after_ms: rollout.pause.map_or(0, millis),
                 steps: {
                     // The steps of a wave mostly share their group and domain, hence their why.
-                    let mut last: Option<(StepShape<'_>, String)> = None;
+                    let mut last: Option<(StepShape<'_>, Arc<str>)> = None;
                     chunk
                         .iter()
                         .map(|placed| {
-                            let retired = ctx.options.retire_hosts.contains(&placed.step.host);
+                            let retired = ctx.options.retire_hosts.iter().any(|h| *h == *placed.step.host);
                             let shape = (placed.group, placed.domain, retired);
                             let why = match &last {
-                                Some((seen, why)) if *seen == shape => why.clone(),
+                                Some((seen, why)) if *seen == shape => Arc::clone(why),
                                 _ => {
-                                    let why = text.step_why(kind, ordinal, chunks.len(), placed, first);
+                                    let why: Arc<str> =
+                                        Arc::from(text.step_why(kind, ordinal, chunks.len(), placed, first));
                                     last = Some((shape, why.clone()));
                                     why
                                 }
@@ -465,6 +474,31 @@ fn component_waves(
         last.pause_after_ms = 0;
     }
     Ok(waves)
+}
+
+/// Where a step's segment comes in the wave order: host group (none last), then domain (none last).
+type Segment<'a> = (bool, Option<usize>, bool, Option<&'a str>);
+
+/// `placed` in wave order ([`Placed::order_key`]): by segment (host group, domain), each
+/// segment by host and slot. The steps mostly come in host order already: they are put in their
+/// segments in the order they come, and a segment is sorted only when it is not in order.
+fn in_wave_order(placed: Vec<Placed<'_>>) -> Vec<Placed<'_>> {
+    let mut segments: BTreeMap<Segment<'_>, Vec<Placed<'_>>> = BTreeMap::new();
+    let total = placed.len();
+    for p in placed {
+        segments
+            .entry((p.group.is_none(), p.group, p.domain.is_none(), p.domain))
+            .or_default()
+            .push(p);
+    }
+    let mut out = Vec::with_capacity(total);
+    for (_, mut segment) in segments {
+        if !segment.is_sorted_by(|a, b| a.order_key() <= b.order_key()) {
+            segment.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
+        }
+        out.extend(segment);
+    }
+    out
 }
 
 /// What a step's `why` depends on besides its wave: its host group, its domain, whether its host
@@ -616,8 +650,8 @@ impl Texts<'_> {
             }
             WaveKind::Stop => {
                 let retire = &self.ctx.options.retire_hosts;
-                let why = if chunk.iter().all(|p| retire.contains(&p.step.host)) {
-                    let hosts: BTreeSet<&str> = chunk.iter().map(|p| p.step.host.as_str()).collect();
+                let why = if chunk.iter().all(|p| retire.iter().any(|h| *h == *p.step.host)) {
+                    let hosts: BTreeSet<&str> = chunk.iter().map(|p| &*p.step.host).collect();
                     let hosts: Vec<&str> = hosts.into_iter().collect();
                     let word = if hosts.len() == 1 { "host" } else { "hosts" };
                     format!("on retired {word} {}", and_list(&hosts))
@@ -654,7 +688,7 @@ impl Texts<'_> {
             WaveKind::Batch if self.canary > 0 => "the only batch, after the canary".to_owned(),
             WaveKind::Batch => "the only batch".to_owned(),
             WaveKind::Stop => {
-                let retired = self.ctx.options.retire_hosts.contains(&placed.step.host);
+                let retired = self.ctx.options.retire_hosts.iter().any(|h| *h == *placed.step.host);
                 let what = if retired { "host retired" } else { "no longer desired" };
                 if self.changes > 0 {
                     format!("{what}, after the new instances")

@@ -81,7 +81,7 @@ fn check_with(case: &str, adjust: impl Fn(&mut DesiredState)) {
     let mut expected: Vec<_> = plan
         .steps
         .iter()
-        .filter(|s| !plan.blocked.iter().any(|b| b.component == s.component))
+        .filter(|s| !plan.blocked.iter().any(|b| *b.component == *s.component))
         .cloned()
         .collect();
     in_waves.sort_by(|a, b| (&a.component, &a.host, a.slot).cmp(&(&b.component, &b.host, b.slot)));

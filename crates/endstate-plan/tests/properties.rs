@@ -332,7 +332,7 @@ proptest! {
             let max = input.component(&wave.component).rollout.max_unavailable;
             let down = wave.steps.iter().filter(|s| input.disruptive(&s.step.component, s.step.action)).count();
             prop_assert!(down <= max as usize, "wave {} has {down} disruptive steps, max {max}", wave.index);
-            prop_assert!(wave.steps.iter().all(|s| s.step.component == wave.component));
+            prop_assert!(wave.steps.iter().all(|s| *s.step.component == *wave.component));
             prop_assert!(!wave.steps.is_empty());
         }
         let blocked: BTreeSet<&str> = plan.blocked.iter().map(|b| b.component.as_str()).collect();
@@ -340,7 +340,7 @@ proptest! {
             .steps
             .iter()
             .filter(|s| input.disruptive(&s.component, s.action) && input.component(&s.component).rollout.max_unavailable == 0)
-            .map(|s| s.component.as_str())
+            .map(|s| &*s.component)
             .collect();
         prop_assert_eq!(blocked, should);
     }
@@ -402,14 +402,14 @@ proptest! {
         let blocked: BTreeSet<&str> = plan.blocked.iter().map(|b| b.component.as_str()).collect();
         let order = |s: &endstate_plan::Step| (s.component.clone(), s.host.clone(), s.slot);
         let mut in_waves: Vec<_> = plan.waves.iter().flat_map(|w| w.steps.iter().map(|s| s.step.clone())).collect();
-        let mut expected: Vec<_> = plan.steps.iter().filter(|s| !blocked.contains(s.component.as_str())).cloned().collect();
+        let mut expected: Vec<_> = plan.steps.iter().filter(|s| !blocked.contains(&*s.component)).cloned().collect();
         in_waves.sort_by_key(order);
         expected.sort_by_key(order);
         prop_assert_eq!(in_waves, expected);
 
         let (before, _) = place(&input.current, &input.hosts);
         let (after, _) = place(&input.desired, &input.options.placement_hosts(&input.hosts));
-        let mut running: BTreeMap<_, String> = before.into_iter().map(|(k, p)| (k, p.version)).collect();
+        let mut running: BTreeMap<_, std::sync::Arc<str>> = before.into_iter().map(|(k, p)| (k, p.version)).collect();
         for wave in &plan.waves {
             for ws in &wave.steps {
                 let step = &ws.step;
@@ -429,9 +429,9 @@ proptest! {
                 }
             }
         }
-        let wanted: BTreeMap<_, String> = after.into_iter().map(|(k, p)| (k, p.version)).collect();
-        let unblocked = |m: BTreeMap<endstate_plan::PlacementKey, String>| -> BTreeMap<_, _> {
-            m.into_iter().filter(|(k, _)| !blocked.contains(k.component.as_str())).collect()
+        let wanted: BTreeMap<_, std::sync::Arc<str>> = after.into_iter().map(|(k, p)| (k, p.version)).collect();
+        let unblocked = |m: BTreeMap<endstate_plan::PlacementKey, std::sync::Arc<str>>| -> BTreeMap<_, _> {
+            m.into_iter().filter(|(k, _)| !blocked.contains(&*k.component)).collect()
         };
         prop_assert_eq!(unblocked(running), unblocked(wanted));
     }
@@ -471,5 +471,41 @@ proptest! {
                 None => prop_assert_eq!(&wave.domain, &None),
             }
         }
+    }
+
+    /// (6) When only counts change, the planner places only the instances the two counts do not
+    /// share; its steps are still exactly the difference between placing everything before and
+    /// after: a start for every instance only after, a stop for every instance only before.
+    #[test]
+    fn a_count_change_alone_plans_the_difference_of_the_placements(case in case()) {
+        let mut case = case;
+        for comp in &mut case.comps {
+            comp.after = Side { count: comp.after.count, ..comp.before.clone() };
+            if comp.before.per_host {
+                comp.after.count = comp.after.count.min(2);
+            }
+        }
+        for host in &mut case.hosts {
+            host.2 = false;
+        }
+        let input = Input::new(&case);
+        let plan = input.plan();
+        let (before, _) = place(&input.current, &input.hosts);
+        let (after, _) = place(&input.desired, &input.hosts);
+        let mut expected: Vec<(String, String, u32, StepAction)> = Vec::new();
+        for key in before.keys().filter(|k| !after.contains_key(*k)) {
+            expected.push((key.component.to_string(), key.host.to_string(), key.slot, StepAction::Stop));
+        }
+        for key in after.keys().filter(|k| !before.contains_key(*k)) {
+            expected.push((key.component.to_string(), key.host.to_string(), key.slot, StepAction::Start));
+        }
+        expected.sort();
+        let mut got: Vec<(String, String, u32, StepAction)> = plan
+            .steps
+            .iter()
+            .map(|s| (s.component.to_string(), s.host.to_string(), s.slot, s.action))
+            .collect();
+        got.sort();
+        prop_assert_eq!(got, expected);
     }
 }

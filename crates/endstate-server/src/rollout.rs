@@ -537,7 +537,7 @@ fn blast(plan: &Plan, progress: &Progress, desired: &DesiredState) -> endstate_d
         .max_in_flight(system)
         .map(|(limit, _)| limit)
         .unwrap_or_default();
-    let hosts: BTreeSet<&str> = wave.steps.iter().map(|s| s.step.host.as_str()).collect();
+    let hosts: BTreeSet<&str> = wave.steps.iter().map(|s| &*s.step.host).collect();
     endstate_decide::BlastRadius {
         hosts: u32::try_from(hosts.len()).unwrap_or(u32::MAX),
         instances: u32::try_from(wave.steps.len()).unwrap_or(u32::MAX),
@@ -657,11 +657,7 @@ async fn degraded(
     if systems.is_empty() {
         return Ok(Vec::new());
     }
-    let stepped: BTreeSet<(&str, &str, u32)> = plan
-        .steps
-        .iter()
-        .map(|s| (s.component.as_str(), s.host.as_str(), s.slot))
-        .collect();
+    let stepped: BTreeSet<(&str, &str, u32)> = plan.steps.iter().map(|s| (&*s.component, &*s.host, s.slot)).collect();
     let instances = state
         .store()
         .list_instances(endstate_store::InstanceFilter {
@@ -718,7 +714,7 @@ async fn view(hub: &Hub, step: &WaveStep, back: bool) -> InstanceView {
         .split_once('/')
         .unwrap_or(("", &step.step.component));
     let id = endstate_agent_proto::InstanceId::new(system, component, step.step.slot).0;
-    let host = step.step.host.clone();
+    let host = step.step.host.to_string();
     let (live, generation) = hub.observed(&host, &id).await;
     let connected = hub.connection(&host).is_some();
     if expects_gone(step, back) {
@@ -746,7 +742,7 @@ async fn view(hub: &Hub, step: &WaveStep, back: bool) -> InstanceView {
     } else {
         &step.step.to_version
     };
-    let version = version.clone().unwrap_or_default();
+    let version = version.as_deref().unwrap_or_default();
     let Some(live) = live else {
         return InstanceView {
             id,
@@ -762,7 +758,7 @@ async fn view(hub: &Hub, step: &WaveStep, back: bool) -> InstanceView {
             restarts: 0,
         };
     };
-    let at_target = live.version == version && generation.is_some_and(|g| live.generation >= g);
+    let at_target = live.version == *version && generation.is_some_and(|g| live.generation >= g);
     let state = instance_state(&live, connected);
     InstanceView {
         id,

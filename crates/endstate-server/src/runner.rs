@@ -169,7 +169,7 @@ async fn drive(state: &AppState, change: &Change) -> Result<(), ApiError> {
         return Ok(());
     }
     if plan.unplaced.is_empty() && state.hub().is_some() {
-        let hosts: std::collections::BTreeSet<&str> = plan.steps.iter().map(|s| s.host.as_str()).collect();
+        let hosts: std::collections::BTreeSet<&str> = plan.steps.iter().map(|s| &*s.host).collect();
         let reason = format!(
             "{} instance steps on {} hosts in {} waves; asking the Decider before wave 1",
             plan.steps.len(),
@@ -212,7 +212,7 @@ fn waiting_reason(plan: &Plan) -> String {
             unplaced.component, unplaced.placed, unplaced.wanted, unplaced.reason
         );
     }
-    let hosts: std::collections::BTreeSet<&str> = plan.steps.iter().map(|s| s.host.as_str()).collect();
+    let hosts: std::collections::BTreeSet<&str> = plan.steps.iter().map(|s| &*s.host).collect();
     format!(
         "waiting: {} instance steps on {} hosts need agents to execute them, and this server has no executor yet",
         plan.steps.len(),

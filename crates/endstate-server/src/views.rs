@@ -93,8 +93,8 @@ impl World {
             .map(|record| {
                 (
                     PlacementKey {
-                        component: record.component_key.clone(),
-                        host: record.host.0.clone(),
+                        component: Arc::from(record.component_key.as_str()),
+                        host: Arc::from(record.host.0.as_str()),
                         slot: record.slot,
                     },
                     record,
@@ -133,7 +133,7 @@ impl World {
             let instance = format!("{key}#{} on {}", placement_key.slot, placement_key.host);
             let (status, reason) = match self.records.get(placement_key).and_then(|r| r.actual.as_ref()) {
                 None => (Status::Pending, format!("{instance} is not running yet")),
-                Some(actual) if actual.version.as_deref() != Some(placement.version.as_str()) => (
+                Some(actual) if actual.version.as_deref() != Some(&*placement.version) => (
                     Status::Pending,
                     format!(
                         "{instance} runs {} instead of {}",
@@ -395,10 +395,10 @@ impl World {
             let record = self.records.get(key);
             let actual = record.and_then(|r| r.actual.as_ref());
             out.push(InstanceView {
-                component: key.component.clone(),
-                host: key.host.clone(),
+                component: key.component.to_string(),
+                host: key.host.to_string(),
                 slot: key.slot,
-                desired_version: placement.version.clone(),
+                desired_version: placement.version.to_string(),
                 actual_version: actual.and_then(|a| a.version.clone()),
                 status: actual.map_or(Status::Pending, |a| a.status).as_str().to_string(),
                 state: actual.map_or_else(|| "not started".to_string(), |a| a.state.clone()),
@@ -414,8 +414,8 @@ impl World {
             }
             let actual = record.actual.as_ref();
             out.push(InstanceView {
-                component: key.component.clone(),
-                host: key.host.clone(),
+                component: key.component.to_string(),
+                host: key.host.to_string(),
                 slot: key.slot,
                 desired_version: "(to be stopped)".to_string(),
                 actual_version: actual.and_then(|a| a.version.clone()),
@@ -434,12 +434,12 @@ impl World {
 /// The range of placement keys of one component.
 fn range_of(key: &str) -> std::ops::RangeInclusive<PlacementKey> {
     PlacementKey {
-        component: key.to_string(),
-        host: String::new(),
+        component: Arc::from(key),
+        host: Arc::from(""),
         slot: 0,
     }..=PlacementKey {
-        component: key.to_string(),
-        host: "\u{10FFFF}".to_string(),
+        component: Arc::from(key),
+        host: Arc::from("\u{10FFFF}"),
         slot: u32::MAX,
     }
 }

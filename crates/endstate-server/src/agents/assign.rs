@@ -60,7 +60,7 @@ pub(crate) fn assignments(desired: &DesiredState, hosts: &[HostInfo], salt: &str
     let chosen: BTreeMap<PlacementKey, (&Component, Placement)> = placements
         .into_iter()
         .filter_map(|(key, placement)| {
-            let component = desired.components.get(&key.component)?;
+            let component = desired.components.get(&*key.component)?;
             Some((key, (component, placement)))
         })
         .collect();
@@ -91,10 +91,10 @@ pub(crate) fn mixed(
             old.version == placement.version && old.config == placement.config && old.index == placement.index
         });
         if released.contains(&key) || unchanged {
-            if let Some(component) = target.components.get(&key.component) {
+            if let Some(component) = target.components.get(&*key.component) {
                 chosen.insert(key, (component, placement));
             }
-        } else if let (Some(old), Some(component)) = (old, base.and_then(|b| b.components.get(&key.component))) {
+        } else if let (Some(old), Some(component)) = (old, base.and_then(|b| b.components.get(&*key.component))) {
             chosen.insert(key, (component, old.clone()));
         }
     }
@@ -102,7 +102,7 @@ pub(crate) fn mixed(
         if chosen.contains_key(&key) || released.contains(&key) {
             continue;
         }
-        if let Some(component) = base.and_then(|b| b.components.get(&key.component)) {
+        if let Some(component) = base.and_then(|b| b.components.get(&*key.component)) {
             chosen.insert(key, (component, placement));
         }
     }
@@ -122,7 +122,7 @@ fn assignments_of(
     let mut taken: BTreeMap<String, BTreeSet<u16>> = BTreeMap::new();
     // Fixed ports first, so dynamic ones never take them.
     for (key, (component, _)) in placements {
-        let used = taken.entry(key.host.clone()).or_default();
+        let used = taken.entry(key.host.to_string()).or_default();
         used.extend(component.ports.iter().filter_map(|p| p.number));
     }
     for (key, (component, placement)) in placements {
@@ -130,7 +130,7 @@ fn assignments_of(
         // component's templates do not use it.
         let this_index = placement.index.unwrap_or(0);
         let id = InstanceId::new(&component.system, &component.name, key.slot);
-        let used = taken.entry(key.host.clone()).or_default();
+        let used = taken.entry(key.host.to_string()).or_default();
         // Start-before-stop needs the new instance on other ports than the old one, for an
         // upgrade and for a reconfiguration alike: the ports follow the version and the config.
         let version_salt = match upgrade_order(component) {
@@ -142,8 +142,8 @@ fn assignments_of(
             UpgradeOrder::StopFirst => salt.to_owned(),
         };
         let ports = allocate_ports(component, &version_salt, &key.host, &id, used);
-        let host_labels = labels.get(key.host.as_str()).map(|l| (*l).clone()).unwrap_or_default();
-        let host = out.entry(key.host.clone()).or_default();
+        let host_labels = labels.get(&*key.host).map(|l| (*l).clone()).unwrap_or_default();
+        let host = out.entry(key.host.to_string()).or_default();
         match assignment(
             component,
             &placement.version,
@@ -158,10 +158,10 @@ fn assignments_of(
                 host.index.insert(
                     id.0.clone(),
                     InstanceMeta {
-                        component_key: key.component.clone(),
+                        component_key: key.component.to_string(),
                         system: component.system.clone(),
                         slot: key.slot,
-                        version: placement.version.clone(),
+                        version: placement.version.to_string(),
                         digest,
                     },
                 );

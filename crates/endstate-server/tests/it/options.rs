@@ -62,7 +62,7 @@ async fn host_groups_and_retired_hosts_shape_the_preview_and_unknown_hosts_are_r
     let hosts: Vec<&str> = plan
         .waves
         .iter()
-        .flat_map(|w| w.steps.iter().map(|s| s.step.host.as_str()))
+        .flat_map(|w| w.steps.iter().map(|s| &*s.step.host))
         .collect();
     assert_eq!(hosts, ["h4", "h3", "h1"], "{plan:#?}");
     assert_eq!(plan.options.host_groups, [vec!["h4".to_owned()], vec!["h3".to_owned()]]);
