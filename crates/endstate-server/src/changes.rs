@@ -83,7 +83,8 @@ async fn run(
 /// Go back to an earlier revision. While a change is rolling out (or halted) and no other
 /// revision is asked for, that change is aborted: it goes back to the last converged revision,
 /// gated. Otherwise the revision asked for (by default the one converged before the last) is
-/// submitted again as a new revision, whose change rolls out like any other.
+/// submitted again as a new revision, whose change rolls out like any other (once a change in
+/// flight has ended: a rollout is not cut short).
 ///
 /// Revisions hold the whole desired state: going back to one reverts every system to it; the
 /// system named is the one the person acts on (authorisation, the timeline).

@@ -10,7 +10,12 @@
 //!    naming the rule. A plan with components that cannot be placed waits in `planning`, saying
 //!    why, and is re-planned every round, so a host joining the inventory is taken into account.
 //!    Otherwise, with agents, the change goes `rolling` and [`crate::rollout`] executes its waves.
-//! 4. An older open change is `superseded` by a newer one: only the newest desired state is pursued.
+//! 4. An older open change that has not started rolling is `superseded` by a newer one: only the
+//!    newest desired state is pursued. A change rolling out (or halted mid-way) is not cut short:
+//!    superseding it would put the instances of its released waves back at once, ungated. The
+//!    newest change waits in `pending`, saying for which change, until that one converges, rolls
+//!    back or fails (`endstate change abort` takes a halted one back, gated; `resume` carries it
+//!    on); then it is planned from the revision in force.
 
 //! # Guarantees
 //! - Every round re-reads the store; the runner keeps no state of its own, so a restart (or
@@ -21,6 +26,9 @@
 //! # Caveats
 //! - The plan is fixed when the change starts rolling: a host joining later is not in it (the
 //!   next change places on it).
+//! - A halted change holds every newer change until a person aborts or resumes it: that is the
+//!   point (a half-done rollout is a state someone must decide about), and the queued change says
+//!   so, naming both commands.
 
 use std::time::Duration;
 
@@ -68,10 +76,16 @@ pub(crate) async fn round(state: &AppState) -> Result<(), ApiError> {
         .await?
         .items;
     state.metrics().open_changes.set(open.len() as i64);
-    let Some((newest, older)) = open.split_first() else {
+    let Some(newest) = open.first() else {
         return Ok(());
     };
-    for change in older {
+    let active = open
+        .iter()
+        .find(|c| matches!(c.state, ChangeState::Rolling | ChangeState::Halted));
+    for change in &open[1..] {
+        if active.is_some_and(|a| a.id == change.id) {
+            continue;
+        }
         let reason = format!(
             "superseded by change {} for revision {}",
             newest.id.0, newest.revision.0
@@ -86,7 +100,39 @@ pub(crate) async fn round(state: &AppState) -> Result<(), ApiError> {
         )
         .await?;
     }
-    drive(state, newest).await
+    match active {
+        Some(active) if active.id != newest.id => {
+            queue_behind(state, newest, active).await?;
+            drive(state, active).await
+        }
+        _ => drive(state, newest).await,
+    }
+}
+
+/// Keeps `change` pending while `active` rolls out or is halted, saying so once.
+async fn queue_behind(state: &AppState, change: &Change, active: &Change) -> Result<(), ApiError> {
+    let id = active.id.0;
+    let what = match active.state {
+        ChangeState::Halted => format!(
+            "is halted ({}); `endstate change abort {id}` takes it back, `endstate change resume {id}` carries it on",
+            active.reason.as_deref().unwrap_or("no reason given")
+        ),
+        _ => "is rolling out".to_owned(),
+    };
+    let reason = format!(
+        "waiting for change {id} (revision {}) to end: it {what}; a rollout is not cut short, since that would put          its released instances back at once, ungated; this change is planned once it ends",
+        active.revision.0
+    );
+    // Said once per state of the other change (not per wave).
+    if change.reason.as_deref() == Some(reason.as_str()) {
+        return Ok(());
+    }
+    let update = Transition {
+        quiet: true,
+        ..Transition::default()
+    };
+    transition(state, change, ChangeState::Pending, update, reason, "change.queued").await?;
+    Ok(())
 }
 
 async fn drive(state: &AppState, change: &Change) -> Result<(), ApiError> {

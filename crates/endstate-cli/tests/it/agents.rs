@@ -1026,3 +1026,74 @@ fn a_server_restart_mid_rollout_continues_where_it_was() {
     lab.wait_status("lab/roll 2.0.0 (3/3 ready)  healthy");
     lab.finish();
 }
+
+/// A newer revision submitted while a change rolls out waits for it: the rollout is not cut short
+/// (which would put its released instances back at once, ungated), it converges, and the newer
+/// change is planned from it and rolls out in its turn.
+#[test]
+fn a_newer_change_waits_for_the_rollout_in_progress_instead_of_cutting_it_short() {
+    let agent_port = free_port("127.0.0.1");
+    let mut lab = Lab::new(None, agent_port);
+    let binary = example_service(lab.root());
+    let names = ["q-a", "q-b", "q-c"];
+    for (name, zone) in names.iter().zip(["a", "b", "c"]) {
+        lab.add_agent(name, &format!("zone={zone}"), false);
+    }
+    lab.cli.wait_liveness(&names, "reachable");
+    let spec = write_spec(&lab.root().join("spec"), &[rolling_service(&binary, "1.0.0", "1s")]);
+    lab.cli.apply(&spec, &["--timeout", "90s"], 0);
+
+    // Version 2 rolls out one zone at a time, each wave held 4 s; version 3 comes during wave 1.
+    let spec = write_spec(&lab.root().join("spec"), &[rolling_service(&binary, "2.0.0", "4s")]);
+    lab.cli.apply(&spec, &["--no-wait"], 0);
+    wait_until("wave 1 of change 2", PATIENCE, || {
+        let started = lab.cli.timeline(&["--kind", "change.wave_started"])?;
+        started
+            .iter()
+            .find(|e| e.0["change"] == 2)
+            .map(|_| ())
+            .ok_or_else(|| format!("{} waves started", started.len()))
+    });
+    let spec = write_spec(&lab.root().join("spec"), &[rolling_service(&binary, "3.0.0", "1s")]);
+    lab.cli.apply(&spec, &["--no-wait"], 0);
+    let queued = wait_until("change 3 to queue behind change 2", PATIENCE, || {
+        let events = lab.cli.timeline(&["--kind", "change.queued"])?;
+        events
+            .into_iter()
+            .find(|e| e.0["change"] == 3)
+            .ok_or_else(|| "not queued yet".to_owned())
+    });
+    assert!(
+        queued
+            .summary()
+            .contains("waiting for change 2 (revision 2) to end: it is rolling out"),
+        "{queued}"
+    );
+
+    let events = wait_until("change 3 to converge", PATIENCE, || {
+        let events = lab.cli.timeline(&["--kind", "change."])?;
+        if events
+            .iter()
+            .any(|e| e.kind() == "change.converged" && e.0["change"] == 3)
+        {
+            Ok(events)
+        } else {
+            Err(format!("{:#?}", events.iter().rev().take(5).collect::<Vec<_>>()))
+        }
+    });
+    let of = |change: u64, kind: &str| events.iter().position(|e| e.0["change"] == change && e.kind() == kind);
+    assert_eq!(of(2, "change.superseded"), None, "change 2 was cut short");
+    let converged_2 = of(2, "change.converged").expect("change 2 converged");
+    let planned_3 = of(3, "change.planning").expect("change 3 was planned");
+    assert!(converged_2 < planned_3, "change 3 was planned before change 2 ended");
+    // All three waves of change 2 ran, then change 3's, zone by zone.
+    let waves = |change: u64| {
+        events
+            .iter()
+            .filter(|e| e.kind() == "change.wave_started" && e.0["change"] == change)
+            .count()
+    };
+    assert_eq!((waves(2), waves(3)), (3, 3));
+    lab.wait_status("lab/roll 3.0.0 (3/3 ready)  healthy");
+    lab.finish();
+}
