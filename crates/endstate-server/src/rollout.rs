@@ -452,7 +452,10 @@ async fn gather(
         index,
         count,
         started_ms: progress.wave_started_ms,
-        min_healthy_ms: wave.min_healthy_ms,
+        // Going back restores instances of the revision that converged, which already held their
+        // minimum healthy time: each withdrawn wave waits for their health, not for that time again
+        // (nor for a pause).
+        min_healthy_ms: if progress.back { 0 } else { wave.min_healthy_ms },
         pause_after_ms: if progress.back { 0 } else { wave.pause_after_ms },
         deadline_ms: u64::try_from(config.wave_deadline.as_millis()).unwrap_or(u64::MAX),
         stops_only: wave.steps.iter().all(|s| expects_gone(s, progress.back)),

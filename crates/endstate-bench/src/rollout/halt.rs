@@ -19,8 +19,9 @@
 //!   the canary's agent receiving the set that withdraws the canary (this process's clock; one
 //!   machine, one clock).
 //!
-//! Version 1 is then applied again (the open change is superseded) and the trial ends when every
-//! agent runs version 1 again with all its observations acknowledged.
+//! The change then goes back to version 1 (a halted one is aborted; a newer change would wait for
+//! it) and the trial ends when it is rolled back and every agent runs version 1 again with all its
+//! observations acknowledged.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -348,9 +349,17 @@ async fn trial(
             trial.released_after = agents.sets_after(sent.at, Some(CANARY));
         }
     }
-    // Back to version 1: the open change is superseded, every agent runs version 1 again.
-    let reset = submit(client, V1, Mode::Halt, "rollout benchmark: back to version 1").await?;
-    events.converged(reset).await?;
+    // Back to version 1: a halted change is aborted (a newer change would wait for it), and goes
+    // back like the one rolling back by itself; then every agent runs version 1 again.
+    if mode == Mode::Halt {
+        client
+            .change_command(change, "abort", Some("rollout benchmark: back to version 1"))
+            .await?;
+    }
+    events
+        .next(|e| e.change == Some(change) && e.kind == "change.rolled_back")
+        .await
+        .map_err(|e| anyhow::anyhow!("waiting for change {change} to be rolled back: {e:#}"))?;
     agents.settled(V1).await?;
     Ok(trial)
 }
