@@ -1299,9 +1299,30 @@ impl Worker {
         loop {
             let target = self.desired.borrow_and_update().clone();
             let Some(target) = target else {
+                let never_ran = self.current.is_none() && self.next.is_none();
                 self.retire_next().await;
                 self.retire().await;
-                lock(&self.status).pending = None;
+                let pending = lock(&self.status).pending.take();
+                if let Some(pending) = pending.filter(|_| never_ran) {
+                    // It never ran (it was installing, or could not be installed): no run stops to
+                    // say it is gone, so this does, or the server would wait for it.
+                    self.shared
+                        .observe(Observed::InstanceState(InstanceStateChange {
+                            instance: self.id.clone(),
+                            generation: pending.generation,
+                            state: InstanceStateWord::Stopped,
+                            version: pending.version,
+                            pid: None,
+                            exit_code: None,
+                            signal: None,
+                            restarts: 0,
+                            detail: format!(
+                                "removed before it ever ran (it was {})",
+                                word_name(pending.word)
+                            ),
+                        }))
+                        .await;
+                }
                 if self.leave() {
                     return;
                 }

@@ -16,6 +16,7 @@
 mod diff;
 mod placement;
 mod render;
+mod replan;
 pub mod template;
 mod waves;
 
@@ -30,6 +31,7 @@ pub use placement::{Placement, PlacementKey, place, place_only, runtime_config, 
 
 use placement::{HostTable, place_sorted};
 pub use render::render;
+pub use replan::{CarriedOn, PlanDelta, carry_on};
 pub use waves::{Blocked, PlanOptions, Wave, WaveKind, WaveStep, waves};
 
 /// What a plan does to an object or an instance.

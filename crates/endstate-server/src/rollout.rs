@@ -16,6 +16,11 @@
 //!      the change is `rolled_back`.
 //! 3. Every decision that changes something, and every wait whose reason changed, is written to
 //!    the timeline with its findings and inputs.
+//! 4. Going forward, when the hosts in service differ from those the plan was made on (a host
+//!    joined or left, labels changed: [`Progress::hosts`]), the waves still to come are planned
+//!    again on them (`endstate_plan::carry_on`): the released waves stay, a joining host's
+//!    instances get steps in the waves to come, a leaving host's unreleased steps go
+//!    (`change.replanned`, saying which steps).
 //!
 //! # Guarantees
 //! - The controller keeps nothing in memory: progress is stored with the change (compare-and-set
@@ -27,15 +32,13 @@
 //! # Caveats
 //! - Metric gates are read from Prometheus (`RolloutConfig::prometheus_url`) with instant
 //!   queries: thresholds, and canary against baseline (`max_ratio_to_baseline`: the same query
-//!   for the new version and for the version in force). Streamed metrics (from the agents) are
-//!   not gathered yet.
-//! - Only one change rolls out at a time (a newer revision supersedes an open change), so the
-//!   blast radius in flight is the next wave, and there are no conflicts between changes to
-//!   gather. A superseded change's released instances go to the newer change's plan, whose
-//!   waves start from the base: they are not withdrawn wave by wave first.
-//! - Hosts that join during a rollout get nothing from it: the change's waves were planned on
-//!   the hosts of its start; once it converges, the new hosts get their instances outside any
-//!   change.
+//!   for the new version and for the version in force); check gates from the monitoring checks'
+//!   latest results (`monitor`).
+//! - Only one change rolls out at a time (a newer revision waits for the one rolling out or
+//!   halted: see `runner`), so the blast radius in flight is the next wave, and there are no
+//!   conflicts between changes to gather.
+//! - Until its step is released, a joining host runs its instances as the base revision has them
+//!   (the hub renders every host in service); going back is not re-planned.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -44,7 +47,7 @@ use endstate_decide::{
     Direction, FreezeView, GateReading, GateRule, Input, InstanceState, InstanceView, OnFailure, Verdict, WaveView,
 };
 use endstate_plan::{PlacementKey, Plan, StepAction, Wave, WaveKind, WaveStep};
-use endstate_spec::DesiredState;
+use endstate_spec::{DesiredState, HostInfo};
 use endstate_store::{Change, NewEvent};
 use endstate_types::ChangeState;
 use serde::{Deserialize, Serialize};
@@ -102,6 +105,29 @@ pub(crate) struct Progress {
     /// Whether the change already held after its targeted hosts ([`Plan::held_after`]).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub(crate) held: bool,
+    /// A digest of the hosts in service (names and labels) the plan was made, or last made
+    /// again, on ([`hosts_digest`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) hosts: Option<String>,
+}
+
+/// A digest of hosts' names and labels, whatever their order.
+pub(crate) fn hosts_digest(hosts: &[HostInfo]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut sorted: Vec<&HostInfo> = hosts.iter().collect();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut hasher = Sha256::new();
+    for host in sorted {
+        hasher.update(host.name.as_bytes());
+        for (key, value) in &host.labels {
+            hasher.update([0]);
+            hasher.update(key.as_bytes());
+            hasher.update([b'=']);
+            hasher.update(value.as_bytes());
+        }
+        hasher.update([b'\n']);
+    }
+    hasher.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
 impl Progress {
@@ -179,6 +205,28 @@ pub(crate) async fn drive(state: &AppState, change: &Change) -> Result<(), ApiEr
     };
     let base = state.base().await?.map(|(_, d)| d);
     let mut progress = Progress::of(change);
+    if !progress.back {
+        let hosts = crate::routes::host_infos(state).await?;
+        let digest = hosts_digest(&hosts);
+        match &progress.hosts {
+            // A change from before hosts were recorded: its plan's hosts are those of now.
+            None => progress.hosts = Some(digest),
+            Some(seen) if *seen != digest => {
+                return replan(
+                    state,
+                    hub,
+                    change,
+                    &plan,
+                    progress,
+                    (base.as_deref(), &*desired),
+                    &hosts,
+                    digest,
+                )
+                .await;
+            }
+            Some(_) => {}
+        }
+    }
     hub.refresh(state).await?;
 
     let now = now_ms();
@@ -393,6 +441,65 @@ pub(crate) async fn drive(state: &AppState, change: &Change) -> Result<(), ApiEr
             hub.refresh(state).await?;
         }
     }
+    Ok(())
+}
+
+/// The hosts in service changed while the change rolls forward: plans the waves still to come
+/// again on them, or says why the plan carries on as it is.
+#[allow(clippy::too_many_arguments)]
+async fn replan(
+    state: &AppState,
+    hub: &Hub,
+    change: &Change,
+    plan: &Plan,
+    mut progress: Progress,
+    (base, desired): (Option<&DesiredState>, &DesiredState),
+    hosts: &[HostInfo],
+    digest: String,
+) -> Result<(), ApiError> {
+    let fresh = endstate_plan::plan_with(base, desired, hosts, &plan.options);
+    progress.hosts = Some(digest);
+    let refused = fresh
+        .blocked
+        .iter()
+        .map(|b| format!("{} ({}): {}", b.component, b.rule, b.reason))
+        .chain(
+            fresh
+                .unplaced
+                .iter()
+                .map(|u| format!("{} cannot be placed: {}", u.component, u.reason)),
+        )
+        .collect::<Vec<_>>();
+    let carried = endstate_plan::carry_on(plan, progress.released, progress.held, fresh);
+    let Some(carried) = carried else {
+        let reason = if refused.is_empty() {
+            // The same steps: only the recorded hosts change.
+            change.reason.clone().unwrap_or_default()
+        } else {
+            format!(
+                "the hosts in service changed, but the rest of the rollout cannot be planned on them ({}): \
+                 carrying on with the waves as planned",
+                refused.join("; ")
+            )
+        };
+        return wait(state, change, &mut progress, reason, None).await;
+    };
+    let count = u32::try_from(carried.plan.waves.len()).unwrap_or(u32::MAX);
+    let reason = format!(
+        "the hosts in service changed: the waves still to come are planned again on them: {}; {} waves \
+         released of {count}",
+        carried.delta.describe(),
+        progress.released
+    );
+    let plan_json = serde_json::to_value(&carried.plan).map_err(|error| ApiError::Internal(error.to_string()))?;
+    let update = Transition {
+        plan: Some(plan_json),
+        wave: Some((progress.released.saturating_sub(1), count)),
+        progress: Some(progress.to_json()),
+        ..Transition::default()
+    };
+    transition(state, change, ChangeState::Rolling, update, reason, "change.replanned").await?;
+    hub.refresh(state).await?;
     Ok(())
 }
 

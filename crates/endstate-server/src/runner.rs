@@ -24,8 +24,8 @@
 //!   its timeline event: two runners cannot both move the same change.
 //!
 //! # Caveats
-//! - The plan is fixed when the change starts rolling: a host joining later is not in it (the
-//!   next change places on it).
+//! - The plan is made on the hosts in service when the change starts rolling; the controller
+//!   plans the waves still to come again when they change (see `rollout`).
 //! - A halted change holds every newer change until a person aborts or resumes it: that is the
 //!   point (a half-done rollout is a state someone must decide about), and the queued change says
 //!   so, naming both commands.
@@ -215,17 +215,23 @@ async fn drive(state: &AppState, change: &Change) -> Result<(), ApiError> {
         return Ok(());
     }
     if plan.unplaced.is_empty() && state.hub().is_some() {
-        let hosts: std::collections::BTreeSet<&str> = plan.steps.iter().map(|s| &*s.host).collect();
+        let stepped: std::collections::BTreeSet<&str> = plan.steps.iter().map(|s| &*s.host).collect();
         let reason = format!(
             "{} instance steps on {} hosts in {} waves; asking the Decider before wave 1",
             plan.steps.len(),
-            hosts.len(),
+            stepped.len(),
             plan.waves.len()
         );
         let update = Transition {
             plan: Some(plan_json),
             wave: Some((0, u32::try_from(plan.waves.len()).unwrap_or(u32::MAX))),
-            progress: Some(serde_json::to_value(crate::rollout::Progress::default()).unwrap_or_default()),
+            progress: Some(
+                serde_json::to_value(crate::rollout::Progress {
+                    hosts: Some(crate::rollout::hosts_digest(&hosts)),
+                    ..crate::rollout::Progress::default()
+                })
+                .unwrap_or_default(),
+            ),
             ..Transition::default()
         };
         let change = transition(state, &change, ChangeState::Rolling, update, reason, "change.rolling").await?;

@@ -873,11 +873,14 @@ fn bad_input_through_real_agents_breaks_nothing_else() {
         let halted = events
             .iter()
             .find(|e| e.kind() == "change.halted" && e.summary().contains("lab/badsum#0"));
-        match (failed, halted) {
-            (Some(failed), Some(_)) => Ok(failed.clone()),
+        match (failed, halted.and_then(|h| h.0["change"].as_u64())) {
+            (Some(failed), Some(change)) => Ok((failed.clone(), change)),
             _ => Err(format!("spawn_failed: {failed:?}, halted: {halted:?}")),
         }
     });
+    let (failed, badsum_change) = failed;
+    // A halted change holds newer ones until a person decides: this one goes back.
+    abort_and_wait(&lab.cli, badsum_change);
     // A template that cannot be rendered for the host: the instance is not sent, the timeline
     // says why.
     write_spec(&spec_dir, &[good.clone(), norack, stubborn]);
@@ -892,6 +895,8 @@ fn bad_input_through_real_agents_breaks_nothing_else() {
             None => Err("no instance.unassignable yet".to_owned()),
         }
     });
+    // The change that cannot place norack is taken back too, so the next one can run.
+    abort_and_wait(&lab.cli, badsum_change + 1);
     let detail = failed.data_str("detail");
     assert!(
         detail.contains("sha256") && detail.contains(&"ab".repeat(32)),
@@ -952,6 +957,22 @@ fn bad_input_through_real_agents_breaks_nothing_else() {
     assert!(lab.agent("bad-a").running(), "the agent died");
     drop(artifacts);
     lab.finish();
+}
+
+/// `endstate change abort CHANGE`, then waits until it is rolled back.
+fn abort_and_wait(cli: &Cli, change: u64) {
+    let id = change.to_string();
+    cli.ok(&["change", "abort", &id, "--reason", "bad input, taken back"])
+        .unwrap();
+    wait_until(&format!("change {change} to be rolled back"), PATIENCE, || {
+        let events = cli.timeline(&["--kind", "change.,decision."])?;
+        let of_change: Vec<&Event> = events.iter().filter(|e| e.0["change"] == change).collect();
+        if of_change.iter().any(|e| e.kind() == "change.rolled_back") {
+            Ok(())
+        } else {
+            Err(format!("not rolled back yet: {:#?}", of_change.iter().rev().take(3).collect::<Vec<_>>()))
+        }
+    });
 }
 
 /// A rolling component of system `lab`: one instance per host of zones a, b, c, one zone at a
@@ -1095,5 +1116,68 @@ fn a_newer_change_waits_for_the_rollout_in_progress_instead_of_cutting_it_short(
     };
     assert_eq!((waves(2), waves(3)), (3, 3));
     lab.wait_status("lab/roll 3.0.0 (3/3 ready)  healthy");
+    lab.finish();
+}
+
+/// A host that joins while a change rolls out is planned into the waves still to come: its
+/// instance is upgraded in a wave of its own (its zone's), gated like the others, and the change
+/// converges only once it runs the new version too.
+#[test]
+fn a_host_joining_mid_rollout_gets_its_step_in_the_waves_to_come() {
+    let agent_port = free_port("127.0.0.1");
+    let mut lab = Lab::new(None, agent_port);
+    let binary = example_service(lab.root());
+    for (name, zone) in [("j-a", "a"), ("j-b", "b")] {
+        lab.add_agent(name, &format!("zone={zone}"), false);
+    }
+    lab.cli.wait_liveness(&["j-a", "j-b"], "reachable");
+    let spec = write_spec(&lab.root().join("spec"), &[rolling_service(&binary, "1.0.0", "1s")]);
+    lab.cli.apply(&spec, &["--timeout", "90s"], 0);
+
+    // Version 2 rolls out one zone at a time, each wave held 5 s; a host of zone c joins in wave 1.
+    let spec = write_spec(&lab.root().join("spec"), &[rolling_service(&binary, "2.0.0", "5s")]);
+    lab.cli.apply(&spec, &["--no-wait"], 0);
+    wait_until("wave 1 of change 2", PATIENCE, || {
+        let started = lab.cli.timeline(&["--kind", "change.wave_started"])?;
+        started
+            .iter()
+            .find(|e| e.0["change"] == 2)
+            .map(|_| ())
+            .ok_or_else(|| format!("{} waves started", started.len()))
+    });
+    lab.add_agent("j-c", "zone=c", false);
+    let replanned = wait_until("change 2 to be planned again", PATIENCE, || {
+        let events = lab.cli.timeline(&["--kind", "change.replanned"])?;
+        events
+            .into_iter()
+            .find(|e| e.0["change"] == 2)
+            .ok_or_else(|| "not re-planned yet".to_owned())
+    });
+    assert!(
+        replanned.summary().contains("1 step(s) added (lab/roll#0@j-c upgrade)"),
+        "{replanned}"
+    );
+
+    let events = wait_until("change 2 to converge", PATIENCE, || {
+        let events = lab.cli.timeline(&["--kind", "change."])?;
+        if events
+            .iter()
+            .any(|e| e.kind() == "change.converged" && e.0["change"] == 2)
+        {
+            Ok(events)
+        } else {
+            Err(format!("{:#?}", events.iter().rev().take(5).collect::<Vec<_>>()))
+        }
+    });
+    let started: Vec<&str> = events
+        .iter()
+        .filter(|e| e.kind() == "change.wave_started" && e.0["change"] == 2)
+        .map(Event::summary)
+        .collect();
+    assert_eq!(started.len(), 3, "{started:#?}");
+    for (summary, zone) in started.iter().zip(["zone=a", "zone=b", "zone=c"]) {
+        assert!(summary.contains(zone), "{started:#?}");
+    }
+    lab.wait_status("lab/roll 2.0.0 (3/3 ready)  healthy");
     lab.finish();
 }
