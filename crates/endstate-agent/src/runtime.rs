@@ -1316,10 +1316,7 @@ impl Worker {
                             exit_code: None,
                             signal: None,
                             restarts: 0,
-                            detail: format!(
-                                "removed before it ever ran (it was {})",
-                                word_name(pending.word)
-                            ),
+                            detail: format!("removed before it ever ran (it was {})", word_name(pending.word)),
                         }))
                         .await;
                 }

@@ -970,7 +970,10 @@ fn abort_and_wait(cli: &Cli, change: u64) {
         if of_change.iter().any(|e| e.kind() == "change.rolled_back") {
             Ok(())
         } else {
-            Err(format!("not rolled back yet: {:#?}", of_change.iter().rev().take(3).collect::<Vec<_>>()))
+            Err(format!(
+                "not rolled back yet: {:#?}",
+                of_change.iter().rev().take(3).collect::<Vec<_>>()
+            ))
         }
     });
 }
