@@ -276,6 +276,13 @@ pub(crate) fn place_sorted(
     (placements, unplaced)
 }
 
+/// FNV-1a of a short string (a label value): a cheap first comparison, not a defence.
+fn fnv1a(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    }) | 1
+}
+
 /// Each eligible host's position in the order in which hosts receive instances of a total count:
 /// one host of each spread value in turn (hosts without the label first, then the values in
 /// order), so consecutive instances land in different failure domains.
@@ -283,19 +290,26 @@ fn spread_positions(table: &HostTable<'_>, eligible: &[usize], spread_by: Option
     let Some(label) = spread_by else {
         return (0..eligible.len()).collect();
     };
-    // Failure domains are mostly few: a list searched in order beats a map, up to a point.
+    // Failure domains are mostly few: a list searched in order beats a map, up to a point; a
+    // short hash of each value spares most string comparisons.
     const FEW: usize = 16;
     let mut domains: Vec<(Option<&str>, Vec<usize>)> = Vec::new();
+    let mut hashes: Vec<u64> = Vec::new();
     let mut many: HashMap<Option<&str>, usize> = HashMap::new();
     for (at, &host) in eligible.iter().enumerate() {
         let value = table.hosts[host].labels.get(label).map(String::as_str);
+        let hash = value.map_or(0, fnv1a);
         let found = if domains.len() <= FEW {
-            domains.iter().position(|(v, _)| *v == value)
+            hashes
+                .iter()
+                .zip(&domains)
+                .position(|(h, (v, _))| *h == hash && *v == value)
         } else {
             many.get(&value).copied()
         };
         let d = found.unwrap_or_else(|| {
             domains.push((value, Vec::new()));
+            hashes.push(hash);
             if domains.len() == FEW + 1 {
                 many.extend(domains.iter().enumerate().map(|(d, (v, _))| (*v, d)));
             } else if domains.len() > FEW + 1 {
