@@ -441,7 +441,7 @@ impl AppState {
             .list_changes(
                 ChangeFilter {
                     open_only: true,
-                    revision: None,
+                    ..ChangeFilter::default()
                 },
                 PageRequest {
                     before: None,
@@ -523,22 +523,20 @@ impl AppState {
     /// The base every plan starts from: the last revision whose change converged (what is really
     /// in force), with its desired state. `None` while no change has converged.
     pub(crate) async fn base(&self) -> Result<Option<(RevisionId, Arc<DesiredState>)>, error::ApiError> {
-        let mut before = None;
-        loop {
-            let page = self
-                .store()
-                .list_changes(ChangeFilter::default(), PageRequest { before, limit: 200 })
-                .await?;
-            if let Some(change) = page.items.iter().find(|c| c.state == ChangeState::Converged) {
-                return Ok(self
-                    .desired(change.revision)
-                    .await?
-                    .map(|desired| (change.revision, desired)));
-            }
-            match page.next {
-                Some(next) => before = Some(next),
-                None => return Ok(None),
-            }
+        let filter = ChangeFilter {
+            converged_only: true,
+            ..ChangeFilter::default()
+        };
+        let newest = self
+            .store()
+            .list_changes(filter, PageRequest { before: None, limit: 1 })
+            .await?;
+        match newest.items.first() {
+            Some(change) => Ok(self
+                .desired(change.revision)
+                .await?
+                .map(|desired| (change.revision, desired))),
+            None => Ok(None),
         }
     }
 

@@ -675,7 +675,7 @@ pub(crate) async fn list_changes(
         .list_changes(
             ChangeFilter {
                 open_only: params.open.unwrap_or(false),
-                revision: None,
+                ..ChangeFilter::default()
             },
             PageRequest {
                 before: parse_cursor(params.cursor.as_deref())?,

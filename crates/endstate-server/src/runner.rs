@@ -66,7 +66,7 @@ pub(crate) async fn round(state: &AppState) -> Result<(), ApiError> {
         .list_changes(
             ChangeFilter {
                 open_only: true,
-                revision: None,
+                ..ChangeFilter::default()
             },
             PageRequest {
                 before: None,

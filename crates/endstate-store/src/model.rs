@@ -100,6 +100,9 @@ pub struct ChangeFilter {
     pub open_only: bool,
     /// Only the changes of this revision.
     pub revision: Option<RevisionId>,
+    /// Only converged changes: the first, newest, is the revision in force.
+    #[serde(default)]
+    pub converged_only: bool,
 }
 
 /// A state transition of a change. `None` fields keep their stored value.

@@ -366,8 +366,8 @@ async fn submit_creates_revision_change_and_events(store: &dyn Store) {
     );
 
     let filter = ChangeFilter {
-        open_only: false,
         revision: Some(revision.id),
+        ..ChangeFilter::default()
     };
     let changes = store.list_changes(filter, PageRequest::default()).await.unwrap();
     assert_eq!(changes.items, [change], "list_changes filters by revision");
@@ -588,7 +588,7 @@ async fn list_changes_filters_and_pages(store: &dyn Store) {
         .unwrap();
     let open_filter = ChangeFilter {
         open_only: true,
-        revision: None,
+        ..ChangeFilter::default()
     };
     let open_ids: Vec<ChangeId> = store
         .list_changes(open_filter, page(1000))
@@ -600,6 +600,16 @@ async fn list_changes_filters_and_pages(store: &dyn Store) {
         .collect();
     assert!(open_ids.contains(&open.id), "open_only lists open changes");
     assert!(!open_ids.contains(&done.id), "open_only leaves out terminal changes");
+    let converged = ChangeFilter {
+        converged_only: true,
+        ..ChangeFilter::default()
+    };
+    let newest = store.list_changes(converged, page(1)).await.unwrap();
+    assert_eq!(
+        newest.items.iter().map(|c| c.id).collect::<Vec<_>>(),
+        [done.id],
+        "converged_only lists converged changes, newest first"
+    );
 
     let all = store.list_changes(ChangeFilter::default(), page(1000)).await.unwrap();
     assert!(

@@ -71,6 +71,9 @@ pub(crate) fn list_changes(
     if filter.open_only {
         sql.push_str(" AND state IN ('pending', 'planning', 'rolling', 'halted')");
     }
+    if filter.converged_only {
+        sql.push_str(" AND state = 'converged'");
+    }
     let revision = filter.revision.map(|r| sql_u64(r.0));
     if revision.is_some() {
         sql.push_str(" AND revision = ?3");

@@ -149,6 +149,11 @@ ALTER TABLE event_systems ADD COLUMN kind TEXT NOT NULL DEFAULT '';
 UPDATE event_systems SET kind = (SELECT kind FROM events WHERE events.seq = event_systems.seq);
 CREATE INDEX event_systems_by_kind ON event_systems(system, kind, time_ms);
 ",
+    // 7 -> 8: the newest converged change (the revision in force, read at every controller
+    // round) from an index, however many changes failed or rolled back since.
+    r"
+CREATE INDEX changes_converged ON changes(id) WHERE state = 'converged';
+",
 ];
 
 /// The schema version this build writes.
