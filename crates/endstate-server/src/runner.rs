@@ -120,7 +120,7 @@ async fn queue_behind(state: &AppState, change: &Change, active: &Change) -> Res
         _ => "is rolling out".to_owned(),
     };
     let reason = format!(
-        "waiting for change {id} (revision {}) to end: it {what}; a rollout is not cut short, since that would put          its released instances back at once, ungated; this change is planned once it ends",
+        "waiting for change {id} (revision {}) to end: it {what}; a rollout is not cut short, since that would put its released instances back at once, ungated; this change is planned once it ends",
         active.revision.0
     );
     // Said once per state of the other change (not per wave).
