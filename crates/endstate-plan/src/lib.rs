@@ -153,6 +153,20 @@ pub struct Plan {
     pub held_after: Option<u32>,
 }
 
+impl Summary {
+    /// Adds each step to the count of its action.
+    pub(crate) fn count_steps(&mut self, steps: &[Step]) {
+        for step in steps {
+            match step.action {
+                StepAction::Start => self.start += 1,
+                StepAction::Upgrade => self.upgrade += 1,
+                StepAction::Reconfigure => self.reconfigure += 1,
+                StepAction::Stop => self.stop += 1,
+            }
+        }
+    }
+}
+
 impl Plan {
     /// Whether the plan changes nothing at all.
     pub fn is_empty(&self) -> bool {
@@ -220,14 +234,7 @@ pub fn plan_with(
             Op::Remove => summary.remove += 1,
         }
     }
-    for step in &steps {
-        match step.action {
-            StepAction::Start => summary.start += 1,
-            StepAction::Upgrade => summary.upgrade += 1,
-            StepAction::Reconfigure => summary.reconfigure += 1,
-            StepAction::Stop => summary.stop += 1,
-        }
-    }
+    summary.count_steps(&steps);
     let (waves, blocked, held_after) = targeted_first(current, desired, &table, &steps, options);
     Plan {
         objects,

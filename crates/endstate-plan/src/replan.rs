@@ -145,14 +145,7 @@ pub fn carry_on(old: &Plan, released: u32, held: bool, fresh: Plan) -> Option<Ca
         remove: fresh.summary.remove,
         ..Summary::default()
     };
-    for step in &steps {
-        match step.action {
-            StepAction::Start => summary.start += 1,
-            StepAction::Upgrade => summary.upgrade += 1,
-            StepAction::Reconfigure => summary.reconfigure += 1,
-            StepAction::Stop => summary.stop += 1,
-        }
-    }
+    summary.count_steps(&steps);
     // The hold after the targeted hosts: once held, it has done its work; otherwise it comes
     // after the targeted waves still to run.
     let held_after = match (held, old.held_after) {
