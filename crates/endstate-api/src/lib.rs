@@ -220,6 +220,27 @@ pub struct ChangeView {
     pub rollout: Option<RolloutView>,
 }
 
+/// What is in force, and what newer change did not get there (`GET /v1/in-force`): what
+/// `endstate status` says first.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct InForceView {
+    /// The revision in force: the one whose change converged last (`None` before any did).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u64>,
+    /// The change that put it in force.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<u64>,
+    /// Since when (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    /// The newest change after it that did not converge (rolling out, halted, proposed, pending,
+    /// rolled back or failed), if any; superseded ones are left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub newer: Option<ChangeView>,
+    /// One line, e.g. `revision 4 rolled back at 23:16:05; revision 2 in force`, with what to do.
+    pub summary: String,
+}
+
 /// A change's progress through its waves.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct RolloutView {

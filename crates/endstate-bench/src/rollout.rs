@@ -561,6 +561,7 @@ fn decide_input() -> Input {
         blast: BlastRadius::default(),
         on_failure: OnFailure::Rollback,
         last_wave: false,
+        created: 0,
     }
 }
 

@@ -618,6 +618,14 @@ pub(crate) enum ChangeAction {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// Roll out a change the server proposed (a rebalance onto a host that joined), in waves.
+    Accept {
+        /// The change number.
+        change: u64,
+        /// Why, for the timeline.
+        #[arg(long)]
+        reason: Option<String>,
+    },
     /// Stop and go back to the last converged revision, wave by wave.
     Abort {
         /// The change number.

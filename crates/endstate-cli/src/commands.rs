@@ -385,6 +385,9 @@ pub(crate) async fn status(global: &Global, system: Option<&str>) -> anyhow::Res
     } else if systems.is_empty() {
         println!("No systems: nothing was applied yet (try `endstate apply examples`).");
     } else {
+        // What is in force first: after a rollback, the fleet is healthy at the revision in force.
+        let in_force = client.in_force().await?;
+        println!("{}", in_force.summary);
         print!("{}", render::status_tree(&systems, color()));
     }
     Ok(Outcome::Success)
@@ -485,7 +488,7 @@ pub(crate) async fn note(global: &Global, system: &str, text: &str) -> anyhow::R
     Ok(Outcome::Success)
 }
 
-/// `endstate change pause|resume|abort CHANGE`
+/// `endstate change pause|resume|abort|accept CHANGE`
 pub(crate) async fn change(global: &Global, action: crate::cli::ChangeAction) -> anyhow::Result<Outcome> {
     use crate::cli::ChangeAction;
     let client = client(global)?;
@@ -493,6 +496,7 @@ pub(crate) async fn change(global: &Global, action: crate::cli::ChangeAction) ->
         ChangeAction::Pause { change, reason } => (*change, "pause", reason),
         ChangeAction::Resume { change, reason } => (*change, "resume", reason),
         ChangeAction::Abort { change, reason } => (*change, "abort", reason),
+        ChangeAction::Accept { change, reason } => (*change, "accept", reason),
     };
     let change = match refused_or(client.change_command(id, command, reason.as_deref())).await? {
         Ok(change) => change,

@@ -238,7 +238,15 @@ impl Client {
         self.get(&format!("/v1/changes/{id}")).await
     }
 
-    /// A person's command to a change: `pause`, `resume` or `abort`.
+    /// What is in force, and the newest change that did not get there.
+    ///
+    /// # Errors
+    /// On a transport failure or a refusal.
+    pub async fn in_force(&self) -> Result<endstate_api::InForceView, ClientError> {
+        self.get("/v1/in-force").await
+    }
+
+    /// A person's command to a change: `pause`, `resume`, `abort` or `accept`.
     ///
     /// # Errors
     /// As the server says (409 when the change is not in a state for it, 404 when unknown).

@@ -29,8 +29,16 @@
 //!      `value > max_ratio * baseline`: a baseline of 0 allows 0 only (any positive value fails)
 //!      unless `max_ratio` is infinite; a baseline without a value waits like a missing value.
 //!
+//!    An instance that exited or is backing off while its agent restarts it is not a failure by
+//!    that alone: it is judged by its restarts in a row at the target (3 or more fail), and
+//!    waits meanwhile, so one crash of a process that comes back healthy fails nothing; one
+//!    that cannot be spawned fails at once.
+//!
 //!    A failure rolls back when the rollout goes forward and `on_failure` is `rollback`, and
-//!    halts otherwise: a failing rollback halts, it is never rolled back.
+//!    halts otherwise: a failing rollback halts, it is never rolled back. Going back never
+//!    destroys what had no earlier version: while the released waves created instances
+//!    ([`Input::created`]), a failure halts (rule `no_earlier_version` says so), and a person
+//!    decides (`abort` removes them, `resume` tries again).
 //! 3. **Wave not done**, while a wave runs (rule `health` unless said otherwise):
 //!    - every instance of the wave at the target, `Running` and healthy: `healthy == Some(true)`,
 //!      or `healthy == None` with `healthy_since_ms` set (no probe: the controller sets
@@ -237,6 +245,11 @@ pub struct Input {
     pub on_failure: OnFailure,
     /// Whether this is the last wave (then `Allow` means the change may converge).
     pub last_wave: bool,
+    /// Instances the released waves created that had no earlier version (a first deployment, a
+    /// new component, a scale-up): going back would stop them, so a failure halts instead of
+    /// rolling back while there are any.
+    #[serde(default)]
+    pub created: u32,
 }
 
 /// The answer.

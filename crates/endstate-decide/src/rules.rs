@@ -21,6 +21,9 @@ const BLAST_RADIUS: &str = "blast_radius";
 
 /// Restarts at the target version that count as a failure.
 const MAX_RESTARTS: u32 = 3;
+/// A failure halts rather than going back, since going back would stop instances that had no
+/// earlier version.
+const NO_EARLIER_VERSION: &str = "no_earlier_version";
 
 /// How many instances a message names before `and N more`.
 const LISTED: usize = 5;
@@ -76,11 +79,22 @@ impl Findings {
 
     /// The decision: a failure halts or rolls back, else anything not passed waits (until the
     /// earliest known end), else allow. Findings sorted failures, waits, passes, each in rule order.
-    fn into_decision(self, direction: Direction, on_failure: OnFailure) -> Decision {
+    fn into_decision(mut self, direction: Direction, on_failure: OnFailure, created: u32) -> Decision {
+        let failed = self.0.iter().any(|(kind, _)| *kind == Kind::Fail);
+        let roll_back = failed && direction == Direction::Forward && on_failure == OnFailure::Rollback;
+        if roll_back && created > 0 {
+            self.fail(
+                NO_EARLIER_VERSION,
+                format!(
+                    "going back would stop {} that had no earlier version: halting instead; \
+                     `endstate change abort` removes them, `endstate change resume` tries again",
+                    plural(created as usize, "instance")
+                ),
+            );
+        }
         let mut found = self.0;
-        let failed = found.iter().any(|(kind, _)| *kind == Kind::Fail);
         let verdict = if failed {
-            if direction == Direction::Forward && on_failure == OnFailure::Rollback {
+            if roll_back && created == 0 {
                 Verdict::Rollback
             } else {
                 Verdict::Halt
@@ -154,7 +168,7 @@ pub(crate) fn decide(input: &Input) -> Decision {
     if clear && next_wave_starts {
         next_wave(input, &mut found);
     }
-    found.into_decision(input.direction, input.on_failure)
+    found.into_decision(input.direction, input.on_failure, input.created)
 }
 
 /// Where a wave instance is on its way to done.
@@ -348,7 +362,13 @@ fn running_wave(input: &Input, wave: &WaveView, started: i64, found: &mut Findin
 fn failure(instance: &InstanceView, target: &str) -> Option<String> {
     let restarts = instance.restarts;
     let judged = instance.at_target && instance.state != InstanceState::Unknown;
-    if judged && let InstanceState::Failed(detail) = &instance.state {
+    // Exited or backing off while its agent restarts it: judged by restarts in a row (below),
+    // not by one exit. One that cannot even be spawned will not get better by itself.
+    let restarting = matches!(&instance.state, InstanceState::Failed(detail) if detail != "spawn_failed");
+    if judged
+        && !(restarting && restarts < MAX_RESTARTS)
+        && let InstanceState::Failed(detail) = &instance.state
+    {
         let restarts = if restarts > 0 {
             format!(" ({})", plural(restarts as usize, "restart"))
         } else {

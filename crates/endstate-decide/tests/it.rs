@@ -50,6 +50,7 @@ fn input() -> Input {
         blast: BlastRadius::default(),
         on_failure: OnFailure::Rollback,
         last_wave: false,
+        created: 0,
     }
 }
 
@@ -212,6 +213,62 @@ fn a_failed_instance_and_one_restarting_too_often_fail() {
         first(&decision).message,
         "1 of 2 instances of wave 2 healthy; waiting for shop/web#1 on h2 (not at the new version: artifact download failed)"
     );
+}
+
+/// One crash of an instance its agent restarts (exited, backing off) is not a failure: it waits,
+/// and goes on once the instance runs healthy again; restarts in a row fail. One that cannot be
+/// spawned fails at once.
+#[test]
+fn one_crash_that_its_agent_restarts_waits_and_restarts_in_a_row_fail() {
+    for word in ["exited", "backing_off"] {
+        let mut input = input();
+        input.earlier_instances[0].state = InstanceState::Failed(word.to_owned());
+        input.earlier_instances[0].restarts = 1;
+        input.wave_instances[0].state = InstanceState::Failed(word.to_owned());
+        input.wave_instances[0].restarts = 1;
+        let decision = decide(&input);
+        assert_eq!(decision.verdict, Verdict::Wait, "{word}: {decision:#?}");
+        assert!(of(&decision, "health").iter().all(|f| !f.message.contains("restarted")));
+        // Back up and healthy: the rollout goes on.
+        input.earlier_instances[0] = self::instance("shop/web#0", "h1");
+        input.earlier_instances[0].restarts = 1;
+        input.wave_instances[0] = self::instance("shop/web#1", "h2");
+        input.wave_instances[0].restarts = 1;
+        assert_eq!(decide(&input).verdict, Verdict::Allow, "{word}");
+        // Crashing in a row: a failure.
+        input.earlier_instances[0].state = InstanceState::Failed(word.to_owned());
+        input.earlier_instances[0].restarts = 3;
+        assert_eq!(decide(&input).verdict, Verdict::Rollback, "{word}");
+    }
+    let mut input = input();
+    input.wave_instances[0].state = InstanceState::Failed("spawn_failed".to_owned());
+    let decision = decide(&input);
+    assert_eq!(decision.verdict, Verdict::Rollback);
+    assert_eq!(first(&decision).message, "shop/web#1 on h2 failed: spawn_failed");
+}
+
+/// Going back never destroys what had no earlier version: a failure with instances the released
+/// waves created halts, and says why; without any, it rolls back as declared.
+#[test]
+fn a_failure_halts_instead_of_going_back_over_instances_with_no_earlier_version() {
+    let mut input = input();
+    input.wave_instances[0].healthy = Some(false);
+    input.created = 2;
+    let decision = decide(&input);
+    assert_eq!(decision.verdict, Verdict::Halt);
+    assert_eq!(
+        of(&decision, "no_earlier_version"),
+        [&finding(
+            "no_earlier_version",
+            false,
+            "going back would stop 2 instances that had no earlier version: halting instead; \
+             `endstate change abort` removes them, `endstate change resume` tries again"
+        )]
+    );
+    input.created = 0;
+    let decision = decide(&input);
+    assert_eq!(decision.verdict, Verdict::Rollback);
+    assert!(of(&decision, "no_earlier_version").is_empty());
 }
 
 #[test]

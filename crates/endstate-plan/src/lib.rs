@@ -13,6 +13,7 @@
 //! no longer desired after their replacements. Rollout rules that cannot be satisfied are listed
 //! in [`Plan::blocked`], and such a plan is refused.
 
+mod blueprint;
 mod diff;
 mod placement;
 mod render;
@@ -26,6 +27,7 @@ use std::sync::Arc;
 use endstate_spec::{Component, Count, DesiredState, HostInfo};
 use serde::{Deserialize, Serialize};
 
+pub use blueprint::{Blueprint, Rendered, Side, blueprint};
 pub use diff::{FieldDiff, diff_values};
 pub use placement::{Placement, PlacementKey, place, place_only, runtime_config, unplaceable};
 
@@ -151,6 +153,12 @@ pub struct Plan {
     /// after them for a person to resume it (to the other hosts) or abort it. `None`: no hold.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held_after: Option<u32>,
+    /// The placement basis: the hosts (with their labels, in name order) the new desired state
+    /// was placed on, retired ones included ([`PlanOptions::placement_hosts`] leaves them out).
+    /// Once the change converges, its revision stays placed on these hosts until another change
+    /// places it anew: a host joining or leaving moves nothing by itself.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<HostInfo>,
 }
 
 impl Summary {
@@ -181,15 +189,30 @@ pub fn plan(current: Option<&DesiredState>, desired: &DesiredState, hosts: &[Hos
 }
 
 /// [`plan`] with operational parameters: host groups order the waves, retired hosts receive no
-/// placement (their instances move first, then stop).
+/// placement (their instances move first, then stop). The current desired state is taken as
+/// placed on the same hosts.
 pub fn plan_with(
     current: Option<&DesiredState>,
     desired: &DesiredState,
     hosts: &[HostInfo],
     options: &PlanOptions,
 ) -> Plan {
+    plan_from(current.map(|current| (current, hosts)), desired, hosts, options)
+}
+
+/// The planner in full: from `current` as it is placed on its own hosts (the hosts its change
+/// placed it on, its placement basis) to `desired` placed on `hosts`. Where the two host sets
+/// differ (a host joined, left or was relabelled since), every component is placed before and
+/// after, so the instances that move are steps of the plan like any other.
+pub fn plan_from(
+    current: Option<(&DesiredState, &[HostInfo])>,
+    desired: &DesiredState,
+    hosts: &[HostInfo],
+    options: &PlanOptions,
+) -> Plan {
     let empty = DesiredState::default();
-    let current = current.unwrap_or(&empty);
+    let (current, current_hosts) = current.unwrap_or((&empty, hosts));
+    let same_hosts = same_hosts(current_hosts, hosts);
     let mut objects = Vec::new();
     diff_kind("system", &current.systems, &desired.systems, &mut objects);
     diff_kind("component", &current.components, &desired.components, &mut objects);
@@ -203,7 +226,7 @@ pub fn plan_with(
     // share; otherwise all of it, before and after.
     let retired = &options.retire_hosts;
     let skip = |key: &str| -> Option<u32> {
-        if !retired.is_empty() {
+        if !retired.is_empty() || !same_hosts {
             return Some(0);
         }
         match (current.components.get(key), desired.components.get(key)) {
@@ -213,7 +236,11 @@ pub fn plan_with(
         }
     };
     let table = HostTable::new(hosts);
-    let (before, _) = place_sorted(current, &table, &[], skip);
+    let (before, _) = if same_hosts {
+        place_sorted(current, &table, &[], skip)
+    } else {
+        place_sorted(current, &HostTable::new(current_hosts), &[], skip)
+    };
     let (after, mut unplaced) = place_sorted(desired, &table, retired, skip);
     // What cannot be placed is said of every component, changed or not.
     unplaced.extend(unplaceable(desired, hosts, |key| skip(key).is_none()));
@@ -245,7 +272,27 @@ pub fn plan_with(
         blocked,
         options: options.clone(),
         held_after,
+        hosts: sorted_hosts(hosts),
     }
+}
+
+/// Whether two host lists hold the same hosts with the same labels, whatever their order.
+pub fn same_hosts(a: &[HostInfo], b: &[HostInfo]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    if a == b {
+        return true;
+    }
+    sorted_hosts(a) == sorted_hosts(b)
+}
+
+/// The hosts in name order (each name once: the first wins), as a plan stores them.
+pub fn sorted_hosts(hosts: &[HostInfo]) -> Vec<HostInfo> {
+    let mut sorted = hosts.to_vec();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    sorted.dedup_by(|a, b| a.name == b.name);
+    sorted
 }
 
 /// The waves of the steps on the target hosts (every component, in dependency order), then the

@@ -162,6 +162,7 @@ pub fn carry_on(old: &Plan, released: u32, held: bool, fresh: Plan) -> Option<Ca
             blocked: fresh.blocked,
             options: old.options.clone(),
             held_after,
+            hosts: fresh.hosts,
         },
         delta,
     })

@@ -414,12 +414,8 @@ pub(crate) async fn request(
     JsonBody(request): JsonBody<RunRequest>,
 ) -> Result<(StatusCode, Json<RunView>), ApiError> {
     authorize(&actor, Verb::Operate, Some(&request.system))?;
-    let rendering = state.rendering().await?;
-    let desired = rendering
-        .rollout
-        .as_ref()
-        .map(|r| std::sync::Arc::clone(&r.desired))
-        .or_else(|| rendering.base.as_ref().map(|(_, d)| std::sync::Arc::clone(d)));
+    let current = state.current().await?;
+    let desired = current.shown().map(|(_, d)| std::sync::Arc::clone(d));
     let Some(desired) = desired else {
         return Err(ApiError::bad_field(
             "system",
@@ -492,7 +488,7 @@ pub(crate) async fn request(
         )));
     }
     if !action.allow_during_rollout
-        && let Some(rollout) = &rendering.rollout
+        && let Some(rollout) = &current.rollout
     {
         let plan = crate::rollout::plan_of(&rollout.change).unwrap_or_default();
         let prefix = format!("{}/", action.system);

@@ -49,6 +49,21 @@ pub(crate) async fn resume(
     run(&state, &actor, &id, Command::Resume, request).await
 }
 
+/// Accept a change the server proposed (a rebalance onto a host that joined): it rolls out in
+/// waves, gated like any other.
+#[utoipa::path(post, path = "/v1/changes/{id}/accept", params(("id" = u64, Path, description = "the change number")),
+    request_body = ChangeCommand,
+    responses((status = 200, body = ChangeView), (status = 404, body = endstate_api::Problem), (status = 409, body = endstate_api::Problem)),
+    security(("bearer" = [])))]
+pub(crate) async fn accept(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Segment(id): Segment,
+    JsonBody(request): JsonBody<ChangeCommand>,
+) -> Result<Json<ChangeView>, ApiError> {
+    run(&state, &actor, &id, Command::Accept, request).await
+}
+
 /// Abort a change: one not rolling yet fails; a rolling or halted one goes back to the last
 /// converged revision, wave by wave, gated like a rollout.
 #[utoipa::path(post, path = "/v1/changes/{id}/abort", params(("id" = u64, Path, description = "the change number")),

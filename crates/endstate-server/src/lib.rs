@@ -13,6 +13,7 @@
 mod actions;
 mod agents;
 mod auth;
+mod blueprint;
 mod changes;
 mod error;
 mod history;
@@ -38,7 +39,7 @@ use std::time::Duration;
 
 use endstate_spec::DesiredState;
 use endstate_store::{ChangeFilter, PageRequest, SqliteStore, Store, StoreError};
-use endstate_types::{ChangeState, RevisionId};
+use endstate_types::RevisionId;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
@@ -150,8 +151,15 @@ struct Inner {
     stopping: watch::Sender<bool>,
     /// Parsed desired states by revision, so requests do not re-parse the same JSON.
     desired_cache: Mutex<BTreeMap<RevisionId, Arc<DesiredState>>>,
-    /// The placement of the latest revision on the hosts in service, for the views: placing
-    /// every component again on every read would cost more than the rest of a view.
+    /// What every instance should run now ([`blueprint::Current`]), for the hub and the views:
+    /// placing every component again on every read would cost more than the rest of a view.
+    current_cache: Mutex<Option<Arc<blueprint::Current>>>,
+    /// Placement bases read back from stored plans, by (change, version of the change).
+    basis_cache: Mutex<Vec<blueprint::CachedBasis>>,
+    /// The revision in force and hosts in service a rebalance was last looked for on.
+    proposals_seen: Mutex<Option<String>>,
+    /// The placement of a revision with no change in force on the hosts in service, for the
+    /// views before anything converged.
     placement_cache: Mutex<Option<Arc<views::Placed>>>,
     hub: std::sync::OnceLock<Arc<agents::Hub>>,
     rollout: RolloutConfig,
@@ -165,24 +173,6 @@ struct Inner {
     monitor: monitor::Monitor,
     /// Runs of actions.
     runs: actions::Runs,
-}
-
-/// What agents should run, as [`AppState::rendering`] finds it.
-pub(crate) struct Rendering {
-    /// The last converged revision.
-    pub(crate) base: Option<(RevisionId, Arc<DesiredState>)>,
-    /// The change being rolled out, if one is.
-    pub(crate) rollout: Option<RolloutRendering>,
-}
-
-/// A change being rolled out.
-pub(crate) struct RolloutRendering {
-    /// The change, with its plan (fixed once it rolls).
-    pub(crate) change: endstate_store::Change,
-    pub(crate) desired: Arc<DesiredState>,
-    /// How many of its waves are released: with the plan, this decides what hosts run, so the
-    /// plan is read only when this or the change differs from the last rendering.
-    pub(crate) released: u32,
 }
 
 /// How many parsed desired states are kept.
@@ -220,6 +210,9 @@ impl Server {
             stopping: watch::channel(false).0,
             streams: Arc::new(tokio::sync::Semaphore::new(config.max_streams)),
             desired_cache: Mutex::new(BTreeMap::new()),
+            current_cache: Mutex::new(None),
+            proposals_seen: Mutex::new(None),
+            basis_cache: Mutex::new(Vec::new()),
             placement_cache: Mutex::new(None),
             hub: std::sync::OnceLock::new(),
             rollout: config.rollout.clone(),
@@ -430,40 +423,6 @@ impl AppState {
 
     pub(crate) fn rollout_lock(&self) -> &tokio::sync::Mutex<()> {
         &self.0.rollout_lock
-    }
-
-    /// What agents should run: the base revision (the last converged), and the open change that
-    /// is rolling (or halted mid-way) with the instances its released waves changed.
-    pub(crate) async fn rendering(&self) -> Result<Rendering, error::ApiError> {
-        let base = self.base().await?;
-        let open = self
-            .store()
-            .list_changes(
-                ChangeFilter {
-                    open_only: true,
-                    ..ChangeFilter::default()
-                },
-                PageRequest {
-                    before: None,
-                    limit: 50,
-                },
-            )
-            .await?;
-        let rolling = open
-            .items
-            .into_iter()
-            .find(|c| matches!(c.state, ChangeState::Rolling | ChangeState::Halted));
-        let mut rollout = None;
-        if let Some(change) = rolling
-            && let Some(desired) = self.desired(change.revision).await?
-        {
-            rollout = Some(RolloutRendering {
-                released: rollout::Progress::of(&change).released,
-                change,
-                desired,
-            });
-        }
-        Ok(Rendering { base, rollout })
     }
 
     pub(crate) fn store(&self) -> &dyn Store {

@@ -16,6 +16,8 @@ use utoipa::{Modify, OpenApi};
         crate::changes::pause,
         crate::changes::resume,
         crate::changes::abort,
+        crate::changes::accept,
+        crate::blueprint::in_force_view,
         crate::changes::rollback,
         crate::changes::scale,
         crate::monitor::list_alerts,

@@ -41,6 +41,7 @@
 //!   (the hub renders every host in service); going back is not re-planned.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use endstate_decide::{
@@ -109,6 +110,10 @@ pub(crate) struct Progress {
     /// again, on ([`hosts_digest`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) hosts: Option<String>,
+    /// A rebalance the server proposed that waits for a person (`endstate change accept`);
+    /// cleared once accepted. A newer revision supersedes it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) proposed: bool,
 }
 
 /// A digest of hosts' names and labels, whatever their order.
@@ -203,10 +208,11 @@ pub(crate) async fn drive(state: &AppState, change: &Change) -> Result<(), ApiEr
     let Some(desired) = state.desired(change.revision).await? else {
         return Ok(());
     };
-    let base = state.base().await?.map(|(_, d)| d);
+    let in_force = state.in_force().await?;
+    let base = in_force.as_ref().map(|b| Arc::clone(&b.desired));
     let mut progress = Progress::of(change);
     if !progress.back {
-        let hosts = crate::routes::host_infos(state).await?;
+        let hosts = crate::blueprint::hosts_in_service(state).await?;
         let digest = hosts_digest(&hosts);
         match &progress.hosts {
             // A change from before hosts were recorded: its plan's hosts are those of now.
@@ -218,7 +224,7 @@ pub(crate) async fn drive(state: &AppState, change: &Change) -> Result<(), ApiEr
                     change,
                     &plan,
                     progress,
-                    (base.as_deref(), &*desired),
+                    (in_force.as_ref().map(|b| (&*b.desired, &b.hosts[..])), &*desired),
                     &hosts,
                     digest,
                 )
@@ -453,11 +459,11 @@ async fn replan(
     change: &Change,
     plan: &Plan,
     mut progress: Progress,
-    (base, desired): (Option<&DesiredState>, &DesiredState),
+    (base, desired): (Option<(&DesiredState, &[HostInfo])>, &DesiredState),
     hosts: &[HostInfo],
     digest: String,
 ) -> Result<(), ApiError> {
-    let fresh = endstate_plan::plan_with(base, desired, hosts, &plan.options);
+    let fresh = endstate_plan::plan_from(base, desired, hosts, &plan.options);
     progress.hosts = Some(digest);
     let refused = fresh
         .blocked
@@ -624,6 +630,19 @@ async fn gather(
         blast: blast(plan, progress, desired),
         on_failure,
         last_wave,
+        // Instances the released waves created with no earlier version: going back would stop them.
+        created: if progress.back {
+            0
+        } else {
+            let created = plan
+                .waves
+                .iter()
+                .take(progress.released as usize)
+                .flat_map(|wave| &wave.steps)
+                .filter(|s| s.step.action == StepAction::Start && s.step.from_version.is_none())
+                .count();
+            u32::try_from(created).unwrap_or(u32::MAX)
+        },
     })
 }
 
@@ -900,6 +919,8 @@ pub(crate) enum Command {
     Pause,
     Resume,
     Abort,
+    /// Accept a proposed change (a rebalance that waits for a person).
+    Accept,
 }
 
 /// Applies a person's command to a change, under the controller's lock. Returns the updated change.
@@ -921,6 +942,19 @@ pub(crate) async fn command(
     };
     let (to, kind, reason) = match (command, change.state) {
         (_, s) if s.is_terminal() => return refuse("it is over"),
+        (Command::Accept, ChangeState::Halted) if progress.proposed => {
+            progress.proposed = false;
+            progress.last_decision = None;
+            (
+                ChangeState::Rolling,
+                "change.accepted",
+                format!("accepted by {actor}{why}; rolling out in waves, gated"),
+            )
+        }
+        (Command::Accept, _) => return refuse("only a proposed change waits to be accepted"),
+        (Command::Resume, ChangeState::Halted) if progress.proposed => {
+            return refuse("it is a proposal: `endstate change accept` rolls it out");
+        }
         (Command::Pause, ChangeState::Rolling) if progress.paused => return refuse("it is already paused"),
         (Command::Pause, ChangeState::Rolling) => {
             progress.paused = true;

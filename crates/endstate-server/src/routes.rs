@@ -40,6 +40,8 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/changes/{id}/pause", post(crate::changes::pause))
         .route("/v1/changes/{id}/resume", post(crate::changes::resume))
         .route("/v1/changes/{id}/abort", post(crate::changes::abort))
+        .route("/v1/changes/{id}/accept", post(crate::changes::accept))
+        .route("/v1/in-force", get(crate::blueprint::in_force_view))
         .route("/v1/systems/{name}/rollback", post(crate::changes::rollback))
         .route("/v1/systems", get(list_systems))
         .route("/v1/systems/{name}", get(get_system))
@@ -419,7 +421,7 @@ pub(crate) async fn submit_revision(
     } else {
         request.source.clone()
     };
-    let hosts = host_infos(&state).await?;
+    let hosts = crate::blueprint::hosts_in_service(&state).await?;
     let options = crate::options::resolve(&request.options, &hosts)?;
     if let Some(previewed) = &request.basis {
         let now = crate::options::basis(state.base().await?.map(|(id, _)| id), &hosts);
@@ -467,10 +469,15 @@ pub(crate) async fn submit_desired(
         auth::hex(&Sha256::digest(canonical.to_string().as_bytes()))
     );
     // Planned from the same base as the change will be: the last revision that converged.
-    let previous = state.base().await?;
-    let hosts = host_infos(state).await?;
-    let plan = endstate_plan::plan_with(previous.as_ref().map(|(_, d)| d.as_ref()), desired, &hosts, options);
-    let systems = touched_systems(&plan, previous.as_ref().map(|(_, d)| d.as_ref()), desired);
+    let previous = state.in_force().await?;
+    let hosts = crate::blueprint::hosts_in_service(state).await?;
+    let plan = endstate_plan::plan_from(
+        previous.as_ref().map(|p| (&*p.desired, &p.hosts[..])),
+        desired,
+        &hosts,
+        options,
+    );
+    let systems = touched_systems(&plan, previous.as_ref().map(|p| p.desired.as_ref()), desired);
     let now = now_ms();
     let summary = format!(
         "revision submitted by {}: {} ({} to add, {} to change, {} to remove)",
@@ -528,14 +535,19 @@ pub(crate) async fn preview_plan(
     authorize(&actor, Verb::Read, None)?;
     let latest_revision = state.store().latest_revision().await?.map(|r| r.id.0);
     let (desired, warnings) = validate(&state, &request.documents).await?;
-    let base = state.base().await?;
-    let hosts = host_infos(&state).await?;
+    let base = state.in_force().await?;
+    let hosts = crate::blueprint::hosts_in_service(&state).await?;
     let options = crate::options::resolve(&request.options, &hosts)?;
-    let plan = endstate_plan::plan_with(base.as_ref().map(|(_, d)| d.as_ref()), &desired, &hosts, &options);
+    let plan = endstate_plan::plan_from(
+        base.as_ref().map(|b| (&*b.desired, &b.hosts[..])),
+        &desired,
+        &hosts,
+        &options,
+    );
     let plan = serde_json::to_value(&plan).map_err(|error| ApiError::Internal(error.to_string()))?;
     Ok(Json(endstate_api::PlanResponse {
-        basis: crate::options::basis(base.as_ref().map(|(id, _)| *id), &hosts),
-        base_revision: base.map(|(id, _)| id.0),
+        basis: crate::options::basis(base.as_ref().map(|b| b.revision), &hosts),
+        base_revision: base.map(|b| b.revision.0),
         latest_revision,
         plan,
         warnings,

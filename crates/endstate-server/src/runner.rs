@@ -77,11 +77,13 @@ pub(crate) async fn round(state: &AppState) -> Result<(), ApiError> {
         .items;
     state.metrics().open_changes.set(open.len() as i64);
     let Some(newest) = open.first() else {
-        return Ok(());
+        // Nothing open: the hosts in service may ask for instances to move (a change too).
+        return crate::blueprint::propose(state).await;
     };
-    let active = open
-        .iter()
-        .find(|c| matches!(c.state, ChangeState::Rolling | ChangeState::Halted));
+    // A proposal waiting for a person holds nothing back: a newer change supersedes it.
+    let active = open.iter().find(|c| {
+        matches!(c.state, ChangeState::Rolling | ChangeState::Halted) && !crate::rollout::Progress::of(c).proposed
+    });
     for change in &open[1..] {
         if active.is_some_and(|a| a.id == change.id) {
             continue;
@@ -155,11 +157,17 @@ async fn drive(state: &AppState, change: &Change) -> Result<(), ApiError> {
         .await?;
         return Ok(());
     };
-    // Planned from the same base as every preview: the last revision that converged.
-    let current = state.base().await?.map(|(_, desired)| desired);
-    let hosts = crate::routes::host_infos(state).await?;
+    // Planned from the same base as every preview: the last revision that converged, as it is
+    // placed (on its placement basis), to the new one placed on the hosts in service.
+    let current = state.in_force().await?;
+    let hosts = crate::blueprint::hosts_in_service(state).await?;
     let options = crate::options::of_change(change);
-    let plan = endstate_plan::plan_with(current.as_deref(), &desired, &hosts, &options);
+    let plan = endstate_plan::plan_from(
+        current.as_ref().map(|c| (&*c.desired, &c.hosts[..])),
+        &desired,
+        &hosts,
+        &options,
+    );
     if !plan.blocked.is_empty() {
         let rules: Vec<String> = plan
             .blocked

@@ -8,12 +8,13 @@ use endstate_api::{
     ActionRule, ComponentInstances, ComponentView, EscalationView, EventView, HostView, InstanceView, LinkView,
     RelatedSystem, StatusView, SystemDescription, SystemView,
 };
-use endstate_plan::{Placement, PlacementKey, Unplaced};
+use endstate_plan::{Blueprint, PlacementKey};
 use endstate_spec::{DesiredState, HostInfo, StaticHost};
 use endstate_store::{Event, HostRecord, InstanceFilter, InstanceRecord};
 use endstate_types::Status;
 
 use crate::AppState;
+use crate::blueprint::Current;
 use crate::error::ApiError;
 
 /// A host not heard from for this long is unreachable.
@@ -21,19 +22,38 @@ const HOST_STALE_MS: i64 = 30_000;
 
 /// Everything a status needs, read once per request.
 pub(crate) struct World {
+    /// The revision whose systems are shown: the change's while one rolls out, else the one in
+    /// force (before anything converged, the latest).
     revision: endstate_types::RevisionId,
     desired: Arc<DesiredState>,
     records: BTreeMap<PlacementKey, InstanceRecord>,
-    placed: Arc<Placed>,
+    placed: Shown,
 }
 
-/// The placement of one revision on one set of hosts (what [`endstate_plan::place`] answers),
-/// kept by the server until either changes.
+/// Where the placements shown come from.
+enum Shown {
+    /// The blueprint: what the agents are told to run (the revision in force, and the released
+    /// waves of the change rolling out).
+    Current(Arc<Current>),
+    /// Nothing in force and nothing rolling out: the latest revision as it would be placed on
+    /// the hosts in service (every instance pending).
+    Latest(Arc<Placed>),
+}
+
+impl Shown {
+    fn blueprint(&self) -> &Blueprint {
+        match self {
+            Shown::Current(current) => &current.blueprint,
+            Shown::Latest(placed) => &placed.blueprint,
+        }
+    }
+}
+
+/// The placement of one revision on one set of hosts, kept by the server until either changes.
 pub(crate) struct Placed {
     revision: endstate_types::RevisionId,
     hosts: Vec<HostInfo>,
-    placements: BTreeMap<PlacementKey, Placement>,
-    unplaced: Vec<Unplaced>,
+    blueprint: Blueprint,
 }
 
 /// A computed status with its reason and the path to the leaf that decided it.
@@ -64,12 +84,11 @@ impl crate::AppState {
         {
             return Arc::clone(placed);
         }
-        let (placements, unplaced) = endstate_plan::place(desired, &hosts);
+        let blueprint = endstate_plan::blueprint(Some((desired, &hosts)), None);
         let placed = Arc::new(Placed {
             revision,
             hosts,
-            placements,
-            unplaced,
+            blueprint,
         });
         *cache = Some(Arc::clone(&placed));
         placed
@@ -77,17 +96,24 @@ impl crate::AppState {
 }
 
 impl World {
-    /// Reads the latest desired state, the hosts and the instances. `None` before the first revision.
+    /// Reads what every instance should run (the blueprint the agents are told) and the
+    /// instances. `None` before the first revision.
     pub(crate) async fn load(state: &AppState) -> Result<Option<World>, ApiError> {
-        // Three reads at once, each on a reader connection of its own.
-        let (latest, hosts, instances) =
-            tokio::try_join!(state.latest_desired(), crate::routes::host_infos(state), async {
-                Ok(state.store().list_instances(InstanceFilter::default()).await?)
-            },)?;
-        let Some((revision, desired)) = latest else {
-            return Ok(None);
+        let (current, instances) = tokio::try_join!(state.current(), async {
+            Ok(state.store().list_instances(InstanceFilter::default()).await?)
+        })?;
+        let (revision, desired, placed) = match current.shown() {
+            Some((revision, desired)) => (revision, Arc::clone(desired), Shown::Current(Arc::clone(&current))),
+            None => {
+                let (latest, hosts) =
+                    tokio::try_join!(state.latest_desired(), crate::blueprint::hosts_in_service(state))?;
+                let Some((revision, desired)) = latest else {
+                    return Ok(None);
+                };
+                let placed = state.placed(revision, &desired, hosts);
+                (revision, desired, Shown::Latest(placed))
+            }
         };
-        let placed = state.placed(revision, &desired, hosts);
         let records = instances
             .into_iter()
             .map(|record| {
@@ -110,7 +136,7 @@ impl World {
     }
 
     fn component_status(&self, key: &str) -> (Rolled, u64, u64) {
-        if let Some(unplaced) = self.placed.unplaced.iter().find(|u| u.component == key) {
+        if let Some(unplaced) = self.placed.blueprint().unplaced.iter().find(|u| u.component == key) {
             let rolled = Rolled {
                 status: Status::Pending,
                 reason: Some(format!(
@@ -128,7 +154,8 @@ impl World {
         };
         let mut n_desired = 0u64;
         let mut n_ready = 0u64;
-        for (placement_key, placement) in self.placed.placements.range(range_of(key)) {
+        for (placement_key, rendered) in self.placed.blueprint().placements.range(range_of(key)) {
+            let placement = &rendered.placement;
             n_desired += 1;
             let instance = format!("{key}#{} on {}", placement_key.slot, placement_key.host);
             let (status, reason) = match self.records.get(placement_key).and_then(|r| r.actual.as_ref()) {
@@ -391,7 +418,8 @@ impl World {
     /// Every desired instance with what was observed, then observed instances no longer desired.
     pub(crate) fn instances(&self) -> Vec<InstanceView> {
         let mut out = Vec::new();
-        for (key, placement) in &self.placed.placements {
+        for (key, rendered) in &self.placed.blueprint().placements {
+            let placement = &rendered.placement;
             let record = self.records.get(key);
             let actual = record.and_then(|r| r.actual.as_ref());
             out.push(InstanceView {
@@ -409,7 +437,7 @@ impl World {
             });
         }
         for (key, record) in &self.records {
-            if self.placed.placements.contains_key(key) {
+            if self.placed.blueprint().placements.contains_key(key) {
                 continue;
             }
             let actual = record.actual.as_ref();

@@ -257,8 +257,9 @@ pub use model::{
 };
 pub use source::{MAX_FILE_BYTES, SourceFile};
 
-/// A host the spec will be placed on, for the "selector matches no known host" warning.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A host the spec is placed on (for the "selector matches no known host" warning, and the
+/// planner's placement basis, stored with a plan).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HostInfo {
     /// The host's name.
     pub name: String,

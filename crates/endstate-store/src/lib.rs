@@ -65,8 +65,8 @@ pub mod testing;
 pub use error::StoreError;
 pub use model::{
     ActualInstance, AgentRecord, Change, ChangeFilter, ChangeUpdate, DEFAULT_PAGE_LIMIT, DesiredInstance, Event,
-    EventQuery, HostRecord, InstanceFilter, InstanceRecord, InstanceTransition, JoinTokenRow, MAX_PAGE_LIMIT, NewEvent,
-    NewRevision, ObservationBatch, Page, PageRequest, Revision, RevisionMeta, TokenRecord,
+    EventQuery, HostRecord, InstanceFilter, InstanceRecord, InstanceTransition, JoinTokenRow, MAX_PAGE_LIMIT,
+    NewChange, NewEvent, NewRevision, ObservationBatch, Page, PageRequest, Revision, RevisionMeta, TokenRecord,
 };
 pub use sqlite::{SCHEMA_VERSION, SqliteStore, WriterStats};
 pub use store::Store;

@@ -32,6 +32,26 @@ pub struct NewRevision {
     pub options: Option<serde_json::Value>,
 }
 
+/// A change of a revision already recorded (no new revision): moving instances under the
+/// revision in force (a rebalance the server proposes), recorded with its plan.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NewChange {
+    /// The revision it reaches (it must exist).
+    pub revision: RevisionId,
+    /// The state it starts in.
+    pub state: ChangeState,
+    /// Its plan, opaque to the store.
+    pub plan: Option<serde_json::Value>,
+    /// Why it is in its state.
+    pub reason: Option<String>,
+    /// Controller progress, opaque to the store.
+    pub progress: Option<serde_json::Value>,
+    /// Operational parameters, opaque to the store.
+    pub options: Option<serde_json::Value>,
+    /// When it was made.
+    pub created_ms: i64,
+}
+
 /// An immutable, numbered desired state.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Revision {

@@ -5,7 +5,7 @@ use endstate_types::{ChangeId, ChangeState, EventSeq, HostName, RevisionId};
 use crate::StoreError;
 use crate::model::{
     AgentRecord, Change, ChangeFilter, ChangeUpdate, Event, EventQuery, HostRecord, InstanceFilter, InstanceRecord,
-    InstanceTransition, JoinTokenRow, NewEvent, NewRevision, ObservationBatch, Page, PageRequest, Revision,
+    InstanceTransition, JoinTokenRow, NewChange, NewEvent, NewRevision, ObservationBatch, Page, PageRequest, Revision,
     RevisionMeta, TokenRecord,
 };
 
@@ -21,6 +21,13 @@ pub trait Store: Send + Sync + 'static {
     /// # Errors
     /// `Invalid` for an event without a kind; `Sqlite`/`Closed` on storage failure (nothing is written).
     async fn submit_revision(&self, new: NewRevision, events: Vec<NewEvent>) -> Result<(Revision, Change), StoreError>;
+
+    /// Records a change of an existing revision with `events`, atomically (the events name it).
+    ///
+    /// # Errors
+    /// `NotFound` when the revision does not exist, `Invalid` for an event without a kind
+    /// (nothing is written in either case); storage failures.
+    async fn add_change(&self, new: NewChange, events: Vec<NewEvent>) -> Result<Change, StoreError>;
 
     /// One revision.
     ///

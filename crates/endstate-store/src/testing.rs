@@ -25,6 +25,7 @@ pub async fn conformance(store: Arc<dyn Store>) {
     submit_creates_revision_change_and_events(store).await;
     submit_is_atomic(store).await;
     submit_with_parent_compares_and_sets(store).await;
+    a_change_is_added_to_an_existing_revision(store).await;
     transition_change_compares_and_sets(store).await;
     list_changes_filters_and_pages(store).await;
     hosts_upsert_and_list(store).await;
@@ -371,6 +372,56 @@ async fn submit_creates_revision_change_and_events(store: &dyn Store) {
     };
     let changes = store.list_changes(filter, PageRequest::default()).await.unwrap();
     assert_eq!(changes.items, [change], "list_changes filters by revision");
+}
+
+async fn a_change_is_added_to_an_existing_revision(store: &dyn Store) {
+    let (revision, first) = store.submit_revision(new_revision(7), Vec::new()).await.unwrap();
+    let new = crate::NewChange {
+        revision: revision.id,
+        state: ChangeState::Halted,
+        plan: Some(serde_json::json!({ "steps": [] })),
+        reason: Some("proposed".into()),
+        progress: Some(serde_json::json!({ "released": 0 })),
+        options: None,
+        created_ms: 700,
+    };
+    let events = vec![event(700, "change.proposed", &["conf-add-change"], "proposed")];
+    let added = store.add_change(new.clone(), events).await.unwrap();
+    assert!(added.id > first.id, "a new change gets the next id");
+    assert_eq!(
+        (
+            added.revision,
+            added.state,
+            added.plan.clone(),
+            added.reason.clone(),
+            added.progress.clone()
+        ),
+        (
+            revision.id,
+            ChangeState::Halted,
+            new.plan.clone(),
+            new.reason.clone(),
+            new.progress.clone()
+        ),
+        "stored as given"
+    );
+    assert_eq!(store.get_change(added.id).await.unwrap().as_ref(), Some(&added));
+    let page = store.query_events(&systems_query(&["conf-add-change"])).await.unwrap();
+    assert_eq!(page.items.len(), 1);
+    assert_eq!(page.items[0].change, Some(added.id), "its events name it");
+    let missing = crate::NewChange {
+        revision: endstate_types::RevisionId(revision.id.0 + 1000),
+        ..new
+    };
+    let refused = store
+        .add_change(missing, vec![event(701, "change.proposed", &["conf-add-change"], "x")])
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::NotFound { what: "revision", .. })),
+        "{refused:?}"
+    );
+    let page = store.query_events(&systems_query(&["conf-add-change"])).await.unwrap();
+    assert_eq!(page.items.len(), 1, "nothing is written for a missing revision");
 }
 
 async fn submit_with_parent_compares_and_sets(store: &dyn Store) {

@@ -1168,8 +1168,10 @@ fn a_host_joining_mid_rollout_gets_its_step_in_the_waves_to_come() {
             .find(|e| e.0["change"] == 2)
             .ok_or_else(|| "not re-planned yet".to_owned())
     });
+    // The joining host ran nothing until then (the revision in force is placed on the hosts
+    // its change placed it on): its instance is a start in the waves to come.
     assert!(
-        replanned.summary().contains("1 step(s) added (lab/roll#0@j-c upgrade)"),
+        replanned.summary().contains("1 step(s) added (lab/roll#0@j-c start)"),
         "{replanned}"
     );
 

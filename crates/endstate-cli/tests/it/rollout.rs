@@ -206,6 +206,17 @@ fn a_good_version_rolls_out_by_zone_a_bad_one_rolls_back_and_a_freeze_holds_one(
             ("dev-c".into(), "1.1.0".into(), "healthy".into()),
         ]
     );
+    // Status says what is in force and what was rolled back, and the fleet is healthy at it:
+    // not "pending: runs 1.1.0 instead of 1.2.0-bad-health" forever.
+    let status = run(&["status"], &config);
+    let status = text(&status.stdout);
+    let first = status.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with("revision 3 rolled back at ") && first.contains("; revision 2 in force (change 2, since "),
+        "{status}"
+    );
+    assert!(status.contains("storefront/web 1.1.0 (3/3 ready)  healthy"), "{status}");
+    assert!(!status.contains("pending"), "{status}");
 
     // The 3 a.m. questions about the canary that went bad: did it just happen, and what changed
     // right before? The failed rollout is the first suspect, with its reason.

@@ -66,7 +66,10 @@ fn apply_converges_and_status_and_timeline_show_it() {
     );
 
     let status = text(&cli(&["status"], &url, &token, &config).stdout);
-    assert_eq!(status, "shop  healthy\n└─ payments  healthy\n");
+    // What is in force first, then the tree.
+    let (first, tree) = status.split_once('\n').unwrap();
+    assert!(first.starts_with("revision 1 in force (change 1, since "), "{status}");
+    assert_eq!(tree, "shop  healthy\n└─ payments  healthy\n");
 
     let out = cli(&["timeline", "payments", "-o", "json"], &url, &token, &config);
     let kinds: Vec<String> = text(&out.stdout)

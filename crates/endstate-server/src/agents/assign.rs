@@ -16,6 +16,8 @@ use endstate_plan::{Placement, PlacementKey};
 use endstate_spec::{ArtifactSource as SpecSource, Component, DesiredState, HostInfo, Probe};
 use sha2::{Digest, Sha256};
 
+use crate::blueprint::Current;
+
 /// Ports allocated when a component does not fix one: `DYNAMIC_PORTS_START..DYNAMIC_PORTS_END`.
 pub(crate) const DYNAMIC_PORTS_START: u16 = 20_000;
 const DYNAMIC_PORTS_LEN: u16 = 10_000;
@@ -50,11 +52,38 @@ pub(crate) struct InstanceMeta {
     pub(crate) digest: String,
 }
 
-/// The assignments of every host of `hosts` (hosts without instances get an empty set).
-///
-/// `salt` (the server's CA fingerprint) goes into the hash of dynamic ports, so two servers whose
-/// hosts share a machine and their names (development setups, tests) pick different ports, while
-/// one server always picks the same.
+/// Every host's set, rendered from the blueprint (what every instance should run now: see
+/// [`crate::blueprint`]). Every host in service gets a set (empty when nothing is placed on it),
+/// and so does every host the blueprint places on; the hosts in service decide no placement.
+pub(crate) fn sets(current: &Current, in_service: &[HostInfo], salt: &str) -> BTreeMap<String, HostAssignments> {
+    let chosen: BTreeMap<PlacementKey, (&Component, Placement)> = current
+        .blueprint
+        .placements
+        .iter()
+        .filter_map(|(key, rendered)| {
+            let component = current.desired_of(rendered.side)?.components.get(&*key.component)?;
+            Some((key.clone(), (component, rendered.placement.clone())))
+        })
+        .collect();
+    // The labels templates see: a host's as it is in service, else as the placement saw it.
+    let mut hosts: Vec<HostInfo> = in_service.to_vec();
+    let mut known: BTreeSet<String> = hosts.iter().map(|h| h.name.clone()).collect();
+    let basis = current
+        .rollout
+        .iter()
+        .flat_map(|r| r.hosts.iter())
+        .chain(current.base.iter().flat_map(|b| b.hosts.iter()));
+    for host in basis {
+        if known.insert(host.name.clone()) {
+            hosts.push(host.clone());
+        }
+    }
+    assignments_of(&chosen, &hosts, salt)
+}
+
+/// The assignments of `desired` placed on `hosts` (what [`sets`] renders for a revision in force
+/// on those hosts with no change rolling out).
+#[cfg(test)]
 pub(crate) fn assignments(desired: &DesiredState, hosts: &[HostInfo], salt: &str) -> BTreeMap<String, HostAssignments> {
     let (placements, _unplaced) = endstate_plan::place(desired, hosts);
     let chosen: BTreeMap<PlacementKey, (&Component, Placement)> = placements
@@ -64,48 +93,6 @@ pub(crate) fn assignments(desired: &DesiredState, hosts: &[HostInfo], salt: &str
             Some((key, (component, placement)))
         })
         .collect();
-    assignments_of(&chosen, hosts, salt)
-}
-
-/// What a host runs in the middle of a rollout: an instance whose step is released runs as the
-/// change's revision places it (`target`, placed on `placement_hosts`: the hosts minus the retired
-/// ones); any other runs as the base revision has it (a start not yet released runs nowhere, a stop
-/// not yet released keeps running). Instances no step touches are the same in both.
-pub(crate) fn mixed(
-    base: Option<&DesiredState>,
-    target: &DesiredState,
-    released: &BTreeSet<PlacementKey>,
-    hosts: &[HostInfo],
-    placement_hosts: &[HostInfo],
-    salt: &str,
-) -> BTreeMap<String, HostAssignments> {
-    let (after, _) = endstate_plan::place(target, placement_hosts);
-    let (before, _) = match base {
-        Some(base) => endstate_plan::place(base, hosts),
-        None => Default::default(),
-    };
-    let mut chosen: BTreeMap<PlacementKey, (&Component, Placement)> = BTreeMap::new();
-    for (key, placement) in after {
-        let old = before.get(&key);
-        let unchanged = old.is_some_and(|old| {
-            old.version == placement.version && old.config == placement.config && old.index == placement.index
-        });
-        if released.contains(&key) || unchanged {
-            if let Some(component) = target.components.get(&*key.component) {
-                chosen.insert(key, (component, placement));
-            }
-        } else if let (Some(old), Some(component)) = (old, base.and_then(|b| b.components.get(&*key.component))) {
-            chosen.insert(key, (component, old.clone()));
-        }
-    }
-    for (key, placement) in before {
-        if chosen.contains_key(&key) || released.contains(&key) {
-            continue;
-        }
-        if let Some(component) = base.and_then(|b| b.components.get(&*key.component)) {
-            chosen.insert(key, (component, placement));
-        }
-    }
     assignments_of(&chosen, hosts, salt)
 }
 
@@ -698,5 +685,122 @@ placement: { count: { total: 3 } }
         let broken = &set["h-b"];
         assert!(broken.instances.is_empty());
         assert!(broken.problems[0].contains("host.labels.zone"), "{:?}", broken.problems);
+    }
+
+    const SPREAD: &str = r#"
+apiVersion: endstate/v1
+kind: System
+name: shop
+---
+apiVersion: endstate/v1
+kind: Component
+name: web
+system: shop
+artifact: { version: "1.0", path: bin/svc }
+command: svc
+args: ["--listen", "127.0.0.1:{{ ports.http }}", "--n", "{{ instance.index }}"]
+ports: [{ name: http }]
+placement: { count: { total: 4 }, spread_by: zone }
+---
+apiVersion: endstate/v1
+kind: Component
+name: agent
+system: shop
+artifact: { version: "2.0", path: bin/agent }
+command: agent
+placement: { count: { per_host: 1 } }
+"#;
+
+    fn zoned(name: &str, zone: u8) -> HostInfo {
+        HostInfo {
+            name: name.into(),
+            labels: [("zone".to_owned(), format!("z{zone}"))].into_iter().collect(),
+        }
+    }
+
+    /// The revision in force as the server reads it back from the store: its converged change's
+    /// stored plan records the hosts it was placed on (`crate::blueprint::basis_of`).
+    fn in_force(desired: &std::sync::Arc<DesiredState>, stored_plan: &serde_json::Value) -> Current {
+        let hosts = crate::blueprint::basis_of(Some(stored_plan)).expect("the plan records its hosts");
+        let change = endstate_store::Change {
+            id: endstate_types::ChangeId(1),
+            revision: endstate_types::RevisionId(1),
+            state: endstate_types::ChangeState::Converged,
+            plan: Some(stored_plan.clone()),
+            reason: None,
+            wave: None,
+            progress: None,
+            options: None,
+            created_ms: 0,
+            updated_ms: 0,
+        };
+        let blueprint = endstate_plan::blueprint(Some((desired, &hosts)), None);
+        let hosts = std::sync::Arc::new(hosts);
+        Current {
+            key: String::new(),
+            base: Some(crate::blueprint::InForce {
+                revision: change.revision,
+                change,
+                desired: std::sync::Arc::clone(desired),
+                hosts,
+            }),
+            rollout: None,
+            blueprint,
+        }
+    }
+
+    /// What each host runs: its instances' full assignments (ids, versions, ports, arguments).
+    fn running(sets: &BTreeMap<String, HostAssignments>) -> BTreeMap<String, Vec<InstanceAssignment>> {
+        sets.iter()
+            .filter(|(_, set)| !set.instances.is_empty())
+            .map(|(host, set)| (host.clone(), set.instances.clone()))
+            .collect()
+    }
+
+    proptest::proptest! {
+        /// With no change submitted, hosts joining (in any zone), leaving, coming back, agents
+        /// restarting and the server restarting (the revision in force read back from its stored
+        /// plan) never move an instance, nor change what any host runs.
+        #[test]
+        fn hosts_coming_and_going_never_move_an_instance(
+            ops in proptest::collection::vec((0u8..4, 0u8..8, 0u8..4), 1..40),
+        ) {
+            let desired = std::sync::Arc::new(load(SPREAD));
+            let basis: Vec<HostInfo> = (0..4).map(|i| zoned(&format!("h{i}"), i % 2)).collect();
+            let plan = endstate_plan::plan(None, &desired, &basis);
+            let stored = serde_json::to_value(&plan).unwrap();
+            let mut current = in_force(&desired, &stored);
+            let mut in_service = basis.clone();
+            let first = running(&sets(&current, &in_service, "salt"));
+            proptest::prop_assert_eq!(first.len(), 4, "every basis host runs something: {:?}", first.keys());
+            for (op, host, zone) in ops {
+                let name = format!("h{host}");
+                match op {
+                    // A host enrols (or comes back), in some zone.
+                    0 => {
+                        in_service.retain(|h| h.name != name);
+                        in_service.push(zoned(&name, zone));
+                    }
+                    // A host leaves (revoked, retired elsewhere, gone).
+                    1 => in_service.retain(|h| h.name != name),
+                    // An agent restarts: it comes back with the same labels.
+                    2 => {
+                        if let Some(at) = in_service.iter().position(|h| h.name == name) {
+                            let again = in_service.remove(at);
+                            in_service.push(again);
+                        }
+                    }
+                    // The server restarts: everything is read back from the store.
+                    _ => current = in_force(&desired, &stored),
+                }
+                let now = running(&sets(&current, &in_service, "salt"));
+                proptest::prop_assert_eq!(&now, &first);
+                // Every host in service gets a set, if only an empty one.
+                let rendered = sets(&current, &in_service, "salt");
+                for host in &in_service {
+                    proptest::prop_assert!(rendered.contains_key(&host.name));
+                }
+            }
+        }
     }
 }

@@ -119,6 +119,8 @@ pub(crate) struct Live {
 #[derive(Default)]
 struct Assigned {
     key: Option<String>,
+    /// The key of the blueprint the sets were rendered from ([`crate::blueprint::Current::key`]).
+    blueprint: Option<String>,
     target: Option<RevisionId>,
     hosts: BTreeMap<String, assign::HostAssignments>,
     /// Per (host, instance id): the generation its assignment last changed at. An instance the
@@ -271,37 +273,16 @@ impl Hub {
     /// the hosts changed (then also replaces the store's instance records), and sends each
     /// connected host its set when it has not seen its generation.
     pub(crate) async fn refresh(&self, state: &AppState) -> Result<(), ApiError> {
-        let rendering = state.rendering().await?;
+        let current = state.current().await?;
         let hosts = enrolled_hosts(state).await?;
-        let key = rendering_key(&rendering, &hosts);
-        let target = rendering_target(&rendering);
+        let key = rendering_key(&current, &hosts);
+        let target = current.target();
         let mut assigned = self.assigned.lock().await;
         if assigned.key.as_ref() != Some(&key) {
-            let mut sets = match (&rendering.rollout, &rendering.base) {
-                (Some(rollout), base) => {
-                    let plan = crate::rollout::plan_of(&rollout.change).unwrap_or_default();
-                    assign::mixed(
-                        base.as_ref().map(|(_, d)| d.as_ref()),
-                        &rollout.desired,
-                        &crate::rollout::released_keys(&plan, rollout.released),
-                        &hosts,
-                        &plan.options.placement_hosts(&hosts),
-                        &self.tls.ca_sha256,
-                    )
-                }
-                (None, Some((_, desired))) => assign::assignments(desired, &hosts, &self.tls.ca_sha256),
-                (None, None) => hosts
-                    .iter()
-                    .map(|h| (h.name.clone(), assign::HostAssignments::default()))
-                    .collect(),
-            };
-            // Checks follow what is rendered: the change's revision while it rolls out, else the base.
-            let checks_from = rendering
-                .rollout
-                .as_ref()
-                .map(|r| r.desired.as_ref())
-                .or(rendering.base.as_ref().map(|(_, d)| d.as_ref()));
-            if let Some(desired) = checks_from {
+            let mut sets = assign::sets(&current, &hosts, &self.tls.ca_sha256);
+            // Checks and actions follow what is rendered: the change's revision while it rolls
+            // out, else the base.
+            if let Some((_, desired)) = current.shown() {
                 assign::add_checks(desired, &mut sets, &hosts);
                 assign::add_actions(desired, &mut sets, &hosts);
             }
@@ -361,12 +342,9 @@ impl Hub {
             }
             state.store().replace_instances(records).await?;
             if !problems.is_empty() {
-                let systems: Vec<String> = rendering
-                    .rollout
-                    .as_ref()
-                    .map(|r| &r.desired)
-                    .or(rendering.base.as_ref().map(|(_, d)| d))
-                    .map(|d| d.systems.keys().cloned().collect())
+                let systems: Vec<String> = current
+                    .shown()
+                    .map(|(_, d)| d.systems.keys().cloned().collect())
                     .unwrap_or_default();
                 state
                     .store()
@@ -387,6 +365,7 @@ impl Hub {
                     .await?;
             }
             assigned.key = Some(key);
+            assigned.blueprint = Some(current.key.clone());
             assigned.target = target;
             assigned.hosts = sets;
             assigned.generations = generations;
@@ -417,23 +396,25 @@ impl Hub {
     /// the tick keep them current), else after a full [`refresh`](Self::refresh). Thousands of
     /// agents reconnecting at once thus cost one set each, not a refresh of every host each.
     pub(crate) async fn refresh_host(&self, state: &AppState, host: &str) -> Result<(), ApiError> {
-        let rendering = state.rendering().await?;
-        let hosts = enrolled_hosts(state).await?;
-        let key = rendering_key(&rendering, &hosts);
-        if self.send_computed(host, &key).await {
+        // The blueprint alone decides what the host runs; the hosts in service (read in full,
+        // thousands of rows) only decide which hosts get a set, and the periodic refresh keeps
+        // up with them. So a resync reads no host list: with 10,000 agents reconnecting, that
+        // read per agent made the resyncs quadratic.
+        let current = state.current().await?;
+        if self.send_computed(host, &current.key).await {
             return Ok(());
         }
         let _refreshing = self.refreshing.lock().await;
-        if self.send_computed(host, &key).await {
+        if self.send_computed(host, &current.key).await {
             return Ok(());
         }
         self.refresh(state).await
     }
 
-    /// Sends a host its set from the computed sets, when they are of `key` and know the host.
-    async fn send_computed(&self, host: &str, key: &str) -> bool {
+    /// Sends a host its set from the computed sets, when they are of this blueprint and know the host.
+    async fn send_computed(&self, host: &str, blueprint: &str) -> bool {
         let assigned = self.assigned.lock().await;
-        if assigned.key.as_deref() != Some(key) {
+        if assigned.blueprint.as_deref() != Some(blueprint) {
             return false;
         }
         let (Some(set), Some(generation)) = (assigned.hosts.get(host), assigned.host_generations.get(host)) else {
@@ -698,46 +679,17 @@ pub(crate) async fn mark_unreachable(state: &AppState, hub: &Hub, host: &str, re
     Ok(())
 }
 
-/// What identifies a rendering: the base, the change rolling out and how many of its waves are
-/// released (its plan is fixed once it rolls), and the hosts with their labels. The sets are
-/// recomputed when it changes.
-fn rendering_key(rendering: &crate::Rendering, hosts: &[HostInfo]) -> String {
-    use std::fmt::Write;
-    let mut key = String::new();
-    if let Some((id, _)) = &rendering.base {
-        let _ = write!(key, "base={}", id.0);
-    }
-    if let Some(rollout) = &rendering.rollout {
-        let _ = write!(key, ";change={};released={}", rollout.change.id.0, rollout.released);
-    }
-    let _ = write!(key, ";hosts={}", hosts_key(hosts));
-    key
-}
-
-/// The revision a rendering reaches when every released step is done: the change's, else the base.
-fn rendering_target(rendering: &crate::Rendering) -> Option<RevisionId> {
-    rendering
-        .rollout
-        .as_ref()
-        .map(|r| r.change.revision)
-        .or(rendering.base.as_ref().map(|(id, _)| *id))
+/// What identifies a rendering: the blueprint's key (the revision in force, the change rolling
+/// out, its released waves, the hosts each was placed on) and the hosts in service with their
+/// labels (every one gets a set; checks and actions follow labels). The sets are recomputed when
+/// it changes.
+fn rendering_key(current: &crate::blueprint::Current, hosts: &[HostInfo]) -> String {
+    format!("{};in_service={}", current.key, hosts_key(hosts))
 }
 
 /// The hosts that may run instances: enrolled and not revoked, plus hosts known without an agent.
 pub(crate) async fn enrolled_hosts(state: &AppState) -> Result<Vec<HostInfo>, ApiError> {
-    let revoked: std::collections::BTreeSet<String> = state
-        .store()
-        .list_agents()
-        .await?
-        .into_iter()
-        .filter(|a| a.revoked_ms.is_some())
-        .map(|a| a.host.0)
-        .collect();
-    Ok(crate::routes::host_infos(state)
-        .await?
-        .into_iter()
-        .filter(|h| !revoked.contains(&h.name))
-        .collect())
+    crate::blueprint::hosts_in_service(state).await
 }
 
 fn hosts_key(hosts: &[HostInfo]) -> String {

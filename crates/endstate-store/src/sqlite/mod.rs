@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::model::{
     AgentRecord, Change, ChangeFilter, ChangeUpdate, Event, EventQuery, HostRecord, InstanceFilter, InstanceRecord,
-    InstanceTransition, JoinTokenRow, NewEvent, NewRevision, ObservationBatch, Page, PageRequest, Revision,
+    InstanceTransition, JoinTokenRow, NewChange, NewEvent, NewRevision, ObservationBatch, Page, PageRequest, Revision,
     RevisionMeta, TokenRecord,
 };
 use crate::{Store, StoreError};
@@ -239,6 +239,10 @@ impl Store for SqliteStore {
     async fn submit_revision(&self, new: NewRevision, events: Vec<NewEvent>) -> Result<(Revision, Change), StoreError> {
         self.write(|reply| writer::WriteOp::SubmitRevision(new, events, reply))
             .await
+    }
+
+    async fn add_change(&self, new: NewChange, events: Vec<NewEvent>) -> Result<Change, StoreError> {
+        self.write(|reply| writer::WriteOp::AddChange(new, events, reply)).await
     }
 
     async fn get_revision(&self, id: RevisionId) -> Result<Option<Revision>, StoreError> {

@@ -28,8 +28,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::StoreError;
 use crate::model::{
-    AgentRecord, Change, ChangeUpdate, HostRecord, InstanceRecord, InstanceTransition, JoinTokenRow, NewEvent,
-    NewRevision, ObservationBatch, Revision, TokenRecord,
+    AgentRecord, Change, ChangeUpdate, HostRecord, InstanceRecord, InstanceTransition, JoinTokenRow, NewChange,
+    NewEvent, NewRevision, ObservationBatch, Revision, TokenRecord,
 };
 use crate::sqlite::read;
 
@@ -44,6 +44,7 @@ pub(crate) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 /// A request to the writer thread.
 pub(crate) enum WriteOp {
     SubmitRevision(NewRevision, Vec<NewEvent>, Reply<(Revision, Change)>),
+    AddChange(NewChange, Vec<NewEvent>, Reply<Change>),
     TransitionChange(ChangeId, ChangeState, ChangeUpdate, Vec<NewEvent>, Reply<Change>),
     UpsertHost(HostRecord, Reply<()>),
     PutInstances(Vec<InstanceRecord>, Reply<()>),
@@ -281,6 +282,7 @@ fn apply(conn: &Connection, op: &WriteOp) -> Outcome {
         WriteOp::TransitionChange(id, expect, update, events, _) => {
             Outcome::Change(transition_change(conn, *id, *expect, update, events))
         }
+        WriteOp::AddChange(new, events, _) => Outcome::Change(add_change(conn, new, events)),
         WriteOp::UpsertHost(host, _) => Outcome::Done(upsert_host(conn, host)),
         WriteOp::PutInstances(instances, _) => Outcome::Done(put_instances(conn, instances)),
         WriteOp::RecordTransitions(transitions, _) => Outcome::Seqs(record_transitions(conn, transitions)),
@@ -299,7 +301,7 @@ impl Outcome {
     fn of(op: &WriteOp, error: StoreError) -> Outcome {
         match op {
             WriteOp::SubmitRevision(..) => Outcome::Revision(Err(error)),
-            WriteOp::TransitionChange(..) => Outcome::Change(Err(error)),
+            WriteOp::TransitionChange(..) | WriteOp::AddChange(..) => Outcome::Change(Err(error)),
             WriteOp::RecordTransitions(..) | WriteOp::AppendEvents(..) => Outcome::Seqs(Err(error)),
             WriteOp::CompactEvents(..) => Outcome::Count(Err(error)),
             WriteOp::Agent(..) => Outcome::Agent(Err(error)),
@@ -331,7 +333,9 @@ fn answer(op: WriteOp, outcome: Option<Outcome>, batch_error: Option<&StoreError
     match (op, outcome) {
         (WriteOp::SubmitRevision(.., reply), Some(Outcome::Revision(result))) => send(reply, result, batch_error),
         (WriteOp::Agent(_, reply), Some(Outcome::Agent(result))) => send(reply, result, batch_error),
-        (WriteOp::TransitionChange(.., reply), Some(Outcome::Change(result))) => send(reply, result, batch_error),
+        (WriteOp::TransitionChange(.., reply) | WriteOp::AddChange(.., reply), Some(Outcome::Change(result))) => {
+            send(reply, result, batch_error)
+        }
         (
             WriteOp::UpsertHost(_, reply) | WriteOp::PutInstances(_, reply) | WriteOp::PutToken(_, reply),
             Some(Outcome::Done(result)),
@@ -363,7 +367,7 @@ fn send<T>(reply: Reply<T>, result: Result<T, StoreError>, batch_error: Option<&
 fn fail(op: WriteOp, error: StoreError) {
     match op {
         WriteOp::SubmitRevision(.., reply) => drop(reply.send(Err(error))),
-        WriteOp::TransitionChange(.., reply) => drop(reply.send(Err(error))),
+        WriteOp::TransitionChange(.., reply) | WriteOp::AddChange(.., reply) => drop(reply.send(Err(error))),
         WriteOp::Agent(_, reply) => drop(reply.send(Err(error))),
         WriteOp::UpsertHost(_, reply) | WriteOp::PutInstances(_, reply) | WriteOp::PutToken(_, reply) => {
             drop(reply.send(Err(error)));
@@ -448,6 +452,42 @@ fn submit_revision(
     };
     let change = read_change(conn, change_id)?;
     Ok((revision, change))
+}
+
+fn add_change(conn: &Connection, new: &NewChange, events: &[NewEvent]) -> Result<Change, StoreError> {
+    validate_events(events)?;
+    let exists: bool = conn
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM revisions WHERE id = ?1)")
+        .and_then(|mut stmt| stmt.query_row(params![read::sql_u64(new.revision.0)], |row| row.get(0)))
+        .map_err(StoreError::sqlite("look up a revision"))?;
+    if !exists {
+        return Err(StoreError::NotFound {
+            what: "revision",
+            key: new.revision.0.to_string(),
+        });
+    }
+    let json = |value: &Option<serde_json::Value>| value.as_ref().map(serde_json::Value::to_string);
+    conn.prepare_cached(
+        "INSERT INTO changes (revision, state, plan, reason, progress, options, created_ms, updated_ms) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
+    )
+    .and_then(|mut stmt| {
+        stmt.execute(params![
+            read::sql_u64(new.revision.0),
+            new.state.as_str(),
+            json(&new.plan),
+            new.reason,
+            json(&new.progress),
+            json(&new.options),
+            new.created_ms
+        ])
+    })
+    .map_err(StoreError::sqlite("insert a change"))?;
+    let change_id = ChangeId(u64::try_from(conn.last_insert_rowid()).unwrap_or_default());
+    for event in events {
+        insert_event(conn, event, Some(change_id))?;
+    }
+    read_change(conn, change_id)
 }
 
 fn transition_change(

@@ -1,0 +1,527 @@
+//! The one authority for placement: what every instance should run now, read from the record of
+//! changes (the revision in force on its placement basis, and the released waves of the change
+//! rolling out), never from the hosts of the moment.
+//!
+//! The agent hub renders each host's set from [`AppState::current`], and the views read the same
+//! [`Current`], so `status` says what agents are told. A host joining, leaving or coming back
+//! changes no placement here; moving instances is a change (`rebalance`), proposed by the server.
+
+use std::sync::Arc;
+
+use endstate_plan::{Blueprint, Plan, PlanOptions, StepAction};
+use endstate_spec::{DesiredState, HostInfo};
+use endstate_store::{Change, ChangeFilter, NewChange, NewEvent, PageRequest};
+use endstate_types::{ChangeState, RevisionId};
+
+use crate::error::ApiError;
+use crate::rollout::Progress;
+use crate::{AppState, now_ms};
+
+/// The revision in force: the one whose change converged last.
+#[derive(Clone)]
+pub(crate) struct InForce {
+    pub(crate) revision: RevisionId,
+    /// The change that put it in force.
+    pub(crate) change: Change,
+    pub(crate) desired: Arc<DesiredState>,
+    /// Its placement basis: the hosts its change placed it on, retired ones left out.
+    pub(crate) hosts: Arc<Vec<HostInfo>>,
+}
+
+/// A placement basis read back from a stored plan, by (change, version of the change).
+pub(crate) type CachedBasis = ((u64, i64), Arc<Vec<HostInfo>>);
+
+/// The change rolling out (or halted mid-way).
+#[derive(Clone)]
+pub(crate) struct RollingChange {
+    pub(crate) change: Change,
+    pub(crate) desired: Arc<DesiredState>,
+    /// How many of its waves are released.
+    pub(crate) released: u32,
+    /// The hosts its plan places its revision on, retired ones left out.
+    pub(crate) hosts: Arc<Vec<HostInfo>>,
+}
+
+/// What every instance should run now, with what it was computed from.
+pub(crate) struct Current {
+    /// What identifies it: recomputed when this differs.
+    pub(crate) key: String,
+    pub(crate) base: Option<InForce>,
+    pub(crate) rollout: Option<RollingChange>,
+    pub(crate) blueprint: Blueprint,
+}
+
+impl Current {
+    /// The desired state an instance of `side` is declared in.
+    pub(crate) fn desired_of(&self, side: endstate_plan::Side) -> Option<&DesiredState> {
+        match side {
+            endstate_plan::Side::Base => self.base.as_ref().map(|b| &*b.desired),
+            endstate_plan::Side::Target => self.rollout.as_ref().map(|r| &*r.desired),
+        }
+    }
+
+    /// The desired state whose systems, checks and actions are in force for the agents: the
+    /// change's while one rolls out, else the base's.
+    pub(crate) fn shown(&self) -> Option<(RevisionId, &Arc<DesiredState>)> {
+        self.rollout
+            .as_ref()
+            .map(|r| (r.change.revision, &r.desired))
+            .or(self.base.as_ref().map(|b| (b.revision, &b.desired)))
+    }
+
+    /// The revision a host reaches when every released step is done.
+    pub(crate) fn target(&self) -> Option<RevisionId> {
+        self.shown().map(|(id, _)| id)
+    }
+}
+
+/// The placement basis a stored plan records (`hosts`, minus the hosts its options retire), read
+/// without parsing the whole plan. `None` for plans made before plans recorded their hosts.
+pub(crate) fn basis_of(plan: Option<&serde_json::Value>) -> Option<Vec<HostInfo>> {
+    let plan = plan?;
+    let hosts: Vec<HostInfo> = serde_json::from_value(plan.get("hosts")?.clone()).ok()?;
+    let options: PlanOptions = plan
+        .get("options")
+        .and_then(|o| serde_json::from_value(o.clone()).ok())
+        .unwrap_or_default();
+    Some(options.placement_hosts(&hosts))
+}
+
+/// The hosts instances may be placed on now: known, not retired, not revoked.
+pub(crate) async fn hosts_in_service(state: &AppState) -> Result<Vec<HostInfo>, ApiError> {
+    let (hosts, agents) = tokio::try_join!(state.store().list_hosts(), state.store().list_agents())?;
+    let revoked: std::collections::BTreeSet<String> = agents
+        .into_iter()
+        .filter(|a| a.revoked_ms.is_some())
+        .map(|a| a.host.0)
+        .collect();
+    Ok(hosts
+        .into_iter()
+        .filter(|host| host.retired_ms.is_none() && !revoked.contains(&host.name.0))
+        .map(|host| HostInfo {
+            name: host.name.0,
+            labels: host.labels,
+        })
+        .collect())
+}
+
+impl AppState {
+    /// The revision in force with its placement basis; `None` while no change has converged.
+    /// A change planned before plans recorded their hosts is taken as placed on the hosts in
+    /// service.
+    pub(crate) async fn in_force(&self) -> Result<Option<InForce>, ApiError> {
+        let filter = ChangeFilter {
+            converged_only: true,
+            ..ChangeFilter::default()
+        };
+        let newest = self
+            .store()
+            .list_changes(filter, PageRequest { before: None, limit: 1 })
+            .await?;
+        let Some(change) = newest.items.into_iter().next() else {
+            return Ok(None);
+        };
+        let Some(desired) = self.desired(change.revision).await? else {
+            return Ok(None);
+        };
+        let hosts = self.basis(&change).await?;
+        Ok(Some(InForce {
+            revision: change.revision,
+            change,
+            desired,
+            hosts,
+        }))
+    }
+
+    /// The change rolling out or halted mid-way, if any.
+    pub(crate) async fn rolling_change(&self) -> Result<Option<RollingChange>, ApiError> {
+        let open = self
+            .store()
+            .list_changes(
+                ChangeFilter {
+                    open_only: true,
+                    ..ChangeFilter::default()
+                },
+                PageRequest {
+                    before: None,
+                    limit: 50,
+                },
+            )
+            .await?;
+        let Some(change) = open
+            .items
+            .into_iter()
+            .find(|c| matches!(c.state, ChangeState::Rolling | ChangeState::Halted))
+        else {
+            return Ok(None);
+        };
+        let Some(desired) = self.desired(change.revision).await? else {
+            return Ok(None);
+        };
+        let hosts = self.basis(&change).await?;
+        Ok(Some(RollingChange {
+            released: crate::rollout::Progress::of(&change).released,
+            change,
+            desired,
+            hosts,
+        }))
+    }
+
+    /// The placement basis of a change's plan, read once per version of the change (a stored
+    /// plan of 10,000 hosts takes milliseconds to read back). A change planned before plans
+    /// recorded their hosts is taken as placed on the hosts in service.
+    async fn basis(&self, change: &Change) -> Result<Arc<Vec<HostInfo>>, ApiError> {
+        let key = (change.id.0, change.updated_ms);
+        let cached = self
+            .0
+            .basis_cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, hosts)| Arc::clone(hosts));
+        if let Some(hosts) = cached {
+            return Ok(hosts);
+        }
+        let Some(hosts) = basis_of(change.plan.as_ref()) else {
+            return Ok(Arc::new(hosts_in_service(self).await?));
+        };
+        let hosts = Arc::new(hosts);
+        let mut cache = self
+            .0
+            .basis_cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // The revision in force and the change rolling out: two are in use at a time.
+        if cache.len() >= 4 {
+            cache.remove(0);
+        }
+        cache.push((key, Arc::clone(&hosts)));
+        Ok(hosts)
+    }
+
+    /// What every instance should run now: computed again only when the revision in force, the
+    /// change rolling out, its released waves or the hosts its plan was made on differ.
+    pub(crate) async fn current(&self) -> Result<Arc<Current>, ApiError> {
+        let (base, rollout) = tokio::try_join!(self.in_force(), self.rolling_change())?;
+        let key = key_of(base.as_ref(), rollout.as_ref());
+        if let Some(cached) = self.current_cache().as_ref()
+            && cached.key == key
+        {
+            return Ok(Arc::clone(cached));
+        }
+        let released = rollout
+            .as_ref()
+            .and_then(|r| {
+                crate::rollout::plan_of(&r.change).map(|plan| crate::rollout::released_keys(&plan, r.released))
+            })
+            .unwrap_or_default();
+        let blueprint = endstate_plan::blueprint(
+            base.as_ref().map(|b| (&*b.desired, &b.hosts[..])),
+            rollout.as_ref().map(|r| (&*r.desired, &r.hosts[..], &released)),
+        );
+        let current = Arc::new(Current {
+            key,
+            base,
+            rollout,
+            blueprint,
+        });
+        *self.current_cache() = Some(Arc::clone(&current));
+        Ok(current)
+    }
+
+    fn current_cache(&self) -> std::sync::MutexGuard<'_, Option<Arc<Current>>> {
+        self.0
+            .current_cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+fn key_of(base: Option<&InForce>, rollout: Option<&RollingChange>) -> String {
+    use std::fmt::Write;
+    let mut key = String::new();
+    if let Some(base) = base {
+        let _ = write!(
+            key,
+            "base={}@{};hosts={}",
+            base.revision.0,
+            base.change.id.0,
+            crate::rollout::hosts_digest(&base.hosts)
+        );
+    }
+    if let Some(rollout) = rollout {
+        let progress = crate::rollout::Progress::of(&rollout.change);
+        let _ = write!(
+            key,
+            ";change={};released={};back={};hosts={}",
+            rollout.change.id.0,
+            rollout.released,
+            progress.back,
+            crate::rollout::hosts_digest(&rollout.hosts)
+        );
+    }
+    key
+}
+
+/// With no change open: when the hosts in service would place the revision in force otherwise
+/// than its placement basis (a host left, joined, or came back with other labels), proposes a
+/// change of the same revision that moves the instances, planned and rolled out in waves and
+/// gated like any other (`change.proposed`).
+///
+/// When every host in service is already in the basis (hosts only left: revoked, or retired by
+/// hand), it starts by itself: instances leave hosts that are gone. When a host joined or was
+/// relabelled, it waits for a person (`endstate change accept N`, or `abort N` to drop it): a
+/// new host is no reason to move healthy instances by itself. Each set of hosts is looked at
+/// once (until the server restarts).
+pub(crate) async fn propose(state: &AppState) -> Result<(), ApiError> {
+    let Some(in_force) = state.in_force().await? else {
+        return Ok(());
+    };
+    let hosts = hosts_in_service(state).await?;
+    if endstate_plan::same_hosts(&in_force.hosts, &hosts) {
+        return Ok(());
+    }
+    let seen = format!("{}:{}", in_force.change.id.0, crate::rollout::hosts_digest(&hosts));
+    {
+        let mut last = state
+            .0
+            .proposals_seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if last.as_deref() == Some(seen.as_str()) {
+            return Ok(());
+        }
+        *last = Some(seen);
+    }
+    let desired = &*in_force.desired;
+    let plan = endstate_plan::plan_from(
+        Some((desired, &in_force.hosts[..])),
+        desired,
+        &hosts,
+        &PlanOptions::default(),
+    );
+    if plan.steps.is_empty() {
+        return Ok(());
+    }
+    let joined: Vec<&str> = hosts
+        .iter()
+        .filter(|h| !in_force.hosts.contains(h))
+        .map(|h| h.name.as_str())
+        .collect();
+    let gone: Vec<&str> = in_force
+        .hosts
+        .iter()
+        .filter(|h| !hosts.iter().any(|now| now.name == h.name))
+        .map(|h| h.name.as_str())
+        .collect();
+    let what = rebalance_summary(&plan);
+    let count = u32::try_from(plan.waves.len()).unwrap_or(u32::MAX);
+    let mut why = Vec::new();
+    if !gone.is_empty() {
+        why.push(format!("{} left the hosts in service", gone.join(", ")));
+    }
+    if !joined.is_empty() {
+        why.push(format!("{} joined (or came back with other labels)", joined.join(", ")));
+    }
+    let why = why.join("; ");
+    if !plan.blocked.is_empty() {
+        let rules: Vec<String> = plan
+            .blocked
+            .iter()
+            .map(|b| format!("{} ({}): {}", b.component, b.rule, b.reason))
+            .collect();
+        tracing::warn!(
+            why,
+            rules = rules.join("; "),
+            "A rebalance cannot be planned; instances stay where they are."
+        );
+        return Ok(());
+    }
+    let progress = Progress {
+        hosts: Some(crate::rollout::hosts_digest(&hosts)),
+        proposed: !joined.is_empty(),
+        ..Progress::default()
+    };
+    let (to, reason) = if joined.is_empty() {
+        (
+            ChangeState::Rolling,
+            format!(
+                "rebalance of revision {}: {why}: {what}; started by itself (instances leave hosts that are gone), \
+                 {} steps in {count} waves; asking the Decider before wave 1",
+                in_force.revision.0,
+                plan.steps.len()
+            ),
+        )
+    } else {
+        (
+            ChangeState::Halted,
+            format!(
+                "proposed rebalance of revision {}: {why}: {what}; {} steps in {count} waves, waiting for a person: \
+                 `endstate change accept N` rolls it out in waves, gated, `endstate change abort N` drops it",
+                in_force.revision.0,
+                plan.steps.len()
+            ),
+        )
+    };
+    let plan_json = serde_json::to_value(&plan).map_err(|error| ApiError::Internal(error.to_string()))?;
+    let systems = crate::routes::touched_systems(&plan, Some(desired), desired);
+    let now = now_ms();
+    let event = NewEvent {
+        systems,
+        actor: Some("server".into()),
+        data: serde_json::json!({
+            "revision": in_force.revision.0,
+            "to": to.as_str(),
+            "joined": joined,
+            "gone": gone,
+            "steps": plan.steps.len(),
+            "waves": count,
+            "reason": reason,
+        }),
+        ..NewEvent::new(now, "change.proposed", reason.clone())
+    };
+    let new = NewChange {
+        revision: in_force.revision,
+        state: to,
+        plan: Some(plan_json),
+        reason: Some(reason),
+        progress: serde_json::to_value(&progress).ok(),
+        options: None,
+        created_ms: now,
+    };
+    let change = state.store().add_change(new, vec![event]).await?;
+    tracing::info!(change = change.id.0, state = to.as_str(), "Rebalance proposed.");
+    state.written();
+    Ok(())
+}
+
+/// What a rebalance moves, per component: `2 instances of storefront/web onto web-9, off web-3`.
+fn rebalance_summary(plan: &Plan) -> String {
+    use std::collections::{BTreeMap, BTreeSet};
+    let mut by_component: BTreeMap<&str, (u32, BTreeSet<&str>, BTreeSet<&str>)> = BTreeMap::new();
+    for step in &plan.steps {
+        let entry = by_component.entry(&step.component).or_default();
+        match step.action {
+            StepAction::Start => {
+                entry.0 += 1;
+                entry.1.insert(&step.host);
+            }
+            StepAction::Stop => {
+                entry.2.insert(&step.host);
+            }
+            StepAction::Upgrade | StepAction::Reconfigure => {
+                entry.0 += 1;
+                entry.1.insert(&step.host);
+            }
+        }
+    }
+    by_component
+        .iter()
+        .map(|(component, (n, onto, off))| {
+            let mut text = format!("{n} instance(s) of {component}");
+            if !onto.is_empty() {
+                text.push_str(&format!(
+                    " onto {}",
+                    onto.iter().copied().collect::<Vec<_>>().join(", ")
+                ));
+            }
+            if !off.is_empty() {
+                text.push_str(&format!(" off {}", off.iter().copied().collect::<Vec<_>>().join(", ")));
+            }
+            text
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// What is in force and what newer change did not get there.
+#[utoipa::path(get, path = "/v1/in-force", responses((status = 200, body = endstate_api::InForceView)), security(("bearer" = [])))]
+pub(crate) async fn in_force_view(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    axum::Extension(actor): axum::Extension<crate::auth::Actor>,
+) -> Result<axum::Json<endstate_api::InForceView>, ApiError> {
+    crate::auth::authorize(&actor, crate::auth::Verb::Read, None)?;
+    let in_force = state.in_force().await?;
+    let recent = state
+        .store()
+        .list_changes(
+            ChangeFilter::default(),
+            PageRequest {
+                before: None,
+                limit: 50,
+            },
+        )
+        .await?;
+    let after = in_force.as_ref().map_or(0, |f| f.change.id.0);
+    let newer = recent
+        .items
+        .iter()
+        .find(|c| c.id.0 > after && c.state != ChangeState::Superseded)
+        .cloned();
+    Ok(axum::Json(in_force_summary(
+        in_force.as_ref().map(|f| &f.change),
+        newer.as_ref(),
+    )))
+}
+
+/// The one line `status` starts with, from the change in force and the newest one after it.
+pub(crate) fn in_force_summary(in_force: Option<&Change>, newer: Option<&Change>) -> endstate_api::InForceView {
+    let time = |ms: i64| {
+        let text = crate::rfc3339(ms);
+        text.get(11..19).map_or(text.clone(), str::to_owned)
+    };
+    let base = match in_force {
+        Some(change) => format!(
+            "revision {} in force (change {}, since {})",
+            change.revision.0,
+            change.id.0,
+            time(change.updated_ms)
+        ),
+        None => "no revision in force yet".to_owned(),
+    };
+    let summary = match newer {
+        None => base,
+        Some(change) => {
+            let (id, revision) = (change.id.0, change.revision.0);
+            let proposed = crate::rollout::Progress::of(change).proposed;
+            let what = match change.state {
+                ChangeState::RolledBack => format!(
+                    "revision {revision} rolled back at {} (change {id}): apply a fixed revision to try again",
+                    time(change.updated_ms)
+                ),
+                ChangeState::Failed => format!(
+                    "revision {revision} failed at {} (change {id}): {}",
+                    time(change.updated_ms),
+                    change.reason.as_deref().unwrap_or("no reason given")
+                ),
+                ChangeState::Halted if proposed => format!(
+                    "change {id} proposed (revision {revision}): `endstate change accept {id}` rolls it out, \
+                     `endstate change abort {id}` drops it"
+                ),
+                ChangeState::Halted => format!(
+                    "revision {revision} halted (change {id}): `endstate change resume {id}` carries it on, \
+                     `endstate change abort {id}` takes it back"
+                ),
+                ChangeState::Rolling => match change.wave {
+                    Some((wave, count)) => {
+                        format!(
+                            "revision {revision} rolling out (change {id}, wave {}/{count})",
+                            wave + 1
+                        )
+                    }
+                    None => format!("revision {revision} rolling out (change {id})"),
+                },
+                state => format!("revision {revision} {} (change {id})", state.as_str()),
+            };
+            format!("{what}; {base}")
+        }
+    };
+    endstate_api::InForceView {
+        revision: in_force.map(|c| c.revision.0),
+        change: in_force.map(|c| c.id.0),
+        since: in_force.map(|c| crate::rfc3339(c.updated_ms)),
+        newer: newer.map(|c| crate::routes::change_view(c, false)),
+        summary,
+    }
+}
