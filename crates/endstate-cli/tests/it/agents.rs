@@ -1198,3 +1198,223 @@ fn a_host_joining_mid_rollout_gets_its_step_in_the_waves_to_come() {
     lab.wait_status("lab/roll 2.0.0 (3/3 ready)  healthy");
     lab.finish();
 }
+
+// === 7. one authority for placement ===
+
+/// `roll` with a total count spread over zones instead of one per host.
+fn spread_service(binary: &Path, version: &str, total: u32) -> String {
+    rolling_service(binary, version, "1s").replace(
+        "count: { per_host: 1 }",
+        &format!("count: {{ total: {total} }}\n  spread_by: zone"),
+    )
+}
+
+/// The change events of change `id`, oldest first.
+fn change_kinds(lab: &Lab, id: u64) -> Vec<String> {
+    lab.cli
+        .timeline(&["--kind", "change."])
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.0["change"] == id)
+        .map(|e| e.kind().to_owned())
+        .collect()
+}
+
+/// The first line of `endstate status`, and the rest.
+fn status_of(lab: &Lab) -> (String, String) {
+    let status = lab.cli.ok(&["status"]).unwrap();
+    let (first, rest) = status.split_once('\n').unwrap_or((&status, ""));
+    (first.to_owned(), rest.to_owned())
+}
+
+/// A host enrolling in the zone a spread component wants moves no instance by itself: the server
+/// proposes a rebalance (no new revision), which waits for a person, then rolls out in waves,
+/// each gated by the Decider.
+#[test]
+fn a_host_joining_moves_nothing_until_the_proposed_rebalance_is_accepted_and_rolls_out_in_waves() {
+    let mut lab = Lab::new(None, 0);
+    let binary = example_service(lab.root());
+    for (name, zone) in [("p-a", "a"), ("p-b", "b")] {
+        lab.add_agent(name, &format!("zone={zone}"), false);
+    }
+    lab.cli.wait_liveness(&["p-a", "p-b"], "reachable");
+    // Three instances over zones a and b: two on p-a, one on p-b.
+    let spec = write_spec(&lab.root().join("spec"), &[spread_service(&binary, "1.0.0", 3)]);
+    lab.cli.apply(&spec, &["--timeout", "90s"], 0);
+    lab.wait_status("lab/roll 1.0.0 (3/3 ready)  healthy");
+    let on_a = lab.home("p-a").clone();
+    wait_until("two instances on p-a", PATIENCE, || {
+        match on_a.instance_pids("lab", "roll").len() {
+            2 => Ok(()),
+            n => Err(format!("{n} instances")),
+        }
+    });
+
+    // p-c joins zone c: the spread would now put one instance in each zone.
+    lab.add_agent("p-c", "zone=c", false);
+    lab.cli.wait_liveness(&["p-c"], "reachable");
+    let proposed = wait_until("a rebalance to be proposed", PATIENCE, || {
+        let events = lab.cli.timeline(&["--kind", "change.proposed"])?;
+        events.into_iter().next().ok_or_else(|| "none yet".to_owned())
+    });
+    let id = proposed.0["change"].as_u64().unwrap();
+    assert_eq!(id, 2, "{proposed}");
+    assert_eq!(
+        proposed.0["data"]["revision"], 1,
+        "the revision in force, no new one: {proposed}"
+    );
+    assert!(
+        proposed.summary().contains("p-c joined") && proposed.summary().contains("onto p-c"),
+        "{proposed}"
+    );
+    assert!(proposed.summary().contains("endstate change accept N"), "{proposed}");
+    // Held for a person: nothing moved, a few seconds later still.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        lab.home("p-c").instance_pids("lab", "roll").is_empty(),
+        "p-c runs nothing yet"
+    );
+    assert_eq!(on_a.instance_pids("lab", "roll").len(), 2, "p-a keeps its two");
+    let (first, _) = status_of(&lab);
+    assert!(
+        first.starts_with(&format!(
+            "change {id} proposed (revision 1): `endstate change accept {id}`"
+        )),
+        "{first}"
+    );
+    assert!(!change_kinds(&lab, id).iter().any(|k| k == "change.wave_started"));
+
+    lab.cli.ok(&["change", "accept", &id.to_string()]).unwrap();
+    wait_until("the rebalance to converge", PATIENCE, || {
+        let kinds = change_kinds(&lab, id);
+        if kinds.iter().any(|k| k == "change.converged") {
+            Ok(())
+        } else {
+            Err(format!("{kinds:?}"))
+        }
+    });
+    let kinds = change_kinds(&lab, id);
+    let waves = kinds.iter().filter(|k| *k == "change.wave_started").count();
+    assert!(waves >= 2, "the start on p-c, then the stop on p-a: {kinds:?}");
+    let decisions = lab
+        .cli
+        .timeline(&["--kind", "decision."])
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.0["change"] == id)
+        .count();
+    assert!(
+        decisions >= waves,
+        "every wave gated: {decisions} decisions, {waves} waves"
+    );
+    assert_eq!(lab.home("p-c").instance_pids("lab", "roll").len(), 1);
+    assert_eq!(on_a.instance_pids("lab", "roll").len(), 1);
+    lab.wait_status("lab/roll 1.0.0 (3/3 ready)  healthy");
+    // The moved placement is now the one in force: nothing more is proposed.
+    assert_eq!(lab.cli.timeline(&["--kind", "change.proposed"]).unwrap().len(), 1);
+    lab.finish();
+}
+
+/// A `kill -9` of an instance in a wave that already passed, during a first deployment, neither
+/// tears the fleet down nor fails the change once its agent has it running healthy again. Then,
+/// after an automatic rollback and after an abort, status is healthy at the revision in force and
+/// says which revision did not get there.
+#[test]
+fn a_crash_during_a_first_deployment_tears_nothing_down_and_status_names_the_revision_in_force() {
+    let mut lab = Lab::new(None, 0);
+    let binary = example_service(lab.root());
+    let names = ["k-a", "k-b", "k-c"];
+    for (name, zone) in names.iter().zip(["a", "b", "c"]) {
+        lab.add_agent(name, &format!("zone={zone}"), false);
+    }
+    lab.cli.wait_liveness(&names, "reachable");
+    let spec = write_spec(&lab.root().join("spec"), &[rolling_service(&binary, "1.0.0", "4s")]);
+    lab.cli.apply(&spec, &["--no-wait"], 0);
+    wait_until("wave 2 of the first deployment", PATIENCE, || {
+        let started = change_kinds(&lab, 1)
+            .iter()
+            .filter(|k| *k == "change.wave_started")
+            .count();
+        if started >= 2 {
+            Ok(())
+        } else {
+            Err(format!("{started} waves started"))
+        }
+    });
+    let home = lab.home("k-a").clone();
+    let first = home.wait_one_instance("lab", "roll", &[]);
+    sigkill(first);
+    home.wait_one_instance("lab", "roll", &[first]);
+    wait_until("the first deployment to end", PATIENCE, || {
+        let kinds = change_kinds(&lab, 1);
+        if kinds
+            .iter()
+            .any(|k| k == "change.converged" || k == "change.halted" || k == "change.rolled_back")
+        {
+            Ok(())
+        } else {
+            Err(format!("{kinds:?}"))
+        }
+    });
+    let kinds = change_kinds(&lab, 1);
+    assert!(kinds.iter().any(|k| k == "change.converged"), "{kinds:?}");
+    assert!(!kinds.iter().any(|k| k == "change.rolling_back"), "{kinds:?}");
+    lab.wait_status("lab/roll 1.0.0 (3/3 ready)  healthy");
+
+    // A version whose health check fails rolls back by itself (upgrades: there is an earlier
+    // version to go back to).
+    let spec = write_spec(
+        &lab.root().join("spec"),
+        &[rolling_service(&binary, "2.0.0-bad-health", "1s")],
+    );
+    lab.cli.apply(&spec, &["--no-wait"], 0);
+    wait_until("change 2 to roll back", PATIENCE, || {
+        let kinds = change_kinds(&lab, 2);
+        if kinds.iter().any(|k| k == "change.rolled_back") {
+            Ok(())
+        } else {
+            Err(format!("{kinds:?}"))
+        }
+    });
+    lab.wait_status("lab/roll 1.0.0 (3/3 ready)  healthy");
+    let (first, tree) = status_of(&lab);
+    assert!(
+        first.starts_with("revision 2 rolled back at ") && first.contains("; revision 1 in force (change 1, since "),
+        "{first}"
+    );
+    assert!(!tree.contains("pending"), "{tree}");
+
+    // A change held after its targeted host, then aborted: back at revision 1, healthy.
+    let spec = write_spec(&lab.root().join("spec"), &[rolling_service(&binary, "3.0.0", "1s")]);
+    lab.cli.apply(&spec, &["--no-wait", "--target", "k-b"], 0);
+    wait_until("change 3 to hold after k-b", PATIENCE, || {
+        let kinds = change_kinds(&lab, 3);
+        if kinds.iter().any(|k| k == "change.halted") {
+            Ok(())
+        } else {
+            Err(format!("{kinds:?}"))
+        }
+    });
+    let (first, _) = status_of(&lab);
+    assert!(
+        first.starts_with("revision 3 halted (change 3): `endstate change resume 3`"),
+        "{first}"
+    );
+    lab.cli.ok(&["change", "abort", "3"]).unwrap();
+    wait_until("change 3 to roll back", PATIENCE, || {
+        let kinds = change_kinds(&lab, 3);
+        if kinds.iter().any(|k| k == "change.rolled_back") {
+            Ok(())
+        } else {
+            Err(format!("{kinds:?}"))
+        }
+    });
+    lab.wait_status("lab/roll 1.0.0 (3/3 ready)  healthy");
+    let (first, tree) = status_of(&lab);
+    assert!(
+        first.starts_with("revision 3 rolled back at ") && first.contains("; revision 1 in force"),
+        "{first}"
+    );
+    assert!(!tree.contains("pending"), "{tree}");
+    lab.finish();
+}
