@@ -39,12 +39,26 @@ async fn shutdown_signal() {
     tracing::info!("Shutting down.");
 }
 
+/// How many connections may wait to be accepted.
+const LISTEN_BACKLOG: u32 = 4096;
+
 async fn bind(listen: &str) -> anyhow::Result<(TcpListener, SocketAddr)> {
     let addr: SocketAddr = listen
         .parse()
         .with_context(|| format!("--listen {listen:?} is not an address like 127.0.0.1:7700"))?;
-    let listener = TcpListener::bind(addr)
-        .await
+    // A backlog of 4,096 (capped by the kernel's `somaxconn`) rather than the default 128: a
+    // fleet of thousands of agents reconnecting at once after a restart would overflow 128, and
+    // every dropped connection attempt waits for its TCP retransmission (1 s, 3 s, ...).
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .with_context(|| format!("cannot open a socket for {addr}"))?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
+    let listener = socket
+        .listen(LISTEN_BACKLOG)
         .with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
     Ok((listener, local))

@@ -439,7 +439,7 @@ impl CertificateAuthority {
     pub fn issue_server(
         &self,
         dns_names: &[String],
-        ips: &[std::net::IpAddr],
+        ips: &[core::net::IpAddr],
         now: i64,
         lifetime: Duration,
     ) -> Result<(String, String), PkiError> {

@@ -156,7 +156,9 @@ pub struct Plan {
     /// The placement basis: the hosts (with their labels, in name order) the new desired state
     /// was placed on, retired ones included ([`PlanOptions::placement_hosts`] leaves them out).
     /// Once the change converges, its revision stays placed on these hosts until another change
-    /// places it anew: a host joining or leaving moves nothing by itself.
+    /// places it anew: a host joining or leaving moves nothing by itself. Recorded by whoever
+    /// stores the plan ([`Plan::record_hosts`]), not by the planner: copying 10,000 hosts would
+    /// cost a re-plan more than the rest of it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hosts: Vec<HostInfo>,
 }
@@ -176,6 +178,11 @@ impl Summary {
 }
 
 impl Plan {
+    /// Records the hosts the plan placed on (see [`Plan::hosts`]).
+    pub fn record_hosts(&mut self, hosts: &[HostInfo]) {
+        self.hosts = sorted_hosts(hosts);
+    }
+
     /// Whether the plan changes nothing at all.
     pub fn is_empty(&self) -> bool {
         self.objects.is_empty() && self.steps.is_empty() && self.unplaced.is_empty() && self.blocked.is_empty()
@@ -272,12 +279,15 @@ pub fn plan_from(
         blocked,
         options: options.clone(),
         held_after,
-        hosts: sorted_hosts(hosts),
+        hosts: Vec::new(),
     }
 }
 
 /// Whether two host lists hold the same hosts with the same labels, whatever their order.
 pub fn same_hosts(a: &[HostInfo], b: &[HostInfo]) -> bool {
+    if std::ptr::eq(a, b) {
+        return true;
+    }
     if a.len() != b.len() {
         return false;
     }

@@ -295,12 +295,13 @@ pub(crate) async fn propose(state: &AppState) -> Result<(), ApiError> {
         *last = Some(seen);
     }
     let desired = &*in_force.desired;
-    let plan = endstate_plan::plan_from(
+    let mut plan = endstate_plan::plan_from(
         Some((desired, &in_force.hosts[..])),
         desired,
         &hosts,
         &PlanOptions::default(),
     );
+    plan.record_hosts(&hosts);
     if plan.steps.is_empty() {
         return Ok(());
     }

@@ -463,7 +463,8 @@ async fn replan(
     hosts: &[HostInfo],
     digest: String,
 ) -> Result<(), ApiError> {
-    let fresh = endstate_plan::plan_from(base, desired, hosts, &plan.options);
+    let mut fresh = endstate_plan::plan_from(base, desired, hosts, &plan.options);
+    fresh.record_hosts(hosts);
     progress.hosts = Some(digest);
     let refused = fresh
         .blocked

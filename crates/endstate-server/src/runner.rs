@@ -162,12 +162,14 @@ async fn drive(state: &AppState, change: &Change) -> Result<(), ApiError> {
     let current = state.in_force().await?;
     let hosts = crate::blueprint::hosts_in_service(state).await?;
     let options = crate::options::of_change(change);
-    let plan = endstate_plan::plan_from(
+    let mut plan = endstate_plan::plan_from(
         current.as_ref().map(|c| (&*c.desired, &c.hosts[..])),
         &desired,
         &hosts,
         &options,
     );
+    // The placement basis, stored with the plan: the revision stays placed on these hosts.
+    plan.record_hosts(&hosts);
     if !plan.blocked.is_empty() {
         let rules: Vec<String> = plan
             .blocked

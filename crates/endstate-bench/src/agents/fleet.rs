@@ -125,12 +125,17 @@ pub(super) fn expected(smoke: bool) -> Vec<Expect> {
 struct Memory {
     rss_kib: u64,
     pss_kib: Option<u64>,
+    /// Anonymous (heap, stacks) and file-backed (the SQLite database mapped, the binary) resident
+    /// memory: connections cost anonymous memory; the database's pages read while agents resync
+    /// are file-backed.
+    parts_kib: Option<(u64, u64)>,
 }
 
 fn memory(pid: u32) -> anyhow::Result<Memory> {
     Ok(Memory {
         rss_kib: procfs::rss_kib(pid)?,
         pss_kib: procfs::pss_kib(pid),
+        parts_kib: procfs::rss_parts_kib(pid),
     })
 }
 
@@ -185,10 +190,13 @@ pub(super) async fn run(exe: &std::path::Path, smoke: bool, figures: &mut Vec<Fi
     fleet.stop().await;
     server.stop(Duration::from_secs(5)).await;
     if result.is_err() {
-        eprintln!(
-            "agents: server log tail:\n{}",
-            super::server::log_tail(&spec.data_dir.join("server.log"), 20)
-        );
+        let log = spec.data_dir.join("server.log");
+        eprintln!("agents: server log tail:\n{}", super::server::log_tail(&log, 20));
+        // The whole log, for a look after the temporary directory is gone.
+        let kept = std::path::Path::new("target").join("bench-agents-server.log");
+        if std::fs::copy(&log, &kept).is_ok() {
+            eprintln!("agents: the server's log is kept in {}", kept.display());
+        }
     }
     result
 }
@@ -234,11 +242,18 @@ async fn measure(
         ),
         _ => "PSS not readable".to_owned(),
     };
+    let parts = match (before.parts_kib, after.parts_kib) {
+        (Some((anon0, file0)), Some((anon1, file1))) => format!(
+            "RssAnon {anon0} -> {anon1} KiB ({:.2} KiB per agent), RssFile {file0} -> {file1} KiB",
+            anon1.saturating_sub(anon0) as f64 / n as f64
+        ),
+        _ => "RssAnon/RssFile not readable".to_owned(),
+    };
     figures.push(expect[MEMORY].figure(
         per_agent,
         format!(
             "server process RSS {} -> {} KiB from before connecting to {n} connected idle agents \
-             (keepalive every {:?}), / {n}; {pss}; idle server CPU {:.2}% of a core over {:?} \
+             (keepalive every {:?}), / {n}; {pss}; {parts}; idle server CPU {:.2}% of a core over {:?} \
              ({} keepalives per CPU second, all background work included); setup: enrolment \
              {:.1} s, connection ramp (128 at a time) {:.1} s",
             before.rss_kib,

@@ -681,6 +681,11 @@ async fn flood(
                         .map_err(ended_error)?;
                     sent += 1;
                 }
+                // Let the fleet's other agents run: a send to a writable socket does not yield,
+                // so without this the first agents to flood took the load generator's cores
+                // and the last ones sent nothing, not even their keepalives, for longer than
+                // the server's keepalive timeout (it then rightly closed them).
+                tokio::task::yield_now().await;
             }
         }
         Some(period) => {

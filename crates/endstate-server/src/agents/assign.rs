@@ -767,7 +767,8 @@ placement: { count: { per_host: 1 } }
         ) {
             let desired = std::sync::Arc::new(load(SPREAD));
             let basis: Vec<HostInfo> = (0..4).map(|i| zoned(&format!("h{i}"), i % 2)).collect();
-            let plan = endstate_plan::plan(None, &desired, &basis);
+            let mut plan = endstate_plan::plan(None, &desired, &basis);
+            plan.record_hosts(&basis);
             let stored = serde_json::to_value(&plan).unwrap();
             let mut current = in_force(&desired, &stored);
             let mut in_service = basis.clone();

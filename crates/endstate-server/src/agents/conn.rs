@@ -256,8 +256,18 @@ async fn connection(
     drop(handshake_turn);
     tracing::info!(host, %peer, version, "Agent connected.");
     let (mut sink, mut stream) = ws.split();
-    let writer = tokio::spawn(async move {
-        while let Some(message) = rx.recv().await {
+    // Told when the session ends, so the writer closes the websocket and the TLS session
+    // properly (close frame, close_notify) instead of being cut off.
+    let (finish, mut finished) = tokio::sync::oneshot::channel::<()>();
+    let mut writer = tokio::spawn(async move {
+        loop {
+            let message = tokio::select! {
+                message = rx.recv() => match message {
+                    Some(message) => message,
+                    None => break,
+                },
+                _ = &mut finished => break,
+            };
             let Ok(text) = encode(&message) else {
                 tracing::error!(
                     kind = message.type_name(),
@@ -286,7 +296,17 @@ async fn connection(
         last_protocol_event_ms: 0,
         handle: handle.clone(),
     };
+    // Frames handled since this task last let the others run. Without yielding, a connection
+    // with frames always waiting runs tokio's whole budget (128 frames) per turn: with 10,000
+    // connections flooding, a turn of them all took longer than the keepalive timeout, and the
+    // liveness sweep closed connections that were only waiting for their turn.
+    let mut since_yield = 0u32;
     let ended = loop {
+        since_yield += 1;
+        if since_yield >= FRAMES_PER_TURN {
+            since_yield = 0;
+            tokio::task::yield_now().await;
+        }
         let frame = tokio::select! {
             frame = stream.next() => frame,
             () = handle.close.notified() => break "closed by the server".to_owned(),
@@ -317,13 +337,22 @@ async fn connection(
         }
     };
     drop(session);
-    writer.abort();
+    let _ = finish.send(());
+    if tokio::time::timeout(std::time::Duration::from_secs(2), &mut writer)
+        .await
+        .is_err()
+    {
+        writer.abort();
+    }
     tracing::info!(host, reason = ended, "Agent disconnected.");
     if hub.unregister(&host, handle.id) && !*stop.borrow() {
         Box::pin(super::mark_unreachable(state, hub, &host, &ended)).await?;
     }
     Ok(())
 }
+
+/// How many frames one connection handles before it lets the others run.
+const FRAMES_PER_TURN: u32 = 16;
 
 struct Session<'a> {
     state: &'a AppState,
