@@ -574,10 +574,30 @@ async fn gather(
         deadline_ms: u64::try_from(config.wave_deadline.as_millis()).unwrap_or(u64::MAX),
         stops_only: wave.steps.iter().all(|s| expects_gone(s, progress.back)),
     });
+    // A stop on a host whose agent was revoked is done: the host left the fleet, and nothing
+    // will ever report its instance stopped (read only when such a stop waits on a host that is
+    // not connected).
+    let waits_on_absent = plan
+        .waves
+        .iter()
+        .flat_map(|w| &w.steps)
+        .any(|s| expects_gone(s, progress.back) && hub.connection(&s.step.host).is_none());
+    let revoked: BTreeSet<String> = if waits_on_absent {
+        state
+            .store()
+            .list_agents()
+            .await?
+            .into_iter()
+            .filter(|a| a.revoked_ms.is_some())
+            .map(|a| a.host.0)
+            .collect()
+    } else {
+        BTreeSet::new()
+    };
     let mut wave_instances = Vec::new();
     if let Some((_, wave)) = current {
         for step in &wave.steps {
-            wave_instances.push(view(hub, step, progress.back).await);
+            wave_instances.push(view(hub, step, progress.back, &revoked).await);
         }
     }
     let mut earlier_instances = Vec::new();
@@ -585,7 +605,7 @@ async fn gather(
         let earlier = progress.released.saturating_sub(1) as usize;
         for wave in plan.waves.iter().take(earlier) {
             for step in &wave.steps {
-                earlier_instances.push(view(hub, step, false).await);
+                earlier_instances.push(view(hub, step, false, &revoked).await);
             }
         }
     }
@@ -837,7 +857,7 @@ fn expects_gone(step: &WaveStep, back: bool) -> bool {
 }
 
 /// What the Decider sees of one step's instance.
-async fn view(hub: &Hub, step: &WaveStep, back: bool) -> InstanceView {
+async fn view(hub: &Hub, step: &WaveStep, back: bool, revoked: &BTreeSet<String>) -> InstanceView {
     let (system, component) = step
         .step
         .component
@@ -848,9 +868,10 @@ async fn view(hub: &Hub, step: &WaveStep, back: bool) -> InstanceView {
     let (live, generation) = hub.observed(&host, &id).await;
     let connected = hub.connection(&host).is_some();
     if expects_gone(step, back) {
-        let gone = live.as_ref().is_none_or(|l| {
-            matches!(l.state, None | Some(endstate_agent_proto::InstanceStateWord::Stopped)) && connected
-        });
+        let gone = revoked.contains(&host)
+            || live.as_ref().is_none_or(|l| {
+                matches!(l.state, None | Some(endstate_agent_proto::InstanceStateWord::Stopped)) && connected
+            });
         return InstanceView {
             id,
             host,

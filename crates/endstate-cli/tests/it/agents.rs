@@ -1312,6 +1312,31 @@ fn a_host_joining_moves_nothing_until_the_proposed_rebalance_is_accepted_and_rol
     lab.wait_status("lab/roll 1.0.0 (3/3 ready)  healthy");
     // The moved placement is now the one in force: nothing more is proposed.
     assert_eq!(lab.cli.timeline(&["--kind", "change.proposed"]).unwrap().len(), 1);
+
+    // p-c is revoked: its instance moves back without waiting for anyone (instances leave a
+    // host that is gone), in waves, and the stop on the revoked host counts as done.
+    lab.cli.ok(&["hosts", "revoke", "p-c"]).unwrap();
+    let proposed = wait_until("a second rebalance", PATIENCE, || {
+        let events = lab.cli.timeline(&["--kind", "change.proposed"])?;
+        events.into_iter().nth(1).ok_or_else(|| "none yet".to_owned())
+    });
+    let id = proposed.0["change"].as_u64().unwrap();
+    assert!(
+        proposed.summary().contains("p-c left the hosts in service")
+            && proposed.summary().contains("started by itself"),
+        "{proposed}"
+    );
+    wait_until("the second rebalance to converge", PATIENCE, || {
+        let kinds = change_kinds(&lab, id);
+        if kinds.iter().any(|k| k == "change.converged") {
+            Ok(())
+        } else {
+            Err(format!("{kinds:?}"))
+        }
+    });
+    assert!(!change_kinds(&lab, id).iter().any(|k| k == "change.accepted"));
+    assert_eq!(on_a.instance_pids("lab", "roll").len(), 2, "back to two on p-a");
+    lab.wait_status("lab/roll 1.0.0 (3/3 ready)  healthy");
     lab.finish();
 }
 
