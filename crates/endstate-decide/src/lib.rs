@@ -30,8 +30,8 @@
 //!      unless `max_ratio` is infinite; a baseline without a value waits like a missing value.
 //!
 //!    An instance that exited or is backing off while its agent restarts it is not a failure by
-//!    that alone: it is judged by its restarts in a row at the target (3 or more fail), and
-//!    waits meanwhile, so one crash of a process that comes back healthy fails nothing; one
+//!    that alone: it is judged by how often it restarted at the target version (3 or more fail),
+//!    and waits meanwhile, so one crash of a process that comes back healthy fails nothing; one
 //!    that cannot be spawned fails at once.
 //!
 //!    A failure rolls back when the rollout goes forward and `on_failure` is `rollback`, and

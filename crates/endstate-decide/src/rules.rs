@@ -362,8 +362,8 @@ fn running_wave(input: &Input, wave: &WaveView, started: i64, found: &mut Findin
 fn failure(instance: &InstanceView, target: &str) -> Option<String> {
     let restarts = instance.restarts;
     let judged = instance.at_target && instance.state != InstanceState::Unknown;
-    // Exited or backing off while its agent restarts it: judged by restarts in a row (below),
-    // not by one exit. One that cannot even be spawned will not get better by itself.
+    // Exited or backing off while its agent restarts it: judged by its restarts at the target
+    // (below), not by one exit. One that cannot even be spawned will not get better by itself.
     let restarting = matches!(&instance.state, InstanceState::Failed(detail) if detail != "spawn_failed");
     if judged
         && !(restarting && restarts < MAX_RESTARTS)

@@ -216,10 +216,10 @@ fn a_failed_instance_and_one_restarting_too_often_fail() {
 }
 
 /// One crash of an instance its agent restarts (exited, backing off) is not a failure: it waits,
-/// and goes on once the instance runs healthy again; restarts in a row fail. One that cannot be
-/// spawned fails at once.
+/// and goes on once the instance runs healthy again; 3 restarts at the target fail. One that
+/// cannot be spawned fails at once.
 #[test]
-fn one_crash_that_its_agent_restarts_waits_and_restarts_in_a_row_fail() {
+fn one_crash_that_its_agent_restarts_waits_and_three_restarts_fail() {
     for word in ["exited", "backing_off"] {
         let mut input = input();
         input.earlier_instances[0].state = InstanceState::Failed(word.to_owned());
@@ -235,7 +235,7 @@ fn one_crash_that_its_agent_restarts_waits_and_restarts_in_a_row_fail() {
         input.wave_instances[0] = self::instance("shop/web#1", "h2");
         input.wave_instances[0].restarts = 1;
         assert_eq!(decide(&input).verdict, Verdict::Allow, "{word}");
-        // Crashing in a row: a failure.
+        // Crashing again and again: a failure.
         input.earlier_instances[0].state = InstanceState::Failed(word.to_owned());
         input.earlier_instances[0].restarts = 3;
         assert_eq!(decide(&input).verdict, Verdict::Rollback, "{word}");
