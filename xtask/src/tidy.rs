@@ -95,7 +95,7 @@ pub(crate) fn check(root: &Path) -> Vec<String> {
                 problems.push(format!("crates/{krate}/Cargo.toml: a pure crate depends on {dep}"));
             }
         }
-        let files = rust_files(&dir.join("src"));
+        let files = rust_files(&dir.join("src"), false);
         if files.is_empty() {
             problems.push(format!("crates/{krate}/src: no Rust file found"));
         }
@@ -124,7 +124,7 @@ pub(crate) fn check(root: &Path) -> Vec<String> {
     }
     for krate in ACYCLIC {
         let src = root.join("crates").join(krate).join("src");
-        let files = rust_files_all(&src);
+        let files = rust_files(&src, true);
         if files.is_empty() {
             problems.push(format!("crates/{krate}/src: no Rust file found"));
             continue;
@@ -258,24 +258,6 @@ fn import_cycles(sources: &[(std::path::PathBuf, String)]) -> Vec<Vec<String>> {
     cycles
 }
 
-/// Every Rust file under `dir`, unit-test modules included.
-fn rust_files_all(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(rust_files_all(&path));
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push(path);
-        }
-    }
-    out.sort();
-    out
-}
-
 /// The names in the `[dependencies]` table of a manifest (not dev-dependencies: tests may do IO).
 fn dependencies(manifest: &str) -> Vec<String> {
     let mut in_deps = false;
@@ -296,22 +278,26 @@ fn dependencies(manifest: &str) -> Vec<String> {
     out
 }
 
-fn rust_files(dir: &Path) -> Vec<std::path::PathBuf> {
+/// Every Rust file under `dir`, in path order; unit-test modules (`tests` directories and
+/// `tests.rs`, which may do IO) only `with_tests`.
+fn rust_files(dir: &Path, with_tests: bool) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir) else {
         return out;
     };
     for entry in entries.flatten() {
         let path = entry.path();
+        let test_module = path.file_name().is_some_and(|n| n == "tests" || n == "tests.rs");
+        if test_module && !with_tests {
+            continue;
+        }
         if path.is_dir() {
-            // Unit-test modules may do IO.
-            if path.file_name().is_some_and(|n| n != "tests") {
-                out.extend(rust_files(&path));
-            }
-        } else if path.extension().is_some_and(|e| e == "rs") && path.file_name().is_some_and(|n| n != "tests.rs") {
+            out.extend(rust_files(&path, with_tests));
+        } else if path.extension().is_some_and(|e| e == "rs") {
             out.push(path);
         }
     }
+    out.sort();
     out
 }
 

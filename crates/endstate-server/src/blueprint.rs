@@ -78,11 +78,12 @@ impl Current {
 /// The placement basis a stored plan records (`hosts`, minus the hosts its options retire), read
 /// without parsing the whole plan. `None` for plans made before plans recorded their hosts.
 pub(crate) fn basis_of(plan: Option<&serde_json::Value>) -> Option<Vec<HostInfo>> {
+    use serde::Deserialize;
     let plan = plan?;
-    let hosts: Vec<HostInfo> = serde_json::from_value(plan.get("hosts")?.clone()).ok()?;
-    let options: PlanOptions = plan
+    let hosts = Vec::<HostInfo>::deserialize(plan.get("hosts")?).ok()?;
+    let options = plan
         .get("options")
-        .and_then(|o| serde_json::from_value(o.clone()).ok())
+        .and_then(|o| PlanOptions::deserialize(o).ok())
         .unwrap_or_default();
     Some(options.placement_hosts(&hosts))
 }
@@ -110,15 +111,7 @@ impl AppState {
     /// A change planned before plans recorded their hosts is taken as placed on the hosts in
     /// service.
     pub(crate) async fn in_force(&self) -> Result<Option<InForce>, ApiError> {
-        let filter = ChangeFilter {
-            converged_only: true,
-            ..ChangeFilter::default()
-        };
-        let newest = self
-            .store()
-            .list_changes(filter, PageRequest { before: None, limit: 1 })
-            .await?;
-        let Some(change) = newest.items.into_iter().next() else {
+        let Some(change) = self.converged_change().await? else {
             return Ok(None);
         };
         let Some(desired) = self.desired(change.revision).await? else {
@@ -133,23 +126,37 @@ impl AppState {
         }))
     }
 
+    /// The change whose convergence put the revision in force: the newest converged one.
+    pub(crate) async fn converged_change(&self) -> Result<Option<Change>, ApiError> {
+        let filter = ChangeFilter {
+            converged_only: true,
+            ..ChangeFilter::default()
+        };
+        let newest = self
+            .store()
+            .list_changes(filter, PageRequest { before: None, limit: 1 })
+            .await?;
+        Ok(newest.items.into_iter().next())
+    }
+
+    /// The open changes (not terminal), newest first, at most `limit`.
+    pub(crate) async fn open_changes(&self, limit: u32) -> Result<Vec<Change>, ApiError> {
+        let filter = ChangeFilter {
+            open_only: true,
+            ..ChangeFilter::default()
+        };
+        let page = self
+            .store()
+            .list_changes(filter, PageRequest { before: None, limit })
+            .await?;
+        Ok(page.items)
+    }
+
     /// The change rolling out or halted mid-way, if any.
     pub(crate) async fn rolling_change(&self) -> Result<Option<RollingChange>, ApiError> {
-        let open = self
-            .store()
-            .list_changes(
-                ChangeFilter {
-                    open_only: true,
-                    ..ChangeFilter::default()
-                },
-                PageRequest {
-                    before: None,
-                    limit: 50,
-                },
-            )
-            .await?;
-        let Some(change) = open
-            .items
+        let Some(change) = self
+            .open_changes(50)
+            .await?
             .into_iter()
             .find(|c| matches!(c.state, ChangeState::Rolling | ChangeState::Halted))
         else {
@@ -264,6 +271,9 @@ fn key_of(base: Option<&InForce>, rollout: Option<&RollingChange>) -> String {
     key
 }
 
+/// How often, at most, the hosts in service are compared with the placement basis.
+const PROPOSE_EVERY_MS: i64 = 2_000;
+
 /// With no change open: when the hosts in service would place the revision in force otherwise
 /// than its placement basis (a host left, joined, or came back with other labels), proposes a
 /// change of the same revision that moves the instances, planned and rolled out in waves and
@@ -273,8 +283,19 @@ fn key_of(base: Option<&InForce>, rollout: Option<&RollingChange>) -> String {
 /// hand), it starts by itself: instances leave hosts that are gone. When a host joined or was
 /// relabelled, it waits for a person (`endstate change accept N`, or `abort N` to drop it): a
 /// new host is no reason to move healthy instances by itself. Each set of hosts is looked at
-/// once (until the server restarts).
+/// once (until the server restarts), and the hosts at most every [`PROPOSE_EVERY_MS`]: the
+/// runner's idle rounds follow every write (each observation batch), and reading every host
+/// and agent at each would load a large fleet's server for nothing.
 pub(crate) async fn propose(state: &AppState) -> Result<(), ApiError> {
+    let checked = now_ms();
+    let last = state.0.proposals_checked_ms.load(std::sync::atomic::Ordering::Relaxed);
+    if checked.saturating_sub(last) < PROPOSE_EVERY_MS {
+        return Ok(());
+    }
+    state
+        .0
+        .proposals_checked_ms
+        .store(checked, std::sync::atomic::Ordering::Relaxed);
     let Some(in_force) = state.in_force().await? else {
         return Ok(());
     };
@@ -404,14 +425,10 @@ fn rebalance_summary(plan: &Plan) -> String {
     for step in &plan.steps {
         let entry = by_component.entry(&step.component).or_default();
         match step.action {
-            StepAction::Start => {
-                entry.0 += 1;
-                entry.1.insert(&step.host);
-            }
             StepAction::Stop => {
                 entry.2.insert(&step.host);
             }
-            StepAction::Upgrade | StepAction::Reconfigure => {
+            StepAction::Start | StepAction::Upgrade | StepAction::Reconfigure => {
                 entry.0 += 1;
                 entry.1.insert(&step.host);
             }

@@ -38,7 +38,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use endstate_spec::DesiredState;
-use endstate_store::{ChangeFilter, PageRequest, SqliteStore, Store, StoreError};
+use endstate_store::{PageRequest, SqliteStore, Store, StoreError};
 use endstate_types::RevisionId;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
@@ -158,6 +158,8 @@ struct Inner {
     basis_cache: Mutex<Vec<blueprint::CachedBasis>>,
     /// The revision in force and hosts in service a rebalance was last looked for on.
     proposals_seen: Mutex<Option<String>>,
+    /// When a rebalance was last looked for (ms since the epoch): at most every few seconds.
+    proposals_checked_ms: std::sync::atomic::AtomicI64,
     /// The placement of a revision with no change in force on the hosts in service, for the
     /// views before anything converged.
     placement_cache: Mutex<Option<Arc<views::Placed>>>,
@@ -212,6 +214,7 @@ impl Server {
             desired_cache: Mutex::new(BTreeMap::new()),
             current_cache: Mutex::new(None),
             proposals_seen: Mutex::new(None),
+            proposals_checked_ms: std::sync::atomic::AtomicI64::new(0),
             basis_cache: Mutex::new(Vec::new()),
             placement_cache: Mutex::new(None),
             hub: std::sync::OnceLock::new(),
@@ -482,15 +485,7 @@ impl AppState {
     /// The base every plan starts from: the last revision whose change converged (what is really
     /// in force), with its desired state. `None` while no change has converged.
     pub(crate) async fn base(&self) -> Result<Option<(RevisionId, Arc<DesiredState>)>, error::ApiError> {
-        let filter = ChangeFilter {
-            converged_only: true,
-            ..ChangeFilter::default()
-        };
-        let newest = self
-            .store()
-            .list_changes(filter, PageRequest { before: None, limit: 1 })
-            .await?;
-        match newest.items.first() {
+        match self.converged_change().await? {
             Some(change) => Ok(self
                 .desired(change.revision)
                 .await?

@@ -33,7 +33,7 @@
 use std::time::Duration;
 
 use endstate_plan::Plan;
-use endstate_store::{Change, ChangeFilter, ChangeUpdate, NewEvent, PageRequest};
+use endstate_store::{Change, ChangeUpdate, NewEvent};
 use endstate_types::ChangeState;
 use tokio::sync::watch;
 
@@ -61,20 +61,7 @@ pub(crate) async fn run(state: AppState, interval: Duration, mut stop: watch::Re
 /// One round over the open changes.
 pub(crate) async fn round(state: &AppState) -> Result<(), ApiError> {
     let _controller = state.rollout_lock().lock().await;
-    let open = state
-        .store()
-        .list_changes(
-            ChangeFilter {
-                open_only: true,
-                ..ChangeFilter::default()
-            },
-            PageRequest {
-                before: None,
-                limit: 1000,
-            },
-        )
-        .await?
-        .items;
+    let open = state.open_changes(1000).await?;
     state.metrics().open_changes.set(open.len() as i64);
     let Some(newest) = open.first() else {
         // Nothing open: the hosts in service may ask for instances to move (a change too).

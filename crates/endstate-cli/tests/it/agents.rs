@@ -1220,6 +1220,18 @@ fn change_kinds(lab: &Lab, id: u64) -> Vec<String> {
         .collect()
 }
 
+/// Waits until change `id` has an event of `kind` on the timeline; its change events then.
+fn wait_change_event(lab: &Lab, id: u64, kind: &str, what: &str) -> Vec<String> {
+    wait_until(what, PATIENCE, || {
+        let kinds = change_kinds(lab, id);
+        if kinds.iter().any(|k| k == kind) {
+            Ok(kinds)
+        } else {
+            Err(format!("{kinds:?}"))
+        }
+    })
+}
+
 /// The first line of `endstate status`, and the rest.
 fn status_of(lab: &Lab) -> (String, String) {
     let status = lab.cli.ok(&["status"]).unwrap();
@@ -1285,15 +1297,7 @@ fn a_host_joining_moves_nothing_until_the_proposed_rebalance_is_accepted_and_rol
     assert!(!change_kinds(&lab, id).iter().any(|k| k == "change.wave_started"));
 
     lab.cli.ok(&["change", "accept", &id.to_string()]).unwrap();
-    wait_until("the rebalance to converge", PATIENCE, || {
-        let kinds = change_kinds(&lab, id);
-        if kinds.iter().any(|k| k == "change.converged") {
-            Ok(())
-        } else {
-            Err(format!("{kinds:?}"))
-        }
-    });
-    let kinds = change_kinds(&lab, id);
+    let kinds = wait_change_event(&lab, id, "change.converged", "the rebalance to converge");
     let waves = kinds.iter().filter(|k| *k == "change.wave_started").count();
     assert!(waves >= 2, "the start on p-c, then the stop on p-a: {kinds:?}");
     let decisions = lab
@@ -1326,15 +1330,8 @@ fn a_host_joining_moves_nothing_until_the_proposed_rebalance_is_accepted_and_rol
             && proposed.summary().contains("started by itself"),
         "{proposed}"
     );
-    wait_until("the second rebalance to converge", PATIENCE, || {
-        let kinds = change_kinds(&lab, id);
-        if kinds.iter().any(|k| k == "change.converged") {
-            Ok(())
-        } else {
-            Err(format!("{kinds:?}"))
-        }
-    });
-    assert!(!change_kinds(&lab, id).iter().any(|k| k == "change.accepted"));
+    let kinds = wait_change_event(&lab, id, "change.converged", "the second rebalance to converge");
+    assert!(!kinds.iter().any(|k| k == "change.accepted"), "{kinds:?}");
     assert_eq!(on_a.instance_pids("lab", "roll").len(), 2, "back to two on p-a");
     lab.wait_status("lab/roll 1.0.0 (3/3 ready)  healthy");
     lab.finish();
@@ -1393,14 +1390,7 @@ fn a_crash_during_a_first_deployment_tears_nothing_down_and_status_names_the_rev
         &[rolling_service(&binary, "2.0.0-bad-health", "1s")],
     );
     lab.cli.apply(&spec, &["--no-wait"], 0);
-    wait_until("change 2 to roll back", PATIENCE, || {
-        let kinds = change_kinds(&lab, 2);
-        if kinds.iter().any(|k| k == "change.rolled_back") {
-            Ok(())
-        } else {
-            Err(format!("{kinds:?}"))
-        }
-    });
+    wait_change_event(&lab, 2, "change.rolled_back", "change 2 to roll back");
     lab.wait_status("lab/roll 1.0.0 (3/3 ready)  healthy");
     let (first, tree) = status_of(&lab);
     assert!(
@@ -1412,28 +1402,14 @@ fn a_crash_during_a_first_deployment_tears_nothing_down_and_status_names_the_rev
     // A change held after its targeted host, then aborted: back at revision 1, healthy.
     let spec = write_spec(&lab.root().join("spec"), &[rolling_service(&binary, "3.0.0", "1s")]);
     lab.cli.apply(&spec, &["--no-wait", "--target", "k-b"], 0);
-    wait_until("change 3 to hold after k-b", PATIENCE, || {
-        let kinds = change_kinds(&lab, 3);
-        if kinds.iter().any(|k| k == "change.halted") {
-            Ok(())
-        } else {
-            Err(format!("{kinds:?}"))
-        }
-    });
+    wait_change_event(&lab, 3, "change.halted", "change 3 to hold after k-b");
     let (first, _) = status_of(&lab);
     assert!(
         first.starts_with("revision 3 halted (change 3): `endstate change resume 3`"),
         "{first}"
     );
     lab.cli.ok(&["change", "abort", "3"]).unwrap();
-    wait_until("change 3 to roll back", PATIENCE, || {
-        let kinds = change_kinds(&lab, 3);
-        if kinds.iter().any(|k| k == "change.rolled_back") {
-            Ok(())
-        } else {
-            Err(format!("{kinds:?}"))
-        }
-    });
+    wait_change_event(&lab, 3, "change.rolled_back", "change 3 to roll back");
     lab.wait_status("lab/roll 1.0.0 (3/3 ready)  healthy");
     let (first, tree) = status_of(&lab);
     assert!(

@@ -274,7 +274,7 @@ impl Hub {
     /// connected host its set when it has not seen its generation.
     pub(crate) async fn refresh(&self, state: &AppState) -> Result<(), ApiError> {
         let current = state.current().await?;
-        let hosts = enrolled_hosts(state).await?;
+        let hosts = crate::blueprint::hosts_in_service(state).await?;
         let key = rendering_key(&current, &hosts);
         let target = current.target();
         let mut assigned = self.assigned.lock().await;
@@ -685,11 +685,6 @@ pub(crate) async fn mark_unreachable(state: &AppState, hub: &Hub, host: &str, re
 /// it changes.
 fn rendering_key(current: &crate::blueprint::Current, hosts: &[HostInfo]) -> String {
     format!("{};in_service={}", current.key, hosts_key(hosts))
-}
-
-/// The hosts that may run instances: enrolled and not revoked, plus hosts known without an agent.
-pub(crate) async fn enrolled_hosts(state: &AppState) -> Result<Vec<HostInfo>, ApiError> {
-    crate::blueprint::hosts_in_service(state).await
 }
 
 fn hosts_key(hosts: &[HostInfo]) -> String {
