@@ -1,5 +1,7 @@
-//! Project tasks: `cargo xtask bench [--smoke] [-- ARGS]` runs every benchmark of the project;
-//! `cargo xtask tidy` checks the architecture invariants (also run by `cargo test`).
+//! Project tasks: `cargo xtask test [ARGS]` installs (or names) what the test suite needs and
+//! runs it; `cargo xtask dev` starts the embedded default; `cargo xtask bench [--smoke] [-- ARGS]`
+//! runs every benchmark of the project; `cargo xtask tidy` checks the architecture invariants
+//! (also run by `cargo test`).
 
 mod tidy;
 
@@ -11,6 +13,7 @@ fn main() -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("bench") => bench(&args[1..]),
         Some("dev") => dev(&args[1..]),
+        Some("test") => test(&args[1..]),
         Some("tidy") => {
             let problems = tidy::check(&workspace_root());
             for problem in &problems {
@@ -22,16 +25,133 @@ fn main() -> anyhow::Result<()> {
         }
         _ => {
             eprintln!(
-                "usage:\n  cargo xtask dev [ARGS]                                     build endstate and example-service, run `endstate dev`\n  cargo xtask bench [--smoke] [--only GROUP] [--out FILE]   run every benchmark (release; --smoke: small sizes, dev profile)\n  cargo xtask tidy                                          check the architecture invariants"
+                "usage:\n  cargo xtask test [ARGS]                                    install what the tests need (or name it), run `cargo test --workspace`\n  cargo xtask dev [ARGS]                                     build endstate and example-service, run `endstate dev`\n  cargo xtask bench [--smoke] [--only GROUP] [--out FILE]   run every benchmark (release; --smoke: small sizes, dev profile)\n  cargo xtask tidy                                          check the architecture invariants"
             );
             std::process::exit(2);
         }
     }
 }
 
+/// What the test suite and the example systems need besides Rust and a C compiler.
+struct Prerequisite {
+    /// What it is for.
+    what: &'static str,
+    /// Paths that must all exist (`any`: one of them).
+    paths: &'static [&'static str],
+    any: bool,
+    /// The Debian packages that bring them.
+    packages: &'static [&'static str],
+}
+
+const PREREQUISITES: &[Prerequisite] = &[
+    Prerequisite {
+        what: "Nagios-compatible plugins (the monitoring tests and the examples' checks)",
+        paths: &[
+            "/usr/lib/nagios/plugins/check_http",
+            "/usr/lib/nagios/plugins/check_tcp",
+        ],
+        any: false,
+        packages: &["monitoring-plugins-basic", "monitoring-plugins-standard"],
+    },
+    Prerequisite {
+        what: "Prometheus (the metric-gate rollout test)",
+        paths: &["/usr/bin/prometheus"],
+        any: false,
+        packages: &["prometheus"],
+    },
+    Prerequisite {
+        what: "ip from iproute2 (the partition test's network namespaces)",
+        paths: &["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"],
+        any: true,
+        packages: &["iproute2"],
+    },
+];
+
+/// The prerequisites that are missing.
+fn missing() -> Vec<&'static Prerequisite> {
+    PREREQUISITES
+        .iter()
+        .filter(|p| {
+            let present = |path: &&str| std::path::Path::new(path).exists();
+            if p.any {
+                !p.paths.iter().any(present)
+            } else {
+                !p.paths.iter().all(present)
+            }
+        })
+        .collect()
+}
+
+/// What is missing and the exact command that installs it, or `None`.
+fn describe_missing() -> Option<String> {
+    let missing = missing();
+    if missing.is_empty() {
+        return None;
+    }
+    let packages: Vec<&str> = missing.iter().flat_map(|p| p.packages.iter().copied()).collect();
+    let why: Vec<String> = missing
+        .iter()
+        .map(|p| format!("  - {}: {}", p.what, p.packages.join(" ")))
+        .collect();
+    Some(format!(
+        "missing:\n{}\ninstall them with:\n  sudo apt-get install -y {}",
+        why.join("\n"),
+        packages.join(" ")
+    ))
+}
+
+/// Installs what is missing with apt-get when running as root on Debian; otherwise says
+/// exactly what to install.
+fn install_prerequisites() -> Result<(), String> {
+    let Some(problem) = describe_missing() else {
+        return Ok(());
+    };
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    if !(root && std::path::Path::new("/usr/bin/apt-get").exists()) {
+        return Err(problem);
+    }
+    let packages: Vec<&str> = missing().iter().flat_map(|p| p.packages.iter().copied()).collect();
+    eprintln!("Installing what the tests need: {}", packages.join(" "));
+    let _ = Command::new("apt-get").args(["update", "-qq"]).status();
+    let _ = Command::new("apt-get")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .args(["install", "-y", "-qq"])
+        .args(&packages)
+        .status();
+    match describe_missing() {
+        None => Ok(()),
+        Some(still) => Err(format!("apt-get did not install everything; {still}")),
+    }
+}
+
+/// `cargo xtask test [ARGS]`: the README's test command. Installs what the suite needs (or says
+/// exactly what to install, and stops before the first test), then runs the whole suite.
+fn test(args: &[String]) -> anyhow::Result<()> {
+    if let Err(problem) = install_prerequisites() {
+        anyhow::bail!("the test suite cannot run on this machine yet; {problem}");
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(&cargo)
+        .current_dir(workspace_root())
+        .args(["test", "--workspace", "--locked"])
+        .args(args)
+        .status()?;
+    anyhow::ensure!(status.success(), "the test suite failed ({status})");
+    Ok(())
+}
+
 /// `cargo dev`: builds the `endstate` binary and the example service the example systems run,
 /// then runs `endstate dev` with the given arguments (Ctrl-C stops it).
 fn dev(args: &[String]) -> anyhow::Result<()> {
+    // Said once, at start: which example checks cannot run, and what brings them.
+    if let Some(problem) = describe_missing() {
+        eprintln!(
+            "warning: the example checks that run Nagios plugins (check_http, check_tcp) show UNKNOWN until they are installed; {problem}"
+        );
+    }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(&cargo)
         .current_dir(workspace_root())

@@ -323,14 +323,24 @@ async fn execute(
     let tail = Mutex::new(Tail::default());
     let stdout = pump(child.stdout.take(), OutputStream::Stdout, request, output, &tail);
     let stderr = pump(child.stderr.take(), OutputStream::Stderr, request, output, &tail);
-    let wait = async {
-        let ((), (), status) = tokio::join!(stdout, stderr, child.wait());
-        status
-    };
-    let ended = tokio::select! {
-        status = wait => Ok(status),
-        () = tokio::time::sleep(timeout) => Err(ActionOutcome::TimedOut),
-        Ok(()) = cancel => Err(ActionOutcome::Cancelled),
+    let ended = {
+        let wait = async {
+            let ((), (), status) = tokio::join!(stdout, stderr, child.wait());
+            status
+        };
+        tokio::pin!(wait);
+        let ended = tokio::select! {
+            status = &mut wait => Ok(status),
+            () = tokio::time::sleep(timeout) => Err(ActionOutcome::TimedOut),
+            Ok(()) = cancel => Err(ActionOutcome::Cancelled),
+        };
+        if ended.is_err() {
+            // What the run wrote before it was killed may still be in the pipes: read it to
+            // the end (bounded: a process that left the group could hold them open).
+            kill_group();
+            let _ = tokio::time::timeout(Duration::from_secs(1), &mut wait).await;
+        }
+        ended
     };
     kill_group();
     if let Some(group) = group.and_then(|g| u32::try_from(g.as_raw()).ok()) {

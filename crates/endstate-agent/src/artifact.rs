@@ -260,8 +260,21 @@ impl ArtifactCache {
     ///
     /// [`ArtifactError::Request`] if the HTTP client cannot be built.
     pub fn with_limits(dir: impl Into<PathBuf>, limits: FetchLimits) -> Result<Self, ArtifactError> {
-        let client = reqwest::Client::builder()
-            .no_proxy()
+        Self::with_trust(dir, limits, &[])
+    }
+
+    /// A cache under `dir` with the given limits whose `https` downloads trust the platform's
+    /// roots and `trusted` (see [`crate::https`]).
+    ///
+    /// # Errors
+    ///
+    /// [`ArtifactError::Request`] if the HTTP client cannot be built.
+    pub fn with_trust(
+        dir: impl Into<PathBuf>,
+        limits: FetchLimits,
+        trusted: &[rustls_pki_types::CertificateDer<'static>],
+    ) -> Result<Self, ArtifactError> {
+        let client = crate::https::client(trusted)
             .build()
             .map_err(|source| ArtifactError::Request {
                 url: String::new(),

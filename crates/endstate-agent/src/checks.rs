@@ -34,13 +34,17 @@ pub(crate) type Sink = Arc<dyn Fn(Observed) + Send + Sync>;
 /// The running checks, by id.
 pub(crate) struct Checks {
     sink: Sink,
+    /// Shared by every HTTP check (its roots are read once); it keeps no idle connection, so a
+    /// listener that stopped accepting is never hidden behind a pooled one.
+    http: reqwest::Client,
     running: Mutex<BTreeMap<String, (CheckAssignment, JoinHandle<()>)>>,
 }
 
 impl Checks {
-    pub(crate) fn new(sink: Sink) -> Checks {
+    pub(crate) fn new(sink: Sink, http: reqwest::Client) -> Checks {
         Checks {
             sink,
+            http,
             running: Mutex::new(BTreeMap::new()),
         }
     }
@@ -60,7 +64,7 @@ impl Checks {
             if running.contains_key(id) {
                 continue;
             }
-            let task = tokio::spawn(schedule(check.clone(), Arc::clone(&self.sink)));
+            let task = tokio::spawn(schedule(check.clone(), Arc::clone(&self.sink), self.http.clone()));
             running.insert(id.to_owned(), (check.clone(), task));
         }
         tracing::debug!(n_checks = running.len(), "Checks set.");
@@ -87,14 +91,23 @@ impl Drop for Checks {
     }
 }
 
-async fn schedule(check: CheckAssignment, sink: Sink) {
+/// The client HTTP checks use: no redirect followed, no idle connection kept.
+pub(crate) fn http_client(trusted: &[rustls_pki_types::CertificateDer<'static>]) -> reqwest::Client {
+    crate::https::client(trusted)
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap_or_default()
+}
+
+async fn schedule(check: CheckAssignment, sink: Sink, http: reqwest::Client) {
     tokio::time::sleep(splay(&check)).await;
     let interval = Duration::from_millis(check.interval_ms.max(1));
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        let result = run(&check).await;
+        let result = run(&check, &http).await;
         sink(Observed::Check(result));
     }
 }
@@ -115,7 +128,7 @@ fn splay(check: &CheckAssignment) -> Duration {
 }
 
 /// Runs a check once.
-pub(crate) async fn run(check: &CheckAssignment) -> CheckResult {
+pub(crate) async fn run(check: &CheckAssignment, client: &reqwest::Client) -> CheckResult {
     let started = Instant::now();
     let timeout = Duration::from_millis(check.timeout_ms.max(1));
     let (status, output, perfdata) = match &check.probe {
@@ -144,6 +157,7 @@ pub(crate) async fn run(check: &CheckAssignment) -> CheckResult {
             latency_threshold_ms,
         } => {
             http(
+                client,
                 url,
                 *expect_status,
                 body_match.as_deref(),
@@ -275,30 +289,15 @@ async fn read_kept(stream: Option<tokio::process::ChildStdout>) -> (Vec<u8>, boo
 }
 
 async fn http(
+    client: &reqwest::Client,
     url: &str,
     expect_status: u16,
     body_match: Option<&str>,
     latency_threshold_ms: Option<u64>,
     timeout: Duration,
 ) -> (Status, String, String) {
-    let client = match reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .pool_max_idle_per_host(0)
-        .timeout(timeout)
-        .build()
-    {
-        Ok(client) => client,
-        Err(error) => {
-            return (
-                Status::Unknown,
-                format!("GET {url}: no HTTP client: {error}"),
-                String::new(),
-            );
-        }
-    };
     let started = Instant::now();
-    let response = match tokio::time::timeout(timeout, client.get(url).send()).await {
+    let response = match tokio::time::timeout(timeout, client.get(url).timeout(timeout).send()).await {
         Err(_) => {
             return (
                 Status::Critical,
@@ -389,6 +388,10 @@ async fn tcp(host: &str, port: u16, timeout: Duration) -> (Status, String, Strin
 mod tests {
     use super::*;
 
+    async fn run_plain(check: &CheckAssignment) -> CheckResult {
+        run(check, &http_client(&[])).await
+    }
+
     fn exec(script: &str, timeout_ms: u64) -> CheckAssignment {
         CheckAssignment {
             id: "t/c@h".into(),
@@ -404,14 +407,115 @@ mod tests {
         }
     }
 
+    /// A real TLS server on a free loopback port answering every request `200 ok`, with a
+    /// certificate for 127.0.0.1 from a new CA issued `issued_ago` before now for `lifetime`.
+    /// Returns its `https://` URL and the CA.
+    async fn tls_server(
+        issued_ago: Duration,
+        lifetime: Duration,
+    ) -> (String, rustls_pki_types::CertificateDer<'static>) {
+        use rustls_pki_types::pem::PemObject;
+        use tokio::io::AsyncWriteExt;
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let now = i64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis(),
+        )
+        .unwrap();
+        let issued = now - i64::try_from(issued_ago.as_millis()).unwrap();
+        let ca = endstate_pki::CertificateAuthority::generate(
+            "test CA",
+            issued - 60_000,
+            Duration::from_secs(3650 * 24 * 3600),
+        )
+        .unwrap();
+        let (cert, key) = ca
+            .issue_server(&[], &["127.0.0.1".parse().unwrap()], issued, lifetime)
+            .unwrap();
+        let config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![rustls_pki_types::CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
+                rustls_pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+            )
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("https://{}/health", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut tls) = acceptor.accept(stream).await {
+                        let mut buf = [0_u8; 4096];
+                        let _ = tls.read(&mut buf).await;
+                        let _ = tls
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+                            .await;
+                        let _ = tls.shutdown().await;
+                    }
+                });
+            }
+        });
+        let ca_der = rustls_pki_types::CertificateDer::from_pem_slice(ca.cert_pem().as_bytes()).unwrap();
+        (url, ca_der)
+    }
+
+    fn https_check(url: &str) -> CheckAssignment {
+        CheckAssignment {
+            id: "t/https@h".into(),
+            check: "t/https".into(),
+            target: "h".into(),
+            probe: CheckProbe::Http {
+                url: url.to_owned(),
+                expect_status: 200,
+                body_match: Some("ok".into()),
+                latency_threshold_ms: None,
+            },
+            interval_ms: 1000,
+            timeout_ms: 5000,
+            splay_ms: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_https_check_trusts_the_ca_it_is_given_and_says_why_it_refuses_another_or_an_expired_certificate() {
+        let day = Duration::from_secs(24 * 3600);
+        let (url, ca) = tls_server(Duration::ZERO, day).await;
+        let trusted = run(&https_check(&url), &http_client(std::slice::from_ref(&ca))).await;
+        assert_eq!(trusted.status, 0, "{trusted:?}");
+        assert!(trusted.output.contains("HTTP 200"), "{trusted:?}");
+
+        // The same server, its CA not given: CRITICAL, and the output says it is the issuer.
+        let unknown = run(&https_check(&url), &http_client(&[])).await;
+        assert_eq!(unknown.status, 2, "{unknown:?}");
+        assert!(
+            unknown.output.to_lowercase().contains("unknownissuer") || unknown.output.contains("issuer"),
+            "{unknown:?}"
+        );
+
+        // Another CA given: still refused.
+        let (_, other) = tls_server(Duration::ZERO, day).await;
+        let wrong = run(&https_check(&url), &http_client(&[other])).await;
+        assert_eq!(wrong.status, 2, "{wrong:?}");
+
+        // A certificate that ended yesterday, from a CA that is trusted: refused as expired.
+        let (expired_url, expired_ca) = tls_server(3 * day, day).await;
+        let expired = run(&https_check(&expired_url), &http_client(&[expired_ca])).await;
+        assert_eq!(expired.status, 2, "{expired:?}");
+        assert!(expired.output.to_lowercase().contains("expired"), "{expired:?}");
+    }
+
     #[tokio::test]
     async fn nagios_exit_codes_messages_and_perfdata() {
-        let ok = run(&exec("echo 'DISK OK - free 40% | /=60%;80;90;0;100'; exit 0", 5000)).await;
+        let ok = run_plain(&exec("echo 'DISK OK - free 40% | /=60%;80;90;0;100'; exit 0", 5000)).await;
         assert_eq!((ok.status, ok.output.as_str()), (0, "DISK OK - free 40%"));
         assert_eq!(ok.perfdata, "/=60%;80;90;0;100");
-        let crit = run(&exec("echo 'CRITICAL - down'; exit 2", 5000)).await;
+        let crit = run_plain(&exec("echo 'CRITICAL - down'; exit 2", 5000)).await;
         assert_eq!((crit.status, crit.output.as_str()), (2, "CRITICAL - down"));
-        let killed = run(&exec("kill -9 $$", 5000)).await;
+        let killed = run_plain(&exec("kill -9 $$", 5000)).await;
         assert_eq!(killed.status, 3, "{killed:?}");
         assert!(killed.output.contains("signal 9"), "{killed:?}");
     }
@@ -423,7 +527,7 @@ mod tests {
         // A child in the same group outlives its parent's exit unless the group is killed.
         let script = format!("(sleep 1; echo alive > {path}) & sleep 30");
         let started = Instant::now();
-        let result = run(&exec(&script, 300)).await;
+        let result = run_plain(&exec(&script, 300)).await;
         assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
         assert_eq!(result.status, 3, "{result:?}");
         assert!(result.output.contains("timed out"), "{result:?}");
@@ -437,7 +541,7 @@ mod tests {
 
     #[tokio::test]
     async fn megabytes_of_output_are_cut_and_say_so() {
-        let result = run(&exec("head -c 3000000 /dev/zero | tr '\\0' x; echo; exit 1", 10_000)).await;
+        let result = run_plain(&exec("head -c 3000000 /dev/zero | tr '\\0' x; echo; exit 1", 10_000)).await;
         assert_eq!(result.status, 1, "{}", &result.output[..100.min(result.output.len())]);
         assert!(result.output.len() <= MAX_CHECK_OUTPUT_BYTES);
         assert!(

@@ -95,6 +95,7 @@ mod event;
 pub mod facts;
 mod group;
 pub mod health;
+pub mod https;
 mod instance;
 pub mod link;
 mod logs;
@@ -112,7 +113,7 @@ pub use spec::{InstanceSpec, MIN_BACKOFF, RestartPolicy};
 pub use supervisor::{Supervisor, SupervisorConfig, SupervisorError, SupervisorHandle};
 
 /// An error and its sources, `: `-separated (reqwest's `Display` alone says little).
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

@@ -78,6 +78,8 @@ pub struct AgentOptions {
     pub artifact_root: PathBuf,
     /// Between two keepalives.
     pub keepalive: Duration,
+    /// PEM files of CAs trusted besides the platform's for `https` artifacts and HTTP checks.
+    pub trusted_ca_files: Vec<PathBuf>,
 }
 
 /// Why the agent stopped.
@@ -116,6 +118,9 @@ pub enum AgentError {
     /// Key, certificate or TLS setup.
     #[error("identity: {0}")]
     Identity(String),
+    /// A `--trust-ca` file cannot be used.
+    #[error("{0}")]
+    TrustedCa(String),
     /// The server revoked this host.
     #[error("the server revoked this host: {0}; its identity was deleted, enrol again with a new join token")]
     Revoked(String),
@@ -161,9 +166,16 @@ pub async fn run(options: AgentOptions, shutdown: impl std::future::Future<Outpu
     let buffer = Arc::new(Mutex::new(buffer));
     let appended = Arc::new(Notify::new());
     let (obs_tx, mut obs_rx) = mpsc::channel::<Observed>(1024);
-    let runtime = Runtime::start(RuntimeConfig::new(&options.data_dir, &options.artifact_root), obs_tx)
-        .await
-        .map_err(AgentError::Runtime)?;
+    let trusted_cas = crate::https::read_trusted_cas(&options.trusted_ca_files).map_err(AgentError::TrustedCa)?;
+    let runtime = Runtime::start(
+        RuntimeConfig {
+            trusted_cas,
+            ..RuntimeConfig::new(&options.data_dir, &options.artifact_root)
+        },
+        obs_tx,
+    )
+    .await
+    .map_err(AgentError::Runtime)?;
 
     // Observations go to disk before anything else sees them.
     let writer = {
@@ -535,13 +547,35 @@ async fn enrol(options: &AgentOptions) -> Result<IdentityFile, AgentError> {
         server: options.server.clone(),
         reason,
     };
-    let response = reqwest::Client::new()
+    // The join token goes over TLS, to the server whose CA is pinned (`--ca-sha256`, or the
+    // first one presented); plain HTTP only on loopback.
+    let pin = if options.server.starts_with("https://") {
+        let (tls, pin) = endstate_pki::pin::PinnedCa::client_config(options.ca_sha256.as_deref())
+            .map_err(|e| AgentError::Identity(format!("TLS: {e}")))?;
+        Some((tls, pin))
+    } else if crate::https::is_loopback_url(&options.server) {
+        None
+    } else {
+        return Err(refused(
+            "a join token is only sent over TLS: give the server's https:// address (plain http:// only on loopback)"
+                .to_owned(),
+        ));
+    };
+    let client = match &pin {
+        Some((tls, _)) => reqwest::Client::builder()
+            .no_proxy()
+            .tls_backend_preconfigured(tls.clone()),
+        None => reqwest::Client::builder().no_proxy(),
+    }
+    .build()
+    .map_err(|e| refused(format!("no HTTP client: {e}")))?;
+    let response = client
         .post(&url)
         .json(&request)
         .timeout(Duration::from_secs(30))
         .send()
         .await
-        .map_err(|e| refused(format!("cannot reach it: {e}")))?;
+        .map_err(|e| refused(format!("cannot reach it: {}", crate::error_chain(&e))))?;
     if !response.status().is_success() {
         let status = response.status();
         let body: serde_json::Value = response.json().await.unwrap_or_default();
@@ -558,8 +592,17 @@ async fn enrol(options: &AgentOptions) -> Result<IdentityFile, AgentError> {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
+    // The CA the server signs agents with is the one its API presented.
+    if let Some(seen) = pin.as_ref().and_then(|(_, pin)| pin.seen())
+        && endstate_pki::pin::sha256_hex(seen.as_ref()) != found
+    {
+        return Err(AgentError::CaMismatch {
+            expected: endstate_pki::pin::sha256_hex(seen.as_ref()),
+            found,
+        });
+    }
     match &options.ca_sha256 {
-        Some(expected) if !expected.eq_ignore_ascii_case(&found) => {
+        Some(expected) if !expected.replace(':', "").eq_ignore_ascii_case(&found) => {
             return Err(AgentError::CaMismatch {
                 expected: expected.clone(),
                 found,

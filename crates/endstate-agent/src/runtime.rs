@@ -228,6 +228,8 @@ pub struct RuntimeConfig {
     pub supervisor: SupervisorConfig,
     /// The backoff between restarts of an instance, also used between install attempts.
     pub restart: RestartPolicy,
+    /// CAs trusted besides the platform's for `https` artifacts and HTTP checks.
+    pub trusted_cas: Vec<rustls_pki_types::CertificateDer<'static>>,
 }
 
 impl RuntimeConfig {
@@ -240,6 +242,7 @@ impl RuntimeConfig {
             resource_interval: DEFAULT_RESOURCE_INTERVAL,
             supervisor: SupervisorConfig::default(),
             restart: RestartPolicy::default(),
+            trusted_cas: Vec::new(),
         }
     }
 }
@@ -609,8 +612,12 @@ impl Runtime {
         })
         .await?;
 
-        let artifacts =
-            ArtifactCache::new(&config.data_dir).map_err(|source| RuntimeError::ArtifactCache { source })?;
+        let artifacts = ArtifactCache::with_trust(
+            &config.data_dir,
+            crate::artifact::FetchLimits::default(),
+            &config.trusted_cas,
+        )
+        .map_err(|source| RuntimeError::ArtifactCache { source })?;
         let supervisor = Supervisor::spawn(config.supervisor);
         let events = supervisor.subscribe();
         let (queue, queue_rx) = mpsc::channel(QUEUE_CAPACITY);
@@ -636,10 +643,13 @@ impl Runtime {
             groups_writer: tokio::spawn(groups_writer(Arc::clone(&shared))),
             sampler: tokio::spawn(sampler(Arc::clone(&shared))),
         };
-        let checks = crate::checks::Checks::new({
-            let shared = Arc::clone(&shared);
-            Arc::new(move |observed| shared.observe_now(observed))
-        });
+        let checks = crate::checks::Checks::new(
+            {
+                let shared = Arc::clone(&shared);
+                Arc::new(move |observed| shared.observe_now(observed))
+            },
+            crate::checks::http_client(&shared.config.trusted_cas),
+        );
         let (output_tx, output_rx) = mpsc::channel(256);
         let actions = crate::actions::Actions::new(
             crate::actions::Outlets {

@@ -32,6 +32,10 @@ pub(crate) struct Global {
     /// The client config file (default: $XDG_CONFIG_HOME/endstate/config.json).
     #[arg(long, global = true, env = "ENDSTATE_CONFIG")]
     pub(crate) config: Option<PathBuf>,
+    /// The CA (PEM) the server's certificate must come from (default: the one `endstate login`
+    /// pinned in the client config, else the system's roots).
+    #[arg(long, global = true, env = "ENDSTATE_CA_FILE")]
+    pub(crate) ca_file: Option<PathBuf>,
     /// How read commands print: text for people, json for scripts.
     #[arg(long, short, global = true, value_enum, default_value_t = Output::Text)]
     pub(crate) output: Output,
@@ -58,6 +62,18 @@ pub(crate) enum Command {
     /// Run everything on this machine: a server on SQLite in a data directory, with the example
     /// systems applied. Prints the API address and the admin token, and writes the client config.
     Dev(DevArgs),
+    /// Sign in to a server: check its certificate, pin its CA (fingerprint shown, as ssh does) and
+    /// write the server, the token and the CA to the client config.
+    Login {
+        /// The server's address, like https://endstate.example:7700.
+        server: String,
+        /// The SHA-256 of the server's CA, as `endstate server` prints it: checked instead of asked.
+        #[arg(long)]
+        ca_sha256: Option<String>,
+        /// Trust the CA presented without asking (scripts; prefer --ca-sha256).
+        #[arg(long, short)]
+        yes: bool,
+    },
     /// Check a spec directory: every problem at once, with file:line:column. Exit 1 on any error.
     Validate {
         /// The spec directory (YAML files, searched recursively).
@@ -369,6 +385,8 @@ pub(crate) struct ServerArgs {
     /// subject (its latest state). Repeatable; kinds without a rule are kept forever.
     #[arg(long = "retain", value_name = "KIND=DURATION", value_parser = parse_retention)]
     pub(crate) retain: Vec<endstate_server::RetentionRule>,
+    #[command(flatten)]
+    pub(crate) tls: ServerTlsFlags,
     /// Requests per second each client may send.
     #[arg(long, default_value_t = 200)]
     pub(crate) rate_limit: u32,
@@ -379,6 +397,35 @@ pub(crate) struct ServerArgs {
     /// default); for benchmarks and tests, so liveness can be exercised quickly.
     #[arg(long, hide = true)]
     pub(crate) keepalive_interval: Option<String>,
+}
+
+/// How the server speaks TLS and whom it trusts when it calls out.
+#[derive(Clone, Debug, Default, Args)]
+pub(crate) struct ServerTlsFlags {
+    /// The API's certificate chain (PEM), with --tls-key; read again when it changes. Default:
+    /// a certificate from the server's own CA (`pki/ca.pem` in the data directory), which
+    /// clients pin with `endstate login`.
+    #[arg(long, value_name = "FILE", requires = "tls_key", env = "ENDSTATE_TLS_CERT")]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// The API certificate's private key (PEM), with --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert", env = "ENDSTATE_TLS_KEY")]
+    pub(crate) tls_key: Option<PathBuf>,
+    /// Another DNS name or IP address clients reach the server by, for the built-in certificate (repeatable).
+    #[arg(long = "tls-name", value_name = "NAME")]
+    pub(crate) tls_names: Vec<String>,
+    /// Serve the API over plain HTTP. Refused unless the listen address is a loopback one.
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_names"])]
+    pub(crate) insecure_http: bool,
+    /// A PEM file of CAs to trust besides the system's when calling out: webhooks, tickets,
+    /// Prometheus (repeatable).
+    #[arg(long = "trust-ca", value_name = "FILE")]
+    pub(crate) trust_ca: Vec<PathBuf>,
+    /// A file whose first line is the bearer token for --prometheus-url.
+    #[arg(long, value_name = "FILE", conflicts_with = "prometheus_basic_auth_file")]
+    pub(crate) prometheus_bearer_token_file: Option<PathBuf>,
+    /// A file whose first line is `user:password` for --prometheus-url (HTTP basic authentication).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) prometheus_basic_auth_file: Option<PathBuf>,
 }
 
 /// `endstate agent`
@@ -402,6 +449,9 @@ pub(crate) struct AgentArgs {
     /// Where relative artifact paths of the spec are found (default: the data directory).
     #[arg(long)]
     pub(crate) artifact_root: Option<PathBuf>,
+    /// A PEM file of CAs to trust besides the system's, for `https` artifacts and HTTP checks (repeatable).
+    #[arg(long = "trust-ca", value_name = "FILE")]
+    pub(crate) trust_ca: Vec<PathBuf>,
     /// Between two keepalives, like `5s`.
     #[arg(long, default_value = "5s")]
     pub(crate) keepalive: String,
@@ -474,6 +524,8 @@ pub(crate) struct DevArgs {
     /// JSON answer (`url`, `link` or `ticket_url`) is stored on the alert and shown with it.
     #[arg(long = "ticket-webhook", value_name = "URL")]
     pub(crate) ticket_webhook: Option<String>,
+    #[command(flatten)]
+    pub(crate) tls: ServerTlsFlags,
 }
 
 #[derive(Debug, Args)]

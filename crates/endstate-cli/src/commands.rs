@@ -14,8 +14,11 @@ use crate::cli::{ApplyArgs, Global, Output, TimelineArgs};
 use crate::{Outcome, config, render};
 
 fn client(global: &Global) -> anyhow::Result<Client> {
-    let (server, token) = config::resolve(global)?;
-    Ok(Client::new(&server, &token)?)
+    let resolved = config::resolve(global)?;
+    Ok(match &resolved.ca_pem {
+        Some(ca) => Client::with_ca(&resolved.server, &resolved.token, ca)?,
+        None => Client::new(&resolved.server, &resolved.token)?,
+    })
 }
 
 fn color() -> bool {
@@ -1045,7 +1048,7 @@ pub(crate) async fn join_token_create(
     host: Option<String>,
 ) -> anyhow::Result<Outcome> {
     let labels = parse_labels(labels.unwrap_or_default())?;
-    let (server, _) = config::resolve(global)?;
+    let server = config::resolve(global)?.server;
     let created = client(global)?
         .create_join_token(&endstate_api::CreateJoinToken { ttl, labels, host })
         .await?;

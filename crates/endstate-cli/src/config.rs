@@ -16,6 +16,18 @@ pub(crate) struct ClientConfig {
     pub(crate) server: Option<String>,
     /// The bearer token.
     pub(crate) token: Option<String>,
+    /// The CA (PEM) the server's certificate must come from: pinned by `endstate login` or
+    /// written by `endstate dev`. Absent: the system's roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) ca_pem: Option<String>,
+}
+
+/// Where and how to call the server.
+pub(crate) struct Resolved {
+    pub(crate) server: String,
+    pub(crate) token: String,
+    /// The CA to trust alone, if one is pinned.
+    pub(crate) ca_pem: Option<String>,
 }
 
 /// The config file's path: --config / ENDSTATE_CONFIG, else $XDG_CONFIG_HOME/endstate/config.json,
@@ -68,17 +80,25 @@ pub(crate) fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The server and token to use, or an explanation of how to give them.
-pub(crate) fn resolve(global: &Global) -> anyhow::Result<(String, String)> {
+/// The server, token and CA to use, or an explanation of how to give them.
+pub(crate) fn resolve(global: &Global) -> anyhow::Result<Resolved> {
     let file = match config_path(global) {
         Some(path) => read(&path)?,
         None => None,
     }
     .unwrap_or_default();
-    // The file's token belongs to the file's server: it is never sent to another one.
-    let file_token = match (&global.server, &file.server) {
-        (Some(given), Some(from_file)) if given.trim_end_matches('/') != from_file.trim_end_matches('/') => None,
-        _ => file.token,
+    // The file's token and CA belong to the file's server: never used with another one.
+    let (file_token, file_ca) = match (&global.server, &file.server) {
+        (Some(given), Some(from_file)) if given.trim_end_matches('/') != from_file.trim_end_matches('/') => {
+            (None, None)
+        }
+        _ => (file.token, file.ca_pem),
+    };
+    let ca_pem = match &global.ca_file {
+        Some(path) => {
+            Some(std::fs::read_to_string(path).with_context(|| format!("cannot read the CA file {}", path.display()))?)
+        }
+        None => file_ca,
     };
     let server = global.server.clone().or(file.server).context(
         "no server given: pass --server, set ENDSTATE_SERVER, or run `endstate dev` (it writes the client config)",
@@ -86,7 +106,7 @@ pub(crate) fn resolve(global: &Global) -> anyhow::Result<(String, String)> {
     let token = global.token.clone().or(file_token).context(
         "no token given: pass --token, set ENDSTATE_TOKEN, or run `endstate dev` (it writes the client config)",
     )?;
-    Ok((server, token))
+    Ok(Resolved { server, token, ca_pem })
 }
 
 /// Whether a server is configured at all (for commands that can work without one).

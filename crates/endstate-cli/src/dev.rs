@@ -8,14 +8,16 @@ use endstate_api::{Document, RevisionSource, SubmitRevision};
 use endstate_server::{RateLimitConfig, Server, ServerConfig};
 use tokio::net::TcpListener;
 
-use crate::cli::{AgentArgs, DevArgs, Global, LogFormat, ServerArgs};
+use crate::cli::{AgentArgs, DevArgs, Global, LogFormat, ServerArgs, ServerTlsFlags};
 use crate::{Outcome, config};
 
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("ENDSTATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tower_http=warn"));
+    // Colour only on a terminal: a log file or journald gets plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none())
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
@@ -95,6 +97,44 @@ fn monitor_config(
     })
 }
 
+/// The API's TLS, the CAs trusted when calling out and Prometheus's credentials, from the flags.
+fn apply_tls_flags(flags: &ServerTlsFlags, config: &mut ServerConfig) -> anyhow::Result<()> {
+    config.api_tls = match (&flags.tls_cert, &flags.tls_key) {
+        _ if flags.insecure_http => endstate_server::ApiTls::Plain,
+        (Some(cert), Some(key)) => endstate_server::ApiTls::Files {
+            cert: cert.clone(),
+            key: key.clone(),
+        },
+        _ => endstate_server::ApiTls::BuiltIn {
+            names: flags.tls_names.clone(),
+        },
+    };
+    config.trusted_cas =
+        endstate_agent::https::read_trusted_cas(&flags.trust_ca).map_err(|e| anyhow::anyhow!("--trust-ca: {e}"))?;
+    config.rollout.prometheus_auth = match (&flags.prometheus_bearer_token_file, &flags.prometheus_basic_auth_file) {
+        (Some(path), _) => Some(
+            endstate_server::PrometheusAuth::bearer_from_file(path)
+                .map_err(|e| anyhow::anyhow!("--prometheus-bearer-token-file: {e}"))?,
+        ),
+        (None, Some(path)) => Some(
+            endstate_server::PrometheusAuth::basic_from_file(path)
+                .map_err(|e| anyhow::anyhow!("--prometheus-basic-auth-file: {e}"))?,
+        ),
+        (None, None) => None,
+    };
+    Ok(())
+}
+
+/// The API's URL for a listener address.
+fn api_url(config: &ServerConfig, addr: SocketAddr) -> String {
+    let scheme = if config.api_tls == endstate_server::ApiTls::Plain {
+        "http"
+    } else {
+        "https"
+    };
+    format!("{scheme}://{addr}")
+}
+
 /// `endstate server`
 pub(crate) async fn server(args: ServerArgs) -> anyhow::Result<Outcome> {
     init_logs(args.log_format);
@@ -107,6 +147,7 @@ pub(crate) async fn server(args: ServerArgs) -> anyhow::Result<Outcome> {
     server_config.rollout.prometheus_url = args.prometheus_url.clone();
     server_config.monitor = monitor_config(&args.alert_webhooks, &args.alert_commands, args.ticket_webhook.as_ref())?;
     server_config.retention = args.retain.clone();
+    apply_tls_flags(&args.tls, &mut server_config)?;
     if let Some(text) = &args.keepalive_interval {
         let interval = endstate_spec::Duration::parse(text)
             .map_err(|error| anyhow::anyhow!("--keepalive-interval {text:?}: {error}"))?
@@ -130,7 +171,12 @@ pub(crate) async fn server(args: ServerArgs) -> anyhow::Result<Outcome> {
     if let Some(secret) = server.admin_secret() {
         println!("admin token (shown once, stored hashed): {secret}");
     }
-    println!("endstate server listening on http://{addr}");
+    let url = api_url(&server_config, addr);
+    println!("endstate server listening on {url}");
+    if let Some((_, sha256)) = server.api_ca()? {
+        println!("API certificate from the server's CA, sha256 {sha256}");
+        println!("  clients: endstate login {url} --ca-sha256 {sha256} --token TOKEN");
+    }
     tracing::info!(%addr, data_dir = %args.data_dir.display(), "Server started.");
     server.serve(listener, shutdown_signal()).await?;
     Ok(Outcome::Success)
@@ -144,6 +190,7 @@ pub(crate) async fn dev(global: &Global, args: DevArgs) -> anyhow::Result<Outcom
     server_config.agents.keepalive_interval = std::time::Duration::from_secs(2);
     server_config.rollout.prometheus_url = args.prometheus_url.clone();
     server_config.monitor = monitor_config(&args.alert_webhooks, &args.alert_commands, args.ticket_webhook.as_ref())?;
+    apply_tls_flags(&args.tls, &mut server_config)?;
     let mut server = Server::open(&server_config).await?;
     let token_file = args.data_dir.join("dev-admin-token");
     // The development setup keeps its admin token in its data directory (mode 0600), so every
@@ -160,22 +207,24 @@ pub(crate) async fn dev(global: &Global, args: DevArgs) -> anyhow::Result<Outcom
     let (listener, addr) = bind(&args.listen).await?;
     let (agent_listener, agent_addr) = bind(&args.agent_listen).await?;
     server = server.with_agent_listener(agent_listener)?;
-    let url = format!("http://{addr}");
-    let config_path = config::config_path(global).context("no config location: set ENDSTATE_CONFIG or HOME")?;
-    config::write(
-        &config_path,
-        &config::ClientConfig {
-            server: Some(url.clone()),
-            token: Some(token.clone()),
-        },
-    )?;
+    let url = api_url(&server_config, addr);
+    let ca = server.api_ca()?;
+    let client_config = config::ClientConfig {
+        server: Some(url.clone()),
+        token: Some(token.clone()),
+        ca_pem: ca.as_ref().map(|(pem, _)| pem.clone()),
+    };
+    let config_path = dev_client_config(global, &args.data_dir, &client_config)?;
     let serving = tokio::spawn(server.serve(listener, shutdown_signal()));
 
     let files = endstate_client::spec_dir::read_spec_dir(&args.examples).map_err(|diagnostics| {
         let lines: Vec<String> = diagnostics.iter().map(ToString::to_string).collect();
         anyhow::anyhow!("cannot read the examples:\n{}", lines.join("\n"))
     })?;
-    let client = endstate_client::Client::new(&url, &token)?;
+    let client = match &ca {
+        Some((pem, _)) => endstate_client::Client::with_ca(&url, &token, pem)?,
+        None => endstate_client::Client::new(&url, &token)?,
+    };
     let request = SubmitRevision {
         documents: files
             .into_iter()
@@ -193,7 +242,8 @@ pub(crate) async fn dev(global: &Global, args: DevArgs) -> anyhow::Result<Outcom
         options: Default::default(),
         basis: None,
     };
-    let mut agents = match start_agents(&args, &url, &client).await {
+    let ca_sha256 = ca.as_ref().map(|(_, sha256)| sha256.as_str());
+    let mut agents = match start_agents(&args, &url, ca_sha256, &client).await {
         Ok(agents) => agents,
         Err(error) => {
             println!("  agents:       not started: {error:#}");
@@ -242,6 +292,106 @@ pub(crate) async fn dev(global: &Global, args: DevArgs) -> anyhow::Result<Outcom
     Ok(Outcome::Success)
 }
 
+/// Writes the development server's client config where the other commands look, unless a
+/// config there points at another server than a local one: that one is kept, and the
+/// development config goes into the data directory (printed, with how to use it).
+fn dev_client_config(
+    global: &Global,
+    data_dir: &std::path::Path,
+    dev: &config::ClientConfig,
+) -> anyhow::Result<PathBuf> {
+    let path = config::config_path(global).context("no config location: set ENDSTATE_CONFIG or HOME")?;
+    let existing = config::read(&path).ok().flatten();
+    let elsewhere = existing
+        .as_ref()
+        .and_then(|c| c.server.as_deref())
+        .filter(|server| !endstate_agent::https::is_loopback_url(server));
+    if let Some(other) = elsewhere {
+        let own = std::path::absolute(data_dir.join("client-config.json"))?;
+        config::write(&own, dev)?;
+        println!(
+            "  note:         {} points at {other}; kept. This server's config is in {} (ENDSTATE_CONFIG={} endstate status)",
+            path.display(),
+            own.display(),
+            own.display()
+        );
+        return Ok(own);
+    }
+    config::write(&path, dev)?;
+    Ok(path)
+}
+
+/// `endstate login`
+pub(crate) async fn login(
+    global: &Global,
+    server: &str,
+    ca_sha256: Option<&str>,
+    yes: bool,
+) -> anyhow::Result<Outcome> {
+    let server = server.trim_end_matches('/').to_owned();
+    let path = config::config_path(global).context("no config location: set ENDSTATE_CONFIG or HOME")?;
+    let existing = config::read(&path)?.unwrap_or_default();
+    let same_server = existing.server.as_deref().map(|s| s.trim_end_matches('/')) == Some(server.as_str());
+    let token = global
+        .token
+        .clone()
+        .or(if same_server { existing.token } else { None })
+        .context("give the token: --token or ENDSTATE_TOKEN")?;
+    let ca_pem = if server.starts_with("https://") {
+        let (tls, pin) = endstate_pki::pin::PinnedCa::client_config(ca_sha256)?;
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .tls_backend_preconfigured(tls)
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .build()?;
+        http.get(format!("{server}/healthz"))
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot reach {server}: {}", endstate_agent::error_chain(&e)))?;
+        let ca = pin
+            .seen()
+            .context("the server presented no CA to pin; give --ca-file with the CA that issued its certificate")?;
+        let sha256 = endstate_pki::pin::sha256_hex(ca.as_ref());
+        if ca_sha256.is_none() && !yes {
+            println!("The server's CA has SHA-256 {sha256}.");
+            println!("Compare it with what `endstate server` printed when it started.");
+            anyhow::ensure!(
+                std::io::IsTerminal::is_terminal(&std::io::stdin()),
+                "not trusted: stdin is not a terminal; give --ca-sha256 {sha256} once you have checked it"
+            );
+            print!("Trust it? [y/N] ");
+            std::io::Write::flush(&mut std::io::stdout())?;
+            let mut answer = String::new();
+            std::io::stdin().read_line(&mut answer)?;
+            anyhow::ensure!(answer.trim().eq_ignore_ascii_case("y"), "not trusted; nothing written");
+        }
+        println!("CA pinned: sha256 {sha256}");
+        Some(endstate_pki::pin::der_to_pem(ca.as_ref()))
+    } else {
+        anyhow::ensure!(
+            endstate_agent::https::is_loopback_url(&server),
+            "{server} is plain HTTP on another host: a token would cross the network in clear; use its https:// address"
+        );
+        None
+    };
+    let client = match &ca_pem {
+        Some(pem) => endstate_client::Client::with_ca(&server, &token, pem)?,
+        None => endstate_client::Client::new(&server, &token)?,
+    };
+    // Any valid token may list the systems it can see: a refusal here is the token's.
+    client.systems(false).await.context("the server refused the token")?;
+    config::write(
+        &path,
+        &config::ClientConfig {
+            server: Some(server.clone()),
+            token: Some(token),
+            ca_pem,
+        },
+    )?;
+    println!("Signed in to {server}; the client config is {}", path.display());
+    Ok(Outcome::Success)
+}
+
 /// Waits (at most 20 s) until `count` hosts are reachable; says so when they are not.
 async fn wait_for_agents(client: &endstate_client::Client, count: usize) {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
@@ -267,6 +417,7 @@ async fn wait_for_agents(client: &endstate_client::Client, count: usize) {
 async fn start_agents(
     args: &DevArgs,
     url: &str,
+    ca_sha256: Option<&str>,
     client: &endstate_client::Client,
 ) -> anyhow::Result<Vec<tokio::process::Child>> {
     let exe = std::env::current_exe().context("cannot find the endstate binary")?;
@@ -306,6 +457,7 @@ async fn start_agents(
             .arg("--keepalive")
             .arg("2s")
             .arg("--exit-with-parent")
+            .args(ca_sha256.map(|sha256| format!("--ca-sha256={sha256}")))
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(dir.join("agent.log"))?)
@@ -359,8 +511,8 @@ pub(crate) async fn agent(global: &Global, args: AgentArgs) -> anyhow::Result<Ou
     let server = match &global.server {
         Some(server) => server.clone(),
         None => config::resolve(global)
-            .map(|(server, _)| server)
-            .context("give --server (the API server, like http://127.0.0.1:7700)")?,
+            .map(|resolved| resolved.server)
+            .context("give --server (the API server, like https://endstate.example:7700)")?,
     };
     let host = match args.name {
         Some(name) => name,
@@ -380,6 +532,7 @@ pub(crate) async fn agent(global: &Global, args: AgentArgs) -> anyhow::Result<Ou
         artifact_root: args.artifact_root.unwrap_or_else(|| args.data_dir.clone()),
         data_dir: args.data_dir,
         keepalive,
+        trusted_ca_files: args.trust_ca,
     };
     let exit_with_parent = args.exit_with_parent;
     let stop = async move {

@@ -57,6 +57,7 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
         Command::Server(args) => dev::server(args).await,
         Command::Dev(args) => dev::dev(global, args).await,
+        Command::Login { server, ca_sha256, yes } => dev::login(global, &server, ca_sha256.as_deref(), yes).await,
         Command::Agent(args) => dev::agent(global, args).await,
         Command::Validate { dir } => commands::validate(global, &dir),
         Command::Plan { dir, offline, rollout } => commands::plan(global, &dir, offline, &rollout.options()).await,

@@ -126,17 +126,35 @@ impl Client {
     /// # Errors
     /// When the address is not an http URL or the HTTP client cannot be built.
     pub fn new(server: &str, token: &str) -> Result<Client, ClientError> {
+        Client::build(server, token, None)
+    }
+
+    /// A client for an `https://` server whose certificate is issued by this CA (PEM) and no
+    /// other: the server's built-in CA, pinned (see `endstate login`).
+    ///
+    /// # Errors
+    /// When the address is not an http URL, the CA is not PEM, or the client cannot be built.
+    pub fn with_ca(server: &str, token: &str, ca_pem: &str) -> Result<Client, ClientError> {
+        Client::build(server, token, Some(ca_pem))
+    }
+
+    fn build(server: &str, token: &str, ca_pem: Option<&str>) -> Result<Client, ClientError> {
         let base = server.trim_end_matches('/').to_string();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(ClientError::BadAddress(server.to_string()));
         }
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .map_err(|source| ClientError::Connect {
-                server: base.clone(),
-                source,
-            })?;
+        let connect = |source| ClientError::Connect {
+            server: base.clone(),
+            source,
+        };
+        let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(5));
+        if let Some(pem) = ca_pem {
+            builder = builder.tls_certs_only([reqwest::Certificate::from_pem(pem.as_bytes()).map_err(connect)?]);
+        }
+        let http = builder.build().map_err(|source| ClientError::Connect {
+            server: base.clone(),
+            source,
+        })?;
         Ok(Client {
             http,
             base,

@@ -46,8 +46,8 @@
 //! - No revocation here: revoking a host is the server's job (refuse known-revoked serials or host
 //!   names after [`verify_agent_cert`]); short lifetimes bound the exposure of a stolen key.
 //! - [`verify_agent_cert`] is for the server's own checks and tests. The TLS handshake itself is
-//!   verified by rustls (`WebPkiClientVerifier` with the CA as its only root); this crate does not
-//!   depend on rustls.
+//!   verified by rustls (`WebPkiClientVerifier` with the CA as its only root). The one rustls
+//!   piece here is [`pin::PinnedCa`], the client side's trust in a server by its CA's fingerprint.
 //! - The CA key is held in memory as PEM/PKCS#8 by the caller; protecting it at rest (mode 0600,
 //!   or an HSM later) is the server's job. There is no CA rotation yet: when the CA nears its end,
 //!   [`CertificateAuthority::sign_agent`] refuses rather than issuing short certificates.
@@ -56,6 +56,8 @@
 //! - Host names follow endstate's name alphabet (`a-z 0-9 - _ .`, at most 63 characters, starting
 //!   with a letter or digit); `_` is not strictly a DNS character, but client-certificate
 //!   verification does not match names, so it is accepted.
+
+pub mod pin;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -12,6 +12,7 @@
 
 mod actions;
 mod agents;
+mod api_tls;
 mod auth;
 mod blueprint;
 mod changes;
@@ -45,6 +46,7 @@ use tokio::sync::{Notify, watch};
 
 pub use agents::{AgentConfig, KEEPALIVE_MISSES, TlsError};
 pub use monitor::MonitorConfig;
+pub use prometheus::PrometheusAuth;
 pub use ratelimit::RateLimitConfig;
 pub use retention::RetentionRule;
 pub use rollout::{DEFAULT_WAVE_DEADLINE, RolloutConfig};
@@ -71,6 +73,32 @@ pub struct ServerConfig {
     pub retention: Vec<RetentionRule>,
     /// How often retention is applied.
     pub retention_interval: Duration,
+    /// CAs trusted besides the system's by every outgoing call: webhooks, tickets, Prometheus.
+    pub trusted_cas: Vec<rustls_pki_types::CertificateDer<'static>>,
+    /// How the API is served: HTTPS by default.
+    pub api_tls: ApiTls,
+}
+
+/// How the API listener speaks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ApiTls {
+    /// HTTPS with a certificate the server's CA (`pki/ca.pem`, the agents' CA) issues at every
+    /// start for `localhost`, the host name, the loopback addresses, the listener's address and
+    /// these names or addresses. Clients pin that CA.
+    BuiltIn {
+        /// More DNS names or IP addresses clients reach the server by.
+        names: Vec<String>,
+    },
+    /// HTTPS with the operator's certificate chain and key (PEM files), read again when they
+    /// change, without a restart.
+    Files {
+        /// The certificate chain.
+        cert: PathBuf,
+        /// The private key.
+        key: PathBuf,
+    },
+    /// Plain HTTP: only on a loopback address (`--insecure-http`).
+    Plain,
 }
 
 impl ServerConfig {
@@ -86,6 +114,8 @@ impl ServerConfig {
             monitor: MonitorConfig::default(),
             retention: Vec::new(),
             retention_interval: Duration::from_secs(600),
+            trusted_cas: Vec::new(),
+            api_tls: ApiTls::BuiltIn { names: Vec::new() },
         }
     }
 }
@@ -117,6 +147,14 @@ pub enum ServerError {
     /// Serving failed.
     #[error("cannot set up the agent listener's TLS")]
     AgentTls(#[source] TlsError),
+    /// The API's certificate cannot be issued or read.
+    #[error("cannot set up the API's TLS")]
+    ApiTls(#[source] TlsError),
+    /// Plain HTTP was asked for on an address other hosts can reach.
+    #[error(
+        "plain HTTP is only served on a loopback address, not on {0}: serve HTTPS (the default) or listen on 127.0.0.1"
+    )]
+    PlainHttpNotLoopback(std::net::SocketAddr),
     #[error("the HTTP server failed")]
     Serve(#[source] std::io::Error),
 }
@@ -131,6 +169,7 @@ pub struct Server {
     data_dir: PathBuf,
     agent_config: AgentConfig,
     agent_listener: Option<TcpListener>,
+    api_tls: ApiTls,
 }
 
 /// The state every handler shares. Cheap to clone.
@@ -175,6 +214,9 @@ struct Inner {
     monitor: monitor::Monitor,
     /// Runs of actions.
     runs: actions::Runs,
+    /// Every outgoing call's client (webhooks, tickets, Prometheus): the system's roots and
+    /// `ServerConfig::trusted_cas`.
+    http: reqwest::Client,
 }
 
 /// How many parsed desired states are kept.
@@ -203,6 +245,8 @@ impl Server {
     /// # Errors
     /// When the first admin token cannot be written.
     pub async fn with_store(store: Arc<dyn Store>, config: &ServerConfig) -> Result<Server, ServerError> {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let http = http_client(&config.trusted_cas).map_err(|error| ServerError::Bootstrap(Box::new(error)))?;
         let state = AppState(Arc::new(Inner {
             store,
             metrics: metrics::Metrics::new(),
@@ -221,8 +265,9 @@ impl Server {
             rollout: config.rollout.clone(),
             rollout_lock: tokio::sync::Mutex::new(()),
             recheck_at_ms: std::sync::atomic::AtomicI64::new(0),
-            monitor: monitor::Monitor::new(config.monitor.clone()),
+            monitor: monitor::Monitor::new(config.monitor.clone(), http.clone()),
             runs: actions::Runs::default(),
+            http,
         }));
         let admin_secret = auth::bootstrap_admin(&state)
             .await
@@ -245,6 +290,7 @@ impl Server {
             data_dir: config.data_dir.clone(),
             agent_config: config.agents.clone(),
             agent_listener: None,
+            api_tls: config.api_tls.clone(),
         })
     }
 
@@ -298,6 +344,22 @@ impl Server {
         self.state.hub().map(|hub| hub.tls.ca_sha256.clone())
     }
 
+    /// The CA that clients pin when the API serves the built-in certificate: its PEM and the
+    /// SHA-256 of its DER (hex). Created on first use, in the data directory.
+    ///
+    /// # Errors
+    /// When the CA cannot be read or created.
+    pub fn api_ca(&self) -> Result<Option<(String, String)>, ServerError> {
+        match self.api_tls {
+            ApiTls::BuiltIn { .. } => {
+                let (_, pem, _, sha256) =
+                    agents::tls::load_or_create_ca(&self.data_dir, now_ms()).map_err(ServerError::ApiTls)?;
+                Ok(Some((pem, sha256)))
+            }
+            ApiTls::Files { .. } | ApiTls::Plain => Ok(None),
+        }
+    }
+
     /// The secret of the admin token created at this start, if this start created it. It is
     /// shown once: the store keeps only its hash.
     pub fn admin_secret(&self) -> Option<&str> {
@@ -318,6 +380,15 @@ impl Server {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
+        let addr = listener.local_addr().map_err(ServerError::Serve)?;
+        let tls = match &self.api_tls {
+            ApiTls::Plain if !addr.ip().is_loopback() => return Err(ServerError::PlainHttpNotLoopback(addr)),
+            ApiTls::Plain => None,
+            ApiTls::BuiltIn { names } => Some(
+                api_tls::ApiTlsConfig::built_in(&self.data_dir, addr, names, now_ms()).map_err(ServerError::ApiTls)?,
+            ),
+            ApiTls::Files { cert, key } => Some(api_tls::ApiTlsConfig::files(cert, key).map_err(ServerError::ApiTls)?),
+        };
         let stopping = self.state.0.stopping.subscribe();
         let runner = tokio::spawn(runner::run(self.state.clone(), self.runner_interval, stopping));
         let retention = tokio::spawn(retention::run(
@@ -345,12 +416,21 @@ impl Server {
             // Ends the runner and every open stream, so the graceful shutdown does not wait on them.
             state.0.stopping.send_replace(true);
         };
-        let result = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown)
-        .await
+        let make = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+        let result = match tls {
+            None => axum::serve(listener, make).with_graceful_shutdown(shutdown).await,
+            Some(tls) => {
+                use axum::serve::ListenerExt;
+                match api_tls::TlsListener::start(listener, &tls, self.state.0.stopping.subscribe()) {
+                    Ok(listener) => {
+                        axum::serve(listener.tap_io(|_| {}), make)
+                            .with_graceful_shutdown(shutdown)
+                            .await
+                    }
+                    Err(error) => Err(error),
+                }
+            }
+        }
         .map_err(ServerError::Serve);
         self.state.0.stopping.send_replace(true);
         let _ = runner.await;
@@ -387,7 +467,24 @@ async fn agents_tick(state: AppState, hub: Arc<agents::Hub>, mut stop: watch::Re
     }
 }
 
+/// The server's outgoing HTTP(S) client: rustls (aws-lc-rs), the system's roots plus `trusted`,
+/// no proxy from the environment. Each call sets its own timeout.
+fn http_client(trusted: &[rustls_pki_types::CertificateDer<'static>]) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .no_proxy()
+        .tls_certs_merge(
+            trusted
+                .iter()
+                .filter_map(|der| reqwest::Certificate::from_der(der.as_ref()).ok()),
+        )
+        .build()
+}
+
 impl AppState {
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        &self.0.http
+    }
+
     pub(crate) fn hub(&self) -> Option<&Arc<agents::Hub>> {
         self.0.hub.get()
     }

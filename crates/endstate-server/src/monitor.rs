@@ -102,11 +102,9 @@ pub(crate) struct Notification<'a> {
 }
 
 impl Monitor {
-    pub(crate) fn new(config: MonitorConfig) -> Monitor {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()
-            .unwrap_or_default();
+    /// `client` is the server's outgoing client ([`crate::http_client`]); every webhook and
+    /// ticket call sets its own timeout.
+    pub(crate) fn new(config: MonitorConfig, client: reqwest::Client) -> Monitor {
         Monitor {
             engine: Mutex::new(Engine::default()),
             latest: Mutex::new(std::collections::HashMap::new()),
@@ -966,6 +964,7 @@ async fn post_with_retries(client: &reqwest::Client, url: &str, body: &[u8]) -> 
     for attempt in 1..=ATTEMPTS {
         let request = client
             .post(url)
+            .timeout(Duration::from_secs(5))
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body.to_vec());
         match request.send().await {
@@ -1674,7 +1673,7 @@ mod tests {
 
     #[test]
     fn a_check_gate_counts_fresh_failing_instances_or_reads_the_largest_perfdata() {
-        let monitor = Monitor::new(MonitorConfig::default());
+        let monitor = Monitor::new(MonitorConfig::default(), reqwest::Client::new());
         let result = |target: &str, status: Status, time: f64, at_ms: i64| {
             (
                 CheckKey {

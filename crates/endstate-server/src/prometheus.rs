@@ -17,17 +17,80 @@ use crate::error::ApiError;
 /// How long a gate query may take: a slow Prometheus delays a decision, it does not stall it.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Credentials for Prometheus (or a proxy in front of it). `Debug` never shows the secret.
+#[derive(Clone)]
+pub enum PrometheusAuth {
+    /// `Authorization: Bearer <token>`.
+    Bearer(String),
+    /// HTTP basic authentication.
+    Basic {
+        /// The user.
+        user: String,
+        /// The password.
+        password: String,
+    },
+}
+
+impl std::fmt::Debug for PrometheusAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PrometheusAuth::Bearer(_) => f.write_str("Bearer(…)"),
+            PrometheusAuth::Basic { user, .. } => write!(f, "Basic({user}:…)"),
+        }
+    }
+}
+
+impl PrometheusAuth {
+    /// A bearer token from the first line of a file.
+    ///
+    /// # Errors
+    /// Names the file when it cannot be read or is empty.
+    pub fn bearer_from_file(path: &std::path::Path) -> Result<PrometheusAuth, String> {
+        let token = first_line(path)?;
+        Ok(PrometheusAuth::Bearer(token))
+    }
+
+    /// `user:password` from the first line of a file.
+    ///
+    /// # Errors
+    /// Names the file when it cannot be read, is empty or has no `:`.
+    pub fn basic_from_file(path: &std::path::Path) -> Result<PrometheusAuth, String> {
+        let line = first_line(path)?;
+        let (user, password) = line
+            .split_once(':')
+            .ok_or_else(|| format!("{}: expected `user:password` on its first line", path.display()))?;
+        Ok(PrometheusAuth::Basic {
+            user: user.to_owned(),
+            password: password.to_owned(),
+        })
+    }
+}
+
+fn first_line(path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let line = text.lines().next().unwrap_or_default().trim().to_owned();
+    if line.is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    Ok(line)
+}
+
 /// Runs an instant query and returns its one number, or why there is none (in words for the
 /// timeline: unreachable, an error from Prometheus, no series, several series, not a number).
-pub(crate) async fn query(base: &str, promql: &str) -> Result<f64, String> {
+pub(crate) async fn query(
+    client: &reqwest::Client,
+    base: &str,
+    auth: Option<&PrometheusAuth>,
+    promql: &str,
+) -> Result<f64, String> {
     let url = format!("{}/api/v1/query", base.trim_end_matches('/'));
-    let client = reqwest::Client::builder()
-        .timeout(QUERY_TIMEOUT)
-        .build()
-        .map_err(|error| format!("cannot make an HTTP client: {error}"))?;
-    let response = client
-        .get(&url)
-        .query(&[("query", promql)])
+    let request = client.get(&url).query(&[("query", promql)]).timeout(QUERY_TIMEOUT);
+    let request = match auth {
+        Some(PrometheusAuth::Bearer(token)) => request.bearer_auth(token),
+        Some(PrometheusAuth::Basic { user, password }) => request.basic_auth(user, Some(password)),
+        None => request,
+    };
+    let response = request
         .send()
         .await
         .map_err(|error| format!("Prometheus at {base} did not answer: {}", crate::chain(&error)))?;

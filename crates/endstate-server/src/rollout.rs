@@ -70,6 +70,8 @@ pub struct RolloutConfig {
     /// The Prometheus server metric gates query (`http://127.0.0.1:9090`); without it, a
     /// component with gates cannot be gated and its waves wait, saying so.
     pub prometheus_url: Option<String>,
+    /// How to authenticate to that Prometheus (read from a file at start).
+    pub prometheus_auth: Option<crate::prometheus::PrometheusAuth>,
 }
 
 impl Default for RolloutConfig {
@@ -77,6 +79,7 @@ impl Default for RolloutConfig {
         Self {
             wave_deadline: DEFAULT_WAVE_DEADLINE,
             prometheus_url: None,
+            prometheus_auth: None,
         }
     }
 }
@@ -790,7 +793,15 @@ async fn gates(
 
 async fn ask_prometheus(state: &AppState, query: &str) -> Result<f64, String> {
     match &state.rollout_config().prometheus_url {
-        Some(url) => crate::prometheus::query(url, query).await,
+        Some(url) => {
+            crate::prometheus::query(
+                state.http(),
+                url,
+                state.rollout_config().prometheus_auth.as_ref(),
+                query,
+            )
+            .await
+        }
         None => Err("no Prometheus to ask: start the server with --prometheus-url".to_owned()),
     }
 }

@@ -317,17 +317,19 @@ async fn apply_starts_instances_and_reports_them() {
         .await;
     let pid = running.pid.unwrap();
     agent.observed.health(id, true, starting).await;
-    assert_eq!(
-        agent.runtime.actual().await,
-        [ActualInstance {
-            instance: InstanceId(id.to_owned()),
-            generation: Generation(1),
-            version: "1.0".to_owned(),
-            state: InstanceStateWord::Running,
-            pid: Some(pid),
-            healthy: Some(true),
-        }]
-    );
+    let expected = [ActualInstance {
+        instance: InstanceId(id.to_owned()),
+        generation: Generation(1),
+        version: "1.0".to_owned(),
+        state: InstanceStateWord::Running,
+        pid: Some(pid),
+        healthy: Some(true),
+    }];
+    // The bookkeeper records what the observations say a moment after they are sent.
+    crate::eventually("the actual state to say running and healthy", async || {
+        agent.runtime.actual().await == expected
+    })
+    .await;
 
     // The program is the installed copy, run in its own fresh directory.
     let run_dir = cwd(pid);

@@ -135,6 +135,9 @@ impl ServerProc {
             .arg("--data-dir")
             .arg(&spec.data_dir)
             .args(["--rate-limit", "1000000", "--rate-burst", "1000000"])
+            // The API over plain HTTP on loopback: these figures are the server's, not TLS's
+            // (the agent link is mutual TLS as always).
+            .arg("--insecure-http")
             .env("ENDSTATE_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

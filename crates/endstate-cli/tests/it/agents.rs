@@ -51,6 +51,7 @@ impl Lab {
                 .clone()
                 .expect("a first start prints the admin token"),
             config: dir.path().join("client.json"),
+            ca_file: server.ca_file.clone(),
         };
         Lab {
             agents: BTreeMap::new(),

@@ -219,6 +219,8 @@ pub(crate) struct Server {
     pub(crate) url: String,
     pub(crate) agent_addr: String,
     pub(crate) admin_token: Option<String>,
+    /// The server's CA, which the CLI pins.
+    pub(crate) ca_file: PathBuf,
 }
 
 /// Starts `endstate server` on `data`, its API on `ip` (a free port), its agent listener on
@@ -252,12 +254,13 @@ pub(crate) fn start_server(root: &Path, data: &Path, ip: &str, agent_listen: &st
         .iter()
         .find_map(|l| l.strip_prefix("admin token (shown once, stored hashed): "))
         .map(str::to_owned);
-    let url = listening[listening.find("http://").unwrap()..].trim().to_owned();
+    let url = listening[listening.find("https://").unwrap()..].trim().to_owned();
     Server {
         proc,
         url,
         agent_addr,
         admin_token,
+        ca_file: data.join("pki").join("ca.pem"),
     }
 }
 
@@ -267,12 +270,15 @@ pub(crate) struct Cli {
     pub(crate) url: String,
     pub(crate) token: String,
     pub(crate) config: PathBuf,
+    pub(crate) ca_file: PathBuf,
 }
 
 impl Cli {
     pub(crate) fn run(&self, args: &[&str]) -> Output {
         bin()
             .args(["--server", &self.url, "--token", &self.token])
+            .arg("--ca-file")
+            .arg(&self.ca_file)
             .args(args)
             .env("ENDSTATE_CONFIG", &self.config)
             .current_dir(repo_root())

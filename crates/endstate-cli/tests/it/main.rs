@@ -97,10 +97,10 @@ impl Process {
         }
     }
 
-    /// The URL after `needle` on its line (`... http://127.0.0.1:PORT`).
+    /// The URL after `needle` on its line (`... https://127.0.0.1:PORT`).
     pub(crate) fn wait_for_url(&mut self, needle: &str) -> String {
         let line = self.wait_for(needle);
-        let start = line.find("http://").unwrap();
+        let start = line.find("http").unwrap();
         line[start..].split_whitespace().next().unwrap().to_string()
     }
 }

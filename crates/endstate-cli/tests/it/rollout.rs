@@ -549,7 +549,8 @@ fn a_raised_error_rate_measured_by_a_real_prometheus_trips_the_gate_and_rolls_ba
     let config = dir.path().join("config.json");
     let prom_addr = format!("127.0.0.1:{}", crate::hosts::free_port("127.0.0.1"));
     let prom_url = format!("http://{prom_addr}");
-    let _dev = dev(dir.path(), &["--prometheus-url", &prom_url]);
+    // The API over plain HTTP on loopback: this test speaks raw HTTP to it, and so does Prometheus.
+    let _dev = dev(dir.path(), &["--prometheus-url", &prom_url, "--insecure-http"]);
     let client: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
     let api = client["server"]
         .as_str()

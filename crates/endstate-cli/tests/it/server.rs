@@ -34,8 +34,19 @@ pub(crate) fn start_server(data: &Path, config: &Path) -> (Process, String, Opti
         .iter()
         .find_map(|l| l.strip_prefix("admin token (shown once, stored hashed): "))
         .map(str::to_string);
-    let start = first.find("http://").unwrap();
+    let start = first.find("https://").unwrap();
     let url = first[start..].to_string();
+    // The client config pins the server's CA (what `endstate login` writes; tested there).
+    let mut written: serde_json::Value = std::fs::read_to_string(config)
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or_else(|| serde_json::json!({}));
+    written["server"] = url.clone().into();
+    written["ca_pem"] = std::fs::read_to_string(data.join("pki").join("ca.pem")).unwrap().into();
+    if let Some(token) = &token {
+        written["token"] = token.clone().into();
+    }
+    std::fs::write(config, written.to_string()).unwrap();
     (server, url, token)
 }
 
@@ -112,8 +123,9 @@ fn what_the_api_acknowledged_survives_kill_9() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     // 32 clients submit revisions as fast as they can; the server is SIGKILLed while submissions
     // are in flight. Every submission answered 201 must be there after the restart.
+    let ca = std::fs::read_to_string(data.join("pki").join("ca.pem")).unwrap();
     let acknowledged: Vec<String> = runtime.block_on(async {
-        let client = endstate_client::Client::new(&url, &token).unwrap();
+        let client = endstate_client::Client::with_ca(&url, &token, &ca).unwrap();
         let (acked_tx, mut acked_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
         for task in 0..32 {
             let (client, acked_tx) = (client.clone(), acked_tx.clone());
@@ -319,4 +331,46 @@ fn dev_brings_up_the_example_systems() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// `endstate login` pins the server's CA as ssh pins a host key: a wrong fingerprint is
+/// refused, no fingerprint and no terminal shows it and writes nothing, the right one is written
+/// into the client config, which every other command then uses.
+#[test]
+fn login_pins_the_servers_ca_by_its_fingerprint() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, url, token) = start_server(&dir.path().join("data"), &dir.path().join("unused.json"));
+    let token = token.unwrap();
+    let line = server.wait_for("API certificate from the server's CA, sha256 ");
+    let sha256 = line
+        .strip_prefix("API certificate from the server's CA, sha256 ")
+        .unwrap()
+        .to_owned();
+    let config = dir.path().join("client.json");
+
+    let wrong = run(
+        &["login", &url, "--token", &token, "--ca-sha256", &"ab".repeat(32)],
+        &config,
+    );
+    assert_ne!(wrong.status.code(), Some(0));
+    assert!(
+        text(&wrong.stderr).contains("not the one pinned"),
+        "{}",
+        text(&wrong.stderr)
+    );
+    assert!(!config.exists(), "nothing written");
+
+    let asked = run(&["login", &url, "--token", &token], &config);
+    assert_ne!(asked.status.code(), Some(0));
+    assert!(text(&asked.stdout).contains(&sha256), "{}", text(&asked.stdout));
+    assert!(text(&asked.stderr).contains("--ca-sha256"), "{}", text(&asked.stderr));
+    assert!(!config.exists(), "nothing written");
+
+    let pinned = run(&["login", &url, "--token", &token, "--ca-sha256", &sha256], &config);
+    assert_eq!(pinned.status.code(), Some(0), "{}", text(&pinned.stderr));
+    let written: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    assert_eq!(written["server"], url.as_str());
+    assert!(written["ca_pem"].as_str().unwrap().contains("BEGIN CERTIFICATE"));
+    let status = run(&["status"], &config);
+    assert_eq!(status.status.code(), Some(0), "{}", text(&status.stderr));
 }

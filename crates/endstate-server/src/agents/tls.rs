@@ -25,7 +25,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
 
 /// The listener certificate's lifetime: a year; it is reissued at every start.
-const SERVER_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+pub(crate) const SERVER_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 
 /// Why the agent link's TLS could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -66,28 +66,7 @@ impl AgentTls {
         ips: &[IpAddr],
         now_ms: i64,
     ) -> Result<AgentTls, TlsError> {
-        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-        let dir = data_dir.join("pki");
-        let cert_path = dir.join("ca.pem");
-        let key_path = dir.join("ca.key");
-        let ca = if cert_path.exists() {
-            let cert = read(&cert_path)?;
-            let key = read(&key_path)?;
-            CertificateAuthority::from_pem(&cert, &key).map_err(TlsError::Pki)?
-        } else {
-            fs::create_dir_all(&dir).map_err(io("create", &dir))?;
-            fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(io("protect", &dir))?;
-            let ca = CertificateAuthority::generate("endstate agents CA", now_ms, endstate_pki::DEFAULT_CA_VALIDITY)
-                .map_err(TlsError::Pki)?;
-            let (cert, key) = ca.to_pem();
-            write_new(&key_path, &key, 0o600)?;
-            write_new(&cert_path, &cert, 0o644)?;
-            ca
-        };
-        let ca_pem = ca.cert_pem().to_owned();
-        let ca_der = CertificateDer::from_pem_slice(ca_pem.as_bytes())
-            .map_err(|e| TlsError::Rustls(format!("the CA certificate does not parse: {e}")))?;
-        let ca_sha256 = hex(&Sha256::digest(ca_der.as_ref()));
+        let (ca, ca_pem, ca_der, ca_sha256) = load_or_create_ca(data_dir, now_ms)?;
         let (server_cert, server_key) = ca
             .issue_server(names, ips, now_ms, SERVER_CERT_LIFETIME)
             .map_err(TlsError::Pki)?;
@@ -99,6 +78,37 @@ impl AgentTls {
             server_config,
         })
     }
+}
+
+/// The server's CA from `data_dir/pki`, created on first start: the CA, its PEM, its DER and
+/// the SHA-256 of its DER (hex). The agent link and the API's built-in certificate share it.
+pub(crate) fn load_or_create_ca(
+    data_dir: &Path,
+    now_ms: i64,
+) -> Result<(CertificateAuthority, String, CertificateDer<'static>, String), TlsError> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let dir = data_dir.join("pki");
+    let cert_path = dir.join("ca.pem");
+    let key_path = dir.join("ca.key");
+    let ca = if cert_path.exists() {
+        let cert = read(&cert_path)?;
+        let key = read(&key_path)?;
+        CertificateAuthority::from_pem(&cert, &key).map_err(TlsError::Pki)?
+    } else {
+        fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(io("protect", &dir))?;
+        let ca = CertificateAuthority::generate("endstate agents CA", now_ms, endstate_pki::DEFAULT_CA_VALIDITY)
+            .map_err(TlsError::Pki)?;
+        let (cert, key) = ca.to_pem();
+        write_new(&key_path, &key, 0o600)?;
+        write_new(&cert_path, &cert, 0o644)?;
+        ca
+    };
+    let ca_pem = ca.cert_pem().to_owned();
+    let ca_der = CertificateDer::from_pem_slice(ca_pem.as_bytes())
+        .map_err(|e| TlsError::Rustls(format!("the CA certificate does not parse: {e}")))?;
+    let ca_sha256 = hex(&Sha256::digest(ca_der.as_ref()));
+    Ok((ca, ca_pem, ca_der, ca_sha256))
 }
 
 /// Mutual TLS: the client must present a certificate issued by the CA (checked by rustls:
@@ -129,7 +139,7 @@ fn server_config(
     Ok(Arc::new(config))
 }
 
-fn read(path: &Path) -> Result<String, TlsError> {
+pub(crate) fn read(path: &Path) -> Result<String, TlsError> {
     fs::read_to_string(path).map_err(io("read", path))
 }
 
@@ -144,7 +154,7 @@ fn write_new(path: &Path, text: &str, mode: u32) -> Result<(), TlsError> {
     file.sync_all().map_err(io("sync", path))
 }
 
-fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> TlsError {
+pub(crate) fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> TlsError {
     let path = path.to_path_buf();
     move |source| TlsError::Io { op, path, source }
 }

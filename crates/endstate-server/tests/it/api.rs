@@ -442,3 +442,128 @@ async fn a_submission_after_someone_else_s_is_refused_when_it_names_its_parent()
     assert_eq!(preview.plan["objects"], serde_json::json!([]));
     server.stop().await;
 }
+
+/// HTTPS is the default: the built-in certificate comes from the server's CA, a client that
+/// pins that CA gets in, one that trusts only the system's roots or speaks plain HTTP does not.
+#[tokio::test]
+async fn https_is_the_default_and_clients_pin_the_servers_ca() {
+    let server = TestServer::start_with(|config| {
+        config.api_tls = endstate_server::ApiTls::BuiltIn {
+            names: vec!["endstate.test".into()],
+        };
+    })
+    .await;
+    assert!(server.url.starts_with("https://"), "{}", server.url);
+    let ca = server.ca_pem.clone().expect("the built-in certificate's CA");
+    assert!(server.client().systems(false).await.is_ok());
+
+    let system_roots = Client::new(&server.url, &server.admin).unwrap();
+    let refused = system_roots.systems(false).await.unwrap_err();
+    let chain = format!("{:?}", std::error::Error::source(&refused));
+    assert!(chain.contains("UnknownIssuer"), "{chain}");
+
+    let plain = server.url.replacen("https://", "http://", 1);
+    assert!(reqwest::get(format!("{plain}/healthz")).await.is_err());
+
+    // The fingerprint a client pins is the CA's, the one `endstate server` prints.
+    let (tls, pin) = endstate_pki::pin::PinnedCa::client_config(None).unwrap();
+    let first_contact = reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .build()
+        .unwrap();
+    let health = first_contact
+        .get(format!("{}/healthz", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    let seen = pin.seen().unwrap();
+    assert_eq!(endstate_pki::pin::der_to_pem(seen.as_ref()).trim(), ca.trim());
+    let (tls, _) = endstate_pki::pin::PinnedCa::client_config(Some(&"0".repeat(64))).unwrap();
+    let wrong_pin = reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .build()
+        .unwrap();
+    let error = wrong_pin
+        .get(format!("{}/healthz", server.url))
+        .send()
+        .await
+        .unwrap_err();
+    let chain = format!("{:?}", std::error::Error::source(&error));
+    assert!(chain.contains("not the one pinned"), "{chain}");
+    server.stop().await;
+}
+
+/// Plain HTTP is served on loopback only.
+#[tokio::test]
+async fn plain_http_is_refused_on_an_address_other_hosts_reach() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = endstate_server::ServerConfig {
+        api_tls: endstate_server::ApiTls::Plain,
+        ..endstate_server::ServerConfig::new(dir.path())
+    };
+    let server = endstate_server::Server::open(&config).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let error = server.serve(listener, async {}).await.unwrap_err();
+    assert!(
+        error.to_string().contains("only served on a loopback address"),
+        "{error}"
+    );
+}
+
+/// The operator's certificate and key are read again when they change: no restart.
+#[tokio::test]
+async fn the_operators_certificate_is_replaced_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = jiff::Timestamp::now().as_millisecond();
+    let pair = |name: &str| {
+        let ca = endstate_pki::CertificateAuthority::generate(name, now, std::time::Duration::from_secs(86_400 * 30))
+            .unwrap();
+        let (cert, key) = ca
+            .issue_server(
+                &["localhost".into()],
+                &["127.0.0.1".parse().unwrap()],
+                now,
+                std::time::Duration::from_secs(86_400),
+            )
+            .unwrap();
+        (ca.cert_pem().to_owned(), cert, key)
+    };
+    let (first_ca, cert, key) = pair("first CA");
+    let (cert_path, key_path) = (dir.path().join("api.pem"), dir.path().join("api.key"));
+    std::fs::write(&cert_path, &cert).unwrap();
+    std::fs::write(&key_path, &key).unwrap();
+    let server = TestServer::start_with(|config| {
+        config.api_tls = endstate_server::ApiTls::Files {
+            cert: cert_path.clone(),
+            key: key_path.clone(),
+        };
+    })
+    .await;
+    let health = |ca: String| {
+        let url = format!("{}/healthz", server.url);
+        async move {
+            crate::http(Some(&ca))
+                .get(url)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        }
+    };
+    assert_eq!(health(first_ca.clone()).await.unwrap(), 200);
+
+    let (second_ca, cert, key) = pair("second CA");
+    // The key first, then the certificate: in between, the pair does not match and the old one stays.
+    std::fs::write(&key_path, &key).unwrap();
+    std::fs::write(&cert_path, &cert).unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+    while health(second_ca.clone()).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the new certificate was never served"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(health(first_ca).await.is_err(), "the old certificate is still served");
+    server.stop().await;
+}

@@ -29,6 +29,8 @@ pub(crate) struct TestServer {
     pub(crate) admin: String,
     /// The agent listener's `wss://` URL, when the server has one.
     pub(crate) agent_url: Option<String>,
+    /// The CA the API's certificate comes from, when it serves HTTPS with the built-in one.
+    pub(crate) ca_pem: Option<String>,
     /// The server's store, for tests that put history in it directly.
     pub(crate) store: Arc<endstate_store::SqliteStore>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -55,6 +57,8 @@ impl TestServer {
     async fn start_inner(adjust: impl FnOnce(&mut ServerConfig), agents: bool) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let mut config = ServerConfig::new(dir.path().join("data"));
+        // Most tests speak plain HTTP on loopback; `api::https_*` tests the default, HTTPS.
+        config.api_tls = endstate_server::ApiTls::Plain;
         config.runner_interval = Duration::from_millis(200);
         config.rate_limit = RateLimitConfig {
             per_second: 10_000,
@@ -101,8 +105,14 @@ impl TestServer {
                 .expect("a new store creates an admin token")
                 .to_string()
         });
+        let ca_pem = server.api_ca().unwrap().map(|(pem, _)| pem);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
+        let scheme = if config.api_tls == endstate_server::ApiTls::Plain {
+            "http"
+        } else {
+            "https"
+        };
+        let url = format!("{scheme}://{}", listener.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             server
@@ -113,11 +123,20 @@ impl TestServer {
                 .unwrap();
         });
         // Check that it really started.
-        let health = reqwest::get(format!("{url}/healthz")).await.unwrap();
+        // (With the operator's certificate the test holds the CA: here any certificate will do.)
+        let probe = match &config.api_tls {
+            endstate_server::ApiTls::Files { .. } => reqwest::Client::builder()
+                .tls_danger_accept_invalid_certs(true)
+                .build()
+                .unwrap(),
+            _ => http(ca_pem.as_deref()),
+        };
+        let health = probe.get(format!("{url}/healthz")).send().await.unwrap();
         assert_eq!(health.status(), 200);
         TestServer {
             url,
             admin,
+            ca_pem,
             agent_url,
             store,
             stop: Some(stop),
@@ -130,7 +149,7 @@ impl TestServer {
 
     /// An authenticated GET as the admin.
     pub(crate) async fn get(&self, path: &str) -> reqwest::Response {
-        reqwest::Client::new()
+        http(self.ca_pem.as_deref())
             .get(format!("{}{path}", self.url))
             .bearer_auth(&self.admin)
             .send()
@@ -144,7 +163,10 @@ impl TestServer {
     }
 
     pub(crate) fn client(&self) -> Client {
-        Client::new(&self.url, &self.admin).unwrap()
+        match &self.ca_pem {
+            Some(ca) => Client::with_ca(&self.url, &self.admin, ca).unwrap(),
+            None => Client::new(&self.url, &self.admin).unwrap(),
+        }
     }
 
     pub(crate) async fn stop(mut self) {
@@ -155,6 +177,17 @@ impl TestServer {
             task.await.unwrap();
         }
     }
+}
+
+/// A raw HTTP client trusting only `ca` (PEM) when given.
+pub(crate) fn http(ca: Option<&str>) -> reqwest::Client {
+    let builder = reqwest::Client::builder();
+    match ca {
+        Some(pem) => builder.tls_certs_only([reqwest::Certificate::from_pem(pem.as_bytes()).unwrap()]),
+        None => builder,
+    }
+    .build()
+    .unwrap()
 }
 
 pub(crate) fn docs(files: &[(&str, &str)]) -> Vec<Document> {

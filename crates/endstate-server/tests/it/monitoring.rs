@@ -302,9 +302,11 @@ async fn silences_survive_a_restart_and_removed_ones_stay_removed() {
     let (store, admin) = (server.store.clone(), server.admin.clone());
     server.stop().await;
     let dir = tempfile::tempdir().unwrap();
-    let restarted = endstate_server::Server::with_store(store, &endstate_server::ServerConfig::new(dir.path()))
-        .await
-        .unwrap();
+    let config = endstate_server::ServerConfig {
+        api_tls: endstate_server::ApiTls::Plain,
+        ..endstate_server::ServerConfig::new(dir.path())
+    };
+    let restarted = endstate_server::Server::with_store(store, &config).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
