@@ -114,6 +114,24 @@ pub(crate) fn check(root: &Path) -> Vec<String> {
             }
         }
     }
+    // The test kit is for tests and benchmarks: never a normal dependency of a crate that ships.
+    if let Ok(entries) = std::fs::read_dir(root.join("crates")) {
+        let mut manifests: Vec<_> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.path().join("Cargo.toml"))
+            .filter(|p| p.exists())
+            .collect();
+        manifests.sort();
+        for path in manifests {
+            let Some(manifest) = read(&path, &mut problems) else {
+                continue;
+            };
+            let shown = path.strip_prefix(root).unwrap_or(&path).display().to_string();
+            if !shown.contains("endstate-bench") && dependencies(&manifest).iter().any(|d| d == "endstate-testkit") {
+                problems.push(format!("{shown}: endstate-testkit may only be a dev-dependency"));
+            }
+        }
+    }
     for krate in NOT_ON_STORE {
         let Some(manifest) = read(&root.join("crates").join(krate).join("Cargo.toml"), &mut problems) else {
             continue;

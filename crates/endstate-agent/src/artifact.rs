@@ -34,9 +34,9 @@
 //!
 //! # Caveats
 //!
-//! - `https` URLs fail with [`ArtifactError::TlsUnavailable`]: no TLS backend is compiled in yet
-//!   (it arrives with mutual TLS for agents). Redirects are followed (up to 10), so an `http` URL
-//!   that redirects to `https` fails the same way, as a request error.
+//! - `https` URLs are verified against the platform's roots and the agent's `--trust-ca` files
+//!   ([`crate::https`]); a certificate that is not trusted or has expired fails the download as a
+//!   request error naming why. Redirects are followed (up to 10).
 //! - No proxy is used: the agent reads no environment variables.
 //! - A cached blob is trusted: it is not hashed again on a hit, so corruption on disk goes unnoticed.
 //! - Artifacts are single files; archives (`.tar.gz`) are not unpacked.
@@ -73,7 +73,7 @@ static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 pub enum ArtifactRef {
     /// A file on this host, copied into the cache.
     Path(PathBuf),
-    /// An `http` URL (`https` is not available yet) and the SHA-256 its content must have.
+    /// An `http` or `https` URL and the SHA-256 its content must have.
     Url {
         /// The URL.
         url: String,
@@ -137,12 +137,6 @@ pub enum ArtifactError {
         url: String,
         /// Why it does not parse.
         reason: String,
-    },
-    /// An `https` URL: this build has no TLS backend yet.
-    #[error("{url}: https downloads need TLS, which this build of the agent does not include yet")]
-    TlsUnavailable {
-        /// The URL.
-        url: String,
     },
     /// A scheme other than `http` and `https`.
     #[error("{url}: found scheme `{scheme}`, expected http or https")]
@@ -369,8 +363,7 @@ impl ArtifactCache {
             reason: error.to_string(),
         })?;
         match parsed.scheme() {
-            "http" => {}
-            "https" => return Err(ArtifactError::TlsUnavailable { url: url.to_owned() }),
+            "http" | "https" => {}
             other => {
                 return Err(ArtifactError::UnsupportedScheme {
                     url: url.to_owned(),

@@ -407,62 +407,6 @@ mod tests {
         }
     }
 
-    /// A real TLS server on a free loopback port answering every request `200 ok`, with a
-    /// certificate for 127.0.0.1 from a new CA issued `issued_ago` before now for `lifetime`.
-    /// Returns its `https://` URL and the CA.
-    async fn tls_server(
-        issued_ago: Duration,
-        lifetime: Duration,
-    ) -> (String, rustls_pki_types::CertificateDer<'static>) {
-        use rustls_pki_types::pem::PemObject;
-        use tokio::io::AsyncWriteExt;
-        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-        let now = i64::try_from(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_millis(),
-        )
-        .unwrap();
-        let issued = now - i64::try_from(issued_ago.as_millis()).unwrap();
-        let ca = endstate_pki::CertificateAuthority::generate(
-            "test CA",
-            issued - 60_000,
-            Duration::from_secs(3650 * 24 * 3600),
-        )
-        .unwrap();
-        let (cert, key) = ca
-            .issue_server(&[], &["127.0.0.1".parse().unwrap()], issued, lifetime)
-            .unwrap();
-        let config = rustls::ServerConfig::builder()
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![rustls_pki_types::CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
-                rustls_pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
-            )
-            .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("https://{}/health", listener.local_addr().unwrap());
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let acceptor = acceptor.clone();
-                tokio::spawn(async move {
-                    if let Ok(mut tls) = acceptor.accept(stream).await {
-                        let mut buf = [0_u8; 4096];
-                        let _ = tls.read(&mut buf).await;
-                        let _ = tls
-                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
-                            .await;
-                        let _ = tls.shutdown().await;
-                    }
-                });
-            }
-        });
-        let ca_der = rustls_pki_types::CertificateDer::from_pem_slice(ca.cert_pem().as_bytes()).unwrap();
-        (url, ca_der)
-    }
-
     fn https_check(url: &str) -> CheckAssignment {
         CheckAssignment {
             id: "t/https@h".into(),
@@ -482,30 +426,33 @@ mod tests {
 
     #[tokio::test]
     async fn an_https_check_trusts_the_ca_it_is_given_and_says_why_it_refuses_another_or_an_expired_certificate() {
-        let day = Duration::from_secs(24 * 3600);
-        let (url, ca) = tls_server(Duration::ZERO, day).await;
-        let trusted = run(&https_check(&url), &http_client(std::slice::from_ref(&ca))).await;
+        use endstate_testkit::{HttpsServer, TestCa};
+        let ca = TestCa::new("checks CA");
+        let server = HttpsServer::start(ca.current(), 200, b"ok").await;
+        let url = format!("{}/health", server.url);
+        let trusted = run(&https_check(&url), &http_client(std::slice::from_ref(&ca.der))).await;
         assert_eq!(trusted.status, 0, "{trusted:?}");
         assert!(trusted.output.contains("HTTP 200"), "{trusted:?}");
 
-        // The same server, its CA not given: CRITICAL, and the output says it is the issuer.
+        // The same server, its CA not given: CRITICAL, and the output says the issuer is unknown.
         let unknown = run(&https_check(&url), &http_client(&[])).await;
         assert_eq!(unknown.status, 2, "{unknown:?}");
-        assert!(
-            unknown.output.to_lowercase().contains("unknownissuer") || unknown.output.contains("issuer"),
-            "{unknown:?}"
-        );
+        assert!(unknown.output.contains("UnknownIssuer"), "{unknown:?}");
 
         // Another CA given: still refused.
-        let (_, other) = tls_server(Duration::ZERO, day).await;
-        let wrong = run(&https_check(&url), &http_client(&[other])).await;
+        let wrong = run(&https_check(&url), &http_client(&[TestCa::new("another CA").der])).await;
         assert_eq!(wrong.status, 2, "{wrong:?}");
+        assert!(wrong.output.contains("UnknownIssuer"), "{wrong:?}");
 
-        // A certificate that ended yesterday, from a CA that is trusted: refused as expired.
-        let (expired_url, expired_ca) = tls_server(3 * day, day).await;
-        let expired = run(&https_check(&expired_url), &http_client(&[expired_ca])).await;
+        // A certificate that ended yesterday, from the CA given: refused as expired.
+        let expired = HttpsServer::start(ca.expired(), 200, b"ok").await;
+        let expired = run(
+            &https_check(&format!("{}/health", expired.url)),
+            &http_client(&[ca.der.clone()]),
+        )
+        .await;
         assert_eq!(expired.status, 2, "{expired:?}");
-        assert!(expired.output.to_lowercase().contains("expired"), "{expired:?}");
+        assert!(expired.output.contains("certificate expired"), "{expired:?}");
     }
 
     #[tokio::test]

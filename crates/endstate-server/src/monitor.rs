@@ -1775,6 +1775,32 @@ mod tests {
         (url, seen)
     }
 
+    /// A webhook over HTTPS reaches a receiver whose CA the server trusts (`--trust-ca`); one
+    /// whose certificate nobody vouches for is refused, and the error says so.
+    #[tokio::test]
+    async fn an_https_webhook_needs_a_trusted_certificate() {
+        use endstate_testkit::{HttpsServer, TestCa};
+        let ca = TestCa::new("receiver CA");
+        let receiver = HttpsServer::start(ca.current(), 200, b"{}").await;
+        let url = format!("{}/hook", receiver.url);
+        let body = serde_json::to_vec(&alert()).unwrap();
+        let trusting = crate::http_client(std::slice::from_ref(&ca.der)).unwrap();
+        assert_eq!(deliver(&trusting, &url, &body).await, Ok(1));
+        let received = receiver.requests();
+        assert_eq!(received.len(), 1);
+        assert!(received[0].line.starts_with("POST /hook "), "{:?}", received[0]);
+        assert_eq!(received[0].body, body);
+
+        let untrusting = crate::http_client(&[]).unwrap();
+        let refused = deliver(&untrusting, &url, &body).await.unwrap_err();
+        assert!(refused.contains("UnknownIssuer"), "{refused}");
+        assert_eq!(
+            receiver.requests().len(),
+            1,
+            "nothing was sent to an untrusted receiver"
+        );
+    }
+
     #[tokio::test]
     async fn a_failing_webhook_is_retried_and_a_dead_one_gives_up_saying_why() {
         let client = reqwest::Client::builder()

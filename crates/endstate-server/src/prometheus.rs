@@ -174,3 +174,78 @@ pub(crate) async fn targets(
         .collect();
     Ok(Json(groups))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A real Prometheus (Debian's package) serving HTTPS with basic authentication: the gate's
+    /// query reaches it with the CA trusted and the credentials right, and says why otherwise.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[allow(clippy::unwrap_used)]
+    async fn a_gate_queries_prometheus_over_https_with_basic_auth() {
+        let prometheus = std::path::Path::new("/usr/bin/prometheus");
+        assert!(
+            prometheus.exists(),
+            "Prometheus is missing: install Debian's `prometheus` package (`cargo xtask test` does)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let ca = endstate_testkit::TestCa::new("prometheus CA");
+        let (cert, key) = ca.write_server_pair(dir.path(), "prometheus");
+        // The bcrypt hash (cost 4) of the fixture password below, as Prometheus's web config wants it.
+        let web = format!(
+            "tls_server_config:\n  cert_file: {}\n  key_file: {}\nbasic_auth_users:\n  endstate: $2b$04$36JDtQaBQNkWS3V236TwF.1DlmnDsETq4xbofgA4xJqSJPnRa.Yw.\n",
+            cert.display(),
+            key.display()
+        );
+        std::fs::write(dir.path().join("web.yml"), web).unwrap();
+        std::fs::write(dir.path().join("prometheus.yml"), "global:\n  scrape_interval: 15s\n").unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut child = tokio::process::Command::new(prometheus)
+            .arg(format!("--config.file={}", dir.path().join("prometheus.yml").display()))
+            .arg(format!("--web.config.file={}", dir.path().join("web.yml").display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("tsdb").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("prometheus.log")).unwrap())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let base = format!("https://127.0.0.1:{port}");
+        let right = PrometheusAuth::Basic {
+            user: "endstate".into(),
+            password: "endstate-test-password".into(),
+        };
+        let trusting = crate::http_client(std::slice::from_ref(&ca.der)).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let value = loop {
+            match query(&trusting, &base, Some(&right), "vector(42)").await {
+                Ok(value) => break value,
+                Err(error) => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "Prometheus never answered: {error}; {}",
+                        std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default()
+                    );
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        };
+        assert!((value - 42.0).abs() < f64::EPSILON, "{value}");
+
+        let wrong = PrometheusAuth::Basic {
+            user: "endstate".into(),
+            password: "not-it".into(),
+        };
+        let refused = query(&trusting, &base, Some(&wrong), "vector(42)").await.unwrap_err();
+        assert!(refused.contains("401"), "{refused}");
+        let untrusting = crate::http_client(&[]).unwrap();
+        let refused = query(&untrusting, &base, Some(&right), "vector(42)").await.unwrap_err();
+        assert!(refused.contains("UnknownIssuer"), "{refused}");
+        let _ = child.kill().await;
+    }
+}

@@ -242,15 +242,6 @@ async fn bad_references_are_refused_before_any_request() {
     let cache = ArtifactCache::new(data.path()).unwrap();
     let good = sha256(BODY);
 
-    let error = cache
-        .fetch(&url("https://example.com/a".to_owned(), &good))
-        .await
-        .unwrap_err();
-    assert!(matches!(error, ArtifactError::TlsUnavailable { .. }), "{error:?}");
-    assert_eq!(
-        error.to_string(),
-        "https://example.com/a: https downloads need TLS, which this build of the agent does not include yet"
-    );
     let error = cache.fetch(&url("ftp://h/a".to_owned(), &good)).await.unwrap_err();
     assert!(
         matches!(&error, ArtifactError::UnsupportedScheme { scheme, .. } if scheme == "ftp"),
@@ -334,4 +325,38 @@ async fn install_refuses_names_that_escape_the_data_directory() {
         );
     }
     assert_eq!(entries(data.path()), vec!["a".to_owned()], "nothing was written");
+}
+
+/// An `https` artifact from a server whose CA the agent was told to trust is downloaded and
+/// checked like any other; without that CA, or with an expired certificate, it is refused and
+/// the error says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_artifact_needs_a_trusted_current_certificate() {
+    use endstate_testkit::{HttpsServer, TestCa};
+    let ca = TestCa::new("artifact CA");
+    let server = HttpsServer::start(ca.current(), 200, BODY).await;
+    let artifact = url(format!("{}/dl/example-service", server.url), &sha256(BODY));
+
+    let data = tempfile::tempdir().unwrap();
+    let untrusting = ArtifactCache::new(data.path()).unwrap();
+    let error = untrusting.fetch(&artifact).await.unwrap_err();
+    let chain = endstate_agent::error_chain(&error);
+    assert!(chain.contains("UnknownIssuer"), "{chain}");
+
+    let trusting =
+        ArtifactCache::with_trust(data.path(), FetchLimits::default(), std::slice::from_ref(&ca.der)).unwrap();
+    let blob = trusting.fetch(&artifact).await.unwrap();
+    assert_eq!(std::fs::read(&blob).unwrap(), BODY);
+    assert_eq!(server.requests().len(), 1);
+    assert!(server.requests()[0].line.starts_with("GET /dl/example-service "));
+
+    let expired = HttpsServer::start(ca.expired(), 200, BODY).await;
+    let other = tempfile::tempdir().unwrap();
+    let cache = ArtifactCache::with_trust(other.path(), FetchLimits::default(), std::slice::from_ref(&ca.der)).unwrap();
+    let error = cache
+        .fetch(&url(format!("{}/dl/example-service", expired.url), &sha256(BODY)))
+        .await
+        .unwrap_err();
+    let chain = endstate_agent::error_chain(&error);
+    assert!(chain.contains("certificate expired"), "{chain}");
 }
