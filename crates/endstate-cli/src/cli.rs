@@ -56,7 +56,13 @@ pub(crate) enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Run the API server on a data directory (SQLite inside). Prints the admin token at the first start.
-    Server(ServerArgs),
+    #[command(args_conflicts_with_subcommands = true)]
+    Server {
+        #[command(subcommand)]
+        action: Option<ServerCommand>,
+        #[command(flatten)]
+        args: ServerArgs,
+    },
     /// Run the host agent: enrol with a join token (first start), then run what the server assigns.
     Agent(AgentArgs),
     /// Run everything on this machine: a server on SQLite in a data directory, with the example
@@ -201,6 +207,9 @@ pub(crate) enum Command {
         /// Why, for the timeline.
         #[arg(long)]
         reason: Option<String>,
+        /// Do not ask for confirmation (for scripts).
+        #[arg(long, short)]
+        yes: bool,
     },
     /// Run another number of instances of one component: the latest revision with that count is
     /// submitted as a new revision whose change rolls out like any other (only that component
@@ -399,6 +408,18 @@ pub(crate) struct ServerArgs {
     pub(crate) keepalive_interval: Option<String>,
 }
 
+/// `endstate server …` tasks run while the server is stopped.
+#[derive(Debug, Subcommand)]
+pub(crate) enum ServerCommand {
+    /// Replace a lost admin token (the server must be stopped): revokes the old one, prints the
+    /// new one once; the replacement is on the timeline when the server starts.
+    AdminToken {
+        /// The server's data directory.
+        #[arg(long, default_value = "/var/lib/endstate", env = "ENDSTATE_DATA_DIR")]
+        data_dir: PathBuf,
+    },
+}
+
 /// How the server speaks TLS and whom it trusts when it calls out.
 #[derive(Clone, Debug, Default, Args)]
 pub(crate) struct ServerTlsFlags {
@@ -470,6 +491,9 @@ pub(crate) enum HostsCommand {
     Revoke {
         /// The host.
         host: String,
+        /// Do not ask for confirmation (for scripts).
+        #[arg(long, short)]
+        yes: bool,
     },
 }
 

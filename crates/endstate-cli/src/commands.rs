@@ -21,6 +21,21 @@ fn client(global: &Global) -> anyhow::Result<Client> {
     })
 }
 
+/// Asks a person to type `yes`, unless `--yes` was given; refuses without a terminal to ask on.
+fn confirm(question: &str, yes: bool) -> anyhow::Result<bool> {
+    if yes {
+        return Ok(true);
+    }
+    if !std::io::stdin().is_terminal() {
+        eprintln!("error: not done without confirmation: pass --yes when not on a terminal");
+        return Ok(false);
+    }
+    eprint!("\n{question} Only 'yes' is accepted: ");
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    Ok(answer.trim() == "yes")
+}
+
 fn color() -> bool {
     std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
 }
@@ -231,20 +246,20 @@ pub(crate) async fn apply(global: &Global, args: ApplyArgs) -> anyhow::Result<Ou
             Ok(planned) => planned,
             Err(outcome) => return Ok(outcome),
         };
-        println!("{}", planned.against());
-        print!("{}", endstate_plan::render(&planned.plan, color()));
-        if !args.yes {
-            if !std::io::stdin().is_terminal() {
-                eprintln!("error: not applying without confirmation: pass --yes when not on a terminal");
-                return Ok(Outcome::Refused);
-            }
-            eprint!("\nApply this plan? Only 'yes' is accepted: ");
-            let mut answer = String::new();
-            std::io::stdin().read_line(&mut answer)?;
-            if answer.trim() != "yes" {
-                eprintln!("Not applied.");
-                return Ok(Outcome::Refused);
-            }
+        // With `-o json`, stdout is only JSON: the plan for people goes to stderr.
+        let shown = format!(
+            "{}\n{}",
+            planned.against(),
+            endstate_plan::render(&planned.plan, color() && global.output == Output::Text)
+        );
+        if global.output == Output::Json {
+            eprint!("{shown}");
+        } else {
+            print!("{shown}");
+        }
+        if !confirm("Apply this plan?", args.yes)? {
+            eprintln!("Not applied.");
+            return Ok(Outcome::Refused);
         }
         // What is submitted is exactly what was planned: the same files, and the server refuses
         // it if another revision was submitted since the plan was made, or if the hosts or the
@@ -524,8 +539,20 @@ pub(crate) async fn rollback(
     system: &str,
     to: Option<u64>,
     reason: Option<&str>,
+    yes: bool,
 ) -> anyhow::Result<Outcome> {
     let client = client(global)?;
+    let target = to.map_or_else(
+        || "the revision before the one in force".to_owned(),
+        |to| format!("revision {to}"),
+    );
+    eprintln!(
+        "This goes back to {target} for every system of the desired state, not only {system}: a revision holds them all."
+    );
+    if !confirm("Roll back?", yes)? {
+        eprintln!("Not rolled back.");
+        return Ok(Outcome::Refused);
+    }
     let change = match refused_or(client.rollback(system, to, reason)).await? {
         Ok(change) => change,
         Err(outcome) => return Ok(outcome),
@@ -1093,7 +1120,14 @@ pub(crate) fn parse_labels(text: &str) -> anyhow::Result<std::collections::BTree
 }
 
 /// `endstate hosts revoke HOST`
-pub(crate) async fn hosts_revoke(global: &Global, host: &str) -> anyhow::Result<Outcome> {
+pub(crate) async fn hosts_revoke(global: &Global, host: &str, yes: bool) -> anyhow::Result<Outcome> {
+    eprintln!(
+        "Revoking {host} disconnects its agent for good: it may not connect again until it enrols with a new join token."
+    );
+    if !confirm(&format!("Revoke {host}?"), yes)? {
+        eprintln!("Not revoked.");
+        return Ok(Outcome::Refused);
+    }
     let view = client(global)?.revoke_host(host).await?;
     if global.output == Output::Json {
         print_json(&view)?;

@@ -1,7 +1,8 @@
 //! The `endstate` binary: the server, the development setup and the CLI in one.
 //!
 //! Exit codes: 0 success; 1 a check or a change failed (invalid spec, change not converged);
-//! 2 bad usage or a refused request; 3 a followed change was still open at the timeout.
+//! 2 bad usage or a refused request; 3 a followed change was still open at the timeout;
+//! 4 the server could not be reached (connection or TLS failure: nothing was asked of it).
 
 mod cli;
 mod commands;
@@ -43,10 +44,10 @@ fn main() -> ExitCode {
         Ok(Outcome::StillOpen) => ExitCode::from(3),
         Err(error) => {
             eprintln!("error: {error:#}");
-            ExitCode::from(if error.downcast_ref::<endstate_client::ClientError>().is_some() {
-                2
-            } else {
-                1
+            ExitCode::from(match error.downcast_ref::<endstate_client::ClientError>() {
+                Some(endstate_client::ClientError::Connect { .. }) => 4,
+                Some(_) => 2,
+                None => 1,
             })
         }
     }
@@ -55,7 +56,15 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<Outcome> {
     let global = &cli.global;
     match cli.command {
-        Command::Server(args) => dev::server(args).await,
+        Command::Server {
+            action: Some(cli::ServerCommand::AdminToken { data_dir }),
+            ..
+        } => {
+            let secret = endstate_server::reset_admin_token(&data_dir).await?;
+            println!("new admin token (shown once, stored hashed; the previous one is revoked): {secret}");
+            Ok(Outcome::Success)
+        }
+        Command::Server { action: None, args } => dev::server(args).await,
         Command::Dev(args) => dev::dev(global, args).await,
         Command::Login { server, ca_sha256, yes } => dev::login(global, &server, ca_sha256.as_deref(), yes).await,
         Command::Agent(args) => dev::agent(global, args).await,
@@ -67,7 +76,12 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Describe { system } => commands::describe(global, &system).await,
         Command::Note { system, text } => commands::note(global, &system, &text).await,
         Command::Change { action } => commands::change(global, action).await,
-        Command::Rollback { system, to, reason } => commands::rollback(global, &system, to, reason.as_deref()).await,
+        Command::Rollback {
+            system,
+            to,
+            reason,
+            yes,
+        } => commands::rollback(global, &system, to, reason.as_deref(), yes).await,
         Command::Alerts => commands::alerts(global).await,
         Command::Silence {
             system,
@@ -125,8 +139,8 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         }
         Command::Hosts { action: None } => commands::hosts(global).await,
         Command::Hosts {
-            action: Some(cli::HostsCommand::Revoke { host }),
-        } => commands::hosts_revoke(global, &host).await,
+            action: Some(cli::HostsCommand::Revoke { host, yes }),
+        } => commands::hosts_revoke(global, &host, yes).await,
         Command::Logs(args) => commands::logs(global, args).await,
         Command::Schema => {
             println!("{}", serde_json::to_string_pretty(&endstate_spec::json_schema())?);

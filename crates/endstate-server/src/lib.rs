@@ -467,6 +467,70 @@ async fn agents_tick(state: AppState, hub: Arc<agents::Hub>, mut stop: watch::Re
     }
 }
 
+/// Replaces a lost admin token while the server is stopped: every admin token named `admin` is
+/// revoked, a new one is created and its secret returned (shown once), and the replacement is
+/// on the timeline (`token.admin_reset`) when the server starts again.
+///
+/// # Errors
+/// When the store cannot be opened or written.
+pub async fn reset_admin_token(data_dir: &std::path::Path) -> Result<String, ServerError> {
+    let path = data_dir.join("endstate.db");
+    if !path.exists() {
+        return Err(ServerError::Store {
+            path,
+            source: StoreError::Invalid {
+                what: "data directory",
+                reason: "no store here: nothing to reset (a first start creates the admin token)".to_owned(),
+            },
+        });
+    }
+    let store = SqliteStore::open(&path).map_err(|source| ServerError::Store {
+        path: path.clone(),
+        source,
+    })?;
+    let failed = |source| ServerError::Store {
+        path: path.clone(),
+        source,
+    };
+    let mut revoked = 0;
+    for token in store.list_tokens().await.map_err(failed)? {
+        if token.name == "admin" && !token.revoked {
+            store
+                .put_token(endstate_store::TokenRecord { revoked: true, ..token })
+                .await
+                .map_err(failed)?;
+            revoked += 1;
+        }
+    }
+    let secret = auth::new_secret().map_err(|error| ServerError::Bootstrap(Box::new(error)))?;
+    store
+        .put_token(endstate_store::TokenRecord {
+            id: auth::hash_secret(&secret)[..16].to_string(),
+            name: "admin".to_string(),
+            role: "admin".to_string(),
+            hash_hex: auth::hash_secret(&secret),
+            created_ms: now_ms(),
+            revoked: false,
+            systems: Vec::new(),
+        })
+        .await
+        .map_err(failed)?;
+    store
+        .append_events(vec![endstate_store::NewEvent {
+            actor: Some("endstate server admin-token (offline)".into()),
+            data: serde_json::json!({ "revoked": revoked }),
+            ..endstate_store::NewEvent::new(
+                now_ms(),
+                "token.admin_reset",
+                format!("admin token replaced offline; {revoked} previous admin token(s) revoked"),
+            )
+        }])
+        .await
+        .map_err(failed)?;
+    store.close().await;
+    Ok(secret)
+}
+
 /// The server's outgoing HTTP(S) client: rustls (aws-lc-rs), the system's roots plus `trusted`,
 /// no proxy from the environment. Each call sets its own timeout.
 fn http_client(trusted: &[rustls_pki_types::CertificateDer<'static>]) -> Result<reqwest::Client, reqwest::Error> {

@@ -1320,7 +1320,7 @@ fn a_host_joining_moves_nothing_until_the_proposed_rebalance_is_accepted_and_rol
 
     // p-c is revoked: its instance moves back without waiting for anyone (instances leave a
     // host that is gone), in waves, and the stop on the revoked host counts as done.
-    lab.cli.ok(&["hosts", "revoke", "p-c"]).unwrap();
+    lab.cli.ok(&["hosts", "revoke", "p-c", "--yes"]).unwrap();
     let proposed = wait_until("a second rebalance", PATIENCE, || {
         let events = lab.cli.timeline(&["--kind", "change.proposed"])?;
         events.into_iter().nth(1).ok_or_else(|| "none yet".to_owned())

@@ -374,3 +374,85 @@ fn login_pins_the_servers_ca_by_its_fingerprint() {
     let status = run(&["status"], &config);
     assert_eq!(status.status.code(), Some(0), "{}", text(&status.stderr));
 }
+
+/// A lost admin token is not the end: `endstate server admin-token` on the stopped server's data
+/// directory revokes it and prints a new one, and the next start has it on the timeline.
+#[test]
+fn a_lost_admin_token_is_replaced_while_the_server_is_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.json");
+    let data = dir.path().join("data");
+    let (server, _, old) = start_server(&data, &config);
+    let old = old.unwrap();
+    drop(server);
+    let out = run(
+        &["server", "admin-token", "--data-dir", data.to_str().unwrap()],
+        &config,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let printed = text(&out.stdout);
+    let new = printed
+        .trim()
+        .rsplit(' ')
+        .next()
+        .filter(|t| t.starts_with("es_"))
+        .unwrap_or_else(|| panic!("no token printed: {printed}"))
+        .to_owned();
+    assert!(!printed.contains(&old));
+
+    let (_server, url, none) = start_server(&data, &config);
+    assert_eq!(none, None, "the restart creates no other token");
+    let refused = cli(&["status"], &url, &old, &config);
+    assert_ne!(refused.status.code(), Some(0));
+    assert!(text(&refused.stderr).contains("revoked"), "{}", text(&refused.stderr));
+    let out = cli(&["timeline", "--kind", "token.", "-o", "json"], &url, &new, &config);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("admin token replaced offline; 1 previous admin token(s) revoked"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+/// For scripts: `-o json` prints only JSON on stdout (apply included), a destructive command
+/// without a terminal to confirm on is refused unless `--yes`, and a server that cannot be
+/// reached exits 4, apart from a refusal (2).
+#[test]
+fn scripts_get_only_json_confirmations_and_distinct_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.json");
+    let (_server, url, token) = start_server(&dir.path().join("data"), &config);
+    let token = token.unwrap();
+    let spec = write_spec(&dir.path().join("spec"), SYSTEMS);
+
+    let out = cli(&["apply", &spec, "--yes", "-o", "json"], &url, &token, &config);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let change: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not only JSON ({e}): {}", text(&out.stdout)));
+    assert_eq!(change["state"], "converged", "{change}");
+    assert!(
+        text(&out.stderr).contains("+ system payments"),
+        "the plan goes to stderr"
+    );
+
+    let out = cli(&["rollback", "shop", "--to", "1"], &url, &token, &config);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("every system"), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("pass --yes"), "{}", text(&out.stderr));
+    let out = cli(&["hosts", "revoke", "nobody"], &url, &token, &config);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("pass --yes"), "{}", text(&out.stderr));
+    let timeline = text(&cli(&["timeline", "--kind", "change.", "-o", "json"], &url, &token, &config).stdout);
+    assert_eq!(
+        timeline.matches("\"change.planning\"").count(),
+        1,
+        "nothing was rolled back: {timeline}"
+    );
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nowhere = format!("https://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let out = cli(&["status"], &nowhere, &token, &config);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("cannot reach"), "{}", text(&out.stderr));
+}
