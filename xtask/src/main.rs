@@ -60,6 +60,18 @@ const PREREQUISITES: &[Prerequisite] = &[
         packages: &["prometheus"],
     },
     Prerequisite {
+        what: "systemd-analyze (the check of the systemd units in packaging/)",
+        paths: &["/usr/bin/systemd-analyze"],
+        any: false,
+        packages: &["systemd"],
+    },
+    Prerequisite {
+        what: "man from man-db (the check that the man pages open)",
+        paths: &["/usr/bin/man"],
+        any: false,
+        packages: &["man-db"],
+    },
+    Prerequisite {
         what: "ip from iproute2 (the partition test's network namespaces)",
         paths: &["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"],
         any: true,

@@ -448,7 +448,7 @@ mod tests {
         let expired = HttpsServer::start(ca.expired(), 200, b"ok").await;
         let expired = run(
             &https_check(&format!("{}/health", expired.url)),
-            &http_client(&[ca.der.clone()]),
+            &http_client(std::slice::from_ref(&ca.der)),
         )
         .await;
         assert_eq!(expired.status, 2, "{expired:?}");

@@ -220,6 +220,15 @@ pub struct ChangeView {
     pub rollout: Option<RolloutView>,
 }
 
+/// The server's build (`GET /v1/version`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct VersionView {
+    /// The server's version, like `0.1.0`.
+    pub version: String,
+    /// The API's version: `v1`.
+    pub api: String,
+}
+
 /// What is in force, and what newer change did not get there (`GET /v1/in-force`): what
 /// `endstate status` says first.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]

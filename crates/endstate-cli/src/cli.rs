@@ -56,7 +56,7 @@ pub(crate) enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Run the API server on a data directory (SQLite inside). Prints the admin token at the first start.
-    #[command(args_conflicts_with_subcommands = true)]
+    #[command(args_conflicts_with_subcommands = true, args_override_self = true)]
     Server {
         #[command(subcommand)]
         action: Option<ServerCommand>,
@@ -68,6 +68,18 @@ pub(crate) enum Command {
     /// Run everything on this machine: a server on SQLite in a data directory, with the example
     /// systems applied. Prints the API address and the admin token, and writes the client config.
     Dev(DevArgs),
+    /// The client's version and, when a server is configured, the server's.
+    Version,
+    /// Print a shell completion script: `endstate completions bash > /etc/bash_completion.d/endstate`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (`endstate.1` and one per command) into a directory: `endstate man /usr/local/share/man/man1`.
+    Man {
+        /// Where to write them.
+        dir: PathBuf,
+    },
     /// Sign in to a server: check its certificate, pin its CA (fingerprint shown, as ssh does) and
     /// write the server, the token and the CA to the client config.
     Login {
@@ -356,6 +368,10 @@ pub(crate) enum Command {
 
 #[derive(Debug, Args)]
 pub(crate) struct ServerArgs {
+    /// A YAML file of settings, each a flag's long name and its value (`listen: 0.0.0.0:7700`,
+    /// `alert-webhook: [URL]`, `insecure-http: false`); flags given here win over it.
+    #[arg(long, value_name = "FILE", env = "ENDSTATE_SERVER_CONFIG")]
+    pub(crate) config_file: Option<PathBuf>,
     /// Where to listen.
     #[arg(long, default_value = "127.0.0.1:7700", env = "ENDSTATE_LISTEN")]
     pub(crate) listen: String,
@@ -456,7 +472,7 @@ pub(crate) struct AgentArgs {
     #[arg(long, env = "ENDSTATE_JOIN_TOKEN", hide_env_values = true)]
     pub(crate) join_token: Option<String>,
     /// The SHA-256 of the server's CA, as `token create --join` prints it: checked at enrolment.
-    #[arg(long)]
+    #[arg(long, env = "ENDSTATE_CA_SHA256")]
     pub(crate) ca_sha256: Option<String>,
     /// The host name to enrol as (default: this machine's host name).
     #[arg(long)]

@@ -391,6 +391,34 @@ async fn newest_seq(client: &endstate_client::Client) -> u64 {
         .unwrap_or(0)
 }
 
+/// `endstate version`: this binary's version, and the server's when one is configured.
+pub(crate) async fn version(global: &Global) -> anyhow::Result<Outcome> {
+    let client_version = env!("CARGO_PKG_VERSION");
+    let server = if config::has_server(global) {
+        Some(client(global)?.version().await.map_err(anyhow::Error::from))
+    } else {
+        None
+    };
+    if global.output == Output::Json {
+        print_json(&serde_json::json!({
+            "client": client_version,
+            "server": server.as_ref().and_then(|s| s.as_ref().ok()),
+            "server_error": server.as_ref().and_then(|s| s.as_ref().err()).map(|e| format!("{e:#}")),
+        }))?;
+    } else {
+        println!("client: endstate {client_version}");
+        match &server {
+            Some(Ok(view)) => println!("server: endstate {} (API {})", view.version, view.api),
+            Some(Err(error)) => println!("server: unknown ({error:#})"),
+            None => println!("server: none configured"),
+        }
+    }
+    Ok(match server {
+        Some(Err(_)) => Outcome::Failed,
+        _ => Outcome::Success,
+    })
+}
+
 /// `endstate status [SYSTEM]`
 pub(crate) async fn status(global: &Global, system: Option<&str>) -> anyhow::Result<Outcome> {
     let client = client(global)?;

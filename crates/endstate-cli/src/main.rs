@@ -9,6 +9,7 @@ mod commands;
 mod config;
 mod dev;
 mod render;
+mod server_config;
 
 use std::process::ExitCode;
 
@@ -29,7 +30,23 @@ pub(crate) enum Outcome {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let known: Vec<String> = <Cli as clap::CommandFactory>::command()
+        .find_subcommand("server")
+        .map(|server| {
+            server
+                .get_arguments()
+                .filter_map(|a| a.get_long().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    let args = match server_config::expand(std::env::args_os().collect(), &known) {
+        Ok(args) => args,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let cli = Cli::parse_from(args);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -66,6 +83,18 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         }
         Command::Server { action: None, args } => dev::server(args).await,
         Command::Dev(args) => dev::dev(global, args).await,
+        Command::Version => commands::version(global).await,
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "endstate", &mut std::io::stdout());
+            Ok(Outcome::Success)
+        }
+        Command::Man { dir } => {
+            std::fs::create_dir_all(&dir)?;
+            clap_mangen::generate_to(<Cli as clap::CommandFactory>::command(), &dir)?;
+            println!("man pages written to {}", dir.display());
+            Ok(Outcome::Success)
+        }
         Command::Login { server, ca_sha256, yes } => dev::login(global, &server, ca_sha256.as_deref(), yes).await,
         Command::Agent(args) => dev::agent(global, args).await,
         Command::Validate { dir } => commands::validate(global, &dir),

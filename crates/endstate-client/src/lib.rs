@@ -256,6 +256,14 @@ impl Client {
         self.get(&format!("/v1/changes/{id}")).await
     }
 
+    /// The server's version.
+    ///
+    /// # Errors
+    /// On a transport failure or a refusal.
+    pub async fn version(&self) -> Result<endstate_api::VersionView, ClientError> {
+        self.get("/v1/version").await
+    }
+
     /// What is in force, and the newest change that did not get there.
     ///
     /// # Errors

@@ -24,6 +24,11 @@ pub(crate) struct StateLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct CheckLabels {
     pub(crate) check: String,
     pub(crate) target: String,
@@ -93,6 +98,17 @@ impl Metrics {
             "endstate_changes_open",
             "Changes not yet terminal",
             open_changes.clone(),
+        );
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+            })
+            .set(1);
+        registry.register(
+            "endstate_build_info",
+            "The server's build: always 1, the version as a label",
+            build_info,
         );
         let check_status = Family::<CheckLabels, Gauge>::default();
         let check_perfdata = Family::<PerfLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();

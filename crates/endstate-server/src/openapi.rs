@@ -18,6 +18,7 @@ use utoipa::{Modify, OpenApi};
         crate::changes::abort,
         crate::changes::accept,
         crate::blueprint::in_force_view,
+        crate::routes::version,
         crate::changes::rollback,
         crate::changes::scale,
         crate::monitor::list_alerts,

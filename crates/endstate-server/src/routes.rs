@@ -42,6 +42,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/changes/{id}/abort", post(crate::changes::abort))
         .route("/v1/changes/{id}/accept", post(crate::changes::accept))
         .route("/v1/in-force", get(crate::blueprint::in_force_view))
+        .route("/v1/version", get(version))
         .route("/v1/systems/{name}/rollback", post(crate::changes::rollback))
         .route("/v1/systems", get(list_systems))
         .route("/v1/systems/{name}", get(get_system))
@@ -124,6 +125,18 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
         })?;
         Ok(JsonBody(value))
     }
+}
+
+/// The server's version and the API's.
+#[utoipa::path(get, path = "/v1/version", responses((status = 200, body = endstate_api::VersionView)), security(("bearer" = [])))]
+pub(crate) async fn version(
+    Extension(actor): Extension<crate::auth::Actor>,
+) -> Result<Json<endstate_api::VersionView>, ApiError> {
+    crate::auth::authorize(&actor, crate::auth::Verb::Read, None)?;
+    Ok(Json(endstate_api::VersionView {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        api: "v1".to_owned(),
+    }))
 }
 
 async fn healthz() -> &'static str {

@@ -10,6 +10,7 @@ mod hosts;
 mod inventory;
 mod monitoring;
 mod offline;
+mod packaging;
 mod rollout;
 mod server;
 
