@@ -94,6 +94,7 @@ fn monitor_config(
         webhooks: webhooks.to_vec(),
         commands: commands.to_vec(),
         ticket_webhook: ticket.cloned(),
+        webhook_secret: None,
     })
 }
 
@@ -122,6 +123,13 @@ fn apply_tls_flags(flags: &ServerTlsFlags, config: &mut ServerConfig) -> anyhow:
         ),
         (None, None) => None,
     };
+    if let Some(path) = &flags.webhook_secret_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("--webhook-secret-file: cannot read {}", path.display()))?;
+        let secret = text.lines().next().unwrap_or_default().trim();
+        anyhow::ensure!(!secret.is_empty(), "--webhook-secret-file: {} is empty", path.display());
+        config.monitor.webhook_secret = Some(secret.as_bytes().to_vec());
+    }
     Ok(())
 }
 

@@ -247,6 +247,10 @@ impl Server {
     pub async fn with_store(store: Arc<dyn Store>, config: &ServerConfig) -> Result<Server, ServerError> {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let http = http_client(&config.trusted_cas).map_err(|error| ServerError::Bootstrap(Box::new(error)))?;
+        let mut monitor_config = config.monitor.clone();
+        if monitor_config.webhook_secret.is_none() {
+            monitor_config.webhook_secret = Some(webhook_secret(&config.data_dir)?);
+        }
         let state = AppState(Arc::new(Inner {
             store,
             metrics: metrics::Metrics::new(),
@@ -265,7 +269,7 @@ impl Server {
             rollout: config.rollout.clone(),
             rollout_lock: tokio::sync::Mutex::new(()),
             recheck_at_ms: std::sync::atomic::AtomicI64::new(0),
-            monitor: monitor::Monitor::new(config.monitor.clone(), http.clone()),
+            monitor: monitor::Monitor::new(monitor_config, http.clone()),
             runs: actions::Runs::default(),
             http,
         }));
@@ -276,6 +280,9 @@ impl Server {
             .await
             .map_err(|error| ServerError::Bootstrap(Box::new(error)))?;
         monitor::load_alerts(&state)
+            .await
+            .map_err(|error| ServerError::Bootstrap(Box::new(error)))?;
+        monitor::resume_deliveries(&state)
             .await
             .map_err(|error| ServerError::Bootstrap(Box::new(error)))?;
         actions::load_runs(&state)
@@ -529,6 +536,40 @@ pub async fn reset_admin_token(data_dir: &std::path::Path) -> Result<String, Ser
         .map_err(failed)?;
     store.close().await;
     Ok(secret)
+}
+
+/// The secret webhook and ticket calls are signed with when the operator gives none: 32 random
+/// bytes (hex) in `data_dir/webhook-secret`, mode 0600, made at the first start. Receivers read it
+/// from there (it never appears in a log, the store or the timeline).
+fn webhook_secret(data_dir: &std::path::Path) -> Result<Vec<u8>, ServerError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = data_dir.join("webhook-secret");
+    let failed = |source| ServerError::DataDir {
+        path: path.clone(),
+        source,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) if !text.trim().is_empty() => return Ok(text.trim().as_bytes().to_vec()),
+        Ok(_) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(failed(error)),
+    }
+    std::fs::create_dir_all(data_dir).map_err(failed)?;
+    let mut bytes = [0_u8; 32];
+    getrandom::fill(&mut bytes)
+        .map_err(|error| ServerError::Bootstrap(Box::new(std::io::Error::other(error.to_string()))))?;
+    let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(failed)?;
+    file.write_all(secret.as_bytes()).map_err(failed)?;
+    file.sync_all().map_err(failed)?;
+    Ok(secret.into_bytes())
 }
 
 /// The server's outgoing HTTP(S) client: rustls (aws-lc-rs), the system's roots plus `trusted`,

@@ -36,7 +36,7 @@ use endstate_agent_proto::CheckResult;
 use endstate_monitor::alerts::{self, Alert, CheckKey, Context, Effect, Engine};
 use endstate_monitor::nagios::Status;
 use endstate_store::NewEvent;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -53,6 +53,9 @@ pub struct MonitorConfig {
     /// ticket and answers JSON with its link (`url`, `link` or `ticket_url`), stored on the
     /// alert and shown with it.
     pub ticket_webhook: Option<String>,
+    /// The secret webhook and ticket calls are signed with (`endstate-signature`); the server
+    /// makes one in its data directory (`webhook-secret`, mode 0600) when none is given.
+    pub webhook_secret: Option<Vec<u8>>,
 }
 
 /// How long a command handler may run before its process group is killed.
@@ -769,10 +772,99 @@ fn event_of(host: &str, at: i64, effect: &Effect, perfdata: &str) -> Option<NewE
     })
 }
 
+/// What a notification is about, as its timeline events name it (also kept with a queued
+/// delivery, so one sent again after a restart is recorded the same way).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Subject {
+    system: String,
+    host: String,
+    check: String,
+    target: String,
+    reason: String,
+}
+
+impl Subject {
+    fn of(alert: &Alert, reason: &str) -> Subject {
+        Subject {
+            system: alert.system.clone(),
+            host: alert.host.clone(),
+            check: alert.key.check.clone(),
+            target: alert.key.target.clone(),
+            reason: reason.to_owned(),
+        }
+    }
+
+    fn key(&self) -> CheckKey {
+        CheckKey {
+            check: self.check.clone(),
+            target: self.target.clone(),
+        }
+    }
+
+    fn event(&self, kind: &'static str, what: String, data: serde_json::Value) -> NewEvent {
+        NewEvent {
+            systems: vec![self.system.clone()],
+            host: (!self.host.is_empty()).then(|| self.host.clone()),
+            component: component_of(&self.target),
+            actor: Some("server".into()),
+            data,
+            ..NewEvent::new(
+                crate::now_ms(),
+                kind,
+                format!("alert {} on {}: {what}", self.check, self.target),
+            )
+        }
+    }
+}
+
+/// One notification to one URL. It is on the timeline (`alert.delivery_queued`, with its body)
+/// before anything is sent, and its outcome after (`alert.notified` or `alert.ticket`, or their
+/// `_failed`), both with its id: a delivery queued without an outcome is sent again when the
+/// server starts, with the same id (at least once; receivers drop repeats by `endstate-delivery`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Delivery {
+    id: String,
+    url: String,
+    /// The ticket webhook (its answer is the ticket's link), else an alert webhook.
+    ticket: bool,
+    subject: Subject,
+    /// The notification's JSON, exactly as sent.
+    body: String,
+}
+
+/// How long a queued delivery is sent again at start: older ones are left (the alert has moved on).
+const REDELIVER_WITHIN_MS: i64 = 24 * 3_600_000;
+
+impl Delivery {
+    fn new(url: String, ticket: bool, subject: &Subject, body: &str) -> Delivery {
+        let mut bytes = [0_u8; 12];
+        let id = match getrandom::fill(&mut bytes) {
+            Ok(()) => bytes.iter().map(|b| format!("{b:02x}")).collect(),
+            Err(_) => format!("{}-{}", crate::now_ms(), url.len()),
+        };
+        Delivery {
+            id: format!("d_{id}"),
+            url,
+            ticket,
+            subject: subject.clone(),
+            body: body.to_owned(),
+        }
+    }
+
+    fn queued(&self) -> NewEvent {
+        self.subject.event(
+            "alert.delivery_queued",
+            format!("notification {} to {} queued", self.id, self.url),
+            serde_json::to_value(self).unwrap_or_default(),
+        )
+    }
+}
+
 /// Sends a notification to every handler from a task of its own: each webhook (retried), each
 /// command handler, and for an alert that opens, the ticket webhook; each outcome goes on the
 /// timeline (`alert.notified`, `alert.notify_failed`, `alert.handled`, `alert.handler_failed`,
-/// `alert.ticket`, `alert.ticket_failed`).
+/// `alert.ticket`, `alert.ticket_failed`). Webhook and ticket calls are durable and signed (see
+/// [`Delivery`] and [`signed_post`]).
 fn notify(state: &AppState, alert: Alert, reason: String) {
     let config = &state.monitor().config;
     let ticket = config.ticket_webhook.clone().filter(|_| reason == "opened");
@@ -791,69 +883,47 @@ fn notify(state: &AppState, alert: Alert, reason: String) {
             alert: &alert,
             history: history.clone(),
         };
-        let body = serde_json::to_vec(&body).unwrap_or_default();
-        let record = |kind: &'static str, what: String, data: serde_json::Value| NewEvent {
-            systems: vec![alert.system.clone()],
-            host: (!alert.host.is_empty()).then(|| alert.host.clone()),
-            component: component_of(&alert.key.target),
-            actor: Some("server".into()),
-            data,
-            ..NewEvent::new(
-                crate::now_ms(),
-                kind,
-                format!("alert {} on {}: {what}", alert.key.check, alert.key.target),
+        let body = serde_json::to_string(&body).unwrap_or_default();
+        let subject = Subject::of(&alert, &reason);
+        let deliveries: Vec<Delivery> = ticket
+            .into_iter()
+            .map(|url| Delivery::new(url, true, &subject, &body))
+            .chain(
+                webhooks
+                    .into_iter()
+                    .map(|url| Delivery::new(url, false, &subject, &body)),
             )
-        };
+            .collect();
+        // On the timeline before the first byte is sent: a server that dies from here on sends
+        // them again when it starts.
+        if !deliveries.is_empty()
+            && let Err(error) = state
+                .store()
+                .append_events(deliveries.iter().map(Delivery::queued).collect())
+                .await
+        {
+            tracing::warn!(error = %crate::chain(&error), "Could not queue the alert's notifications; sending them anyway.");
+        }
         let mut events = Vec::new();
         let mut failures: Vec<String> = Vec::new();
-        if let Some(url) = ticket {
-            match open_ticket(&state.monitor().client, &url, &body).await {
-                Ok(link) => {
-                    let updated = state.monitor().set_ticket(&alert.key, link.clone());
-                    events.push(record(
-                        "alert.ticket",
-                        format!("ticket {link} opened through {url}"),
-                        serde_json::json!({ "url": url, "ticket": link, "check": alert.key.check, "target": alert.key.target, "alert": updated }),
-                    ));
-                }
-                Err(error) => events.push(record(
-                    "alert.ticket_failed",
-                    format!("could not open a ticket through {url}: {error}"),
-                    serde_json::json!({ "url": url, "error": error, "check": alert.key.check, "target": alert.key.target }),
-                )),
-            }
-        }
-        for url in webhooks {
-            let outcome = deliver(&state.monitor().client, &url, &body).await;
-            if let Err(error) = &outcome {
-                failures.push(format!("{url}: {error}"));
-            }
-            events.push(match &outcome {
-                Ok(attempts) => record(
-                    "alert.notified",
-                    format!("notified {url} ({reason}) after {attempts} attempt(s)"),
-                    serde_json::json!({ "url": url, "reason": reason, "check": alert.key.check, "target": alert.key.target, "error": null }),
-                ),
-                Err(error) => record(
-                    "alert.notify_failed",
-                    format!("could not notify {url} ({reason}): {error}"),
-                    serde_json::json!({ "url": url, "reason": reason, "check": alert.key.check, "target": alert.key.target, "error": error }),
-                ),
-            });
+        for delivery in &deliveries {
+            let (event, failure) = send(&state, delivery).await;
+            events.push(event);
+            failures.extend(failure);
         }
         for program in commands {
             let shown = program.display().to_string();
-            let outcome = run_handler(&program, &body, &alert, &reason).await;
+            let outcome = run_handler(&program, body.as_bytes(), &alert, &reason).await;
             if let Err((error, _)) = &outcome {
                 failures.push(format!("{shown}: {error}"));
             }
             events.push(match outcome {
-                Ok(output) => record(
+                Ok(output) => subject.event(
                     "alert.handled",
                     format!("handler {shown} ran ({reason})"),
                     serde_json::json!({ "command": shown, "reason": reason, "check": alert.key.check, "target": alert.key.target, "output": output }),
                 ),
-                Err((error, output)) => record(
+                Err((error, output)) => subject.event(
                     "alert.handler_failed",
                     format!("handler {shown} failed ({reason}): {error}"),
                     serde_json::json!({ "command": shown, "reason": reason, "check": alert.key.check, "target": alert.key.target, "error": error, "output": output }),
@@ -868,6 +938,116 @@ fn notify(state: &AppState, alert: Alert, reason: String) {
         }
         state.written();
     });
+}
+
+/// Sends one delivery (retried) and returns its outcome event, and the failure if it failed.
+async fn send(state: &AppState, delivery: &Delivery) -> (NewEvent, Option<String>) {
+    let (subject, url, id) = (&delivery.subject, &delivery.url, &delivery.id);
+    let monitor = state.monitor();
+    let secret = monitor.config.webhook_secret.as_deref();
+    if delivery.ticket {
+        return match open_ticket(&monitor.client, url, id, secret, delivery.body.as_bytes()).await {
+            Ok(link) => {
+                let updated = monitor.set_ticket(&subject.key(), link.clone());
+                (
+                    subject.event(
+                        "alert.ticket",
+                        format!("ticket {link} opened through {url}"),
+                        serde_json::json!({ "url": url, "delivery": id, "ticket": link, "check": subject.check, "target": subject.target, "alert": updated }),
+                    ),
+                    None,
+                )
+            }
+            Err(error) => (
+                subject.event(
+                    "alert.ticket_failed",
+                    format!("could not open a ticket through {url}: {error}"),
+                    serde_json::json!({ "url": url, "delivery": id, "error": error, "check": subject.check, "target": subject.target }),
+                ),
+                Some(format!("{url}: {error}")),
+            ),
+        };
+    }
+    let reason = &subject.reason;
+    match deliver(&monitor.client, url, id, secret, delivery.body.as_bytes()).await {
+        Ok(attempts) => (
+            subject.event(
+                "alert.notified",
+                format!("notified {url} ({reason}) after {attempts} attempt(s)"),
+                serde_json::json!({ "url": url, "delivery": id, "reason": reason, "check": subject.check, "target": subject.target, "error": null }),
+            ),
+            None,
+        ),
+        Err(error) => (
+            subject.event(
+                "alert.notify_failed",
+                format!("could not notify {url} ({reason}): {error}"),
+                serde_json::json!({ "url": url, "delivery": id, "reason": reason, "check": subject.check, "target": subject.target, "error": error }),
+            ),
+            Some(format!("{url}: {error}")),
+        ),
+    }
+}
+
+/// At start: sends again every delivery of the last day that was queued and has no outcome on
+/// the timeline (the server stopped between queueing and recording), from a task of its own.
+pub(crate) async fn resume_deliveries(state: &AppState) -> Result<usize, ApiError> {
+    let since = crate::now_ms() - REDELIVER_WITHIN_MS;
+    let read = |kinds: &[&str]| {
+        let query = endstate_store::EventQuery {
+            kinds: Some(kinds.iter().map(|k| (*k).to_owned()).collect()),
+            since_ms: Some(since),
+            limit: 1000,
+            ..endstate_store::EventQuery::default()
+        };
+        let store = state.store();
+        async move { store.query_events(&query).await }
+    };
+    let queued = read(&["alert.delivery_queued"]).await?;
+    if queued.items.is_empty() {
+        return Ok(0);
+    }
+    let done: BTreeSet<String> = read(&[
+        "alert.notified",
+        "alert.notify_failed",
+        "alert.ticket",
+        "alert.ticket_failed",
+    ])
+    .await?
+    .items
+    .iter()
+    .filter_map(|e| {
+        e.data
+            .get("delivery")
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned)
+    })
+    .collect();
+    let pending: Vec<Delivery> = queued
+        .items
+        .iter()
+        .filter_map(|e| serde_json::from_value::<Delivery>(e.data.clone()).ok())
+        .filter(|d| !done.contains(&d.id))
+        .collect();
+    let n = pending.len();
+    if n > 0 {
+        tracing::info!(
+            deliveries = n,
+            "Sending again the notifications a previous run queued but did not finish."
+        );
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut events = Vec::new();
+            for delivery in pending.iter().rev() {
+                events.push(send(&state, delivery).await.0);
+            }
+            if let Err(error) = state.store().append_events(events).await {
+                tracing::warn!(error = %crate::chain(&error), "Could not record the notifications sent again.");
+            }
+            state.written();
+        });
+    }
+    Ok(n)
 }
 
 /// Runs a command handler: the notification on its stdin, the alert in `ENDSTATE_ALERT_*`
@@ -929,9 +1109,51 @@ async fn run_handler(
     }
 }
 
+/// A webhook or ticket call: the JSON body, `endstate-delivery` (the same for every attempt and
+/// every redelivery, so a receiver drops repeats), `endstate-timestamp` (unix seconds) and, with a
+/// secret, `endstate-signature: sha256=HEX`, the HMAC-SHA256 of `TIMESTAMP.BODY` (a receiver
+/// checks it and refuses old timestamps, so a recorded call cannot be replayed later).
+fn signed_post(
+    client: &reqwest::Client,
+    url: &str,
+    delivery: &str,
+    secret: Option<&[u8]>,
+    body: &[u8],
+    unix_s: i64,
+) -> reqwest::RequestBuilder {
+    let mut request = client
+        .post(url)
+        .timeout(Duration::from_secs(5))
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .header("endstate-delivery", delivery)
+        .header("endstate-timestamp", unix_s.to_string());
+    if let Some(secret) = secret {
+        request = request.header("endstate-signature", signature(secret, unix_s, body));
+    }
+    request.body(body.to_vec())
+}
+
+/// `sha256=` and the HMAC-SHA256 (hex) of `TIMESTAMP.BODY` under `secret`.
+pub(crate) fn signature(secret: &[u8], unix_s: i64, body: &[u8]) -> String {
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret);
+    let mut context = aws_lc_rs::hmac::Context::with_key(&key);
+    context.update(unix_s.to_string().as_bytes());
+    context.update(b".");
+    context.update(body);
+    let tag = context.sign();
+    let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256={hex}")
+}
+
 /// POSTs an alert that opened to the ticket webhook: the link its JSON answer gives.
-async fn open_ticket(client: &reqwest::Client, url: &str, body: &[u8]) -> Result<String, String> {
-    let response = post_with_retries(client, url, body).await?;
+async fn open_ticket(
+    client: &reqwest::Client,
+    url: &str,
+    delivery: &str,
+    secret: Option<&[u8]>,
+    body: &[u8],
+) -> Result<String, String> {
+    let response = post_with_retries(client, url, delivery, secret, body).await?;
     let answer: serde_json::Value = response
         .json()
         .await
@@ -945,8 +1167,14 @@ async fn open_ticket(client: &reqwest::Client, url: &str, body: &[u8]) -> Result
 }
 
 /// POSTs one notification, retrying with backoff: the number of attempts, or the last error.
-async fn deliver(client: &reqwest::Client, url: &str, body: &[u8]) -> Result<u32, String> {
-    post_with_retries(client, url, body)
+async fn deliver(
+    client: &reqwest::Client,
+    url: &str,
+    delivery: &str,
+    secret: Option<&[u8]>,
+    body: &[u8],
+) -> Result<u32, String> {
+    post_with_retries(client, url, delivery, secret, body)
         .await
         .map(|response| response.extensions().get::<Attempts>().map_or(1, |a| a.0))
 }
@@ -957,16 +1185,18 @@ struct Attempts(u32);
 
 /// POSTs JSON with backoff (0.5 s doubling, 5 attempts, each with the client's timeout): the
 /// first successful response, or the last error.
-async fn post_with_retries(client: &reqwest::Client, url: &str, body: &[u8]) -> Result<reqwest::Response, String> {
+async fn post_with_retries(
+    client: &reqwest::Client,
+    url: &str,
+    delivery: &str,
+    secret: Option<&[u8]>,
+    body: &[u8],
+) -> Result<reqwest::Response, String> {
     const ATTEMPTS: u32 = 5;
     let mut delay = Duration::from_millis(500);
     let mut last = String::new();
     for attempt in 1..=ATTEMPTS {
-        let request = client
-            .post(url)
-            .timeout(Duration::from_secs(5))
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body.to_vec());
+        let request = signed_post(client, url, delivery, secret, body, crate::now_ms() / 1000);
         match request.send().await {
             Ok(mut response) if response.status().is_success() => {
                 response.extensions_mut().insert(Attempts(attempt));
@@ -1775,24 +2005,38 @@ mod tests {
         (url, seen)
     }
 
-    /// A webhook over HTTPS reaches a receiver whose CA the server trusts (`--trust-ca`); one
-    /// whose certificate nobody vouches for is refused, and the error says so.
+    /// A webhook over HTTPS reaches a receiver whose CA the server trusts (`--trust-ca`), signed:
+    /// its delivery id, timestamp and HMAC-SHA256 of `TIMESTAMP.BODY` under the secret. One whose
+    /// certificate nobody vouches for is refused, and the error says so.
     #[tokio::test]
-    async fn an_https_webhook_needs_a_trusted_certificate() {
+    async fn an_https_webhook_is_signed_and_needs_a_trusted_certificate() {
         use endstate_testkit::{HttpsServer, TestCa};
         let ca = TestCa::new("receiver CA");
         let receiver = HttpsServer::start(ca.current(), 200, b"{}").await;
         let url = format!("{}/hook", receiver.url);
         let body = serde_json::to_vec(&alert()).unwrap();
+        let secret = b"a webhook secret".as_slice();
         let trusting = crate::http_client(std::slice::from_ref(&ca.der)).unwrap();
-        assert_eq!(deliver(&trusting, &url, &body).await, Ok(1));
+        assert_eq!(deliver(&trusting, &url, "d_1", Some(secret), &body).await, Ok(1));
         let received = receiver.requests();
         assert_eq!(received.len(), 1);
-        assert!(received[0].line.starts_with("POST /hook "), "{:?}", received[0]);
-        assert_eq!(received[0].body, body);
+        let request = &received[0];
+        assert!(request.line.starts_with("POST /hook "), "{request:?}");
+        assert_eq!(request.body, body);
+        assert_eq!(request.header("endstate-delivery"), Some("d_1"));
+        let timestamp: i64 = request.header("endstate-timestamp").unwrap().parse().unwrap();
+        assert!((timestamp - crate::now_ms() / 1000).abs() < 60, "{timestamp}");
+        let expected = signature(secret, timestamp, &body);
+        assert_eq!(request.header("endstate-signature"), Some(expected.as_str()));
+        // What a receiver checks: another secret or another body gives another signature.
+        assert_ne!(signature(b"another secret", timestamp, &body), expected);
+        assert_ne!(signature(secret, timestamp, b"{}"), expected);
+        assert_eq!(expected.len(), "sha256=".len() + 64);
 
         let untrusting = crate::http_client(&[]).unwrap();
-        let refused = deliver(&untrusting, &url, &body).await.unwrap_err();
+        let refused = deliver(&untrusting, &url, "d_2", Some(secret), &body)
+            .await
+            .unwrap_err();
         assert!(refused.contains("UnknownIssuer"), "{refused}");
         assert_eq!(
             receiver.requests().len(),
@@ -1809,7 +2053,7 @@ mod tests {
             .unwrap();
         let (url, seen) = flaky_receiver(2).await;
         assert_eq!(
-            deliver(&client, &url, &serde_json::to_vec(&alert()).unwrap()).await,
+            deliver(&client, &url, "d_t", None, &serde_json::to_vec(&alert()).unwrap()).await,
             Ok(3)
         );
         assert_eq!(seen.load(Ordering::SeqCst), 3);
@@ -1818,7 +2062,7 @@ mod tests {
         let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/hook", closed.local_addr().unwrap());
         drop(closed);
-        let error = deliver(&client, &url, &serde_json::to_vec(&alert()).unwrap())
+        let error = deliver(&client, &url, "d_t", None, &serde_json::to_vec(&alert()).unwrap())
             .await
             .unwrap_err();
         assert!(error.ends_with("(after 5 attempts)"), "{error}");

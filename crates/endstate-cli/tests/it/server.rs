@@ -16,18 +16,22 @@ fn write_spec(dir: &Path, text: &str) -> String {
 
 /// Starts `endstate server` on a free port; returns the process, its URL and its admin token.
 pub(crate) fn start_server(data: &Path, config: &Path) -> (Process, String, Option<String>) {
-    let mut server = Process::spawn(
-        &[
-            "server",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--agent-listen",
-            "127.0.0.1:0",
-        ],
-        config,
-    );
+    start_server_with(data, config, &[])
+}
+
+/// `start_server` with more flags.
+pub(crate) fn start_server_with(data: &Path, config: &Path, extra: &[&str]) -> (Process, String, Option<String>) {
+    let mut args = vec![
+        "server",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--agent-listen",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(extra);
+    let mut server = Process::spawn(&args, config);
     let first = server.wait_for("endstate server listening on");
     let token = server
         .seen
@@ -455,4 +459,113 @@ fn scripts_get_only_json_confirmations_and_distinct_exit_codes() {
     let out = cli(&["status"], &nowhere, &token, &config);
     assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("cannot reach"), "{}", text(&out.stderr));
+}
+
+/// Webhooks are delivered at least once: a server killed after sending a notification but before
+/// recording that it was delivered sends it again when it starts, with the same delivery id, so
+/// the receiver sees the id twice and acts once. Every call is signed.
+#[test]
+fn a_webhook_interrupted_by_kill_9_is_sent_again_with_the_same_delivery_id() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.json");
+    let data = dir.path().join("data");
+    // A receiver that holds its first answer until the test says so, and answers the others at once.
+    let receiver = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hook = format!("http://{}/hook", receiver.local_addr().unwrap());
+    let (seen_tx, seen) = std::sync::mpsc::channel::<(String, bool)>();
+    let (release_tx, release) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        for (n, stream) in receiver.incoming().enumerate() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let (mut delivery, mut signed, mut length) = (String::new(), false, 0_usize);
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                let lower = line.to_ascii_lowercase();
+                if let Some(value) = lower.strip_prefix("endstate-delivery:") {
+                    delivery = value.trim().to_owned();
+                }
+                signed |= lower.starts_with("endstate-signature: sha256=");
+                if let Some(value) = lower.strip_prefix("content-length:") {
+                    length = value.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0_u8; length];
+            let _ = reader.read_exact(&mut body);
+            let _ = seen_tx.send((delivery, signed));
+            if n == 0 {
+                let _ = release.recv();
+            }
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        }
+    });
+    let flags = ["--alert-webhook", hook.as_str()];
+    let (mut server, url, token) = start_server_with(&data, &config, &flags);
+    let token = token.unwrap();
+    let spec = write_spec(&dir.path().join("spec"), SYSTEMS);
+    assert_eq!(
+        cli(&["apply", &spec, "--yes"], &url, &token, &config).status.code(),
+        Some(0)
+    );
+    // An alert from Alertmanager opens, and is notified.
+    let ca = std::fs::read_to_string(data.join("pki").join("ca.pem")).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let http = reqwest::Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_pem(ca.as_bytes()).unwrap()])
+            .build()
+            .unwrap();
+        let answer = http
+            .post(format!("{url}/v1/alertmanager"))
+            .bearer_auth(&token)
+            .json(&serde_json::json!({
+                "version": "4", "status": "firing", "receiver": "endstate", "groupKey": "g",
+                "groupLabels": {}, "commonLabels": {}, "commonAnnotations": {}, "externalURL": "http://am:9093",
+                "alerts": [{ "status": "firing", "labels": { "alertname": "Down", "instance": "web-1", "system": "shop" },
+                    "annotations": {}, "startsAt": "2026-12-01T00:00:00Z", "endsAt": "0001-01-01T00:00:00Z",
+                    "generatorURL": "", "fingerprint": "f1" }]
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+    });
+    let (first, signed) = seen
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the webhook was called");
+    assert!(first.starts_with("d_"), "{first}");
+    assert!(signed, "every call is signed");
+    // Killed while the receiver has not answered: nothing recorded the delivery.
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    let _ = release_tx.send(());
+    let (_again, url, _) = start_server_with(&data, &config, &flags);
+    let (second, _) = seen
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the webhook was called again");
+    assert_eq!(second, first, "the same delivery id");
+    let ids: std::collections::BTreeSet<String> = [first.clone(), second].into_iter().collect();
+    assert_eq!(ids.len(), 1, "the receiver acts once");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = cli(
+            &["timeline", "--kind", "alert.notified", "-o", "json"],
+            &url,
+            &token,
+            &config,
+        );
+        if text(&out.stdout).contains(&first) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never recorded: {}",
+            text(&out.stdout)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
