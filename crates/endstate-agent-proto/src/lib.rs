@@ -137,8 +137,8 @@ pub use message::{
     ActualInstance, ActualState, Artifact, ArtifactSource, CancelAction, Certificate, CheckAssignment, CheckProbe,
     CheckResult, ConfigFile, DesiredInstances, Disk, Facts, FromAgent, FromServer, HealthProbe, HealthResult, Hello,
     InstanceAssignment, InstanceId, InstanceStateChange, InstanceStateWord, Keepalive, Logs, LogsRequest, Observation,
-    Observations, Observed, OutputStream, Ping, Probe, Refused, Renew, ResourceUse, Revoke, RunAction, UpgradeOrder,
-    VersionRange, Welcome,
+    Observations, Observed, OutputStream, Ping, Probe, Refused, Renew, ResourceUse, Revoke, RunAction, RunAs,
+    UpgradeOrder, VersionRange, Welcome,
 };
 pub use rules::{
     GenerationDecision, IgnoreReason, NoCommonVersion, SeqDecision, accept_generation, classify_seq, negotiate,

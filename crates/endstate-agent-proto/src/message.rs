@@ -590,6 +590,20 @@ pub struct InstanceAssignment {
     /// How a changed assignment replaces the running one (absent: `stop_first`).
     #[serde(default, skip_serializing_if = "UpgradeOrder::is_stop_first")]
     pub upgrade: UpgradeOrder,
+    /// The user and group the process runs as (absent: the agent's own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_as: Option<RunAs>,
+}
+
+/// Whom an instance runs as: names the agent resolves on its host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunAs {
+    /// A user that exists on the host.
+    pub user: String,
+    /// A group (absent: the user's primary group).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 /// How an instance whose assignment changed is replaced.

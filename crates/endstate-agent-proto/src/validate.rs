@@ -356,6 +356,14 @@ fn check_assignment(assignment: &InstanceAssignment, at: &dyn Fn(&str) -> String
     if let Some(health) = &assignment.health {
         check_probe(health, assignment, at)?;
     }
+    if let Some(run_as) = &assignment.run_as {
+        word(&run_as.user, || at("run_as.user"))?;
+        no_nul(&run_as.user, MAX_WORD_BYTES, || at("run_as.user"))?;
+        if let Some(group) = &run_as.group {
+            word(group, || at("run_as.group"))?;
+            no_nul(group, MAX_WORD_BYTES, || at("run_as.group"))?;
+        }
+    }
     if assignment.stop_grace_ms > MAX_STOP_GRACE_MS {
         return Err(invalid(
             at("stop_grace_ms"),

@@ -149,6 +149,7 @@ fn assignment() -> InstanceAssignment {
         }),
         stop_grace_ms: 10_000,
         upgrade: endstate_agent_proto::UpgradeOrder::StopFirst,
+        run_as: None,
     }
 }
 

@@ -8,7 +8,9 @@
 //!   not fit its type, enumeration or range, or a run of the same id is already running.
 //! - The command is the catalogue's argv with `{{ params.<name> }}` replaced by the values: each
 //!   value lands inside one argument and is never split or interpreted. With `shell`, the single
-//!   element runs under `sh -c` and every value is single-quoted first.
+//!   element runs under `sh -c` and a value never enters the command's text: the placeholder
+//!   becomes `"$ENDSTATE_PARAM_<NAME>"` (a quoted reference) and the value is that variable of
+//!   the process's environment, so the shell expands it as one word and never parses it.
 //! - The process runs in the agent's artifact root (so `bin/tool` is an artifact's file; others
 //!   are found on the minimal `PATH`), in its own process group, without stdin, with a minimal environment
 //!   (`PATH=/usr/sbin:/usr/bin:/sbin:/bin`, `LC_ALL=C`); its output goes to the server live, in
@@ -18,7 +20,7 @@
 //!
 //! # Caveats
 //! - A string parameter's `pattern` is checked by the server only (the agent has no regular
-//!   expressions); values are still confined to their argument, or quoted for the shell.
+//!   expressions); values are still confined to their argument, or to a variable for the shell.
 //! - Runs are not durable on the agent: a killed agent does not resume them (their process groups
 //!   are recorded with the instances' and stopped by the next agent at its start, and the server
 //!   counts such hosts as lost).
@@ -92,7 +94,7 @@ impl Actions {
             let catalogue = self.catalogue.lock().unwrap_or_else(PoisonError::into_inner);
             prepare(catalogue.0, &catalogue.1, &request)
         };
-        let (argv, timeout) = match prepared {
+        let (argv, env, timeout) = match prepared {
             Ok(ok) => ok,
             Err(reason) => {
                 tracing::warn!(run = request.run, action = request.action, reason, "Action refused.");
@@ -120,7 +122,7 @@ impl Actions {
         let running = Arc::clone(&self.running);
         let dir = self.dir.clone();
         tokio::spawn(async move {
-            let result = execute(&request, &argv, &dir, timeout, cancel_rx, &outlets).await;
+            let result = execute(&request, (&argv, &env), &dir, timeout, cancel_rx, &outlets).await;
             running
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -179,12 +181,15 @@ fn hex_decode(text: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// A checked request: its argv, the variables it adds to the minimal environment, its timeout.
+pub(crate) type Prepared = (Vec<String>, BTreeMap<String, String>, Duration);
+
 /// Checks a request against the catalogue and renders its argv. Pure.
 pub(crate) fn prepare(
     generation: Option<Generation>,
     catalogue: &BTreeMap<String, ActionAssignment>,
     request: &RunAction,
-) -> Result<(Vec<String>, Duration), String> {
+) -> Result<Prepared, String> {
     let Some(held) = generation else {
         return Err("this agent holds no catalogue yet".to_owned());
     };
@@ -207,13 +212,30 @@ pub(crate) fn prepare(
         check_value(name, declared, value)?;
     }
     let mut argv = Vec::with_capacity(action.command.len());
+    let mut env = BTreeMap::new();
     for element in &action.command {
-        argv.push(fill(element, &request.params, action.shell)?);
+        argv.push(fill(element, &request.params, action.shell.then_some(&mut env))?);
     }
     if action.shell {
         argv = vec!["/bin/sh".to_owned(), "-c".to_owned(), argv.remove(0)];
     }
-    Ok((argv, Duration::from_millis(action.timeout_ms)))
+    Ok((argv, env, Duration::from_millis(action.timeout_ms)))
+}
+
+/// The variable a parameter's value is passed in under `shell`: `ENDSTATE_PARAM_` and its name
+/// in capitals, anything but letters and digits as `_`.
+pub(crate) fn param_variable(name: &str) -> String {
+    let name: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("ENDSTATE_PARAM_{name}")
 }
 
 fn check_value(name: &str, declared: &ActionParameter, value: &str) -> Result<(), String> {
@@ -243,8 +265,13 @@ fn check_value(name: &str, declared: &ActionParameter, value: &str) -> Result<()
 }
 
 /// Replaces every `{{ params.<name> }}` in `template`; any other placeholder is an error (the
-/// server renders everything else).
-fn fill(template: &str, params: &BTreeMap<String, String>, shell: bool) -> Result<String, String> {
+/// server renders everything else). For a shell command (`shell_env` given), the placeholder
+/// becomes a quoted reference to the value's variable, which goes into `shell_env`.
+fn fill(
+    template: &str,
+    params: &BTreeMap<String, String>,
+    mut shell_env: Option<&mut BTreeMap<String, String>>,
+) -> Result<String, String> {
     let mut out = String::with_capacity(template.len());
     let mut rest = template;
     while let Some(start) = rest.find("{{") {
@@ -260,8 +287,10 @@ fn fill(template: &str, params: &BTreeMap<String, String>, shell: bool) -> Resul
         let Some(value) = params.get(name) else {
             return Err(format!("parameter {name} has no value"));
         };
-        if shell {
-            out.push_str(&sh_quote(value));
+        if let Some(env) = shell_env.as_deref_mut() {
+            let variable = param_variable(name);
+            out.push_str(&format!("\"${variable}\""));
+            env.insert(variable, value.clone());
         } else {
             out.push_str(value);
         }
@@ -271,14 +300,9 @@ fn fill(template: &str, params: &BTreeMap<String, String>, shell: bool) -> Resul
     Ok(out)
 }
 
-/// Quotes a value for `sh`: inside single quotes nothing is special but the quote itself.
-pub(crate) fn sh_quote(value: &str) -> String {
-    format!("'{}'", value.replace('\'', r"'\''"))
-}
-
 async fn execute(
     request: &RunAction,
-    argv: &[String],
+    (argv, env): (&[String], &BTreeMap<String, String>),
     dir: &Path,
     timeout: Duration,
     cancel: oneshot::Receiver<()>,
@@ -302,6 +326,7 @@ async fn execute(
         .env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .env("LC_ALL", "C")
+        .envs(env)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -535,25 +560,48 @@ mod tests {
 
     #[test]
     fn values_stay_inside_their_argument() {
-        let (argv, timeout) = prepare(
+        let (argv, env, timeout) = prepare(
             Some(Generation(3)),
             &catalogue(),
             &request("shop/flush", 3, &[("scope", "all"), ("note", "a b; rm -rf / $(id)")]),
         )
         .unwrap();
         assert_eq!(argv, ["/bin/echo", "--scope=all", "a b; rm -rf / $(id)"]);
+        assert!(env.is_empty(), "no variables without a shell");
         assert_eq!(timeout, Duration::from_secs(1));
     }
 
     #[test]
-    fn a_shell_command_gets_its_values_quoted() {
-        let (argv, _) = prepare(
+    fn a_shell_command_gets_its_values_in_variables_never_in_its_text() {
+        let (argv, env, _) = prepare(
             Some(Generation(3)),
             &catalogue(),
             &request("shop/shelled", 3, &[("note", "it's $(id)"), ("age", "5")]),
         )
         .unwrap();
-        assert_eq!(argv, ["/bin/sh", "-c", r"echo 'it'\''s $(id)' && echo '5'"]);
+        assert_eq!(
+            argv,
+            [
+                "/bin/sh",
+                "-c",
+                r#"echo "$ENDSTATE_PARAM_NOTE" && echo "$ENDSTATE_PARAM_AGE""#
+            ]
+        );
+        assert_eq!(
+            env,
+            BTreeMap::from([
+                ("ENDSTATE_PARAM_AGE".to_owned(), "5".to_owned()),
+                ("ENDSTATE_PARAM_NOTE".to_owned(), "it's $(id)".to_owned()),
+            ])
+        );
+        // What the shell makes of it: the value, as it was, and nothing run.
+        let out = std::process::Command::new(&argv[0])
+            .args(&argv[1..])
+            .env_clear()
+            .envs(&env)
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "it's $(id)\n5\n");
     }
 
     #[test]
@@ -581,11 +629,11 @@ mod tests {
     fn a_placeholder_other_than_a_parameter_is_refused() {
         let params = BTreeMap::new();
         assert!(
-            fill("{{ ports.http }}", &params, false)
+            fill("{{ ports.http }}", &params, None)
                 .unwrap_err()
                 .contains("not a parameter placeholder")
         );
-        assert!(fill("{{ params.x", &params, false).unwrap_err().contains("unclosed"));
+        assert!(fill("{{ params.x", &params, None).unwrap_err().contains("unclosed"));
     }
 
     #[test]

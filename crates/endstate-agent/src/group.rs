@@ -45,6 +45,10 @@ pub(crate) fn spawn(spec: &InstanceSpec) -> io::Result<Child> {
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    if let Some((uid, gid)) = spec.run_as {
+        // std sets the group, drops the supplementary groups (as root) and then sets the user.
+        command.gid(gid).uid(uid);
+    }
     command.spawn()
 }
 

@@ -1745,10 +1745,25 @@ async fn prepare(shared: &Shared, target: &Target) -> Result<Prepared, RuntimeEr
         .map(|health| health_plan(health, assignment, &installed.dir, &work_dir))
         .transpose()
         .map_err(invalid)?;
+    let run_as = assignment
+        .run_as
+        .as_ref()
+        .map(resolve_run_as)
+        .transpose()
+        .map_err(invalid)?;
     let files = assignment.config_files.clone();
     let dir = work_dir.clone();
     let instance_id = instance.clone();
-    blocking(move || create_run_dir(&instance_id, &dir, &files)).await?;
+    let data_dir = shared.config.data_dir.clone();
+    blocking(move || {
+        if run_as.is_some() {
+            // The instance's user reaches its program and run directory through the data
+            // directory: traversal only, not listing (the identity key stays 0600).
+            allow_traversal(&data_dir)?;
+        }
+        create_run_dir(&instance_id, &dir, &files, run_as)
+    })
+    .await?;
     Ok(Prepared {
         spec: InstanceSpec {
             id: instance.0.clone(),
@@ -1758,16 +1773,45 @@ async fn prepare(shared: &Shared, target: &Target) -> Result<Prepared, RuntimeEr
             work_dir,
             stop_grace: Duration::from_millis(assignment.stop_grace_ms),
             restart: shared.config.restart,
+            run_as,
         },
         health,
     })
 }
 
-/// A fresh run directory with the config files in it.
+/// The user and group ids of `run_as` on this host: refused, saying why, when the user or group
+/// does not exist, or when the agent is not root and is not that user already.
+fn resolve_run_as(run_as: &endstate_agent_proto::RunAs) -> Result<(u32, u32), String> {
+    use nix::unistd::{Group, User};
+    let user = User::from_name(&run_as.user)
+        .map_err(|e| format!("run_as: cannot look up user `{}`: {e}", run_as.user))?
+        .ok_or_else(|| format!("run_as: user `{}` does not exist on this host", run_as.user))?;
+    let gid = match &run_as.group {
+        Some(name) => {
+            Group::from_name(name)
+                .map_err(|e| format!("run_as: cannot look up group `{name}`: {e}"))?
+                .ok_or_else(|| format!("run_as: group `{name}` does not exist on this host"))?
+                .gid
+        }
+        None => user.gid,
+    };
+    let me = nix::unistd::geteuid();
+    if !me.is_root() && me != user.uid {
+        return Err(format!(
+            "run_as: user `{}` needs the agent to run as root (it runs as uid {me})",
+            run_as.user
+        ));
+    }
+    Ok((user.uid.as_raw(), gid.as_raw()))
+}
+
+/// A fresh run directory with the config files in it, owned by the instance's user when it runs
+/// as another one.
 fn create_run_dir(
     instance: &InstanceId,
     dir: &Path,
     files: &[endstate_agent_proto::ConfigFile],
+    run_as: Option<(u32, u32)>,
 ) -> Result<(), RuntimeError> {
     let io_failed = |action: &'static str, path: &Path| {
         let path = path.to_owned();
@@ -1795,6 +1839,38 @@ fn create_run_dir(
             .open(&path)
             .and_then(|mut out| std::io::Write::write_all(&mut out, file.content.as_bytes()))
             .map_err(io_failed("write config file", &path))?;
+    }
+    if let Some((uid, gid)) = run_as {
+        chown_tree(dir, uid, gid).map_err(io_failed("hand the run directory to the instance's user", dir))?;
+    }
+    Ok(())
+}
+
+/// Adds `o+x` to a directory, so other users may pass through it.
+fn allow_traversal(dir: &Path) -> Result<(), RuntimeError> {
+    use std::os::unix::fs::PermissionsExt;
+    let failed = |source| RuntimeError::Io {
+        action: "let the instance's user through",
+        path: dir.to_owned(),
+        source,
+    };
+    let mode = std::fs::metadata(dir).map_err(failed)?.permissions().mode();
+    if mode & 0o001 == 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o001)).map_err(failed)?;
+    }
+    Ok(())
+}
+
+/// `chown` of a directory and everything in it (no symbolic link is followed).
+fn chown_tree(dir: &Path, uid: u32, gid: u32) -> io::Result<()> {
+    std::os::unix::fs::lchown(dir, Some(uid), Some(gid))?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            chown_tree(&entry.path(), uid, gid)?;
+        } else {
+            std::os::unix::fs::lchown(entry.path(), Some(uid), Some(gid))?;
+        }
     }
     Ok(())
 }
@@ -2115,17 +2191,17 @@ mod tests {
             path: path.to_owned(),
             content: "x".to_owned(),
         };
-        create_run_dir(&instance, &run, &[file("conf/app.toml")]).unwrap();
+        create_run_dir(&instance, &run, &[file("conf/app.toml")], None).unwrap();
         assert_eq!(std::fs::read_to_string(run.join("conf/app.toml")).unwrap(), "x");
         // Created afresh: what was there is gone.
-        create_run_dir(&instance, &run, &[]).unwrap();
+        create_run_dir(&instance, &run, &[], None).unwrap();
         assert!(!run.join("conf").exists());
         for bad in ["../escape", "/etc/escape", "a/../../escape"] {
-            let error = create_run_dir(&instance, &run, &[file(bad)]).unwrap_err();
+            let error = create_run_dir(&instance, &run, &[file(bad)], None).unwrap_err();
             assert!(error.to_string().contains("without '..'"), "{error}");
         }
         assert!(!dir.path().join("escape").exists());
-        let twice = create_run_dir(&instance, &run, &[file("a"), file("a")]).unwrap_err();
+        let twice = create_run_dir(&instance, &run, &[file("a"), file("a")], None).unwrap_err();
         assert!(twice.to_string().contains("write config file"), "{twice}");
     }
 }

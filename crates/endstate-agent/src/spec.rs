@@ -26,6 +26,9 @@ pub struct InstanceSpec {
     pub stop_grace: Duration,
     /// How soon an instance that exited is started again.
     pub restart: RestartPolicy,
+    /// The user and group ids the process runs as (`setgid`, then `setuid`, supplementary groups
+    /// dropped); `None`: the agent's own.
+    pub run_as: Option<(u32, u32)>,
 }
 
 /// Exponential backoff between restarts: `initial_backoff`, doubled on every consecutive failure,

@@ -49,6 +49,7 @@ fn sh(id: &str, script: &str) -> InstanceSpec {
             max_backoff: Duration::from_secs(1),
             reset_after: Duration::from_secs(60),
         },
+        run_as: None,
     }
 }
 

@@ -185,6 +185,7 @@ fn state(case: &Case, after: bool) -> DesiredState {
                 args: Vec::new(),
                 env: BTreeMap::from([("E".to_owned(), side.env.to_string())]),
                 config_files: Vec::new(),
+                run_as: None,
                 ports,
                 health: None,
                 placement: Placement {

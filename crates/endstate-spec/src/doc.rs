@@ -151,6 +151,11 @@ pub(crate) struct ComponentDoc {
     /// Files rendered from templates for each instance before it starts.
     #[serde(default)]
     pub(crate) config_files: Vec<ConfigFileDoc>,
+    /// The user (and group) the instances run as; the agent must run as root. Default: the
+    /// agent's own user.
+    #[serde(default)]
+    #[schemars(with = "Option<RunAsDoc>")]
+    pub(crate) run_as: Option<Spanned<RunAsDoc>>,
     /// The ports an instance listens on.
     #[serde(default)]
     #[schemars(with = "Vec<PortDoc>")]
@@ -195,6 +200,19 @@ pub(crate) struct ArtifactDoc {
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub(crate) sha256: Option<Spanned<String>>,
+}
+
+/// Whom an instance runs as.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RunAsDoc {
+    /// A user name that exists on the hosts (`www-data`).
+    #[schemars(with = "String")]
+    pub(crate) user: Spanned<String>,
+    /// A group name (default: the user's primary group).
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub(crate) group: Option<Spanned<String>>,
 }
 
 /// A file rendered for each instance.

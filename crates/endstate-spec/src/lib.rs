@@ -92,6 +92,7 @@
 //!     template: |
 //!       zone = "{{ host.labels.zone }}"
 //!       index = {{ instance.index }}
+//! run_as: { user: shop, group: shop }   # optional: the agent (root) starts it as this user; default: the agent's user
 //! ports:
 //!   - name: http                      # used by health, checks and {{ ports.http }}
 //!     number: 8080                    # optional: without it the agent picks a free port
@@ -185,7 +186,8 @@
 //!     pattern: "^[A-Za-z0-9 ,.-]+$"   # only for string; matched at run time
 //!     required: true                  # default false
 //! command: [bin/shop-admin, flush, "--scope={{ params.scope }}"]   # argv; required, non-empty
-//! shell: false                        # default false; true runs the single element with sh -c
+//! shell: false                        # default false; true runs the single element with sh -c, each
+//!                                     # {{ params.x }} as "$ENDSTATE_PARAM_X" (the value in that variable, never in the text)
 //! targets: { component: api }         # required, as for checks
 //! concurrency: 1                      # default 1, at least 1
 //! timeout: 2m                         # default 5m
@@ -252,7 +254,7 @@ pub use duration::Duration;
 pub use model::{
     Action, AppliesTo, Artifact, ArtifactSource, Batch, Check, CheckProbe, Component, ConfigFile, Count, DesiredState,
     Engagement, Escalation, FreezeWindow, Gate, Health, HttpTarget, Link, MaxInFlight, OnFailure, ParamValue,
-    Parameter, ParameterType, Placement, Policy, Port, PortRef, Probe, RateLimit, Rollout, Rules, SourceKind,
+    Parameter, ParameterType, Placement, Policy, Port, PortRef, Probe, RateLimit, Rollout, Rules, RunAs, SourceKind,
     StaticHost, System, Targets,
 };
 pub use source::{MAX_FILE_BYTES, SourceFile};

@@ -89,6 +89,9 @@ pub struct Component {
     pub args: Vec<String>,
     pub env: BTreeMap<String, String>,
     pub config_files: Vec<ConfigFile>,
+    /// Whom the instances run as (absent: the agent's user).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_as: Option<RunAs>,
     pub ports: Vec<Port>,
     pub health: Option<Health>,
     pub placement: Placement,
@@ -156,6 +159,14 @@ pub enum ArtifactSource {
     Path { path: String },
     /// An `http`/`https` download, checked against its SHA-256 (lowercase hex).
     Url { url: String, sha256: String },
+}
+
+/// The user, and optionally the group, an instance runs as.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunAs {
+    pub user: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 /// A file rendered from a template for every instance.

@@ -17,7 +17,7 @@ use crate::doc::{
 use crate::model::{
     Action, AppliesTo, Artifact, ArtifactSource, Batch, Check, CheckProbe, Component, ConfigFile, Count, DesiredState,
     Escalation, FreezeWindow, Gate, Health, HttpTarget, Link, MaxInFlight, ParamValue, Parameter, ParameterType,
-    Placement, Policy, Port, PortRef, Probe, Rollout, Rules, StaticHost, System, Targets,
+    Placement, Policy, Port, PortRef, Probe, Rollout, Rules, RunAs, StaticHost, System, Targets,
 };
 use crate::parse::{Parsed, RawDoc, quoted_list, spanned_pos};
 use crate::template::{ACTION_VARIABLES, COMPONENT_VARIABLES, check_cron, check_template};
@@ -920,6 +920,22 @@ fn component<'a>(ctx: DocCtx<'a>, doc: &ComponentDoc, out: &mut Out) -> Componen
         });
     }
 
+    let run_as = doc.run_as.as_ref().map(|run_as| {
+        let names = std::iter::once(&run_as.value.user).chain(run_as.value.group.as_ref());
+        for name in names {
+            if !is_account_name(&name.value) {
+                out.push(
+                    ctx.error(ctx.pos(name), "invalid-name", format!("found user or group name `{}`", name.value))
+                        .expected("a POSIX account name: lowercase letters, digits, `_` and `-`, starting with a letter or `_`, at most 32 characters"),
+                );
+            }
+        }
+        RunAs {
+            user: run_as.value.user.value.clone(),
+            group: run_as.value.group.as_ref().map(|g| g.value.clone()),
+        }
+    });
+
     // Metric gates.
     let mut gates: Vec<Gate> = Vec::new();
     let mut gate_checks: Vec<GateCheck> = Vec::new();
@@ -1210,6 +1226,7 @@ fn component<'a>(ctx: DocCtx<'a>, doc: &ComponentDoc, out: &mut Out) -> Componen
             args: doc.args.iter().map(|a| a.value.clone()).collect(),
             env: doc.env.iter().map(|(k, v)| (k.clone(), v.value.clone())).collect(),
             config_files,
+            run_as,
             ports,
             health,
             placement: Placement {
@@ -2069,4 +2086,12 @@ impl Out {
     fn push(&mut self, diagnostic: Diagnostic) {
         self.diagnostics.push(diagnostic);
     }
+}
+
+/// A user or group name as `useradd` accepts it by default (Debian's `NAME_REGEX` without `$`).
+fn is_account_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
+        && name.len() <= 32
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
 }

@@ -198,6 +198,7 @@ fn assignment(id: &str, version: &str, path: &str) -> InstanceAssignment {
         health: None,
         stop_grace_ms: 5000,
         upgrade: UpgradeOrder::StopFirst,
+        run_as: None,
     }
 }
 
@@ -220,6 +221,7 @@ fn start_first(id: &str, version: &str, path: &str) -> InstanceAssignment {
     InstanceAssignment {
         health: Some(ready_probe(1)),
         upgrade: UpgradeOrder::StartFirst,
+        run_as: None,
         ..assignment(id, version, path)
     }
 }
@@ -533,6 +535,7 @@ async fn start_first_without_a_probe_replaces_once_the_new_run_runs() {
     let path = agent.script("service", SLEEPER);
     let unprobed = |version: &str| InstanceAssignment {
         upgrade: UpgradeOrder::StartFirst,
+        run_as: None,
         ..assignment(id, version, &path)
     };
     agent.apply(desired(1, vec![unprobed("1.0")])).await;
@@ -1388,4 +1391,67 @@ async fn start_kills_an_action_a_killed_agent_left_running() {
     let (next, _observed) = start(config(data.path(), root.path())).await;
     eventually("the action left running is stopped", async || group_is_gone(pid)).await;
     next.shutdown().await;
+}
+
+/// `run_as`: the instance runs as that user, in a run directory it owns; a user that does not
+/// exist on the host is refused, saying so, and the other instances do not care.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_runs_as_its_user_and_a_missing_user_is_refused_saying_so() {
+    let mut agent = Agent::start().await;
+    let path = agent.script("service", SLEEPER);
+    let mut as_nobody = assignment("shop/web#0", "1.0", &path);
+    as_nobody.run_as = Some(endstate_agent_proto::RunAs {
+        user: "nobody".into(),
+        group: None,
+    });
+    let mut as_ghost = assignment("shop/api#0", "1.0", &path);
+    as_ghost.run_as = Some(endstate_agent_proto::RunAs {
+        user: "no-such-user-here".into(),
+        group: None,
+    });
+    agent.apply(desired(1, vec![as_nobody, as_ghost])).await;
+
+    let (_, refused) = agent
+        .observed
+        .state("shop/api#0", InstanceStateWord::SpawnFailed, Some(1), 0)
+        .await;
+    assert!(
+        refused
+            .detail
+            .contains("run_as: user `no-such-user-here` does not exist on this host"),
+        "{}",
+        refused.detail
+    );
+    let nobody = nix::unistd::User::from_name("nobody")
+        .unwrap()
+        .expect("Debian has `nobody`");
+    if nix::unistd::geteuid().is_root() {
+        let (_, running) = agent
+            .observed
+            .state("shop/web#0", InstanceStateWord::Running, Some(1), 0)
+            .await;
+        let pid = running.pid.unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let uids = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+        let real: u32 = uids.split_whitespace().nth(1).unwrap().parse().unwrap();
+        assert_eq!(real, nobody.uid.as_raw(), "{uids}");
+        let groups = status.lines().find(|l| l.starts_with("Groups:")).unwrap();
+        assert!(
+            !groups.split_whitespace().skip(1).any(|g| g == "0"),
+            "root's groups dropped: {groups}"
+        );
+        let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(cwd(pid)).unwrap());
+        assert_eq!(owner, nobody.uid.as_raw(), "the run directory is the user's");
+    } else {
+        // An agent that is not root cannot become another user, and says so.
+        let (_, refused) = agent
+            .observed
+            .state("shop/web#0", InstanceStateWord::SpawnFailed, Some(1), 0)
+            .await;
+        assert!(
+            refused.detail.contains("needs the agent to run as root"),
+            "{}",
+            refused.detail
+        );
+    }
 }

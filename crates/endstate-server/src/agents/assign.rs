@@ -240,6 +240,10 @@ fn assignment(
         health,
         stop_grace_ms: STOP_GRACE_MS,
         upgrade: upgrade_order(component),
+        run_as: component.run_as.as_ref().map(|run_as| endstate_agent_proto::RunAs {
+            user: run_as.user.clone(),
+            group: run_as.group.clone(),
+        }),
     })
 }
 

@@ -28,15 +28,15 @@ fn wrong_type() {
 #[test]
 fn unknown_field() {
     check(&[("a.yaml", &format!("{BASE}replica: 3\n"))], "
-        a.yaml:12:1: error[unknown-field]: found field `replica`; expected one of `apiVersion`, `kind`, `name`, `system`, `description`, `artifact`, `command`, `args`, `env`, `config_files`, `ports`, `health`, `placement`, `rollout`, `gates`, `depends_on`
+        a.yaml:12:1: error[unknown-field]: found field `replica`; expected one of `apiVersion`, `kind`, `name`, `system`, `description`, `artifact`, `command`, `args`, `env`, `config_files`, `run_as`, `ports`, `health`, `placement`, `rollout`, `gates`, `depends_on`
         ");
 }
 
 #[test]
 fn issue_2_every_unknown_top_level_field_of_a_document_is_reported() {
     check(&[("a.yaml", &format!("{BASE}replica: 3\nenabled: yes\n"))], "
-        a.yaml:12:1: error[unknown-field]: found field `replica`; expected one of `apiVersion`, `kind`, `name`, `system`, `description`, `artifact`, `command`, `args`, `env`, `config_files`, `ports`, `health`, `placement`, `rollout`, `gates`, `depends_on`
-        a.yaml:13:1: error[unknown-field]: found field `enabled`; expected one of `apiVersion`, `kind`, `name`, `system`, `description`, `artifact`, `command`, `args`, `env`, `config_files`, `ports`, `health`, `placement`, `rollout`, `gates`, `depends_on`
+        a.yaml:12:1: error[unknown-field]: found field `replica`; expected one of `apiVersion`, `kind`, `name`, `system`, `description`, `artifact`, `command`, `args`, `env`, `config_files`, `run_as`, `ports`, `health`, `placement`, `rollout`, `gates`, `depends_on`
+        a.yaml:13:1: error[unknown-field]: found field `enabled`; expected one of `apiVersion`, `kind`, `name`, `system`, `description`, `artifact`, `command`, `args`, `env`, `config_files`, `run_as`, `ports`, `health`, `placement`, `rollout`, `gates`, `depends_on`
         ");
 }
 
@@ -359,4 +359,14 @@ targets: { selector: { role: db } }
         a.yaml:28:3: error[template-syntax]: found `{{` without a closing `}}` in argument `{{ instance.id`; expected `instance.host` (a check of hosts has no instance or ports)
         a.yaml:28:3: error[unknown-template-variable]: found unknown template variable `ports.http` in argument `{{ ports.http }}`; expected `instance.host` (a check of hosts has no instance or ports)
     ");
+}
+
+#[test]
+fn a_run_as_name_that_no_account_could_have_is_located() {
+    check(
+        &[("a.yaml", &format!("{BASE}run_as: {{ user: \"Www Data\", group: web }}\n"))],
+        "
+        a.yaml:12:17: error[invalid-name]: found user or group name `Www Data`; expected a POSIX account name: lowercase letters, digits, `_` and `-`, starting with a letter or `_`, at most 32 characters
+        ",
+    );
 }
