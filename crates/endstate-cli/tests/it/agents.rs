@@ -1420,3 +1420,62 @@ fn a_crash_during_a_first_deployment_tears_nothing_down_and_status_names_the_rev
     assert!(!tree.contains("pending"), "{tree}");
     lab.finish();
 }
+
+/// No secret is kept in clear: not the admin token, an API token, a join token or the webhook
+/// secret, in the server's log, an agent's log or any file of the server's data directory (the
+/// webhook secret's own file aside), after they were all used.
+#[test]
+fn no_secret_is_in_a_log_or_the_stores_files() {
+    let mut lab = Lab::new(None, 0);
+    let join = lab.cli.join_token("s-a", "zone=a");
+    let home = AgentHome::new(lab.root(), "s-a", "zone=a");
+    let agent = home.start(&lab.server.url, &lab.root().join("artifacts"), Some(&join), None);
+    lab.agents.insert("s-a".to_owned(), agent);
+    lab.homes.insert("s-a".to_owned(), home);
+    lab.cli.wait_liveness(&["s-a"], "reachable");
+    let created = lab
+        .cli
+        .ok(&["token", "create", "--name", "bob", "--role", "viewer", "-o", "json"])
+        .unwrap();
+    let bob = serde_json::from_str::<serde_json::Value>(&created).unwrap()["secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let as_bob = Cli {
+        token: bob.clone(),
+        ..lab.cli.clone()
+    };
+    as_bob.ok(&["status"]).unwrap();
+    let data = lab.root().join("server");
+    let webhook = std::fs::read_to_string(data.join("webhook-secret")).unwrap();
+    let secrets = [
+        ("the admin token", lab.cli.token.clone()),
+        ("an API token", bob),
+        ("a join token", join),
+        ("the webhook secret", webhook.trim().to_owned()),
+    ];
+    let mut files = vec![lab.root().join("server.log"), lab.home("s-a").log.clone()];
+    let mut dirs = vec![data.clone()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().map(Result::unwrap) {
+            let path = entry.path();
+            if entry.file_type().unwrap().is_dir() {
+                dirs.push(path);
+            } else if path.file_name().is_some_and(|n| n != "webhook-secret") {
+                files.push(path);
+            }
+        }
+    }
+    assert!(files.iter().any(|f| f.ends_with("endstate.db")), "{files:?}");
+    for file in &files {
+        let bytes = std::fs::read(file).unwrap_or_default();
+        for (what, secret) in &secrets {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{what} is in {} in clear",
+                file.display()
+            );
+        }
+    }
+    lab.finish();
+}
