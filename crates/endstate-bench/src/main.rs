@@ -12,6 +12,7 @@ mod rollout;
 mod spec;
 mod store;
 mod timeline;
+mod tls;
 
 use std::path::PathBuf;
 
@@ -44,14 +45,14 @@ fn main() -> anyhow::Result<()> {
             }
             "--help" | "-h" => {
                 println!(
-                    "usage: endstate-bench [--smoke] [--out FILE] [--only spec|store|agents|actions|planner|rollout|timeline|monitoring]"
+                    "usage: endstate-bench [--smoke] [--out FILE] [--only spec|store|agents|actions|planner|rollout|timeline|monitoring|tls]"
                 );
                 return Ok(());
             }
             other => anyhow::bail!("unknown argument {other:?}; see --help"),
         }
     }
-    let groups: [(&str, Group); 8] = [
+    let groups: [(&str, Group); 9] = [
         ("spec", spec::run),
         ("store", store::run),
         ("agents", agents::run),
@@ -60,6 +61,7 @@ fn main() -> anyhow::Result<()> {
         ("rollout", rollout::run),
         ("timeline", timeline::run),
         ("monitoring", monitoring::run),
+        ("tls", tls::run),
     ];
     if let Some(only) = &only {
         anyhow::ensure!(

@@ -139,6 +139,7 @@ async fn measure(sizes: &Sizes) -> anyhow::Result<Vec<Figure>> {
         // mark all of them unreachable (2,000 instance transitions) in the middle of the
         // measurements, which is not what is measured here.
         keepalive: Some("1h".into()),
+        https: false,
     };
     let mut server = ServerProc::start(&spec_run).await?;
     let token = server

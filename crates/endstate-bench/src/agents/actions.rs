@@ -248,6 +248,7 @@ async fn simulated(exe: &Path, smoke: bool, expect: &[Expect], figures: &mut Vec
             listen: "127.0.0.1:0".into(),
             agent_listen: "127.0.0.1:0".into(),
             keepalive: None,
+            https: false,
         };
         let mut server = ServerProc::start(&spec).await?;
         let admin = server

@@ -150,6 +150,7 @@ pub(super) async fn run(exe: &std::path::Path, smoke: bool, figures: &mut Vec<Fi
         listen: "127.0.0.1:0".into(),
         agent_listen: "127.0.0.1:0".into(),
         keepalive: Some(format!("{}ms", sizes.keepalive.as_millis())),
+        https: false,
     };
     let mut server = ServerProc::start(&spec).await?;
     let admin = server

@@ -39,6 +39,9 @@ pub(crate) struct ServerSpec {
     pub(crate) agent_listen: String,
     /// `--keepalive-interval`, when not the default.
     pub(crate) keepalive: Option<String>,
+    /// Serve the API over HTTPS (the default of `endstate server`); otherwise `--insecure-http`:
+    /// the other groups measure the server, not TLS.
+    pub(crate) https: bool,
 }
 
 impl ServerSpec {
@@ -50,6 +53,7 @@ impl ServerSpec {
             listen: "127.0.0.1:0".into(),
             agent_listen: "127.0.0.1:0".into(),
             keepalive: None,
+            https: false,
         }
     }
 }
@@ -135,15 +139,17 @@ impl ServerProc {
             .arg("--data-dir")
             .arg(&spec.data_dir)
             .args(["--rate-limit", "1000000", "--rate-burst", "1000000"])
-            // The API over plain HTTP on loopback: these figures are the server's, not TLS's
-            // (the agent link is mutual TLS as always).
-            .arg("--insecure-http")
             .env("ENDSTATE_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log);
         if let Some(keepalive) = &spec.keepalive {
             command.arg("--keepalive-interval").arg(keepalive);
+        }
+        if !spec.https {
+            // The API over plain HTTP on loopback: these figures are the server's, not TLS's
+            // (the agent link is mutual TLS as always). The `tls` group measures the difference.
+            command.arg("--insecure-http");
         }
         let started = Instant::now();
         let mut child = command
@@ -193,9 +199,10 @@ impl ServerProc {
                 agent_addr = Some(addr.parse::<SocketAddr>()?);
             } else if let Some(token) = line.strip_prefix("admin token (shown once, stored hashed): ") {
                 admin_token = Some(token.trim().to_owned());
-            } else if let Some(addr) = line.strip_prefix("endstate server listening on http://") {
-                server.http_addr = addr.trim().parse()?;
-                server.http = format!("http://{}", server.http_addr);
+            } else if let Some(url) = line.strip_prefix("endstate server listening on ") {
+                let (scheme, addr) = url.trim().split_once("://").unwrap_or(("http", url.trim()));
+                server.http_addr = addr.parse()?;
+                server.http = format!("{scheme}://{}", server.http_addr);
                 break;
             }
         }

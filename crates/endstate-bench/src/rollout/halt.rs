@@ -152,6 +152,7 @@ async fn measure(smoke: bool, figures: &mut Vec<Figure>) -> anyhow::Result<()> {
         listen: "127.0.0.1:0".into(),
         agent_listen: "127.0.0.1:0".into(),
         keepalive: None,
+        https: false,
     };
     let mut server = ServerProc::start(&server_spec).await?;
     let result = trials_on(&server, &trials, figures).await;
