@@ -148,10 +148,31 @@ struct IdentityFile {
 pub async fn run(options: AgentOptions, shutdown: impl std::future::Future<Output = ()>) -> Result<(), AgentError> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     fs::create_dir_all(&options.data_dir).map_err(io("create", &options.data_dir))?;
-    let identity = match load_identity(&options.data_dir)? {
+    let mut identity = match load_identity(&options.data_dir)? {
         Some(identity) => identity,
         None => enrol(&options).await?,
     };
+    // The address the agent is started with wins over the one it stored: a server that moved
+    // says where its agents connect now.
+    if identity.server.trim_end_matches('/') != options.server.trim_end_matches('/') {
+        match ask_endpoint(&options, &identity.host).await {
+            Ok(url) => {
+                tracing::info!(
+                    server = options.server,
+                    url,
+                    "Started with another server address; its agent endpoint is used."
+                );
+                identity.agent_url = url;
+                identity.server = options.server.clone();
+                save_identity(&options.data_dir, &identity)?;
+            }
+            Err(error) => tracing::warn!(
+                server = options.server,
+                error,
+                "Started with another server address, which did not say where agents connect; trying the stored one."
+            ),
+        }
+    }
     tracing::info!(host = identity.host, url = identity.agent_url, "Agent identity loaded.");
 
     let buffer = ObservationBuffer::open(
@@ -214,6 +235,7 @@ pub async fn run(options: AgentOptions, shutdown: impl std::future::Future<Outpu
     let link = Link {
         ca_pem,
         options: options.clone(),
+        agent_url: Mutex::new(identity.agent_url.clone()),
         identity,
         buffer,
         appended,
@@ -233,6 +255,8 @@ pub async fn run(options: AgentOptions, shutdown: impl std::future::Future<Outpu
 struct Link {
     options: AgentOptions,
     identity: IdentityFile,
+    /// Where the link connects: the identity's, until the server says it moved.
+    agent_url: Mutex<String>,
     buffer: Arc<Mutex<ObservationBuffer>>,
     appended: Arc<Notify>,
     runtime: Runtime,
@@ -267,6 +291,27 @@ impl Link {
                 failures = 0;
             }
             failures = failures.saturating_add(1);
+            // Every third failure in a row, ask the API where agents connect now: the server may
+            // have moved. The pinned CA still decides whom the link trusts.
+            if failures.is_multiple_of(3) {
+                match ask_endpoint(&self.options, &self.identity.host).await {
+                    Ok(url) if url != *lock(&self.agent_url) => {
+                        tracing::info!(url, "The server moved; connecting to its new agent endpoint.");
+                        *lock(&self.agent_url) = url.clone();
+                        let moved = IdentityFile {
+                            agent_url: url,
+                            server: self.options.server.clone(),
+                            ..self.identity.clone()
+                        };
+                        if let Err(error) = save_identity(&self.options.data_dir, &moved) {
+                            tracing::warn!(error = %error, "Could not store the new agent endpoint.");
+                        }
+                        continue;
+                    }
+                    Ok(_) => {}
+                    Err(error) => tracing::info!(error, "Could not ask the server where agents connect."),
+                }
+            }
             tokio::time::sleep(backoff(failures)).await;
         }
     }
@@ -274,7 +319,7 @@ impl Link {
     async fn connect_once(&self) -> Result<Ended, Ended> {
         let lost = |what: &'static str| move |e: &dyn std::fmt::Display| Ended::Lost(format!("{what}: {e}"));
         let config = self.tls_config().map_err(|e| Ended::Lost(e.to_string()))?;
-        let url = &self.identity.agent_url;
+        let url = &lock(&self.agent_url).clone();
         let (host, port) = url_host_port(url).ok_or_else(|| Ended::Lost(format!("bad agent URL {url}")))?;
         let tcp = tokio::time::timeout(
             Duration::from_secs(10),
@@ -625,10 +670,68 @@ async fn enrol(options: &AgentOptions) -> Result<IdentityFile, AgentError> {
         agent_url: enrolled.agent_url,
         server: options.server.clone(),
     };
-    let json = serde_json::to_string_pretty(&identity).unwrap_or_default();
-    write_file(&dir.join("identity.json"), &json, 0o644)?;
+    save_identity(&options.data_dir, &identity)?;
     tracing::info!(host = identity.host, "Enrolled.");
     Ok(identity)
+}
+
+/// Writes `identity/identity.json` (replacing it).
+fn save_identity(data_dir: &Path, identity: &IdentityFile) -> Result<(), AgentError> {
+    let path = data_dir.join("identity").join("identity.json");
+    let json = serde_json::to_string_pretty(identity).unwrap_or_default();
+    let temp = path.with_extension("json.new");
+    let _ = fs::remove_file(&temp);
+    write_file(&temp, &json, 0o644)?;
+    fs::rename(&temp, &path).map_err(io("replace", &path))
+}
+
+/// Asks the API the agent was started with where agents connect now, proving who it is with
+/// its certificate and a fresh signature by its key (`POST /v1/agents/endpoint`).
+async fn ask_endpoint(options: &AgentOptions, host: &str) -> Result<String, String> {
+    let dir = options.data_dir.join("identity");
+    let key_pem = fs::read_to_string(dir.join("key.pem")).map_err(|e| format!("key.pem: {e}"))?;
+    let cert_pem = fs::read_to_string(dir.join("cert.pem")).map_err(|e| format!("cert.pem: {e}"))?;
+    let ca_pem = fs::read_to_string(dir.join("ca.pem")).map_err(|e| format!("ca.pem: {e}"))?;
+    let key = endstate_pki::AgentKey::from_pem(&key_pem).map_err(|e| e.to_string())?;
+    let unix_s = i64::try_from(now_ms() / 1000).unwrap_or(i64::MAX);
+    let signature = key
+        .sign_message(endstate_api::endpoint_message(host, unix_s).as_bytes())
+        .map_err(|e| e.to_string())?;
+    let request = endstate_api::EndpointRequest {
+        host: host.to_owned(),
+        unix_s,
+        cert_pem,
+        signature_hex: signature.iter().map(|b| format!("{b:02x}")).collect(),
+    };
+    // The API's certificate comes from the pinned CA (the built-in one) or from a CA the
+    // platform trusts (the operator's).
+    let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes()).map_err(|e| e.to_string())?;
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .tls_certs_merge([ca])
+        .timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let url = format!("{}/v1/agents/endpoint", options.server.trim_end_matches('/'));
+    let response = client
+        .post(&url)
+        .json(&request)
+        .send()
+        .await
+        .map_err(|e| format!("{url}: {}", crate::error_chain(&e)))?;
+    let status = response.status();
+    if !status.is_success() {
+        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        return Err(format!(
+            "{url}: {status}: {}",
+            body.get("detail").and_then(|d| d.as_str()).unwrap_or("no detail")
+        ));
+    }
+    let answer: endstate_api::EndpointResponse = response.json().await.map_err(|e| format!("{url}: {e}"))?;
+    if !answer.agent_url.starts_with("wss://") {
+        return Err(format!("{url}: answered {:?}, not a wss:// URL", answer.agent_url));
+    }
+    Ok(answer.agent_url)
 }
 
 fn load_identity(data_dir: &Path) -> Result<Option<IdentityFile>, AgentError> {

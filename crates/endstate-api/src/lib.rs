@@ -692,6 +692,35 @@ pub struct EnrolResponse {
     pub labels: BTreeMap<String, String>,
 }
 
+/// `POST /v1/agents/endpoint`: an enrolled agent asks where to connect now (the server moved).
+/// No bearer token: the agent proves who it is with its certificate and a signature of
+/// `endstate-agent-endpoint HOST UNIX_S` by its key, within 5 minutes of the server's clock.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointRequest {
+    /// The host, as in its certificate.
+    pub host: String,
+    /// When the request was made, unix seconds.
+    pub unix_s: i64,
+    /// The agent's client certificate (PEM).
+    pub cert_pem: String,
+    /// The signature of `endstate-agent-endpoint HOST UNIX_S` by the agent's key, hex (DER ECDSA).
+    pub signature_hex: String,
+}
+
+/// Where an agent connects now.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct EndpointResponse {
+    /// `wss://host:port/v1/agent`.
+    pub agent_url: String,
+}
+
+/// The message an agent signs to ask for its endpoint.
+#[must_use]
+pub fn endpoint_message(host: &str, unix_s: i64) -> String {
+    format!("endstate-agent-endpoint {host} {unix_s}")
+}
+
 /// `GET /v1/hosts/{host}/logs?instance=…`: the recent output of one instance, asked of its agent.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct LogsView {

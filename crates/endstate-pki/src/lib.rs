@@ -555,6 +555,31 @@ pub fn verify_agent_cert_der(ca_cert_pem: &str, der: &[u8], now: i64) -> Result<
     })
 }
 
+/// Checks that `cert_pem` is an agent certificate of the CA valid at `now` (as
+/// [`verify_agent_cert`]) and that its key signed `message` ([`AgentKey::sign_message`]); the
+/// agent's identity.
+///
+/// # Errors
+/// As [`verify_agent_cert`]; [`PkiError::BadSignature`] when the signature is not the key's.
+pub fn verify_agent_signature(
+    ca_cert_pem: &str,
+    cert_pem: &str,
+    now: i64,
+    message: &[u8],
+    signature: &[u8],
+) -> Result<AgentIdentity, PkiError> {
+    let identity = verify_agent_cert(ca_cert_pem, cert_pem, now)?;
+    let der = pem_der(cert_pem, "CERTIFICATE")?;
+    let cert = parse_cert(&der, "agent certificate")?;
+    // Agent keys are ECDSA P-256 with SHA-256, the algorithm the CA signs with too.
+    let algorithm =
+        x509_parser::x509::AlgorithmIdentifier::new(x509_parser::oid_registry::OID_SIG_ECDSA_WITH_SHA256, None);
+    let signature = x509_parser::der_parser::asn1_rs::BitString::new(0, signature);
+    x509_parser::verify::verify_signature(cert.public_key(), &algorithm, &signature, message)
+        .map_err(|_| PkiError::BadSignature)?;
+    Ok(identity)
+}
+
 /// Whether a certificate valid from `not_before` to `not_after` should be renewed at `now` (all
 /// unix ms): from 2/3 of its lifetime on. A certificate with an empty or negative window is always
 /// due.
@@ -608,6 +633,16 @@ impl AgentKey {
     #[must_use]
     pub fn to_pem(&self) -> String {
         self.key.serialize_pem()
+    }
+
+    /// Signs a request of the agent's (asking for its server's current address, say) with its
+    /// key (ECDSA P-256, SHA-256, DER), so the server can check it with
+    /// [`verify_agent_signature`] against the certificate it issued.
+    ///
+    /// # Errors
+    /// [`PkiError::Crypto`] if signing fails.
+    pub fn sign_message(&self, message: &[u8]) -> Result<Vec<u8>, PkiError> {
+        rcgen::SigningKey::sign(&self.key, message).map_err(crypto)
     }
 
     /// A certificate signing request for `host_name` (CN and DNS SAN), PEM, signed by this key.

@@ -448,3 +448,31 @@ fn a_message_signed_by_the_ca_verifies_with_its_certificate_only() {
         Err(PkiError::BadSignature)
     );
 }
+
+#[test]
+fn an_agent_signs_a_request_with_its_key_and_only_its_certificate_verifies_it() {
+    let ca = ca();
+    let key = AgentKey::generate().unwrap();
+    let issued = ca
+        .sign_agent(&key.csr("web-1").unwrap(), "web-1", NOW, DEFAULT_AGENT_LIFETIME)
+        .unwrap();
+    let message = b"endstate-agent-endpoint web-1 1795305600";
+    let signature = key.sign_message(message).unwrap();
+    let identity =
+        endstate_pki::verify_agent_signature(ca.cert_pem(), &issued.cert_pem, NOW, message, &signature).unwrap();
+    assert_eq!(identity.host_name, "web-1");
+    // Another message, another agent's certificate, or another CA: refused.
+    assert!(matches!(
+        endstate_pki::verify_agent_signature(ca.cert_pem(), &issued.cert_pem, NOW, b"something else", &signature),
+        Err(PkiError::BadSignature)
+    ));
+    let other = enrol(&ca, "web-2", NOW, DEFAULT_AGENT_LIFETIME);
+    assert!(matches!(
+        endstate_pki::verify_agent_signature(ca.cert_pem(), &other.cert_pem, NOW, message, &signature),
+        Err(PkiError::BadSignature)
+    ));
+    let stranger = CertificateAuthority::generate("other", NOW - HOUR_MS, DEFAULT_CA_VALIDITY).unwrap();
+    assert!(
+        endstate_pki::verify_agent_signature(stranger.cert_pem(), &issued.cert_pem, NOW, message, &signature).is_err()
+    );
+}

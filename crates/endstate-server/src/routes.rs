@@ -90,6 +90,11 @@ pub(crate) fn router(state: AppState) -> Router {
             post(crate::agents::routes::enrol)
                 .layer(middleware::from_fn_with_state(state.clone(), auth::limit_by_peer)),
         )
+        .route(
+            "/v1/agents/endpoint",
+            post(crate::agents::routes::endpoint)
+                .layer(middleware::from_fn_with_state(state.clone(), auth::limit_by_peer)),
+        )
         .merge(api)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

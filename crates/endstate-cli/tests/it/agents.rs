@@ -1479,3 +1479,45 @@ fn no_secret_is_in_a_log_or_the_stores_files() {
     }
     lab.finish();
 }
+
+/// A server that moved is found again. Its agent listener on another port: the running agent,
+/// failing to connect, asks the API where agents connect now (proving who it is with its
+/// certificate and key). The API on another address too: the agent started with the new
+/// `--server` asks it at once. The pinned CA still decides whom the link trusts.
+#[test]
+fn agents_find_a_server_that_moved() {
+    let mut lab = Lab::new(None, 0);
+    lab.add_agent("m-a", "zone=a", false);
+    lab.cli.wait_liveness(&["m-a"], "reachable");
+    let data = lab.root().join("server");
+    let api = lab.server.url.trim_start_matches("https://").to_owned();
+    let old_agent_addr = lab.server.agent_addr.clone();
+    lab.server.proc.kill9();
+    lab.server = crate::hosts::start_server_on(lab.root(), &data, &api, "127.0.0.1:0");
+    assert_ne!(lab.server.agent_addr, old_agent_addr, "the agent listener moved");
+    let log_path = lab.home("m-a").log.clone();
+    let connected_after = |marker: &str| {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        match log.split_once(marker) {
+            Some((_, after)) if after.contains("Connected to the server.") => Ok(log.clone()),
+            _ => Err(log.clone()),
+        }
+    };
+    let log = wait_until("the agent to find the moved agent listener", PATIENCE, || {
+        connected_after("The server moved; connecting to its new agent endpoint.")
+    });
+    assert!(log.contains(&lab.server.agent_addr), "{log}");
+    lab.cli.wait_liveness(&["m-a"], "reachable");
+
+    // Both the API and the agent listener move; the agent is restarted with the new address.
+    lab.server.proc.kill9();
+    lab.server = start_server(lab.root(), &data, "127.0.0.1", "127.0.0.1:0");
+    lab.cli.url = lab.server.url.clone();
+    lab.agent("m-a").kill9();
+    lab.restart_agent("m-a");
+    wait_until("the restarted agent to connect to the moved server", PATIENCE, || {
+        connected_after("Started with another server address; its agent endpoint is used.")
+    });
+    lab.cli.wait_liveness(&["m-a"], "reachable");
+    lab.finish();
+}

@@ -226,12 +226,17 @@ pub(crate) struct Server {
 /// Starts `endstate server` on `data`, its API on `ip` (a free port), its agent listener on
 /// `agent_listen`.
 pub(crate) fn start_server(root: &Path, data: &Path, ip: &str, agent_listen: &str) -> Server {
+    start_server_on(root, data, &format!("{ip}:0"), agent_listen)
+}
+
+/// `start_server` with the API on `api_listen`.
+pub(crate) fn start_server_on(root: &Path, data: &Path, api_listen: &str, agent_listen: &str) -> Server {
     let mut command = bin();
     command
         .args([
             "server",
             "--listen",
-            &format!("{ip}:0"),
+            api_listen,
             "--agent-listen",
             agent_listen,
             "--data-dir",

@@ -195,6 +195,54 @@ pub(crate) async fn enrol(
     ))
 }
 
+/// `POST /v1/agents/endpoint` (no bearer token: the agent's certificate and a fresh signature by
+/// its key are the credential): where an enrolled, unrevoked agent connects now, for an agent
+/// whose server moved (it keeps trusting only its pinned CA on the link).
+pub(crate) async fn endpoint(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    JsonBody(request): JsonBody<endstate_api::EndpointRequest>,
+) -> Result<Json<endstate_api::EndpointResponse>, ApiError> {
+    let hub = hub(&state)?;
+    let now = now_ms();
+    let refused = |reason: String| {
+        tracing::warn!(%peer, host = request.host, reason, "Endpoint request refused.");
+        ApiError::Unauthorized(format!("the agent endpoint is refused: {reason}"))
+    };
+    if (now / 1000 - request.unix_s).abs() > 300 {
+        return Err(refused(format!(
+            "the request was made at {} s, the server's clock says {} s (more than 5 minutes apart)",
+            request.unix_s,
+            now / 1000
+        )));
+    }
+    let signature = (0..request.signature_hex.len())
+        .step_by(2)
+        .map(|i| {
+            request
+                .signature_hex
+                .get(i..i + 2)
+                .and_then(|b| u8::from_str_radix(b, 16).ok())
+        })
+        .collect::<Option<Vec<u8>>>()
+        .ok_or_else(|| ApiError::bad_field("signature_hex", "not hex".to_owned()))?;
+    let message = endstate_api::endpoint_message(&request.host, request.unix_s);
+    let identity =
+        endstate_pki::verify_agent_signature(&hub.tls.ca_pem, &request.cert_pem, now, message.as_bytes(), &signature)
+            .map_err(|e| refused(e.to_string()))?;
+    if identity.host_name != request.host {
+        return Err(refused(format!("the certificate is host {}'s", identity.host_name)));
+    }
+    match state.store().get_agent(&HostName(request.host.clone())).await? {
+        Some(agent) if agent.revoked_ms.is_none() => {}
+        Some(_) => return Err(refused(format!("host {} is revoked", request.host))),
+        None => return Err(refused(format!("host {} is not enrolled", request.host))),
+    }
+    Ok(Json(endstate_api::EndpointResponse {
+        agent_url: hub.agent_url(),
+    }))
+}
+
 /// Records a refused enrolment (log and timeline) and the error to answer.
 async fn refuse_enrol(state: &AppState, peer: std::net::SocketAddr, host: &str, reason: String) -> ApiError {
     tracing::warn!(%peer, host, reason, "Enrolment refused.");
