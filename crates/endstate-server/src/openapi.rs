@@ -52,6 +52,12 @@ use utoipa::{Modify, OpenApi};
         crate::routes::revoke_token,
         crate::routes::openapi,
         crate::routes::metrics,
+        crate::routes::healthz,
+        crate::agents::routes::create_join_token,
+        crate::agents::routes::enrol,
+        crate::agents::routes::endpoint,
+        crate::agents::routes::revoke_host,
+        crate::agents::routes::instance_logs,
     ),
     modifiers(&BearerAuth)
 )]

@@ -144,7 +144,9 @@ pub(crate) async fn version(
     }))
 }
 
-async fn healthz() -> &'static str {
+/// Liveness, for load balancers and service managers: `ok` while the server serves.
+#[utoipa::path(get, path = "/healthz", responses((status = 200, body = String, content_type = "text/plain")), security(()))]
+pub(crate) async fn healthz() -> &'static str {
     "ok\n"
 }
 

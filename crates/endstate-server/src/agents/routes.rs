@@ -31,6 +31,10 @@ fn hub(state: &AppState) -> Result<&std::sync::Arc<super::Hub>, ApiError> {
 }
 
 /// `POST /v1/join-tokens` (admin): a one-time join token.
+#[utoipa::path(post, path = "/v1/join-tokens", request_body = CreateJoinToken,
+    responses((status = 201, body = CreatedJoinToken), (status = 400, body = endstate_api::Problem),
+        (status = 401, body = endstate_api::Problem), (status = 403, body = endstate_api::Problem)),
+    security(("bearer" = [])))]
 pub(crate) async fn create_join_token(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -104,6 +108,11 @@ pub(crate) async fn create_join_token(
 }
 
 /// `POST /v1/agents/enrol` (no bearer token: the join token is the credential).
+#[utoipa::path(post, path = "/v1/agents/enrol", request_body = EnrolRequest,
+    responses((status = 201, body = EnrolResponse), (status = 400, body = endstate_api::Problem),
+        (status = 401, body = endstate_api::Problem), (status = 409, body = endstate_api::Problem),
+        (status = 429, body = endstate_api::Problem)),
+    security(()))]
 pub(crate) async fn enrol(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
@@ -198,6 +207,10 @@ pub(crate) async fn enrol(
 /// `POST /v1/agents/endpoint` (no bearer token: the agent's certificate and a fresh signature by
 /// its key are the credential): where an enrolled, unrevoked agent connects now, for an agent
 /// whose server moved (it keeps trusting only its pinned CA on the link).
+#[utoipa::path(post, path = "/v1/agents/endpoint", request_body = endstate_api::EndpointRequest,
+    responses((status = 200, body = endstate_api::EndpointResponse), (status = 400, body = endstate_api::Problem),
+        (status = 401, body = endstate_api::Problem), (status = 429, body = endstate_api::Problem)),
+    security(()))]
 pub(crate) async fn endpoint(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
@@ -263,6 +276,10 @@ async fn refuse_enrol(state: &AppState, peer: std::net::SocketAddr, host: &str, 
 }
 
 /// `POST /v1/hosts/{host}/revoke` (admin).
+#[utoipa::path(post, path = "/v1/hosts/{host}/revoke", params(("host" = String, Path, description = "The host")),
+    responses((status = 200, body = HostView), (status = 401, body = endstate_api::Problem),
+        (status = 403, body = endstate_api::Problem), (status = 404, body = endstate_api::Problem)),
+    security(("bearer" = [])))]
 pub(crate) async fn revoke_host(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -316,6 +333,13 @@ pub(crate) struct LogsParams {
 }
 
 /// `GET /v1/hosts/{host}/logs?instance=…` (admin: output may hold secrets).
+#[utoipa::path(get, path = "/v1/hosts/{host}/logs",
+    params(("host" = String, Path, description = "The host"),
+        ("instance" = String, Query, description = "The instance, `system/component#slot`")),
+    responses((status = 200, body = LogsView), (status = 400, body = endstate_api::Problem),
+        (status = 401, body = endstate_api::Problem), (status = 403, body = endstate_api::Problem),
+        (status = 404, body = endstate_api::Problem)),
+    security(("bearer" = [])))]
 pub(crate) async fn instance_logs(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
