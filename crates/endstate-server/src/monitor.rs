@@ -1216,7 +1216,7 @@ async fn post_with_retries(
 /// The open alerts, by check and target: status, since when, how often it changed, whether it
 /// flaps, who acknowledged it, the silence or the down host that keeps it quiet.
 #[utoipa::path(get, path = "/v1/alerts",
-    responses((status = 200, body = Object)),
+    responses((status = 200, body = [Object])),
     security(("bearer" = [])))]
 pub(crate) async fn list_alerts(
     axum::extract::State(state): axum::extract::State<AppState>,
@@ -1554,7 +1554,7 @@ pub(crate) async fn create_silence(
 }
 
 /// The active silences.
-#[utoipa::path(get, path = "/v1/silences", responses((status = 200, body = Object)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/silences", responses((status = 200, body = [Object])), security(("bearer" = [])))]
 pub(crate) async fn list_silences(
     axum::extract::State(state): axum::extract::State<AppState>,
     axum::Extension(actor): axum::Extension<crate::auth::Actor>,
@@ -1746,7 +1746,7 @@ pub(crate) struct Review {
 pub(crate) async fn review(
     axum::extract::State(state): axum::extract::State<AppState>,
     axum::Extension(actor): axum::Extension<crate::auth::Actor>,
-    axum::extract::Query(params): axum::extract::Query<ReviewParams>,
+    crate::routes::Params(params): crate::routes::Params<ReviewParams>,
 ) -> Result<axum::Json<Review>, ApiError> {
     crate::auth::authorize(&actor, crate::auth::Verb::Read, params.system.as_deref())?;
     let now = crate::now_ms();

@@ -59,7 +59,7 @@ use utoipa::{Modify, OpenApi};
         crate::agents::routes::revoke_host,
         crate::agents::routes::instance_logs,
     ),
-    modifiers(&BearerAuth)
+    modifiers(&BearerAuth, &ProblemResponses)
 )]
 struct ApiDoc;
 
@@ -72,6 +72,80 @@ impl Modify for BearerAuth {
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+    }
+}
+
+/// Every error the server can answer, on every operation it can answer it for, as the server
+/// sends it: RFC 9457 problem details (`application/problem+json`). Malformed parameters or
+/// bodies (400), a missing or refused token (401, 403) on routes that need one, an unknown id in
+/// the path (404), a body too large or not JSON (413, 415), rate limits (429), the store failing
+/// (500) or a bound reached (503).
+struct ProblemResponses;
+
+impl Modify for ProblemResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+        let problem = || {
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("Problem")))
+                .build()
+        };
+        for (path, item) in &mut openapi.paths.paths {
+            let with_params = path.contains('{');
+            for operation in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let anonymous = operation.security.as_ref().is_some_and(|all| {
+                    all.iter()
+                        .all(|req| serde_json::to_value(req).is_ok_and(|v| v == serde_json::json!({})))
+                });
+                let with_body = operation.request_body.is_some();
+                let mut statuses = vec![(
+                    "400",
+                    "The request is malformed: a parameter, the path or the body (the field is named)",
+                )];
+                if !anonymous {
+                    statuses.push(("401", "No bearer token, or one the server does not know or revoked"));
+                    statuses.push(("403", "The token's role or systems do not allow it"));
+                }
+                if with_params {
+                    statuses.push(("404", "Nothing of that id or name"));
+                }
+                if with_body {
+                    statuses.push(("413", "The body is larger than the route accepts"));
+                    statuses.push(("415", "The body is not JSON"));
+                }
+                statuses.push(("429", "Rate limited: retry after the time the problem says"));
+                statuses.push(("500", "The server failed (the store, say); nothing was done"));
+                statuses.push((
+                    "503",
+                    "A bound is reached (live streams, say) or the server is stopping",
+                ));
+                let responses = &mut operation.responses.responses;
+                for (status, why) in statuses {
+                    responses
+                        .entry(status.to_owned())
+                        .or_insert_with(|| RefOr::T(ResponseBuilder::new().description(why).build()));
+                }
+                for (status, response) in responses.iter_mut() {
+                    if status.as_str() >= "400"
+                        && let RefOr::T(response) = response
+                    {
+                        response.content.clear();
+                        response
+                            .content
+                            .insert(endstate_api::PROBLEM_CONTENT_TYPE.to_owned(), problem().into());
+                    }
+                }
+            }
+        }
     }
 }
 
