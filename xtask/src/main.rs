@@ -207,6 +207,10 @@ fn bench(args: &[String]) -> anyhow::Result<()> {
         "endstate-bench",
         "--bin",
         "endstate",
+        "--package",
+        "endstate-agent",
+        "--bin",
+        "endstate-agent",
     ]);
     if !smoke {
         build.arg("--release");

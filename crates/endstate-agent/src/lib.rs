@@ -91,6 +91,8 @@ mod actions;
 pub mod artifact;
 pub mod buffer;
 mod checks;
+#[cfg(feature = "cli")]
+pub mod cli;
 mod event;
 pub mod facts;
 mod group;

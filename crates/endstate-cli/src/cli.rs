@@ -47,11 +47,7 @@ pub(crate) enum Output {
     Json,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub(crate) enum LogFormat {
-    Text,
-    Json,
-}
+pub(crate) use endstate_agent::cli::{AgentArgs, LogFormat};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
@@ -468,41 +464,6 @@ pub(crate) struct ServerTlsFlags {
     /// directory, made at the first start.
     #[arg(long, value_name = "FILE")]
     pub(crate) webhook_secret_file: Option<PathBuf>,
-}
-
-/// `endstate agent`
-#[derive(Debug, Args)]
-pub(crate) struct AgentArgs {
-    /// The one-time join token (`endstate token create --join`); needed only until the agent is enrolled.
-    #[arg(long, env = "ENDSTATE_JOIN_TOKEN", hide_env_values = true)]
-    pub(crate) join_token: Option<String>,
-    /// The SHA-256 of the server's CA, as `token create --join` prints it: checked at enrolment.
-    #[arg(long, env = "ENDSTATE_CA_SHA256")]
-    pub(crate) ca_sha256: Option<String>,
-    /// The host name to enrol as (default: this machine's host name).
-    #[arg(long)]
-    pub(crate) name: Option<String>,
-    /// Labels to ask for, `key=value,key=value` (a join token's labels win).
-    #[arg(long, default_value = "")]
-    pub(crate) labels: String,
-    /// Identity, observation buffer, artifacts and instance directories.
-    #[arg(long, default_value = "/var/lib/endstate-agent", env = "ENDSTATE_AGENT_DATA_DIR")]
-    pub(crate) data_dir: PathBuf,
-    /// Where relative artifact paths of the spec are found (default: the data directory).
-    #[arg(long)]
-    pub(crate) artifact_root: Option<PathBuf>,
-    /// A PEM file of CAs to trust besides the system's, for `https` artifacts and HTTP checks (repeatable).
-    #[arg(long = "trust-ca", value_name = "FILE")]
-    pub(crate) trust_ca: Vec<PathBuf>,
-    /// Between two keepalives, like `5s`.
-    #[arg(long, default_value = "5s")]
-    pub(crate) keepalive: String,
-    /// Log format on stderr.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
-    pub(crate) log_format: LogFormat,
-    /// Stop (gracefully) when the parent process goes away: how `endstate dev` ties its agents to itself.
-    #[arg(long, hide = true)]
-    pub(crate) exit_with_parent: bool,
 }
 
 /// `endstate hosts …`

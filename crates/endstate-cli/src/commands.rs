@@ -1137,14 +1137,7 @@ pub(crate) async fn join_token_create(
 
 /// `key=value,key=value` into labels, naming the bad pair.
 pub(crate) fn parse_labels(text: &str) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
-    let mut labels = std::collections::BTreeMap::new();
-    for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let Some((key, value)) = pair.split_once('=') else {
-            anyhow::bail!("--labels: {pair:?} is not key=value");
-        };
-        labels.insert(key.trim().to_owned(), value.trim().to_owned());
-    }
-    Ok(labels)
+    endstate_agent::cli::parse_labels(text)
 }
 
 /// `endstate hosts revoke HOST`

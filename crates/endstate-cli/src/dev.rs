@@ -12,17 +12,7 @@ use crate::cli::{AgentArgs, DevArgs, Global, LogFormat, ServerArgs, ServerTlsFla
 use crate::{Outcome, config};
 
 fn init_logs(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("ENDSTATE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tower_http=warn"));
-    // Colour only on a terminal: a log file or journald gets plain text.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none())
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
+    endstate_agent::cli::init_logs(format);
 }
 
 async fn shutdown_signal() {
@@ -502,57 +492,14 @@ async fn stop_agents(children: &mut [tokio::process::Child]) {
     }
 }
 
-/// Resolves when this process is re-parented (its parent died, even by SIGKILL).
-async fn parent_gone() {
-    let parent = nix::unistd::getppid();
-    loop {
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        if nix::unistd::getppid() != parent {
-            return;
-        }
-    }
-}
-
 /// `endstate agent`
 pub(crate) async fn agent(global: &Global, args: AgentArgs) -> anyhow::Result<Outcome> {
-    init_logs(args.log_format);
     let server = match &global.server {
         Some(server) => server.clone(),
         None => config::resolve(global)
             .map(|resolved| resolved.server)
             .context("give --server (the API server, like https://endstate.example:7700)")?,
     };
-    let host = match args.name {
-        Some(name) => name,
-        None => std::fs::read_to_string("/etc/hostname")
-            .map(|h| h.trim().to_lowercase())
-            .context("no --name and /etc/hostname is unreadable")?,
-    };
-    let keepalive = endstate_spec::Duration::parse(&args.keepalive)
-        .map_err(|error| anyhow::anyhow!("--keepalive {:?}: {error}", args.keepalive))?
-        .as_std();
-    let options = endstate_agent::link::AgentOptions {
-        server,
-        join_token: args.join_token,
-        ca_sha256: args.ca_sha256,
-        host,
-        labels: crate::commands::parse_labels(&args.labels)?,
-        artifact_root: args.artifact_root.unwrap_or_else(|| args.data_dir.clone()),
-        data_dir: args.data_dir,
-        keepalive,
-        trusted_ca_files: args.trust_ca,
-    };
-    let exit_with_parent = args.exit_with_parent;
-    let stop = async move {
-        if exit_with_parent {
-            tokio::select! {
-                () = shutdown_signal() => {}
-                () = parent_gone() => tracing::warn!("The parent process is gone; stopping."),
-            }
-        } else {
-            shutdown_signal().await;
-        }
-    };
-    endstate_agent::link::run(options, stop).await?;
+    endstate_agent::cli::run(server, args).await?;
     Ok(Outcome::Success)
 }

@@ -53,7 +53,7 @@ pub(super) fn expected(smoke: bool) -> Vec<Expect> {
             0.1,
             Goal::AtMost,
         ),
-        Expect::new("agents: endstate binary size".to_owned(), "MB", 25.0, Goal::AtMost),
+        Expect::new("agents: agent binary size".to_owned(), "MB", 25.0, Goal::AtMost),
         Expect::new(
             "agents: instance killed -> server timeline, median".to_owned(),
             "ms",
@@ -100,13 +100,19 @@ pub(super) async fn run(exe: &Path, smoke: bool, figures: &mut Vec<Figure>) -> a
     let agent_dir = dir.path().join("agent");
     std::fs::create_dir_all(&agent_dir)?;
     let log = agent_dir.join("agent.log");
+    // What a host runs: the agent's own binary, built beside `endstate` (without the server and
+    // the CLI); `endstate agent` when it is missing.
+    let agent_exe = Some(exe.with_file_name("endstate-agent"))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| exe.to_path_buf());
     let agent = AgentProc(
-        super::server::agent_command(exe, &server.http, HOST, (&agent_dir, &artifacts), &token, &log)?.spawn()?,
+        super::server::agent_command(&agent_exe, &server.http, HOST, (&agent_dir, &artifacts), &token, &log)?
+            .spawn()?,
     );
     let pid = agent.pid();
     let result = measure(
         pid,
-        exe,
+        &agent_exe,
         &server,
         &http,
         &admin,
@@ -180,9 +186,10 @@ async fn measure(
     figures.push(expect[0].figure(
         kib_mb(rss_max),
         format!(
-            "max VmRSS of the `endstate agent` process (instances not counted) sampled every 500 ms over \
+            "max VmRSS of the `{}` process (instances not counted) sampled every 500 ms over \
              {window:?}, idle with {INSTANCES} supervised instances (keepalive every 5 s), after \
              {INSTANCES} instances ran {:.1} s after its start (enrolment included) + {settle:?}; {pss}{parts}",
+            exe.file_name().map_or_else(|| "?".into(), |n| n.to_string_lossy()),
             up.as_secs_f64()
         ),
     ));
@@ -209,13 +216,16 @@ async fn measure(
         || "`strip` unavailable, stripped size unknown".to_owned(),
         |s| format!("{:.2} MB stripped of symbols and debug info", s as f64 / 1e6),
     );
+    let whole = std::fs::metadata(exe.with_file_name("endstate")).map_or(0, |m| m.len());
     figures.push(expect[2].figure(
         size as f64 / 1e6,
         format!(
-            "target/{}/endstate ({} bytes) as built (the profile keeps line tables for backtraces): one \
-             binary with the server, the CLI and the agent; {stripped}",
+            "target/{}/{} ({} bytes) as built (the profile keeps line tables for backtraces): what a host \
+             installs; {stripped}; the whole `endstate` (server, CLI and agent) is {:.2} MB as built",
             exe.parent().and_then(|d| d.file_name()).map_or_else(|| "?".into(), |d| d.to_string_lossy()),
-            size
+            exe.file_name().map_or_else(|| "?".into(), |n| n.to_string_lossy()),
+            size,
+            whole as f64 / 1e6
         ),
     ));
 

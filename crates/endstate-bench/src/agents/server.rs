@@ -70,8 +70,11 @@ pub(crate) fn agent_command(
     log: &Path,
 ) -> anyhow::Result<Command> {
     let mut command = Command::new(exe);
+    // `endstate agent`, or the agent's own binary, which has no subcommand.
+    if exe.file_name().is_none_or(|name| name != "endstate-agent") {
+        command.arg("agent");
+    }
     command
-        .arg("agent")
         .arg("--server")
         .arg(server)
         .arg("--name")
