@@ -211,6 +211,19 @@ pub(crate) fn prepare(
         };
         check_value(name, declared, value)?;
     }
+    if action.shell {
+        // `max-age` and `max_age` would share ENDSTATE_PARAM_MAX_AGE: one value would stand for both.
+        let mut variables: BTreeMap<String, &str> = BTreeMap::new();
+        for name in action.parameters.keys() {
+            if let Some(other) = variables.insert(param_variable(name), name) {
+                return Err(format!(
+                    "parameters {other} and {name} of {} would share the variable {}; rename one",
+                    action.name,
+                    param_variable(name)
+                ));
+            }
+        }
+    }
     let mut argv = Vec::with_capacity(action.command.len());
     let mut env = BTreeMap::new();
     for element in &action.command {
@@ -593,6 +606,21 @@ mod tests {
                 ("ENDSTATE_PARAM_AGE".to_owned(), "5".to_owned()),
                 ("ENDSTATE_PARAM_NOTE".to_owned(), "it's $(id)".to_owned()),
             ])
+        );
+        // Two parameters that would share a variable: refused, naming both.
+        let mut clashing = catalogue();
+        let shelled = clashing.get_mut("shop/shelled").unwrap();
+        let age = shelled.parameters["age"].clone();
+        shelled.parameters.insert("AGE".into(), age);
+        let refused = prepare(
+            Some(Generation(3)),
+            &clashing,
+            &request("shop/shelled", 3, &[("age", "5")]),
+        )
+        .unwrap_err();
+        assert!(
+            refused.contains("AGE and age") && refused.contains("ENDSTATE_PARAM_AGE"),
+            "{refused}"
         );
         // What the shell makes of it: the value, as it was, and nothing run.
         let out = std::process::Command::new(&argv[0])

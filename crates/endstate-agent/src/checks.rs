@@ -92,12 +92,13 @@ impl Drop for Checks {
 }
 
 /// The client HTTP checks use: no redirect followed, no idle connection kept.
-pub(crate) fn http_client(trusted: &[rustls_pki_types::CertificateDer<'static>]) -> reqwest::Client {
+pub(crate) fn http_client(
+    trusted: &[rustls_pki_types::CertificateDer<'static>],
+) -> Result<reqwest::Client, reqwest::Error> {
     crate::https::client(trusted)
         .redirect(reqwest::redirect::Policy::none())
         .pool_max_idle_per_host(0)
         .build()
-        .unwrap_or_default()
 }
 
 async fn schedule(check: CheckAssignment, sink: Sink, http: reqwest::Client) {
@@ -389,7 +390,7 @@ mod tests {
     use super::*;
 
     async fn run_plain(check: &CheckAssignment) -> CheckResult {
-        run(check, &http_client(&[])).await
+        run(check, &http_client(&[]).unwrap()).await
     }
 
     fn exec(script: &str, timeout_ms: u64) -> CheckAssignment {
@@ -430,17 +431,21 @@ mod tests {
         let ca = TestCa::new("checks CA");
         let server = HttpsServer::start(ca.current(), 200, b"ok").await;
         let url = format!("{}/health", server.url);
-        let trusted = run(&https_check(&url), &http_client(std::slice::from_ref(&ca.der))).await;
+        let trusted = run(&https_check(&url), &http_client(std::slice::from_ref(&ca.der)).unwrap()).await;
         assert_eq!(trusted.status, 0, "{trusted:?}");
         assert!(trusted.output.contains("HTTP 200"), "{trusted:?}");
 
         // The same server, its CA not given: CRITICAL, and the output says the issuer is unknown.
-        let unknown = run(&https_check(&url), &http_client(&[])).await;
+        let unknown = run(&https_check(&url), &http_client(&[]).unwrap()).await;
         assert_eq!(unknown.status, 2, "{unknown:?}");
         assert!(unknown.output.contains("UnknownIssuer"), "{unknown:?}");
 
         // Another CA given: still refused.
-        let wrong = run(&https_check(&url), &http_client(&[TestCa::new("another CA").der])).await;
+        let wrong = run(
+            &https_check(&url),
+            &http_client(&[TestCa::new("another CA").der]).unwrap(),
+        )
+        .await;
         assert_eq!(wrong.status, 2, "{wrong:?}");
         assert!(wrong.output.contains("UnknownIssuer"), "{wrong:?}");
 
@@ -448,7 +453,7 @@ mod tests {
         let expired = HttpsServer::start(ca.expired(), 200, b"ok").await;
         let expired = run(
             &https_check(&format!("{}/health", expired.url)),
-            &http_client(std::slice::from_ref(&ca.der)),
+            &http_client(std::slice::from_ref(&ca.der)).unwrap(),
         )
         .await;
         assert_eq!(expired.status, 2, "{expired:?}");

@@ -66,6 +66,9 @@ pub enum Probe {
         env: BTreeMap<String, String>,
         /// Its working directory (the instance's); the agent's own when none.
         work_dir: Option<PathBuf>,
+        /// The user and group ids it runs as: the instance's (`run_as`), so a probe never runs
+        /// with more rights than what it probes; the agent's own when none.
+        run_as: Option<(u32, u32)>,
     },
 }
 
@@ -160,7 +163,8 @@ pub async fn probe(probe: &Probe, timeout: Duration) -> ProbeResult {
             args,
             env,
             work_dir,
-        } => exec(program, args, env, work_dir.as_deref(), timeout).await,
+            run_as,
+        } => exec(program, args, env, (work_dir.as_deref(), *run_as), timeout).await,
     }
 }
 
@@ -217,13 +221,16 @@ async fn exec(
     program: &Path,
     args: &[String],
     env: &BTreeMap<String, String>,
-    work_dir: Option<&Path>,
+    (work_dir, run_as): (Option<&Path>, Option<(u32, u32)>),
     timeout: Duration,
 ) -> ProbeResult {
     let shown = program.display();
     let mut command = Command::new(program);
     if let Some(work_dir) = work_dir {
         command.current_dir(work_dir);
+    }
+    if let Some((uid, gid)) = run_as {
+        command.gid(gid).uid(uid);
     }
     let mut child = match command
         .args(args)

@@ -594,11 +594,19 @@ async fn enrol(options: &AgentOptions) -> Result<IdentityFile, AgentError> {
     };
     // The join token goes over TLS, to the server whose CA is pinned (`--ca-sha256`, or the
     // first one presented); plain HTTP only on loopback.
+    let loopback = crate::https::is_loopback_url(&options.server);
+    if options.ca_sha256.is_none() && !loopback {
+        // Trusting the first CA presented would send the join token to whoever answers.
+        return Err(refused(
+            "give --ca-sha256 (as `endstate token create --join` prints it): the join token is only sent to a server whose CA is pinned"
+                .to_owned(),
+        ));
+    }
     let pin = if options.server.starts_with("https://") {
         let (tls, pin) = endstate_pki::pin::PinnedCa::client_config(options.ca_sha256.as_deref())
             .map_err(|e| AgentError::Identity(format!("TLS: {e}")))?;
         Some((tls, pin))
-    } else if crate::https::is_loopback_url(&options.server) {
+    } else if loopback {
         None
     } else {
         return Err(refused(
@@ -614,13 +622,25 @@ async fn enrol(options: &AgentOptions) -> Result<IdentityFile, AgentError> {
     }
     .build()
     .map_err(|e| refused(format!("no HTTP client: {e}")))?;
-    let response = client
-        .post(&url)
-        .json(&request)
-        .timeout(Duration::from_secs(30))
-        .send()
-        .await
-        .map_err(|e| refused(format!("cannot reach it: {}", crate::error_chain(&e))))?;
+    let send = |client: reqwest::Client| {
+        let request = client.post(&url).json(&request).timeout(Duration::from_secs(30));
+        async move { request.send().await }
+    };
+    let response = match send(client).await {
+        Ok(response) => response,
+        // The API serves the operator's certificate, not one of the agents' CA: the platform's
+        // roots vouch for the server, and the CA it answers with must still be the pinned one.
+        Err(error) if options.ca_sha256.is_some() && crate::error_chain(&error).contains("not the one pinned") => {
+            let client = reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .map_err(|e| refused(format!("no HTTP client: {e}")))?;
+            send(client)
+                .await
+                .map_err(|e| refused(format!("cannot reach it: {}", crate::error_chain(&e))))?
+        }
+        Err(error) => return Err(refused(format!("cannot reach it: {}", crate::error_chain(&error)))),
+    };
     if !response.status().is_success() {
         let status = response.status();
         let body: serde_json::Value = response.json().await.unwrap_or_default();
@@ -656,7 +676,7 @@ async fn enrol(options: &AgentOptions) -> Result<IdentityFile, AgentError> {
         Some(_) => {}
         None => tracing::warn!(
             ca_sha256 = found,
-            "No --ca-sha256 given: trusting the CA the server sent."
+            "No --ca-sha256 given (allowed on loopback only): trusting the CA the server sent."
         ),
     }
     let dir = options.data_dir.join("identity");

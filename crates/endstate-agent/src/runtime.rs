@@ -303,6 +303,9 @@ pub enum RuntimeError {
         #[source]
         source: ProtoError,
     },
+    /// The HTTP client of the checks could not be built.
+    #[error("could not build the HTTP client of the checks")]
+    HttpClient(#[source] reqwest::Error),
     /// The artifact cache could not be set up.
     #[error("could not set up the artifact cache")]
     ArtifactCache {
@@ -648,7 +651,7 @@ impl Runtime {
                 let shared = Arc::clone(&shared);
                 Arc::new(move |observed| shared.observe_now(observed))
             },
-            crate::checks::http_client(&shared.config.trusted_cas),
+            crate::checks::http_client(&shared.config.trusted_cas).map_err(RuntimeError::HttpClient)?,
         );
         let (output_tx, output_rx) = mpsc::channel(256);
         let actions = crate::actions::Actions::new(
@@ -1739,16 +1742,16 @@ async fn prepare(shared: &Shared, target: &Target) -> Result<Prepared, RuntimeEr
         .join(component)
         .join(slot)
         .join(format!("{}-{}", target.generation.0, target.digest));
-    let health = assignment
-        .health
-        .as_ref()
-        .map(|health| health_plan(health, assignment, &installed.dir, &work_dir))
-        .transpose()
-        .map_err(invalid)?;
     let run_as = assignment
         .run_as
         .as_ref()
         .map(resolve_run_as)
+        .transpose()
+        .map_err(invalid)?;
+    let health = assignment
+        .health
+        .as_ref()
+        .map(|health| health_plan(health, assignment, &installed.dir, (&work_dir, run_as)))
         .transpose()
         .map_err(invalid)?;
     let files = assignment.config_files.clone();
@@ -1823,6 +1826,12 @@ fn create_run_dir(
         Err(error) => return Err(io_failed("remove the old run directory", dir)(error)),
     }
     std::fs::create_dir_all(dir).map_err(io_failed("create the run directory", dir))?;
+    // Config files often hold secrets: the run directory is its instance's alone.
+    std::fs::set_permissions(
+        dir,
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o700),
+    )
+    .map_err(io_failed("protect the run directory", dir))?;
     for file in files {
         let relative = plain_relative(&file.path).ok_or_else(|| RuntimeError::Assignment {
             instance: instance.clone(),
@@ -1833,9 +1842,7 @@ fn create_run_dir(
             std::fs::create_dir_all(parent).map_err(io_failed("create directory", parent))?;
         }
         // `create_new`: a path listed twice is an error, not a silent overwrite.
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
+        std::os::unix::fs::OpenOptionsExt::mode(std::fs::OpenOptions::new().write(true).create_new(true), 0o600)
             .open(&path)
             .and_then(|mut out| std::io::Write::write_all(&mut out, file.content.as_bytes()))
             .map_err(io_failed("write config file", &path))?;
@@ -1879,7 +1886,7 @@ fn health_plan(
     health: &HealthProbe,
     assignment: &InstanceAssignment,
     version_dir: &Path,
-    work_dir: &Path,
+    (work_dir, run_as): (&Path, Option<(u32, u32)>),
 ) -> Result<HealthPlan, String> {
     let port = |name: &String| {
         assignment
@@ -1899,6 +1906,7 @@ fn health_plan(
             args: args.clone(),
             env: assignment.env.clone(),
             work_dir: Some(work_dir.to_owned()),
+            run_as,
         },
     };
     Ok(HealthPlan {

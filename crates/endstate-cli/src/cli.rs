@@ -460,7 +460,7 @@ pub(crate) struct ServerTlsFlags {
     #[arg(long, value_name = "FILE")]
     pub(crate) prometheus_basic_auth_file: Option<PathBuf>,
     /// A file whose first line is the secret webhook and ticket calls are signed with
-    /// (`endstate-signature: sha256=HMAC(TIMESTAMP.BODY)`); default: `webhook-secret` in the data
+    /// (`endstate-signature: sha256=HMAC(DELIVERY.TIMESTAMP.BODY)`); default: `webhook-secret` in the data
     /// directory, made at the first start.
     #[arg(long, value_name = "FILE")]
     pub(crate) webhook_secret_file: Option<PathBuf>,

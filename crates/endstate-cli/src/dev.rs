@@ -167,7 +167,17 @@ pub(crate) async fn server(args: ServerArgs) -> anyhow::Result<Outcome> {
         );
     }
     if let Some(secret) = server.admin_secret() {
-        println!("admin token (shown once, stored hashed): {secret}");
+        if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+            println!("admin token (shown once, stored hashed): {secret}");
+        } else {
+            // Not a terminal: stdout may be a journal that keeps it. A private file instead.
+            let path = std::path::absolute(args.data_dir.join("initial-admin-token"))?;
+            config::write_private(&path, secret)?;
+            println!(
+                "admin token written to {} (mode 0600): read it, then delete the file",
+                path.display()
+            );
+        }
     }
     let url = api_url(&server_config, addr);
     println!("endstate server listening on {url}");
@@ -335,7 +345,36 @@ pub(crate) async fn login(
         .clone()
         .or(if same_server { existing.token } else { None })
         .context("give the token: --token or ENDSTATE_TOKEN")?;
-    let ca_pem = if server.starts_with("https://") {
+    let given_ca = match &global.ca_file {
+        Some(path) => {
+            Some(std::fs::read_to_string(path).with_context(|| format!("cannot read the CA file {}", path.display()))?)
+        }
+        None => None,
+    };
+    // A certificate the system's roots (or --ca-file) vouch for needs no pin: an operator's
+    // certificate from a public or company CA, renewed as it will.
+    let vouched = if server.starts_with("https://") && ca_sha256.is_none() {
+        let mut builder = reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(std::time::Duration::from_secs(5));
+        if let Some(pem) = &given_ca {
+            builder = builder.tls_certs_only([reqwest::Certificate::from_pem(pem.as_bytes())?]);
+        }
+        builder.build()?.get(format!("{server}/healthz")).send().await.is_ok()
+    } else {
+        false
+    };
+    let ca_pem = if vouched {
+        println!(
+            "The server's certificate is trusted by {}; no CA pinned.",
+            if given_ca.is_some() {
+                "--ca-file"
+            } else {
+                "this system's roots"
+            }
+        );
+        given_ca
+    } else if server.starts_with("https://") {
         let (tls, pin) = endstate_pki::pin::PinnedCa::client_config(ca_sha256)?;
         let http = reqwest::Client::builder()
             .no_proxy()
@@ -349,6 +388,7 @@ pub(crate) async fn login(
         let ca = pin
             .seen()
             .context("the server presented no CA to pin; give --ca-file with the CA that issued its certificate")?;
+        // (A --ca-file that did not verify the server is not used.)
         let sha256 = endstate_pki::pin::sha256_hex(ca.as_ref());
         if ca_sha256.is_none() && !yes {
             println!("The server's CA has SHA-256 {sha256}.");

@@ -908,8 +908,11 @@ fn notify(state: &AppState, alert: Alert, reason: String) {
         let mut failures: Vec<String> = Vec::new();
         for delivery in &deliveries {
             let (event, failure) = send(&state, delivery).await;
-            events.push(event);
             failures.extend(failure);
+            // Recorded at once: a server that stops later does not send this one again.
+            if let Err(error) = state.store().append_events(vec![event]).await {
+                tracing::warn!(error = %crate::chain(&error), "Could not record a notification's outcome.");
+            }
         }
         for program in commands {
             let shown = program.display().to_string();
@@ -1023,11 +1026,15 @@ pub(crate) async fn resume_deliveries(state: &AppState) -> Result<usize, ApiErro
             .map(str::to_owned)
     })
     .collect();
+    // Only to where notifications still go: a webhook the operator removed gets nothing more.
+    let config = &state.monitor().config;
+    let still_configured =
+        |d: &Delivery| config.webhooks.contains(&d.url) || config.ticket_webhook.as_deref() == Some(d.url.as_str());
     let pending: Vec<Delivery> = queued
         .items
         .iter()
         .filter_map(|e| serde_json::from_value::<Delivery>(e.data.clone()).ok())
-        .filter(|d| !done.contains(&d.id))
+        .filter(|d| !done.contains(&d.id) && still_configured(d))
         .collect();
     let n = pending.len();
     if n > 0 {
@@ -1037,14 +1044,13 @@ pub(crate) async fn resume_deliveries(state: &AppState) -> Result<usize, ApiErro
         );
         let state = state.clone();
         tokio::spawn(async move {
-            let mut events = Vec::new();
             for delivery in pending.iter().rev() {
-                events.push(send(&state, delivery).await.0);
+                let (event, _) = send(&state, delivery).await;
+                if let Err(error) = state.store().append_events(vec![event]).await {
+                    tracing::warn!(error = %crate::chain(&error), "Could not record a notification sent again.");
+                }
+                state.written();
             }
-            if let Err(error) = state.store().append_events(events).await {
-                tracing::warn!(error = %crate::chain(&error), "Could not record the notifications sent again.");
-            }
-            state.written();
         });
     }
     Ok(n)
@@ -1111,8 +1117,9 @@ async fn run_handler(
 
 /// A webhook or ticket call: the JSON body, `endstate-delivery` (the same for every attempt and
 /// every redelivery, so a receiver drops repeats), `endstate-timestamp` (unix seconds) and, with a
-/// secret, `endstate-signature: sha256=HEX`, the HMAC-SHA256 of `TIMESTAMP.BODY` (a receiver
-/// checks it and refuses old timestamps, so a recorded call cannot be replayed later).
+/// secret, `endstate-signature: sha256=HEX`, the HMAC-SHA256 of `DELIVERY.TIMESTAMP.BODY` (a
+/// receiver checks it and refuses old timestamps, so a recorded call cannot be replayed later,
+/// nor under another delivery id).
 fn signed_post(
     client: &reqwest::Client,
     url: &str,
@@ -1128,15 +1135,17 @@ fn signed_post(
         .header("endstate-delivery", delivery)
         .header("endstate-timestamp", unix_s.to_string());
     if let Some(secret) = secret {
-        request = request.header("endstate-signature", signature(secret, unix_s, body));
+        request = request.header("endstate-signature", signature(secret, delivery, unix_s, body));
     }
     request.body(body.to_vec())
 }
 
-/// `sha256=` and the HMAC-SHA256 (hex) of `TIMESTAMP.BODY` under `secret`.
-pub(crate) fn signature(secret: &[u8], unix_s: i64, body: &[u8]) -> String {
+/// `sha256=` and the HMAC-SHA256 (hex) of `DELIVERY.TIMESTAMP.BODY` under `secret`.
+pub(crate) fn signature(secret: &[u8], delivery: &str, unix_s: i64, body: &[u8]) -> String {
     let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret);
     let mut context = aws_lc_rs::hmac::Context::with_key(&key);
+    context.update(delivery.as_bytes());
+    context.update(b".");
     context.update(unix_s.to_string().as_bytes());
     context.update(b".");
     context.update(body);
@@ -2026,11 +2035,14 @@ mod tests {
         assert_eq!(request.header("endstate-delivery"), Some("d_1"));
         let timestamp: i64 = request.header("endstate-timestamp").unwrap().parse().unwrap();
         assert!((timestamp - crate::now_ms() / 1000).abs() < 60, "{timestamp}");
-        let expected = signature(secret, timestamp, &body);
+        let expected = signature(secret, "d_1", timestamp, &body);
         assert_eq!(request.header("endstate-signature"), Some(expected.as_str()));
-        // What a receiver checks: another secret or another body gives another signature.
-        assert_ne!(signature(b"another secret", timestamp, &body), expected);
-        assert_ne!(signature(secret, timestamp, b"{}"), expected);
+        // What a receiver checks: another secret, delivery id, time or body gives another signature.
+        assert_ne!(signature(b"another secret", "d_1", timestamp, &body), expected);
+        assert_ne!(signature(secret, "d_2", timestamp, &body), expected);
+        assert_ne!(signature(secret, "d_1", timestamp + 1, &body), expected);
+        assert_ne!(signature(secret, "d_1", timestamp, b"{}"), expected);
+
         assert_eq!(expected.len(), "sha256=".len() + 64);
 
         let untrusting = crate::http_client(&[]).unwrap();

@@ -37,6 +37,7 @@ fn sh(script: &str) -> Probe {
         args: vec!["-c".to_owned(), script.to_owned()],
         env: BTreeMap::from([("PATH".to_owned(), "/usr/bin:/bin".to_owned())]),
         work_dir: None,
+        run_as: None,
     }
 }
 
@@ -135,6 +136,7 @@ async fn exec_probe_wants_exit_0() {
         args,
         env,
         work_dir: Some(dir.path().to_owned()),
+        run_as: None,
     };
     check(&probe(&in_dir, TIMEOUT).await, true, &dir.path().display().to_string());
     check(&probe(&sh("test -f ready"), TIMEOUT).await, false, "exit code 1");
@@ -147,6 +149,7 @@ async fn exec_probe_wants_exit_0() {
         args: Vec::new(),
         env: BTreeMap::new(),
         work_dir: None,
+        run_as: None,
     };
     check(
         &probe(&missing, TIMEOUT).await,

@@ -200,8 +200,9 @@ impl ServerProc {
             if let Some(rest) = line.strip_prefix("agents connect to wss://") {
                 let addr = rest.split('/').next().unwrap_or_default();
                 agent_addr = Some(addr.parse::<SocketAddr>()?);
-            } else if let Some(token) = line.strip_prefix("admin token (shown once, stored hashed): ") {
-                admin_token = Some(token.trim().to_owned());
+            } else if let Some(rest) = line.strip_prefix("admin token written to ") {
+                let path = rest.split(" (mode 0600)").next().unwrap_or_default();
+                admin_token = Some(std::fs::read_to_string(path)?.trim().to_owned());
             } else if let Some(url) = line.strip_prefix("endstate server listening on ") {
                 let (scheme, addr) = url.trim().split_once("://").unwrap_or(("http", url.trim()));
                 server.http_addr = addr.parse()?;

@@ -78,7 +78,7 @@ impl Lab {
             None
         };
         let agent = home.start(
-            &self.server.url,
+            &self.server,
             &self.root().join("artifacts"),
             Some(&token),
             netns.as_deref(),
@@ -90,7 +90,7 @@ impl Lab {
     /// Starts the agent `name` again on its data directory, without a join token.
     fn restart_agent(&mut self, name: &str) {
         let home = &self.homes[name];
-        let agent = home.start(&self.server.url, &self.root().join("artifacts"), None, None);
+        let agent = home.start(&self.server, &self.root().join("artifacts"), None, None);
         self.agents.insert(name.to_owned(), agent);
     }
 
@@ -1422,14 +1422,15 @@ fn a_crash_during_a_first_deployment_tears_nothing_down_and_status_names_the_rev
 }
 
 /// No secret is kept in clear: not the admin token, an API token, a join token or the webhook
-/// secret, in the server's log, an agent's log or any file of the server's data directory (the
-/// webhook secret's own file aside), after they were all used.
+/// secret, in the server's log or stdout, an agent's log or any file of the server's data
+/// directory (the webhook secret's and the first admin token's own files aside), after they
+/// were all used.
 #[test]
 fn no_secret_is_in_a_log_or_the_stores_files() {
     let mut lab = Lab::new(None, 0);
     let join = lab.cli.join_token("s-a", "zone=a");
     let home = AgentHome::new(lab.root(), "s-a", "zone=a");
-    let agent = home.start(&lab.server.url, &lab.root().join("artifacts"), Some(&join), None);
+    let agent = home.start(&lab.server, &lab.root().join("artifacts"), Some(&join), None);
     lab.agents.insert("s-a".to_owned(), agent);
     lab.homes.insert("s-a".to_owned(), home);
     lab.cli.wait_liveness(&["s-a"], "reachable");
@@ -1461,12 +1462,21 @@ fn no_secret_is_in_a_log_or_the_stores_files() {
             let path = entry.path();
             if entry.file_type().unwrap().is_dir() {
                 dirs.push(path);
-            } else if path.file_name().is_some_and(|n| n != "webhook-secret") {
+            } else if path
+                .file_name()
+                .is_some_and(|n| n != "webhook-secret" && n != "initial-admin-token")
+            {
                 files.push(path);
             }
         }
     }
     assert!(files.iter().any(|f| f.ends_with("endstate.db")), "{files:?}");
+    // What the server printed (a journal keeps stdout) names the token's file, not the token.
+    let printed = lab.server.proc.seen.join("\n");
+    assert!(printed.contains("admin token written to "), "{printed}");
+    for (what, secret) in &secrets {
+        assert!(!printed.contains(secret.as_str()), "{what} is on the server's stdout");
+    }
     for file in &files {
         let bytes = std::fs::read(file).unwrap_or_default();
         for (what, secret) in &secrets {

@@ -221,6 +221,8 @@ pub(crate) struct Server {
     pub(crate) admin_token: Option<String>,
     /// The server's CA, which the CLI pins.
     pub(crate) ca_file: PathBuf,
+    /// Its SHA-256, which agents pin at enrolment.
+    pub(crate) ca_sha256: String,
 }
 
 /// Starts `endstate server` on `data`, its API on `ip` (a free port), its agent listener on
@@ -257,8 +259,9 @@ pub(crate) fn start_server_on(root: &Path, data: &Path, api_listen: &str, agent_
     let admin_token = proc
         .seen
         .iter()
-        .find_map(|l| l.strip_prefix("admin token (shown once, stored hashed): "))
-        .map(str::to_owned);
+        .find_map(|l| l.strip_prefix("admin token written to "))
+        .and_then(|rest| rest.split(" (mode 0600)").next())
+        .map(|path| std::fs::read_to_string(path).unwrap().trim().to_owned());
     let url = listening[listening.find("https://").unwrap()..].trim().to_owned();
     Server {
         proc,
@@ -266,6 +269,12 @@ pub(crate) fn start_server_on(root: &Path, data: &Path, api_listen: &str, agent_
         agent_addr,
         admin_token,
         ca_file: data.join("pki").join("ca.pem"),
+        ca_sha256: agents
+            .split("(CA sha256 ")
+            .nth(1)
+            .and_then(|rest| rest.split(')').next())
+            .unwrap()
+            .to_owned(),
     }
 }
 
@@ -472,7 +481,7 @@ impl AgentHome {
     /// `endstate agent` for this home, inside `netns` when given; with `join_token` on the first start.
     pub(crate) fn start(
         &self,
-        server_url: &str,
+        server: &Server,
         artifact_root: &Path,
         join_token: Option<&str>,
         netns: Option<&str>,
@@ -490,7 +499,9 @@ impl AgentHome {
             .args([
                 "agent",
                 "--server",
-                server_url,
+                &server.url,
+                "--ca-sha256",
+                &server.ca_sha256,
                 "--name",
                 &self.name,
                 "--labels",
