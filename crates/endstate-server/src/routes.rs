@@ -601,7 +601,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Segment {
     }
 }
 
-/// Query parameters whose errors name the parameter that is wrong (`limit`, `since`).
+/// Query parameters whose errors name the parameter that is wrong (`limit`, `since`). A
+/// parameter given empty (`?system=&kind=`, as a form sends a field left blank) is absent.
 pub(crate) struct Params<T>(pub(crate) T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Params<T> {
@@ -609,7 +610,10 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Params<T> {
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         let raw = parts.uri.query().unwrap_or("");
-        let deserializer = serde_urlencoded::Deserializer::new(form_urlencoded::parse(raw.as_bytes()));
+        let given: String = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(form_urlencoded::parse(raw.as_bytes()).filter(|(_, value)| !value.is_empty()))
+            .finish();
+        let deserializer = serde_urlencoded::Deserializer::new(form_urlencoded::parse(given.as_bytes()));
         serde_path_to_error::deserialize(deserializer)
             .map(Params)
             .map_err(|error| {

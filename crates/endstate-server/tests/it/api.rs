@@ -407,6 +407,15 @@ async fn wrong_methods_paths_and_parameters_are_problem_details_naming_the_param
         let problem: endstate_api::Problem = response.json().await.unwrap();
         assert_eq!(problem.errors[0].field, field, "{path}: {problem:?}");
     }
+    // A parameter given empty, as a form sends a blank field, is no filter at all.
+    for path in [
+        "/v1/timeline?system=&kind=&cursor=",
+        "/v1/changes?cursor=&open=",
+        "/v1/hosts?kind=",
+    ] {
+        let response = get(path).await.unwrap();
+        assert_eq!(response.status(), 200, "{path}: {}", response.text().await.unwrap());
+    }
     let response = get("/v1/revisions/rr1").await.unwrap();
     assert_eq!(response.status(), 400);
     let response = get("/v1/systems/%ff").await.unwrap();
