@@ -51,7 +51,6 @@ use futures_util::{SinkExt, StreamExt};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, mpsc};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -653,10 +652,7 @@ async fn enrol(options: &AgentOptions) -> Result<IdentityFile, AgentError> {
         .map_err(|e| refused(format!("unreadable answer: {e}")))?;
     let ca_der = CertificateDer::from_pem_slice(enrolled.ca_pem.as_bytes())
         .map_err(|e| AgentError::Identity(format!("the server's CA does not parse: {e}")))?;
-    let found: String = Sha256::digest(ca_der.as_ref())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let found = endstate_pki::pin::sha256_hex(ca_der.as_ref());
     // The CA the server signs agents with is the one its API presented.
     if let Some(seen) = pin.as_ref().and_then(|(_, pin)| pin.seen())
         && endstate_pki::pin::sha256_hex(seen.as_ref()) != found

@@ -8,28 +8,8 @@ use endstate_api::{Document, RevisionSource, SubmitRevision};
 use endstate_server::{RateLimitConfig, Server, ServerConfig};
 use tokio::net::TcpListener;
 
-use crate::cli::{AgentArgs, DevArgs, Global, LogFormat, ServerArgs, ServerTlsFlags};
+use crate::cli::{AgentArgs, DevArgs, Global, ServerArgs, ServerTlsFlags};
 use crate::{Outcome, config};
-
-fn init_logs(format: LogFormat) {
-    endstate_agent::cli::init_logs(format);
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(_) => {
-            let _ = ctrl_c.await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("Shutting down.");
-}
 
 /// How many connections may wait to be accepted.
 const LISTEN_BACKLOG: u32 = 4096;
@@ -135,7 +115,7 @@ fn api_url(config: &ServerConfig, addr: SocketAddr) -> String {
 
 /// `endstate server`
 pub(crate) async fn server(args: ServerArgs) -> anyhow::Result<Outcome> {
-    init_logs(args.log_format);
+    endstate_agent::cli::init_logs(args.log_format);
     let mut server_config = ServerConfig::new(&args.data_dir);
     server_config.rate_limit = RateLimitConfig {
         per_second: args.rate_limit,
@@ -186,13 +166,13 @@ pub(crate) async fn server(args: ServerArgs) -> anyhow::Result<Outcome> {
         println!("  clients: endstate login {url} --ca-sha256 {sha256} --token TOKEN");
     }
     tracing::info!(%addr, data_dir = %args.data_dir.display(), "Server started.");
-    server.serve(listener, shutdown_signal()).await?;
+    server.serve(listener, endstate_agent::cli::shutdown_signal()).await?;
     Ok(Outcome::Success)
 }
 
 /// `endstate dev`
 pub(crate) async fn dev(global: &Global, args: DevArgs) -> anyhow::Result<Outcome> {
-    init_logs(args.log_format);
+    endstate_agent::cli::init_logs(args.log_format);
     let mut server_config = ServerConfig::new(&args.data_dir);
     // Quicker liveness for a laptop: an agent is unreachable after 3 missed 2-second keepalives.
     server_config.agents.keepalive_interval = std::time::Duration::from_secs(2);
@@ -223,7 +203,7 @@ pub(crate) async fn dev(global: &Global, args: DevArgs) -> anyhow::Result<Outcom
         ca_pem: ca.as_ref().map(|(pem, _)| pem.clone()),
     };
     let config_path = dev_client_config(global, &args.data_dir, &client_config)?;
-    let serving = tokio::spawn(server.serve(listener, shutdown_signal()));
+    let serving = tokio::spawn(server.serve(listener, endstate_agent::cli::shutdown_signal()));
 
     let files = endstate_client::spec_dir::read_spec_dir(&args.examples).map_err(|diagnostics| {
         let lines: Vec<String> = diagnostics.iter().map(ToString::to_string).collect();

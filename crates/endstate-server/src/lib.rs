@@ -559,7 +559,7 @@ fn webhook_secret(data_dir: &std::path::Path) -> Result<Vec<u8>, ServerError> {
     let mut bytes = [0_u8; 32];
     getrandom::fill(&mut bytes)
         .map_err(|error| ServerError::Bootstrap(Box::new(std::io::Error::other(error.to_string()))))?;
-    let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let secret = auth::hex(&bytes);
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)

@@ -839,7 +839,7 @@ impl Delivery {
     fn new(url: String, ticket: bool, subject: &Subject, body: &str) -> Delivery {
         let mut bytes = [0_u8; 12];
         let id = match getrandom::fill(&mut bytes) {
-            Ok(()) => bytes.iter().map(|b| format!("{b:02x}")).collect(),
+            Ok(()) => crate::auth::hex(&bytes),
             Err(_) => format!("{}-{}", crate::now_ms(), url.len()),
         };
         Delivery {
@@ -1149,9 +1149,7 @@ pub(crate) fn signature(secret: &[u8], delivery: &str, unix_s: i64, body: &[u8])
     context.update(unix_s.to_string().as_bytes());
     context.update(b".");
     context.update(body);
-    let tag = context.sign();
-    let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256={hex}")
+    format!("sha256={}", crate::auth::hex(context.sign().as_ref()))
 }
 
 /// POSTs an alert that opened to the ticket webhook: the link its JSON answer gives.

@@ -490,11 +490,15 @@ async fn https_is_the_default_and_clients_pin_the_servers_ca() {
     assert!(reqwest::get(format!("{plain}/healthz")).await.is_err());
 
     // The fingerprint a client pins is the CA's, the one `endstate server` prints.
-    let (tls, pin) = endstate_pki::pin::PinnedCa::client_config(None).unwrap();
-    let first_contact = reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .build()
-        .unwrap();
+    let pinned = |expected: Option<&str>| {
+        let (tls, pin) = endstate_pki::pin::PinnedCa::client_config(expected).unwrap();
+        let client = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .build()
+            .unwrap();
+        (client, pin)
+    };
+    let (first_contact, pin) = pinned(None);
     let health = first_contact
         .get(format!("{}/healthz", server.url))
         .send()
@@ -503,11 +507,7 @@ async fn https_is_the_default_and_clients_pin_the_servers_ca() {
     assert_eq!(health.status(), 200);
     let seen = pin.seen().unwrap();
     assert_eq!(endstate_pki::pin::der_to_pem(seen.as_ref()).trim(), ca.trim());
-    let (tls, _) = endstate_pki::pin::PinnedCa::client_config(Some(&"0".repeat(64))).unwrap();
-    let wrong_pin = reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .build()
-        .unwrap();
+    let (wrong_pin, _) = pinned(Some(&"0".repeat(64)));
     let error = wrong_pin
         .get(format!("{}/healthz", server.url))
         .send()
