@@ -47,26 +47,6 @@ const IMPURE_PATHS: &[&str] = &[
 /// crate root, which declares them all, is left out).
 const ACYCLIC: &[&str] = &["endstate-server"];
 
-/// The import cycle `endstate-server` had when the check came in, which is still to be broken
-/// (the change runner, rollouts, options and retention to move into a crate of their own): it may
-/// shrink, never grow. A cycle with another module, or a module listed here that left the cycle,
-/// is a problem (so this list is kept exact).
-const KNOWN_CYCLE: &[&str] = &[
-    "actions",
-    "agents",
-    "blueprint",
-    "changes",
-    "history",
-    "monitor",
-    "openapi",
-    "rollout",
-    "routes",
-    "runner",
-    "stream",
-    "views",
-    "why",
-];
-
 /// Crates that may not depend on the store (the planner proposes, it does not read state).
 const NOT_ON_STORE: &[&str] = &["endstate-plan", "endstate-decide", "endstate-spec", "endstate-api"];
 
@@ -155,19 +135,10 @@ pub(crate) fn check(root: &Path) -> Vec<String> {
             }
         }
         for cycle in import_cycles(&sources) {
-            let known = cycle.iter().all(|m| KNOWN_CYCLE.contains(&m.as_str()))
-                && KNOWN_CYCLE.iter().all(|m| cycle.iter().any(|c| c == m));
-            if !(*krate == "endstate-server" && known) {
-                problems.push(format!(
-                    "crates/{krate}/src: modules import each other in a cycle: {}{}",
-                    cycle.join(" <-> "),
-                    if *krate == "endstate-server" {
-                        "; the known cycle (xtask/src/tidy.rs KNOWN_CYCLE) may only shrink"
-                    } else {
-                        ""
-                    }
-                ));
-            }
+            problems.push(format!(
+                "crates/{krate}/src: modules import each other in a cycle: {}",
+                cycle.join(" <-> ")
+            ));
         }
     }
     problems

@@ -414,6 +414,16 @@ pub(crate) struct ServerArgs {
     /// Requests a client may send in a burst.
     #[arg(long, default_value_t = 400)]
     pub(crate) rate_burst: u32,
+    /// Every agent of this server runs on this one machine (a lab, a demo): ports the server
+    /// allocates are then unique across hosts, not only on each host.
+    #[arg(long)]
+    pub(crate) agents_on_one_machine: bool,
+    /// How long a host's agent may stay unreachable before its instances move to other hosts,
+    /// like `10m` (the default), or `off`: the server then proposes a change that moves them,
+    /// which starts by itself and rolls out in waves, gated like any other. Counted while this
+    /// server runs, so a restart never moves instances for time it did not watch.
+    #[arg(long, value_name = "DURATION|off", default_value = "10m")]
+    pub(crate) evacuate_after: String,
     /// The keepalive interval agents are held to (3 missed: unreachable), like `5s` (the
     /// default); for benchmarks and tests, so liveness can be exercised quickly.
     #[arg(long, hide = true)]

@@ -39,7 +39,7 @@ use tokio::sync::Notify;
 
 use crate::auth::{Actor, Verb, authorize};
 use crate::error::ApiError;
-use crate::routes::{JsonBody, Params};
+use crate::extract::{JsonBody, Params};
 use crate::{AppState, now_ms, rfc3339};
 
 /// Runs of one system's actions within [`RATE_WINDOW_MS`].
@@ -490,7 +490,7 @@ pub(crate) async fn request(
     if !action.allow_during_rollout
         && let Some(rollout) = &current.rollout
     {
-        let plan = crate::rollout::plan_of(&rollout.change).unwrap_or_default();
+        let plan = crate::record::plan_of(&rollout.change).unwrap_or_default();
         let prefix = format!("{}/", action.system);
         if plan.steps.iter().any(|s| s.component.starts_with(&prefix)) {
             return Err(ApiError::Conflict(format!(

@@ -6,6 +6,7 @@
 //! [`Current`], so `status` says what agents are told. A host joining, leaving or coming back
 //! changes no placement here; moving instances is a change (`rebalance`), proposed by the server.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use endstate_plan::{Blueprint, Plan, PlanOptions, StepAction};
@@ -14,7 +15,7 @@ use endstate_store::{Change, ChangeFilter, NewChange, NewEvent, PageRequest};
 use endstate_types::{ChangeState, RevisionId};
 
 use crate::error::ApiError;
-use crate::rollout::Progress;
+use crate::record::Progress;
 use crate::{AppState, now_ms};
 
 /// The revision in force: the one whose change converged last.
@@ -88,17 +89,16 @@ pub(crate) fn basis_of(plan: Option<&serde_json::Value>) -> Option<Vec<HostInfo>
     Some(options.placement_hosts(&hosts))
 }
 
-/// The hosts instances may be placed on now: known, not retired, not revoked.
+/// The hosts instances may be placed on now: known, not retired, not revoked, and not
+/// unreachable for longer than [`RolloutConfig::evacuate_after`](crate::RolloutConfig).
 pub(crate) async fn hosts_in_service(state: &AppState) -> Result<Vec<HostInfo>, ApiError> {
-    let (hosts, agents) = tokio::try_join!(state.store().list_hosts(), state.store().list_agents())?;
-    let revoked: std::collections::BTreeSet<String> = agents
-        .into_iter()
-        .filter(|a| a.revoked_ms.is_some())
-        .map(|a| a.host.0)
-        .collect();
+    let (hosts, gone) = tokio::try_join!(
+        async { state.store().list_hosts().await.map_err(ApiError::from) },
+        hosts_gone(state)
+    )?;
     Ok(hosts
         .into_iter()
-        .filter(|host| host.retired_ms.is_none() && !revoked.contains(&host.name.0))
+        .filter(|host| host.retired_ms.is_none() && !gone.contains(&host.name.0))
         .map(|host| HostInfo {
             name: host.name.0,
             labels: host.labels,
@@ -106,7 +106,88 @@ pub(crate) async fn hosts_in_service(state: &AppState) -> Result<Vec<HostInfo>, 
         .collect())
 }
 
+/// Hosts that left the fleet without a change retiring them: their agent was revoked, or has
+/// been unreachable longer than the evacuation time. Nothing will ever report their instances
+/// stopped, so a stop on one of them counts as done.
+#[derive(Debug, Default)]
+pub(crate) struct Gone {
+    /// Revoked agents' hosts.
+    pub(crate) revoked: BTreeSet<String>,
+    /// Hosts unreachable longer than the evacuation time, with how long (ms).
+    pub(crate) unreachable: BTreeMap<String, i64>,
+}
+
+impl Gone {
+    pub(crate) fn contains(&self, host: &str) -> bool {
+        self.revoked.contains(host) || self.unreachable.contains_key(host)
+    }
+
+    /// Why `host` left: `p-b left the hosts in service: unreachable for 12m00s (evacuated after
+    /// 10m00s)`, `p-c left the hosts in service (revoked)`.
+    pub(crate) fn why(&self, host: &str, state: &AppState) -> String {
+        match self.unreachable.get(host) {
+            Some(ms) => format!(
+                "{host} left the hosts in service: unreachable for {} (evacuated after {})",
+                crate::why::ago(*ms),
+                state
+                    .rollout_config()
+                    .evacuate_after
+                    .map_or_else(String::new, |d| crate::why::ago(
+                        i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+                    ))
+            ),
+            None if self.revoked.contains(host) => format!("{host} left the hosts in service (revoked)"),
+            None => format!("{host} left the hosts in service"),
+        }
+    }
+}
+
+/// The hosts that are [`Gone`] now.
+pub(crate) async fn hosts_gone(state: &AppState) -> Result<Gone, ApiError> {
+    let now = now_ms();
+    let evacuate_after = state
+        .rollout_config()
+        .evacuate_after
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let mut gone = Gone::default();
+    for agent in state.store().list_agents().await? {
+        if agent.revoked_ms.is_some() {
+            gone.revoked.insert(agent.host.0);
+        } else if agent.reachable == Some(false)
+            && let Some(after) = evacuate_after
+        {
+            let unreachable = now.saturating_sub(state.unreachable_since(&agent.host.0));
+            if unreachable >= after {
+                gone.unreachable.insert(agent.host.0, unreachable);
+            }
+        }
+    }
+    Ok(gone)
+}
+
 impl AppState {
+    /// Since when `host`'s agent has been unreachable, as far as this server watched it: the
+    /// moment it marked it so ([`AppState::note_unreachable`]), or the server's start.
+    pub(crate) fn unreachable_since(&self, host: &str) -> i64 {
+        let since = self
+            .0
+            .unreachable_since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(host)
+            .copied();
+        since.unwrap_or(self.0.started_ms).max(self.0.started_ms)
+    }
+
+    /// `host`'s agent was marked unreachable at `at_ms`.
+    pub(crate) fn note_unreachable(&self, host: &str, at_ms: i64) {
+        self.0
+            .unreachable_since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(host.to_owned(), at_ms);
+    }
+
     /// The revision in force with its placement basis; `None` while no change has converged.
     /// A change planned before plans recorded their hosts is taken as placed on the hosts in
     /// service.
@@ -167,7 +248,7 @@ impl AppState {
         };
         let hosts = self.basis(&change).await?;
         Ok(Some(RollingChange {
-            released: crate::rollout::Progress::of(&change).released,
+            released: crate::record::Progress::of(&change).released,
             change,
             desired,
             hosts,
@@ -219,9 +300,7 @@ impl AppState {
         }
         let released = rollout
             .as_ref()
-            .and_then(|r| {
-                crate::rollout::plan_of(&r.change).map(|plan| crate::rollout::released_keys(&plan, r.released))
-            })
+            .and_then(|r| crate::record::plan_of(&r.change).map(|plan| crate::record::released_keys(&plan, r.released)))
             .unwrap_or_default();
         let blueprint = endstate_plan::blueprint(
             base.as_ref().map(|b| (&*b.desired, &b.hosts[..])),
@@ -254,18 +333,18 @@ fn key_of(base: Option<&InForce>, rollout: Option<&RollingChange>) -> String {
             "base={}@{};hosts={}",
             base.revision.0,
             base.change.id.0,
-            crate::rollout::hosts_digest(&base.hosts)
+            crate::record::hosts_digest(&base.hosts)
         );
     }
     if let Some(rollout) = rollout {
-        let progress = crate::rollout::Progress::of(&rollout.change);
+        let progress = crate::record::Progress::of(&rollout.change);
         let _ = write!(
             key,
             ";change={};released={};back={};hosts={}",
             rollout.change.id.0,
             rollout.released,
             progress.back,
-            crate::rollout::hosts_digest(&rollout.hosts)
+            crate::record::hosts_digest(&rollout.hosts)
         );
     }
     key
@@ -303,7 +382,7 @@ pub(crate) async fn propose(state: &AppState) -> Result<(), ApiError> {
     if endstate_plan::same_hosts(&in_force.hosts, &hosts) {
         return Ok(());
     }
-    let seen = format!("{}:{}", in_force.change.id.0, crate::rollout::hosts_digest(&hosts));
+    let seen = format!("{}:{}", in_force.change.id.0, crate::record::hosts_digest(&hosts));
     {
         let mut last = state
             .0
@@ -341,7 +420,12 @@ pub(crate) async fn propose(state: &AppState) -> Result<(), ApiError> {
     let count = u32::try_from(plan.waves.len()).unwrap_or(u32::MAX);
     let mut why = Vec::new();
     if !gone.is_empty() {
-        why.push(format!("{} left the hosts in service", gone.join(", ")));
+        let left = hosts_gone(state).await?;
+        let (why_left, others): (Vec<&str>, Vec<&str>) = gone.iter().partition(|host| left.contains(host));
+        why.extend(why_left.iter().map(|host| left.why(host, state)));
+        if !others.is_empty() {
+            why.push(format!("{} left the hosts in service", others.join(", ")));
+        }
     }
     if !joined.is_empty() {
         why.push(format!("{} joined (or came back with other labels)", joined.join(", ")));
@@ -361,7 +445,7 @@ pub(crate) async fn propose(state: &AppState) -> Result<(), ApiError> {
         return Ok(());
     }
     let progress = Progress {
-        hosts: Some(crate::rollout::hosts_digest(&hosts)),
+        hosts: Some(crate::record::hosts_digest(&hosts)),
         proposed: !joined.is_empty(),
         ..Progress::default()
     };
@@ -387,7 +471,7 @@ pub(crate) async fn propose(state: &AppState) -> Result<(), ApiError> {
         )
     };
     let plan_json = serde_json::to_value(&plan).map_err(|error| ApiError::Internal(error.to_string()))?;
-    let systems = crate::routes::touched_systems(&plan, Some(desired), desired);
+    let systems = crate::record::touched_systems(&plan, Some(desired), desired);
     let now = now_ms();
     let event = NewEvent {
         systems,
@@ -502,7 +586,7 @@ pub(crate) fn in_force_summary(in_force: Option<&Change>, newer: Option<&Change>
         None => base,
         Some(change) => {
             let (id, revision) = (change.id.0, change.revision.0);
-            let proposed = crate::rollout::Progress::of(change).proposed;
+            let proposed = crate::record::Progress::of(change).proposed;
             let what = match change.state {
                 ChangeState::RolledBack => format!(
                     "revision {revision} rolled back at {} (change {id}): apply a fixed revision to try again",
@@ -539,7 +623,7 @@ pub(crate) fn in_force_summary(in_force: Option<&Change>, newer: Option<&Change>
         revision: in_force.map(|c| c.revision.0),
         change: in_force.map(|c| c.id.0),
         since: in_force.map(|c| crate::rfc3339(c.updated_ms)),
-        newer: newer.map(|c| crate::routes::change_view(c, false)),
+        newer: newer.map(|c| crate::record::change_view(c, false)),
         summary,
     }
 }

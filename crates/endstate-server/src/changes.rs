@@ -7,6 +7,7 @@ use axum::Extension;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use endstate_api::Page;
 use endstate_api::{ChangeCommand, ChangeView, RollbackRequest};
 use endstate_store::{Change, ChangeFilter, PageRequest};
 use endstate_types::{ChangeId, ChangeState, RevisionId};
@@ -14,8 +15,10 @@ use endstate_types::{ChangeId, ChangeState, RevisionId};
 use crate::AppState;
 use crate::auth::{Actor, Verb, authorize};
 use crate::error::ApiError;
+use crate::extract::{JsonBody, Segment};
+use crate::extract::{PageParams, Params, parse_cursor};
+use crate::record::change_view;
 use crate::rollout::Command;
-use crate::routes::{JsonBody, Segment, change_view};
 
 /// The longest reason a person may give.
 const MAX_REASON_BYTES: usize = 4096;
@@ -156,7 +159,7 @@ pub(crate) async fn rollback(
         Some(why) => format!("rollback of {system} to revision {} by {}: {why}", to.0, actor.name),
         None => format!("rollback of {system} to revision {} by {}", to.0, actor.name),
     };
-    let (_, change) = crate::routes::submit_desired(
+    let (_, change) = crate::revisions::submit_desired(
         &state,
         &actor.name,
         &desired,
@@ -278,7 +281,7 @@ pub(crate) async fn scale(
         "scale {key} from {before} to {}{unit} (on revision {}) by {}{why}",
         request.count, revision.0, actor.name
     );
-    let (_, change) = crate::routes::submit_desired(
+    let (_, change) = crate::revisions::submit_desired(
         &state,
         &actor.name,
         &desired,
@@ -289,4 +292,49 @@ pub(crate) async fn scale(
     )
     .await?;
     Ok((StatusCode::CREATED, Json(change_view(&change, false))))
+}
+
+/// List changes, newest first.
+#[utoipa::path(get, path = "/v1/changes", params(PageParams), responses((status = 200, body = Page<ChangeView>)), security(("bearer" = [])))]
+pub(crate) async fn list_changes(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Params(params): Params<PageParams>,
+) -> Result<Json<Page<ChangeView>>, ApiError> {
+    authorize(&actor, Verb::Read, None)?;
+    let page = state
+        .store()
+        .list_changes(
+            ChangeFilter {
+                open_only: params.open.unwrap_or(false),
+                ..ChangeFilter::default()
+            },
+            PageRequest {
+                before: parse_cursor(params.cursor.as_deref())?,
+                limit: params.limit.unwrap_or(0),
+            },
+        )
+        .await?;
+    Ok(Json(Page {
+        items: page.items.iter().map(|change| change_view(change, false)).collect(),
+        next: page.next.map(|n| n.to_string()),
+    }))
+}
+
+/// One change with its plan.
+#[utoipa::path(get, path = "/v1/changes/{id}", params(("id" = u64, Path, description = "the change number")),
+    responses((status = 200, body = ChangeView), (status = 404, body = endstate_api::Problem)), security(("bearer" = [])))]
+pub(crate) async fn get_change(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Segment(id): Segment,
+) -> Result<Json<ChangeView>, ApiError> {
+    authorize(&actor, Verb::Read, None)?;
+    let number = crate::changes::parse_change(&id)?;
+    let change = state
+        .store()
+        .get_change(ChangeId(number))
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("change {number} does not exist")))?;
+    Ok(Json(change_view(&change, true)))
 }

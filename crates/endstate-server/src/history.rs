@@ -28,7 +28,7 @@ use utoipa::IntoParams;
 
 use crate::auth::{Actor, Verb, authorize};
 use crate::error::ApiError;
-use crate::routes::Params;
+use crate::extract::Params;
 use crate::{AppState, now_ms, rfc3339};
 
 const HOUR_MS: i64 = 3_600_000;

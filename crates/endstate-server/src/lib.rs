@@ -17,18 +17,27 @@ mod auth;
 mod blueprint;
 mod changes;
 mod error;
+mod extract;
+mod fleet;
 mod history;
+mod hosts;
+mod meta;
 mod metrics;
 mod monitor;
 mod openapi;
 mod options;
 mod prometheus;
 mod ratelimit;
+mod record;
 mod retention;
+mod revisions;
 mod rollout;
 mod routes;
 mod runner;
 mod stream;
+mod systems;
+mod timeline;
+mod tokens;
 mod views;
 mod why;
 
@@ -49,7 +58,7 @@ pub use monitor::MonitorConfig;
 pub use prometheus::PrometheusAuth;
 pub use ratelimit::RateLimitConfig;
 pub use retention::RetentionRule;
-pub use rollout::{DEFAULT_WAVE_DEADLINE, RolloutConfig};
+pub use rollout::{DEFAULT_EVACUATE_AFTER, DEFAULT_WAVE_DEADLINE, RolloutConfig};
 
 /// How the server is set up. Built by the binary from flags and environment; everything is
 /// validated before a socket is bound.
@@ -199,6 +208,12 @@ struct Inner {
     proposals_seen: Mutex<Option<String>>,
     /// When a rebalance was last looked for (ms since the epoch): at most every few seconds.
     proposals_checked_ms: std::sync::atomic::AtomicI64,
+    /// Since when each host's agent has been unreachable, as this server saw it go (ms since the
+    /// epoch); a host the store says is unreachable and that is not here counts from
+    /// `started_ms`, so a restarted server never evacuates a host for time it was not watching.
+    unreachable_since: Mutex<BTreeMap<String, i64>>,
+    /// When this server started (ms since the epoch).
+    started_ms: i64,
     /// The placement of a revision with no change in force on the hosts in service, for the
     /// views before anything converged.
     placement_cache: Mutex<Option<Arc<views::Placed>>>,
@@ -263,6 +278,8 @@ impl Server {
             current_cache: Mutex::new(None),
             proposals_seen: Mutex::new(None),
             proposals_checked_ms: std::sync::atomic::AtomicI64::new(0),
+            unreachable_since: Mutex::new(BTreeMap::new()),
+            started_ms: now_ms(),
             basis_cache: Mutex::new(Vec::new()),
             placement_cache: Mutex::new(None),
             hub: std::sync::OnceLock::new(),
@@ -592,6 +609,11 @@ impl AppState {
 
     pub(crate) fn hub(&self) -> Option<&Arc<agents::Hub>> {
         self.0.hub.get()
+    }
+
+    /// The agents as the controller reaches them ([`fleet::Fleet`]).
+    pub(crate) fn fleet(&self) -> Option<Arc<dyn fleet::Fleet>> {
+        self.0.hub.get().map(|hub| Arc::clone(hub) as Arc<dyn fleet::Fleet>)
     }
 
     pub(crate) fn rollout_config(&self) -> &RolloutConfig {

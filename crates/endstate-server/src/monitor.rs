@@ -1280,7 +1280,7 @@ async fn history_label(state: &AppState, alert: &Alert, now: i64) -> Result<serd
 pub(crate) async fn ack(
     axum::extract::State(state): axum::extract::State<AppState>,
     axum::Extension(actor): axum::Extension<crate::auth::Actor>,
-    crate::routes::JsonBody(request): crate::routes::JsonBody<endstate_api::AckRequest>,
+    crate::extract::JsonBody(request): crate::extract::JsonBody<endstate_api::AckRequest>,
 ) -> Result<axum::Json<Alert>, ApiError> {
     let system = request
         .check
@@ -1341,7 +1341,7 @@ pub(crate) async fn ack(
 pub(crate) async fn bulk(
     axum::extract::State(state): axum::extract::State<AppState>,
     axum::Extension(actor): axum::Extension<crate::auth::Actor>,
-    crate::routes::JsonBody(request): crate::routes::JsonBody<endstate_api::BulkAlerts>,
+    crate::extract::JsonBody(request): crate::extract::JsonBody<endstate_api::BulkAlerts>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
     crate::auth::authorize(&actor, crate::auth::Verb::Read, None)?;
     let filtered =
@@ -1430,7 +1430,7 @@ pub(crate) async fn bulk(
 pub(crate) async fn create_silence(
     axum::extract::State(state): axum::extract::State<AppState>,
     axum::Extension(actor): axum::Extension<crate::auth::Actor>,
-    crate::routes::JsonBody(request): crate::routes::JsonBody<endstate_api::CreateSilence>,
+    crate::extract::JsonBody(request): crate::extract::JsonBody<endstate_api::CreateSilence>,
 ) -> Result<(axum::http::StatusCode, axum::Json<alerts::Silence>), ApiError> {
     let system = request.system.clone().or_else(|| {
         request
@@ -1577,7 +1577,7 @@ pub(crate) async fn list_silences(
 pub(crate) async fn remove_silence(
     axum::extract::State(state): axum::extract::State<AppState>,
     axum::Extension(actor): axum::Extension<crate::auth::Actor>,
-    crate::routes::Segment(id): crate::routes::Segment,
+    crate::extract::Segment(id): crate::extract::Segment,
 ) -> Result<axum::Json<alerts::Silence>, ApiError> {
     let id: u64 = id
         .parse()
@@ -1617,7 +1617,7 @@ const MAX_EXTERNAL_ALERTS: usize = 1000;
 pub(crate) async fn alertmanager(
     axum::extract::State(state): axum::extract::State<AppState>,
     axum::Extension(actor): axum::Extension<crate::auth::Actor>,
-    crate::routes::JsonBody(body): crate::routes::JsonBody<serde_json::Value>,
+    crate::extract::JsonBody(body): crate::extract::JsonBody<serde_json::Value>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
     crate::auth::authorize(&actor, crate::auth::Verb::Operate, None)?;
     let Some(list) = body.get("alerts").and_then(serde_json::Value::as_array) else {
@@ -1753,11 +1753,11 @@ pub(crate) struct Review {
 pub(crate) async fn review(
     axum::extract::State(state): axum::extract::State<AppState>,
     axum::Extension(actor): axum::Extension<crate::auth::Actor>,
-    crate::routes::Params(params): crate::routes::Params<ReviewParams>,
+    crate::extract::Params(params): crate::extract::Params<ReviewParams>,
 ) -> Result<axum::Json<Review>, ApiError> {
     crate::auth::authorize(&actor, crate::auth::Verb::Read, params.system.as_deref())?;
     let now = crate::now_ms();
-    let since_ms = crate::routes::parse_time("since", params.since.as_deref().unwrap_or("7d"), now)?;
+    let since_ms = crate::extract::parse_time("since", params.since.as_deref().unwrap_or("7d"), now)?;
     if since_ms >= now {
         return Err(ApiError::bad_field("since", "is not in the past"));
     }

@@ -1,24 +1,29 @@
 //! The OpenAPI document, generated from the handlers and the wire types.
 
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
+
+use crate::auth::{Actor, Verb, authorize};
+use crate::error::ApiError;
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "endstate API", description = "Declarative, federated operations control plane. Every call needs `Authorization: Bearer <token>`; errors are RFC 9457 problem details."),
     paths(
-        crate::routes::submit_revision,
-        crate::routes::list_revisions,
-        crate::routes::get_revision,
-        crate::routes::preview_plan,
-        crate::routes::list_changes,
-        crate::routes::get_change,
+        crate::revisions::submit_revision,
+        crate::revisions::list_revisions,
+        crate::revisions::get_revision,
+        crate::revisions::preview_plan,
+        crate::changes::list_changes,
+        crate::changes::get_change,
         crate::changes::pause,
         crate::changes::resume,
         crate::changes::abort,
         crate::changes::accept,
         crate::blueprint::in_force_view,
-        crate::routes::version,
+        crate::meta::version,
         crate::changes::rollback,
         crate::changes::scale,
         crate::monitor::list_alerts,
@@ -29,30 +34,30 @@ use utoipa::{Modify, OpenApi};
         crate::monitor::create_silence,
         crate::monitor::list_silences,
         crate::monitor::remove_silence,
-        crate::routes::list_systems,
-        crate::routes::get_system,
-        crate::routes::describe_system,
-        crate::routes::add_note,
-        crate::routes::list_components,
-        crate::routes::list_instances,
-        crate::routes::list_hosts,
-        crate::routes::get_host,
-        crate::routes::timeline,
+        crate::systems::list_systems,
+        crate::systems::get_system,
+        crate::systems::describe_system,
+        crate::systems::add_note,
+        crate::systems::list_components,
+        crate::systems::list_instances,
+        crate::hosts::list_hosts,
+        crate::hosts::get_host,
+        crate::timeline::timeline,
         crate::history::history,
         crate::why::why,
         crate::prometheus::targets,
         crate::stream::stream,
-        crate::routes::create_token,
-        crate::routes::list_tokens,
+        crate::tokens::create_token,
+        crate::tokens::list_tokens,
         crate::actions::request,
         crate::actions::list,
         crate::actions::get,
         crate::actions::approve,
         crate::actions::cancel,
-        crate::routes::revoke_token,
-        crate::routes::openapi,
-        crate::routes::metrics,
-        crate::routes::healthz,
+        crate::tokens::revoke_token,
+        crate::openapi::openapi,
+        crate::meta::metrics,
+        crate::meta::healthz,
         crate::agents::routes::create_join_token,
         crate::agents::routes::enrol,
         crate::agents::routes::endpoint,
@@ -152,4 +157,10 @@ impl Modify for ProblemResponses {
 /// The document, as served at `/openapi.json`.
 pub(crate) fn document() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi()
+}
+
+#[utoipa::path(get, path = "/openapi.json", responses((status = 200, description = "This API's OpenAPI document")), security(("bearer" = [])))]
+pub(crate) async fn openapi(Extension(actor): Extension<Actor>) -> Result<Response, ApiError> {
+    authorize(&actor, Verb::Read, None)?;
+    Ok(Json(crate::openapi::document()).into_response())
 }

@@ -47,19 +47,21 @@ use std::time::Duration;
 use endstate_decide::{
     Direction, FreezeView, GateReading, GateRule, Input, InstanceState, InstanceView, OnFailure, Verdict, WaveView,
 };
-use endstate_plan::{PlacementKey, Plan, StepAction, Wave, WaveKind, WaveStep};
+use endstate_plan::{Plan, StepAction, Wave, WaveKind, WaveStep};
 use endstate_spec::{DesiredState, HostInfo};
 use endstate_store::{Change, NewEvent};
 use endstate_types::ChangeState;
-use serde::{Deserialize, Serialize};
 
-use crate::agents::{Hub, Live};
 use crate::error::ApiError;
-use crate::runner::{Transition, transition};
+use crate::fleet::{Fleet, Live};
+use crate::record::{Progress, Transition, hosts_digest, plan_of, transition};
 use crate::{AppState, now_ms};
 
 /// How long a wave's instances have to become healthy before the wave counts as failed.
 pub const DEFAULT_WAVE_DEADLINE: Duration = Duration::from_secs(120);
+
+/// How long a host's agent stays unreachable before its instances move elsewhere, by default.
+pub const DEFAULT_EVACUATE_AFTER: Duration = Duration::from_secs(600);
 
 /// Settings of the controller.
 #[derive(Clone, Debug)]
@@ -72,6 +74,10 @@ pub struct RolloutConfig {
     pub prometheus_url: Option<String>,
     /// How to authenticate to that Prometheus (read from a file at start).
     pub prometheus_auth: Option<crate::prometheus::PrometheusAuth>,
+    /// A host whose agent has been unreachable this long (while this server runs) leaves the
+    /// hosts in service: the server proposes moving its instances elsewhere, and that change
+    /// starts by itself, gated like any other. `None`: hosts never leave by being unreachable.
+    pub evacuate_after: Option<Duration>,
 }
 
 impl Default for RolloutConfig {
@@ -80,121 +86,16 @@ impl Default for RolloutConfig {
             wave_deadline: DEFAULT_WAVE_DEADLINE,
             prometheus_url: None,
             prometheus_auth: None,
+            evacuate_after: Some(DEFAULT_EVACUATE_AFTER),
         }
     }
 }
 
-/// A change's progress through its waves, stored with the change.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct Progress {
-    /// Waves whose steps hosts execute: `waves[..released]`.
-    pub(crate) released: u32,
-    /// Whether the change is going back to the base revision.
-    #[serde(default)]
-    pub(crate) back: bool,
-    /// When the current wave was released (or, going back, withdrawn).
-    pub(crate) wave_started_ms: Option<i64>,
-    /// Paused by a person.
-    #[serde(default)]
-    pub(crate) paused: bool,
-    /// Who paused it, when it is.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) paused_by: Option<String>,
-    /// Why it is going back.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) back_reason: Option<String>,
-    /// The summary of the last decision written to the timeline.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) last_decision: Option<String>,
-    /// Whether the change already held after its targeted hosts ([`Plan::held_after`]).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub(crate) held: bool,
-    /// A digest of the hosts in service (names and labels) the plan was made, or last made
-    /// again, on ([`hosts_digest`]).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) hosts: Option<String>,
-    /// A rebalance the server proposed that waits for a person (`endstate change accept`);
-    /// cleared once accepted. A newer revision supersedes it.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub(crate) proposed: bool,
-}
-
-/// A digest of hosts' names and labels, whatever their order.
-pub(crate) fn hosts_digest(hosts: &[HostInfo]) -> String {
-    use sha2::{Digest, Sha256};
-    let mut sorted: Vec<&HostInfo> = hosts.iter().collect();
-    sorted.sort_by(|a, b| a.name.cmp(&b.name));
-    let mut hasher = Sha256::new();
-    for host in sorted {
-        hasher.update(host.name.as_bytes());
-        for (key, value) in &host.labels {
-            hasher.update([0]);
-            hasher.update(key.as_bytes());
-            hasher.update([b'=']);
-            hasher.update(value.as_bytes());
-        }
-        hasher.update([b'\n']);
-    }
-    hasher.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect()
-}
-
-impl Progress {
-    pub(crate) fn of(change: &Change) -> Progress {
-        change
-            .progress
-            .as_ref()
-            .and_then(|p| serde_json::from_value(p.clone()).ok())
-            .unwrap_or_default()
-    }
-
-    fn to_json(&self) -> serde_json::Value {
-        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
-    }
-
-    /// A wave was released (or withdrawn) now: its deadline counts from now, and its first
-    /// decision goes on the timeline whatever the last one said.
-    fn begin_wave(&mut self, now: i64) {
-        self.wave_started_ms = Some(now);
-        self.last_decision = None;
-    }
-
-    /// The index of the current wave: the last released going forward, the last withdrawn going back.
-    fn current(&self) -> Option<u32> {
-        if self.back {
-            Some(self.released)
-        } else {
-            self.released.checked_sub(1)
-        }
-    }
-}
-
-/// The instances whose steps are released: hosts run them as the change's revision has them.
-pub(crate) fn released_keys(plan: &Plan, released: u32) -> BTreeSet<PlacementKey> {
-    plan.waves
-        .iter()
-        .take(released as usize)
-        .flat_map(|wave| wave.steps.iter())
-        .map(|s| PlacementKey {
-            component: s.step.component.clone(),
-            host: s.step.host.clone(),
-            slot: s.step.slot,
-        })
-        .collect()
-}
-
-/// The plan a change carries.
-pub(crate) fn plan_of(change: &Change) -> Option<Plan> {
-    change
-        .plan
-        .as_ref()
-        .and_then(|plan| serde_json::from_value(plan.clone()).ok())
-}
-
-/// One round of the controller for a rolling change.
 pub(crate) async fn drive(state: &AppState, change: &Change) -> Result<(), ApiError> {
-    let Some(hub) = state.hub() else {
+    let Some(fleet) = state.fleet() else {
         return Ok(());
     };
+    let fleet = &*fleet;
     let Some(plan) = plan_of(change) else {
         let reason = "the change's plan is unreadable".to_owned();
         transition(
@@ -223,7 +124,7 @@ pub(crate) async fn drive(state: &AppState, change: &Change) -> Result<(), ApiEr
             Some(seen) if *seen != digest => {
                 return replan(
                     state,
-                    hub,
+                    fleet,
                     change,
                     &plan,
                     progress,
@@ -236,10 +137,10 @@ pub(crate) async fn drive(state: &AppState, change: &Change) -> Result<(), ApiEr
             Some(_) => {}
         }
     }
-    hub.refresh(state).await?;
+    fleet.refresh(state).await?;
 
     let now = now_ms();
-    let input = gather(state, hub, &plan, &progress, &desired, base.as_deref(), now).await?;
+    let input = gather(state, fleet, &plan, &progress, &desired, base.as_deref(), now).await?;
     let decision = endstate_decide::decide(&input);
     state.recheck_at(decision.recheck_at_ms);
     let count = plan.waves.len() as u32;
@@ -313,9 +214,9 @@ pub(crate) async fn drive(state: &AppState, change: &Change) -> Result<(), ApiEr
                 "change.wave_started",
             )
             .await?;
-            hub.refresh(state).await?;
+            fleet.refresh(state).await?;
         }
-        Verdict::Allow if !progress.back => match hub.progress(state, change.revision).await? {
+        Verdict::Allow if !progress.back => match fleet.progress(state, change.revision).await? {
             Ok(total) => {
                 let reason = format!(
                     "{total} instances running and healthy at revision {} after {count} waves",
@@ -391,7 +292,7 @@ pub(crate) async fn drive(state: &AppState, change: &Change) -> Result<(), ApiEr
                     "change.rolling_back",
                 )
                 .await?;
-                hub.refresh(state).await?;
+                fleet.refresh(state).await?;
             }
         }
         Verdict::Wait => {
@@ -447,7 +348,7 @@ pub(crate) async fn drive(state: &AppState, change: &Change) -> Result<(), ApiEr
                 "change.rolling_back",
             )
             .await?;
-            hub.refresh(state).await?;
+            fleet.refresh(state).await?;
         }
     }
     Ok(())
@@ -458,7 +359,7 @@ pub(crate) async fn drive(state: &AppState, change: &Change) -> Result<(), ApiEr
 #[allow(clippy::too_many_arguments)]
 async fn replan(
     state: &AppState,
-    hub: &Hub,
+    fleet: &dyn Fleet,
     change: &Change,
     plan: &Plan,
     mut progress: Progress,
@@ -509,7 +410,7 @@ async fn replan(
         ..Transition::default()
     };
     transition(state, change, ChangeState::Rolling, update, reason, "change.replanned").await?;
-    hub.refresh(state).await?;
+    fleet.refresh(state).await?;
     Ok(())
 }
 
@@ -553,7 +454,7 @@ fn wave_word(wave: &Wave) -> String {
 /// Gathers the Decider's input from the plan, the progress and what the agents report.
 async fn gather(
     state: &AppState,
-    hub: &Hub,
+    fleet: &dyn Fleet,
     plan: &Plan,
     progress: &Progress,
     desired: &DesiredState,
@@ -577,30 +478,24 @@ async fn gather(
         deadline_ms: u64::try_from(config.wave_deadline.as_millis()).unwrap_or(u64::MAX),
         stops_only: wave.steps.iter().all(|s| expects_gone(s, progress.back)),
     });
-    // A stop on a host whose agent was revoked is done: the host left the fleet, and nothing
-    // will ever report its instance stopped (read only when such a stop waits on a host that is
-    // not connected).
+    // A stop on a host that left the fleet (its agent revoked, or unreachable longer than the
+    // evacuation time) is done: nothing will ever report its instance stopped (read only when
+    // such a stop waits on a host that is not connected). A host that comes back gets a set
+    // without the instance, and its agent stops it.
     let waits_on_absent = plan
         .waves
         .iter()
         .flat_map(|w| &w.steps)
-        .any(|s| expects_gone(s, progress.back) && hub.connection(&s.step.host).is_none());
-    let revoked: BTreeSet<String> = if waits_on_absent {
-        state
-            .store()
-            .list_agents()
-            .await?
-            .into_iter()
-            .filter(|a| a.revoked_ms.is_some())
-            .map(|a| a.host.0)
-            .collect()
+        .any(|s| expects_gone(s, progress.back) && !fleet.connected(&s.step.host));
+    let gone = if waits_on_absent {
+        crate::blueprint::hosts_gone(state).await?
     } else {
-        BTreeSet::new()
+        crate::blueprint::Gone::default()
     };
     let mut wave_instances = Vec::new();
     if let Some((_, wave)) = current {
         for step in &wave.steps {
-            wave_instances.push(view(hub, step, progress.back, &revoked).await);
+            wave_instances.push(view(fleet, step, progress.back, &gone).await);
         }
     }
     let mut earlier_instances = Vec::new();
@@ -608,7 +503,7 @@ async fn gather(
         let earlier = progress.released.saturating_sub(1) as usize;
         for wave in plan.waves.iter().take(earlier) {
             for step in &wave.steps {
-                earlier_instances.push(view(hub, step, false, &revoked).await);
+                earlier_instances.push(view(fleet, step, false, &gone).await);
             }
         }
     }
@@ -814,7 +709,7 @@ async fn degraded(
     desired: &DesiredState,
     base: Option<&DesiredState>,
 ) -> Result<Vec<String>, ApiError> {
-    let systems = crate::routes::touched_systems(plan, base, desired);
+    let systems = crate::record::touched_systems(plan, base, desired);
     if systems.is_empty() {
         return Ok(Vec::new());
     }
@@ -840,7 +735,7 @@ async fn degraded(
 
 /// The freeze windows of the policies (of the change's revision) covering a system the plan touches.
 fn freezes(plan: &Plan, desired: &DesiredState, base: Option<&DesiredState>) -> Vec<FreezeView> {
-    let systems = crate::routes::touched_systems(plan, base, desired);
+    let systems = crate::record::touched_systems(plan, base, desired);
     let mut out = Vec::new();
     for policy in desired.policies.values() {
         if !systems.iter().any(|system| policy.covers(system, desired)) {
@@ -868,7 +763,7 @@ fn expects_gone(step: &WaveStep, back: bool) -> bool {
 }
 
 /// What the Decider sees of one step's instance.
-async fn view(hub: &Hub, step: &WaveStep, back: bool, revoked: &BTreeSet<String>) -> InstanceView {
+async fn view(fleet: &dyn Fleet, step: &WaveStep, back: bool, gone: &crate::blueprint::Gone) -> InstanceView {
     let (system, component) = step
         .step
         .component
@@ -876,18 +771,18 @@ async fn view(hub: &Hub, step: &WaveStep, back: bool, revoked: &BTreeSet<String>
         .unwrap_or(("", &step.step.component));
     let id = endstate_agent_proto::InstanceId::new(system, component, step.step.slot).0;
     let host = step.step.host.to_string();
-    let (live, generation) = hub.observed(&host, &id).await;
-    let connected = hub.connection(&host).is_some();
+    let (live, generation) = fleet.observed(&host, &id).await;
+    let connected = fleet.connected(&host);
     if expects_gone(step, back) {
-        let gone = revoked.contains(&host)
+        let done = gone.contains(&host)
             || live.as_ref().is_none_or(|l| {
                 matches!(l.state, None | Some(endstate_agent_proto::InstanceStateWord::Stopped)) && connected
             });
         return InstanceView {
             id,
             host,
-            at_target: gone,
-            state: if gone {
+            at_target: done,
+            state: if done {
                 InstanceState::Stopped
             } else if connected {
                 InstanceState::Pending
@@ -941,7 +836,7 @@ fn instance_state(live: &Live, connected: bool) -> InstanceState {
         Some(W::Running) => InstanceState::Running,
         Some(W::Starting | W::Stopping | W::Stopped) => InstanceState::Pending,
         Some(state @ (W::SpawnFailed | W::Exited | W::BackingOff)) => {
-            InstanceState::Failed(crate::agents::word(state).to_owned())
+            InstanceState::Failed(crate::fleet::word(state).to_owned())
         }
     }
 }
@@ -1068,8 +963,8 @@ pub(crate) async fn command(
         ..Transition::default()
     };
     let updated = transition(state, change, to, update, reason, kind).await?;
-    if let Some(hub) = state.hub() {
-        hub.refresh(state).await?;
+    if let Some(fleet) = state.fleet() {
+        fleet.refresh(state).await?;
     }
     Ok(updated)
 }

@@ -33,13 +33,13 @@
 use std::time::Duration;
 
 use endstate_plan::Plan;
-use endstate_store::{Change, ChangeUpdate, NewEvent};
+use endstate_store::Change;
 use endstate_types::ChangeState;
 use tokio::sync::watch;
 
+use crate::AppState;
 use crate::error::ApiError;
-use crate::metrics::StateLabels;
-use crate::{AppState, now_ms};
+use crate::record::{Transition, transition};
 
 /// Runs rounds until `stop` turns true.
 pub(crate) async fn run(state: AppState, interval: Duration, mut stop: watch::Receiver<bool>) {
@@ -69,7 +69,7 @@ pub(crate) async fn round(state: &AppState) -> Result<(), ApiError> {
     };
     // A proposal waiting for a person holds nothing back: a newer change supersedes it.
     let active = open.iter().find(|c| {
-        matches!(c.state, ChangeState::Rolling | ChangeState::Halted) && !crate::rollout::Progress::of(c).proposed
+        matches!(c.state, ChangeState::Rolling | ChangeState::Halted) && !crate::record::Progress::of(c).proposed
     });
     for change in &open[1..] {
         if active.is_some_and(|a| a.id == change.id) {
@@ -211,7 +211,7 @@ async fn drive(state: &AppState, change: &Change) -> Result<(), ApiError> {
         .await?;
         return Ok(());
     }
-    if plan.unplaced.is_empty() && state.hub().is_some() {
+    if plan.unplaced.is_empty() && state.fleet().is_some() {
         let stepped: std::collections::BTreeSet<&str> = plan.steps.iter().map(|s| &*s.host).collect();
         let reason = format!(
             "{} instance steps on {} hosts in {} waves; asking the Decider before wave 1",
@@ -223,9 +223,9 @@ async fn drive(state: &AppState, change: &Change) -> Result<(), ApiError> {
             plan: Some(plan_json),
             wave: Some((0, u32::try_from(plan.waves.len()).unwrap_or(u32::MAX))),
             progress: Some(
-                serde_json::to_value(crate::rollout::Progress {
-                    hosts: Some(crate::rollout::hosts_digest(&hosts)),
-                    ..crate::rollout::Progress::default()
+                serde_json::to_value(crate::record::Progress {
+                    hosts: Some(crate::record::hosts_digest(&hosts)),
+                    ..crate::record::Progress::default()
                 })
                 .unwrap_or_default(),
             ),
@@ -267,140 +267,4 @@ fn waiting_reason(plan: &Plan) -> String {
         plan.steps.len(),
         hosts.len()
     )
-}
-
-/// What a transition writes besides the state and the reason.
-#[derive(Default)]
-pub(crate) struct Transition {
-    /// A new plan.
-    pub(crate) plan: Option<serde_json::Value>,
-    /// A new wave position.
-    pub(crate) wave: Option<(u32, u32)>,
-    /// New controller progress.
-    pub(crate) progress: Option<serde_json::Value>,
-    /// More events, written in the same transaction (decisions).
-    pub(crate) events: Vec<NewEvent>,
-    /// Who asked for it (`server` when not a person).
-    pub(crate) actor: Option<String>,
-    /// Log at debug, not info (waits are frequent).
-    pub(crate) quiet: bool,
-}
-
-/// Moves a change from the state it was read in to `to`, with its timeline event (and `extra`'s),
-/// in one transaction; a compare-and-set on the state read.
-pub(crate) async fn transition(
-    state: &AppState,
-    change: &Change,
-    to: ChangeState,
-    extra: Transition,
-    reason: String,
-    kind: &str,
-) -> Result<Change, ApiError> {
-    let Transition {
-        plan,
-        wave,
-        progress,
-        events: mut more,
-        actor,
-        quiet,
-    } = extra;
-    let actor = actor.unwrap_or_else(|| "server".into());
-    let now = now_ms();
-    let base = state.base().await?.map(|(_, desired)| desired);
-    // The systems the change touches, from the plan it has (or gets now); before it is planned,
-    // every system of its revision.
-    let systems = match state.desired(change.revision).await? {
-        Some(desired) => match plan
-            .as_ref()
-            .or(change.plan.as_ref())
-            .map(|p| serde_json::from_value::<Plan>(p.clone()))
-        {
-            Some(Ok(plan)) => crate::routes::touched_systems(&plan, base.as_deref(), &desired),
-            _ => desired.systems.keys().cloned().collect(),
-        },
-        None => Vec::new(),
-    };
-    let event = NewEvent {
-        systems: systems.clone(),
-        change: Some(change.id),
-        actor: Some(actor.clone()),
-        data: serde_json::json!({ "from": change.state.as_str(), "to": to.as_str(), "reason": reason, "revision": change.revision.0, "wave": wave }),
-        ..NewEvent::new(
-            now,
-            kind,
-            format!(
-                "change {} {} -> {}: {reason}",
-                change.id.0,
-                change.state.as_str(),
-                to.as_str()
-            ),
-        )
-    };
-    // A change that retires hosts has moved their instances away once it converges: from then
-    // on nothing is placed on them (recorded in the same transaction).
-    let retire_hosts = if to == ChangeState::Converged {
-        crate::options::of_change(change).retire_hosts
-    } else {
-        Vec::new()
-    };
-    more.extend(retire_hosts.iter().map(|host| NewEvent {
-        systems: systems.clone(),
-        host: Some(host.clone()),
-        actor: Some(actor.clone()),
-        data: serde_json::json!({ "change": change.id.0 }),
-        ..NewEvent::new(
-            now,
-            "host.retired",
-            format!(
-                "host {host} retired by change {}: its instances moved; nothing is placed on it until it enrols again",
-                change.id.0
-            ),
-        )
-    }));
-    let updated = state
-        .store()
-        .transition_change(
-            change.id,
-            change.state,
-            ChangeUpdate {
-                state: to,
-                plan,
-                reason: Some(reason),
-                wave,
-                progress,
-                now_ms: now,
-                retire_hosts,
-            },
-            std::iter::once(event)
-                .chain(more.drain(..).map(|e| NewEvent {
-                    systems: if e.systems.is_empty() {
-                        systems.clone()
-                    } else {
-                        e.systems
-                    },
-                    ..e
-                }))
-                .collect(),
-        )
-        .await?;
-    state
-        .metrics()
-        .change_transitions
-        .get_or_create(&StateLabels {
-            state: to.as_str().to_string(),
-        })
-        .inc();
-    state.written();
-    if quiet {
-        tracing::debug!(change = change.id.0, kind, "Change waits.");
-    } else {
-        tracing::info!(
-            change = change.id.0,
-            from = change.state.as_str(),
-            to = to.as_str(),
-            kind,
-            "Change transitioned."
-        );
-    }
-    Ok(updated)
 }

@@ -20,7 +20,8 @@ use futures_util::{Stream, StreamExt};
 use crate::AppState;
 use crate::auth::{Actor, Verb, authorize};
 use crate::error::ApiError;
-use crate::routes::{Params, TimelineParams, event_query};
+use crate::extract::Params;
+use crate::timeline::{TimelineParams, event_query};
 
 /// How long a subscriber waits for a wake-up before it looks at the store anyway.
 const POLL: Duration = Duration::from_secs(2);

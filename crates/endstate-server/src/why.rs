@@ -28,8 +28,8 @@ use utoipa::IntoParams;
 
 use crate::auth::{Actor, Verb, authorize};
 use crate::error::ApiError;
+use crate::extract::{Params, parse_time};
 use crate::history::{self, Health, TARGET_SYNTAX, Target};
-use crate::routes::{Params, parse_time};
 use crate::{AppState, now_ms, rfc3339};
 
 const MINUTE_MS: i64 = 60_000;

@@ -15,8 +15,8 @@ use nix::unistd::Pid;
 
 use crate::hosts::{
     AgentHome, Cli, Event, Netns, PATIENCE, Proc, Reaper, Server, alive, assert_in_order, assert_no_duplicates,
-    assert_nothing_left, example_service, free_port, script, script_component, service, show, start_server, tail,
-    transitions, wait_until, write_spec,
+    assert_nothing_left, example_service, free_port, script, script_component, service, show, start_server,
+    start_server_with, tail, transitions, wait_until, write_spec,
 };
 
 /// One server, its agents, and the guards that clean up after them. Fields drop in order: the
@@ -35,14 +35,20 @@ impl Lab {
     /// A server whose API and agent listener are on `ip` (the agent listener on `agent_port`, 0
     /// for a free one).
     fn new(netns: Option<Netns>, agent_port: u16) -> Lab {
+        Lab::with_flags(netns, agent_port, &[])
+    }
+
+    /// `new`, with more flags for the server.
+    fn with_flags(netns: Option<Netns>, agent_port: u16, flags: &[&str]) -> Lab {
         let dir = tempfile::Builder::new().prefix("es-agents-").tempdir().unwrap();
         let reaper = Reaper(dir.path().to_owned());
         let ip = netns.as_ref().map_or("127.0.0.1".to_owned(), |n| n.host_ip.clone());
-        let server = start_server(
+        let server = start_server_with(
             dir.path(),
             &dir.path().join("server"),
-            &ip,
+            &format!("{ip}:0"),
             &format!("{ip}:{agent_port}"),
+            flags,
         );
         let cli = Cli {
             url: server.url.clone(),
@@ -1335,6 +1341,87 @@ fn a_host_joining_moves_nothing_until_the_proposed_rebalance_is_accepted_and_rol
     assert!(!kinds.iter().any(|k| k == "change.accepted"), "{kinds:?}");
     assert_eq!(on_a.instance_pids("lab", "roll").len(), 2, "back to two on p-a");
     lab.wait_status("lab/roll 1.0.0 (3/3 ready)  healthy");
+    lab.finish();
+}
+
+/// A host whose agent stays unreachable longer than `--evacuate-after` leaves the hosts in
+/// service: the server proposes moving its instances, that change starts by itself and rolls out
+/// in waves, gated, and the stop on the dead host counts as done. When the host comes back, its
+/// agent is told to run nothing (its instance moved), and moving instances back onto it waits for
+/// a person.
+#[test]
+fn a_host_unreachable_longer_than_the_evacuation_time_has_its_instances_moved_by_a_gated_change() {
+    let mut lab = Lab::with_flags(None, 0, &["--evacuate-after", "3s", "--keepalive-interval", "1s"]);
+    let binary = example_service(lab.root());
+    for (name, zone) in [("e-a", "a"), ("e-b", "b")] {
+        lab.add_agent(name, &format!("zone={zone}"), false);
+    }
+    lab.cli.wait_liveness(&["e-a", "e-b"], "reachable");
+    let spec = write_spec(&lab.root().join("spec"), &[spread_service(&binary, "1.0.0", 2)]);
+    lab.cli.apply(&spec, &["--timeout", "90s"], 0);
+    lab.wait_status("lab/roll 1.0.0 (2/2 ready)  healthy");
+    let on_a = lab.home("e-a").clone();
+    let on_b = lab.home("e-b").clone();
+    assert_eq!(on_a.instance_pids("lab", "roll").len(), 1);
+    let orphan = on_b.instance_pids("lab", "roll");
+    assert_eq!(orphan.len(), 1, "one instance in each zone");
+
+    // e-b's agent dies (its instance runs on, orphaned): after the keepalives and the
+    // evacuation time, the instance is started on e-a by a change nobody had to accept.
+    lab.agent("e-b").kill9();
+    lab.cli.wait_liveness(&["e-b"], "unreachable");
+    let proposed = wait_until("an evacuation to be proposed", PATIENCE, || {
+        let events = lab.cli.timeline(&["--kind", "change.proposed"])?;
+        events.into_iter().next().ok_or_else(|| "none yet".to_owned())
+    });
+    let id = proposed.0["change"].as_u64().unwrap();
+    assert!(
+        proposed
+            .summary()
+            .contains("e-b left the hosts in service: unreachable for")
+            && proposed.summary().contains("evacuated after 3s")
+            && proposed.summary().contains("started by itself")
+            && proposed.summary().contains("onto e-a"),
+        "{proposed}"
+    );
+    assert_eq!(proposed.0["data"]["revision"], 1, "no new revision: {proposed}");
+    let kinds = wait_change_event(&lab, id, "change.converged", "the evacuation to converge");
+    assert!(!kinds.iter().any(|k| k == "change.accepted"), "{kinds:?}");
+    let waves = kinds.iter().filter(|k| *k == "change.wave_started").count();
+    let decisions = lab
+        .cli
+        .timeline(&["--kind", "decision."])
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.0["change"] == id)
+        .count();
+    assert!(
+        waves >= 1 && decisions >= waves,
+        "gated waves: {kinds:?}, {decisions} decisions"
+    );
+    assert_eq!(on_a.instance_pids("lab", "roll").len(), 2, "both instances on e-a");
+    lab.wait_status("lab/roll 1.0.0 (2/2 ready)  healthy");
+
+    // e-b comes back: the placement in force has nothing on it, so its agent stops the orphan;
+    // moving an instance back onto it is proposed and waits for a person.
+    lab.restart_agent("e-b");
+    lab.cli.wait_liveness(&["e-b"], "reachable");
+    wait_until("the orphan on e-b to stop", PATIENCE, || {
+        match on_b.instance_pids("lab", "roll").len() {
+            0 => Ok(()),
+            n => Err(format!("{n} instances")),
+        }
+    });
+    let back = wait_until("a rebalance back onto e-b", PATIENCE, || {
+        let events = lab.cli.timeline(&["--kind", "change.proposed"])?;
+        events.into_iter().nth(1).ok_or_else(|| "none yet".to_owned())
+    });
+    assert!(back.summary().contains("waiting for a person"), "{back}");
+    assert_eq!(
+        on_a.instance_pids("lab", "roll").len(),
+        2,
+        "nothing moved back by itself"
+    );
     lab.finish();
 }
 

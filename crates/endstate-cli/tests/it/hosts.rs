@@ -233,6 +233,17 @@ pub(crate) fn start_server(root: &Path, data: &Path, ip: &str, agent_listen: &st
 
 /// `start_server` with the API on `api_listen`.
 pub(crate) fn start_server_on(root: &Path, data: &Path, api_listen: &str, agent_listen: &str) -> Server {
+    start_server_with(root, data, api_listen, agent_listen, &[])
+}
+
+/// `start_server_on` with more flags for `endstate server`.
+pub(crate) fn start_server_with(
+    root: &Path,
+    data: &Path,
+    api_listen: &str,
+    agent_listen: &str,
+    flags: &[&str],
+) -> Server {
     let mut command = bin();
     command
         .args([
@@ -244,6 +255,8 @@ pub(crate) fn start_server_on(root: &Path, data: &Path, api_listen: &str, agent_
             "--data-dir",
         ])
         .arg(data)
+        .arg("--agents-on-one-machine")
+        .args(flags)
         .env("ENDSTATE_CONFIG", root.join("client.json"))
         .env("ENDSTATE_LOG", "info,tower_http=warn")
         .current_dir(repo_root());

@@ -55,7 +55,15 @@ pub(crate) struct InstanceMeta {
 /// Every host's set, rendered from the blueprint (what every instance should run now: see
 /// [`crate::blueprint`]). Every host in service gets a set (empty when nothing is placed on it),
 /// and so does every host the blueprint places on; the hosts in service decide no placement.
-pub(crate) fn sets(current: &Current, in_service: &[HostInfo], salt: &str) -> BTreeMap<String, HostAssignments> {
+///
+/// `one_machine`: every agent runs on this one machine (`endstate dev`, a lab), so a dynamic port
+/// is unique across hosts, not only on its host.
+pub(crate) fn sets(
+    current: &Current,
+    in_service: &[HostInfo],
+    salt: &str,
+    one_machine: bool,
+) -> BTreeMap<String, HostAssignments> {
     let chosen: BTreeMap<PlacementKey, (&Component, Placement)> = current
         .blueprint
         .placements
@@ -78,7 +86,7 @@ pub(crate) fn sets(current: &Current, in_service: &[HostInfo], salt: &str) -> BT
             hosts.push(host.clone());
         }
     }
-    assignments_of(&chosen, &hosts, salt)
+    assignments_of(&chosen, &hosts, salt, one_machine)
 }
 
 /// The assignments of `desired` placed on `hosts` (what [`sets`] renders for a revision in force
@@ -93,23 +101,26 @@ pub(crate) fn assignments(desired: &DesiredState, hosts: &[HostInfo], salt: &str
             Some((key, (component, placement)))
         })
         .collect();
-    assignments_of(&chosen, hosts, salt)
+    assignments_of(&chosen, hosts, salt, false)
 }
 
 fn assignments_of(
     placements: &BTreeMap<PlacementKey, (&Component, Placement)>,
     hosts: &[HostInfo],
     salt: &str,
+    one_machine: bool,
 ) -> BTreeMap<String, HostAssignments> {
     let labels: BTreeMap<&str, &endstate_types::Labels> = hosts.iter().map(|h| (h.name.as_str(), &h.labels)).collect();
     let mut out: BTreeMap<String, HostAssignments> = hosts
         .iter()
         .map(|h| (h.name.clone(), HostAssignments::default()))
         .collect();
+    // Ports taken, per machine: per host, or all in one when the agents share a machine.
     let mut taken: BTreeMap<String, BTreeSet<u16>> = BTreeMap::new();
+    let machine = |host: &str| if one_machine { String::new() } else { host.to_owned() };
     // Fixed ports first, so dynamic ones never take them.
     for (key, (component, _)) in placements {
-        let used = taken.entry(key.host.to_string()).or_default();
+        let used = taken.entry(machine(&key.host)).or_default();
         used.extend(component.ports.iter().filter_map(|p| p.number));
     }
     for (key, (component, placement)) in placements {
@@ -117,7 +128,7 @@ fn assignments_of(
         // component's templates do not use it.
         let this_index = placement.index.unwrap_or(0);
         let id = InstanceId::new(&component.system, &component.name, key.slot);
-        let used = taken.entry(key.host.to_string()).or_default();
+        let used = taken.entry(machine(&key.host)).or_default();
         // Start-before-stop needs the new instance on other ports than the old one, for an
         // upgrade and for a reconfiguration alike: the ports follow the version and the config.
         let version_salt = match upgrade_order(component) {
@@ -681,6 +692,43 @@ placement: { count: { total: 3 } }
         );
     }
 
+    /// Agents sharing one machine (`endstate dev`, a lab) get ports unique across their hosts:
+    /// 300 hosts of one instance each would share a port somewhere with one range per host.
+    #[test]
+    fn agents_on_one_machine_never_share_a_port() {
+        let desired = load(
+            &SPEC
+                .replace(", { name: admin, number: 9000 }", "")
+                .replace("count: { total: 3 }", "count: { per_host: 1 }"),
+        );
+        let many: Vec<HostInfo> = (0..300)
+            .map(|i| HostInfo {
+                name: format!("h-{i}"),
+                labels: hosts()[i % 3].labels.clone(),
+            })
+            .collect();
+        let (placements, _) = endstate_plan::place(&desired, &many);
+        let chosen: BTreeMap<PlacementKey, (&Component, Placement)> = placements
+            .into_iter()
+            .filter_map(|(key, placement)| Some((key.clone(), (desired.components.get(&*key.component)?, placement))))
+            .collect();
+        let ports = |one_machine: bool| -> Vec<u16> {
+            assignments_of(&chosen, &many, "salt", one_machine)
+                .values()
+                .flat_map(|set| set.instances.iter().map(|i| i.ports["http"]))
+                .collect()
+        };
+        let distinct = |ports: &[u16]| ports.iter().collect::<BTreeSet<_>>().len();
+        let per_host = ports(false);
+        assert_eq!(per_host.len(), 300);
+        assert!(
+            distinct(&per_host) < 300,
+            "the test needs a collision per host to mean anything"
+        );
+        let shared = ports(true);
+        assert_eq!(distinct(&shared), 300, "one machine: every port its own");
+    }
+
     #[test]
     fn a_missing_label_is_a_problem_not_an_empty_value() {
         let mut hosts = hosts();
@@ -776,7 +824,7 @@ placement: { count: { per_host: 1 } }
             let stored = serde_json::to_value(&plan).unwrap();
             let mut current = in_force(&desired, &stored);
             let mut in_service = basis.clone();
-            let first = running(&sets(&current, &in_service, "salt"));
+            let first = running(&sets(&current, &in_service, "salt", false));
             proptest::prop_assert_eq!(first.len(), 4, "every basis host runs something: {:?}", first.keys());
             for (op, host, zone) in ops {
                 let name = format!("h{host}");
@@ -798,10 +846,10 @@ placement: { count: { per_host: 1 } }
                     // The server restarts: everything is read back from the store.
                     _ => current = in_force(&desired, &stored),
                 }
-                let now = running(&sets(&current, &in_service, "salt"));
+                let now = running(&sets(&current, &in_service, "salt", false));
                 proptest::prop_assert_eq!(&now, &first);
                 // Every host in service gets a set, if only an empty one.
-                let rendered = sets(&current, &in_service, "salt");
+                let rendered = sets(&current, &in_service, "salt", false);
                 for host in &in_service {
                     proptest::prop_assert!(rendered.contains_key(&host.name));
                 }

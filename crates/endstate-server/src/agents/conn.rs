@@ -29,8 +29,9 @@ use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use super::{ConnHandle, Hub, Live, status_of, word};
+use super::{ConnHandle, Hub, status_of};
 use crate::error::ApiError;
+use crate::fleet::{Live, word};
 use crate::{AppState, now_ms};
 
 /// How long a peer has for the TLS handshake, the websocket upgrade and its `hello`.

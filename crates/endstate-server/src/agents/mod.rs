@@ -35,6 +35,7 @@ use endstate_types::{Generation, HostName, RevisionId, Status};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::ApiError;
+use crate::fleet::{Fleet, Live, word};
 use crate::{AppState, now_ms};
 
 pub use tls::TlsError;
@@ -51,6 +52,9 @@ pub struct AgentConfig {
     pub cert_lifetime: Duration,
     /// The URL agents connect to, when it is not the listener's own address (behind NAT).
     pub advertise_url: Option<String>,
+    /// Every agent runs on this one machine (`endstate dev`, a lab): a port the server
+    /// allocates is unique across hosts, not only on its host.
+    pub one_machine: bool,
 }
 
 impl Default for AgentConfig {
@@ -59,6 +63,7 @@ impl Default for AgentConfig {
             keepalive_interval: Duration::from_secs(5),
             cert_lifetime: endstate_pki::DEFAULT_AGENT_LIFETIME,
             advertise_url: None,
+            one_machine: false,
         }
     }
 }
@@ -98,21 +103,6 @@ pub(crate) struct ConnHandle {
     pub(crate) close: Arc<tokio::sync::Notify>,
     /// The address the agent connects from: where its instances are reached (Prometheus targets).
     pub(crate) peer_ip: std::net::IpAddr,
-}
-
-/// What the server knows of one instance from its agent's observations.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Live {
-    pub(crate) state: Option<InstanceStateWord>,
-    pub(crate) version: String,
-    pub(crate) generation: u64,
-    pub(crate) healthy: Option<bool>,
-    pub(crate) restarts: u32,
-    /// Since when the instance has been healthy without interruption (the agent's time of the
-    /// first passing verdict), while it is.
-    pub(crate) healthy_since_ms: Option<i64>,
-    pub(crate) rss_bytes: u64,
-    pub(crate) cpu_millis: u64,
 }
 
 /// The assignments of the current target, cached until the target or the hosts change.
@@ -279,7 +269,7 @@ impl Hub {
         let target = current.target();
         let mut assigned = self.assigned.lock().await;
         if assigned.key.as_ref() != Some(&key) {
-            let mut sets = assign::sets(&current, &hosts, &self.tls.ca_sha256);
+            let mut sets = assign::sets(&current, &hosts, &self.tls.ca_sha256, self.config.one_machine);
             // Checks and actions follow what is rendered: the change's revision while it rolls
             // out, else the base.
             if let Some((_, desired)) = current.shown() {
@@ -287,7 +277,7 @@ impl Hub {
                 assign::add_actions(desired, &mut sets, &hosts);
             }
             // A retired host runs nothing: it gets an empty set, not none (it would keep what it has).
-            for host in crate::routes::retired_hosts(state).await? {
+            for host in crate::revisions::retired_hosts(state).await? {
                 sets.entry(host).or_default();
             }
             let mut records = Vec::new();
@@ -639,6 +629,7 @@ pub(crate) async fn mark_unreachable(state: &AppState, hub: &Hub, host: &str, re
         .store()
         .set_agent_reachable(&name, false, None, vec![event])
         .await?;
+    state.note_unreachable(host, now);
     crate::monitor::keepalive(state, host, false, &format!("unreachable: {reason}"), &systems).await?;
     let transitions: Vec<InstanceTransition> = instances
         .iter()
@@ -691,19 +682,6 @@ fn hosts_key(hosts: &[HostInfo]) -> String {
     serde_json::to_string(&hosts.iter().map(|h| (&h.name, &h.labels)).collect::<Vec<_>>()).unwrap_or_default()
 }
 
-/// The word of an instance state, as on the wire.
-pub(crate) fn word(state: InstanceStateWord) -> &'static str {
-    match state {
-        InstanceStateWord::Starting => "starting",
-        InstanceStateWord::Running => "running",
-        InstanceStateWord::SpawnFailed => "spawn_failed",
-        InstanceStateWord::Exited => "exited",
-        InstanceStateWord::BackingOff => "backing_off",
-        InstanceStateWord::Stopping => "stopping",
-        InstanceStateWord::Stopped => "stopped",
-    }
-}
-
 /// The status an instance has, from its state and health.
 pub(crate) fn status_of(state: InstanceStateWord, healthy: Option<bool>) -> Status {
     match (state, healthy) {
@@ -719,4 +697,23 @@ pub(crate) fn status_of(state: InstanceStateWord, healthy: Option<bool>) -> Stat
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[async_trait::async_trait]
+impl Fleet for Hub {
+    async fn refresh(&self, state: &AppState) -> Result<(), ApiError> {
+        Hub::refresh(self, state).await
+    }
+
+    async fn progress(&self, state: &AppState, revision: RevisionId) -> Result<Result<usize, String>, ApiError> {
+        Hub::progress(self, state, revision).await
+    }
+
+    fn connected(&self, host: &str) -> bool {
+        self.connection(host).is_some()
+    }
+
+    async fn observed(&self, host: &str, instance: &str) -> (Option<Live>, Option<u64>) {
+        Hub::observed(self, host, instance).await
+    }
 }

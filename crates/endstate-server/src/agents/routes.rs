@@ -15,7 +15,7 @@ use serde::Deserialize;
 
 use crate::auth::{Actor, Verb, authorize};
 use crate::error::ApiError;
-use crate::routes::{JsonBody, Params};
+use crate::extract::{JsonBody, Params};
 use crate::{AppState, now_ms};
 
 /// The longest a join token may live.
@@ -316,7 +316,7 @@ pub(crate) async fn revoke_host(
         hub.refresh(&state).await?;
     }
     state.written();
-    let views = crate::routes::host_views(&state).await?;
+    let views = crate::hosts::host_views(&state).await?;
     views
         .into_iter()
         .find(|v| v.name == host)
