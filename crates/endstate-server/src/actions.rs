@@ -40,7 +40,7 @@ use tokio::sync::Notify;
 use crate::auth::{Actor, Verb, authorize};
 use crate::error::ApiError;
 use crate::extract::{JsonBody, Params};
-use crate::{AppState, now_ms, rfc3339};
+use crate::{AppState, rfc3339};
 
 /// Runs of one system's actions within [`RATE_WINDOW_MS`].
 pub(crate) const MAX_RUNS_PER_SYSTEM: usize = 100;
@@ -465,7 +465,7 @@ pub(crate) async fn request(
         ));
     }
     let key = format!("{}/{}", action.system, action.name);
-    let now = now_ms();
+    let now = state.now_ms();
 
     if action.engagement == Engagement::Escalate {
         let contact = action.escalate_to.clone().unwrap_or_default();
@@ -690,7 +690,7 @@ pub(crate) async fn approve(
 ) -> Result<Json<RunView>, ApiError> {
     let (n, system) = find(&state, &id)?;
     authorize(&actor, Verb::Approve, Some(&system))?;
-    let now = now_ms();
+    let now = state.now_ms();
     let run = {
         let runs = state.runs();
         let mut inner = runs.lock();
@@ -756,7 +756,7 @@ pub(crate) async fn cancel(
 ) -> Result<Json<RunView>, ApiError> {
     let (n, system) = find(&state, &id)?;
     authorize(&actor, Verb::Operate, Some(&system))?;
-    let now = now_ms();
+    let now = state.now_ms();
     let (run, running_hosts) = {
         let runs = state.runs();
         let mut inner = runs.lock();
@@ -906,11 +906,11 @@ async fn drive(state: &AppState, n: u64) -> Result<(), ApiError> {
     // Looking for lost hosts asks the hub about every running host: at most every `SWEEP_MS`,
     // not on each of thousands of results (each wakes the driver), so a wake-up stays cheap.
     const SWEEP_MS: i64 = 500;
-    let mut swept_ms = now_ms();
+    let mut swept_ms = state.now_ms();
     let mut signatures: BTreeMap<u64, String> = BTreeMap::new();
     loop {
         let wake = runs.wake.notified();
-        let now = now_ms();
+        let now = state.now_ms();
         let sweep = now - swept_ms >= SWEEP_MS;
         if sweep {
             swept_ms = now;
@@ -1221,7 +1221,7 @@ pub(crate) async fn load_runs(state: &AppState) -> Result<(), ApiError> {
             _ => break,
         }
     }
-    let now = now_ms();
+    let now = state.now_ms();
     let mut events = Vec::new();
     for run in runs.values_mut() {
         if run.state == RunState::Running || (run.state == RunState::Cancelled && run.finished_ms.is_none()) {

@@ -181,7 +181,7 @@ pub(crate) async fn bootstrap_admin(state: &AppState) -> Result<Option<String>, 
             name: "admin".to_string(),
             role: Role::Admin.as_str().to_string(),
             hash_hex: hash_secret(&secret),
-            created_ms: crate::now_ms(),
+            created_ms: state.now_ms(),
             revoked: false,
             systems: Vec::new(),
         })

@@ -14,9 +14,9 @@ use endstate_spec::{DesiredState, HostInfo};
 use endstate_store::{Change, ChangeFilter, NewChange, NewEvent, PageRequest};
 use endstate_types::{ChangeState, RevisionId};
 
+use crate::AppState;
 use crate::error::ApiError;
 use crate::record::Progress;
-use crate::{AppState, now_ms};
 
 /// The revision in force: the one whose change converged last.
 #[derive(Clone)]
@@ -144,7 +144,7 @@ impl Gone {
 
 /// The hosts that are [`Gone`] now.
 pub(crate) async fn hosts_gone(state: &AppState) -> Result<Gone, ApiError> {
-    let now = now_ms();
+    let now = state.now_ms();
     let evacuate_after = state
         .rollout_config()
         .evacuate_after
@@ -366,7 +366,7 @@ const PROPOSE_EVERY_MS: i64 = 2_000;
 /// runner's idle rounds follow every write (each observation batch), and reading every host
 /// and agent at each would load a large fleet's server for nothing.
 pub(crate) async fn propose(state: &AppState) -> Result<(), ApiError> {
-    let checked = now_ms();
+    let checked = state.now_ms();
     let last = state.0.proposals_checked_ms.load(std::sync::atomic::Ordering::Relaxed);
     if checked.saturating_sub(last) < PROPOSE_EVERY_MS {
         return Ok(());
@@ -472,7 +472,7 @@ pub(crate) async fn propose(state: &AppState) -> Result<(), ApiError> {
     };
     let plan_json = serde_json::to_value(&plan).map_err(|error| ApiError::Internal(error.to_string()))?;
     let systems = crate::record::touched_systems(&plan, Some(desired), desired);
-    let now = now_ms();
+    let now = state.now_ms();
     let event = NewEvent {
         systems,
         actor: Some("server".into()),

@@ -29,7 +29,7 @@ use utoipa::IntoParams;
 use crate::auth::{Actor, Verb, authorize};
 use crate::error::ApiError;
 use crate::extract::Params;
-use crate::{AppState, now_ms, rfc3339};
+use crate::{AppState, rfc3339};
 
 const HOUR_MS: i64 = 3_600_000;
 const DAY_MS: i64 = 24 * HOUR_MS;
@@ -347,7 +347,7 @@ pub(crate) async fn history(
         .ok_or_else(|| ApiError::bad_field("target", format!("is required: {TARGET_SYNTAX}")))?;
     let target = Target::parse(&text).map_err(|message| ApiError::bad_field("target", message))?;
     authorize(&actor, Verb::Read, target.system())?;
-    let now = now_ms();
+    let now = state.now_ms();
     let (before, samples) = load_samples(&state, &target, now).await?;
     let stats = compute(now, before.as_ref(), &samples);
     Ok(Json(HistoryView {

@@ -13,7 +13,7 @@ use utoipa::IntoParams;
 use crate::auth::{Actor, Verb, authorize};
 use crate::error::ApiError;
 use crate::extract::{Params, page_by_key};
-use crate::{AppState, now_ms, views};
+use crate::{AppState, views};
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -96,7 +96,7 @@ pub(crate) async fn host_views(state: &AppState) -> Result<Vec<HostView>, ApiErr
         .as_ref()
         .map(|(_, d)| d.hosts.values().collect())
         .unwrap_or_default();
-    Ok(views::hosts(&hosts, &agents, &instances, &statics, now_ms()))
+    Ok(views::hosts(&hosts, &agents, &instances, &statics, state.now_ms()))
 }
 
 /// The most events of a host read for what ran on it.

@@ -16,6 +16,7 @@ mod api_tls;
 mod auth;
 mod blueprint;
 mod changes;
+mod clock;
 mod error;
 mod extract;
 mod fleet;
@@ -54,6 +55,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
 pub use agents::{AgentConfig, KEEPALIVE_MISSES, TlsError};
+pub use clock::Clock;
 pub use monitor::MonitorConfig;
 pub use prometheus::PrometheusAuth;
 pub use ratelimit::RateLimitConfig;
@@ -86,6 +88,8 @@ pub struct ServerConfig {
     pub trusted_cas: Vec<rustls_pki_types::CertificateDer<'static>>,
     /// How the API is served: HTTPS by default.
     pub api_tls: ApiTls,
+    /// The clock decisions read (the system's; a test's paused one).
+    pub clock: Clock,
 }
 
 /// How the API listener speaks.
@@ -125,6 +129,7 @@ impl ServerConfig {
             retention_interval: Duration::from_secs(600),
             trusted_cas: Vec::new(),
             api_tls: ApiTls::BuiltIn { names: Vec::new() },
+            clock: Clock::system(),
         }
     }
 }
@@ -187,6 +192,7 @@ pub(crate) struct AppState(Arc<Inner>);
 
 struct Inner {
     store: Arc<dyn Store>,
+    clock: Clock,
     metrics: metrics::Metrics,
     limiter: ratelimit::RateLimiter,
     /// Wakes the change runner.
@@ -268,6 +274,7 @@ impl Server {
         }
         let state = AppState(Arc::new(Inner {
             store,
+            clock: config.clock.clone(),
             metrics: metrics::Metrics::new(),
             limiter: ratelimit::RateLimiter::new(config.rate_limit),
             runner_wake: Notify::new(),
@@ -279,7 +286,7 @@ impl Server {
             proposals_seen: Mutex::new(None),
             proposals_checked_ms: std::sync::atomic::AtomicI64::new(0),
             unreachable_since: Mutex::new(BTreeMap::new()),
-            started_ms: now_ms(),
+            started_ms: config.clock.now_ms(),
             basis_cache: Mutex::new(Vec::new()),
             placement_cache: Mutex::new(None),
             hub: std::sync::OnceLock::new(),
@@ -345,9 +352,9 @@ impl Server {
         if !addr.ip().is_unspecified() && !ips.contains(&addr.ip()) {
             ips.push(addr.ip());
         }
-        let tls = agents::tls::AgentTls::load_or_create(&self.data_dir, &names, &ips, now_ms())
+        let tls = agents::tls::AgentTls::load_or_create(&self.data_dir, &names, &ips, clock::system_now_ms())
             .map_err(ServerError::AgentTls)?;
-        let hub = Arc::new(agents::Hub::new(tls, self.agent_config.clone()));
+        let hub = Arc::new(agents::Hub::new(tls, self.agent_config.clone(), self.state.now_ms()));
         let url = self.agent_config.advertise_url.clone().unwrap_or_else(|| {
             let host = if addr.ip().is_unspecified() {
                 "localhost".to_owned()
@@ -376,8 +383,8 @@ impl Server {
     pub fn api_ca(&self) -> Result<Option<(String, String)>, ServerError> {
         match self.api_tls {
             ApiTls::BuiltIn { .. } => {
-                let (_, pem, _, sha256) =
-                    agents::tls::load_or_create_ca(&self.data_dir, now_ms()).map_err(ServerError::ApiTls)?;
+                let (_, pem, _, sha256) = agents::tls::load_or_create_ca(&self.data_dir, clock::system_now_ms())
+                    .map_err(ServerError::ApiTls)?;
                 Ok(Some((pem, sha256)))
             }
             ApiTls::Files { .. } | ApiTls::Plain => Ok(None),
@@ -409,7 +416,8 @@ impl Server {
             ApiTls::Plain if !addr.ip().is_loopback() => return Err(ServerError::PlainHttpNotLoopback(addr)),
             ApiTls::Plain => None,
             ApiTls::BuiltIn { names } => Some(
-                api_tls::ApiTlsConfig::built_in(&self.data_dir, addr, names, now_ms()).map_err(ServerError::ApiTls)?,
+                api_tls::ApiTlsConfig::built_in(&self.data_dir, addr, names, clock::system_now_ms())
+                    .map_err(ServerError::ApiTls)?,
             ),
             ApiTls::Files { cert, key } => Some(api_tls::ApiTlsConfig::files(cert, key).map_err(ServerError::ApiTls)?),
         };
@@ -533,7 +541,7 @@ pub async fn reset_admin_token(data_dir: &std::path::Path) -> Result<String, Ser
             name: "admin".to_string(),
             role: "admin".to_string(),
             hash_hex: auth::hash_secret(&secret),
-            created_ms: now_ms(),
+            created_ms: clock::system_now_ms(),
             revoked: false,
             systems: Vec::new(),
         })
@@ -544,7 +552,7 @@ pub async fn reset_admin_token(data_dir: &std::path::Path) -> Result<String, Ser
             actor: Some("endstate server admin-token (offline)".into()),
             data: serde_json::json!({ "revoked": revoked }),
             ..endstate_store::NewEvent::new(
-                now_ms(),
+                clock::system_now_ms(),
                 "token.admin_reset",
                 format!("admin token replaced offline; {revoked} previous admin token(s) revoked"),
             )
@@ -616,6 +624,11 @@ impl AppState {
         self.0.hub.get().map(|hub| Arc::clone(hub) as Arc<dyn fleet::Fleet>)
     }
 
+    /// The time in milliseconds since the Unix epoch, from the server's [`Clock`].
+    pub(crate) fn now_ms(&self) -> i64 {
+        self.0.clock.now_ms()
+    }
+
     pub(crate) fn rollout_config(&self) -> &RolloutConfig {
         &self.0.rollout
     }
@@ -638,7 +651,7 @@ impl AppState {
     /// How long the runner may sleep at most: until the controller's recheck time, if sooner.
     pub(crate) fn runner_sleep(&self, interval: std::time::Duration) -> std::time::Duration {
         let at = self.0.recheck_at_ms.load(std::sync::atomic::Ordering::Relaxed);
-        let left = at.saturating_sub(now_ms());
+        let left = at.saturating_sub(self.now_ms());
         if at <= 0 || left < 0 {
             // No wish, or it passed (the round that ran since decided anew).
             return interval;
@@ -724,11 +737,6 @@ impl AppState {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
-}
-
-/// The current time in milliseconds since the Unix epoch.
-pub(crate) fn now_ms() -> i64 {
-    jiff::Timestamp::now().as_millisecond()
 }
 
 /// RFC 3339 text of a millisecond timestamp.

@@ -284,7 +284,7 @@ const MAX_SILENCE_MS: i64 = 30 * 24 * 3600 * 1000;
 /// Rebuilds the active silences from the timeline (`silence.created` minus `silence.removed`
 /// and `silence.expired`), at start.
 pub(crate) async fn load_silences(state: &AppState) -> Result<(), ApiError> {
-    let now = crate::now_ms();
+    let now = state.now_ms();
     let mut created: BTreeMap<u64, alerts::Silence> = BTreeMap::new();
     let mut highest = 0;
     // `after` makes the store list oldest first: the order things happened in.
@@ -342,7 +342,7 @@ const RESTORE_ALERTS_EVENTS: usize = 2_000_000;
 /// unless that is `alert.resolved`, the alert is open again, with its acknowledgement, and the
 /// next failing result of its check neither opens it again nor notifies again.
 pub(crate) async fn load_alerts(state: &AppState) -> Result<(), ApiError> {
-    let now = crate::now_ms();
+    let now = state.now_ms();
     let mut seen: BTreeSet<CheckKey> = BTreeSet::new();
     let mut open: Vec<Alert> = Vec::new();
     let mut before = None;
@@ -414,7 +414,7 @@ fn is_external(key: &CheckKey) -> bool {
 
 /// Drops expired silences, each with a `silence.expired` event; the active ones.
 async fn active_silences(state: &AppState) -> Result<Vec<alerts::Silence>, ApiError> {
-    let now = crate::now_ms();
+    let now = state.now_ms();
     let expired: Vec<alerts::Silence> = {
         let mut silences = state.monitor().silences();
         let (expired, active) = std::mem::take(&mut *silences)
@@ -546,7 +546,7 @@ pub(crate) async fn keepalive(
         system: systems.first().cloned().unwrap_or_else(|| "endstate".to_owned()),
         status: if reachable { Status::Ok } else { Status::Critical },
         message: reason.to_owned(),
-        at_ms: crate::now_ms(),
+        at_ms: state.now_ms(),
     };
     process(state, Source::Server, vec![(result, String::new())]).await
 }
@@ -651,7 +651,7 @@ async fn process(
 async fn dependencies_down(state: &AppState) -> BTreeMap<String, String> {
     // Computed again only when an alert opened, changed or resolved, and at least every 5 s (a
     // new revision may declare other dependencies): every batch of results asks.
-    let now = crate::now_ms();
+    let now = state.now_ms();
     let version = state.monitor().engine().version();
     {
         let cached = state
@@ -801,18 +801,14 @@ impl Subject {
         }
     }
 
-    fn event(&self, kind: &'static str, what: String, data: serde_json::Value) -> NewEvent {
+    fn event(&self, now: i64, kind: &'static str, what: String, data: serde_json::Value) -> NewEvent {
         NewEvent {
             systems: vec![self.system.clone()],
             host: (!self.host.is_empty()).then(|| self.host.clone()),
             component: component_of(&self.target),
             actor: Some("server".into()),
             data,
-            ..NewEvent::new(
-                crate::now_ms(),
-                kind,
-                format!("alert {} on {}: {what}", self.check, self.target),
-            )
+            ..NewEvent::new(now, kind, format!("alert {} on {}: {what}", self.check, self.target))
         }
     }
 }
@@ -840,7 +836,7 @@ impl Delivery {
         let mut bytes = [0_u8; 12];
         let id = match getrandom::fill(&mut bytes) {
             Ok(()) => crate::auth::hex(&bytes),
-            Err(_) => format!("{}-{}", crate::now_ms(), url.len()),
+            Err(_) => format!("{}-{}", crate::clock::system_now_ms(), url.len()),
         };
         Delivery {
             id: format!("d_{id}"),
@@ -851,8 +847,9 @@ impl Delivery {
         }
     }
 
-    fn queued(&self) -> NewEvent {
+    fn queued(&self, now: i64) -> NewEvent {
         self.subject.event(
+            now,
             "alert.delivery_queued",
             format!("notification {} to {} queued", self.id, self.url),
             serde_json::to_value(self).unwrap_or_default(),
@@ -874,7 +871,7 @@ fn notify(state: &AppState, alert: Alert, reason: String) {
     let (webhooks, commands) = (config.webhooks.clone(), config.commands.clone());
     let state = state.clone();
     tokio::spawn(async move {
-        let history = history_label(&state, &alert, crate::now_ms())
+        let history = history_label(&state, &alert, state.now_ms())
             .await
             .unwrap_or(serde_json::Value::Null);
         let body = Notification {
@@ -899,7 +896,12 @@ fn notify(state: &AppState, alert: Alert, reason: String) {
         if !deliveries.is_empty()
             && let Err(error) = state
                 .store()
-                .append_events(deliveries.iter().map(Delivery::queued).collect())
+                .append_events(
+                    deliveries
+                        .iter()
+                        .map(|delivery| delivery.queued(state.now_ms()))
+                        .collect(),
+                )
                 .await
         {
             tracing::warn!(error = %crate::chain(&error), "Could not queue the alert's notifications; sending them anyway.");
@@ -922,11 +924,13 @@ fn notify(state: &AppState, alert: Alert, reason: String) {
             }
             events.push(match outcome {
                 Ok(output) => subject.event(
+                    state.now_ms(),
                     "alert.handled",
                     format!("handler {shown} ran ({reason})"),
                     serde_json::json!({ "command": shown, "reason": reason, "check": alert.key.check, "target": alert.key.target, "output": output }),
                 ),
                 Err((error, output)) => subject.event(
+                    state.now_ms(),
                     "alert.handler_failed",
                     format!("handler {shown} failed ({reason}): {error}"),
                     serde_json::json!({ "command": shown, "reason": reason, "check": alert.key.check, "target": alert.key.target, "error": error, "output": output }),
@@ -954,6 +958,7 @@ async fn send(state: &AppState, delivery: &Delivery) -> (NewEvent, Option<String
                 let updated = monitor.set_ticket(&subject.key(), link.clone());
                 (
                     subject.event(
+                        state.now_ms(),
                         "alert.ticket",
                         format!("ticket {link} opened through {url}"),
                         serde_json::json!({ "url": url, "delivery": id, "ticket": link, "check": subject.check, "target": subject.target, "alert": updated }),
@@ -963,6 +968,7 @@ async fn send(state: &AppState, delivery: &Delivery) -> (NewEvent, Option<String
             }
             Err(error) => (
                 subject.event(
+                    state.now_ms(),
                     "alert.ticket_failed",
                     format!("could not open a ticket through {url}: {error}"),
                     serde_json::json!({ "url": url, "delivery": id, "error": error, "check": subject.check, "target": subject.target }),
@@ -975,6 +981,7 @@ async fn send(state: &AppState, delivery: &Delivery) -> (NewEvent, Option<String
     match deliver(&monitor.client, url, id, secret, delivery.body.as_bytes()).await {
         Ok(attempts) => (
             subject.event(
+                state.now_ms(),
                 "alert.notified",
                 format!("notified {url} ({reason}) after {attempts} attempt(s)"),
                 serde_json::json!({ "url": url, "delivery": id, "reason": reason, "check": subject.check, "target": subject.target, "error": null }),
@@ -983,6 +990,7 @@ async fn send(state: &AppState, delivery: &Delivery) -> (NewEvent, Option<String
         ),
         Err(error) => (
             subject.event(
+                state.now_ms(),
                 "alert.notify_failed",
                 format!("could not notify {url} ({reason}): {error}"),
                 serde_json::json!({ "url": url, "delivery": id, "reason": reason, "check": subject.check, "target": subject.target, "error": error }),
@@ -995,7 +1003,7 @@ async fn send(state: &AppState, delivery: &Delivery) -> (NewEvent, Option<String
 /// At start: sends again every delivery of the last day that was queued and has no outcome on
 /// the timeline (the server stopped between queueing and recording), from a task of its own.
 pub(crate) async fn resume_deliveries(state: &AppState) -> Result<usize, ApiError> {
-    let since = crate::now_ms() - REDELIVER_WITHIN_MS;
+    let since = state.now_ms() - REDELIVER_WITHIN_MS;
     let read = |kinds: &[&str]| {
         let query = endstate_store::EventQuery {
             kinds: Some(kinds.iter().map(|k| (*k).to_owned()).collect()),
@@ -1203,7 +1211,14 @@ async fn post_with_retries(
     let mut delay = Duration::from_millis(500);
     let mut last = String::new();
     for attempt in 1..=ATTEMPTS {
-        let request = signed_post(client, url, delivery, secret, body, crate::now_ms() / 1000);
+        let request = signed_post(
+            client,
+            url,
+            delivery,
+            secret,
+            body,
+            crate::clock::system_now_ms() / 1000,
+        );
         match request.send().await {
             Ok(mut response) if response.status().is_success() => {
                 response.extensions_mut().insert(Attempts(attempt));
@@ -1230,7 +1245,7 @@ pub(crate) async fn list_alerts(
     axum::Extension(actor): axum::Extension<crate::auth::Actor>,
 ) -> Result<axum::Json<Vec<serde_json::Value>>, ApiError> {
     crate::auth::authorize(&actor, crate::auth::Verb::Read, None)?;
-    let now = crate::now_ms();
+    let now = state.now_ms();
     let mut out = Vec::new();
     for alert in state.monitor().alerts() {
         let label = history_label(&state, &alert, now).await?;
@@ -1299,7 +1314,7 @@ pub(crate) async fn ack(
         check: request.check.clone(),
         target: request.target.clone(),
     };
-    let now = crate::now_ms();
+    let now = state.now_ms();
     let ack = alerts::Ack {
         author: actor.name.clone(),
         comment: comment.to_owned(),
@@ -1376,7 +1391,7 @@ pub(crate) async fn bulk(
     for system in matched.iter().map(|a| a.system.as_str()).collect::<BTreeSet<_>>() {
         crate::auth::authorize(&actor, crate::auth::Verb::Operate, Some(system))?;
     }
-    let now = crate::now_ms();
+    let now = state.now_ms();
     let note = alerts::Ack {
         author: actor.name.clone(),
         comment: comment.to_owned(),
@@ -1439,7 +1454,7 @@ pub(crate) async fn create_silence(
             .and_then(|c| c.split_once('/').map(|(s, _)| s.to_owned()))
     });
     crate::auth::authorize(&actor, crate::auth::Verb::Operate, system.as_deref())?;
-    let now = crate::now_ms();
+    let now = state.now_ms();
     if request.system.is_none() && request.check.is_none() && request.host.is_none() && request.labels.is_empty() {
         return Err(ApiError::bad_field(
             "system",
@@ -1592,7 +1607,7 @@ pub(crate) async fn remove_silence(
         actor: Some(actor.name.clone()),
         data: serde_json::json!({ "id": id }),
         ..NewEvent::new(
-            crate::now_ms(),
+            state.now_ms(),
             "silence.removed",
             format!("silence {id} removed by {}", actor.name),
         )
@@ -1632,7 +1647,7 @@ pub(crate) async fn alertmanager(
             format!("{} alerts; at most {MAX_EXTERNAL_ALERTS} per request", list.len()),
         ));
     }
-    let now = crate::now_ms();
+    let now = state.now_ms();
     let mut results = Vec::with_capacity(list.len());
     for (i, alert) in list.iter().enumerate() {
         let field = |name: &str| -> Result<&str, ApiError> {
@@ -1756,7 +1771,7 @@ pub(crate) async fn review(
     crate::extract::Params(params): crate::extract::Params<ReviewParams>,
 ) -> Result<axum::Json<Review>, ApiError> {
     crate::auth::authorize(&actor, crate::auth::Verb::Read, params.system.as_deref())?;
-    let now = crate::now_ms();
+    let now = state.now_ms();
     let since_ms = crate::extract::parse_time("since", params.since.as_deref().unwrap_or("7d"), now)?;
     if since_ms >= now {
         return Err(ApiError::bad_field("since", "is not in the past"));
@@ -2032,7 +2047,10 @@ mod tests {
         assert_eq!(request.body, body);
         assert_eq!(request.header("endstate-delivery"), Some("d_1"));
         let timestamp: i64 = request.header("endstate-timestamp").unwrap().parse().unwrap();
-        assert!((timestamp - crate::now_ms() / 1000).abs() < 60, "{timestamp}");
+        assert!(
+            (timestamp - crate::clock::system_now_ms() / 1000).abs() < 60,
+            "{timestamp}"
+        );
         let expected = signature(secret, "d_1", timestamp, &body);
         assert_eq!(request.header("endstate-signature"), Some(expected.as_str()));
         // What a receiver checks: another secret, delivery id, time or body gives another signature.

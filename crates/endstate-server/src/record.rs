@@ -12,9 +12,9 @@ use endstate_store::{Change, ChangeUpdate, NewEvent};
 use endstate_types::ChangeState;
 use serde::{Deserialize, Serialize};
 
+use crate::AppState;
 use crate::error::ApiError;
 use crate::metrics::StateLabels;
-use crate::{AppState, now_ms};
 
 /// The systems a plan touches: the systems whose own declaration, components, checks or actions change.
 pub(crate) fn touched_systems(
@@ -212,7 +212,7 @@ pub(crate) async fn transition(
         quiet,
     } = extra;
     let actor = actor.unwrap_or_else(|| "server".into());
-    let now = now_ms();
+    let now = state.now_ms();
     let base = state.base().await?.map(|(_, desired)| desired);
     // The systems the change touches, from the plan it has (or gets now); before it is planned,
     // every system of its revision.

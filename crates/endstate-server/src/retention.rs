@@ -9,7 +9,7 @@ use std::time::Duration;
 use endstate_store::NewEvent;
 use tokio::sync::watch;
 
-use crate::{AppState, chain, now_ms};
+use crate::{AppState, chain};
 
 /// Events deleted per store call, so the writer is never held for long.
 const BATCH: u32 = 10_000;
@@ -77,7 +77,7 @@ pub(crate) async fn pass(
     state: &AppState,
     rules: &[RetentionRule],
 ) -> Result<Vec<(String, u64)>, crate::error::ApiError> {
-    let now = now_ms();
+    let now = state.now_ms();
     let mut counts = Vec::new();
     for rule in rules {
         let cut = now - i64::try_from(rule.keep.as_millis()).unwrap_or(i64::MAX);

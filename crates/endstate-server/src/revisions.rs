@@ -14,11 +14,11 @@ use endstate_store::{NewEvent, NewRevision, PageRequest};
 use endstate_types::RevisionId;
 use sha2::{Digest, Sha256};
 
+use crate::AppState;
 use crate::auth::{self, Actor, Verb, authorize};
 use crate::error::ApiError;
 use crate::extract::{JsonBody, PageParams, Params, Segment, parse_cursor};
 use crate::record::{change_view, touched_systems};
-use crate::{AppState, now_ms};
 
 fn source_files(documents: &[Document]) -> Result<Vec<SourceFile>, ApiError> {
     if documents.is_empty() {
@@ -258,7 +258,7 @@ pub(crate) async fn submit_desired(
         options,
     );
     let systems = touched_systems(&plan, previous.as_ref().map(|p| p.desired.as_ref()), desired);
-    let now = now_ms();
+    let now = state.now_ms();
     let summary = format!(
         "revision submitted by {}: {} ({} to add, {} to change, {} to remove)",
         actor,

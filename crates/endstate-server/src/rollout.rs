@@ -52,10 +52,10 @@ use endstate_spec::{DesiredState, HostInfo};
 use endstate_store::{Change, NewEvent};
 use endstate_types::ChangeState;
 
+use crate::AppState;
 use crate::error::ApiError;
 use crate::fleet::{Fleet, Live};
 use crate::record::{Progress, Transition, hosts_digest, plan_of, transition};
-use crate::{AppState, now_ms};
 
 /// How long a wave's instances have to become healthy before the wave counts as failed.
 pub const DEFAULT_WAVE_DEADLINE: Duration = Duration::from_secs(120);
@@ -139,7 +139,7 @@ pub(crate) async fn drive(state: &AppState, change: &Change) -> Result<(), ApiEr
     }
     fleet.refresh(state).await?;
 
-    let now = now_ms();
+    let now = state.now_ms();
     let input = gather(state, fleet, &plan, &progress, &desired, base.as_deref(), now).await?;
     let decision = endstate_decide::decide(&input);
     state.recheck_at(decision.recheck_at_ms);
@@ -630,7 +630,7 @@ async fn gates(
                 let (value, source) =
                     state
                         .monitor()
-                        .check_gate(check, key, gate.perfdata.as_deref(), crate::now_ms(), fresh_ms);
+                        .check_gate(check, key, gate.perfdata.as_deref(), state.now_ms(), fresh_ms);
                 let name = format!("{key}:{}", gate.name);
                 for rule in [gate.max.map(GateRule::Max), gate.min.map(GateRule::Min)]
                     .into_iter()
@@ -898,7 +898,7 @@ pub(crate) async fn command(
             progress.last_decision = None;
             if change.state == ChangeState::Halted {
                 // The current wave gets a new deadline.
-                progress.wave_started_ms = Some(now_ms());
+                progress.wave_started_ms = Some(state.now_ms());
             }
             (
                 ChangeState::Rolling,
@@ -916,7 +916,7 @@ pub(crate) async fn command(
             progress.back_reason = Some(reason.clone());
             progress.paused = false;
             progress.paused_by = None;
-            progress.begin_wave(now_ms());
+            progress.begin_wave(state.now_ms());
             // The newest released wave is withdrawn first.
             progress.released = progress.released.saturating_sub(1);
             if Progress::of(change).released == 0 {

@@ -12,7 +12,7 @@ use crate::auth::{Actor, Verb, authorize};
 use crate::error::ApiError;
 use crate::extract::{JsonBody, ListParams, Params, Segment, page_by_key};
 use crate::timeline::{TimelineParams, event_query};
-use crate::{AppState, now_ms, views};
+use crate::{AppState, views};
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -150,7 +150,7 @@ pub(crate) async fn add_note(
         systems: vec![name.clone()],
         actor: Some(actor.name.clone()),
         data: serde_json::json!({ "text": text }),
-        ..NewEvent::new(now_ms(), "note.added", summary)
+        ..NewEvent::new(state.now_ms(), "note.added", summary)
     };
     let seqs = state.store().append_events(vec![event.clone()]).await?;
     state.written();

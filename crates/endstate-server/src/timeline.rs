@@ -12,7 +12,7 @@ use utoipa::IntoParams;
 use crate::auth::{self, Actor, Verb, authorize};
 use crate::error::ApiError;
 use crate::extract::{Params, parse_cursor, parse_time};
-use crate::{AppState, now_ms, views};
+use crate::{AppState, views};
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -110,7 +110,7 @@ fn check_window(since_ms: Option<i64>, until_ms: Option<i64>, now: i64) -> Resul
 
 /// Builds the store query for timeline parameters, expanding a system into its subtree.
 pub(crate) async fn event_query(state: &AppState, params: &TimelineParams) -> Result<EventQuery, ApiError> {
-    let now = now_ms();
+    let now = state.now_ms();
     let systems = match &params.system {
         None => None,
         Some(system) => {

@@ -6,10 +6,10 @@ use axum::{Extension, Json};
 use endstate_api::{CreateToken, CreatedToken, TokenView};
 use endstate_store::{NewEvent, TokenRecord};
 
+use crate::AppState;
 use crate::auth::{self, Actor, Role, Verb, authorize};
 use crate::error::ApiError;
 use crate::extract::JsonBody;
-use crate::{AppState, now_ms};
 
 /// Create a named token. Its secret is in the answer and never again.
 #[utoipa::path(post, path = "/v1/tokens", request_body = CreateToken, responses((status = 201, body = CreatedToken), (status = 400, body = endstate_api::Problem), (status = 403, body = endstate_api::Problem), (status = 409, description = "a token of that name is not revoked", body = endstate_api::Problem)), security(("bearer" = [])))]
@@ -39,7 +39,7 @@ pub(crate) async fn create_token(
     }
     let secret = auth::new_secret()?;
     let hash_hex = auth::hash_secret(&secret);
-    let now = now_ms();
+    let now = state.now_ms();
     state
         .store()
         .put_token(TokenRecord {
@@ -135,7 +135,7 @@ pub(crate) async fn revoke_token(
             actor: Some(actor.name.clone()),
             data: serde_json::json!({ "name": name, "role": last.role }),
             ..NewEvent::new(
-                now_ms(),
+                state.now_ms(),
                 "token.revoked",
                 format!("token {name} revoked by {}", actor.name),
             )

@@ -30,7 +30,7 @@ use crate::auth::{Actor, Verb, authorize};
 use crate::error::ApiError;
 use crate::extract::{Params, parse_time};
 use crate::history::{self, Health, TARGET_SYNTAX, Target};
-use crate::{AppState, now_ms, rfc3339};
+use crate::{AppState, rfc3339};
 
 const MINUTE_MS: i64 = 60_000;
 const DAY_MS: i64 = 24 * 60 * MINUTE_MS;
@@ -252,7 +252,7 @@ pub(crate) async fn why(
         Some(n @ 1..=200) => n as usize,
         Some(n) => return Err(ApiError::bad_field("limit", format!("{n} is not between 1 and 200"))),
     };
-    let now = now_ms();
+    let now = state.now_ms();
     let window_ms = match params.window.as_deref() {
         None => DEFAULT_WINDOW_MS,
         Some(text) => {

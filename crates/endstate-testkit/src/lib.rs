@@ -7,8 +7,17 @@
 //! - [`HttpsServer`]: a real HTTPS server on a free loopback port that answers every request
 //!   with a fixed status and body and records each request (line, headers, body), for webhooks,
 //!   tickets, artifacts and checks.
+//! - [`server::TestServer`]: a real endstate server for one test (free loopback ports, SQLite in
+//!   a temporary directory, optionally an agent listener and a paused clock).
+//! - [`agent`]: the protocol-level fake agent (enrolment, a real mutual-TLS link, frame by
+//!   frame), whose [`agent::dial`] and [`agent::hello`] the benchmarks' simulated fleet uses too.
+//! - [`fixtures`]: desired-state documents tests share, as files.
 
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
+
+pub mod agent;
+pub mod fixtures;
+pub mod server;
 
 use std::net::IpAddr;
 use std::path::Path;

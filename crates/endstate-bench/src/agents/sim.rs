@@ -14,23 +14,21 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use endstate_agent_proto::{
-    ActualState, Facts, FromAgent, FromServer, HealthResult, Hello, InstanceId, InstanceStateChange, InstanceStateWord,
-    Keepalive, Logs, Observation, Observations, Observed, SUPPORTED_VERSIONS, decode_from_server, encode, limits,
+    ActualState, FromAgent, FromServer, HealthResult, InstanceId, InstanceStateChange, InstanceStateWord, Keepalive,
+    Logs, Observation, Observations, Observed, SUPPORTED_VERSIONS, decode_from_server, encode,
 };
-use endstate_types::{Generation, HostName};
+use endstate_types::Generation;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tokio::net::TcpStream;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-pub(crate) type Ws = WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>;
+pub(crate) type Ws = endstate_testkit::agent::Ws;
 type Sink = SplitSink<Ws, WsMessage>;
 type Stream = SplitStream<Ws>;
 
@@ -207,7 +205,6 @@ pub(crate) struct Status {
 
 struct Shared {
     base: Instant,
-    addr: SocketAddr,
     url: String,
     keepalive: Duration,
     status: Vec<Status>,
@@ -231,7 +228,6 @@ impl Fleet {
     pub(crate) fn start(identities: Vec<Identity>, addr: SocketAddr, keepalive: Duration, ramp: usize) -> Fleet {
         let shared = Arc::new(Shared {
             base: Instant::now(),
-            addr,
             url: format!("wss://{addr}/v1/agent"),
             keepalive,
             status: (0..identities.len()).map(|_| Status::default()).collect(),
@@ -427,59 +423,28 @@ fn next_random(state: &mut u64) -> u64 {
     x.wrapping_mul(0x2545_F491_4F6C_DD1D)
 }
 
+/// The agent link's websocket settings with a small read buffer, since one process holds
+/// thousands of connections (tungstenite's default is 128 KiB each, zero-filled).
 fn ws_config() -> WebSocketConfig {
-    // The protocol's bounds, as the real agent; a small read buffer, since one process holds
-    // thousands of connections (tungstenite's default is 128 KiB each, zero-filled).
-    let mut config = WebSocketConfig::default().read_buffer_size(4096);
-    config.max_message_size = Some(limits::MAX_FRAME_BYTES);
-    config.max_frame_size = Some(limits::MAX_FRAME_BYTES);
-    config
+    endstate_testkit::agent::ws_config().read_buffer_size(4096)
 }
 
 /// Opens an agent's connection to the agent listener at `addr`: TCP, TLS with the agent's
 /// certificate, websocket, as [`session`] does; for benchmarks that speak the protocol themselves.
 pub(crate) async fn connect(identity: &Identity, addr: SocketAddr) -> anyhow::Result<Ws> {
-    open(identity, addr, &format!("wss://{addr}/v1/agent"))
+    open(identity, &format!("wss://{addr}/v1/agent"))
         .await
         .map_err(|e| anyhow::anyhow!("{}: {e}", identity.host))
 }
 
-async fn open(identity: &Identity, addr: SocketAddr, url: &str) -> Result<Ws, String> {
-    let tcp = match tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr)).await {
-        Ok(Ok(tcp)) => tcp,
-        Ok(Err(e)) => return Err(format!("connect: {e}")),
-        Err(_) => return Err("connect: timed out".into()),
-    };
-    let _ = tcp.set_nodelay(true);
-    let name = ServerName::IpAddress(addr.ip().into());
-    let tls = tokio_rustls::TlsConnector::from(Arc::clone(&identity.tls))
-        .connect(name, tcp)
-        .await
-        .map_err(|e| format!("TLS: {e}"))?;
-    let (ws, _) = tokio_tungstenite::client_async_with_config(url, tls, Some(ws_config()))
-        .await
-        .map_err(|e| format!("websocket: {e}"))?;
-    Ok(ws)
+/// The test kit's fake agent's way of opening a link (one way for tests and benchmarks).
+async fn open(identity: &Identity, url: &str) -> Result<Ws, String> {
+    endstate_testkit::agent::dial(url, Arc::clone(&identity.tls), ws_config(), Duration::from_secs(10)).await
 }
 
-/// The `hello` of a simulated agent of `host`.
+/// The `hello` of a simulated agent of `host`: the test kit's fake agent's.
 pub(crate) fn hello(host: &str) -> FromAgent {
-    FromAgent::Hello(Hello {
-        versions: SUPPORTED_VERSIONS,
-        agent_version: "bench".to_owned(),
-        host: HostName(host.to_owned()),
-        labels: BTreeMap::new(),
-        facts: Facts {
-            hostname: host.to_owned(),
-            os: "linux".to_owned(),
-            kernel: "bench".to_owned(),
-            arch: std::env::consts::ARCH.to_owned(),
-            cpus: 2,
-            memory_bytes: 1 << 30,
-            disks: Vec::new(),
-            agent_version: "bench".to_owned(),
-        },
-    })
+    endstate_testkit::agent::hello(host, SUPPORTED_VERSIONS, BTreeMap::new())
 }
 
 async fn session(
@@ -489,7 +454,7 @@ async fn session(
     control: &mut mpsc::Receiver<Command>,
     permit: Option<tokio::sync::SemaphorePermit<'_>>,
 ) -> Ended {
-    let ws = match open(identity, shared.addr, &shared.url).await {
+    let ws = match open(identity, &shared.url).await {
         Ok(ws) => ws,
         Err(error) => return Ended::Lost(error),
     };

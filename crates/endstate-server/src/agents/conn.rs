@@ -30,9 +30,9 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use super::{ConnHandle, Hub, status_of};
+use crate::AppState;
 use crate::error::ApiError;
 use crate::fleet::{Live, word};
-use crate::{AppState, now_ms};
 
 /// How long a peer has for the TLS handshake, the websocket upgrade and its `hello`.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -97,7 +97,7 @@ async fn connection(
         Ok(Err(error)) => {
             // Anyone can fail a handshake: the log has every one, the timeline at most one per
             // 10 s, so scanners cannot flood it.
-            let now = now_ms();
+            let now = state.now_ms();
             let last = hub.last_tls_event_ms.load(Ordering::Relaxed);
             if now - last >= 10_000
                 && hub
@@ -146,7 +146,7 @@ async fn connection(
     };
 
     // Who is it? The chain was checked by rustls; the host and serial are checked here.
-    let now = now_ms();
+    let now = state.now_ms();
     let identity = match endstate_pki::verify_agent_cert_der(&hub.tls.ca_pem, &der, now) {
         Ok(identity) => identity,
         Err(error) => {
@@ -247,7 +247,7 @@ async fn connection(
     let handle = ConnHandle {
         id: hub.next_id(),
         tx: tx.clone(),
-        last_heard_ms: Arc::new(AtomicI64::new(now_ms())),
+        last_heard_ms: Arc::new(AtomicI64::new(state.now_ms())),
         sent_generation: Arc::new(AtomicU64::new(0)),
         close: Arc::new(tokio::sync::Notify::new()),
         peer_ip: peer.ip(),
@@ -326,7 +326,7 @@ async fn connection(
             Some(Ok(WsMessage::Close(_))) => break "closed by the agent".to_owned(),
             Some(Ok(_)) => continue,
         };
-        handle.last_heard_ms.store(now_ms(), Ordering::Relaxed);
+        handle.last_heard_ms.store(state.now_ms(), Ordering::Relaxed);
         match decode_from_agent(&bytes) {
             Ok(message) => {
                 if let Err(error) = Box::pin(session.handle(message)).await {
@@ -374,9 +374,9 @@ impl Session<'_> {
             FromAgent::Facts(facts) => {
                 if let Some(mut host) = self.state.store().get_host(&self.name).await? {
                     let facts = serde_json::to_value(&facts).unwrap_or_default();
-                    let changed = facts_changed(&self.host, &host.facts, &facts);
+                    let changed = facts_changed(&self.host, &host.facts, &facts, self.state.now_ms());
                     host.facts = facts;
-                    host.last_seen_ms = Some(now_ms());
+                    host.last_seen_ms = Some(self.state.now_ms());
                     self.state.store().upsert_host(host).await?;
                     if let Some(event) = changed {
                         self.state.store().append_events(vec![event]).await?;
@@ -403,7 +403,7 @@ impl Session<'_> {
             let mut transitions = Vec::new();
             let mut events = Vec::new();
             let mut last = self.last_seq;
-            let received_ms = now_ms();
+            let received_ms = self.state.now_ms();
             let mut live_updates: Vec<(String, Live)> = Vec::new();
             let mut live = self.hub.live_of(&self.host);
             let mut checks = Vec::new();
@@ -645,7 +645,7 @@ impl Session<'_> {
     }
 
     async fn actual_state(&mut self, actual: ActualState) -> Result<(), ApiError> {
-        let now = now_ms();
+        let now = self.state.now_ms();
         let mut transitions = Vec::new();
         let mut live = self.hub.live_of(&self.host);
         let reported: std::collections::BTreeSet<String> =
@@ -689,7 +689,7 @@ impl Session<'_> {
     }
 
     async fn renew(&mut self, csr_pem: &str) -> Result<(), ApiError> {
-        let now = now_ms();
+        let now = crate::clock::system_now_ms();
         let issued = match self
             .hub
             .tls
@@ -742,7 +742,7 @@ impl Session<'_> {
             reason,
             "Agent sent a frame the protocol refuses; ignored."
         );
-        let now = now_ms();
+        let now = self.state.now_ms();
         if now - self.last_protocol_event_ms < 60_000 {
             return;
         }
@@ -771,12 +771,14 @@ async fn record_hello(
     serial: &str,
     peer: SocketAddr,
 ) -> Result<(), ApiError> {
-    let now = now_ms();
+    let now = state.now_ms();
     let stored = state.store().get_host(name).await?;
     // Labels are the ones decided at enrolment: an agent cannot relabel itself into other workloads.
     let labels = stored.as_ref().map(|h| h.labels.clone()).unwrap_or_default();
     let facts = serde_json::to_value(&hello.facts).unwrap_or_default();
-    let changed = stored.as_ref().and_then(|h| facts_changed(&name.0, &h.facts, &facts));
+    let changed = stored
+        .as_ref()
+        .and_then(|h| facts_changed(&name.0, &h.facts, &facts, now));
     state
         .store()
         .upsert_host(HostRecord {
@@ -855,7 +857,7 @@ async fn refused_event(state: &AppState, host: Option<&str>, peer: SocketAddr, r
         actor: Some(format!("peer:{}", peer.ip())),
         data: serde_json::json!({ "peer": peer.to_string(), "reason": reason }),
         ..NewEvent::new(
-            now_ms(),
+            state.now_ms(),
             "agent.refused",
             format!("agent connection from {peer} refused: {reason}"),
         )
@@ -868,7 +870,7 @@ async fn refused_event(state: &AppState, host: Option<&str>, peer: SocketAddr, r
 /// The inventory's history of a host: an event when its facts change (free disk space, which
 /// changes all the time, is kept current but not recorded as a change). `None` for the first
 /// facts and when nothing else changed.
-fn facts_changed(host: &str, before: &serde_json::Value, after: &serde_json::Value) -> Option<NewEvent> {
+fn facts_changed(host: &str, before: &serde_json::Value, after: &serde_json::Value, now: i64) -> Option<NewEvent> {
     if before.as_object().is_none_or(serde_json::Map::is_empty) {
         return None;
     }
@@ -893,7 +895,7 @@ fn facts_changed(host: &str, before: &serde_json::Value, after: &serde_json::Val
         actor: Some(format!("agent:{host}")),
         data: serde_json::json!({ "changes": data }),
         ..NewEvent::new(
-            now_ms(),
+            now,
             "host.facts_changed",
             format!("host {host} facts changed: {}", shown.join("; ")),
         )

@@ -34,9 +34,9 @@ use endstate_store::{ActualInstance, DesiredInstance, InstanceRecord, InstanceTr
 use endstate_types::{Generation, HostName, RevisionId, Status};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::AppState;
 use crate::error::ApiError;
 use crate::fleet::{Fleet, Live, word};
-use crate::{AppState, now_ms};
 
 pub use tls::TlsError;
 
@@ -123,7 +123,7 @@ struct Assigned {
 }
 
 impl Hub {
-    pub(crate) fn new(tls: tls::AgentTls, config: AgentConfig) -> Hub {
+    pub(crate) fn new(tls: tls::AgentTls, config: AgentConfig, started_ms: i64) -> Hub {
         Hub {
             tls,
             config,
@@ -133,7 +133,7 @@ impl Hub {
             logs_waiters: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             assigned: tokio::sync::Mutex::new(Assigned::default()),
-            started_ms: now_ms(),
+            started_ms,
             last_tls_event_ms: AtomicI64::new(0),
             host_locks: Mutex::new(HashMap::new()),
             refreshing: tokio::sync::Mutex::new(()),
@@ -343,7 +343,7 @@ impl Hub {
                         actor: Some("server".into()),
                         data: serde_json::json!({ "problems": problems }),
                         ..NewEvent::new(
-                            now_ms(),
+                            state.now_ms(),
                             "instance.unassignable",
                             format!(
                                 "{} instances cannot be rendered: {}",
@@ -531,7 +531,7 @@ impl Hub {
     /// Marks hosts unreachable whose keepalives stopped, and hosts the store believes reachable
     /// that did not reconnect since this server started.
     pub(crate) async fn sweep(&self, state: &AppState) -> Result<(), ApiError> {
-        let now = now_ms();
+        let now = state.now_ms();
         // Declared dead after 2.5 intervals of silence (two keepalives missed), looked at every
         // quarter interval: detected within KEEPALIVE_MISSES (3) intervals of the last keepalive.
         let limit =
@@ -602,7 +602,7 @@ pub(crate) async fn mark_unreachable(state: &AppState, hub: &Hub, host: &str, re
     if agent.reachable == Some(false) {
         return Ok(());
     }
-    let now = now_ms();
+    let now = state.now_ms();
     let instances = state
         .store()
         .list_instances(endstate_store::InstanceFilter {

@@ -13,10 +13,10 @@ use endstate_store::{HostRecord, JoinTokenRow, NewEvent, StoreError};
 use endstate_types::HostName;
 use serde::Deserialize;
 
+use crate::AppState;
 use crate::auth::{Actor, Verb, authorize};
 use crate::error::ApiError;
 use crate::extract::{JsonBody, Params};
-use crate::{AppState, now_ms};
 
 /// The longest a join token may live.
 const MAX_JOIN_TTL: Duration = Duration::from_secs(7 * 24 * 60 * 60);
@@ -69,7 +69,7 @@ pub(crate) async fn create_join_token(
     if let Some(host) = &request.host {
         endstate_types::validate_name(host).map_err(|e| ApiError::bad_field("host", e.to_string()))?;
     }
-    let now = now_ms();
+    let now = crate::clock::system_now_ms();
     let (secret, record) = JoinToken::generate(now, ttl, request.labels.clone())
         .map_err(|e| ApiError::Internal(format!("cannot make a join token: {e}")))?;
     state
@@ -119,7 +119,7 @@ pub(crate) async fn enrol(
     JsonBody(request): JsonBody<EnrolRequest>,
 ) -> Result<(StatusCode, Json<EnrolResponse>), ApiError> {
     let hub = hub(&state)?;
-    let now = now_ms();
+    let now = crate::clock::system_now_ms();
     endstate_types::validate_name(&request.host).map_err(|e| ApiError::bad_field("host", e.to_string()))?;
     let hash = endstate_pki::join_hash(&request.join_token);
     let Some(row) = state.store().find_join_token(&hash).await? else {
@@ -217,7 +217,7 @@ pub(crate) async fn endpoint(
     JsonBody(request): JsonBody<endstate_api::EndpointRequest>,
 ) -> Result<Json<endstate_api::EndpointResponse>, ApiError> {
     let hub = hub(&state)?;
-    let now = now_ms();
+    let now = crate::clock::system_now_ms();
     let refused = |reason: String| {
         tracing::warn!(%peer, host = request.host, reason, "Endpoint request refused.");
         ApiError::Unauthorized(format!("the agent endpoint is refused: {reason}"))
@@ -264,7 +264,7 @@ async fn refuse_enrol(state: &AppState, peer: std::net::SocketAddr, host: &str, 
         actor: Some(format!("peer:{}", peer.ip())),
         data: serde_json::json!({ "peer": peer.to_string(), "reason": reason }),
         ..NewEvent::new(
-            now_ms(),
+            crate::clock::system_now_ms(),
             "agent.enrol_refused",
             format!("enrolment of {host} from {peer} refused: {reason}"),
         )
@@ -287,7 +287,7 @@ pub(crate) async fn revoke_host(
 ) -> Result<Json<HostView>, ApiError> {
     authorize(&actor, Verb::Administer, None)?;
     let name = HostName(host.clone());
-    let now = now_ms();
+    let now = crate::clock::system_now_ms();
     let event = NewEvent {
         host: Some(host.clone()),
         actor: Some(actor.name.clone()),

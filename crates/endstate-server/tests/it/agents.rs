@@ -909,3 +909,98 @@ async fn a_retired_run_of_an_older_generation_does_not_change_the_instance_state
     assert_eq!(states, ["running", "starting", "running"], "{transitions:#?}");
     server.stop().await;
 }
+
+/// With the server's clock paused, a wave whose instance is healthy waits out an hour's
+/// `min_healthy_time` only when the clock is moved past it: the controller and the Decider read
+/// the server's clock, so a test decides when the hour has passed instead of sleeping through it.
+#[tokio::test]
+async fn a_paused_clock_holds_a_wave_for_its_min_healthy_time_until_it_is_moved() {
+    install_crypto();
+    let clock = endstate_server::Clock::paused();
+    let server = TestServer::start_with_agents(|config| {
+        config.clock = clock.clone();
+        // No liveness sweep gets in the way when the clock jumps an hour.
+        config.agents.keepalive_interval = Duration::from_secs(24 * 3600);
+    })
+    .await;
+    let identity = enrol(&server, "web-1", &[("zone", "a")]).await;
+    let mut agent = FakeAgent::join(&identity).await;
+    let client = server.client();
+    let held = SHOP.replace(
+        "  count: { total: 1 }\n",
+        "  count: { total: 1 }\nrollout: { min_healthy_time: 1h }\n",
+    );
+    let submitted = client
+        .submit(&submit_request(&[("shop.yaml", &held)], "web"))
+        .await
+        .unwrap();
+    let set = agent
+        .recv_until("a set with instances", |m| {
+            desired(m).filter(|d| !d.instances.is_empty())
+        })
+        .await;
+    let at_unix_ms = u64::try_from(clock.now_ms()).unwrap();
+    agent
+        .send(&FromAgent::Observations(Observations {
+            observations: vec![
+                Observation {
+                    seq: 1,
+                    at_unix_ms,
+                    observed: Observed::InstanceState(InstanceStateChange {
+                        instance: InstanceId(WEB.into()),
+                        generation: set.generation,
+                        state: InstanceStateWord::Running,
+                        version: "1.0".into(),
+                        pid: Some(4242),
+                        exit_code: None,
+                        signal: None,
+                        restarts: 0,
+                        detail: String::new(),
+                    }),
+                },
+                Observation {
+                    seq: 2,
+                    at_unix_ms,
+                    observed: Observed::Health(HealthResult {
+                        instance: InstanceId(WEB.into()),
+                        healthy: true,
+                        detail: String::new(),
+                    }),
+                },
+            ],
+        }))
+        .await;
+    let id = submitted.change.id;
+    let mut waiting = None;
+    for _ in 0..200 {
+        let change = client.change(id).await.unwrap();
+        if change.reason.as_deref().is_some_and(|r| r.contains("min_healthy_time")) {
+            waiting = Some(change);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let waiting = match waiting {
+        Some(change) => change,
+        None => panic!("never held: {:?}", client.change(id).await),
+    };
+    assert_eq!(waiting.state, "rolling", "{waiting:?}");
+    // Rounds go by (the runner looks every 200 ms), the clock stands still: still held.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let still = client.change(id).await.unwrap();
+    assert_eq!(still.state, "rolling", "{still:?}");
+    assert!(
+        still.reason.as_deref().unwrap_or_default().contains("min_healthy_time"),
+        "{still:?}"
+    );
+
+    clock.advance(Duration::from_secs(3600));
+    let change = wait_for_change(&client, id, &["converged", "failed", "halted"]).await;
+    assert_eq!(change.state, "converged", "{change:?}");
+    let allowed = events(&server, "decision.allow", None).await;
+    assert!(
+        allowed.iter().any(|e| e.summary.contains("healthy for at least 1h")),
+        "{allowed:#?}"
+    );
+    server.stop().await;
+}

@@ -799,3 +799,54 @@ async fn a_silence_planned_ahead_holds_only_from_its_start() {
     );
     server.stop().await;
 }
+
+/// With the server's clock paused, a silence planned an hour ahead starts when the clock is
+/// moved past its start and ends when it is moved past its end: hours of a silence's life in a
+/// test that never sleeps.
+#[tokio::test]
+async fn a_paused_clock_moves_a_planned_silence_through_its_window_without_sleeping() {
+    let clock = endstate_server::Clock::paused();
+    let start = clock.now_ms();
+    let server = TestServer::start_with(|config| config.clock = clock.clone()).await;
+    let client = server.client();
+    let planned = client
+        .silence(&endstate_api::CreateSilence {
+            system: Some("storefront".into()),
+            starts: Some("1h".into()),
+            until: "3h".into(),
+            reason: "database upgrade tonight".into(),
+            ..endstate_api::CreateSilence::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(planned["starts_ms"].as_i64(), Some(start + 3_600_000), "{planned:#}");
+    let id = planned["id"].as_u64().unwrap();
+    let silenced_by = || async {
+        post(&server, &payload("firing", "critical")).await;
+        let alerts = client.alerts().await.unwrap();
+        assert_eq!(alerts.len(), 1, "{alerts:#?}");
+        alerts[0]["silenced_by"].as_u64()
+    };
+    assert_eq!(silenced_by().await, None, "not before its start");
+    clock.advance(std::time::Duration::from_secs(90 * 60));
+    assert_eq!(silenced_by().await, Some(id), "inside its window");
+    clock.advance(std::time::Duration::from_secs(2 * 3600));
+    assert_eq!(silenced_by().await, None, "after its end");
+    let expired = client
+        .timeline(&TimelineQuery {
+            kind: Some("silence.expired".into()),
+            ..TimelineQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(expired.items.len(), 1, "{:?}", expired.items);
+    assert_eq!(
+        expired.items[0].time,
+        jiff::Timestamp::from_millisecond(start + 3_600_000 * 7 / 2)
+            .unwrap()
+            .strftime("%Y-%m-%dT%H:%M:%S%.3fZ")
+            .to_string(),
+        "recorded at the paused clock's time"
+    );
+    server.stop().await;
+}

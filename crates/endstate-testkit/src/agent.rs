@@ -1,8 +1,10 @@
-//! A scripted fake agent: enrols over HTTP with a join token, keeps its key, certificate and CA in
-//! memory, and speaks the agent protocol frame by frame over a real mutual-TLS websocket, so a
-//! test decides every frame sent (raw ones included) and sees every frame received.
+//! The protocol-level fake agent: enrols over HTTP with a join token, keeps its key, certificate
+//! and CA in memory, and speaks the agent protocol frame by frame over a real mutual-TLS
+//! websocket, so a test decides every frame sent (raw ones included) and sees every frame
+//! received. The benchmarks' simulated fleet opens its connections and says hello with the same
+//! [`dial`] and [`hello`].
 //!
-//! Also the helpers the agent tests read the server with: timeline events and host views.
+//! Also the helpers agent tests read the server with: timeline events and host views.
 
 use std::collections::BTreeMap;
 use std::ops::RangeInclusive;
@@ -23,18 +25,20 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use crate::TestServer;
+use crate::server::TestServer;
 
 /// The longest a test waits for anything: long enough for a loaded machine, short enough that a
 /// broken test fails rather than hangs.
-pub(crate) const WAIT: Duration = Duration::from_secs(15);
+pub const WAIT: Duration = Duration::from_secs(15);
 
 /// Installs the process-wide rustls provider (aws-lc-rs), once.
-pub(crate) fn install_crypto() {
+pub fn install_crypto() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
 
-pub(crate) fn now_ms() -> i64 {
+/// The system's time in milliseconds since the Unix epoch.
+#[must_use]
+pub fn now_ms() -> i64 {
     i64::try_from(
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -46,18 +50,18 @@ pub(crate) fn now_ms() -> i64 {
 
 /// What an enrolled agent keeps: its key never left it; the rest came from the enrolment answer.
 #[derive(Clone)]
-pub(crate) struct Identity {
-    pub(crate) host: String,
-    pub(crate) key_pem: String,
-    pub(crate) cert_pem: String,
-    pub(crate) ca_pem: String,
-    pub(crate) agent_url: String,
-    pub(crate) labels: BTreeMap<String, String>,
+pub struct Identity {
+    pub host: String,
+    pub key_pem: String,
+    pub cert_pem: String,
+    pub ca_pem: String,
+    pub agent_url: String,
+    pub labels: BTreeMap<String, String>,
 }
 
 impl Identity {
     /// The same identity with another certificate (a renewed one, or an old one).
-    pub(crate) fn with_cert(&self, cert_pem: &str) -> Identity {
+    pub fn with_cert(&self, cert_pem: &str) -> Identity {
         Identity {
             cert_pem: cert_pem.to_owned(),
             ..self.clone()
@@ -65,25 +69,25 @@ impl Identity {
     }
 
     /// The serial of the certificate, as the server names it.
-    pub(crate) fn serial(&self) -> String {
+    pub fn serial(&self) -> String {
         endstate_pki::verify_agent_cert(&self.ca_pem, &self.cert_pem, now_ms())
             .unwrap()
             .serial
     }
 
     /// A CSR for this identity's own key.
-    pub(crate) fn csr(&self, host: &str) -> String {
+    pub fn csr(&self, host: &str) -> String {
         AgentKey::from_pem(&self.key_pem).unwrap().csr(host).unwrap()
     }
 
     /// TLS client settings: the server's CA as the only root, this certificate as client auth.
-    pub(crate) fn client_config(&self) -> Arc<rustls::ClientConfig> {
+    pub fn client_config(&self) -> Arc<rustls::ClientConfig> {
         client_config(&self.ca_pem, Some((&self.cert_pem, &self.key_pem)))
     }
 }
 
 /// TLS client settings trusting `ca_pem`, with a client certificate or none.
-pub(crate) fn client_config(ca_pem: &str, client: Option<(&str, &str)>) -> Arc<rustls::ClientConfig> {
+pub fn client_config(ca_pem: &str, client: Option<(&str, &str)>) -> Arc<rustls::ClientConfig> {
     install_crypto();
     let mut roots = rustls::RootCertStore::empty();
     roots
@@ -103,7 +107,7 @@ pub(crate) fn client_config(ca_pem: &str, client: Option<(&str, &str)>) -> Arc<r
 }
 
 /// A certificate for `host` from a CA of its own (not the server's), with its key.
-pub(crate) fn foreign_cert(host: &str) -> (IssuedCert, String) {
+pub fn foreign_cert(host: &str) -> (IssuedCert, String) {
     let now = now_ms();
     let ca = endstate_pki::CertificateAuthority::generate("rogue CA", now, endstate_pki::DEFAULT_CA_VALIDITY).unwrap();
     let key = AgentKey::generate().unwrap();
@@ -114,7 +118,7 @@ pub(crate) fn foreign_cert(host: &str) -> (IssuedCert, String) {
 }
 
 /// `POST /v1/join-tokens` as the admin; the secret.
-pub(crate) async fn join_token(server: &TestServer, body: serde_json::Value) -> String {
+pub async fn join_token(server: &TestServer, body: serde_json::Value) -> String {
     let response = reqwest::Client::new()
         .post(format!("{}/v1/join-tokens", server.url))
         .bearer_auth(&server.admin)
@@ -129,7 +133,7 @@ pub(crate) async fn join_token(server: &TestServer, body: serde_json::Value) -> 
 }
 
 /// `POST /v1/agents/enrol` (no bearer token), answered as it comes.
-pub(crate) async fn enrol_request(
+pub async fn enrol_request(
     server: &TestServer,
     token: &str,
     host: &str,
@@ -151,7 +155,7 @@ pub(crate) async fn enrol_request(
 }
 
 /// Enrols `host` with `token` and a fresh key; panics unless the server issues a certificate.
-pub(crate) async fn enrol_with(server: &TestServer, token: &str, host: &str, labels: &[(&str, &str)]) -> Identity {
+pub async fn enrol_with(server: &TestServer, token: &str, host: &str, labels: &[(&str, &str)]) -> Identity {
     let key = AgentKey::generate().unwrap();
     let response = enrol_request(server, token, host, &key.csr(host).unwrap(), labels).await;
     assert_eq!(response.status(), 201, "{:?}", response.text().await);
@@ -167,13 +171,13 @@ pub(crate) async fn enrol_with(server: &TestServer, token: &str, host: &str, lab
 }
 
 /// Enrols `host` with a new join token carrying no labels of its own.
-pub(crate) async fn enrol(server: &TestServer, host: &str, labels: &[(&str, &str)]) -> Identity {
+pub async fn enrol(server: &TestServer, host: &str, labels: &[(&str, &str)]) -> Identity {
     let token = join_token(server, serde_json::json!({})).await;
     enrol_with(server, &token, host, labels).await
 }
 
 /// The status and problem details of a refused request.
-pub(crate) async fn problem(response: reqwest::Response) -> (u16, Problem) {
+pub async fn problem(response: reqwest::Response) -> (u16, Problem) {
     let status = response.status().as_u16();
     let problem: Problem = response.json().await.unwrap();
     assert_eq!(problem.status, status, "{problem:?}");
@@ -181,7 +185,7 @@ pub(crate) async fn problem(response: reqwest::Response) -> (u16, Problem) {
 }
 
 /// Events of one kind (and host), newest first.
-pub(crate) async fn events(server: &TestServer, kind: &str, host: Option<&str>) -> Vec<EventView> {
+pub async fn events(server: &TestServer, kind: &str, host: Option<&str>) -> Vec<EventView> {
     let mut path = format!("/v1/timeline?kind={kind}&limit=1000");
     if let Some(host) = host {
         path.push_str(&format!("&host={host}"));
@@ -191,7 +195,7 @@ pub(crate) async fn events(server: &TestServer, kind: &str, host: Option<&str>) 
 }
 
 /// Waits (bounded) until an event of `kind` (and host) satisfies `pick`, and returns it.
-pub(crate) async fn wait_for_event(
+pub async fn wait_for_event(
     server: &TestServer,
     kind: &str,
     host: Option<&str>,
@@ -211,7 +215,7 @@ pub(crate) async fn wait_for_event(
 }
 
 /// The host as `GET /v1/hosts` shows it.
-pub(crate) async fn host_view(server: &TestServer, host: &str) -> HostView {
+pub async fn host_view(server: &TestServer, host: &str) -> HostView {
     let page: Page<HostView> = server.get_json("/v1/hosts").await;
     page.items
         .into_iter()
@@ -220,7 +224,7 @@ pub(crate) async fn host_view(server: &TestServer, host: &str) -> HostView {
 }
 
 /// Waits (bounded) until `GET /v1/hosts` shows the host with this liveness.
-pub(crate) async fn wait_for_liveness(server: &TestServer, host: &str, liveness: &str) -> HostView {
+pub async fn wait_for_liveness(server: &TestServer, host: &str, liveness: &str) -> HostView {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let view = host_view(server, host).await;
@@ -235,7 +239,7 @@ pub(crate) async fn wait_for_liveness(server: &TestServer, host: &str, liveness:
 }
 
 /// One instance state observation.
-pub(crate) fn instance_state(seq: u64, instance: &str, state: InstanceStateWord) -> Observation {
+pub fn instance_state(seq: u64, instance: &str, state: InstanceStateWord) -> Observation {
     Observation {
         seq,
         at_unix_ms: u64::try_from(now_ms()).unwrap(),
@@ -255,7 +259,7 @@ pub(crate) fn instance_state(seq: u64, instance: &str, state: InstanceStateWord)
 
 /// A batch of instance state observations, one per seq, cycling through states so each is a
 /// transition.
-pub(crate) fn observations(seqs: RangeInclusive<u64>, instance: &str) -> FromAgent {
+pub fn observations(seqs: RangeInclusive<u64>, instance: &str) -> FromAgent {
     const STATES: [InstanceStateWord; 4] = [
         InstanceStateWord::Starting,
         InstanceStateWord::Running,
@@ -269,54 +273,28 @@ pub(crate) fn observations(seqs: RangeInclusive<u64>, instance: &str) -> FromAge
     })
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>;
+/// An agent link: a websocket over the client side of TLS.
+pub type Ws = tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>;
 
 /// One connection of a fake agent.
-pub(crate) struct FakeAgent {
-    pub(crate) host: String,
+pub struct FakeAgent {
+    pub host: String,
     /// When set, [`recv`](Self::recv) sends a keepalive this often while it waits, as a live
     /// agent does; otherwise the agent is silent unless a test sends something.
-    pub(crate) keepalive_every: Option<Duration>,
+    pub keepalive_every: Option<Duration>,
     keepalive_seq: u64,
     ws: Ws,
 }
 
 impl FakeAgent {
     /// Connects with the identity's certificate: TCP, TLS, websocket upgrade. Nothing is sent yet.
-    pub(crate) async fn connect(identity: &Identity) -> Result<FakeAgent, String> {
+    pub async fn connect(identity: &Identity) -> Result<FakeAgent, String> {
         FakeAgent::connect_with(&identity.agent_url, identity.client_config(), &identity.host).await
     }
 
     /// Connects to `url` with any TLS client settings.
-    pub(crate) async fn connect_with(
-        url: &str,
-        config: Arc<rustls::ClientConfig>,
-        host: &str,
-    ) -> Result<FakeAgent, String> {
-        let authority = url
-            .strip_prefix("wss://")
-            .and_then(|rest| rest.split('/').next())
-            .unwrap_or_else(|| panic!("not a wss URL: {url}"));
-        let (ip, _) = authority.rsplit_once(':').unwrap();
-        let tcp = tokio::time::timeout(WAIT, TcpStream::connect(authority))
-            .await
-            .map_err(|_| "TCP connect timed out".to_owned())?
-            .map_err(|e| format!("TCP connect: {e}"))?;
-        let name = ServerName::try_from(ip.to_owned()).unwrap();
-        let tls = tokio::time::timeout(WAIT, tokio_rustls::TlsConnector::from(config).connect(name, tcp))
-            .await
-            .map_err(|_| "TLS handshake timed out".to_owned())?
-            .map_err(|e| format!("TLS: {e}"))?;
-        let mut ws_config = WebSocketConfig::default();
-        ws_config.max_message_size = Some(limits::MAX_FRAME_BYTES);
-        ws_config.max_frame_size = Some(limits::MAX_FRAME_BYTES);
-        let (ws, _) = tokio::time::timeout(
-            WAIT,
-            tokio_tungstenite::client_async_with_config(url, tls, Some(ws_config)),
-        )
-        .await
-        .map_err(|_| "websocket upgrade timed out".to_owned())?
-        .map_err(|e| format!("websocket: {e}"))?;
+    pub async fn connect_with(url: &str, config: Arc<rustls::ClientConfig>, host: &str) -> Result<FakeAgent, String> {
+        let ws = dial(url, config, ws_config(), WAIT).await?;
         Ok(FakeAgent {
             host: host.to_owned(),
             keepalive_every: None,
@@ -326,7 +304,7 @@ impl FakeAgent {
     }
 
     /// Connects, says hello and expects a welcome in version 1.
-    pub(crate) async fn join(identity: &Identity) -> FakeAgent {
+    pub async fn join(identity: &Identity) -> FakeAgent {
         let mut agent = FakeAgent::connect(identity).await.unwrap();
         let host = agent.host.clone();
         match agent.hello(&host).await {
@@ -338,18 +316,18 @@ impl FakeAgent {
 
     /// Sends a hello naming `host` (send errors are ignored: a refusing server may have closed
     /// already) and returns the first frame the server answers, or `None` when it closed.
-    pub(crate) async fn hello(&mut self, host: &str) -> Option<FromServer> {
+    pub async fn hello(&mut self, host: &str) -> Option<FromServer> {
         self.hello_with(hello(host, SUPPORTED_VERSIONS, BTreeMap::new())).await
     }
 
     /// Sends this hello and returns the first frame the server answers, as [`hello`](Self::hello).
-    pub(crate) async fn hello_with(&mut self, hello: FromAgent) -> Option<FromServer> {
+    pub async fn hello_with(&mut self, hello: FromAgent) -> Option<FromServer> {
         let _ = self.send_raw(text(&hello)).await;
         self.recv().await
     }
 
     /// Sends a protocol message; panics when the connection is gone.
-    pub(crate) async fn send(&mut self, message: &FromAgent) {
+    pub async fn send(&mut self, message: &FromAgent) {
         let host = self.host.clone();
         self.send_raw(text(message))
             .await
@@ -357,7 +335,7 @@ impl FakeAgent {
     }
 
     /// Sends the next keepalive of this connection.
-    pub(crate) async fn keepalive(&mut self) -> Result<(), String> {
+    pub async fn keepalive(&mut self) -> Result<(), String> {
         self.keepalive_seq += 1;
         let keepalive = FromAgent::Keepalive(endstate_agent_proto::Keepalive {
             seq: self.keepalive_seq,
@@ -366,7 +344,7 @@ impl FakeAgent {
     }
 
     /// Sends any websocket frame.
-    pub(crate) async fn send_raw(&mut self, frame: WsMessage) -> Result<(), String> {
+    pub async fn send_raw(&mut self, frame: WsMessage) -> Result<(), String> {
         tokio::time::timeout(WAIT, self.ws.send(frame))
             .await
             .map_err(|_| "send timed out".to_owned())?
@@ -375,7 +353,7 @@ impl FakeAgent {
 
     /// The next protocol frame from the server, or `None` when the connection closed (or failed).
     /// Panics when nothing comes within [`WAIT`], or on a frame the protocol refuses.
-    pub(crate) async fn recv(&mut self) -> Option<FromServer> {
+    pub async fn recv(&mut self) -> Option<FromServer> {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             let until = match self.keepalive_every {
@@ -411,7 +389,7 @@ impl FakeAgent {
     /// Runs `work` (calls to the API, say) while sending keepalives every
     /// [`keepalive_every`](Self::keepalive_every) (100 ms when unset), so a short keepalive
     /// interval does not declare the agent silent meanwhile. Frames from the server wait.
-    pub(crate) async fn while_alive<T>(&mut self, work: impl std::future::Future<Output = T>) -> T {
+    pub async fn while_alive<T>(&mut self, work: impl std::future::Future<Output = T>) -> T {
         let mut tick = tokio::time::interval(self.keepalive_every.unwrap_or(Duration::from_millis(100)));
         let mut work = std::pin::pin!(work);
         loop {
@@ -426,7 +404,7 @@ impl FakeAgent {
 
     /// Reads frames until `pick` takes one, skipping the others (a desired set sent by the
     /// server's periodic refresh, say). Panics when the connection closes first.
-    pub(crate) async fn recv_until<T>(&mut self, what: &str, mut pick: impl FnMut(FromServer) -> Option<T>) -> T {
+    pub async fn recv_until<T>(&mut self, what: &str, mut pick: impl FnMut(FromServer) -> Option<T>) -> T {
         let mut skipped = Vec::new();
         loop {
             match self.recv().await {
@@ -446,7 +424,7 @@ impl FakeAgent {
     }
 
     /// Reads until the server closes the connection (frames before that are returned).
-    pub(crate) async fn expect_closed(&mut self) -> Vec<FromServer> {
+    pub async fn expect_closed(&mut self) -> Vec<FromServer> {
         let mut frames = Vec::new();
         while let Some(frame) = self.recv().await {
             frames.push(frame);
@@ -455,7 +433,7 @@ impl FakeAgent {
     }
 
     /// Sends observations and returns the `up_to_seq` of the ack that answers them.
-    pub(crate) async fn observe(&mut self, seqs: RangeInclusive<u64>, instance: &str) -> u64 {
+    pub async fn observe(&mut self, seqs: RangeInclusive<u64>, instance: &str) -> u64 {
         self.send(&observations(seqs, instance)).await;
         self.recv_until("an ack", |m| match m {
             FromServer::Ack(ack) => Some(ack.up_to_seq),
@@ -465,14 +443,60 @@ impl FakeAgent {
     }
 
     /// Closes the websocket properly (a close frame) and waits for the server's close.
-    pub(crate) async fn close(mut self) {
+    pub async fn close(mut self) {
         let _ = tokio::time::timeout(WAIT, self.ws.close(None)).await;
         let _ = tokio::time::timeout(WAIT, async { while self.ws.next().await.is_some() {} }).await;
     }
 }
 
+/// The websocket settings of the agent link: frames up to the protocol's bound.
+#[must_use]
+pub fn ws_config() -> WebSocketConfig {
+    let mut ws_config = WebSocketConfig::default();
+    ws_config.max_message_size = Some(limits::MAX_FRAME_BYTES);
+    ws_config.max_frame_size = Some(limits::MAX_FRAME_BYTES);
+    ws_config
+}
+
+/// Opens an agent link to `url` (`wss://IP:PORT/v1/agent`) with these TLS and websocket
+/// settings: TCP (no Nagle delay), TLS (the server named by its IP address), websocket upgrade,
+/// each step within `timeout`.
+///
+/// # Errors
+/// Which step failed, and why.
+pub async fn dial(
+    url: &str,
+    config: Arc<rustls::ClientConfig>,
+    ws_config: WebSocketConfig,
+    timeout: Duration,
+) -> Result<Ws, String> {
+    let authority = url
+        .strip_prefix("wss://")
+        .and_then(|rest| rest.split('/').next())
+        .ok_or_else(|| format!("not a wss URL: {url}"))?;
+    let (ip, _) = authority.rsplit_once(':').ok_or_else(|| format!("no port in {url}"))?;
+    let tcp = tokio::time::timeout(timeout, TcpStream::connect(authority))
+        .await
+        .map_err(|_| "TCP connect timed out".to_owned())?
+        .map_err(|e| format!("TCP connect: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    let name = ServerName::try_from(ip.to_owned()).map_err(|e| format!("server name {ip}: {e}"))?;
+    let tls = tokio::time::timeout(timeout, tokio_rustls::TlsConnector::from(config).connect(name, tcp))
+        .await
+        .map_err(|_| "TLS handshake timed out".to_owned())?
+        .map_err(|e| format!("TLS: {e}"))?;
+    let (ws, _) = tokio::time::timeout(
+        timeout,
+        tokio_tungstenite::client_async_with_config(url, tls, Some(ws_config)),
+    )
+    .await
+    .map_err(|_| "websocket upgrade timed out".to_owned())?
+    .map_err(|e| format!("websocket: {e}"))?;
+    Ok(ws)
+}
+
 /// A hello naming `host`, speaking `versions`, asking for `labels`.
-pub(crate) fn hello(host: &str, versions: VersionRange, labels: BTreeMap<String, String>) -> FromAgent {
+pub fn hello(host: &str, versions: VersionRange, labels: BTreeMap<String, String>) -> FromAgent {
     FromAgent::Hello(Hello {
         versions,
         agent_version: "0.0.0-fake".to_owned(),
@@ -492,6 +516,6 @@ pub(crate) fn hello(host: &str, versions: VersionRange, labels: BTreeMap<String,
 }
 
 /// A protocol message as a websocket text frame.
-pub(crate) fn text(message: &FromAgent) -> WsMessage {
+pub fn text(message: &FromAgent) -> WsMessage {
     WsMessage::text(String::from_utf8(encode(message).unwrap()).unwrap())
 }
