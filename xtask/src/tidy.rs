@@ -11,6 +11,7 @@ const PURE: &[&str] = &[
     "endstate-agent-proto",
     "endstate-monitor",
     "endstate-pki",
+    "endstate-events",
 ];
 
 /// Dependencies a pure crate may not have.
@@ -46,6 +47,13 @@ const IMPURE_PATHS: &[&str] = &[
 /// `super::`), counted between top-level modules (a directory module's files are one module; the
 /// crate root, which declares them all, is left out).
 const ACYCLIC: &[&str] = &["endstate-server"];
+
+/// Crates that write and read timeline events only through `endstate_events::Event`: no
+/// untyped event (`NewEvent::new`), no payload read by key.
+const TYPED_EVENTS: &[&str] = &["endstate-server"];
+
+/// What [`TYPED_EVENTS`] crates may not write (outside comments).
+const UNTYPED_EVENT_USES: &[&str] = &["NewEvent::new(", ".data.get(", ".data[", "data.pointer("];
 
 /// Crates that may not depend on the store (the planner proposes, it does not read state).
 const NOT_ON_STORE: &[&str] = &["endstate-plan", "endstate-decide", "endstate-spec", "endstate-api"];
@@ -120,6 +128,17 @@ pub(crate) fn check(root: &Path) -> Vec<String> {
             problems.push(format!("crates/{krate}/Cargo.toml: depends on endstate-store"));
         }
     }
+    for krate in TYPED_EVENTS {
+        for file in rust_files(&root.join("crates").join(krate).join("src"), true) {
+            let Some(text) = read(&file, &mut problems) else {
+                continue;
+            };
+            let shown = file.strip_prefix(root).unwrap_or(&file).display().to_string();
+            problems.extend(untyped_event_uses(&text).into_iter().map(|(line, what)| {
+                format!("{shown}:{line}: an event written or read around endstate_events::Event ({what})")
+            }));
+        }
+    }
     for krate in ACYCLIC {
         let src = root.join("crates").join(krate).join("src");
         let files = rust_files(&src, true);
@@ -142,6 +161,20 @@ pub(crate) fn check(root: &Path) -> Vec<String> {
         }
     }
     problems
+}
+
+/// Lines (from 1) that write an untyped event or read a payload by key, outside comments.
+fn untyped_event_uses(text: &str) -> Vec<(usize, &'static str)> {
+    let mut found = Vec::new();
+    for (idx, line) in text.lines().enumerate() {
+        let code = line.split("//").next().unwrap_or("");
+        for what in UNTYPED_EVENT_USES {
+            if code.contains(what) {
+                found.push((idx + 1, *what));
+            }
+        }
+    }
+    found
 }
 
 /// The top-level module a source file belongs to (`agents/conn.rs` and `agents/mod.rs` are
@@ -332,6 +365,15 @@ mod tests {
                 .any(|p| p.contains("endstate-types/Cargo.toml: cannot read it")),
             "{problems:?}"
         );
+    }
+
+    /// An untyped event, or a payload read by key, is found; the typed way is not.
+    #[test]
+    fn tidy_catches_an_untyped_event() {
+        let untyped = "let e = NewEvent::new(now, \"note.added\", s);\nlet run = event.data.get(\"run\");\n// NewEvent::new( in a comment\n";
+        assert_eq!(untyped_event_uses(untyped), [(1, "NewEvent::new("), (2, ".data.get(")]);
+        let typed = "let e = NewEvent::of(now, &Event::NoteAdded(note), s);\nlet t = event.typed();\n";
+        assert!(untyped_event_uses(typed).is_empty());
     }
 
     /// A deliberate cycle is found, whatever form its imports take (`use crate::{a, b}`, a

@@ -10,6 +10,20 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+/// An integer given as a JSON number, also when written with a zero fraction (`1620483712.0`):
+/// JSON Schema's `integer` allows it, so a generated client may send it.
+fn integral_i64<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
+    let value = serde_json::Number::deserialize(deserializer)?;
+    if let Some(n) = value.as_i64() {
+        return Ok(n);
+    }
+    match value.as_f64() {
+        #[allow(clippy::cast_possible_truncation)]
+        Some(f) if f.fract() == 0.0 && f >= i64::MIN as f64 && f < i64::MAX as f64 => Ok(f as i64),
+        _ => Err(serde::de::Error::custom(format!("{value} is not an integer"))),
+    }
+}
+
 /// The version prefix of every route.
 pub const API_PREFIX: &str = "/v1";
 
@@ -45,6 +59,7 @@ pub struct RevisionSource {
 #[serde(deny_unknown_fields)]
 pub struct SubmitRevision {
     /// The spec files. At least one.
+    #[schema(min_items = 1)]
     pub documents: Vec<Document>,
     /// Why this change is made, as in a commit message.
     #[serde(default)]
@@ -110,6 +125,7 @@ pub struct PlanBasis {
 #[serde(deny_unknown_fields)]
 pub struct PlanRequest {
     /// The spec files.
+    #[schema(min_items = 1)]
     pub documents: Vec<Document>,
     /// Operational parameters, as the change would be submitted with.
     #[serde(default, skip_serializing_if = "ChangeOptions::is_empty")]
@@ -126,9 +142,9 @@ pub struct PlanResponse {
     /// The newest revision submitted; pass it as `parent` when submitting what was previewed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latest_revision: Option<u64>,
-    /// The plan (see `endstate-plan`'s `Plan`).
+    /// The plan: the planner's record (`endstate_plan::Plan`, golden-tested there), typed.
     #[schema(value_type = Object)]
-    pub plan: serde_json::Value,
+    pub plan: endstate_plan::Plan,
     /// What the plan was computed from; pass it as `basis` when submitting what was previewed.
     #[serde(default)]
     pub basis: PlanBasis,
@@ -294,6 +310,7 @@ pub struct RollbackRequest {
 #[serde(deny_unknown_fields)]
 pub struct ScaleRequest {
     /// The new count (1 to 10,000), of the same kind as declared: per host or in total.
+    #[schema(minimum = 1, maximum = 10000)]
     pub count: u32,
     /// Why, for the timeline (at most 4 KiB).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -321,8 +338,10 @@ pub struct CreateSilence {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub starts: Option<String>,
     /// When it ends: RFC 3339, or a duration from now (`2h`). At most 30 days ahead.
+    #[schema(min_length = 1)]
     pub until: String,
     /// Why (at most 4 KiB).
+    #[schema(min_length = 1, max_length = 4096)]
     pub reason: String,
 }
 
@@ -331,10 +350,13 @@ pub struct CreateSilence {
 #[serde(deny_unknown_fields)]
 pub struct AckRequest {
     /// The check, `system/check`.
+    #[schema(min_length = 1)]
     pub check: String,
     /// What it watches: a host name or an instance id.
+    #[schema(min_length = 1)]
     pub target: String,
     /// What you are doing about it (at most 4 KiB).
+    #[schema(min_length = 1, max_length = 4096)]
     pub comment: String,
 }
 
@@ -363,6 +385,7 @@ pub struct BulkAlerts {
     #[serde(default)]
     pub acknowledge: bool,
     /// What you are doing about them (at most 4 KiB).
+    #[schema(min_length = 1, max_length = 4096)]
     pub comment: String,
 }
 
@@ -564,12 +587,15 @@ pub struct Page<T> {
 #[serde(deny_unknown_fields)]
 pub struct CreateToken {
     /// A name for the token, shown on the timeline for everything it does.
+    #[schema(pattern = r"^[a-z0-9][a-z0-9._-]{0,62}$")]
     pub name: String,
     /// `viewer` (reads), `operator` (also makes changes and runs actions), `approver` (also
     /// approves other people's runs) or `admin` (also manages tokens and hosts).
+    #[schema(pattern = r"^(viewer|operator|approver|admin)$")]
     pub role: String,
     /// The systems the token may act on (it reads every system); empty: all of them.
     #[serde(default)]
+    #[schema(inline, value_type = Vec<String>, pattern = r"^[a-z0-9][a-z0-9._-]{0,62}$")]
     pub systems: Vec<String>,
 }
 
@@ -637,6 +663,7 @@ pub struct FieldError {
 pub struct CreateJoinToken {
     /// How long it is accepted: a duration like `1h` (default) or `15m`; at most `7d`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = r"^([0-9]+(ms|s|m|h|d))+$")]
     pub ttl: Option<String>,
     /// Labels the host gets; they win over the labels the agent asks for.
     #[serde(default)]
@@ -667,10 +694,13 @@ pub struct CreatedJoinToken {
 #[serde(deny_unknown_fields)]
 pub struct EnrolRequest {
     /// The join token's secret.
+    #[schema(min_length = 1)]
     pub join_token: String,
     /// The host name the agent proposes (the token may fix another: then this must match it).
+    #[schema(pattern = r"^[a-z0-9][a-z0-9._-]{0,62}$")]
     pub host: String,
     /// A certificate signing request (PEM) for the agent's own key, naming `host`.
+    #[schema(min_length = 1)]
     pub csr_pem: String,
     /// Labels the agent asks for; the token's labels win.
     #[serde(default)]
@@ -699,8 +729,10 @@ pub struct EnrolResponse {
 #[serde(deny_unknown_fields)]
 pub struct EndpointRequest {
     /// The host, as in its certificate.
+    #[schema(pattern = r"^[a-z0-9][a-z0-9._-]{0,62}$")]
     pub host: String,
     /// When the request was made, unix seconds.
+    #[serde(deserialize_with = "integral_i64")]
     pub unix_s: i64,
     /// The agent's client certificate (PEM).
     pub cert_pem: String,
@@ -971,8 +1003,10 @@ pub struct UnhealthyShare {
 #[serde(deny_unknown_fields)]
 pub struct RunRequest {
     /// The system whose action it is.
+    #[schema(pattern = r"^[a-z0-9][a-z0-9._-]{0,62}$")]
     pub system: String,
     /// The action's name.
+    #[schema(pattern = r"^[a-z0-9][a-z0-9._-]{0,62}$")]
     pub action: String,
     /// Parameter values: JSON strings, numbers or booleans as declared (a string is also taken
     /// for a number or a boolean: `"5"`, `"true"`). Omitted ones take their default.
@@ -1054,4 +1088,193 @@ pub struct RunHostView {
     /// Why, in words (a refusal, a lost host).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub detail: String,
+}
+
+// === alerts, silences, review ===
+
+/// What an alert is about: one check on one target.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CheckKeyView {
+    /// `system/check`.
+    pub check: String,
+    /// What it looked at: a host, or an instance (`system/component#slot@host`).
+    pub target: String,
+}
+
+/// An acknowledgement or a note on an alert.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AlertNoteView {
+    /// Who.
+    pub author: String,
+    /// What they said.
+    pub comment: String,
+    /// When (Unix milliseconds).
+    pub at_ms: i64,
+}
+
+/// Always broken, or did it just happen: the history of an alert's check on its host.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AlertHistory {
+    /// `new`, `chronic` (failing more than half of 7 days and more than a day of it) or `ok`.
+    pub label: String,
+    /// Since when it fails (RFC 3339).
+    #[serde(default)]
+    pub failing_since: Option<String>,
+    /// When it first failed in the last 30 days (RFC 3339).
+    #[serde(default)]
+    pub first_failed: Option<String>,
+    /// Its share failing over 7 days, in percent.
+    #[serde(default)]
+    pub failing_7d_percent: Option<f64>,
+    /// Whether it flaps.
+    pub flapping: bool,
+}
+
+/// An alert: one per failing (check, target).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AlertView {
+    /// What.
+    pub key: CheckKeyView,
+    /// The check's system.
+    pub system: String,
+    /// Where it ran (empty for an external alert without a host).
+    pub host: String,
+    /// `warning`, `critical`, `unknown` (`ok` once resolved).
+    pub status: String,
+    /// The last message.
+    pub message: String,
+    /// When it opened (Unix milliseconds).
+    pub opened_ms: i64,
+    /// When its status last changed.
+    pub last_change_ms: i64,
+    /// Status changes since it opened.
+    pub transitions: u32,
+    /// Whether it flaps.
+    pub flapping: bool,
+    /// Who acknowledged it.
+    #[serde(default)]
+    pub acked: Option<AlertNoteView>,
+    /// The ticket opened for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket: Option<String>,
+    /// Why its last notification did not get through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify_failed: Option<String>,
+    /// Notes, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<AlertNoteView>,
+    /// The silence that keeps it quiet.
+    #[serde(default)]
+    pub silenced_by: Option<u64>,
+    /// Why it is only a consequence (`host h1 is down`).
+    #[serde(default)]
+    pub consequence_of: Option<String>,
+    /// When it resolved.
+    #[serde(default)]
+    pub resolved_ms: Option<i64>,
+    /// The history of its check on its host (`GET /v1/alerts` only; absent when nothing is stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<AlertHistory>,
+}
+
+/// The answer to `POST /v1/alerts/bulk`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BulkAlertsView {
+    /// How many alerts were acknowledged or annotated.
+    pub matched: u64,
+    /// Those alerts, as they are now.
+    pub alerts: Vec<AlertView>,
+}
+
+/// A silence: while active, matching alerts do not notify.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SilenceView {
+    /// Its number.
+    pub id: u64,
+    /// Only this system's checks.
+    #[serde(default)]
+    pub system: Option<String>,
+    /// Only this check (`system/check`).
+    #[serde(default)]
+    pub check: Option<String>,
+    /// Only checks running on this host.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Only checks on hosts with all these labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// From when (Unix milliseconds).
+    pub starts_ms: i64,
+    /// Until when (excluded).
+    pub ends_ms: i64,
+    /// Why.
+    pub reason: String,
+    /// Who.
+    pub author: String,
+}
+
+/// One alert of a reviewed period, as the timeline has it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FiredAlert {
+    /// `system/check`.
+    pub check: String,
+    /// What it looked at.
+    pub target: String,
+    /// The check's system.
+    pub system: String,
+    /// Its status when it opened.
+    pub status: String,
+    /// Its message when it opened.
+    pub message: String,
+    /// When it opened (Unix milliseconds).
+    pub opened_ms: i64,
+    /// Who acknowledged it first.
+    #[serde(default)]
+    pub acknowledged_by: Option<String>,
+    /// From opening to the first acknowledgement.
+    #[serde(default)]
+    pub to_ack_ms: Option<i64>,
+    /// From opening to resolution.
+    #[serde(default)]
+    pub to_resolve_ms: Option<i64>,
+}
+
+/// Counts of a reviewed period.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ReviewSummary {
+    /// Alerts opened.
+    pub opened: u64,
+    /// Of those, acknowledged.
+    pub acknowledged: u64,
+    /// Of those, resolved.
+    pub resolved: u64,
+    /// The median time to the first acknowledgement.
+    #[serde(default)]
+    pub median_to_ack_ms: Option<i64>,
+    /// The median time to resolution.
+    #[serde(default)]
+    pub median_to_resolve_ms: Option<i64>,
+}
+
+/// The review of a period: what needs a person now, and what fired.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ReviewView {
+    /// The period's start (Unix milliseconds).
+    pub since_ms: i64,
+    /// Its end: now.
+    pub until_ms: i64,
+    /// Open alerts nobody acknowledged, not silenced and not consequences.
+    pub unacknowledged: Vec<AlertView>,
+    /// Open alerts of checks failing for long: fix or retire the check.
+    pub chronic: Vec<AlertView>,
+    /// Open alerts of checks that flap.
+    pub flapping: Vec<AlertView>,
+    /// Open alerts kept quiet by a silence.
+    pub silenced: Vec<AlertView>,
+    /// Silences ending within the hour: renew or let go.
+    pub expiring_silences: Vec<SilenceView>,
+    /// Every alert opened in the period, oldest first.
+    pub fired: Vec<FiredAlert>,
+    /// The period's counts and median times.
+    pub summary: ReviewSummary,
 }

@@ -18,6 +18,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
+use endstate_events::Event;
 use endstate_store::{ActualInstance, EventQuery, InstanceFilter, InstanceTransition, NewEvent, SqliteStore, Store};
 use endstate_types::{ChangeId, ChangeState, Status};
 use tokio::time::Instant;
@@ -332,17 +333,53 @@ fn event(i: usize, total: usize, leaves: usize, start: i64, hosts_of: &[Vec<Stri
         97..99 => "host.facts_changed",
         _ => "note.added",
     };
+    let status = if i.is_multiple_of(3) { "degraded" } else { "healthy" };
+    // Payloads of the real shape (the server reads them typed, as it reads its own).
+    let typed = match kind {
+        "instance.transitioned" => Event::InstanceTransitioned(endstate_events::InstanceTransitioned {
+            slot: 0,
+            version: Some("1.0.0".into()),
+            status: status.into(),
+            state: "running".into(),
+            previous_state: Some("running".into()),
+            previous_status: None,
+            desired: None,
+        }),
+        "check.status" => Event::CheckStatus(endstate_events::CheckStatus {
+            check: format!("{system}/svc-http"),
+            target: host.clone(),
+            from: None,
+            to: if i.is_multiple_of(3) { "critical" } else { "ok" }.into(),
+            message: "HTTP OK".into(),
+            perfdata: String::new(),
+        }),
+        "change.wave_started" => Event::ChangeWaveStarted(endstate_events::ChangeTransition {
+            from: "rolling".into(),
+            to: "rolling".into(),
+            reason: "wave 1/2".into(),
+            revision: 1,
+            wave: Some((0, 2)),
+        }),
+        "action.finished" => Event::ActionFinished(endstate_events::ActionFinished {
+            run: format!("run-{}", i / 10),
+            action: "flush".into(),
+            state: "succeeded".into(),
+            hosts: None,
+        }),
+        "host.facts_changed" => Event::HostFactsChanged(endstate_events::HostFactsChanged { changes: Vec::new() }),
+        _ => Event::NoteAdded(endstate_events::NoteAdded {
+            text: format!("note {i}"),
+        }),
+    };
     let mut event = NewEvent {
         systems: vec![system.clone()],
         host: Some(host.clone()),
         component: Some(format!("{system}/svc")),
         actor: Some(format!("agent:{host}")),
-        data: serde_json::json!({ "slot": 0, "status": if i.is_multiple_of(3) { "degraded" } else { "healthy" } }),
-        ..NewEvent::new(start + offset, kind, format!("{kind} {i} on {system} at {host}"))
+        ..NewEvent::of(start + offset, &typed, format!("{kind} {i} on {system} at {host}"))
     };
     match kind {
         "change.wave_started" => event.change = Some(ChangeId(u64::try_from(i / 1_000).unwrap_or(0) + 10)),
-        "action.finished" => event.data = serde_json::json!({ "run": format!("run-{}", i / 10) }),
         "host.facts_changed" => event.systems.clear(),
         _ => {}
     }

@@ -622,8 +622,8 @@ pub(crate) struct TimelineArgs {
     /// Only events done by this actor (a token's name, `server`, `agent:HOST`).
     #[arg(long)]
     pub(crate) actor: Option<String>,
-    /// At most this many events (the newest).
-    #[arg(long, default_value_t = 100)]
+    /// At most this many events (the newest), 1 to 1000; `--since` and `-o json` page further.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub(crate) limit: u32,
     /// Keep printing new events as they happen.
     #[arg(long, short)]

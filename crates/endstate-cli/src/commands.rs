@@ -4,7 +4,6 @@ use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::Context;
 use endstate_api::{Document, RevisionSource, SubmitRevision};
 use endstate_client::{Client, ClientError, TimelineQuery};
 use endstate_spec::{Diagnostic, Severity, SourceFile};
@@ -191,7 +190,7 @@ async fn make_plan(
                     warning.file, warning.line, warning.column, warning.code, warning.message
                 );
             }
-            let plan = serde_json::from_value(response.plan).context("the server sent a plan this CLI cannot read")?;
+            let plan = response.plan;
             Ok(Ok(Planned {
                 files,
                 plan,
@@ -617,41 +616,35 @@ pub(crate) async fn alerts(global: &Global) -> anyhow::Result<Outcome> {
         return Ok(Outcome::Success);
     }
     for alert in &alerts {
-        let word = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
-        let since = alert["opened_ms"]
-            .as_i64()
-            .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
-            .map(|t| t.to_string())
-            .unwrap_or_default();
         let mut flags = Vec::new();
-        if let Some(ack) = alert.get("acked").filter(|a| !a.is_null()) {
-            flags.push(format!("acked by {}: {}", word(&ack["author"]), word(&ack["comment"])));
+        if let Some(ack) = &alert.acked {
+            flags.push(format!("acked by {}: {}", ack.author, ack.comment));
         }
-        if let Some(ticket) = alert["ticket"].as_str() {
+        if let Some(ticket) = &alert.ticket {
             flags.push(format!("ticket {ticket}"));
         }
-        if let Some(failed) = alert["notify_failed"].as_str() {
+        if let Some(failed) = &alert.notify_failed {
             flags.push(format!("notification failed: {failed}"));
         }
-        if let Some(note) = alert["notes"].as_array().and_then(|notes| notes.last()) {
-            flags.push(format!("note by {}: {}", word(&note["author"]), word(&note["comment"])));
+        if let Some(note) = alert.notes.last() {
+            flags.push(format!("note by {}: {}", note.author, note.comment));
         }
-        if let Some(silence) = alert.get("silenced_by").filter(|s| !s.is_null()) {
+        if let Some(silence) = alert.silenced_by {
             flags.push(format!("silenced ({silence})"));
         }
         // Always broken, or did it just happen?
-        if let Some(label) = alert["history"]["label"].as_str() {
-            let share = alert["history"]["failing_7d_percent"]
-                .as_f64()
+        if let Some(history) = &alert.history {
+            let share = history
+                .failing_7d_percent
                 .map(|p| format!(", failing {p:.1}% of 7 days"))
                 .unwrap_or_default();
-            flags.push(format!("{label}{share}"));
+            flags.push(format!("{}{share}", history.label));
         }
-        if alert["flapping"] == true {
+        if alert.flapping {
             flags.push("flapping".into());
         }
-        if let Some(cause) = alert.get("consequence_of").filter(|c| !c.is_null()) {
-            flags.push(format!("consequence: {}", word(cause)));
+        if let Some(cause) = &alert.consequence_of {
+            flags.push(format!("consequence: {cause}"));
         }
         let flags = if flags.is_empty() {
             String::new()
@@ -659,16 +652,22 @@ pub(crate) async fn alerts(global: &Global) -> anyhow::Result<Outcome> {
             format!(" [{}]", flags.join("; "))
         };
         println!(
-            "{:<8} {} on {} (host {}, since {since}, {} transitions){flags}\n         {}",
-            word(&alert["status"]).to_uppercase(),
-            word(&alert["key"]["check"]),
-            word(&alert["key"]["target"]),
-            word(&alert["host"]),
-            alert["transitions"],
-            word(&alert["message"]),
+            "{:<8} {} on {} (host {}, since {}, {} transitions){flags}\n         {}",
+            alert.status.to_uppercase(),
+            alert.key.check,
+            alert.key.target,
+            alert.host,
+            time_of_ms(alert.opened_ms).unwrap_or_default(),
+            alert.transitions,
+            alert.message,
         );
     }
     Ok(Outcome::Success)
+}
+
+/// A time in milliseconds since the epoch, shown (RFC 3339, UTC).
+fn time_of_ms(ms: i64) -> Option<String> {
+    jiff::Timestamp::from_millisecond(ms).ok().map(|t| t.to_string())
 }
 
 /// `endstate silence ...`
@@ -708,7 +707,7 @@ pub(crate) async fn silence(
     } else {
         println!(
             "Silence {} created; `endstate unsilence {}` ends it.",
-            silence["id"], silence["id"]
+            silence.id, silence.id
         );
     }
     Ok(Outcome::Success)
@@ -725,73 +724,56 @@ pub(crate) async fn review(global: &Global, since: Option<&str>, system: Option<
         print_json(&review)?;
         return Ok(Outcome::Success);
     }
-    let word = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
-    let time = |v: &serde_json::Value| {
-        v.as_i64()
-            .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
-            .map(|t| t.to_string())
-            .unwrap_or_else(|| "-".into())
-    };
-    let took = |v: &serde_json::Value| {
-        v.as_i64()
-            .map(|ms| format!("{}s", ms / 1000))
-            .unwrap_or_else(|| "-".into())
-    };
-    println!(
-        "Review from {} to {}",
-        time(&review["since_ms"]),
-        time(&review["until_ms"])
-    );
-    for (title, key) in [
-        ("Needs a person (open, unacknowledged)", "unacknowledged"),
-        ("Chronic (failing most of the week)", "chronic"),
-        ("Flapping", "flapping"),
-        ("Silenced", "silenced"),
+    let time = |ms: i64| time_of_ms(ms).unwrap_or_else(|| "-".into());
+    let took = |ms: Option<i64>| ms.map_or_else(|| "-".into(), |ms| format!("{}s", ms / 1000));
+    println!("Review from {} to {}", time(review.since_ms), time(review.until_ms));
+    for (title, list) in [
+        ("Needs a person (open, unacknowledged)", &review.unacknowledged),
+        ("Chronic (failing most of the week)", &review.chronic),
+        ("Flapping", &review.flapping),
+        ("Silenced", &review.silenced),
     ] {
-        let list = review[key].as_array().cloned().unwrap_or_default();
         println!("\n{title}: {}", list.len());
-        for alert in &list {
+        for alert in list {
             println!(
                 "  {:<8} {} on {} since {}: {}",
-                word(&alert["status"]).to_uppercase(),
-                word(&alert["key"]["check"]),
-                word(&alert["key"]["target"]),
-                time(&alert["opened_ms"]),
-                word(&alert["message"])
+                alert.status.to_uppercase(),
+                alert.key.check,
+                alert.key.target,
+                time(alert.opened_ms),
+                alert.message
             );
         }
     }
-    let expiring = review["expiring_silences"].as_array().cloned().unwrap_or_default();
-    println!("\nSilences ending within the hour: {}", expiring.len());
-    for s in &expiring {
-        println!("  {} until {}: {}", s["id"], time(&s["ends_ms"]), word(&s["reason"]));
+    println!("\nSilences ending within the hour: {}", review.expiring_silences.len());
+    for s in &review.expiring_silences {
+        println!("  {} until {}: {}", s.id, time(s.ends_ms), s.reason);
     }
-    let fired = review["fired"].as_array().cloned().unwrap_or_default();
-    let summary = &review["summary"];
+    let summary = &review.summary;
     println!(
         "\nFired: {} (acknowledged {}, resolved {}; median to acknowledge {}, to resolve {})",
-        summary["opened"],
-        summary["acknowledged"],
-        summary["resolved"],
-        took(&summary["median_to_ack_ms"]),
-        took(&summary["median_to_resolve_ms"])
+        summary.opened,
+        summary.acknowledged,
+        summary.resolved,
+        took(summary.median_to_ack_ms),
+        took(summary.median_to_resolve_ms)
     );
-    for f in &fired {
-        let ack = match f["acknowledged_by"].as_str() {
-            Some(by) => format!("acked by {by} after {}", took(&f["to_ack_ms"])),
+    for f in &review.fired {
+        let ack = match &f.acknowledged_by {
+            Some(by) => format!("acked by {by} after {}", took(f.to_ack_ms)),
             None => "never acked".into(),
         };
-        let resolved = match f["to_resolve_ms"].as_i64() {
-            Some(_) => format!("resolved after {}", took(&f["to_resolve_ms"])),
+        let resolved = match f.to_resolve_ms {
+            Some(_) => format!("resolved after {}", took(f.to_resolve_ms)),
             None => "still open".into(),
         };
         println!(
             "  {} {:<8} {} on {}: {ack}, {resolved}: {}",
-            time(&f["opened_ms"]),
-            word(&f["status"]).to_uppercase(),
-            word(&f["check"]),
-            word(&f["target"]),
-            word(&f["message"])
+            time(f.opened_ms),
+            f.status.to_uppercase(),
+            f.check,
+            f.target,
+            f.message
         );
     }
     Ok(Outcome::Success)
@@ -814,28 +796,18 @@ pub(crate) async fn silences(global: &Global) -> anyhow::Result<Outcome> {
         println!("No active silences.");
     }
     for s in &silences {
-        let until = s["ends_ms"]
-            .as_i64()
-            .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
-            .map(|t| t.to_string())
-            .unwrap_or_default();
-        let scope: Vec<String> = ["system", "check", "host"]
-            .iter()
-            .filter_map(|k| s[*k].as_str().map(|v| format!("{k} {v}")))
-            .chain(
-                s["labels"]
-                    .as_object()
-                    .into_iter()
-                    .flatten()
-                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())),
-            )
+        let until = time_of_ms(s.ends_ms).unwrap_or_default();
+        let scope: Vec<String> = [("system", &s.system), ("check", &s.check), ("host", &s.host)]
+            .into_iter()
+            .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k} {v}")))
+            .chain(s.labels.iter().map(|(k, v)| format!("{k}={v}")))
             .collect();
         println!(
             "{:>4}  until {until}  {}  by {}: {}",
-            s["id"],
+            s.id,
             scope.join(", "),
-            s["author"].as_str().unwrap_or_default(),
-            s["reason"].as_str().unwrap_or_default()
+            s.author,
+            s.reason
         );
     }
     Ok(Outcome::Success)
@@ -903,18 +875,13 @@ pub(crate) async fn ack(
         print_json(&done)?;
         return Ok(Outcome::Success);
     }
-    let alerts = done["alerts"].as_array().cloned().unwrap_or_default();
-    if alerts.is_empty() {
+    if done.alerts.is_empty() {
         println!("No open alert matches: nothing to {noun}.");
         return Ok(Outcome::Success);
     }
-    println!("{verb} {} alert(s):", alerts.len());
-    for alert in &alerts {
-        println!(
-            "  {} on {}",
-            alert["key"]["check"].as_str().unwrap_or_default(),
-            alert["key"]["target"].as_str().unwrap_or_default()
-        );
+    println!("{verb} {} alert(s):", done.alerts.len());
+    for alert in &done.alerts {
+        println!("  {} on {}", alert.key.check, alert.key.target);
     }
     Ok(Outcome::Success)
 }

@@ -326,11 +326,11 @@ impl Client {
         .await
     }
 
-    /// The open alerts (as JSON objects: check, target, status, message, since, flags).
+    /// The open alerts, each with the history of its check.
     ///
     /// # Errors
     /// As the server says.
-    pub async fn alerts(&self) -> Result<Vec<serde_json::Value>, ClientError> {
+    pub async fn alerts(&self) -> Result<Vec<endstate_api::AlertView>, ClientError> {
         self.get("/v1/alerts").await
     }
 
@@ -338,7 +338,11 @@ impl Client {
     ///
     /// # Errors
     /// As the server says.
-    pub async fn review(&self, since: Option<&str>, system: Option<&str>) -> Result<serde_json::Value, ClientError> {
+    pub async fn review(
+        &self,
+        since: Option<&str>,
+        system: Option<&str>,
+    ) -> Result<endstate_api::ReviewView, ClientError> {
         let mut query = Vec::new();
         if let Some(since) = since {
             query.push(("since", since));
@@ -424,7 +428,10 @@ impl Client {
     ///
     /// # Errors
     /// As the server says (a silence ending in the past, or matching everything, is refused).
-    pub async fn silence(&self, request: &endstate_api::CreateSilence) -> Result<serde_json::Value, ClientError> {
+    pub async fn silence(
+        &self,
+        request: &endstate_api::CreateSilence,
+    ) -> Result<endstate_api::SilenceView, ClientError> {
         self.post("/v1/silences", request).await
     }
 
@@ -432,7 +439,7 @@ impl Client {
     ///
     /// # Errors
     /// As the server says.
-    pub async fn silences(&self) -> Result<Vec<serde_json::Value>, ClientError> {
+    pub async fn silences(&self) -> Result<Vec<endstate_api::SilenceView>, ClientError> {
         self.get("/v1/silences").await
     }
 
@@ -440,7 +447,7 @@ impl Client {
     ///
     /// # Errors
     /// As the server says (404 when it is not active).
-    pub async fn unsilence(&self, id: u64) -> Result<serde_json::Value, ClientError> {
+    pub async fn unsilence(&self, id: u64) -> Result<endstate_api::SilenceView, ClientError> {
         self.delete(&format!("/v1/silences/{id}")).await
     }
 
@@ -448,7 +455,7 @@ impl Client {
     ///
     /// # Errors
     /// As the server says (404 when no alert is open).
-    pub async fn ack(&self, check: &str, target: &str, comment: &str) -> Result<serde_json::Value, ClientError> {
+    pub async fn ack(&self, check: &str, target: &str, comment: &str) -> Result<endstate_api::AlertView, ClientError> {
         let body = endstate_api::AckRequest {
             check: check.to_owned(),
             target: target.to_owned(),
@@ -457,12 +464,14 @@ impl Client {
         self.post("/v1/alerts/ack", &body).await
     }
 
-    /// Acknowledges or annotates every open alert matching the request's filters at once:
-    /// `{matched, alerts}`.
+    /// Acknowledges or annotates every open alert matching the request's filters at once.
     ///
     /// # Errors
     /// As the server says (400 without a filter).
-    pub async fn bulk_alerts(&self, request: &endstate_api::BulkAlerts) -> Result<serde_json::Value, ClientError> {
+    pub async fn bulk_alerts(
+        &self,
+        request: &endstate_api::BulkAlerts,
+    ) -> Result<endstate_api::BulkAlertsView, ClientError> {
         self.post("/v1/alerts/bulk", request).await
     }
 

@@ -96,6 +96,18 @@ pub enum OnFailure {
     Rollback,
 }
 
+impl Verdict {
+    /// Its word, as serialized.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Allow => "allow",
+            Verdict::Wait => "wait",
+            Verdict::Halt => "halt",
+            Verdict::Rollback => "rollback",
+        }
+    }
+}
+
 /// The live state of one instance changed by the rollout, as the controller observed it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceView {

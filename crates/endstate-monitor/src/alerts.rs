@@ -169,6 +169,116 @@ pub struct Alert {
     pub resolved_ms: Option<i64>,
 }
 
+// === as the timeline records them ===
+
+impl From<&Ack> for endstate_events::AlertNote {
+    fn from(ack: &Ack) -> Self {
+        endstate_events::AlertNote {
+            author: ack.author.clone(),
+            comment: ack.comment.clone(),
+            at_ms: ack.at_ms,
+        }
+    }
+}
+
+impl From<endstate_events::AlertNote> for Ack {
+    fn from(note: endstate_events::AlertNote) -> Self {
+        Ack {
+            author: note.author,
+            comment: note.comment,
+            at_ms: note.at_ms,
+        }
+    }
+}
+
+impl From<&Alert> for endstate_events::Alert {
+    fn from(alert: &Alert) -> Self {
+        endstate_events::Alert {
+            key: endstate_events::CheckKey {
+                check: alert.key.check.clone(),
+                target: alert.key.target.clone(),
+            },
+            system: alert.system.clone(),
+            host: alert.host.clone(),
+            status: alert.status.as_str().to_owned(),
+            message: alert.message.clone(),
+            opened_ms: alert.opened_ms,
+            last_change_ms: alert.last_change_ms,
+            transitions: alert.transitions,
+            flapping: alert.flapping,
+            acked: alert.acked.as_ref().map(Into::into),
+            ticket: alert.ticket.clone(),
+            notify_failed: alert.notify_failed.clone(),
+            notes: alert.notes.iter().map(Into::into).collect(),
+            silenced_by: alert.silenced_by,
+            consequence_of: alert.consequence_of.clone(),
+            resolved_ms: alert.resolved_ms,
+        }
+    }
+}
+
+impl TryFrom<endstate_events::Alert> for Alert {
+    type Error = String;
+
+    /// Refused when its status is no status word.
+    fn try_from(alert: endstate_events::Alert) -> Result<Self, String> {
+        let status = Status::parse(&alert.status).ok_or_else(|| format!("no status {:?}", alert.status))?;
+        Ok(Alert {
+            key: CheckKey {
+                check: alert.key.check,
+                target: alert.key.target,
+            },
+            system: alert.system,
+            host: alert.host,
+            status,
+            message: alert.message,
+            opened_ms: alert.opened_ms,
+            last_change_ms: alert.last_change_ms,
+            transitions: alert.transitions,
+            flapping: alert.flapping,
+            acked: alert.acked.map(Into::into),
+            ticket: alert.ticket,
+            notify_failed: alert.notify_failed,
+            notes: alert.notes.into_iter().map(Into::into).collect(),
+            silenced_by: alert.silenced_by,
+            consequence_of: alert.consequence_of,
+            resolved_ms: alert.resolved_ms,
+        })
+    }
+}
+
+impl From<&Silence> for endstate_events::Silence {
+    fn from(silence: &Silence) -> Self {
+        endstate_events::Silence {
+            id: silence.id,
+            system: silence.system.clone(),
+            check: silence.check.clone(),
+            host: silence.host.clone(),
+            labels: silence.labels.clone(),
+            starts_ms: silence.starts_ms,
+            ends_ms: silence.ends_ms,
+            reason: silence.reason.clone(),
+            author: silence.author.clone(),
+        }
+    }
+}
+
+impl From<endstate_events::Silence> for Silence {
+    fn from(silence: endstate_events::Silence) -> Self {
+        Silence {
+            id: silence.id,
+            system: silence.system,
+            check: silence.check,
+            host: silence.host,
+            labels: silence.labels,
+            starts_ms: silence.starts_ms,
+            ends_ms: silence.ends_ms,
+            reason: silence.reason,
+            author: silence.author,
+        }
+    }
+}
+
 /// What the engine decided about one result.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]

@@ -37,6 +37,17 @@ impl Status {
         }
     }
 
+    /// The status of its word (`as_str`).
+    pub fn parse(word: &str) -> Option<Status> {
+        match word {
+            "ok" => Some(Status::Ok),
+            "warning" => Some(Status::Warning),
+            "critical" => Some(Status::Critical),
+            "unknown" => Some(Status::Unknown),
+            _ => None,
+        }
+    }
+
     /// The Nagios code: ok 0, warning 1, critical 2, unknown 3.
     pub fn severity_code(self) -> u8 {
         match self {

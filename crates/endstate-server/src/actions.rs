@@ -31,6 +31,7 @@ use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use endstate_agent_proto::{ActionOutcome, ActionOutput, ActionResult, CancelAction, FromServer, RunAction};
 use endstate_api::{RunDecision, RunHostView, RunRequest, RunView};
+use endstate_events::Event;
 use endstate_spec::{Action, Engagement, ParamValue, ParameterType};
 use endstate_store::NewEvent;
 use endstate_types::Generation;
@@ -243,17 +244,18 @@ impl Run {
         }
     }
 
-    fn event(&self, at: i64, kind: &str, actor: &str, summary: String, data: serde_json::Value) -> NewEvent {
-        let mut data = data;
-        if let Some(object) = data.as_object_mut() {
-            object.insert("run".into(), self.id().into());
-            object.insert("action".into(), self.action.clone().into());
-        }
+    /// An event of this run; `event` is given the run's id and its action's name.
+    fn event(
+        &self,
+        at: i64,
+        event: impl FnOnce(String, String) -> endstate_events::Event,
+        actor: &str,
+        summary: String,
+    ) -> NewEvent {
         NewEvent {
             systems: vec![self.system.clone()],
             actor: Some(actor.to_owned()),
-            data,
-            ..NewEvent::new(at, kind, summary)
+            ..NewEvent::of(at, &event(self.id(), self.action.clone()), summary)
         }
     }
 }
@@ -474,11 +476,18 @@ pub(crate) async fn request(
             .append_events(vec![NewEvent {
                 systems: vec![action.system.clone()],
                 actor: Some(actor.name.clone()),
-                data: serde_json::json!({ "action": action.name, "params": params, "reason": request.reason, "escalate_to": contact }),
-                ..NewEvent::new(
+                ..NewEvent::of(
                     now,
-                    "action.escalated",
-                    format!("{} asked to run {key}, which is escalate only: contact {contact}", actor.name),
+                    &endstate_events::Event::ActionEscalated(endstate_events::ActionEscalated {
+                        action: action.name.clone(),
+                        params: params.clone(),
+                        reason: request.reason.clone(),
+                        escalate_to: contact.clone(),
+                    }),
+                    format!(
+                        "{} asked to run {key}, which is escalate only: contact {contact}",
+                        actor.name
+                    ),
                 )
             }])
             .await?;
@@ -626,18 +635,30 @@ pub(crate) async fn request(
     let why = run.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
     let mut events = vec![run.event(
         now,
-        "action.requested",
+        |run_id, action_name| {
+            endstate_events::Event::ActionRequested(endstate_events::ActionRequested {
+                run: run_id,
+                action: action_name,
+                params: run.params.clone(),
+                reason: run.reason.clone(),
+                hosts: hosts.clone(),
+                engagement: engagement_word(action.engagement).to_owned(),
+                concurrency: run.concurrency as u64,
+                timeout_ms: run.timeout_ms,
+                reentrant: run.reentrant,
+            })
+        },
         &actor.name,
         format!(
             "{} asked to run {key} on {} host(s){}{why}",
             actor.name,
             hosts.len(),
-            if run.state == RunState::AwaitingApproval { ", which needs approval" } else { "" }
+            if run.state == RunState::AwaitingApproval {
+                ", which needs approval"
+            } else {
+                ""
+            }
         ),
-        serde_json::json!({
-            "params": run.params, "reason": run.reason, "hosts": hosts, "engagement": engagement_word(action.engagement),
-            "concurrency": run.concurrency, "timeout_ms": run.timeout_ms, "reentrant": run.reentrant,
-        }),
     )];
     if run.state == RunState::Running {
         events.push(started_event(&run, now, &actor.name));
@@ -665,7 +686,13 @@ fn engagement_word(engagement: Engagement) -> &'static str {
 fn started_event(run: &Run, at: i64, actor: &str) -> NewEvent {
     run.event(
         at,
-        "action.started",
+        |run_id, action_name| {
+            endstate_events::Event::ActionStarted(endstate_events::ActionStarted {
+                run: run_id,
+                action: action_name,
+                hosts: run.hosts.keys().cloned().collect(),
+            })
+        },
         actor,
         format!(
             "{} started on {} host(s), {} at a time",
@@ -673,7 +700,6 @@ fn started_event(run: &Run, at: i64, actor: &str) -> NewEvent {
             run.hosts.len(),
             run.concurrency
         ),
-        serde_json::json!({ "hosts": run.hosts.keys().collect::<Vec<_>>() }),
     )
 }
 
@@ -718,7 +744,14 @@ pub(crate) async fn approve(
     let events = vec![
         run.event(
             now,
-            "action.approved",
+            |run_id, action_name| {
+                endstate_events::Event::ActionApproved(endstate_events::ActionApproved {
+                    run: run_id,
+                    action: action_name,
+                    reason: decision.reason.clone(),
+                    requested_by: run.requested_by.clone(),
+                })
+            },
             &actor.name,
             format!(
                 "{} approved {} of {} asked by {}{why}",
@@ -727,7 +760,6 @@ pub(crate) async fn approve(
                 run.key(),
                 run.requested_by
             ),
-            serde_json::json!({ "reason": decision.reason, "requested_by": run.requested_by }),
         ),
         started_event(&run, now, &actor.name),
     ];
@@ -798,7 +830,14 @@ pub(crate) async fn cancel(
         .store()
         .append_events(vec![run.event(
             now,
-            "action.cancelled",
+            |run_id, action_name| {
+                endstate_events::Event::ActionCancelled(endstate_events::ActionCancelled {
+                    run: run_id,
+                    action: action_name,
+                    reason: decision.reason.clone(),
+                    killed_on: running_hosts.clone(),
+                })
+            },
             &actor.name,
             format!(
                 "{} cancelled {} of {}{}{why}",
@@ -811,7 +850,6 @@ pub(crate) async fn cancel(
                     format!(" (killing it on {})", running_hosts.join(", "))
                 }
             ),
-            serde_json::json!({ "reason": decision.reason, "killed_on": running_hosts }),
         )])
         .await?;
     state.written();
@@ -822,6 +860,7 @@ pub(crate) async fn cancel(
 /// `GET /v1/runs` parameters.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct RunsParams {
     /// Only this system's runs.
     #[serde(default)]
@@ -830,8 +869,9 @@ pub(crate) struct RunsParams {
     #[serde(default)]
     pub(crate) action: Option<String>,
     /// At most this many, newest first (default 50, at most 1000).
-    #[serde(default)]
-    pub(crate) limit: Option<usize>,
+    #[serde(default, deserialize_with = "crate::extract::limit")]
+    #[param(minimum = 1, maximum = 1000)]
+    pub(crate) limit: Option<u32>,
 }
 
 /// Recent runs, newest first, without their output: "did someone just do that already?".
@@ -842,7 +882,7 @@ pub(crate) async fn list(
     Params(params): Params<RunsParams>,
 ) -> Result<Json<Vec<RunView>>, ApiError> {
     authorize(&actor, Verb::Read, params.system.as_deref())?;
-    let limit = params.limit.unwrap_or(50).clamp(1, 1000);
+    let limit = params.limit.unwrap_or(50) as usize;
     let runs = state.runs();
     let inner = runs.lock();
     Ok(Json(
@@ -955,10 +995,15 @@ async fn drive(state: &AppState, n: u64) -> Result<(), ApiError> {
                     host: Some(host.clone()),
                     ..run.event(
                         now,
-                        "action.host_lost",
+                        |run_id, action_name| {
+                            endstate_events::Event::ActionHostLost(endstate_events::ActionHostLost {
+                                run: run_id,
+                                action: action_name,
+                                reason: reason.clone(),
+                            })
+                        },
                         "server",
                         format!("{id} of {key} on {host}: {reason}"),
-                        serde_json::json!({ "reason": reason }),
                     )
                 });
             }
@@ -999,10 +1044,15 @@ async fn drive(state: &AppState, n: u64) -> Result<(), ApiError> {
                                 host: Some(host.clone()),
                                 ..run.event(
                                     now,
-                                    "action.host_lost",
+                                    |run_id, action_name| {
+                                        endstate_events::Event::ActionHostLost(endstate_events::ActionHostLost {
+                                            run: run_id,
+                                            action: action_name,
+                                            reason: reason.to_string(),
+                                        })
+                                    },
                                     "server",
                                     format!("{id} of {key} on {host} did not start: {reason}"),
-                                    serde_json::json!({ "reason": reason }),
                                 )
                             });
                         }
@@ -1022,15 +1072,23 @@ async fn drive(state: &AppState, n: u64) -> Result<(), ApiError> {
                     };
                 }
                 run.finished_ms = Some(now);
+                let hosts = run
+                    .hosts
+                    .iter()
+                    .map(|(host, h)| (host.clone(), h.state.as_str().to_owned()))
+                    .collect();
                 events.push(run.event(
                     now,
-                    "action.finished",
+                    |run_id, action_name| {
+                        endstate_events::Event::ActionFinished(endstate_events::ActionFinished {
+                            run: run_id,
+                            action: action_name,
+                            state: run.state.as_str().to_owned(),
+                            hosts: Some(hosts),
+                        })
+                    },
                     "server",
                     format!("{id} of {key} {}: {}", run.state.as_str(), run.summary()),
-                    serde_json::json!({
-                        "state": run.state.as_str(),
-                        "hosts": run.hosts.iter().map(|(host, h)| (host.clone(), h.state.as_str())).collect::<BTreeMap<_, _>>(),
-                    }),
                 ));
                 true
             } else {
@@ -1103,40 +1161,52 @@ pub(crate) fn result_event(state: &AppState, host: &str, at: i64, result: &Actio
         format!(": {}", first_line(&result.detail))
     };
     let known = parse_run_id(&result.run).is_some_and(|n| state.runs().lock().runs.contains_key(&n));
-    let (kind, summary) = if result.outcome == ActionOutcome::Refused {
-        (
-            "action.refused",
-            format!(
-                "the agent on {host} refused {} of {}{detail}{}",
-                result.run,
-                result.action,
-                if known {
-                    ""
-                } else {
-                    " (a run this server never asked for)"
-                }
-            ),
-        )
-    } else {
-        (
-            "action.host_finished",
-            format!(
-                "{} of {} on {host} {state_word}{how} after {} ms{detail}",
-                result.run, result.action, result.duration_ms
-            ),
-        )
-    };
+    let (kind, summary): (fn(endstate_events::ActionHostResult) -> endstate_events::Event, String) =
+        if result.outcome == ActionOutcome::Refused {
+            (
+                endstate_events::Event::ActionRefused,
+                format!(
+                    "the agent on {host} refused {} of {}{detail}{}",
+                    result.run,
+                    result.action,
+                    if known {
+                        ""
+                    } else {
+                        " (a run this server never asked for)"
+                    }
+                ),
+            )
+        } else {
+            (
+                endstate_events::Event::ActionHostFinished,
+                format!(
+                    "{} of {} on {host} {state_word}{how} after {} ms{detail}",
+                    result.run, result.action, result.duration_ms
+                ),
+            )
+        };
     NewEvent {
         systems: if system.is_empty() { Vec::new() } else { vec![system] },
         host: Some(host.to_owned()),
         actor: Some(format!("agent:{host}")),
-        data: serde_json::json!({
-            "run": result.run, "action": result.action.split_once('/').map_or(result.action.as_str(), |(_, a)| a),
-            "state": state_word, "exit_code": result.exit_code, "signal": result.signal,
-            "duration_ms": result.duration_ms, "detail": result.detail,
-            "output": tail_of(&result.output, EVENT_OUTPUT_BYTES),
-        }),
-        ..NewEvent::new(at, kind, summary)
+        ..NewEvent::of(
+            at,
+            &kind(endstate_events::ActionHostResult {
+                run: result.run.clone(),
+                action: result
+                    .action
+                    .split_once('/')
+                    .map_or(result.action.as_str(), |(_, a)| a)
+                    .to_owned(),
+                state: state_word.to_owned(),
+                exit_code: result.exit_code,
+                signal: result.signal,
+                duration_ms: result.duration_ms,
+                detail: result.detail.clone(),
+                output: tail_of(&result.output, EVENT_OUTPUT_BYTES),
+            }),
+            summary,
+        )
     }
 }
 
@@ -1210,11 +1280,12 @@ pub(crate) async fn load_runs(state: &AppState) -> Result<(), ApiError> {
             })
             .await?;
         for event in &page.items {
-            let Some(n) = event.data.get("run").and_then(|r| r.as_str()).and_then(parse_run_id) else {
+            let Some(typed) = event.typed() else { continue };
+            let Some(n) = run_of(&typed).and_then(parse_run_id) else {
                 continue;
             };
             highest = highest.max(n);
-            replay(&mut runs, n, event);
+            replay(&mut runs, n, event, typed);
         }
         match page.items.last() {
             Some(last) if page.items.len() == 1000 => after = Some(last.seq),
@@ -1235,9 +1306,17 @@ pub(crate) async fn load_runs(state: &AppState) -> Result<(), ApiError> {
                 run.state = RunState::Interrupted;
             }
             run.finished_ms = Some(now);
+            let finished = run.state.as_str().to_owned();
             events.push(run.event(
                 now,
-                "action.finished",
+                |run_id, action_name| {
+                    endstate_events::Event::ActionFinished(endstate_events::ActionFinished {
+                        run: run_id,
+                        action: action_name,
+                        state: finished,
+                        hosts: None,
+                    })
+                },
                 "server",
                 format!(
                     "{} of {} {}: {}",
@@ -1246,7 +1325,6 @@ pub(crate) async fn load_runs(state: &AppState) -> Result<(), ApiError> {
                     run.state.as_str(),
                     run.summary()
                 ),
-                serde_json::json!({ "state": run.state.as_str() }),
             ));
         }
     }
@@ -1260,35 +1338,40 @@ pub(crate) async fn load_runs(state: &AppState) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn replay(runs: &mut BTreeMap<u64, Run>, n: u64, event: &endstate_store::Event) {
-    let data = &event.data;
-    let text = |key: &str| data.get(key).and_then(|v| v.as_str()).map(str::to_owned);
-    if event.kind == "action.requested" {
-        let hosts: Vec<String> = data
-            .get("hosts")
-            .and_then(|h| serde_json::from_value(h.clone()).ok())
-            .unwrap_or_default();
-        let approval = text("engagement").as_deref() == Some("approval");
+/// The run an event of a run names (`run-N`).
+pub(crate) fn run_of(event: &Event) -> Option<&str> {
+    match event {
+        Event::ActionRequested(e) => Some(&e.run),
+        Event::ActionApproved(e) => Some(&e.run),
+        Event::ActionStarted(e) => Some(&e.run),
+        Event::ActionCancelled(e) => Some(&e.run),
+        Event::ActionHostLost(e) => Some(&e.run),
+        Event::ActionFinished(e) => Some(&e.run),
+        Event::ActionHostFinished(e) | Event::ActionRefused(e) => Some(&e.run),
+        _ => None,
+    }
+}
+
+fn replay(runs: &mut BTreeMap<u64, Run>, n: u64, event: &endstate_store::Event, typed: Event) {
+    if let Event::ActionRequested(requested) = typed {
         runs.insert(
             n,
             Run {
                 n,
                 system: event.systems.first().cloned().unwrap_or_default(),
-                action: text("action").unwrap_or_default(),
-                params: data
-                    .get("params")
-                    .and_then(|p| serde_json::from_value(p.clone()).ok())
-                    .unwrap_or_default(),
-                reason: text("reason"),
+                action: requested.action,
+                params: requested.params,
+                reason: requested.reason,
                 requested_by: event.actor.clone().unwrap_or_default(),
                 requested_ms: event.time_ms,
                 approved_by: None,
-                state: if approval {
+                state: if requested.engagement == "approval" {
                     RunState::AwaitingApproval
                 } else {
                     RunState::Running
                 },
-                hosts: hosts
+                hosts: requested
+                    .hosts
                     .into_iter()
                     .map(|h| {
                         (
@@ -1300,28 +1383,21 @@ fn replay(runs: &mut BTreeMap<u64, Run>, n: u64, event: &endstate_store::Event) 
                         )
                     })
                     .collect(),
-                concurrency: data
-                    .get("concurrency")
-                    .and_then(serde_json::Value::as_u64)
-                    .and_then(|c| usize::try_from(c).ok())
-                    .unwrap_or(1),
-                timeout_ms: data.get("timeout_ms").and_then(serde_json::Value::as_i64).unwrap_or(0),
-                reentrant: data
-                    .get("reentrant")
-                    .and_then(serde_json::Value::as_bool)
-                    .unwrap_or(false),
+                concurrency: usize::try_from(requested.concurrency).unwrap_or(1),
+                timeout_ms: requested.timeout_ms,
+                reentrant: requested.reentrant,
                 finished_ms: None,
             },
         );
         return;
     }
     let Some(run) = runs.get_mut(&n) else { return };
-    match event.kind.as_str() {
-        "action.approved" => {
+    match typed {
+        Event::ActionApproved(_) => {
             run.approved_by.clone_from(&event.actor);
             run.state = RunState::Running;
         }
-        "action.cancelled" => {
+        Event::ActionCancelled(_) => {
             run.state = RunState::Cancelled;
             for h in run.hosts.values_mut() {
                 if h.state == HostState::Pending {
@@ -1329,37 +1405,36 @@ fn replay(runs: &mut BTreeMap<u64, Run>, n: u64, event: &endstate_store::Event) 
                 }
             }
         }
-        "action.host_finished" | "action.refused" | "action.host_lost" => {
+        Event::ActionHostLost(lost) => {
+            if let Some(h) = event.host.as_ref().and_then(|host| run.hosts.get_mut(host)) {
+                h.state = HostState::Lost;
+                h.detail = lost.reason;
+            }
+        }
+        Event::ActionHostFinished(result) | Event::ActionRefused(result) => {
             let Some(h) = event.host.as_ref().and_then(|host| run.hosts.get_mut(host)) else {
                 return;
             };
-            h.state = match (event.kind.as_str(), text("state").as_deref()) {
-                ("action.host_lost", _) => HostState::Lost,
-                ("action.refused", _) => HostState::Refused,
-                (_, Some("succeeded")) => HostState::Succeeded,
-                (_, Some("timed_out")) => HostState::TimedOut,
-                (_, Some("cancelled")) => HostState::Cancelled,
+            h.state = match result.state.as_str() {
+                "refused" => HostState::Refused,
+                "succeeded" => HostState::Succeeded,
+                "timed_out" => HostState::TimedOut,
+                "cancelled" => HostState::Cancelled,
                 _ => HostState::Failed,
             };
-            h.exit_code = data
-                .get("exit_code")
-                .and_then(serde_json::Value::as_i64)
-                .and_then(|c| i32::try_from(c).ok());
-            h.signal = data
-                .get("signal")
-                .and_then(serde_json::Value::as_i64)
-                .and_then(|c| i32::try_from(c).ok());
-            h.duration_ms = data.get("duration_ms").and_then(serde_json::Value::as_u64);
-            h.detail = text("detail").or_else(|| text("reason")).unwrap_or_default();
-            h.output = text("output").unwrap_or_default();
-            h.output_bytes = h.output.len() as u64;
+            h.exit_code = result.exit_code;
+            h.signal = result.signal;
+            h.duration_ms = Some(result.duration_ms);
+            h.detail = result.detail;
+            h.output_bytes = result.output.len() as u64;
+            h.output = result.output;
         }
-        "action.finished" => {
+        Event::ActionFinished(finished) => {
             run.finished_ms = Some(event.time_ms);
-            run.state = match text("state").as_deref() {
-                Some("succeeded") => RunState::Succeeded,
-                Some("cancelled") => RunState::Cancelled,
-                Some("interrupted") => RunState::Interrupted,
+            run.state = match finished.state.as_str() {
+                "succeeded" => RunState::Succeeded,
+                "cancelled" => RunState::Cancelled,
+                "interrupted" => RunState::Interrupted,
                 _ => RunState::Failed,
             };
         }

@@ -476,23 +476,26 @@ pub(crate) async fn propose(state: &AppState) -> Result<(), ApiError> {
     let event = NewEvent {
         systems,
         actor: Some("server".into()),
-        data: serde_json::json!({
-            "revision": in_force.revision.0,
-            "to": to.as_str(),
-            "joined": joined,
-            "gone": gone,
-            "steps": plan.steps.len(),
-            "waves": count,
-            "reason": reason,
-        }),
-        ..NewEvent::new(now, "change.proposed", reason.clone())
+        ..NewEvent::of(
+            now,
+            &endstate_events::Event::ChangeProposed(endstate_events::ChangeProposed {
+                revision: in_force.revision.0,
+                to: to.as_str().to_owned(),
+                joined: joined.iter().map(ToString::to_string).collect(),
+                gone: gone.iter().map(ToString::to_string).collect(),
+                steps: plan.steps.len() as u64,
+                waves: count,
+                reason: reason.clone(),
+            }),
+            reason.clone(),
+        )
     };
     let new = NewChange {
         revision: in_force.revision,
         state: to,
         plan: Some(plan_json),
         reason: Some(reason),
-        progress: serde_json::to_value(&progress).ok(),
+        progress: Some(progress.to_json()),
         options: None,
         created_ms: now,
     };

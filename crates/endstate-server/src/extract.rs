@@ -48,9 +48,31 @@ pub(crate) struct PageParams {
     /// The `next` of the previous page.
     pub(crate) cursor: Option<String>,
     /// At most this many items (default 100, at most 1000).
+    #[serde(default, deserialize_with = "crate::extract::limit")]
+    #[param(minimum = 1, maximum = 1000)]
     pub(crate) limit: Option<u32>,
     /// For changes: only those not terminal.
     pub(crate) open: Option<bool>,
+}
+
+/// A `limit` query parameter: from 1 to 1000 (the page sizes the store serves), refused
+/// otherwise rather than quietly changed, so a client learns its page is not the one it asked for.
+pub(crate) fn limit<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<u32>, D::Error> {
+    match Option::<u32>::deserialize(deserializer)? {
+        Some(n) if !(1..=1000).contains(&n) => Err(serde::de::Error::custom(format!("is {n}; expected 1 to 1000"))),
+        limit => Ok(limit),
+    }
+}
+
+/// A timeline position (`after`): what the store can hold, up to `i64::MAX`.
+pub(crate) fn seq<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
+    match Option::<u64>::deserialize(deserializer)? {
+        Some(n) if i64::try_from(n).is_err() => Err(serde::de::Error::custom(format!(
+            "is {n}; expected at most {}",
+            i64::MAX
+        ))),
+        seq => Ok(seq),
+    }
 }
 
 /// The one path parameter of a route (`{id}`, `{name}`), refused as problem details when it is
@@ -109,6 +131,8 @@ pub(crate) struct ListParams {
     /// The `next` of the previous page.
     pub(crate) cursor: Option<String>,
     /// At most this many items (default 500, at most 1000).
+    #[serde(default, deserialize_with = "crate::extract::limit")]
+    #[param(minimum = 1, maximum = 1000)]
     pub(crate) limit: Option<u32>,
 }
 
@@ -124,7 +148,7 @@ pub(crate) fn page_by_key<T>(
     cursor: Option<String>,
     limit: Option<u32>,
 ) -> Page<T> {
-    let limit = limit.unwrap_or(LIST_PAGE.0).clamp(1, LIST_PAGE.1) as usize;
+    let limit = limit.unwrap_or(LIST_PAGE.0).min(LIST_PAGE.1) as usize;
     items.sort_by_key(|item| key(item));
     let mut items: Vec<T> = match &cursor {
         Some(after) => items

@@ -287,10 +287,13 @@ impl Target {
                 })
             }
             Target::Instance { slot, .. } => {
-                if event.data.get("slot").and_then(serde_json::Value::as_u64) != Some(u64::from(*slot)) {
+                let Some(endstate_events::Event::InstanceTransitioned(t)) = event.typed() else {
+                    return None;
+                };
+                if t.slot != *slot {
                     return None;
                 }
-                let status = event.data.get("status").and_then(|s| s.as_str()).unwrap_or("unknown");
+                let status = t.status.as_str();
                 let health = match status {
                     "healthy" => Health::Healthy,
                     "degraded" | "unhealthy" => Health::Failing,
@@ -304,10 +307,13 @@ impl Target {
                 })
             }
             Target::Check { check, .. } => {
-                if event.data.get("check").and_then(|c| c.as_str()) != Some(check.as_str()) {
+                let Some(endstate_events::Event::CheckStatus(c)) = event.typed() else {
+                    return None;
+                };
+                if c.check != *check {
                     return None;
                 }
-                let status = event.data.get("to").and_then(|s| s.as_str()).unwrap_or("unknown");
+                let status = c.to.as_str();
                 let health = match status {
                     "ok" => Health::Healthy,
                     "warning" | "critical" => Health::Failing,
@@ -328,6 +334,10 @@ impl Target {
 #[into_params(parameter_in = Query)]
 pub(crate) struct HistoryParams {
     /// `host:NAME`, or an instance `system/component#slot@host` (e.g. `shop/web#0@dev-a`).
+    #[param(
+        required = true,
+        pattern = r"^(host:[a-z0-9][a-z0-9._-]{0,62}|[a-z0-9][a-z0-9._-]{0,62}/[a-z0-9][a-z0-9._-]{0,62}#[0-9]{1,9}@[a-z0-9][a-z0-9._-]{0,62}|check:[a-z0-9][a-z0-9._-]{0,62}/[a-z0-9][a-z0-9._-]{0,62}@[a-z0-9][a-z0-9._-]{0,62})$"
+    )]
     target: Option<String>,
 }
 

@@ -28,6 +28,8 @@ pub(crate) struct HostsParams {
     /// The `next` of the previous page.
     cursor: Option<String>,
     /// At most this many items (default 500, at most 1000).
+    #[serde(default, deserialize_with = "crate::extract::limit")]
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
 }
 
@@ -145,26 +147,21 @@ pub(crate) async fn get_host(
         let page = state.store().query_events(&query).await?;
         read += page.items.len();
         for event in &page.items {
-            let slot = event.data.get("slot").and_then(serde_json::Value::as_u64).unwrap_or(0);
-            let instance = format!("{}#{slot}", event.component.as_deref().unwrap_or("?"));
-            let text = |field: &str, default: &str| {
-                event
-                    .data
-                    .get(field)
-                    .and_then(|v| v.as_str())
-                    .unwrap_or(default)
-                    .to_string()
+            let Some(endstate_events::Event::InstanceTransitioned(t)) = event.typed() else {
+                continue;
             };
+            let instance = format!("{}#{}", event.component.as_deref().unwrap_or("?"), t.slot);
+            let version = t.version.unwrap_or_default();
             let time = crate::rfc3339(event.time_ms);
             // Newest first: the first seen of a pair is its last transition.
             let entry = ran
-                .entry((instance.clone(), text("version", "")))
+                .entry((instance.clone(), version.clone()))
                 .or_insert_with(|| endstate_api::RanView {
                     instance,
-                    version: text("version", ""),
+                    version,
                     first_seen: time.clone(),
                     last_seen: time.clone(),
-                    last_status: text("status", "unknown"),
+                    last_status: t.status,
                     transitions: 0,
                 });
             entry.transitions += 1;

@@ -550,10 +550,11 @@ pub async fn reset_admin_token(data_dir: &std::path::Path) -> Result<String, Ser
     store
         .append_events(vec![endstate_store::NewEvent {
             actor: Some("endstate server admin-token (offline)".into()),
-            data: serde_json::json!({ "revoked": revoked }),
-            ..endstate_store::NewEvent::new(
+            ..endstate_store::NewEvent::of(
                 clock::system_now_ms(),
-                "token.admin_reset",
+                &endstate_events::Event::TokenAdminReset(endstate_events::AdminReset {
+                    revoked: u64::try_from(revoked).unwrap_or(u64::MAX),
+                }),
                 format!("admin token replaced offline; {revoked} previous admin token(s) revoked"),
             )
         }])

@@ -33,6 +33,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use endstate_agent_proto::CheckResult;
+use endstate_api::{AlertHistory, AlertView, FiredAlert, ReviewView, SilenceView};
+use endstate_events::Event;
 use endstate_monitor::alerts::{self, Alert, CheckKey, Context, Effect, Engine};
 use endstate_monitor::nagios::Status;
 use endstate_store::NewEvent;
@@ -100,8 +102,54 @@ pub(crate) struct Notification<'a> {
     /// Always broken, or did it just happen: `label` (`new`, `chronic`, `ok`), `failing_since`,
     /// `first_failed`, `failing_7d_percent`, `flapping` of the check on that host; null when
     /// the check has no stored result (an Alertmanager alert).
-    #[serde(skip_serializing_if = "serde_json::Value::is_null")]
-    pub(crate) history: serde_json::Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) history: Option<AlertHistory>,
+}
+
+/// An alert as the API shows it.
+pub(crate) fn alert_view(alert: &Alert, history: Option<AlertHistory>) -> AlertView {
+    let note = |n: &alerts::Ack| endstate_api::AlertNoteView {
+        author: n.author.clone(),
+        comment: n.comment.clone(),
+        at_ms: n.at_ms,
+    };
+    AlertView {
+        key: endstate_api::CheckKeyView {
+            check: alert.key.check.clone(),
+            target: alert.key.target.clone(),
+        },
+        system: alert.system.clone(),
+        host: alert.host.clone(),
+        status: alert.status.as_str().to_owned(),
+        message: alert.message.clone(),
+        opened_ms: alert.opened_ms,
+        last_change_ms: alert.last_change_ms,
+        transitions: alert.transitions,
+        flapping: alert.flapping,
+        acked: alert.acked.as_ref().map(note),
+        ticket: alert.ticket.clone(),
+        notify_failed: alert.notify_failed.clone(),
+        notes: alert.notes.iter().map(note).collect(),
+        silenced_by: alert.silenced_by,
+        consequence_of: alert.consequence_of.clone(),
+        resolved_ms: alert.resolved_ms,
+        history,
+    }
+}
+
+/// A silence as the API shows it.
+pub(crate) fn silence_view(silence: &alerts::Silence) -> SilenceView {
+    SilenceView {
+        id: silence.id,
+        system: silence.system.clone(),
+        check: silence.check.clone(),
+        host: silence.host.clone(),
+        labels: silence.labels.clone(),
+        starts_ms: silence.starts_ms,
+        ends_ms: silence.ends_ms,
+        reason: silence.reason.clone(),
+        author: silence.author.clone(),
+    }
 }
 
 impl Monitor {
@@ -302,19 +350,16 @@ pub(crate) async fn load_silences(state: &AppState) -> Result<(), ApiError> {
             })
             .await?;
         for event in &page.items {
-            let Some(id) = event.data.get("id").and_then(serde_json::Value::as_u64) else {
-                continue;
-            };
-            highest = highest.max(id);
-            match event.kind.as_str() {
-                "silence.created" => {
-                    if let Ok(silence) = serde_json::from_value::<alerts::Silence>(event.data.clone()) {
-                        created.insert(id, silence);
-                    }
+            match event.typed() {
+                Some(Event::SilenceCreated(silence)) => {
+                    highest = highest.max(silence.id);
+                    created.insert(silence.id, silence.into());
                 }
-                _ => {
-                    created.remove(&id);
+                Some(Event::SilenceRemoved(gone) | Event::SilenceExpired(gone)) => {
+                    highest = highest.max(gone.id);
+                    created.remove(&gone.id);
                 }
+                _ => {}
             }
         }
         match page.items.last() {
@@ -372,15 +417,25 @@ pub(crate) async fn load_alerts(state: &AppState) -> Result<(), ApiError> {
             .await?;
         read += page.items.len();
         for event in &page.items {
-            let payload = if event.kind == "alert.ticket" {
-                event.data.get("alert").cloned().unwrap_or_default()
-            } else {
-                event.data.clone()
+            let (recorded, resolved) = match event.typed() {
+                Some(Event::AlertTicket(ticket)) => match ticket.alert {
+                    Some(alert) => (alert, false),
+                    None => continue,
+                },
+                Some(Event::AlertResolved(alert)) => (alert, true),
+                Some(
+                    Event::AlertOpened(alert)
+                    | Event::AlertChanged(alert)
+                    | Event::AlertAcknowledged(alert)
+                    | Event::AlertAnnotated(alert)
+                    | Event::AlertSuppressed(alert),
+                ) => (alert, false),
+                _ => continue,
             };
-            let Ok(alert) = serde_json::from_value::<Alert>(payload) else {
+            let Ok(alert) = Alert::try_from(recorded) else {
                 continue;
             };
-            if seen.insert(alert.key.clone()) && event.kind != "alert.resolved" {
+            if seen.insert(alert.key.clone()) && !resolved {
                 open.push(alert);
             }
         }
@@ -430,10 +485,9 @@ async fn active_silences(state: &AppState) -> Result<Vec<alerts::Silence>, ApiEr
                 systems: s.system.iter().cloned().collect(),
                 host: s.host.clone(),
                 actor: Some("server".into()),
-                data: serde_json::json!({ "id": s.id }),
-                ..NewEvent::new(
+                ..NewEvent::of(
                     now,
-                    "silence.expired",
+                    &Event::SilenceExpired(endstate_events::SilenceId { id: s.id }),
                     format!("silence {} of {} expired: {}", s.id, s.author, s.reason),
                 )
             })
@@ -717,21 +771,19 @@ fn component_of(target: &str) -> Option<String> {
 }
 
 fn event_of(host: &str, at: i64, effect: &Effect, perfdata: &str) -> Option<NewEvent> {
-    let base = |key: &CheckKey, system: &str, kind: &str, summary: String, data: serde_json::Value| NewEvent {
+    let base = |key: &CheckKey, system: &str, event: &Event, summary: String| NewEvent {
         systems: vec![system.to_owned()],
         host: Some(host.to_owned()),
         component: component_of(&key.target),
         actor: Some(format!("agent:{host}")),
-        data,
-        ..NewEvent::new(at, kind, summary)
+        ..NewEvent::of(at, event, summary)
     };
-    let alert_event = |alert: &Alert, kind: &str, what: String| {
+    let alert_event = |alert: &Alert, kind: fn(endstate_events::Alert) -> Event, what: String| {
         base(
             &alert.key,
             &alert.system,
-            kind,
+            &kind(alert.into()),
             format!("alert {} on {}: {what}", alert.key.check, alert.key.target),
-            serde_json::to_value(alert).unwrap_or_default(),
         )
     };
     Some(match effect {
@@ -741,32 +793,37 @@ fn event_of(host: &str, at: i64, effect: &Effect, perfdata: &str) -> Option<NewE
             base(
                 key,
                 system,
-                "check.status",
+                &Event::CheckStatus(endstate_events::CheckStatus {
+                    check: key.check.clone(),
+                    target: key.target.clone(),
+                    from: from.map(|f| f.as_str().to_owned()),
+                    to: to.as_str().to_owned(),
+                    message: message.clone(),
+                    perfdata: perfdata.to_owned(),
+                }),
                 format!(
                     "check {} on {}: {from_word} -> {}: {message}",
                     key.check,
                     key.target,
                     to.as_str()
                 ),
-                serde_json::json!({
-                    "check": key.check, "target": key.target, "from": from, "to": to,
-                    "message": message, "perfdata": perfdata,
-                }),
             )
         }
         Effect::AlertOpened { alert } => alert_event(
             alert,
-            "alert.opened",
+            Event::AlertOpened,
             format!("{}: {}", alert.status.as_str(), alert.message),
         ),
         Effect::AlertChanged { alert } => alert_event(
             alert,
-            "alert.changed",
+            Event::AlertChanged,
             format!("{}: {}", alert.status.as_str(), alert.message),
         ),
-        Effect::AlertResolved { alert } => alert_event(alert, "alert.resolved", format!("resolved: {}", alert.message)),
+        Effect::AlertResolved { alert } => {
+            alert_event(alert, Event::AlertResolved, format!("resolved: {}", alert.message))
+        }
         Effect::Suppressed { alert, reason } => {
-            alert_event(alert, "alert.suppressed", format!("not notified: {reason}"))
+            alert_event(alert, Event::AlertSuppressed, format!("not notified: {reason}"))
         }
         Effect::Notify { .. } => return None,
     })
@@ -801,14 +858,13 @@ impl Subject {
         }
     }
 
-    fn event(&self, now: i64, kind: &'static str, what: String, data: serde_json::Value) -> NewEvent {
+    fn event(&self, now: i64, event: &Event, what: String) -> NewEvent {
         NewEvent {
             systems: vec![self.system.clone()],
             host: (!self.host.is_empty()).then(|| self.host.clone()),
             component: component_of(&self.target),
             actor: Some("server".into()),
-            data,
-            ..NewEvent::new(now, kind, format!("alert {} on {}: {what}", self.check, self.target))
+            ..NewEvent::of(now, event, format!("alert {} on {}: {what}", self.check, self.target))
         }
     }
 }
@@ -850,10 +906,45 @@ impl Delivery {
     fn queued(&self, now: i64) -> NewEvent {
         self.subject.event(
             now,
-            "alert.delivery_queued",
+            &Event::AlertDeliveryQueued(self.recorded()),
             format!("notification {} to {} queued", self.id, self.url),
-            serde_json::to_value(self).unwrap_or_default(),
         )
+    }
+
+    /// As `alert.delivery_queued` records it.
+    fn recorded(&self) -> endstate_events::Delivery {
+        let s = &self.subject;
+        endstate_events::Delivery {
+            id: self.id.clone(),
+            url: self.url.clone(),
+            ticket: self.ticket,
+            subject: endstate_events::DeliverySubject {
+                system: s.system.clone(),
+                host: s.host.clone(),
+                check: s.check.clone(),
+                target: s.target.clone(),
+                reason: s.reason.clone(),
+            },
+            body: self.body.clone(),
+        }
+    }
+
+    /// From what `alert.delivery_queued` recorded.
+    fn of_recorded(recorded: endstate_events::Delivery) -> Delivery {
+        let s = recorded.subject;
+        Delivery {
+            id: recorded.id,
+            url: recorded.url,
+            ticket: recorded.ticket,
+            subject: Subject {
+                system: s.system,
+                host: s.host,
+                check: s.check,
+                target: s.target,
+                reason: s.reason,
+            },
+            body: recorded.body,
+        }
     }
 }
 
@@ -871,9 +962,7 @@ fn notify(state: &AppState, alert: Alert, reason: String) {
     let (webhooks, commands) = (config.webhooks.clone(), config.commands.clone());
     let state = state.clone();
     tokio::spawn(async move {
-        let history = history_label(&state, &alert, state.now_ms())
-            .await
-            .unwrap_or(serde_json::Value::Null);
+        let history = history_label(&state, &alert, state.now_ms()).await.unwrap_or(None);
         let body = Notification {
             kind: "endstate.alert",
             reason: &reason,
@@ -925,15 +1014,27 @@ fn notify(state: &AppState, alert: Alert, reason: String) {
             events.push(match outcome {
                 Ok(output) => subject.event(
                     state.now_ms(),
-                    "alert.handled",
+                    &Event::AlertHandled(endstate_events::Handled {
+                        command: shown.clone(),
+                        reason: reason.clone(),
+                        check: alert.key.check.clone(),
+                        target: alert.key.target.clone(),
+                        error: None,
+                        output,
+                    }),
                     format!("handler {shown} ran ({reason})"),
-                    serde_json::json!({ "command": shown, "reason": reason, "check": alert.key.check, "target": alert.key.target, "output": output }),
                 ),
                 Err((error, output)) => subject.event(
                     state.now_ms(),
-                    "alert.handler_failed",
+                    &Event::AlertHandlerFailed(endstate_events::Handled {
+                        command: shown.clone(),
+                        reason: reason.clone(),
+                        check: alert.key.check.clone(),
+                        target: alert.key.target.clone(),
+                        error: Some(error.clone()),
+                        output,
+                    }),
                     format!("handler {shown} failed ({reason}): {error}"),
-                    serde_json::json!({ "command": shown, "reason": reason, "check": alert.key.check, "target": alert.key.target, "error": error, "output": output }),
                 ),
             });
         }
@@ -959,9 +1060,15 @@ async fn send(state: &AppState, delivery: &Delivery) -> (NewEvent, Option<String
                 (
                     subject.event(
                         state.now_ms(),
-                        "alert.ticket",
+                        &Event::AlertTicket(endstate_events::Ticket {
+                            url: url.clone(),
+                            delivery: id.clone(),
+                            ticket: link.clone(),
+                            check: subject.check.clone(),
+                            target: subject.target.clone(),
+                            alert: updated.as_ref().map(Into::into),
+                        }),
                         format!("ticket {link} opened through {url}"),
-                        serde_json::json!({ "url": url, "delivery": id, "ticket": link, "check": subject.check, "target": subject.target, "alert": updated }),
                     ),
                     None,
                 )
@@ -969,9 +1076,14 @@ async fn send(state: &AppState, delivery: &Delivery) -> (NewEvent, Option<String
             Err(error) => (
                 subject.event(
                     state.now_ms(),
-                    "alert.ticket_failed",
+                    &Event::AlertTicketFailed(endstate_events::TicketFailed {
+                        url: url.clone(),
+                        delivery: id.clone(),
+                        error: error.to_string(),
+                        check: subject.check.clone(),
+                        target: subject.target.clone(),
+                    }),
                     format!("could not open a ticket through {url}: {error}"),
-                    serde_json::json!({ "url": url, "delivery": id, "error": error, "check": subject.check, "target": subject.target }),
                 ),
                 Some(format!("{url}: {error}")),
             ),
@@ -982,18 +1094,30 @@ async fn send(state: &AppState, delivery: &Delivery) -> (NewEvent, Option<String
         Ok(attempts) => (
             subject.event(
                 state.now_ms(),
-                "alert.notified",
+                &Event::AlertNotified(endstate_events::Notified {
+                    url: url.clone(),
+                    delivery: id.clone(),
+                    reason: reason.clone(),
+                    check: subject.check.clone(),
+                    target: subject.target.clone(),
+                    error: None,
+                }),
                 format!("notified {url} ({reason}) after {attempts} attempt(s)"),
-                serde_json::json!({ "url": url, "delivery": id, "reason": reason, "check": subject.check, "target": subject.target, "error": null }),
             ),
             None,
         ),
         Err(error) => (
             subject.event(
                 state.now_ms(),
-                "alert.notify_failed",
+                &Event::AlertNotifyFailed(endstate_events::Notified {
+                    url: url.clone(),
+                    delivery: id.clone(),
+                    reason: reason.clone(),
+                    check: subject.check.clone(),
+                    target: subject.target.clone(),
+                    error: Some(error.to_string()),
+                }),
                 format!("could not notify {url} ({reason}): {error}"),
-                serde_json::json!({ "url": url, "delivery": id, "reason": reason, "check": subject.check, "target": subject.target, "error": error }),
             ),
             Some(format!("{url}: {error}")),
         ),
@@ -1027,11 +1151,11 @@ pub(crate) async fn resume_deliveries(state: &AppState) -> Result<usize, ApiErro
     .await?
     .items
     .iter()
-    .filter_map(|e| {
-        e.data
-            .get("delivery")
-            .and_then(serde_json::Value::as_str)
-            .map(str::to_owned)
+    .filter_map(|e| match e.typed()? {
+        Event::AlertNotified(n) | Event::AlertNotifyFailed(n) => Some(n.delivery),
+        Event::AlertTicket(t) => Some(t.delivery),
+        Event::AlertTicketFailed(t) => Some(t.delivery),
+        _ => None,
     })
     .collect();
     // Only to where notifications still go: a webhook the operator removed gets nothing more.
@@ -1041,7 +1165,10 @@ pub(crate) async fn resume_deliveries(state: &AppState) -> Result<usize, ApiErro
     let pending: Vec<Delivery> = queued
         .items
         .iter()
-        .filter_map(|e| serde_json::from_value::<Delivery>(e.data.clone()).ok())
+        .filter_map(|e| match e.typed()? {
+            Event::AlertDeliveryQueued(recorded) => Some(Delivery::of_recorded(recorded)),
+            _ => None,
+        })
         .filter(|d| !done.contains(&d.id) && still_configured(d))
         .collect();
     let n = pending.len();
@@ -1238,30 +1365,25 @@ async fn post_with_retries(
 /// The open alerts, by check and target: status, since when, how often it changed, whether it
 /// flaps, who acknowledged it, the silence or the down host that keeps it quiet.
 #[utoipa::path(get, path = "/v1/alerts",
-    responses((status = 200, body = [Object])),
+    responses((status = 200, body = [AlertView])),
     security(("bearer" = [])))]
 pub(crate) async fn list_alerts(
     axum::extract::State(state): axum::extract::State<AppState>,
     axum::Extension(actor): axum::Extension<crate::auth::Actor>,
-) -> Result<axum::Json<Vec<serde_json::Value>>, ApiError> {
+) -> Result<axum::Json<Vec<AlertView>>, ApiError> {
     crate::auth::authorize(&actor, crate::auth::Verb::Read, None)?;
     let now = state.now_ms();
     let mut out = Vec::new();
     for alert in state.monitor().alerts() {
-        let label = history_label(&state, &alert, now).await?;
-        let mut value = serde_json::to_value(&alert)
-            .map_err(|error| ApiError::Internal(format!("cannot serialize an alert: {error}")))?;
-        if let Some(object) = value.as_object_mut() {
-            object.insert("history".into(), label);
-        }
-        out.push(value);
+        let history = history_label(&state, &alert, now).await?;
+        out.push(alert_view(&alert, history));
     }
     Ok(axum::Json(out))
 }
 
 /// "Always broken, or did it just happen?" for an alert: the history of its check on its host
 /// over 30 days (`new` or `chronic`, since when it fails, its share failing over 7 days).
-async fn history_label(state: &AppState, alert: &Alert, now: i64) -> Result<serde_json::Value, ApiError> {
+async fn history_label(state: &AppState, alert: &Alert, now: i64) -> Result<Option<AlertHistory>, ApiError> {
     let target = crate::history::Target::Check {
         check: alert.key.check.clone(),
         host: alert.host.clone(),
@@ -1270,7 +1392,7 @@ async fn history_label(state: &AppState, alert: &Alert, now: i64) -> Result<serd
         Ok(found) => found,
         // No result stored yet (an alert from Alertmanager), or too many to read at once (a
         // check flapping every second for a month): nothing to say, the alert is listed anyway.
-        Err(ApiError::NotFound(_) | ApiError::Unavailable(_)) => return Ok(serde_json::Value::Null),
+        Err(ApiError::NotFound(_) | ApiError::Unavailable(_)) => return Ok(None),
         Err(error) => return Err(error),
     };
     let stats = crate::history::compute(now, before.as_ref(), &samples);
@@ -1279,24 +1401,24 @@ async fn history_label(state: &AppState, alert: &Alert, now: i64) -> Result<serd
         .iter()
         .find(|(window, _, _)| *window == "7d")
         .and_then(|(_, observed, failing)| crate::history::percent(*failing, *observed));
-    Ok(serde_json::json!({
-        "label": if stats.failing { stats.label } else { "ok" },
-        "failing_since": stats.failing_since_ms.map(crate::rfc3339),
-        "first_failed": stats.first_failed_ms.map(crate::rfc3339),
-        "failing_7d_percent": share_7d,
-        "flapping": stats.flapping,
+    Ok(Some(AlertHistory {
+        label: if stats.failing { stats.label } else { "ok" }.to_owned(),
+        failing_since: stats.failing_since_ms.map(crate::rfc3339),
+        first_failed: stats.first_failed_ms.map(crate::rfc3339),
+        failing_7d_percent: share_7d,
+        flapping: stats.flapping,
     }))
 }
 
 /// Acknowledge an open alert: it stays open until its check is OK, and says who is on it.
 #[utoipa::path(post, path = "/v1/alerts/ack", request_body = endstate_api::AckRequest,
-    responses((status = 200, body = Object), (status = 404, body = endstate_api::Problem)),
+    responses((status = 200, body = AlertView), (status = 404, body = endstate_api::Problem)),
     security(("bearer" = [])))]
 pub(crate) async fn ack(
     axum::extract::State(state): axum::extract::State<AppState>,
     axum::Extension(actor): axum::Extension<crate::auth::Actor>,
     crate::extract::JsonBody(request): crate::extract::JsonBody<endstate_api::AckRequest>,
-) -> Result<axum::Json<Alert>, ApiError> {
+) -> Result<axum::Json<AlertView>, ApiError> {
     let system = request
         .check
         .split_once('/')
@@ -1331,10 +1453,9 @@ pub(crate) async fn ack(
         host: Some(alert.host.clone()),
         component: component_of(&alert.key.target),
         actor: Some(actor.name.clone()),
-        data: serde_json::to_value(&alert).unwrap_or_default(),
-        ..NewEvent::new(
+        ..NewEvent::of(
             now,
-            "alert.acknowledged",
+            &Event::AlertAcknowledged((&alert).into()),
             format!(
                 "alert {} on {} acknowledged by {}: {comment}",
                 alert.key.check, alert.key.target, actor.name
@@ -1343,7 +1464,7 @@ pub(crate) async fn ack(
     };
     state.store().append_events(vec![event]).await?;
     state.written();
-    Ok(axum::Json(alert))
+    Ok(axum::Json(alert_view(&alert, None)))
 }
 
 /// Acknowledge or annotate every open alert that matches (by system, check, host, target; at
@@ -1351,13 +1472,13 @@ pub(crate) async fn ack(
 /// `alert.annotated` event. Refused as a whole when one of them is of a system you may not
 /// operate.
 #[utoipa::path(post, path = "/v1/alerts/bulk", request_body = endstate_api::BulkAlerts,
-    responses((status = 200, body = Object), (status = 400, body = endstate_api::Problem)),
+    responses((status = 200, body = endstate_api::BulkAlertsView), (status = 400, body = endstate_api::Problem)),
     security(("bearer" = [])))]
 pub(crate) async fn bulk(
     axum::extract::State(state): axum::extract::State<AppState>,
     axum::Extension(actor): axum::Extension<crate::auth::Actor>,
     crate::extract::JsonBody(request): crate::extract::JsonBody<endstate_api::BulkAlerts>,
-) -> Result<axum::Json<serde_json::Value>, ApiError> {
+) -> Result<axum::Json<endstate_api::BulkAlertsView>, ApiError> {
     crate::auth::authorize(&actor, crate::auth::Verb::Read, None)?;
     let filtered =
         request.system.is_some() || request.check.is_some() || request.host.is_some() || request.target.is_some();
@@ -1398,9 +1519,15 @@ pub(crate) async fn bulk(
         at_ms: now,
     };
     let (kind, verb) = if request.acknowledge {
-        ("alert.acknowledged", "acknowledged")
+        (
+            Event::AlertAcknowledged as fn(endstate_events::Alert) -> Event,
+            "acknowledged",
+        )
     } else {
-        ("alert.annotated", "annotated")
+        (
+            Event::AlertAnnotated as fn(endstate_events::Alert) -> Event,
+            "annotated",
+        )
     };
     let mut done = Vec::new();
     let mut events = Vec::new();
@@ -1418,10 +1545,9 @@ pub(crate) async fn bulk(
             host: (!updated.host.is_empty()).then(|| updated.host.clone()),
             component: component_of(&updated.key.target),
             actor: Some(actor.name.clone()),
-            data: serde_json::to_value(&updated).unwrap_or_default(),
-            ..NewEvent::new(
+            ..NewEvent::of(
                 now,
-                kind,
+                &kind((&updated).into()),
                 format!(
                     "alert {} on {} {verb} by {}: {comment}",
                     updated.key.check, updated.key.target, actor.name
@@ -1434,19 +1560,22 @@ pub(crate) async fn bulk(
         state.store().append_events(events).await?;
         state.written();
     }
-    Ok(axum::Json(serde_json::json!({ "matched": done.len(), "alerts": done })))
+    Ok(axum::Json(endstate_api::BulkAlertsView {
+        matched: done.len() as u64,
+        alerts: done.iter().map(|a| alert_view(a, None)).collect(),
+    }))
 }
 
 /// Keep matching alerts from notifying until a time: by system, check, host or host labels (at
 /// least one). The silence is on the timeline, and so is every notification it holds back.
 #[utoipa::path(post, path = "/v1/silences", request_body = endstate_api::CreateSilence,
-    responses((status = 201, body = Object), (status = 400, body = endstate_api::Problem)),
+    responses((status = 201, body = SilenceView), (status = 400, body = endstate_api::Problem)),
     security(("bearer" = [])))]
 pub(crate) async fn create_silence(
     axum::extract::State(state): axum::extract::State<AppState>,
     axum::Extension(actor): axum::Extension<crate::auth::Actor>,
     crate::extract::JsonBody(request): crate::extract::JsonBody<endstate_api::CreateSilence>,
-) -> Result<(axum::http::StatusCode, axum::Json<alerts::Silence>), ApiError> {
+) -> Result<(axum::http::StatusCode, axum::Json<SilenceView>), ApiError> {
     let system = request.system.clone().or_else(|| {
         request
             .check
@@ -1562,38 +1691,39 @@ pub(crate) async fn create_silence(
         systems: system.into_iter().collect(),
         host: request.host.clone(),
         actor: Some(actor.name.clone()),
-        data: serde_json::to_value(&silence).unwrap_or_default(),
-        ..NewEvent::new(
+        ..NewEvent::of(
             now,
-            "silence.created",
+            &Event::SilenceCreated((&silence).into()),
             format!("silence {id} by {} of {scope} until {until}: {reason}", actor.name),
         )
     };
     state.store().append_events(vec![event]).await?;
     state.monitor().silences().push(silence.clone());
     state.written();
-    Ok((axum::http::StatusCode::CREATED, axum::Json(silence)))
+    Ok((axum::http::StatusCode::CREATED, axum::Json(silence_view(&silence))))
 }
 
 /// The active silences.
-#[utoipa::path(get, path = "/v1/silences", responses((status = 200, body = [Object])), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/silences", responses((status = 200, body = [SilenceView])), security(("bearer" = [])))]
 pub(crate) async fn list_silences(
     axum::extract::State(state): axum::extract::State<AppState>,
     axum::Extension(actor): axum::Extension<crate::auth::Actor>,
-) -> Result<axum::Json<Vec<alerts::Silence>>, ApiError> {
+) -> Result<axum::Json<Vec<SilenceView>>, ApiError> {
     crate::auth::authorize(&actor, crate::auth::Verb::Read, None)?;
-    Ok(axum::Json(active_silences(&state).await?))
+    Ok(axum::Json(
+        active_silences(&state).await?.iter().map(silence_view).collect(),
+    ))
 }
 
 /// Ends a silence now.
 #[utoipa::path(delete, path = "/v1/silences/{id}", params(("id" = u64, Path, description = "the silence")),
-    responses((status = 200, body = Object), (status = 404, body = endstate_api::Problem)),
+    responses((status = 200, body = SilenceView), (status = 404, body = endstate_api::Problem)),
     security(("bearer" = [])))]
 pub(crate) async fn remove_silence(
     axum::extract::State(state): axum::extract::State<AppState>,
     axum::Extension(actor): axum::Extension<crate::auth::Actor>,
     crate::extract::Segment(id): crate::extract::Segment,
-) -> Result<axum::Json<alerts::Silence>, ApiError> {
+) -> Result<axum::Json<SilenceView>, ApiError> {
     let id: u64 = id
         .parse()
         .map_err(|_| ApiError::bad_field("id", format!("found {id:?}; expected a silence number")))?;
@@ -1605,16 +1735,15 @@ pub(crate) async fn remove_silence(
         systems: silence.system.iter().cloned().collect(),
         host: silence.host.clone(),
         actor: Some(actor.name.clone()),
-        data: serde_json::json!({ "id": id }),
-        ..NewEvent::new(
+        ..NewEvent::of(
             state.now_ms(),
-            "silence.removed",
+            &Event::SilenceRemoved(endstate_events::SilenceId { id }),
             format!("silence {id} removed by {}", actor.name),
         )
     };
     state.store().append_events(vec![event]).await?;
     state.written();
-    Ok(axum::Json(silence))
+    Ok(axum::Json(silence_view(&silence)))
 }
 
 /// Most alerts in one Alertmanager notification.
@@ -1725,51 +1854,13 @@ pub(crate) struct ReviewParams {
     system: Option<String>,
 }
 
-/// One alert of the period, as the timeline has it.
-#[derive(Clone, Debug, Serialize)]
-pub(crate) struct Fired {
-    check: String,
-    target: String,
-    system: String,
-    status: String,
-    message: String,
-    opened_ms: i64,
-    acknowledged_by: Option<String>,
-    /// From opening to the first acknowledgement.
-    to_ack_ms: Option<i64>,
-    /// From opening to resolution.
-    to_resolve_ms: Option<i64>,
-}
-
-/// The review of a period: what needs a person now, and what fired.
-#[derive(Clone, Debug, Serialize)]
-pub(crate) struct Review {
-    since_ms: i64,
-    until_ms: i64,
-    /// Open alerts nobody acknowledged, not silenced and not consequences.
-    unacknowledged: Vec<Alert>,
-    /// Open alerts of checks that have been failing for long (`chronic` in their history: more
-    /// than half of the last 7 days and more than a day of it): fix or retire the check.
-    chronic: Vec<Alert>,
-    /// Open alerts of checks that flap.
-    flapping: Vec<Alert>,
-    /// Open alerts kept quiet by a silence.
-    silenced: Vec<Alert>,
-    /// Silences ending within the hour: renew or let go.
-    expiring_silences: Vec<alerts::Silence>,
-    /// Every alert opened in the period, oldest first.
-    fired: Vec<Fired>,
-    /// Alerts opened in the period, acknowledged, resolved; median times to acknowledge and resolve.
-    summary: serde_json::Value,
-}
-
 /// The review queue and the report of a period, across systems or for one.
-#[utoipa::path(get, path = "/v1/review", params(ReviewParams), responses((status = 200, body = Object)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/review", params(ReviewParams), responses((status = 200, body = ReviewView)), security(("bearer" = [])))]
 pub(crate) async fn review(
     axum::extract::State(state): axum::extract::State<AppState>,
     axum::Extension(actor): axum::Extension<crate::auth::Actor>,
     crate::extract::Params(params): crate::extract::Params<ReviewParams>,
-) -> Result<axum::Json<Review>, ApiError> {
+) -> Result<axum::Json<ReviewView>, ApiError> {
     crate::auth::authorize(&actor, crate::auth::Verb::Read, params.system.as_deref())?;
     let now = state.now_ms();
     let since_ms = crate::extract::parse_time("since", params.since.as_deref().unwrap_or("7d"), now)?;
@@ -1788,19 +1879,19 @@ pub(crate) async fn review(
         .collect();
     let mut chronic = Vec::new();
     for alert in &open {
-        let label = history_label(&state, alert, now).await?;
-        if label["label"] == "chronic" {
+        let history = history_label(&state, alert, now).await?;
+        if history.is_some_and(|h| h.label == "chronic") {
             chronic.push(alert.clone());
         }
     }
     let silences = active_silences(&state).await?;
-    let expiring_silences = silences
+    let expiring_silences: Vec<alerts::Silence> = silences
         .into_iter()
         .filter(|s| s.ends_ms - now <= 3600 * 1000)
         .filter(|s| s.system.as_deref().is_none_or(&in_scope))
         .collect();
     // What fired in the period, from the timeline.
-    let mut fired: Vec<Fired> = Vec::new();
+    let mut fired: Vec<FiredAlert> = Vec::new();
     let mut open_index: BTreeMap<(String, String), usize> = BTreeMap::new();
     // `after` makes the store list oldest first: the order things happened in.
     let mut after = Some(endstate_types::EventSeq(0));
@@ -1821,18 +1912,21 @@ pub(crate) async fn review(
             })
             .await?;
         for event in &page.items {
-            let Ok(alert) = serde_json::from_value::<Alert>(event.data.clone()) else {
-                continue;
+            let (alert, opened, acknowledged) = match event.typed() {
+                Some(Event::AlertOpened(alert)) => (alert, true, false),
+                Some(Event::AlertAcknowledged(alert)) => (alert, false, true),
+                Some(Event::AlertResolved(alert)) => (alert, false, false),
+                _ => continue,
             };
             let key = (alert.key.check.clone(), alert.key.target.clone());
-            match event.kind.as_str() {
-                "alert.opened" => {
+            match (opened, acknowledged) {
+                (true, _) => {
                     open_index.insert(key, fired.len());
-                    fired.push(Fired {
+                    fired.push(FiredAlert {
                         check: alert.key.check.clone(),
                         target: alert.key.target.clone(),
                         system: alert.system.clone(),
-                        status: alert.status.as_str().to_owned(),
+                        status: alert.status.clone(),
                         message: alert.message.clone(),
                         opened_ms: alert.opened_ms,
                         acknowledged_by: None,
@@ -1840,7 +1934,7 @@ pub(crate) async fn review(
                         to_resolve_ms: None,
                     });
                 }
-                "alert.acknowledged" => {
+                (false, true) => {
                     if let Some(entry) = open_index.get(&key).and_then(|i| fired.get_mut(*i))
                         && entry.to_ack_ms.is_none()
                     {
@@ -1866,25 +1960,26 @@ pub(crate) async fn review(
         values.sort_unstable();
         values.get(values.len() / 2).copied()
     };
-    let summary = serde_json::json!({
-        "opened": fired.len(),
-        "acknowledged": fired.iter().filter(|f| f.to_ack_ms.is_some()).count(),
-        "resolved": fired.iter().filter(|f| f.to_resolve_ms.is_some()).count(),
-        "median_to_ack_ms": median(fired.iter().filter_map(|f| f.to_ack_ms).collect()),
-        "median_to_resolve_ms": median(fired.iter().filter_map(|f| f.to_resolve_ms).collect()),
-    });
-    Ok(axum::Json(Review {
+    let summary = endstate_api::ReviewSummary {
+        opened: fired.len() as u64,
+        acknowledged: fired.iter().filter(|f| f.to_ack_ms.is_some()).count() as u64,
+        resolved: fired.iter().filter(|f| f.to_resolve_ms.is_some()).count() as u64,
+        median_to_ack_ms: median(fired.iter().filter_map(|f| f.to_ack_ms).collect()),
+        median_to_resolve_ms: median(fired.iter().filter_map(|f| f.to_resolve_ms).collect()),
+    };
+    let views = |alerts: &mut dyn Iterator<Item = &Alert>| alerts.map(|a| alert_view(a, None)).collect();
+    Ok(axum::Json(ReviewView {
         since_ms,
         until_ms: now,
-        unacknowledged: open
-            .iter()
-            .filter(|a| a.acked.is_none() && a.silenced_by.is_none() && a.consequence_of.is_none())
-            .cloned()
-            .collect(),
-        chronic,
-        flapping: open.iter().filter(|a| a.flapping).cloned().collect(),
-        silenced: open.iter().filter(|a| a.silenced_by.is_some()).cloned().collect(),
-        expiring_silences,
+        unacknowledged: views(
+            &mut open
+                .iter()
+                .filter(|a| a.acked.is_none() && a.silenced_by.is_none() && a.consequence_of.is_none()),
+        ),
+        chronic: views(&mut chronic.iter()),
+        flapping: views(&mut open.iter().filter(|a| a.flapping)),
+        silenced: views(&mut open.iter().filter(|a| a.silenced_by.is_some())),
+        expiring_silences: expiring_silences.iter().map(silence_view).collect(),
         fired,
         summary,
     }))

@@ -70,9 +70,21 @@ pub(crate) fn change_view(change: &endstate_store::Change, with_plan: bool) -> C
     }
 }
 
-/// A change's progress through its waves, stored with the change.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// The version of [`Progress`] this build writes. A record without one is version 1 (the same
+/// shape); a newer one is not driven by this build (a server of a newer release owns it).
+pub(crate) const PROGRESS_VERSION: u32 = 1;
+
+fn first_version() -> u32 {
+    1
+}
+
+/// A change's progress through its waves, stored with the change: a versioned record, written and
+/// read only through this type.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Progress {
+    /// The record's version ([`PROGRESS_VERSION`]).
+    #[serde(default = "first_version")]
+    pub(crate) version: u32,
     /// Waves whose steps hosts execute: `waves[..released]`.
     pub(crate) released: u32,
     /// Whether the change is going back to the base revision.
@@ -124,13 +136,48 @@ pub(crate) fn hosts_digest(hosts: &[HostInfo]) -> String {
     hasher.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
+impl Default for Progress {
+    fn default() -> Self {
+        Progress {
+            version: PROGRESS_VERSION,
+            released: 0,
+            back: false,
+            wave_started_ms: None,
+            paused: false,
+            paused_by: None,
+            back_reason: None,
+            last_decision: None,
+            held: false,
+            hosts: None,
+            proposed: false,
+        }
+    }
+}
+
 impl Progress {
+    /// The change's progress, for the views: one this build cannot read shows as not started.
     pub(crate) fn of(change: &Change) -> Progress {
-        change
-            .progress
-            .as_ref()
-            .and_then(|p| serde_json::from_value(p.clone()).ok())
-            .unwrap_or_default()
+        Progress::read(change).unwrap_or_default()
+    }
+
+    /// The change's progress, for the controller: refused when unreadable or newer than this
+    /// build, so that it never drives a change from a wrong position.
+    pub(crate) fn read(change: &Change) -> Result<Progress, String> {
+        let Some(value) = change.progress.as_ref() else {
+            return Ok(Progress::default());
+        };
+        let progress: Progress = serde_json::from_value(value.clone())
+            .map_err(|error| format!("change {}: its progress is unreadable: {error}", change.id.0))?;
+        if progress.version > PROGRESS_VERSION {
+            return Err(format!(
+                "change {}: its progress is of version {}, newer than this server's {PROGRESS_VERSION}",
+                change.id.0, progress.version
+            ));
+        }
+        Ok(Progress {
+            version: PROGRESS_VERSION,
+            ..progress
+        })
     }
 
     pub(crate) fn to_json(&self) -> serde_json::Value {
@@ -193,6 +240,23 @@ pub(crate) struct Transition {
     pub(crate) quiet: bool,
 }
 
+/// The kind of a change's transition event: a variant of [`endstate_events::Event`] that takes a
+/// [`endstate_events::ChangeTransition`] (`Event::ChangeRolling`).
+pub(crate) type Kind = fn(endstate_events::ChangeTransition) -> endstate_events::Event;
+
+/// A plan's counts, as the timeline records them.
+pub(crate) fn plan_counts(summary: &endstate_plan::Summary) -> endstate_events::PlanCounts {
+    endstate_events::PlanCounts {
+        add: summary.add,
+        change: summary.change,
+        remove: summary.remove,
+        start: summary.start,
+        upgrade: summary.upgrade,
+        reconfigure: summary.reconfigure,
+        stop: summary.stop,
+    }
+}
+
 /// Moves a change from the state it was read in to `to`, with its timeline event (and `extra`'s),
 /// in one transaction; a compare-and-set on the state read.
 pub(crate) async fn transition(
@@ -201,7 +265,7 @@ pub(crate) async fn transition(
     to: ChangeState,
     extra: Transition,
     reason: String,
-    kind: &str,
+    kind: Kind,
 ) -> Result<Change, ApiError> {
     let Transition {
         plan,
@@ -231,10 +295,15 @@ pub(crate) async fn transition(
         systems: systems.clone(),
         change: Some(change.id),
         actor: Some(actor.clone()),
-        data: serde_json::json!({ "from": change.state.as_str(), "to": to.as_str(), "reason": reason, "revision": change.revision.0, "wave": wave }),
-        ..NewEvent::new(
+        ..NewEvent::of(
             now,
-            kind,
+            &kind(endstate_events::ChangeTransition {
+                from: change.state.as_str().to_owned(),
+                to: to.as_str().to_owned(),
+                reason: reason.clone(),
+                revision: change.revision.0,
+                wave,
+            }),
             format!(
                 "change {} {} -> {}: {reason}",
                 change.id.0,
@@ -243,6 +312,7 @@ pub(crate) async fn transition(
             ),
         )
     };
+    let event_kind = event.kind.clone();
     // A change that retires hosts has moved their instances away once it converges: from then
     // on nothing is placed on them (recorded in the same transaction).
     let retire_hosts = if to == ChangeState::Converged {
@@ -254,10 +324,9 @@ pub(crate) async fn transition(
         systems: systems.clone(),
         host: Some(host.clone()),
         actor: Some(actor.clone()),
-        data: serde_json::json!({ "change": change.id.0 }),
-        ..NewEvent::new(
+        ..NewEvent::of(
             now,
-            "host.retired",
+            &endstate_events::Event::HostRetired(endstate_events::HostRetired { change: change.id.0 }),
             format!(
                 "host {host} retired by change {}: its instances moved; nothing is placed on it until it enrols again",
                 change.id.0
@@ -299,15 +368,60 @@ pub(crate) async fn transition(
         .inc();
     state.written();
     if quiet {
-        tracing::debug!(change = change.id.0, kind, "Change waits.");
+        tracing::debug!(change = change.id.0, kind = event_kind, "Change waits.");
     } else {
         tracing::info!(
             change = change.id.0,
             from = change.state.as_str(),
             to = to.as_str(),
-            kind,
+            kind = event_kind,
             "Change transitioned."
         );
     }
     Ok(updated)
+}
+
+#[cfg(test)]
+mod tests {
+    use endstate_types::{ChangeId, RevisionId};
+
+    use super::*;
+
+    fn change(progress: Option<serde_json::Value>) -> Change {
+        Change {
+            id: ChangeId(7),
+            revision: RevisionId(3),
+            state: ChangeState::Rolling,
+            plan: None,
+            reason: None,
+            wave: None,
+            progress,
+            options: None,
+            created_ms: 0,
+            updated_ms: 0,
+        }
+    }
+
+    #[test]
+    fn progress_is_a_versioned_record() {
+        let written = Progress {
+            released: 2,
+            held: true,
+            ..Progress::default()
+        };
+        let json = written.to_json();
+        assert_eq!(json["version"], PROGRESS_VERSION);
+        assert_eq!(Progress::read(&change(Some(json))), Ok(written));
+        // Written before the record had a version: the same shape, version 1.
+        let old = serde_json::json!({ "released": 1, "back": false, "wave_started_ms": 5, "paused": false });
+        let read = Progress::read(&change(Some(old))).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((read.version, read.released, read.wave_started_ms), (1, 1, Some(5)));
+        // From a newer server, or unreadable: the controller is refused, the views show nothing released.
+        let newer = serde_json::json!({ "version": PROGRESS_VERSION + 1, "released": 4 });
+        let refused = Progress::read(&change(Some(newer.clone()))).expect_err("a newer record was driven");
+        assert!(refused.contains("newer than this server's"), "{refused}");
+        assert_eq!(Progress::of(&change(Some(newer))).released, 0);
+        let broken = serde_json::json!({ "released": "two" });
+        assert!(Progress::read(&change(Some(broken))).is_err());
+    }
 }

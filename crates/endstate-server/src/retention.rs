@@ -109,13 +109,24 @@ pub(crate) async fn pass(
             .store()
             .append_events(vec![NewEvent {
                 actor: Some("server".into()),
-                data: serde_json::json!({
-                    "deleted": counts.iter().map(|(kind, n)| serde_json::json!({ "kind": kind, "deleted": n })).collect::<Vec<_>>(),
-                    "rules": rules.iter().map(|r| serde_json::json!({ "kind": r.kind, "keep_s": r.keep.as_secs() })).collect::<Vec<_>>(),
-                }),
-                ..NewEvent::new(
+                ..NewEvent::of(
                     now,
-                    "timeline.compacted",
+                    &endstate_events::Event::TimelineCompacted(endstate_events::Compacted {
+                        deleted: counts
+                            .iter()
+                            .map(|(kind, n)| endstate_events::KindCount {
+                                kind: kind.to_string(),
+                                deleted: *n,
+                            })
+                            .collect(),
+                        rules: rules
+                            .iter()
+                            .map(|r| endstate_events::KeepRule {
+                                kind: r.kind.to_string(),
+                                keep_s: r.keep.as_secs(),
+                            })
+                            .collect(),
+                    }),
                     format!(
                         "timeline compacted: {} deleted ({}); the latest state of each subject is kept",
                         total,

@@ -270,14 +270,21 @@ pub(crate) async fn submit_desired(
     let event = NewEvent {
         systems,
         actor: Some(actor.to_owned()),
-        data: serde_json::json!({
-            "message": message,
-            "source": source,
-            "digest": digest,
-            "summary": plan.summary,
-            "objects": plan.objects.iter().map(|o| format!("{:?} {} {}", o.op, o.kind, o.name).to_lowercase()).collect::<Vec<_>>(),
-        }),
-        ..NewEvent::new(now, "revision.submitted", summary)
+        ..NewEvent::of(
+            now,
+            &endstate_events::Event::RevisionSubmitted(endstate_events::RevisionSubmitted {
+                message: message.to_owned(),
+                source: source.to_string(),
+                digest: digest.to_string(),
+                summary: crate::record::plan_counts(&plan.summary),
+                objects: plan
+                    .objects
+                    .iter()
+                    .map(|o| format!("{:?} {} {}", o.op, o.kind, o.name).to_lowercase())
+                    .collect(),
+            }),
+            summary,
+        )
     };
     let (revision, change) = state
         .store()
@@ -324,7 +331,6 @@ pub(crate) async fn preview_plan(
         &hosts,
         &options,
     );
-    let plan = serde_json::to_value(&plan).map_err(|error| ApiError::Internal(error.to_string()))?;
     Ok(Json(endstate_api::PlanResponse {
         basis: crate::options::basis(base.as_ref().map(|b| b.revision), &hosts),
         base_revision: base.map(|b| b.revision.0),

@@ -104,7 +104,7 @@ pub(crate) async fn drive(state: &AppState, change: &Change) -> Result<(), ApiEr
             ChangeState::Failed,
             Transition::default(),
             reason,
-            "change.failed",
+            endstate_events::Event::ChangeFailed as crate::record::Kind,
         )
         .await?;
         return Ok(());
@@ -114,7 +114,13 @@ pub(crate) async fn drive(state: &AppState, change: &Change) -> Result<(), ApiEr
     };
     let in_force = state.in_force().await?;
     let base = in_force.as_ref().map(|b| Arc::clone(&b.desired));
-    let mut progress = Progress::of(change);
+    let mut progress = match Progress::read(change) {
+        Ok(progress) => progress,
+        Err(reason) => {
+            tracing::warn!(change = change.id.0, reason, "Change left alone.");
+            return Ok(());
+        }
+    };
     if !progress.back {
         let hosts = crate::blueprint::hosts_in_service(state).await?;
         let digest = hosts_digest(&hosts);
@@ -145,16 +151,24 @@ pub(crate) async fn drive(state: &AppState, change: &Change) -> Result<(), ApiEr
     state.recheck_at(decision.recheck_at_ms);
     let count = plan.waves.len() as u32;
     let summary = decision.summary();
-    let decision_event = |kind: &str, text: String| NewEvent {
+    let recorded = endstate_events::Decision {
+        verdict: decision.verdict.as_str().to_owned(),
+        findings: decision
+            .findings
+            .iter()
+            .map(|f| endstate_events::Finding {
+                rule: f.rule.clone(),
+                ok: f.ok,
+                message: f.message.clone(),
+            })
+            .collect(),
+        recheck_at_ms: decision.recheck_at_ms,
+        input: serde_json::to_value(&input).unwrap_or_default(),
+    };
+    let decision_event = |kind: fn(endstate_events::Decision) -> endstate_events::Event, text: String| NewEvent {
         change: Some(change.id),
         actor: Some("server".into()),
-        data: serde_json::json!({
-            "verdict": decision.verdict,
-            "findings": decision.findings,
-            "recheck_at_ms": decision.recheck_at_ms,
-            "input": input,
-        }),
-        ..NewEvent::new(now, kind, text)
+        ..NewEvent::of(now, &kind(recorded.clone()), text)
     };
     match decision.verdict {
         Verdict::Allow if !progress.back && plan.held_after == Some(progress.released) && !progress.held => {
@@ -170,7 +184,7 @@ pub(crate) async fn drive(state: &AppState, change: &Change) -> Result<(), ApiEr
                 id = change.id.0
             );
             let events = vec![decision_event(
-                "decision.halt",
+                endstate_events::Event::DecisionHalt,
                 format!(
                     "change {}: hold after the targeted hosts ({targets}); {summary}",
                     change.id.0
@@ -181,7 +195,15 @@ pub(crate) async fn drive(state: &AppState, change: &Change) -> Result<(), ApiEr
                 events,
                 ..Transition::default()
             };
-            transition(state, change, ChangeState::Halted, update, reason, "change.halted").await?;
+            transition(
+                state,
+                change,
+                ChangeState::Halted,
+                update,
+                reason,
+                endstate_events::Event::ChangeHalted as crate::record::Kind,
+            )
+            .await?;
         }
         Verdict::Allow if !progress.back && progress.released < count => {
             let index = progress.released;
@@ -197,7 +219,7 @@ pub(crate) async fn drive(state: &AppState, change: &Change) -> Result<(), ApiEr
             progress.begin_wave(now);
             let reason = format!("wave {}/{count} ({}): {}", index + 1, wave_word(wave), wave.reason);
             let events = vec![decision_event(
-                "decision.allow",
+                endstate_events::Event::DecisionAllow,
                 format!("change {}: allow; {before}", change.id.0),
             )];
             transition(
@@ -211,7 +233,7 @@ pub(crate) async fn drive(state: &AppState, change: &Change) -> Result<(), ApiEr
                     ..Transition::default()
                 },
                 reason,
-                "change.wave_started",
+                endstate_events::Event::ChangeWaveStarted as crate::record::Kind,
             )
             .await?;
             fleet.refresh(state).await?;
@@ -223,7 +245,7 @@ pub(crate) async fn drive(state: &AppState, change: &Change) -> Result<(), ApiEr
                     change.revision.0
                 );
                 let events = vec![decision_event(
-                    "decision.allow",
+                    endstate_events::Event::DecisionAllow,
                     format!("change {}: allow; last wave done: {summary}", change.id.0),
                 )];
                 let update = Transition {
@@ -236,7 +258,7 @@ pub(crate) async fn drive(state: &AppState, change: &Change) -> Result<(), ApiEr
                     ChangeState::Converged,
                     update,
                     reason,
-                    "change.converged",
+                    endstate_events::Event::ChangeConverged as crate::record::Kind,
                 )
                 .await?;
             }
@@ -248,7 +270,7 @@ pub(crate) async fn drive(state: &AppState, change: &Change) -> Result<(), ApiEr
                 let why = progress.back_reason.clone().unwrap_or_default();
                 let reason = format!("back at the last converged revision: {why}");
                 let events = vec![decision_event(
-                    "decision.allow",
+                    endstate_events::Event::DecisionAllow,
                     format!("change {}: allow; rollback done: {summary}", change.id.0),
                 )];
                 let update = Transition {
@@ -261,7 +283,7 @@ pub(crate) async fn drive(state: &AppState, change: &Change) -> Result<(), ApiEr
                     ChangeState::RolledBack,
                     update,
                     reason,
-                    "change.rolled_back",
+                    endstate_events::Event::ChangeRolledBack as crate::record::Kind,
                 )
                 .await?;
             } else {
@@ -274,7 +296,7 @@ pub(crate) async fn drive(state: &AppState, change: &Change) -> Result<(), ApiEr
                     progress.back_reason.clone().unwrap_or_default()
                 );
                 let events = vec![decision_event(
-                    "decision.allow",
+                    endstate_events::Event::DecisionAllow,
                     format!("change {}: allow; wave {} withdrawn: {summary}", change.id.0, index + 2),
                 )];
                 let update = Transition {
@@ -289,15 +311,19 @@ pub(crate) async fn drive(state: &AppState, change: &Change) -> Result<(), ApiEr
                     ChangeState::Rolling,
                     update,
                     reason,
-                    "change.rolling_back",
+                    endstate_events::Event::ChangeRollingBack as crate::record::Kind,
                 )
                 .await?;
                 fleet.refresh(state).await?;
             }
         }
         Verdict::Wait => {
-            let event = (progress.last_decision.as_deref() != Some(summary.as_str()))
-                .then(|| decision_event("decision.wait", format!("change {}: wait; {summary}", change.id.0)));
+            let event = (progress.last_decision.as_deref() != Some(summary.as_str())).then(|| {
+                decision_event(
+                    endstate_events::Event::DecisionWait,
+                    format!("change {}: wait; {summary}", change.id.0),
+                )
+            });
             let reason = match progress.current() {
                 Some(index) if progress.back => {
                     format!("rolling back, wave {}/{count} withdrawn; waiting: {summary}", index + 1)
@@ -312,7 +338,7 @@ pub(crate) async fn drive(state: &AppState, change: &Change) -> Result<(), ApiEr
             progress.last_decision = Some(summary.clone());
             let reason = format!("halted: {summary}");
             let events = vec![decision_event(
-                "decision.halt",
+                endstate_events::Event::DecisionHalt,
                 format!("change {}: halt; {summary}", change.id.0),
             )];
             let update = Transition {
@@ -320,7 +346,15 @@ pub(crate) async fn drive(state: &AppState, change: &Change) -> Result<(), ApiEr
                 events,
                 ..Transition::default()
             };
-            transition(state, change, ChangeState::Halted, update, reason, "change.halted").await?;
+            transition(
+                state,
+                change,
+                ChangeState::Halted,
+                update,
+                reason,
+                endstate_events::Event::ChangeHalted as crate::record::Kind,
+            )
+            .await?;
         }
         Verdict::Rollback => {
             let index = progress.released.saturating_sub(1);
@@ -330,7 +364,7 @@ pub(crate) async fn drive(state: &AppState, change: &Change) -> Result<(), ApiEr
             progress.begin_wave(now);
             let reason = format!("rolling back: withdrawing wave {}/{count}; {summary}", index + 1);
             let events = vec![decision_event(
-                "decision.rollback",
+                endstate_events::Event::DecisionRollback,
                 format!("change {}: roll back; {summary}", change.id.0),
             )];
             let update = Transition {
@@ -345,7 +379,7 @@ pub(crate) async fn drive(state: &AppState, change: &Change) -> Result<(), ApiEr
                 ChangeState::Rolling,
                 update,
                 reason,
-                "change.rolling_back",
+                endstate_events::Event::ChangeRollingBack as crate::record::Kind,
             )
             .await?;
             fleet.refresh(state).await?;
@@ -409,7 +443,15 @@ async fn replan(
         progress: Some(progress.to_json()),
         ..Transition::default()
     };
-    transition(state, change, ChangeState::Rolling, update, reason, "change.replanned").await?;
+    transition(
+        state,
+        change,
+        ChangeState::Rolling,
+        update,
+        reason,
+        endstate_events::Event::ChangeReplanned as crate::record::Kind,
+    )
+    .await?;
     fleet.refresh(state).await?;
     Ok(())
 }
@@ -435,7 +477,15 @@ async fn wait(
         quiet: true,
         ..Transition::default()
     };
-    transition(state, change, ChangeState::Rolling, update, reason, "change.waiting").await?;
+    transition(
+        state,
+        change,
+        ChangeState::Rolling,
+        update,
+        reason,
+        endstate_events::Event::ChangeWaiting as crate::record::Kind,
+    )
+    .await?;
     Ok(())
 }
 
@@ -859,7 +909,7 @@ pub(crate) async fn command(
     actor: &str,
     why: Option<&str>,
 ) -> Result<Change, ApiError> {
-    let mut progress = Progress::of(change);
+    let mut progress = Progress::read(change).map_err(ApiError::Conflict)?;
     let why = why.map(|w| format!(": {w}")).unwrap_or_default();
     let refuse = |what: &str| {
         Err(ApiError::Conflict(format!(
@@ -875,7 +925,7 @@ pub(crate) async fn command(
             progress.last_decision = None;
             (
                 ChangeState::Rolling,
-                "change.accepted",
+                endstate_events::Event::ChangeAccepted as crate::record::Kind,
                 format!("accepted by {actor}{why}; rolling out in waves, gated"),
             )
         }
@@ -887,7 +937,11 @@ pub(crate) async fn command(
         (Command::Pause, ChangeState::Rolling) => {
             progress.paused = true;
             progress.paused_by = Some(actor.to_owned());
-            (ChangeState::Rolling, "change.paused", format!("paused by {actor}{why}"))
+            (
+                ChangeState::Rolling,
+                endstate_events::Event::ChangePaused as crate::record::Kind,
+                format!("paused by {actor}{why}"),
+            )
         }
         (Command::Pause, _) => return refuse("only a rolling change can be paused"),
         (Command::Resume, ChangeState::Rolling | ChangeState::Halted)
@@ -902,7 +956,7 @@ pub(crate) async fn command(
             }
             (
                 ChangeState::Rolling,
-                "change.resumed",
+                endstate_events::Event::ChangeResumed as crate::record::Kind,
                 format!("resumed by {actor}{why}"),
             )
         }
@@ -931,13 +985,13 @@ pub(crate) async fn command(
                     ChangeState::RolledBack,
                     update,
                     format!("{reason}; no wave had started"),
-                    "change.rolled_back",
+                    endstate_events::Event::ChangeRolledBack as crate::record::Kind,
                 )
                 .await;
             }
             (
                 ChangeState::Rolling,
-                "change.rolling_back",
+                endstate_events::Event::ChangeRollingBack as crate::record::Kind,
                 format!("rolling back: {reason}"),
             )
         }
@@ -952,7 +1006,7 @@ pub(crate) async fn command(
                 ChangeState::Failed,
                 update,
                 format!("aborted by {actor}{why} before it rolled"),
-                "change.aborted",
+                endstate_events::Event::ChangeAborted as crate::record::Kind,
             )
             .await;
         }

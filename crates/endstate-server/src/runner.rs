@@ -85,7 +85,7 @@ pub(crate) async fn round(state: &AppState) -> Result<(), ApiError> {
             ChangeState::Superseded,
             Transition::default(),
             reason,
-            "change.superseded",
+            endstate_events::Event::ChangeSuperseded as crate::record::Kind,
         )
         .await?;
     }
@@ -120,7 +120,15 @@ async fn queue_behind(state: &AppState, change: &Change, active: &Change) -> Res
         quiet: true,
         ..Transition::default()
     };
-    transition(state, change, ChangeState::Pending, update, reason, "change.queued").await?;
+    transition(
+        state,
+        change,
+        ChangeState::Pending,
+        update,
+        reason,
+        endstate_events::Event::ChangeQueued as crate::record::Kind,
+    )
+    .await?;
     Ok(())
 }
 
@@ -139,7 +147,7 @@ async fn drive(state: &AppState, change: &Change) -> Result<(), ApiError> {
             ChangeState::Failed,
             Transition::default(),
             reason,
-            "change.failed",
+            endstate_events::Event::ChangeFailed as crate::record::Kind,
         )
         .await?;
         return Ok(());
@@ -169,7 +177,15 @@ async fn drive(state: &AppState, change: &Change) -> Result<(), ApiError> {
             plan: Some(plan_json),
             ..Transition::default()
         };
-        transition(state, change, ChangeState::Failed, update, reason, "change.failed").await?;
+        transition(
+            state,
+            change,
+            ChangeState::Failed,
+            update,
+            reason,
+            endstate_events::Event::ChangeFailed as crate::record::Kind,
+        )
+        .await?;
         return Ok(());
     }
     let plan_json = serde_json::to_value(&plan).map_err(|error| ApiError::Internal(error.to_string()))?;
@@ -185,7 +201,15 @@ async fn drive(state: &AppState, change: &Change) -> Result<(), ApiError> {
             plan: Some(plan_json.clone()),
             ..Transition::default()
         };
-        transition(state, change, ChangeState::Planning, update, reason, "change.planning").await?
+        transition(
+            state,
+            change,
+            ChangeState::Planning,
+            update,
+            reason,
+            endstate_events::Event::ChangePlanning as crate::record::Kind,
+        )
+        .await?
     } else {
         change.clone()
     };
@@ -206,7 +230,7 @@ async fn drive(state: &AppState, change: &Change) -> Result<(), ApiError> {
             ChangeState::Converged,
             update,
             reason,
-            "change.converged",
+            endstate_events::Event::ChangeConverged as crate::record::Kind,
         )
         .await?;
         return Ok(());
@@ -223,23 +247,31 @@ async fn drive(state: &AppState, change: &Change) -> Result<(), ApiError> {
             plan: Some(plan_json),
             wave: Some((0, u32::try_from(plan.waves.len()).unwrap_or(u32::MAX))),
             progress: Some(
-                serde_json::to_value(crate::record::Progress {
+                crate::record::Progress {
                     hosts: Some(crate::record::hosts_digest(&hosts)),
                     ..crate::record::Progress::default()
-                })
-                .unwrap_or_default(),
+                }
+                .to_json(),
             ),
             ..Transition::default()
         };
-        let change = transition(state, &change, ChangeState::Rolling, update, reason, "change.rolling").await?;
+        let change = transition(
+            state,
+            &change,
+            ChangeState::Rolling,
+            update,
+            reason,
+            endstate_events::Event::ChangeRolling as crate::record::Kind,
+        )
+        .await?;
         return crate::rollout::drive(state, &change).await;
     }
     let reason = waiting_reason(&plan);
     if change.plan.as_ref() != Some(&plan_json) || change.reason.as_deref() != Some(reason.as_str()) {
         let kind = if change.reason.as_deref() == Some(reason.as_str()) {
-            "change.replanned"
+            endstate_events::Event::ChangeReplanned as crate::record::Kind
         } else {
-            "change.waiting"
+            endstate_events::Event::ChangeWaiting as crate::record::Kind
         };
         let update = Transition {
             plan: Some(plan_json),

@@ -23,6 +23,8 @@ pub(crate) struct SystemsParams {
     /// The `next` of the previous page.
     cursor: Option<String>,
     /// At most this many items (default 500, at most 1000).
+    #[serde(default, deserialize_with = "crate::extract::limit")]
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
 }
 
@@ -149,8 +151,11 @@ pub(crate) async fn add_note(
     let event = NewEvent {
         systems: vec![name.clone()],
         actor: Some(actor.name.clone()),
-        data: serde_json::json!({ "text": text }),
-        ..NewEvent::new(state.now_ms(), "note.added", summary)
+        ..NewEvent::of(
+            state.now_ms(),
+            &endstate_events::Event::NoteAdded(endstate_events::NoteAdded { text: text.to_owned() }),
+            summary,
+        )
     };
     let seqs = state.store().append_events(vec![event.clone()]).await?;
     state.written();

@@ -36,8 +36,12 @@ pub(crate) struct TimelineParams {
     /// The `next` of the previous page (newest first).
     pub(crate) cursor: Option<String>,
     /// Oldest first, after this sequence number (to follow the timeline).
+    #[serde(default, deserialize_with = "crate::extract::seq")]
+    #[param(minimum = 0, maximum = 9_223_372_036_854_775_807_i64)]
     pub(crate) after: Option<u64>,
     /// At most this many events (default 100, at most 1000).
+    #[serde(default, deserialize_with = "crate::extract::limit")]
+    #[param(minimum = 1, maximum = 1000)]
     pub(crate) limit: Option<u32>,
 }
 

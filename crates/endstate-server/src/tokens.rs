@@ -62,10 +62,13 @@ pub(crate) async fn create_token(
         .append_events(vec![NewEvent {
             systems: request.systems.clone(),
             actor: Some(actor.name.clone()),
-            data: serde_json::json!({ "name": request.name, "role": role.as_str(), "systems": request.systems }),
-            ..NewEvent::new(
+            ..NewEvent::of(
                 now,
-                "token.created",
+                &endstate_events::Event::TokenCreated(endstate_events::TokenCreated {
+                    name: request.name.clone(),
+                    role: role.as_str().to_owned(),
+                    systems: request.systems.clone(),
+                }),
                 format!(
                     "token {} ({}{scope}) created by {}",
                     request.name,
@@ -109,9 +112,11 @@ pub(crate) async fn list_tokens(
     ))
 }
 
-/// Revokes every token of a name: from now on it is refused (401, "revoked").
+/// Revokes every token of a name: from now on it is refused (401, "revoked"). The last admin
+/// token is not revoked (409): nobody could administer the server until an offline reset.
 #[utoipa::path(post, path = "/v1/tokens/{name}/revoke", params(("name" = String, Path, description = "the token's name")),
-    responses((status = 200, body = TokenView), (status = 403, body = endstate_api::Problem), (status = 404, body = endstate_api::Problem)), security(("bearer" = [])))]
+    responses((status = 200, body = TokenView), (status = 403, body = endstate_api::Problem), (status = 404, body = endstate_api::Problem),
+        (status = 409, description = "the last admin token", body = endstate_api::Problem)), security(("bearer" = [])))]
 pub(crate) async fn revoke_token(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -119,12 +124,22 @@ pub(crate) async fn revoke_token(
 ) -> Result<Json<TokenView>, ApiError> {
     authorize(&actor, Verb::Administer, None)?;
     let tokens = state.store().list_tokens().await?;
+    // Revoking every admin token would lock everyone out until an offline reset: refused.
+    let admins_left = tokens
+        .iter()
+        .filter(|t| !t.revoked && t.role == "admin" && t.name != name)
+        .count();
     let live: Vec<TokenRecord> = tokens.into_iter().filter(|t| t.name == name && !t.revoked).collect();
     let Some(last) = live.last().cloned() else {
         return Err(ApiError::NotFound(format!(
             "no token named {name:?} that is not revoked"
         )));
     };
+    if admins_left == 0 && live.iter().any(|t| t.role == "admin") {
+        return Err(ApiError::Conflict(format!(
+            "{name:?} is the last admin token: create another admin token first (`endstate token create --role admin`)"
+        )));
+    }
     for token in live {
         state.store().put_token(TokenRecord { revoked: true, ..token }).await?;
     }
@@ -133,10 +148,12 @@ pub(crate) async fn revoke_token(
         .append_events(vec![NewEvent {
             systems: last.systems.clone(),
             actor: Some(actor.name.clone()),
-            data: serde_json::json!({ "name": name, "role": last.role }),
-            ..NewEvent::new(
+            ..NewEvent::of(
                 state.now_ms(),
-                "token.revoked",
+                &endstate_events::Event::TokenRevoked(endstate_events::TokenRevoked {
+                    name: name.clone(),
+                    role: last.role.as_str().to_owned(),
+                }),
                 format!("token {name} revoked by {}", actor.name),
             )
         }])

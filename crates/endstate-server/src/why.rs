@@ -124,6 +124,11 @@ pub(crate) fn ago(ms: i64) -> String {
 /// Ranks `events` (any order, duplicates allowed) as explanations of what happened at `at_ms`.
 /// Events after `at_ms` or of other kinds are not suspects.
 #[allow(clippy::cast_precision_loss)]
+/// The run an event of a run names.
+fn run_of(event: &Event) -> Option<String> {
+    crate::actions::run_of(&event.typed()?).map(str::to_owned)
+}
+
 pub(crate) fn rank(scope: &Scope, at_ms: i64, events: &[Event]) -> Vec<Suspect> {
     // The newest event of each group (a change, a run, or the event itself) and the group's size.
     let mut groups: BTreeMap<String, (&Event, u32)> = BTreeMap::new();
@@ -132,10 +137,9 @@ pub(crate) fn rank(scope: &Scope, at_ms: i64, events: &[Event]) -> Vec<Suspect> 
         if event.time_ms > at_ms || category(&event.kind).is_none() || !seen.insert(event.seq) {
             continue;
         }
-        let run = event.data.get("run").and_then(|r| r.as_str());
-        let key = match (event.change, run) {
+        let key = match (event.change, run_of(event)) {
             (Some(change), _) => format!("change {}", change.0),
-            (None, Some(run)) if event.kind.starts_with("action.") => format!("run {run}"),
+            (None, Some(run)) => format!("run {run}"),
             _ => format!("event {}", event.seq.0),
         };
         let entry = groups.entry(key).or_insert((event, 0));
@@ -163,11 +167,9 @@ pub(crate) fn rank(scope: &Scope, at_ms: i64, events: &[Event]) -> Vec<Suspect> 
                     format!("change {}, in progress then", change.0)
                 }
                 ("revision", None) => "a configuration revision".to_string(),
-                ("action", _) => event
-                    .data
-                    .get("run")
-                    .and_then(|r| r.as_str())
-                    .map_or_else(|| "an action".to_string(), |run| format!("action run {run}")),
+                ("action", _) => {
+                    run_of(event).map_or_else(|| "an action".to_string(), |run| format!("action run {run}"))
+                }
                 ("host", _) => "a host event".to_string(),
                 ("note", _) => format!("a note by {}", event.actor.as_deref().unwrap_or("somebody")),
                 _ => category.to_string(),
@@ -188,7 +190,7 @@ pub(crate) fn rank(scope: &Scope, at_ms: i64, events: &[Event]) -> Vec<Suspect> 
                 reason: format!("{what}{events}, {} before, {where_}", ago(before_ms)),
                 seq: event.seq.0,
                 change: event.change.map(|c| c.0),
-                run: event.data.get("run").and_then(|r| r.as_str()).map(str::to_string),
+                run: run_of(event),
                 events: n,
             })
         })
@@ -212,6 +214,10 @@ enum WhyTarget {
 pub(crate) struct WhyParams {
     /// `host:NAME`, an instance `system/component#slot@host`, a check `check:system/check@host`,
     /// or a system `system:NAME` (or just its name).
+    #[param(
+        required = true,
+        pattern = r"^(host:[a-z0-9][a-z0-9._-]{0,62}|[a-z0-9][a-z0-9._-]{0,62}/[a-z0-9][a-z0-9._-]{0,62}#[0-9]{1,9}@[a-z0-9][a-z0-9._-]{0,62}|check:[a-z0-9][a-z0-9._-]{0,62}/[a-z0-9][a-z0-9._-]{0,62}@[a-z0-9][a-z0-9._-]{0,62}|system:[a-z0-9][a-z0-9._-]{0,62}|[a-z0-9][a-z0-9._-]{0,62})$"
+    )]
     target: Option<String>,
     /// The moment to explain: an RFC 3339 time or a duration ago (`90m`). Default: when the
     /// target's state last changed (for a failing target, when it started failing).
@@ -219,6 +225,7 @@ pub(crate) struct WhyParams {
     /// How far back before `at` to look: a duration up to 30 days. Default 1 hour.
     window: Option<String>,
     /// At most this many suspects (default 20, at most 200).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<u32>,
 }
 
@@ -485,8 +492,8 @@ async fn system_moment(state: &AppState, scope: &Scope, now: i64) -> Result<(i64
         let page = state.store().query_events(&query).await?;
         let bad = page.items.iter().find(|e| match e.kind.as_str() {
             "instance.transitioned" => matches!(
-                e.data.get("status").and_then(|s| s.as_str()),
-                Some("degraded" | "unhealthy")
+                e.typed(),
+                Some(endstate_events::Event::InstanceTransitioned(t)) if matches!(t.status.as_str(), "degraded" | "unhealthy")
             ),
             _ => true,
         });
@@ -581,9 +588,20 @@ mod tests {
     #[test]
     fn events_of_one_change_or_run_are_one_suspect() {
         let mut run = event(3, 5 * MINUTE_MS, "action.started", &["shop"], None);
-        run.data = serde_json::json!({ "run": "run-4" });
+        run.data = endstate_events::Event::ActionStarted(endstate_events::ActionStarted {
+            run: "run-4".into(),
+            action: "flush".into(),
+            hosts: vec!["web-1".into()],
+        })
+        .data();
         let mut run_end = event(4, 4 * MINUTE_MS, "action.finished", &["shop"], None);
-        run_end.data = serde_json::json!({ "run": "run-4" });
+        run_end.data = endstate_events::Event::ActionFinished(endstate_events::ActionFinished {
+            run: "run-4".into(),
+            action: "flush".into(),
+            state: "succeeded".into(),
+            hosts: None,
+        })
+        .data();
         let events = vec![
             Event {
                 change: Some(ChangeId(2)),

@@ -300,6 +300,19 @@ pub struct NewEvent {
     pub data: serde_json::Value,
 }
 
+impl Event {
+    /// What it says, typed: a kind this build does not know, or a payload that does not fit, is
+    /// [`endstate_events::Body::Unknown`], verbatim.
+    pub fn body(&self) -> endstate_events::Body {
+        endstate_events::Body::parse(&self.kind, &self.data)
+    }
+
+    /// The typed event, when its kind is known and its payload fits.
+    pub fn typed(&self) -> Option<endstate_events::Event> {
+        endstate_events::Event::parse(&self.kind, &self.data).ok()
+    }
+}
+
 /// A timeline query. Every given filter must match (logical and).
 ///
 /// Direction: with `after`, events with `seq > after` come oldest first (follow the timeline
@@ -350,7 +363,19 @@ pub struct TokenRecord {
 // === impl NewEvent ===
 
 impl NewEvent {
-    /// An event with the required fields; set the others directly.
+    /// An event of a known kind, written through its typed payload; set the other fields directly.
+    pub fn of(time_ms: i64, event: &endstate_events::Event, summary: impl Into<String>) -> NewEvent {
+        NewEvent {
+            time_ms,
+            kind: event.kind().to_owned(),
+            summary: summary.into(),
+            data: event.data(),
+            ..NewEvent::default()
+        }
+    }
+
+    /// An event of any kind with an untyped payload: for tests and for what came from elsewhere
+    /// verbatim. The server writes its own events with [`NewEvent::of`] (tidy checks).
     pub fn new(time_ms: i64, kind: impl Into<String>, summary: impl Into<String>) -> NewEvent {
         NewEvent {
             time_ms,

@@ -18,7 +18,14 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // One thread runs the agent: its work is waiting (on processes, sockets, timers), and every
+    // worker thread more keeps a malloc arena and a stack of its own for nothing on an idle
+    // host. Blocking work goes to the blocking pool, whose idle threads leave after a second.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_keep_alive(std::time::Duration::from_secs(1))
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");

@@ -415,10 +415,12 @@ impl Session<'_> {
                     SeqDecision::Gap { from, to } => events.push(NewEvent {
                         host: Some(self.host.clone()),
                         actor: Some(format!("agent:{}", self.host)),
-                        data: serde_json::json!({ "from": from, "to": to }),
-                        ..NewEvent::new(
+                        ..NewEvent::of(
                             received_ms,
-                            "agent.observations_lost",
+                            &endstate_events::Event::AgentObservationsLost(endstate_events::ObservationsLost {
+                                from,
+                                to,
+                            }),
                             format!("observations {from} to {to} of {} never arrived", self.host),
                         )
                     }),
@@ -500,7 +502,13 @@ impl Session<'_> {
                 events.push(self.instance_event(
                     &change.instance.0,
                     at,
-                    "instance.previous_run",
+                    &endstate_events::Event::InstancePreviousRun(endstate_events::InstancePreviousRun {
+                        instance: change.instance.0.clone(),
+                        state: word(change.state).to_owned(),
+                        version: change.version.clone(),
+                        generation: change.generation.0,
+                        received_ms,
+                    }),
                     format!(
                         "{} on {}: the previous run ({} at generation {}) is {}",
                         change.instance,
@@ -509,10 +517,6 @@ impl Session<'_> {
                         change.generation,
                         word(change.state)
                     ),
-                    serde_json::json!({
-                        "instance": change.instance.0, "state": word(change.state), "version": change.version,
-                        "generation": change.generation.0, "received_ms": received_ms,
-                    }),
                 ));
             }
             Observed::InstanceState(change) => {
@@ -543,7 +547,15 @@ impl Session<'_> {
                     events.push(self.instance_event(
                         &change.instance.0,
                         at,
-                        "instance.detail",
+                        &endstate_events::Event::InstanceDetail(endstate_events::InstanceDetail {
+                            instance: change.instance.0.clone(),
+                            state: word(change.state).to_owned(),
+                            exit_code: change.exit_code,
+                            signal: change.signal,
+                            restarts: change.restarts,
+                            detail: change.detail.clone(),
+                            received_ms,
+                        }),
                         format!(
                             "{} on {} {}{}{}{}",
                             change.instance,
@@ -557,11 +569,6 @@ impl Session<'_> {
                                 format!(": {}", change.detail)
                             },
                         ),
-                        serde_json::json!({
-                            "instance": change.instance.0, "state": word(change.state), "exit_code": change.exit_code,
-                            "signal": change.signal, "restarts": change.restarts, "detail": change.detail,
-                            "received_ms": received_ms,
-                        }),
                     ));
                 }
             }
@@ -584,9 +591,12 @@ impl Session<'_> {
                     events.push(self.instance_event(
                         &health.instance.0,
                         at,
-                        "instance.health",
+                        &endstate_events::Event::InstanceHealth(endstate_events::InstanceHealth {
+                            instance: health.instance.0.clone(),
+                            healthy: health.healthy,
+                            detail: health.detail.clone(),
+                        }),
                         format!("{} on {} is unhealthy: {}", health.instance, self.host, health.detail),
-                        serde_json::json!({ "instance": health.instance.0, "healthy": health.healthy, "detail": health.detail }),
                     ));
                 }
             }
@@ -601,22 +611,14 @@ impl Session<'_> {
     }
 
     /// A timeline event about one instance of this host, reported by its agent.
-    fn instance_event(
-        &self,
-        instance: &str,
-        at: i64,
-        kind: &str,
-        summary: String,
-        data: serde_json::Value,
-    ) -> NewEvent {
+    fn instance_event(&self, instance: &str, at: i64, event: &endstate_events::Event, summary: String) -> NewEvent {
         let (system, component) = split_system(instance);
         NewEvent {
             systems: vec![system],
             host: Some(self.host.clone()),
             component: Some(component),
             actor: Some(format!("agent:{}", self.host)),
-            data,
-            ..NewEvent::new(at, kind, summary)
+            ..NewEvent::of(at, event, summary)
         }
     }
 
@@ -705,10 +707,12 @@ impl Session<'_> {
         let event = NewEvent {
             host: Some(self.host.clone()),
             actor: Some(format!("agent:{}", self.host)),
-            data: serde_json::json!({ "serial": issued.serial, "not_after": crate::rfc3339(issued.not_after) }),
-            ..NewEvent::new(
+            ..NewEvent::of(
                 now,
-                "agent.renewed",
+                &endstate_events::Event::AgentRenewed(endstate_events::AgentRenewed {
+                    serial: issued.serial.clone(),
+                    not_after: crate::rfc3339(issued.not_after),
+                }),
                 format!("host {} renewed its certificate", self.host),
             )
         };
@@ -750,10 +754,11 @@ impl Session<'_> {
         let event = NewEvent {
             host: Some(self.host.clone()),
             actor: Some(format!("agent:{}", self.host)),
-            data: serde_json::json!({ "reason": reason }),
-            ..NewEvent::new(
+            ..NewEvent::of(
                 now,
-                "agent.protocol_error",
+                &endstate_events::Event::AgentProtocolError(endstate_events::Reason {
+                    reason: reason.to_owned(),
+                }),
                 format!("host {} sent a refused frame: {reason}", self.host),
             )
         };
@@ -794,10 +799,12 @@ async fn record_hello(
         events.push(NewEvent {
             host: Some(name.0.clone()),
             actor: Some(format!("agent:{}", name.0)),
-            data: serde_json::json!({ "peer": peer.to_string(), "agent_version": hello.agent_version }),
-            ..NewEvent::new(
+            ..NewEvent::of(
                 now,
-                "host.reachable",
+                &endstate_events::Event::HostReachable(endstate_events::HostReachable {
+                    peer: peer.to_string(),
+                    agent_version: hello.agent_version.clone(),
+                }),
                 format!(
                     "host {} is reachable (agent {} from {peer})",
                     name.0, hello.agent_version
@@ -855,10 +862,12 @@ async fn refused_event(state: &AppState, host: Option<&str>, peer: SocketAddr, r
     let event = NewEvent {
         host: host.map(str::to_owned),
         actor: Some(format!("peer:{}", peer.ip())),
-        data: serde_json::json!({ "peer": peer.to_string(), "reason": reason }),
-        ..NewEvent::new(
+        ..NewEvent::of(
             state.now_ms(),
-            "agent.refused",
+            &endstate_events::Event::AgentRefused(endstate_events::PeerRefused {
+                peer: peer.to_string(),
+                reason: reason.to_string(),
+            }),
             format!("agent connection from {peer} refused: {reason}"),
         )
     };
@@ -886,17 +895,20 @@ fn facts_changed(host: &str, before: &serde_json::Value, after: &serde_json::Val
         .iter()
         .map(|d| format!("{}: {} -> {}", d.path, value(&d.before), value(&d.after)))
         .collect();
-    let data: Vec<serde_json::Value> = changes
-        .iter()
-        .map(|d| serde_json::json!({ "path": d.path, "before": d.before, "after": d.after }))
+    let changes = changes
+        .into_iter()
+        .map(|d| endstate_events::FieldChange {
+            path: d.path,
+            before: d.before,
+            after: d.after,
+        })
         .collect();
     Some(NewEvent {
         host: Some(host.to_owned()),
         actor: Some(format!("agent:{host}")),
-        data: serde_json::json!({ "changes": data }),
-        ..NewEvent::new(
+        ..NewEvent::of(
             now,
-            "host.facts_changed",
+            &endstate_events::Event::HostFactsChanged(endstate_events::HostFactsChanged { changes }),
             format!("host {host} facts changed: {}", shown.join("; ")),
         )
     })

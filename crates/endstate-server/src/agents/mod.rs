@@ -341,10 +341,11 @@ impl Hub {
                     .append_events(vec![NewEvent {
                         systems,
                         actor: Some("server".into()),
-                        data: serde_json::json!({ "problems": problems }),
-                        ..NewEvent::new(
+                        ..NewEvent::of(
                             state.now_ms(),
-                            "instance.unassignable",
+                            &endstate_events::Event::InstanceUnassignable(endstate_events::Problems {
+                                problems: problems.clone(),
+                            }),
                             format!(
                                 "{} instances cannot be rendered: {}",
                                 problems.len(),
@@ -615,10 +616,12 @@ pub(crate) async fn mark_unreachable(state: &AppState, hub: &Hub, host: &str, re
         systems: systems.clone(),
         host: Some(host.to_owned()),
         actor: Some("server".into()),
-        data: serde_json::json!({ "reason": reason, "instances": instances.len() }),
-        ..NewEvent::new(
+        ..NewEvent::of(
             now,
-            "host.unreachable",
+            &endstate_events::Event::HostUnreachable(endstate_events::HostUnreachable {
+                reason: reason.to_string(),
+                instances: instances.len() as u64,
+            }),
             format!(
                 "host {host} is unreachable: {reason}; its {} instances are unknown",
                 instances.len()

@@ -90,8 +90,15 @@ pub(crate) async fn create_join_token(
         .append_events(vec![NewEvent {
             actor: Some(actor.name.clone()),
             host: request.host.clone(),
-            data: serde_json::json!({ "labels": request.labels, "host": request.host, "expires": crate::rfc3339(record.expires_at) }),
-            ..NewEvent::new(now, "join_token.created", format!("join token created by {}", actor.name))
+            ..NewEvent::of(
+                now,
+                &endstate_events::Event::JoinTokenCreated(endstate_events::JoinTokenCreated {
+                    labels: request.labels.clone(),
+                    host: request.host.clone(),
+                    expires: crate::rfc3339(record.expires_at),
+                }),
+                format!("join token created by {}", actor.name),
+            )
         }])
         .await?;
     state.written();
@@ -165,10 +172,14 @@ pub(crate) async fn enrol(
     let event = NewEvent {
         host: Some(request.host.clone()),
         actor: Some(format!("agent:{}", request.host)),
-        data: serde_json::json!({ "peer": peer.to_string(), "labels": labels, "serial": issued.serial, "token_by": row.created_by }),
-        ..NewEvent::new(
+        ..NewEvent::of(
             now,
-            "agent.enrolled",
+            &endstate_events::Event::AgentEnrolled(endstate_events::AgentEnrolled {
+                peer: peer.to_string(),
+                labels: labels.clone(),
+                serial: issued.serial.clone(),
+                token_by: row.created_by.clone(),
+            }),
             format!("host {} enrolled from {peer}", request.host),
         )
     };
@@ -222,7 +233,8 @@ pub(crate) async fn endpoint(
         tracing::warn!(%peer, host = request.host, reason, "Endpoint request refused.");
         ApiError::Unauthorized(format!("the agent endpoint is refused: {reason}"))
     };
-    if (now / 1000 - request.unix_s).abs() > 300 {
+    // `abs_diff`: any i64 the request carries, however far off, without overflow.
+    if (now / 1000).abs_diff(request.unix_s) > 300 {
         return Err(refused(format!(
             "the request was made at {} s, the server's clock says {} s (more than 5 minutes apart)",
             request.unix_s,
@@ -262,10 +274,12 @@ async fn refuse_enrol(state: &AppState, peer: std::net::SocketAddr, host: &str, 
     let event = NewEvent {
         host: Some(host.to_owned()),
         actor: Some(format!("peer:{}", peer.ip())),
-        data: serde_json::json!({ "peer": peer.to_string(), "reason": reason }),
-        ..NewEvent::new(
+        ..NewEvent::of(
             crate::clock::system_now_ms(),
-            "agent.enrol_refused",
+            &endstate_events::Event::AgentEnrolRefused(endstate_events::PeerRefused {
+                peer: peer.to_string(),
+                reason: reason.clone(),
+            }),
             format!("enrolment of {host} from {peer} refused: {reason}"),
         )
     };
@@ -291,8 +305,11 @@ pub(crate) async fn revoke_host(
     let event = NewEvent {
         host: Some(host.clone()),
         actor: Some(actor.name.clone()),
-        data: serde_json::json!({}),
-        ..NewEvent::new(now, "agent.revoked", format!("host {host} revoked by {}", actor.name))
+        ..NewEvent::of(
+            now,
+            &endstate_events::Event::AgentRevoked(endstate_events::Empty {}),
+            format!("host {host} revoked by {}", actor.name),
+        )
     };
     match state.store().revoke_agent(&name, now, vec![event]).await {
         Ok(_) => {}
@@ -338,7 +355,8 @@ pub(crate) struct LogsParams {
         ("instance" = String, Query, description = "The instance, `system/component#slot`")),
     responses((status = 200, body = LogsView), (status = 400, body = endstate_api::Problem),
         (status = 401, body = endstate_api::Problem), (status = 403, body = endstate_api::Problem),
-        (status = 404, body = endstate_api::Problem)),
+        (status = 404, body = endstate_api::Problem), (status = 409, description = "the host is not connected", body = endstate_api::Problem),
+        (status = 503, description = "the host's agent did not answer in time", body = endstate_api::Problem)),
     security(("bearer" = [])))]
 pub(crate) async fn instance_logs(
     State(state): State<AppState>,
@@ -350,7 +368,8 @@ pub(crate) async fn instance_logs(
     authorize(&actor, Verb::Administer, Some(&system))?;
     let hub = hub(&state)?;
     let Some(conn) = hub.connection(&host) else {
-        return Err(ApiError::Unavailable(format!("host {host} is not connected")));
+        // The host's state, not the server's: a conflict the caller can wait out, not a 5xx.
+        return Err(ApiError::Conflict(format!("host {host} is not connected")));
     };
     let instance = InstanceId(params.instance.clone());
     let request = hub.next_id();

@@ -801,7 +801,7 @@ async fn logs_are_asked_of_the_agent_over_the_link() {
 
     // A host without a connection.
     let (status, refused) = problem(logs_call(&server, "db-9").await.unwrap()).await;
-    assert_eq!(status, 503);
+    assert_eq!(status, 409);
     assert!(refused.detail.contains("not connected"), "{refused:?}");
     server.stop().await;
 }

@@ -32,8 +32,19 @@ pub(crate) fn instance_event(at_ms: i64, slot: u32, status: &str) -> NewEvent {
         host: Some("h-a".into()),
         component: Some("cache/memo".into()),
         actor: Some("agent:h-a".into()),
-        data: serde_json::json!({ "slot": slot, "status": status, "state": "running" }),
-        ..NewEvent::new(at_ms, "instance.transitioned", format!("memo#{slot} {status}"))
+        ..NewEvent::of(
+            at_ms,
+            &endstate_events::Event::InstanceTransitioned(endstate_events::InstanceTransitioned {
+                slot,
+                version: Some("1.0".into()),
+                status: status.into(),
+                state: "running".into(),
+                previous_state: None,
+                previous_status: None,
+                desired: None,
+            }),
+            format!("memo#{slot} {status}"),
+        )
     }
 }
 
@@ -141,8 +152,18 @@ async fn history_of_a_check_on_a_host() {
         systems: vec!["cache".into()],
         host: Some("h-a".into()),
         actor: Some("agent:h-a".into()),
-        data: serde_json::json!({ "check": check, "target": "cache/memo#0@h-a", "to": to }),
-        ..NewEvent::new(now - ago_ms, "check.status", format!("{check} {to}"))
+        ..NewEvent::of(
+            now - ago_ms,
+            &endstate_events::Event::CheckStatus(endstate_events::CheckStatus {
+                check: check.into(),
+                target: "cache/memo#0@h-a".into(),
+                from: None,
+                to: to.into(),
+                message: String::new(),
+                perfdata: String::new(),
+            }),
+            format!("{check} {to}"),
+        )
     };
     server
         .store

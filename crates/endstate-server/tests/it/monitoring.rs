@@ -57,10 +57,10 @@ async fn an_alertmanager_alert_is_an_endstate_alert_until_it_resolves() {
     assert_eq!(response.status(), 200, "{:?}", response.text().await);
     let alerts = server.client().alerts().await.unwrap();
     assert_eq!(alerts.len(), 1, "{alerts:#?}");
-    assert_eq!(alerts[0]["key"]["check"], "alertmanager/HighErrorRate");
-    assert_eq!(alerts[0]["key"]["target"], "web-1:9100");
-    assert_eq!(alerts[0]["status"], "critical");
-    assert_eq!(alerts[0]["message"], "5% of requests fail on web-1");
+    assert_eq!(alerts[0].key.check, "alertmanager/HighErrorRate");
+    assert_eq!(alerts[0].key.target, "web-1:9100");
+    assert_eq!(alerts[0].status, "critical");
+    assert_eq!(alerts[0].message, "5% of requests fail on web-1");
     let seen = kinds(&server).await;
     assert_eq!(seen.len(), 1, "{seen:#?}");
     assert_eq!(seen[0].0, "alert.opened");
@@ -135,14 +135,14 @@ async fn a_host_that_goes_down_alerts_once_and_what_fails_on_it_is_a_consequence
     let deadline = tokio::time::Instant::now() + crate::fake_agent::WAIT;
     let keepalive = loop {
         let alerts = server.client().alerts().await.unwrap();
-        if let Some(alert) = alerts.iter().find(|a| a["key"]["check"] == "endstate/keepalive") {
+        if let Some(alert) = alerts.iter().find(|a| a.key.check == "endstate/keepalive") {
             break alert.clone();
         }
         assert!(tokio::time::Instant::now() < deadline, "{alerts:#?}");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     };
-    assert_eq!(keepalive["key"]["target"], "web-1");
-    assert_eq!(keepalive["status"], "critical");
+    assert_eq!(keepalive.key.target, "web-1");
+    assert_eq!(keepalive.status, "critical");
 
     // What fails on the down host does not page on its own.
     let mut about_it = payload("firing", "critical");
@@ -151,9 +151,13 @@ async fn a_host_that_goes_down_alerts_once_and_what_fails_on_it_is_a_consequence
     let alerts = server.client().alerts().await.unwrap();
     let consequence = alerts
         .iter()
-        .find(|a| a["key"]["check"] == "alertmanager/HighErrorRate")
+        .find(|a| a.key.check == "alertmanager/HighErrorRate")
         .unwrap();
-    assert_eq!(consequence["consequence_of"], "host web-1 is down", "{consequence:#?}");
+    assert_eq!(
+        consequence.consequence_of.as_deref().unwrap(),
+        "host web-1 is down",
+        "{consequence:#?}"
+    );
     let suppressed = kinds(&server).await;
     assert!(
         suppressed
@@ -172,7 +176,7 @@ async fn a_host_that_goes_down_alerts_once_and_what_fails_on_it_is_a_consequence
         .await
         .unwrap()
         .iter()
-        .any(|a| a["key"]["check"] == "endstate/keepalive")
+        .any(|a| a.key.check == "endstate/keepalive")
     {
         assert!(tokio::time::Instant::now() < deadline, "the keepalive alert stays open");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -295,7 +299,7 @@ async fn silences_survive_a_restart_and_removed_ones_stay_removed() {
     };
     let kept = client.silence(&silence("h1")).await.unwrap();
     let removed = client.silence(&silence("h2")).await.unwrap();
-    assert_eq!((kept["id"].as_u64(), removed["id"].as_u64()), (Some(1), Some(2)));
+    assert_eq!((Some(kept.id), Some(removed.id)), (Some(1), Some(2)));
     client.unsilence(2).await.unwrap();
 
     // The same data directory behind a new server. (Keeping only the store object while the
@@ -305,9 +309,9 @@ async fn silences_survive_a_restart_and_removed_ones_stay_removed() {
     let client = server.client();
     let silences = client.silences().await.unwrap();
     assert_eq!(silences.len(), 1, "{silences:#?}");
-    assert_eq!(silences[0]["host"], "h1");
+    assert_eq!(silences[0].host.as_deref().unwrap(), "h1");
     // Numbers are not reused.
-    assert_eq!(client.silence(&silence("h3")).await.unwrap()["id"], 3);
+    assert_eq!(client.silence(&silence("h3")).await.unwrap().id, 3);
     server.stop().await;
 }
 
@@ -340,10 +344,9 @@ async fn an_open_alert_survives_a_restart_acknowledged_and_does_not_open_again()
     let server = server.restart().await;
     let alerts = server.client().alerts().await.unwrap();
     assert_eq!(alerts.len(), 1, "the open alert is taken back: {alerts:#?}");
-    for field in ["key", "status", "opened_ms", "acked"] {
-        assert_eq!(alerts[0][field], before[0][field], "{field}: {alerts:#?}");
-    }
-    assert_eq!(alerts[0]["acked"]["comment"], "ordering a bigger disk");
+    let kept = |a: &endstate_api::AlertView| (a.key.clone(), a.status.clone(), a.opened_ms, a.acked.clone());
+    assert_eq!(kept(&alerts[0]), kept(&before[0]), "{alerts:#?}");
+    assert_eq!(alerts[0].acked.as_ref().unwrap().comment, "ordering a bigger disk");
 
     // Still failing after the restart: no second alert; a change of severity is a change of
     // the same alert; OK resolves it.
@@ -413,7 +416,7 @@ async fn open_alerts_are_acknowledged_and_annotated_in_bulk_by_filter() {
         ))
         .await
         .unwrap();
-    assert_eq!(noted["matched"], 2, "{noted:#}");
+    assert_eq!(noted.matched, 2, "{noted:#?}");
     let acked = client
         .bulk_alerts(&bulk(
             Some("storefront"),
@@ -423,11 +426,11 @@ async fn open_alerts_are_acknowledged_and_annotated_in_bulk_by_filter() {
         ))
         .await
         .unwrap();
-    assert_eq!(acked["matched"], 2, "{acked:#}");
-    let by_target = |alerts: &[serde_json::Value], target: &str| {
+    assert_eq!(acked.matched, 2, "{acked:#?}");
+    let by_target = |alerts: &[endstate_api::AlertView], target: &str| {
         alerts
             .iter()
-            .find(|a| a["key"]["target"] == target)
+            .find(|a| a.key.target == target)
             .cloned()
             .unwrap_or_else(|| panic!("{target} in {alerts:#?}"))
     };
@@ -435,15 +438,16 @@ async fn open_alerts_are_acknowledged_and_annotated_in_bulk_by_filter() {
     for target in ["web-1:9100", "web-2:9100"] {
         let alert = by_target(&alerts, target);
         assert_eq!(
-            alert["acked"]["comment"], "INC-42: rolling back the LB config",
-            "{alert:#}"
+            alert.acked.as_ref().unwrap().comment,
+            "INC-42: rolling back the LB config",
+            "{alert:#?}"
         );
         assert_eq!(
-            alert["notes"][0]["comment"], "the load balancer was drained at 10:02",
-            "{alert:#}"
+            alert.notes[0].comment, "the load balancer was drained at 10:02",
+            "{alert:#?}"
         );
     }
-    assert!(by_target(&alerts, "db-1:9100")["acked"].is_null());
+    assert!(by_target(&alerts, "db-1:9100").acked.is_none());
     let events = |kind: &str| {
         let client = server.client();
         let kind = kind.to_owned();
@@ -474,17 +478,20 @@ async fn open_alerts_are_acknowledged_and_annotated_in_bulk_by_filter() {
         .bulk_alerts(&bulk(Some("nowhere"), false, true, "x"))
         .await
         .unwrap();
-    assert_eq!(nothing["matched"], 0);
+    assert_eq!(nothing.matched, 0);
 
     // Every open alert, then a restart: acknowledgements and notes are kept.
     let everything = client.bulk_alerts(&bulk(None, true, true, "all hands")).await.unwrap();
-    assert_eq!(everything["matched"], 3, "{everything:#}");
+    assert_eq!(everything.matched, 3, "{everything:#?}");
     let server = server.restart().await;
     let alerts = server.client().alerts().await.unwrap();
     assert_eq!(alerts.len(), 3, "{alerts:#?}");
-    assert_eq!(by_target(&alerts, "db-1:9100")["acked"]["comment"], "all hands");
     assert_eq!(
-        by_target(&alerts, "web-1:9100")["notes"][0]["comment"],
+        by_target(&alerts, "db-1:9100").acked.as_ref().unwrap().comment,
+        "all hands"
+    );
+    assert_eq!(
+        by_target(&alerts, "web-1:9100").notes[0].comment,
         "the load balancer was drained at 10:02"
     );
     server.stop().await;
@@ -577,7 +584,11 @@ async fn an_alert_opens_a_ticket_and_runs_command_handlers_whose_failures_are_on
         "{ticket:?}"
     );
     let alerts = server.client().alerts().await.unwrap();
-    assert_eq!(alerts[0]["ticket"], "https://tickets.example/OPS-1", "{alerts:#?}");
+    assert_eq!(
+        alerts[0].ticket.as_deref().unwrap(),
+        "https://tickets.example/OPS-1",
+        "{alerts:#?}"
+    );
 
     // The handlers: one ran with the notification on stdin, one failed, saying how.
     let handled = wait("alert.handled", |e| e.data["reason"] == "opened").await;
@@ -595,8 +606,9 @@ async fn an_alert_opens_a_ticket_and_runs_command_handlers_whose_failures_are_on
     // The failure is on the alert too.
     let alerts = server.client().alerts().await.unwrap();
     assert!(
-        alerts[0]["notify_failed"]
-            .as_str()
+        alerts[0]
+            .notify_failed
+            .as_deref()
             .unwrap_or_default()
             .ends_with("broken: exit code 3"),
         "{alerts:#?}"
@@ -605,7 +617,7 @@ async fn an_alert_opens_a_ticket_and_runs_command_handlers_whose_failures_are_on
     // The ticket survives a restart; resolving runs the handlers again, and opens no ticket.
     let server = server.restart().await;
     assert_eq!(
-        server.client().alerts().await.unwrap()[0]["ticket"],
+        server.client().alerts().await.unwrap()[0].ticket.as_deref().unwrap(),
         "https://tickets.example/OPS-1"
     );
     let response = post(&server, &payload("resolved", "critical")).await;
@@ -714,18 +726,18 @@ async fn an_alert_of_a_system_whose_dependency_is_down_is_a_consequence_that_pag
         "{held:?}"
     );
     let alerts = server.client().alerts().await.unwrap();
-    let shop = alerts.iter().find(|a| a["key"]["check"] == "shop/http").unwrap();
+    let shop = alerts.iter().find(|a| a.key.check == "shop/http").unwrap();
     assert!(
-        shop["consequence_of"]
-            .as_str()
+        shop.consequence_of
+            .as_deref()
             .unwrap_or_default()
             .starts_with("shop/web depends on payments/api"),
-        "{shop:#}"
+        "{shop:#?}"
     );
-    let payments = alerts.iter().find(|a| a["key"]["check"] == "payments/http").unwrap();
+    let payments = alerts.iter().find(|a| a.key.check == "payments/http").unwrap();
     assert!(
-        payments["consequence_of"].is_null(),
-        "the cause is not a consequence: {payments:#}"
+        payments.consequence_of.is_none(),
+        "the cause is not a consequence: {payments:#?}"
     );
 
     // payments recovers; shop/web still failing is its own problem now and pages on its next change.
@@ -758,12 +770,12 @@ async fn a_silence_planned_ahead_holds_only_from_its_start() {
         .await
         .unwrap();
     let now = crate::fake_agent::now_ms();
-    let starts = planned["starts_ms"].as_i64().unwrap();
-    assert!((now + 3_500_000..=now + 3_700_000).contains(&starts), "{planned:#}");
+    let starts = planned.starts_ms;
+    assert!((now + 3_500_000..=now + 3_700_000).contains(&starts), "{planned:#?}");
     // Not yet: the alert opens and is not silenced.
     post(&server, &payload("firing", "critical")).await;
     let alerts = client.alerts().await.unwrap();
-    assert!(alerts[0]["silenced_by"].is_null(), "{alerts:#?}");
+    assert!(alerts[0].silenced_by.is_none(), "{alerts:#?}");
     let created = kinds(&server).await;
     assert!(
         !created.iter().any(|(kind, _)| kind == "alert.suppressed"),
@@ -819,13 +831,13 @@ async fn a_paused_clock_moves_a_planned_silence_through_its_window_without_sleep
         })
         .await
         .unwrap();
-    assert_eq!(planned["starts_ms"].as_i64(), Some(start + 3_600_000), "{planned:#}");
-    let id = planned["id"].as_u64().unwrap();
+    assert_eq!(Some(planned.starts_ms), Some(start + 3_600_000), "{planned:#?}");
+    let id = planned.id;
     let silenced_by = || async {
         post(&server, &payload("firing", "critical")).await;
         let alerts = client.alerts().await.unwrap();
         assert_eq!(alerts.len(), 1, "{alerts:#?}");
-        alerts[0]["silenced_by"].as_u64()
+        alerts[0].silenced_by
     };
     assert_eq!(silenced_by().await, None, "not before its start");
     clock.advance(std::time::Duration::from_secs(90 * 60));

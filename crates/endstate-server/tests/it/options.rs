@@ -57,7 +57,7 @@ async fn host_groups_and_retired_hosts_shape_the_preview_and_unknown_hosts_are_r
         target_hosts: vec![],
     };
     let preview = plan_for(&server, options).await.unwrap();
-    let plan: endstate_plan::Plan = serde_json::from_value(preview.plan).unwrap();
+    let plan: endstate_plan::Plan = preview.plan;
     // h2 is retired: nothing is placed on it; the groups go first, in their order.
     let hosts: Vec<&str> = plan
         .waves

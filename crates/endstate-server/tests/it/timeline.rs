@@ -418,10 +418,17 @@ async fn retention_deletes_old_events_of_a_kind_but_keeps_the_latest_state() {
         systems: vec!["ret".into()],
         host: Some("h-1".into()),
         component: Some("ret/web".into()),
-        data: serde_json::json!({ "slot": slot, "status": status }),
-        ..endstate_store::NewEvent::new(
+        ..endstate_store::NewEvent::of(
             now - ago_h * hour,
-            "instance.transitioned",
+            &endstate_events::Event::InstanceTransitioned(endstate_events::InstanceTransitioned {
+                slot,
+                version: None,
+                status: status.into(),
+                state: "running".into(),
+                previous_state: None,
+                previous_status: None,
+                desired: None,
+            }),
             format!("#{slot} {status} {ago_h}h ago"),
         )
     };

@@ -42,7 +42,13 @@ async fn why_ranks_what_changed_before_an_instance_failed() {
         None,
         "run-3 of flush finished",
     );
-    run.data = serde_json::json!({ "run": "run-3" });
+    run.data = endstate_events::Event::ActionFinished(endstate_events::ActionFinished {
+        run: "run-3".into(),
+        action: "flush".into(),
+        state: "succeeded".into(),
+        hosts: None,
+    })
+    .data();
     let events = vec![
         instance_event(now - 3 * 60 * MINUTE_MS, 0, "healthy"),
         // Before the default window of 1 hour: only seen with a longer window.

@@ -205,29 +205,33 @@ fn instance_exists(conn: &Connection, t: &crate::model::InstanceTransition) -> R
 /// A transition of an instance no longer (or not yet) desired: kept on the timeline only.
 fn unknown_instance_event(t: &crate::model::InstanceTransition) -> NewEvent {
     let system = t.component_key.split('/').next().unwrap_or_default().to_owned();
+    let typed = endstate_events::Event::InstanceTransitioned(endstate_events::InstanceTransitioned {
+        slot: t.slot,
+        version: t.actual.version.clone(),
+        status: t.actual.status.as_str().to_owned(),
+        state: t.actual.state.clone(),
+        previous_state: None,
+        previous_status: None,
+        desired: Some(false),
+    });
     NewEvent {
-        time_ms: t.actual.since_ms,
-        kind: "instance.transitioned".to_owned(),
         systems: vec![system],
         host: Some(t.host.0.clone()),
         component: Some(t.component_key.clone()),
         change: t.change,
         actor: t.actor.clone(),
-        summary: format!(
-            "{} on {} slot {} is {} ({}), not a desired instance",
-            t.component_key,
-            t.host,
-            t.slot,
-            t.actual.state,
-            t.actual.status.as_str()
-        ),
-        data: serde_json::json!({
-            "slot": t.slot,
-            "version": t.actual.version,
-            "status": t.actual.status.as_str(),
-            "state": t.actual.state,
-            "desired": false,
-        }),
+        ..NewEvent::of(
+            t.actual.since_ms,
+            &typed,
+            format!(
+                "{} on {} slot {} is {} ({}), not a desired instance",
+                t.component_key,
+                t.host,
+                t.slot,
+                t.actual.state,
+                t.actual.status.as_str()
+            ),
+        )
     }
 }
 

@@ -656,31 +656,34 @@ pub(crate) fn record_transitions(
             ])
         })
         .map_err(StoreError::sqlite("update an instance"))?;
-        let was = previous_state.as_deref().unwrap_or("unobserved");
+        let was = previous_state.clone().unwrap_or_else(|| "unobserved".to_owned());
+        let typed = endstate_events::Event::InstanceTransitioned(endstate_events::InstanceTransitioned {
+            slot: t.slot,
+            version: actual.version.clone(),
+            status: actual.status.as_str().to_owned(),
+            state: actual.state.clone(),
+            previous_state,
+            previous_status,
+            desired: None,
+        });
         let event = NewEvent {
-            time_ms: actual.since_ms,
-            kind: "instance.transitioned".to_owned(),
             systems: vec![system],
             host: Some(t.host.0.clone()),
             component: Some(t.component_key.clone()),
             change: t.change,
             actor: t.actor.clone(),
-            summary: format!(
-                "{} on {} slot {} is {} ({}), was {was}",
-                t.component_key,
-                t.host,
-                t.slot,
-                actual.state,
-                actual.status.as_str()
-            ),
-            data: serde_json::json!({
-                "slot": t.slot,
-                "version": actual.version,
-                "status": actual.status.as_str(),
-                "state": actual.state,
-                "previous_state": previous_state,
-                "previous_status": previous_status,
-            }),
+            ..NewEvent::of(
+                actual.since_ms,
+                &typed,
+                format!(
+                    "{} on {} slot {} is {} ({}), was {was}",
+                    t.component_key,
+                    t.host,
+                    t.slot,
+                    actual.state,
+                    actual.status.as_str()
+                ),
+            )
         };
         seqs.push(insert_event(conn, &event, None)?);
     }
