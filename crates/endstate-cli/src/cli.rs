@@ -418,6 +418,10 @@ pub(crate) struct ServerArgs {
     /// allocates are then unique across hosts, not only on each host.
     #[arg(long)]
     pub(crate) agents_on_one_machine: bool,
+    /// The ports the server gives components that fix none, as FIRST-LAST (for firewall rules,
+    /// or labs sharing a machine).
+    #[arg(long, value_name = "FIRST-LAST", default_value = "20000-29999", value_parser = parse_port_range)]
+    pub(crate) dynamic_ports: std::ops::RangeInclusive<u16>,
     /// How long a host's agent may stay unreachable before its instances move to other hosts,
     /// like `10m` (the default), or `off`: the server then proposes a change that moves them,
     /// which starts by itself and rolls out in waves, gated like any other. Counted while this
@@ -522,6 +526,10 @@ pub(crate) struct DevArgs {
     /// How many local agents to start (zones a, b, c, …), each a separate process and data directory.
     #[arg(long, default_value_t = 3)]
     pub(crate) agents: u8,
+    /// The ports the server gives components that fix none, as FIRST-LAST (two labs on one
+    /// machine each take their own).
+    #[arg(long, value_name = "FIRST-LAST", default_value = "20000-29999", value_parser = parse_port_range)]
+    pub(crate) dynamic_ports: std::ops::RangeInclusive<u16>,
     /// The Prometheus server that metric gates (`gates:` of a component) query, like
     /// `http://127.0.0.1:9090`. Point its `http_sd_configs` at `/v1/prometheus/targets` to
     /// scrape every instance.
@@ -723,4 +731,27 @@ pub(crate) struct AlertFilter {
     /// Every open alert.
     #[arg(long, conflicts_with_all = ["system", "host", "check_filter", "target"])]
     pub(crate) all: bool,
+}
+
+/// `FIRST-LAST`: a range of at least 100 ports, both ends included, above the well-known ones.
+fn parse_port_range(text: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
+    let (first, last) = text
+        .split_once('-')
+        .ok_or_else(|| format!("found {text:?}; expected FIRST-LAST, like 20000-29999"))?;
+    let port = |s: &str| {
+        s.trim()
+            .parse::<u16>()
+            .map_err(|_| format!("found {s:?} in {text:?}; expected a port number (1024-65535)"))
+    };
+    let (first, last) = (port(first)?, port(last)?);
+    if first < 1024 {
+        return Err(format!("{first} is a well-known port; start at 1024 or above"));
+    }
+    if last < first.saturating_add(99) {
+        return Err(format!(
+            "{first}-{last} holds {} ports; give at least 100",
+            u32::from(last).saturating_sub(u32::from(first)) + 1
+        ));
+    }
+    Ok(first..=last)
 }

@@ -127,6 +127,7 @@ pub(crate) async fn server(args: ServerArgs) -> anyhow::Result<Outcome> {
     server_config.retention = args.retain.clone();
     apply_tls_flags(&args.tls, &mut server_config)?;
     server_config.agents.one_machine = args.agents_on_one_machine;
+    server_config.agents.dynamic_ports = args.dynamic_ports.clone();
     server_config.rollout.evacuate_after = match args.evacuate_after.as_str() {
         "off" => None,
         text => Some(
@@ -187,6 +188,7 @@ pub(crate) async fn dev(global: &Global, args: DevArgs) -> anyhow::Result<Outcom
     server_config.agents.keepalive_interval = std::time::Duration::from_secs(2);
     // Its agents all run here: a port is unique on the machine, not only on its host.
     server_config.agents.one_machine = true;
+    server_config.agents.dynamic_ports = args.dynamic_ports.clone();
     server_config.rollout.prometheus_url = args.prometheus_url.clone();
     server_config.monitor = monitor_config(&args.alert_webhooks, &args.alert_commands, args.ticket_webhook.as_ref())?;
     apply_tls_flags(&args.tls, &mut server_config)?;

@@ -256,6 +256,7 @@ pub(crate) fn start_server_with(
         ])
         .arg(data)
         .arg("--agents-on-one-machine")
+        .args(["--dynamic-ports", &crate::ports_window(data)])
         .args(flags)
         .env("ENDSTATE_CONFIG", root.join("client.json"))
         .env("ENDSTATE_LOG", "info,tower_http=warn")

@@ -56,8 +56,16 @@ pub(crate) struct Process {
 
 impl Process {
     pub(crate) fn spawn(args: &[&str], config: &Path) -> Process {
-        let mut child = bin()
-            .args(args)
+        let mut command = bin();
+        command.args(args);
+        // Labs running side by side each allocate their instances' ports in a window of their own.
+        if args.first() == Some(&"dev")
+            && let Some(at) = args.iter().position(|a| *a == "--data-dir")
+            && let Some(data) = args.get(at + 1)
+        {
+            command.args(["--dynamic-ports", &ports_window(Path::new(data))]);
+        }
+        let mut child = command
             .env("ENDSTATE_CONFIG", config)
             .env("ENDSTATE_LOG", "info")
             .current_dir(repo_root())
@@ -123,4 +131,16 @@ impl Drop for Process {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The dynamic ports of one lab: a window of 250 of its own among the labs of this test run
+/// (tests run side by side), the same for every start on one data directory.
+pub(crate) fn ports_window(data: &Path) -> String {
+    static WINDOWS: std::sync::Mutex<std::collections::BTreeMap<std::path::PathBuf, u16>> =
+        std::sync::Mutex::new(std::collections::BTreeMap::new());
+    let mut windows = WINDOWS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let next = u16::try_from(windows.len()).unwrap_or(0);
+    let index = *windows.entry(data.to_path_buf()).or_insert(next);
+    let first = 20_000 + (index % 40) * 250;
+    format!("{first}-{}", first + 249)
 }

@@ -18,9 +18,8 @@ use sha2::{Digest, Sha256};
 
 use crate::blueprint::Current;
 
-/// Ports allocated when a component does not fix one: `DYNAMIC_PORTS_START..DYNAMIC_PORTS_END`.
-pub(crate) const DYNAMIC_PORTS_START: u16 = 20_000;
-const DYNAMIC_PORTS_LEN: u16 = 10_000;
+/// Ports allocated when a component does not fix one, unless the server is given others.
+pub(crate) const DEFAULT_DYNAMIC_PORTS: std::ops::RangeInclusive<u16> = 20_000..=29_999;
 
 /// How long an instance has after SIGTERM (components do not declare it yet).
 const STOP_GRACE_MS: u64 = 10_000;
@@ -63,6 +62,7 @@ pub(crate) fn sets(
     in_service: &[HostInfo],
     salt: &str,
     one_machine: bool,
+    ports: &std::ops::RangeInclusive<u16>,
 ) -> BTreeMap<String, HostAssignments> {
     let chosen: BTreeMap<PlacementKey, (&Component, Placement)> = current
         .blueprint
@@ -86,7 +86,7 @@ pub(crate) fn sets(
             hosts.push(host.clone());
         }
     }
-    assignments_of(&chosen, &hosts, salt, one_machine)
+    assignments_of(&chosen, &hosts, salt, one_machine, ports)
 }
 
 /// The assignments of `desired` placed on `hosts` (what [`sets`] renders for a revision in force
@@ -101,7 +101,7 @@ pub(crate) fn assignments(desired: &DesiredState, hosts: &[HostInfo], salt: &str
             Some((key, (component, placement)))
         })
         .collect();
-    assignments_of(&chosen, hosts, salt, false)
+    assignments_of(&chosen, hosts, salt, false, &DEFAULT_DYNAMIC_PORTS)
 }
 
 fn assignments_of(
@@ -109,6 +109,7 @@ fn assignments_of(
     hosts: &[HostInfo],
     salt: &str,
     one_machine: bool,
+    dynamic: &std::ops::RangeInclusive<u16>,
 ) -> BTreeMap<String, HostAssignments> {
     let labels: BTreeMap<&str, &endstate_types::Labels> = hosts.iter().map(|h| (h.name.as_str(), &h.labels)).collect();
     let mut out: BTreeMap<String, HostAssignments> = hosts
@@ -139,7 +140,7 @@ fn assignments_of(
             }
             UpgradeOrder::StopFirst => salt.to_owned(),
         };
-        let ports = allocate_ports(component, &version_salt, &key.host, &id, used);
+        let ports = allocate_ports(component, &version_salt, &key.host, &id, used, dynamic);
         let host_labels = labels.get(&*key.host).map(|l| (*l).clone()).unwrap_or_default();
         let host = out.entry(key.host.to_string()).or_default();
         match assignment(
@@ -285,22 +286,25 @@ fn allocate_ports(
     host: &str,
     id: &InstanceId,
     used: &mut BTreeSet<u16>,
+    dynamic: &std::ops::RangeInclusive<u16>,
 ) -> BTreeMap<String, u16> {
+    let first = *dynamic.start();
+    let len = dynamic.end().saturating_sub(first).saturating_add(1).max(1);
     let mut ports = BTreeMap::new();
     for port in &component.ports {
         let number = match port.number {
             Some(number) => number,
             None => {
                 let hash = Sha256::digest(format!("{salt}/{host}/{id}/{}", port.name).as_bytes());
-                let start = u16::from_be_bytes([hash[0], hash[1]]) % DYNAMIC_PORTS_LEN;
+                let start = u16::from_be_bytes([hash[0], hash[1]]) % len;
                 let mut candidate = start;
-                while used.contains(&(DYNAMIC_PORTS_START + candidate)) {
-                    candidate = (candidate + 1) % DYNAMIC_PORTS_LEN;
+                while used.contains(&(first + candidate)) {
+                    candidate = (candidate + 1) % len;
                     if candidate == start {
                         break;
                     }
                 }
-                let number = DYNAMIC_PORTS_START + candidate;
+                let number = first + candidate;
                 used.insert(number);
                 number
             }
@@ -628,7 +632,7 @@ placement: { count: { total: 3 } }
             let instance = &set.instances[0];
             assert_eq!(instance.id.0, "shop/web#0");
             let http = instance.ports["http"];
-            assert!((DYNAMIC_PORTS_START..DYNAMIC_PORTS_START + DYNAMIC_PORTS_LEN).contains(&http));
+            assert!(DEFAULT_DYNAMIC_PORTS.contains(&http));
             assert_eq!(instance.ports["admin"], 9000, "a fixed port is kept");
             assert_eq!(instance.args[1], format!("127.0.0.1:{http}"), "ports are rendered");
             assert_eq!(
@@ -713,7 +717,7 @@ placement: { count: { total: 3 } }
             .filter_map(|(key, placement)| Some((key.clone(), (desired.components.get(&*key.component)?, placement))))
             .collect();
         let ports = |one_machine: bool| -> Vec<u16> {
-            assignments_of(&chosen, &many, "salt", one_machine)
+            assignments_of(&chosen, &many, "salt", one_machine, &DEFAULT_DYNAMIC_PORTS)
                 .values()
                 .flat_map(|set| set.instances.iter().map(|i| i.ports["http"]))
                 .collect()
@@ -727,6 +731,14 @@ placement: { count: { total: 3 } }
         );
         let shared = ports(true);
         assert_eq!(distinct(&shared), 300, "one machine: every port its own");
+        // A window of its own (a second lab on the machine): every port in it, still distinct.
+        let window = 31_000..=31_299;
+        let windowed: Vec<u16> = assignments_of(&chosen, &many, "salt", true, &window)
+            .values()
+            .flat_map(|set| set.instances.iter().map(|i| i.ports["http"]))
+            .collect();
+        assert!(windowed.iter().all(|p| window.contains(p)), "{windowed:?}");
+        assert_eq!(distinct(&windowed), 300);
     }
 
     #[test]
@@ -824,7 +836,7 @@ placement: { count: { per_host: 1 } }
             let stored = serde_json::to_value(&plan).unwrap();
             let mut current = in_force(&desired, &stored);
             let mut in_service = basis.clone();
-            let first = running(&sets(&current, &in_service, "salt", false));
+            let first = running(&sets(&current, &in_service, "salt", false, &DEFAULT_DYNAMIC_PORTS));
             proptest::prop_assert_eq!(first.len(), 4, "every basis host runs something: {:?}", first.keys());
             for (op, host, zone) in ops {
                 let name = format!("h{host}");
@@ -846,10 +858,10 @@ placement: { count: { per_host: 1 } }
                     // The server restarts: everything is read back from the store.
                     _ => current = in_force(&desired, &stored),
                 }
-                let now = running(&sets(&current, &in_service, "salt", false));
+                let now = running(&sets(&current, &in_service, "salt", false, &DEFAULT_DYNAMIC_PORTS));
                 proptest::prop_assert_eq!(&now, &first);
                 // Every host in service gets a set, if only an empty one.
-                let rendered = sets(&current, &in_service, "salt", false);
+                let rendered = sets(&current, &in_service, "salt", false, &DEFAULT_DYNAMIC_PORTS);
                 for host in &in_service {
                     proptest::prop_assert!(rendered.contains_key(&host.name));
                 }

@@ -55,6 +55,9 @@ pub struct AgentConfig {
     /// Every agent runs on this one machine (`endstate dev`, a lab): a port the server
     /// allocates is unique across hosts, not only on its host.
     pub one_machine: bool,
+    /// The ports the server allocates to components that fix none (20000-29999 by default):
+    /// firewall rules name it; labs sharing a machine each take their own.
+    pub dynamic_ports: std::ops::RangeInclusive<u16>,
 }
 
 impl Default for AgentConfig {
@@ -64,6 +67,7 @@ impl Default for AgentConfig {
             cert_lifetime: endstate_pki::DEFAULT_AGENT_LIFETIME,
             advertise_url: None,
             one_machine: false,
+            dynamic_ports: assign::DEFAULT_DYNAMIC_PORTS,
         }
     }
 }
@@ -269,7 +273,13 @@ impl Hub {
         let target = current.target();
         let mut assigned = self.assigned.lock().await;
         if assigned.key.as_ref() != Some(&key) {
-            let mut sets = assign::sets(&current, &hosts, &self.tls.ca_sha256, self.config.one_machine);
+            let mut sets = assign::sets(
+                &current,
+                &hosts,
+                &self.tls.ca_sha256,
+                self.config.one_machine,
+                &self.config.dynamic_ports,
+            );
             // Checks and actions follow what is rendered: the change's revision while it rolls
             // out, else the base.
             if let Some((_, desired)) = current.shown() {
