@@ -1416,7 +1416,7 @@ fn replay(runs: &mut BTreeMap<u64, Run>, n: u64, event: &endstate_store::Event, 
                 return;
             };
             h.state = match result.state.as_str() {
-                "refused" => HostState::Refused,
+                _ if event.kind == "action.refused" => HostState::Refused,
                 "succeeded" => HostState::Succeeded,
                 "timed_out" => HostState::TimedOut,
                 "cancelled" => HostState::Cancelled,

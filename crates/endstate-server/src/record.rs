@@ -163,7 +163,8 @@ impl Progress {
     /// The change's progress, for the controller: refused when unreadable or newer than this
     /// build, so that it never drives a change from a wrong position.
     pub(crate) fn read(change: &Change) -> Result<Progress, String> {
-        let Some(value) = change.progress.as_ref() else {
+        // None (or null): nothing released yet.
+        let Some(value) = change.progress.as_ref().filter(|v| !v.is_null()) else {
             return Ok(Progress::default());
         };
         let progress: Progress = serde_json::from_value(value.clone())

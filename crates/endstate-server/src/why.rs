@@ -124,8 +124,11 @@ pub(crate) fn ago(ms: i64) -> String {
 /// Ranks `events` (any order, duplicates allowed) as explanations of what happened at `at_ms`.
 /// Events after `at_ms` or of other kinds are not suspects.
 #[allow(clippy::cast_precision_loss)]
-/// The run an event of a run names.
+/// The run an event of a run names (only `action.*` events are parsed: ranking reads thousands).
 fn run_of(event: &Event) -> Option<String> {
+    if !event.kind.starts_with("action.") {
+        return None;
+    }
     crate::actions::run_of(&event.typed()?).map(str::to_owned)
 }
 

@@ -3,10 +3,7 @@
 //! raises an alert that shows in `endstate alerts`, on the timeline and at a webhook listener of
 //! the test; acknowledged, then answering again, it is resolved.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
@@ -16,38 +13,6 @@ use crate::hosts::{alive, pgrep};
 use crate::{Process, run, text};
 
 const PLUGIN: &str = "/usr/lib/nagios/plugins/check_http";
-
-/// A webhook receiver on a free loopback port: every POST body it got, in order.
-fn webhook_listener() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    let received = Arc::new(Mutex::new(Vec::new()));
-    let sink = Arc::clone(&received);
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut length = 0;
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    length = value.trim().parse().unwrap_or(0);
-                }
-            }
-            let mut body = vec![0; length];
-            if reader.read_exact(&mut body).is_ok()
-                && let Ok(json) = serde_json::from_slice(&body)
-            {
-                sink.lock().unwrap().push(json);
-            }
-            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
-        }
-    });
-    (url, received)
-}
 
 /// Waits (at most 90 s) until `probe` returns `Some`.
 fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>, explain: impl Fn() -> String) -> T {
@@ -79,7 +44,7 @@ fn a_stopped_service_raises_an_alert_seen_in_alerts_the_timeline_and_a_webhook_t
         Path::new(PLUGIN).exists(),
         "{PLUGIN} is missing: install Debian's monitoring-plugins (.ci/run does)"
     );
-    let (hook, received) = webhook_listener();
+    let hook = endstate_testkit::webhook::Receiver::start();
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config.json");
     let data = dir.path().join("data");
@@ -93,7 +58,7 @@ fn a_stopped_service_raises_an_alert_seen_in_alerts_the_timeline_and_a_webhook_t
             "--data-dir",
             data.to_str().unwrap(),
             "--alert-webhook",
-            &hook,
+            &hook.url,
         ],
         &config,
     );
@@ -152,7 +117,7 @@ fn a_stopped_service_raises_an_alert_seen_in_alerts_the_timeline_and_a_webhook_t
         .max()
         .unwrap_or(0);
     let after = |e: &serde_json::Value| e["seq"].as_u64().unwrap_or(0) > before;
-    received.lock().unwrap().clear();
+    hook.clear();
 
     // dev-a's web process stops answering (SIGSTOP: the supervisor still sees it running).
     let pattern = format!("{}/agents/a/versions/storefront/web/", data.display());
@@ -207,14 +172,11 @@ fn a_stopped_service_raises_an_alert_seen_in_alerts_the_timeline_and_a_webhook_t
     let notified = wait_for(
         "the webhook to receive the alert",
         || {
-            received
-                .lock()
-                .unwrap()
-                .iter()
+            hook.received()
+                .into_iter()
                 .find(|n| n["alert"]["key"]["target"] == target && n["alert"]["status"] == "critical")
-                .cloned()
         },
-        || format!("{:#?}\n{}", received.lock().unwrap(), timeline("alert.")),
+        || format!("{:#?}\n{}", hook.received(), timeline("alert.")),
     );
     assert_eq!(notified["kind"], "endstate.alert", "{notified:#}");
     assert_eq!(notified["history"]["label"], "new", "{notified:#}");
@@ -278,14 +240,11 @@ fn a_stopped_service_raises_an_alert_seen_in_alerts_the_timeline_and_a_webhook_t
     wait_for(
         "the webhook to hear of the resolution",
         || {
-            received
-                .lock()
-                .unwrap()
-                .iter()
+            hook.received()
+                .into_iter()
                 .find(|n| n["alert"]["key"]["target"] == target && n["reason"] == "resolved")
-                .cloned()
         },
-        || format!("{:#?}", received.lock().unwrap()),
+        || format!("{:#?}", hook.received()),
     );
     // check_procs resolves too, on its next run.
     wait_for(
@@ -347,7 +306,7 @@ fn a_stopped_service_raises_an_alert_seen_in_alerts_the_timeline_and_a_webhook_t
         silences.contains("host dev-b") && silences.contains("replacing dev-b's disk"),
         "{silences}"
     );
-    received.lock().unwrap().clear();
+    hook.clear();
     let quiet_target = "storefront/web#0@dev-b";
     let pattern = format!("{}/agents/b/versions/storefront/web/", data.display());
     let pids: Vec<i32> = pgrep(&pattern).into_iter().filter(|p| alive(*p)).collect();
@@ -382,12 +341,10 @@ fn a_stopped_service_raises_an_alert_seen_in_alerts_the_timeline_and_a_webhook_t
         },
         || timeline("check.,alert."),
     );
-    let heard: Vec<_> = received
-        .lock()
-        .unwrap()
-        .iter()
+    let heard: Vec<_> = hook
+        .received()
+        .into_iter()
         .filter(|n| n["alert"]["key"]["target"] == quiet_target)
-        .cloned()
         .collect();
     assert!(heard.is_empty(), "a silenced alert notifies nobody: {heard:#?}");
     let id = serde_json::from_str::<serde_json::Value>(&text(&run(&["silences", "-o", "json"], &config).stdout))
