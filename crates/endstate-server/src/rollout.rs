@@ -104,7 +104,7 @@ pub(crate) async fn drive(state: &AppState, change: &Change) -> Result<(), ApiEr
             ChangeState::Failed,
             Transition::default(),
             reason,
-            endstate_events::Event::ChangeFailed as crate::record::Kind,
+            endstate_events::Event::ChangeFailed,
         )
         .await?;
         return Ok(());
@@ -201,7 +201,7 @@ pub(crate) async fn drive(state: &AppState, change: &Change) -> Result<(), ApiEr
                 ChangeState::Halted,
                 update,
                 reason,
-                endstate_events::Event::ChangeHalted as crate::record::Kind,
+                endstate_events::Event::ChangeHalted,
             )
             .await?;
         }
@@ -233,7 +233,7 @@ pub(crate) async fn drive(state: &AppState, change: &Change) -> Result<(), ApiEr
                     ..Transition::default()
                 },
                 reason,
-                endstate_events::Event::ChangeWaveStarted as crate::record::Kind,
+                endstate_events::Event::ChangeWaveStarted,
             )
             .await?;
             fleet.refresh(state).await?;
@@ -258,7 +258,7 @@ pub(crate) async fn drive(state: &AppState, change: &Change) -> Result<(), ApiEr
                     ChangeState::Converged,
                     update,
                     reason,
-                    endstate_events::Event::ChangeConverged as crate::record::Kind,
+                    endstate_events::Event::ChangeConverged,
                 )
                 .await?;
             }
@@ -283,7 +283,7 @@ pub(crate) async fn drive(state: &AppState, change: &Change) -> Result<(), ApiEr
                     ChangeState::RolledBack,
                     update,
                     reason,
-                    endstate_events::Event::ChangeRolledBack as crate::record::Kind,
+                    endstate_events::Event::ChangeRolledBack,
                 )
                 .await?;
             } else {
@@ -311,7 +311,7 @@ pub(crate) async fn drive(state: &AppState, change: &Change) -> Result<(), ApiEr
                     ChangeState::Rolling,
                     update,
                     reason,
-                    endstate_events::Event::ChangeRollingBack as crate::record::Kind,
+                    endstate_events::Event::ChangeRollingBack,
                 )
                 .await?;
                 fleet.refresh(state).await?;
@@ -352,7 +352,7 @@ pub(crate) async fn drive(state: &AppState, change: &Change) -> Result<(), ApiEr
                 ChangeState::Halted,
                 update,
                 reason,
-                endstate_events::Event::ChangeHalted as crate::record::Kind,
+                endstate_events::Event::ChangeHalted,
             )
             .await?;
         }
@@ -379,7 +379,7 @@ pub(crate) async fn drive(state: &AppState, change: &Change) -> Result<(), ApiEr
                 ChangeState::Rolling,
                 update,
                 reason,
-                endstate_events::Event::ChangeRollingBack as crate::record::Kind,
+                endstate_events::Event::ChangeRollingBack,
             )
             .await?;
             fleet.refresh(state).await?;
@@ -449,7 +449,7 @@ async fn replan(
         ChangeState::Rolling,
         update,
         reason,
-        endstate_events::Event::ChangeReplanned as crate::record::Kind,
+        endstate_events::Event::ChangeReplanned,
     )
     .await?;
     fleet.refresh(state).await?;
@@ -483,7 +483,7 @@ async fn wait(
         ChangeState::Rolling,
         update,
         reason,
-        endstate_events::Event::ChangeWaiting as crate::record::Kind,
+        endstate_events::Event::ChangeWaiting,
     )
     .await?;
     Ok(())
@@ -918,14 +918,14 @@ pub(crate) async fn command(
             change.state.as_str()
         )))
     };
-    let (to, kind, reason) = match (command, change.state) {
+    let (to, kind, reason): (ChangeState, crate::record::Kind, String) = match (command, change.state) {
         (_, s) if s.is_terminal() => return refuse("it is over"),
         (Command::Accept, ChangeState::Halted) if progress.proposed => {
             progress.proposed = false;
             progress.last_decision = None;
             (
                 ChangeState::Rolling,
-                endstate_events::Event::ChangeAccepted as crate::record::Kind,
+                endstate_events::Event::ChangeAccepted,
                 format!("accepted by {actor}{why}; rolling out in waves, gated"),
             )
         }
@@ -939,7 +939,7 @@ pub(crate) async fn command(
             progress.paused_by = Some(actor.to_owned());
             (
                 ChangeState::Rolling,
-                endstate_events::Event::ChangePaused as crate::record::Kind,
+                endstate_events::Event::ChangePaused,
                 format!("paused by {actor}{why}"),
             )
         }
@@ -956,7 +956,7 @@ pub(crate) async fn command(
             }
             (
                 ChangeState::Rolling,
-                endstate_events::Event::ChangeResumed as crate::record::Kind,
+                endstate_events::Event::ChangeResumed,
                 format!("resumed by {actor}{why}"),
             )
         }
@@ -985,13 +985,13 @@ pub(crate) async fn command(
                     ChangeState::RolledBack,
                     update,
                     format!("{reason}; no wave had started"),
-                    endstate_events::Event::ChangeRolledBack as crate::record::Kind,
+                    endstate_events::Event::ChangeRolledBack,
                 )
                 .await;
             }
             (
                 ChangeState::Rolling,
-                endstate_events::Event::ChangeRollingBack as crate::record::Kind,
+                endstate_events::Event::ChangeRollingBack,
                 format!("rolling back: {reason}"),
             )
         }
@@ -1006,7 +1006,7 @@ pub(crate) async fn command(
                 ChangeState::Failed,
                 update,
                 format!("aborted by {actor}{why} before it rolled"),
-                endstate_events::Event::ChangeAborted as crate::record::Kind,
+                endstate_events::Event::ChangeAborted,
             )
             .await;
         }

@@ -85,7 +85,7 @@ pub(crate) async fn round(state: &AppState) -> Result<(), ApiError> {
             ChangeState::Superseded,
             Transition::default(),
             reason,
-            endstate_events::Event::ChangeSuperseded as crate::record::Kind,
+            endstate_events::Event::ChangeSuperseded,
         )
         .await?;
     }
@@ -126,7 +126,7 @@ async fn queue_behind(state: &AppState, change: &Change, active: &Change) -> Res
         ChangeState::Pending,
         update,
         reason,
-        endstate_events::Event::ChangeQueued as crate::record::Kind,
+        endstate_events::Event::ChangeQueued,
     )
     .await?;
     Ok(())
@@ -147,7 +147,7 @@ async fn drive(state: &AppState, change: &Change) -> Result<(), ApiError> {
             ChangeState::Failed,
             Transition::default(),
             reason,
-            endstate_events::Event::ChangeFailed as crate::record::Kind,
+            endstate_events::Event::ChangeFailed,
         )
         .await?;
         return Ok(());
@@ -183,7 +183,7 @@ async fn drive(state: &AppState, change: &Change) -> Result<(), ApiError> {
             ChangeState::Failed,
             update,
             reason,
-            endstate_events::Event::ChangeFailed as crate::record::Kind,
+            endstate_events::Event::ChangeFailed,
         )
         .await?;
         return Ok(());
@@ -207,7 +207,7 @@ async fn drive(state: &AppState, change: &Change) -> Result<(), ApiError> {
             ChangeState::Planning,
             update,
             reason,
-            endstate_events::Event::ChangePlanning as crate::record::Kind,
+            endstate_events::Event::ChangePlanning,
         )
         .await?
     } else {
@@ -230,7 +230,7 @@ async fn drive(state: &AppState, change: &Change) -> Result<(), ApiError> {
             ChangeState::Converged,
             update,
             reason,
-            endstate_events::Event::ChangeConverged as crate::record::Kind,
+            endstate_events::Event::ChangeConverged,
         )
         .await?;
         return Ok(());
@@ -261,7 +261,7 @@ async fn drive(state: &AppState, change: &Change) -> Result<(), ApiError> {
             ChangeState::Rolling,
             update,
             reason,
-            endstate_events::Event::ChangeRolling as crate::record::Kind,
+            endstate_events::Event::ChangeRolling,
         )
         .await?;
         return crate::rollout::drive(state, &change).await;
@@ -269,9 +269,9 @@ async fn drive(state: &AppState, change: &Change) -> Result<(), ApiError> {
     let reason = waiting_reason(&plan);
     if change.plan.as_ref() != Some(&plan_json) || change.reason.as_deref() != Some(reason.as_str()) {
         let kind = if change.reason.as_deref() == Some(reason.as_str()) {
-            endstate_events::Event::ChangeReplanned as crate::record::Kind
+            endstate_events::Event::ChangeReplanned
         } else {
-            endstate_events::Event::ChangeWaiting as crate::record::Kind
+            endstate_events::Event::ChangeWaiting
         };
         let update = Transition {
             plan: Some(plan_json),
