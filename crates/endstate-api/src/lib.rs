@@ -24,6 +24,33 @@ fn integral_i64<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64
     }
 }
 
+/// An unsigned integer of a request body (see [`integral_i64`]): a JSON number, also with a zero
+/// fraction, in the range of `T`.
+fn unsigned_of<T: TryFrom<u64>>(value: &serde_json::Number) -> Option<T> {
+    let n = value.as_u64().or_else(|| {
+        let f = value.as_f64()?;
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        (f.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(&f)).then_some(f as u64)
+    })?;
+    T::try_from(n).ok()
+}
+
+fn integral_unsigned<'de, D: serde::Deserializer<'de>, T: TryFrom<u64>>(deserializer: D) -> Result<T, D::Error> {
+    let value = serde_json::Number::deserialize(deserializer)?;
+    unsigned_of(&value).ok_or_else(|| serde::de::Error::custom(format!("{value} is not an integer in range")))
+}
+
+fn integral_unsigned_opt<'de, D: serde::Deserializer<'de>, T: TryFrom<u64>>(
+    deserializer: D,
+) -> Result<Option<T>, D::Error> {
+    match Option::<serde_json::Number>::deserialize(deserializer)? {
+        None => Ok(None),
+        Some(value) => unsigned_of(&value)
+            .map(Some)
+            .ok_or_else(|| serde::de::Error::custom(format!("{value} is not an integer in range"))),
+    }
+}
+
 /// The version prefix of every route.
 pub const API_PREFIX: &str = "/v1";
 
@@ -70,7 +97,11 @@ pub struct SubmitRevision {
     /// The latest revision the client saw when it planned (`latest_revision` of `POST /v1/plan`).
     /// When given, the server refuses the submission with 409 if another revision was submitted
     /// since, so what is submitted is what was previewed. `0` means "none was submitted yet".
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "integral_unsigned_opt"
+    )]
     pub parent: Option<u64>,
     /// How the change is rolled out on the hosts (host groups, retired and targeted hosts).
     #[serde(default, skip_serializing_if = "ChangeOptions::is_empty")]
@@ -114,7 +145,11 @@ impl ChangeOptions {
 #[serde(deny_unknown_fields)]
 pub struct PlanBasis {
     /// The last revision that converged (absent: none has).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "integral_unsigned_opt"
+    )]
     pub base_revision: Option<u64>,
     /// Every host in service with its labels.
     pub hosts: BTreeMap<String, BTreeMap<String, String>>,
@@ -298,7 +333,11 @@ pub struct ChangeCommand {
 pub struct RollbackRequest {
     /// The revision to go back to; by default the last converged one (while a change is rolling
     /// out) or the one converged before it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "integral_unsigned_opt"
+    )]
     pub to: Option<u64>,
     /// Why, for the timeline (at most 4 KiB).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -311,6 +350,7 @@ pub struct RollbackRequest {
 pub struct ScaleRequest {
     /// The new count (1 to 10,000), of the same kind as declared: per host or in total.
     #[schema(minimum = 1, maximum = 10000)]
+    #[serde(deserialize_with = "integral_unsigned")]
     pub count: u32,
     /// Why, for the timeline (at most 4 KiB).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1277,4 +1317,29 @@ pub struct ReviewView {
     pub fired: Vec<FiredAlert>,
     /// The period's counts and median times.
     pub summary: ReviewSummary,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// JSON Schema's `integer` allows a zero fraction, so generated clients may send `7.0`.
+    #[test]
+    fn integers_of_requests_may_come_with_a_zero_fraction() {
+        let scale: ScaleRequest = serde_json::from_str(r#"{"count": 9999.0}"#).unwrap();
+        assert_eq!(scale.count, 9999);
+        let rollback: RollbackRequest = serde_json::from_str(r#"{"to": 7.0}"#).unwrap();
+        assert_eq!(rollback.to, Some(7));
+        assert_eq!(serde_json::from_str::<RollbackRequest>("{}").unwrap().to, None);
+        let basis: PlanBasis = serde_json::from_str(r#"{"base_revision": 2668150.0, "hosts": {}}"#).unwrap();
+        assert_eq!(basis.base_revision, Some(2_668_150));
+        for bad in [
+            r#"{"count": 2.5}"#,
+            r#"{"count": -1}"#,
+            r#"{"count": 4294967296}"#,
+            r#"{"count": "3"}"#,
+        ] {
+            assert!(serde_json::from_str::<ScaleRequest>(bad).is_err(), "{bad}");
+        }
+    }
 }

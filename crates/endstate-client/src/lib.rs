@@ -467,7 +467,7 @@ impl Client {
     /// Acknowledges or annotates every open alert matching the request's filters at once.
     ///
     /// # Errors
-    /// As the server says (400 without a filter).
+    /// As the server says (422 without a filter).
     pub async fn bulk_alerts(
         &self,
         request: &endstate_api::BulkAlerts,
@@ -520,7 +520,7 @@ impl Client {
     /// Adds a note to a system's timeline; returns the stored event.
     ///
     /// # Errors
-    /// As the server says (400 naming `text` when it is blank or too long, 404 for an unknown system).
+    /// As the server says (422 naming `text` when it is blank or too long, 404 for an unknown system).
     pub async fn add_note(&self, system: &str, text: &str) -> Result<EventView, ClientError> {
         let path = format!("/v1/systems/{}/notes", segment(system));
         self.post(&path, &CreateNote { text: text.to_string() }).await
@@ -530,7 +530,7 @@ impl Client {
     /// (`check:system/check@host`).
     ///
     /// # Errors
-    /// As the server says (400 for a bad target, 404 for an unknown one).
+    /// As the server says (422 for a bad target, 404 for an unknown one).
     pub async fn history(&self, target: &str) -> Result<HistoryView, ClientError> {
         let query = form_urlencoded::Serializer::new(String::new())
             .append_pair("target", target)
@@ -542,7 +542,7 @@ impl Client {
     /// ago; `window`: how far back, a duration).
     ///
     /// # Errors
-    /// As the server says (400 for a bad target, time or window, 404 for an unknown one).
+    /// As the server says (422 for a bad target, time or window, 404 for an unknown one).
     pub async fn why(&self, target: &str, at: Option<&str>, window: Option<&str>) -> Result<WhyView, ClientError> {
         let mut query = form_urlencoded::Serializer::new(String::new());
         query.append_pair("target", target);
@@ -566,7 +566,7 @@ impl Client {
     /// The hosts of the inventory that match `filter`.
     ///
     /// # Errors
-    /// As the server says (400 for a bad selector or kind, 404 for an unknown system).
+    /// As the server says (422 for a bad selector or kind, 404 for an unknown system).
     pub async fn inventory(&self, filter: &HostsFilter) -> Result<Vec<HostView>, ClientError> {
         let mut query = form_urlencoded::Serializer::new(String::new());
         for (key, value) in [

@@ -338,7 +338,7 @@ pub(crate) fn resolve_params(
         .map(|(field, message)| format!("{field}: {message}"))
         .collect::<Vec<_>>()
         .join("; ");
-    Err(ApiError::BadRequest {
+    Err(ApiError::Invalid {
         detail,
         errors: problems
             .into_iter()
@@ -405,7 +405,7 @@ fn check_param(declared: &endstate_spec::Parameter, value: &serde_json::Value) -
 
 /// Asks to run an action: it starts at once, waits for approval, or is refused with the reason.
 #[utoipa::path(post, path = "/v1/runs", request_body = RunRequest,
-    responses((status = 201, body = RunView), (status = 400, description = "unknown action, bad parameters or hosts", body = endstate_api::Problem),
+    responses((status = 201, body = RunView), (status = 422, description = "unknown action, bad parameters or hosts", body = endstate_api::Problem),
         (status = 403, description = "not allowed, or escalate only (the contact is named)", body = endstate_api::Problem),
         (status = 409, description = "a non-reentrant run of it is going, or a change rolls on the system", body = endstate_api::Problem),
         (status = 429, description = "the action's or the system's run rate limit", body = endstate_api::Problem)),
@@ -536,7 +536,7 @@ pub(crate) async fn request(
             }
         }
         if !problems.is_empty() {
-            return Err(ApiError::BadRequest {
+            return Err(ApiError::Invalid {
                 detail: problems
                     .iter()
                     .map(|p| p.message.clone())
@@ -1531,7 +1531,7 @@ mod tests {
 
     #[test]
     fn every_bad_value_is_named_by_its_field() {
-        let Err(ApiError::BadRequest { errors, .. }) = resolve_params(
+        let Err(ApiError::Invalid { errors, .. }) = resolve_params(
             &action(),
             &given(&[
                 ("scope", "everything".into()),
@@ -1579,7 +1579,7 @@ mod tests {
     fn a_pattern_must_match_the_whole_value() {
         let bad = resolve_params(&action(), &given(&[("ticket", "see OPS-12; rm -rf /".into())]));
         assert!(
-            matches!(bad, Err(ApiError::BadRequest { errors, .. }) if errors[0].message.contains("does not match the pattern"))
+            matches!(bad, Err(ApiError::Invalid { errors, .. }) if errors[0].message.contains("does not match the pattern"))
         );
     }
 

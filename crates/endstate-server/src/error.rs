@@ -16,9 +16,16 @@ pub(crate) enum ApiError {
     /// The token is known but may not do this.
     #[error("{0}")]
     Forbidden(String),
-    /// The request is malformed; the fields say where.
+    /// The request could not be read (not JSON, a value of the wrong type, an unknown field or
+    /// parameter, a path that is not text): 400, raised only by the extractors. The fields say
+    /// where.
     #[error("{detail}")]
     BadRequest { detail: String, errors: Vec<FieldError> },
+    /// The request was read, and a value in it is refused for its meaning (a name that breaks
+    /// the rules, a reversed window, an unknown action parameter, a target that does not parse):
+    /// 422. The fields say where.
+    #[error("{detail}")]
+    Invalid { detail: String, errors: Vec<FieldError> },
     /// The body is larger than the limit.
     #[error("the request body is larger than {limit} bytes")]
     TooLarge { limit: usize },
@@ -63,7 +70,18 @@ pub(crate) enum ApiError {
 }
 
 impl ApiError {
+    /// A value the handler refuses for its meaning (422), naming its field.
     pub(crate) fn bad_field(field: impl Into<String>, message: impl Into<String>) -> ApiError {
+        let field = field.into();
+        let message = message.into();
+        ApiError::Invalid {
+            detail: format!("invalid {field}: {message}"),
+            errors: vec![FieldError { field, message }],
+        }
+    }
+
+    /// A request the extractors could not read (400), naming the field.
+    pub(crate) fn malformed(field: impl Into<String>, message: impl Into<String>) -> ApiError {
         let field = field.into();
         let message = message.into();
         ApiError::BadRequest {
@@ -78,6 +96,11 @@ impl ApiError {
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized", "Credential refused"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
             ApiError::BadRequest { .. } => (StatusCode::BAD_REQUEST, "bad-request", "Bad request"),
+            ApiError::Invalid { .. } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid-request",
+                "Refused for its meaning",
+            ),
             ApiError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too-large", "Request body too large"),
             ApiError::InvalidSpec { .. } => (
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -131,7 +154,7 @@ impl IntoResponse for ApiError {
             tracing::error!(error = %detail, "Request failed.");
         }
         let (errors, diagnostics) = match &self {
-            ApiError::BadRequest { errors, .. } => (errors.clone(), Vec::new()),
+            ApiError::BadRequest { errors, .. } | ApiError::Invalid { errors, .. } => (errors.clone(), Vec::new()),
             ApiError::InvalidSpec { diagnostics, .. } => (Vec::new(), diagnostics.clone()),
             ApiError::BasisMoved(moved) => (
                 moved

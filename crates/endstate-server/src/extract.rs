@@ -29,13 +29,13 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
                 other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
                     ApiError::TooLarge { limit: MAX_BODY_BYTES }
                 }
-                other => ApiError::bad_field("body", other.body_text()),
+                other => ApiError::malformed("body", other.body_text()),
             })?;
         let mut deserializer = serde_json::Deserializer::from_slice(&bytes);
         let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
             let path = error.path().to_string();
             let field = if path == "." { "body".to_string() } else { path };
-            ApiError::bad_field(field, error.into_inner().to_string())
+            ApiError::malformed(field, error.into_inner().to_string())
         })?;
         Ok(JsonBody(value))
     }
@@ -64,6 +64,14 @@ pub(crate) fn limit<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result
     }
 }
 
+/// A `depth` query parameter: from 0 to 1000 (deeper than any tree of systems a spec can hold).
+pub(crate) fn depth<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<usize>, D::Error> {
+    match Option::<u64>::deserialize(deserializer)? {
+        Some(n) if n > 1000 => Err(serde::de::Error::custom(format!("is {n}; expected 0 to 1000"))),
+        depth => Ok(depth.and_then(|n| usize::try_from(n).ok())),
+    }
+}
+
 /// A timeline position (`after`): what the store can hold, up to `i64::MAX`.
 pub(crate) fn seq<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
     match Option::<u64>::deserialize(deserializer)? {
@@ -86,12 +94,13 @@ impl<S: Send + Sync> FromRequestParts<S> for Segment {
         Path::<String>::from_request_parts(parts, state)
             .await
             .map(|Path(segment)| Segment(segment))
-            .map_err(|rejection| ApiError::bad_field("path", rejection.body_text()))
+            .map_err(|rejection| ApiError::malformed("path", rejection.body_text()))
     }
 }
 
-/// Query parameters whose errors name the parameter that is wrong (`limit`, `since`). A
-/// parameter given empty (`?system=&kind=`, as a form sends a field left blank) is absent.
+/// Query parameters whose errors name the parameter that is wrong (`limit`, `since`). A text
+/// parameter given empty (`?system=&kind=`, as a form sends a field left blank) is absent; an
+/// empty number or flag (`?limit=`) is refused, as the OpenAPI document says.
 pub(crate) struct Params<T>(pub(crate) T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Params<T> {
@@ -99,6 +108,20 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Params<T> {
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         let raw = parts.uri.query().unwrap_or("");
+        let blank: Vec<String> = form_urlencoded::parse(raw.as_bytes())
+            .filter(|(_, value)| value.is_empty())
+            .map(|(name, _)| name.into_owned())
+            .collect();
+        if !blank.is_empty() {
+            // Read as given: a blank that cannot be read as its parameter is not text.
+            let as_given = serde_urlencoded::Deserializer::new(form_urlencoded::parse(raw.as_bytes()));
+            if let Err(error) = serde_path_to_error::deserialize::<_, T>(as_given) {
+                let path = error.path().to_string();
+                if blank.contains(&path) {
+                    return Err(ApiError::malformed(path, format!("is empty: {}", error.into_inner())));
+                }
+            }
+        }
         let given: String = form_urlencoded::Serializer::new(String::new())
             .extend_pairs(form_urlencoded::parse(raw.as_bytes()).filter(|(_, value)| !value.is_empty()))
             .finish();
@@ -110,7 +133,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Params<T> {
                 let message = error.into_inner().to_string();
                 // An unknown parameter has no path of its own; its name is in the message.
                 let field = if path == "." { "query".to_string() } else { path };
-                ApiError::bad_field(field, message)
+                ApiError::malformed(field, message)
             })
     }
 }

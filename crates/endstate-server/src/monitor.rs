@@ -1124,22 +1124,40 @@ async fn send(state: &AppState, delivery: &Delivery) -> (NewEvent, Option<String
     }
 }
 
+/// How many queued deliveries (and as many outcomes) the start reads at most: a day of a
+/// notification every second.
+const MAX_RESUMED_EVENTS: usize = 100_000;
+
 /// At start: sends again every delivery of the last day that was queued and has no outcome on
 /// the timeline (the server stopped between queueing and recording), from a task of its own.
 pub(crate) async fn resume_deliveries(state: &AppState) -> Result<usize, ApiError> {
     let since = state.now_ms() - REDELIVER_WITHIN_MS;
+    // Every page of the day, newest first: an outcome left unread would send its delivery twice.
     let read = |kinds: &[&str]| {
-        let query = endstate_store::EventQuery {
-            kinds: Some(kinds.iter().map(|k| (*k).to_owned()).collect()),
-            since_ms: Some(since),
-            limit: 1000,
-            ..endstate_store::EventQuery::default()
-        };
+        let kinds: Vec<String> = kinds.iter().map(|k| (*k).to_owned()).collect();
         let store = state.store();
-        async move { store.query_events(&query).await }
+        async move {
+            let mut all = Vec::new();
+            let mut before = None;
+            loop {
+                let query = endstate_store::EventQuery {
+                    kinds: Some(kinds.clone()),
+                    since_ms: Some(since),
+                    before,
+                    limit: endstate_store::MAX_PAGE_LIMIT,
+                    ..endstate_store::EventQuery::default()
+                };
+                let page = store.query_events(&query).await?;
+                all.extend(page.items);
+                match page.next {
+                    Some(seq) if all.len() < MAX_RESUMED_EVENTS => before = Some(endstate_types::EventSeq(seq)),
+                    _ => break Ok::<_, endstate_store::StoreError>(all),
+                }
+            }
+        }
     };
     let queued = read(&["alert.delivery_queued"]).await?;
-    if queued.items.is_empty() {
+    if queued.is_empty() {
         return Ok(0);
     }
     let done: BTreeSet<String> = read(&[
@@ -1149,7 +1167,6 @@ pub(crate) async fn resume_deliveries(state: &AppState) -> Result<usize, ApiErro
         "alert.ticket_failed",
     ])
     .await?
-    .items
     .iter()
     .filter_map(|e| match e.typed()? {
         Event::AlertNotified(n) | Event::AlertNotifyFailed(n) => Some(n.delivery),
@@ -1163,7 +1180,6 @@ pub(crate) async fn resume_deliveries(state: &AppState) -> Result<usize, ApiErro
     let still_configured =
         |d: &Delivery| config.webhooks.contains(&d.url) || config.ticket_webhook.as_deref() == Some(d.url.as_str());
     let pending: Vec<Delivery> = queued
-        .items
         .iter()
         .filter_map(|e| match e.typed()? {
             Event::AlertDeliveryQueued(recorded) => Some(Delivery::of_recorded(recorded)),

@@ -83,8 +83,9 @@ impl Modify for BearerAuth {
 /// Every error the server can answer, on every operation it can answer it for, as the server
 /// sends it: RFC 9457 problem details (`application/problem+json`). Malformed parameters or
 /// bodies (400), a missing or refused token (401, 403) on routes that need one, an unknown id in
-/// the path (404), a body too large or not JSON (413, 415), rate limits (429), the store failing
-/// (500) or a bound reached (503).
+/// the path (404), a write whose basis moved (409), a body too large or not JSON (413, 415), a
+/// value refused for its meaning (422) on routes that take parameters or a body, rate limits
+/// (429), the store failing (500) or a bound reached (503).
 struct ProblemResponses;
 
 impl Modify for ProblemResponses {
@@ -97,31 +98,46 @@ impl Modify for ProblemResponses {
         };
         for (path, item) in &mut openapi.paths.paths {
             let with_params = path.contains('{');
-            for operation in [
-                &mut item.get,
-                &mut item.put,
-                &mut item.post,
-                &mut item.delete,
-                &mut item.patch,
+            for (writes, operation) in [
+                (false, &mut item.get),
+                (true, &mut item.put),
+                (true, &mut item.post),
+                (true, &mut item.delete),
+                (true, &mut item.patch),
             ]
             .into_iter()
-            .flatten()
+            .filter_map(|(writes, operation)| Some((writes, operation.as_mut()?)))
             {
                 let anonymous = operation.security.as_ref().is_some_and(|all| {
                     all.iter()
                         .all(|req| serde_json::to_value(req).is_ok_and(|v| v == serde_json::json!({})))
                 });
                 let with_body = operation.request_body.is_some();
+                let with_query = operation.parameters.as_ref().is_some_and(|all| !all.is_empty());
                 let mut statuses = vec![(
                     "400",
-                    "The request is malformed: a parameter, the path or the body (the field is named)",
+                    "The request could not be read: not JSON, a value of the wrong type, an unknown field or parameter (the field is named)",
                 )];
+                if with_params || with_body || with_query {
+                    statuses.push((
+                        "422",
+                        "The request was read, and a value in it is refused for its meaning: a name, a window, a target, a spec (the field or document is named)",
+                    ));
+                }
                 if !anonymous {
                     statuses.push(("401", "No bearer token, or one the server does not know or revoked"));
                     statuses.push(("403", "The token's role or systems do not allow it"));
                 }
                 if with_params {
                     statuses.push(("404", "Nothing of that id or name"));
+                }
+                if writes {
+                    // The store refuses a write whose basis moved (a newer revision, a state
+                    // changed meanwhile): every write can meet it.
+                    statuses.push((
+                        "409",
+                        "What the request acts on changed meanwhile or is in a state that forbids it (the problem says what)",
+                    ));
                 }
                 if with_body {
                     statuses.push(("413", "The body is larger than the route accepts"));

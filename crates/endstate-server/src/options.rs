@@ -68,7 +68,7 @@ pub(crate) fn resolve(options: &ChangeOptions, hosts: &[HostInfo]) -> Result<Pla
             .map(|e| format!("{}: {}", e.field, e.message))
             .collect::<Vec<_>>()
             .join("; ");
-        Err(ApiError::BadRequest {
+        Err(ApiError::Invalid {
             detail: format!("invalid options: {detail}"),
             errors,
         })
@@ -230,7 +230,7 @@ mod tests {
             retire_hosts: vec!["h9".into()],
             target_hosts: vec!["h1".into(), "h2".into()],
         };
-        let Err(ApiError::BadRequest { errors, .. }) = resolve(
+        let Err(ApiError::Invalid { errors, .. }) = resolve(
             &ChangeOptions {
                 retire_hosts: vec!["h9".into(), "h2".into()],
                 ..bad
@@ -265,7 +265,7 @@ mod tests {
             retire_hosts: vec!["h1".into()],
             ..ChangeOptions::default()
         };
-        assert!(matches!(resolve(&options, &hosts), Err(ApiError::BadRequest { .. })));
+        assert!(matches!(resolve(&options, &hosts), Err(ApiError::Invalid { .. })));
     }
 
     #[test]

@@ -44,7 +44,7 @@ fn source_files(documents: &[Document]) -> Result<Vec<SourceFile>, ApiError> {
         }
     }
     if !errors.is_empty() {
-        return Err(ApiError::BadRequest {
+        return Err(ApiError::Invalid {
             detail: format!("{} invalid document(s)", errors.len()),
             errors,
         });

@@ -28,7 +28,9 @@ const POLL: Duration = Duration::from_secs(2);
 
 /// Live timeline events as server-sent events; same filters as `/v1/timeline`.
 #[utoipa::path(get, path = "/v1/stream", params(TimelineParams),
-    responses((status = 200, description = "text/event-stream of EventView, `id` = seq, `event` = kind")), security(("bearer" = [])))]
+    responses((status = 200, description = "text/event-stream of EventView, `id` = seq, `event` = kind"),
+        (status = 404, description = "a system or host never declared and without events", body = endstate_api::Problem)),
+    security(("bearer" = [])))]
 pub(crate) async fn stream(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,

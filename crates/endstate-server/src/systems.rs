@@ -53,7 +53,9 @@ pub(crate) async fn list_systems(
 #[into_params(parameter_in = Query)]
 pub(crate) struct SystemParams {
     /// How many levels of subsystems to expand (0: the system alone, its status still rolled
-    /// up from its whole subtree, naming the leaf). Default: all of them.
+    /// up from its whole subtree, naming the leaf; at most 1000). Default: all of them.
+    #[serde(default, deserialize_with = "crate::extract::depth")]
+    #[param(minimum = 0, maximum = 1000)]
     depth: Option<usize>,
 }
 
@@ -110,7 +112,7 @@ pub(crate) async fn describe_system(
 /// Add a note to a system's timeline (`note.added`, by the token's name). Nothing is stored
 /// unless the whole note is valid.
 #[utoipa::path(post, path = "/v1/systems/{name}/notes", params(("name" = String, Path)), request_body = CreateNote,
-    responses((status = 201, body = EventView), (status = 400, description = "blank or longer than 4 KiB: the field `text` is named", body = endstate_api::Problem),
+    responses((status = 201, body = EventView), (status = 422, description = "blank or longer than 4 KiB: the field `text` is named", body = endstate_api::Problem),
         (status = 403, body = endstate_api::Problem), (status = 404, body = endstate_api::Problem), (status = 413, body = endstate_api::Problem)),
     security(("bearer" = [])))]
 pub(crate) async fn add_note(

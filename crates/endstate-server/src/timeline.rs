@@ -75,7 +75,7 @@ fn check_window(since_ms: Option<i64>, until_ms: Option<i64>, now: i64) -> Resul
         && since > until
     {
         let message = format!("since ({}) is after until ({})", show(since), show(until));
-        return Err(ApiError::BadRequest {
+        return Err(ApiError::Invalid {
             detail: format!("the time window is reversed: {message}"),
             errors: vec![
                 endstate_api::FieldError {
@@ -103,7 +103,7 @@ fn check_window(since_ms: Option<i64>, until_ms: Option<i64>, now: i64) -> Resul
                     message: format!("makes a window of {days} days; at most 400 days"),
                 });
             }
-            return Err(ApiError::BadRequest {
+            return Err(ApiError::Invalid {
                 detail: format!("the time window spans {days} days; a query may span at most 400 days"),
                 errors,
             });
@@ -238,7 +238,7 @@ pub(crate) async fn event_query(state: &AppState, params: &TimelineParams) -> Re
 
 /// The timeline: newest first by default; with `after`, oldest first from a position.
 #[utoipa::path(get, path = "/v1/timeline", params(TimelineParams),
-    responses((status = 200, body = Page<EventView>), (status = 400, description = "a bad parameter, a reversed window or one longer than 400 days", body = endstate_api::Problem),
+    responses((status = 200, body = Page<EventView>), (status = 422, description = "a bad parameter value, a reversed window or one longer than 400 days", body = endstate_api::Problem),
         (status = 404, description = "a system never declared and without events", body = endstate_api::Problem)),
     security(("bearer" = [])))]
 pub(crate) async fn timeline(

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::{Extension, extract::ConnectInfo};
 use endstate_agent_proto::{FromServer, InstanceId, LogsRequest};
@@ -16,7 +16,7 @@ use serde::Deserialize;
 use crate::AppState;
 use crate::auth::{Actor, Verb, authorize};
 use crate::error::ApiError;
-use crate::extract::{JsonBody, Params};
+use crate::extract::{JsonBody, Params, Segment};
 
 /// The longest a join token may live.
 const MAX_JOIN_TTL: Duration = Duration::from_secs(7 * 24 * 60 * 60);
@@ -297,7 +297,7 @@ async fn refuse_enrol(state: &AppState, peer: std::net::SocketAddr, host: &str, 
 pub(crate) async fn revoke_host(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
-    Path(host): Path<String>,
+    Segment(host): Segment,
 ) -> Result<Json<HostView>, ApiError> {
     authorize(&actor, Verb::Administer, None)?;
     let name = HostName(host.clone());
@@ -346,13 +346,13 @@ pub(crate) async fn revoke_host(
 #[into_params(parameter_in = Query)]
 pub(crate) struct LogsParams {
     /// The instance, `system/component#slot`.
+    #[param(pattern = r"^[a-z0-9][a-z0-9._-]{0,62}/[a-z0-9][a-z0-9._-]{0,62}#[0-9]{1,9}$")]
     pub(crate) instance: String,
 }
 
 /// `GET /v1/hosts/{host}/logs?instance=…` (admin: output may hold secrets).
 #[utoipa::path(get, path = "/v1/hosts/{host}/logs",
-    params(("host" = String, Path, description = "The host"),
-        ("instance" = String, Query, description = "The instance, `system/component#slot`")),
+    params(("host" = String, Path, description = "The host"), LogsParams),
     responses((status = 200, body = LogsView), (status = 400, body = endstate_api::Problem),
         (status = 401, body = endstate_api::Problem), (status = 403, body = endstate_api::Problem),
         (status = 404, body = endstate_api::Problem), (status = 409, description = "the host is not connected", body = endstate_api::Problem),
@@ -361,7 +361,7 @@ pub(crate) struct LogsParams {
 pub(crate) async fn instance_logs(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
-    Path(host): Path<String>,
+    Segment(host): Segment,
     Params(params): Params<LogsParams>,
 ) -> Result<Json<LogsView>, ApiError> {
     let system = params.instance.split('/').next().unwrap_or_default().to_owned();

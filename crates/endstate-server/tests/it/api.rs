@@ -203,7 +203,7 @@ async fn malformed_bodies_name_the_field() {
     );
     let response = post(r#"{"documents":[]}"#.into()).await.unwrap();
     let problem: endstate_api::Problem = response.json().await.unwrap();
-    assert_eq!((problem.status, problem.errors[0].field.as_str()), (400, "documents"));
+    assert_eq!((problem.status, problem.errors[0].field.as_str()), (422, "documents"));
     let response = post("\u{0}\u{1}garbage".into()).await.unwrap();
     assert_eq!(response.status(), 400);
     let huge = format!(
@@ -216,7 +216,7 @@ async fn malformed_bodies_name_the_field() {
     assert!(problem.detail.contains("larger than"), "{problem:?}");
     let response = server.get("/v1/timeline?since=yesterday").await;
     let problem: endstate_api::Problem = response.json().await.unwrap();
-    assert_eq!((problem.status, problem.errors[0].field.as_str()), (400, "since"));
+    assert_eq!((problem.status, problem.errors[0].field.as_str()), (422, "since"));
     let response = server.get("/v1/nope").await;
     assert_eq!(response.status(), 404);
     server.stop().await;
@@ -281,6 +281,26 @@ async fn openapi_and_metrics_are_served() {
         );
     }
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    // The refusals as the server answers them (ARCHITECTURE.md, "Errors"): 400 unreadable, 409
+    // on writes whose basis moved, 422 refused for its meaning.
+    let statuses = |path: &str, method: &str| -> Vec<String> {
+        doc["paths"][path][method]["responses"]
+            .as_object()
+            .map(|all| all.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    for status in ["400", "409", "422"] {
+        assert!(
+            statuses("/v1/revisions", "post").iter().any(|s| s == status),
+            "POST /v1/revisions: {status}"
+        );
+    }
+    let timeline = statuses("/v1/timeline", "get");
+    assert!(timeline.iter().any(|s| s == "422"), "{timeline:?}");
+    assert!(
+        !timeline.iter().any(|s| s == "409"),
+        "a read answers no 409: {timeline:?}"
+    );
     server
         .client()
         .submit(&submit_request(&[("s.yaml", SYSTEMS)], "m"))
@@ -427,17 +447,28 @@ async fn wrong_methods_paths_and_parameters_are_problem_details_naming_the_param
         let problem: endstate_api::Problem = response.json().await.unwrap();
         assert_eq!(problem.errors[0].field, field, "{path}: {problem:?}");
     }
-    // A parameter given empty, as a form sends a blank field, is no filter at all.
+    // A text parameter given empty, as a form sends a blank field, is no filter at all; an
+    // empty number or flag is refused, naming it.
     for path in [
         "/v1/timeline?system=&kind=&cursor=",
-        "/v1/changes?cursor=&open=",
+        "/v1/changes?cursor=",
         "/v1/hosts?kind=",
     ] {
         let response = get(path).await.unwrap();
         assert_eq!(response.status(), 200, "{path}: {}", response.text().await.unwrap());
     }
+    for (path, field) in [
+        ("/v1/components?limit=", "limit"),
+        ("/v1/changes?cursor=&open=", "open"),
+    ] {
+        let response = get(path).await.unwrap();
+        assert_eq!(response.status(), 400, "{path}");
+        let problem: endstate_api::Problem = response.json().await.unwrap();
+        assert_eq!(problem.errors[0].field, field, "{path}: {problem:?}");
+        assert!(problem.errors[0].message.starts_with("is empty"), "{path}: {problem:?}");
+    }
     let response = get("/v1/revisions/rr1").await.unwrap();
-    assert_eq!(response.status(), 400);
+    assert_eq!(response.status(), 422);
     let response = get("/v1/systems/%ff").await.unwrap();
     assert_eq!(response.status(), 400);
     assert_eq!(response.headers()["content-type"], "application/problem+json");

@@ -300,7 +300,7 @@ async fn a_note_is_on_the_timeline_with_its_author_and_bad_notes_store_nothing()
     let huge = "x".repeat(3 * 1024 * 1024);
     let error = client.add_note("cache", &huge).await.unwrap_err();
     let problem = error.problem().unwrap();
-    assert_eq!(problem.status, 400, "{problem:?}");
+    assert_eq!(problem.status, 422, "{problem:?}");
     assert_eq!(problem.errors[0].field, "text");
     assert!(problem.errors[0].message.contains("at most 4096 bytes"), "{problem:?}");
     // One byte over the bound is refused, the bound itself is accepted.

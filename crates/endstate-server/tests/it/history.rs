@@ -112,7 +112,7 @@ async fn bad_and_unknown_targets_are_clear_errors() {
     for target in ["h-a", "cache/memo@h-a", "cache/memo#one@h-a", "host:Bad Name"] {
         let error = client.history(target).await.unwrap_err();
         let problem = error.problem().unwrap();
-        assert_eq!(problem.status, 400, "{target}: {problem:?}");
+        assert_eq!(problem.status, 422, "{target}: {problem:?}");
         assert_eq!(problem.errors[0].field, "target");
     }
     let error = client.history("h-a").await.unwrap_err();
@@ -123,7 +123,7 @@ async fn bad_and_unknown_targets_are_clear_errors() {
         "{error}"
     );
     let missing = server.get("/v1/history").await;
-    assert_eq!(missing.status(), 400);
+    assert_eq!(missing.status(), 422);
     for (target, needle) in [
         ("host:nowhere", "host \"nowhere\""),
         ("cache/memo#7@h-a", "cache/memo#7@h-a"),

@@ -98,7 +98,7 @@ async fn a_malformed_alertmanager_payload_is_refused_by_field() {
         ),
     ] {
         let response = post(&server, &body).await;
-        assert_eq!(response.status(), 400);
+        assert_eq!(response.status(), 422);
         let problem: endstate_api::Problem = response.json().await.unwrap();
         assert_eq!(problem.errors[0].field, field, "{problem:?}");
     }
@@ -859,6 +859,85 @@ async fn a_paused_clock_moves_a_planned_silence_through_its_window_without_sleep
             .strftime("%Y-%m-%dT%H:%M:%S%.3fZ")
             .to_string(),
         "recorded at the paused clock's time"
+    );
+    server.stop().await;
+}
+
+/// More deliveries in a day than one page of the timeline holds. At start, the one queued first
+/// and never recorded as sent is sent again, and none of those recorded is, even when their
+/// outcomes were recorded in another order than they were queued (as concurrent sends finish),
+/// so that an outcome sits on an older page than its delivery.
+#[tokio::test]
+async fn unfinished_deliveries_are_found_beyond_the_first_page() {
+    use endstate_events::{Delivery, DeliverySubject, Event, Notified};
+    use endstate_store::{NewEvent, Store};
+
+    let receiver = endstate_testkit::webhook::Receiver::start();
+    let url = receiver.url.clone();
+    let server = TestServer::start_with(|config| config.monitor.webhooks = vec![url.clone()]).await;
+    let now = jiff::Timestamp::now().as_millisecond();
+    let id = |i: usize| format!("d_{i:05}");
+    let queued = |i: usize, time: i64| {
+        let delivery = Delivery {
+            id: id(i),
+            url: url.clone(),
+            ticket: false,
+            subject: DeliverySubject {
+                system: "lab".into(),
+                host: "h-1".into(),
+                check: "lab/http".into(),
+                target: "h-1".into(),
+                reason: "opened".into(),
+            },
+            body: serde_json::json!({ "delivery": i }).to_string(),
+        };
+        NewEvent::of(
+            time,
+            &Event::AlertDeliveryQueued(delivery),
+            format!("notification {} queued", id(i)),
+        )
+    };
+    const SENT: usize = 1_500;
+    let mut events = vec![queued(0, now - 60_000)];
+    events.extend((1..=SENT).map(|i| queued(i, now - 50_000)));
+    events.extend((1..=SENT).rev().map(|i| {
+        let notified = Notified {
+            url: url.clone(),
+            delivery: id(i),
+            reason: "opened".into(),
+            check: "lab/http".into(),
+            target: "h-1".into(),
+            error: None,
+        };
+        NewEvent::of(now - 40_000, &Event::AlertNotified(notified), format!("{} sent", id(i)))
+    }));
+    server.store.append_events(events).await.unwrap();
+
+    let server = server.restart().await;
+    let client = server.client();
+    let mut resent = false;
+    for _ in 0..200 {
+        let page = client
+            .timeline(&TimelineQuery {
+                kind: Some("alert.notified".into()),
+                limit: Some(5),
+                ..TimelineQuery::default()
+            })
+            .await
+            .unwrap();
+        if page.items.iter().any(|e| e.data["delivery"] == id(0)) {
+            resent = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(resent, "the unfinished delivery was not sent again");
+    // Sent oldest first: anything recorded would follow at once.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(
+        receiver.received(),
+        [serde_json::json!({ "delivery": 0 })],
+        "only the unfinished delivery is sent again"
     );
     server.stop().await;
 }

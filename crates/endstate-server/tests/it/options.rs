@@ -76,7 +76,7 @@ async fn host_groups_and_retired_hosts_shape_the_preview_and_unknown_hosts_are_r
         target_hosts: vec![],
     };
     let problem = plan_for(&server, bad).await.unwrap_err();
-    assert_eq!(problem.status, 400, "{problem:?}");
+    assert_eq!(problem.status, 422, "{problem:?}");
     let fields: Vec<(&str, &str)> = problem
         .errors
         .iter()

@@ -129,7 +129,7 @@ async fn filters_pagination_and_subtrees() {
     let problem = error.problem().unwrap();
     assert_eq!(
         (problem.status, problem.errors[0].field.as_str()),
-        (400, "cursor"),
+        (422, "cursor"),
         "{problem:?}"
     );
     assert!(problem.errors[0].message.contains("other filters"), "{problem:?}");
@@ -295,7 +295,7 @@ async fn component_and_actor_filters_and_bad_windows() {
         ..TimelineQuery::default()
     })
     .await;
-    assert_eq!(reversed.status, 400);
+    assert_eq!(reversed.status, 422);
     let fields: Vec<&str> = reversed.errors.iter().map(|e| e.field.as_str()).collect();
     assert_eq!(fields, ["since", "until"], "{reversed:?}");
     assert!(reversed.detail.contains("reversed"), "{reversed:?}");
@@ -306,14 +306,14 @@ async fn component_and_actor_filters_and_bad_windows() {
         ..TimelineQuery::default()
     })
     .await;
-    assert_eq!(absurd.status, 400);
+    assert_eq!(absurd.status, 422);
     assert!(absurd.detail.contains("at most 400 days"), "{absurd:?}");
     let absurd = problem(TimelineQuery {
         since: Some("1990-05-01T00:00:00Z".into()),
         ..TimelineQuery::default()
     })
     .await;
-    assert_eq!((absurd.status, absurd.errors[0].field.as_str()), (400, "since"));
+    assert_eq!((absurd.status, absurd.errors[0].field.as_str()), (422, "since"));
     // 400 days exactly is allowed.
     client
         .timeline(&TimelineQuery {
@@ -330,7 +330,7 @@ async fn component_and_actor_filters_and_bad_windows() {
             ..TimelineQuery::default()
         })
         .await;
-        assert_eq!((bad.status, bad.errors[0].field.as_str()), (400, "since"), "{since}");
+        assert_eq!((bad.status, bad.errors[0].field.as_str()), (422, "since"), "{since}");
         assert!(bad.errors[0].message.contains(needle), "{since}: {bad:?}");
     }
     // A malformed kind is named; a well-formed one that never happened is an empty page.
@@ -339,7 +339,7 @@ async fn component_and_actor_filters_and_bad_windows() {
         ..TimelineQuery::default()
     })
     .await;
-    assert_eq!((bad.status, bad.errors[0].field.as_str()), (400, "kind"), "{bad:?}");
+    assert_eq!((bad.status, bad.errors[0].field.as_str()), (422, "kind"), "{bad:?}");
     assert!(bad.errors[0].message.contains("\"Alert!\""), "{bad:?}");
     let none = client
         .timeline(&TimelineQuery {

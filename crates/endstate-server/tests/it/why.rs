@@ -154,14 +154,14 @@ async fn bad_input_to_why_is_named_by_field() {
     ] {
         let error = client.why(target, at, window).await.unwrap_err();
         let problem = error.problem().unwrap();
-        assert_eq!(problem.status, 400, "{target}: {problem:?}");
+        assert_eq!(problem.status, 422, "{target}: {problem:?}");
         assert_eq!(problem.errors[0].field, field, "{problem:?}");
         assert!(problem.errors[0].message.contains(needle), "{problem:?}");
     }
     let missing = server.get("/v1/why").await;
-    assert_eq!(missing.status(), 400);
+    assert_eq!(missing.status(), 422);
     let limit = server.get("/v1/why?target=cache&limit=0").await;
-    assert_eq!(limit.status(), 400);
+    assert_eq!(limit.status(), 422);
     for (target, needle) in [("nowhere", "system \"nowhere\""), ("host:nowhere", "host \"nowhere\"")] {
         let error = client.why(target, None, None).await.unwrap_err();
         let problem = error.problem().unwrap();
