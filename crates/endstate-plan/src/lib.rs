@@ -158,9 +158,10 @@ pub struct Plan {
     /// Once the change converges, its revision stays placed on these hosts until another change
     /// places it anew: a host joining or leaving moves nothing by itself. Recorded by whoever
     /// stores the plan ([`Plan::record_hosts`]), not by the planner: copying 10,000 hosts would
-    /// cost a re-plan more than the rest of it.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub hosts: Vec<HostInfo>,
+    /// cost a re-plan more than the rest of it. `None`: not recorded (a preview, or a plan stored
+    /// before plans recorded their hosts); `Some` of no hosts is a basis too (placed on none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hosts: Option<Vec<HostInfo>>,
 }
 
 impl Summary {
@@ -180,7 +181,7 @@ impl Summary {
 impl Plan {
     /// Records the hosts the plan placed on (see [`Plan::hosts`]).
     pub fn record_hosts(&mut self, hosts: &[HostInfo]) {
-        self.hosts = sorted_hosts(hosts);
+        self.hosts = Some(sorted_hosts(hosts));
     }
 
     /// Whether the plan changes nothing at all.
@@ -279,7 +280,7 @@ pub fn plan_from(
         blocked,
         options: options.clone(),
         held_after,
-        hosts: Vec::new(),
+        hosts: None,
     }
 }
 

@@ -630,3 +630,33 @@ pub(crate) fn in_force_summary(in_force: Option<&Change>, newer: Option<&Change>
         summary,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A plan made while no host was in service is placed on no host: its basis is recorded
+    /// (empty), not taken from the hosts in service of each moment. Recorded as absent, it made
+    /// every host that enrolled later receive instances outside any change, and every read of the
+    /// revision in force read the whole host list (quadratic when 10,000 agents connect).
+    #[test]
+    fn a_plan_on_no_hosts_keeps_an_empty_basis() {
+        let desired = endstate_spec::DesiredState::default();
+        let mut plan = endstate_plan::plan(None, &desired, &[]);
+        plan.record_hosts(&[]);
+        let stored = serde_json::to_value(&plan).unwrap();
+        assert_eq!(basis_of(Some(&stored)), Some(Vec::new()), "{stored}");
+
+        let hosts = vec![HostInfo {
+            name: "h1".into(),
+            labels: Default::default(),
+        }];
+        plan.record_hosts(&hosts);
+        let stored = serde_json::to_value(&plan).unwrap();
+        assert_eq!(basis_of(Some(&stored)), Some(hosts));
+
+        // A plan stored before plans recorded their hosts has no basis of its own.
+        let unrecorded = serde_json::to_value(endstate_plan::plan(None, &desired, &[])).unwrap();
+        assert_eq!(basis_of(Some(&unrecorded)), None, "{unrecorded}");
+    }
+}
