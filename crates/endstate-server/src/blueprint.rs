@@ -291,11 +291,22 @@ impl AppState {
     /// What every instance should run now: computed again only when the revision in force, the
     /// change rolling out, its released waves or the hosts its plan was made on differ.
     pub(crate) async fn current(&self) -> Result<Arc<Current>, ApiError> {
+        // Read before the changes it guards: a write of changes after this moves it, and the next
+        // call reads them again. While it stays, nothing it was computed from changed (revisions
+        // are immutable, a basis is read from its change), so the controller's rounds, every
+        // agent's resync and every view share one read of the changes.
+        let version = self.store().changes_version();
+        if let Some((seen, cached)) = self.current_cache().as_ref()
+            && *seen == version
+        {
+            return Ok(Arc::clone(cached));
+        }
         let (base, rollout) = tokio::try_join!(self.in_force(), self.rolling_change())?;
         let key = key_of(base.as_ref(), rollout.as_ref());
-        if let Some(cached) = self.current_cache().as_ref()
+        if let Some((seen, cached)) = self.current_cache().as_mut()
             && cached.key == key
         {
+            *seen = version;
             return Ok(Arc::clone(cached));
         }
         let released = rollout
@@ -312,11 +323,11 @@ impl AppState {
             rollout,
             blueprint,
         });
-        *self.current_cache() = Some(Arc::clone(&current));
+        *self.current_cache() = Some((version, Arc::clone(&current)));
         Ok(current)
     }
 
-    fn current_cache(&self) -> std::sync::MutexGuard<'_, Option<Arc<Current>>> {
+    fn current_cache(&self) -> std::sync::MutexGuard<'_, Option<(u64, Arc<Current>)>> {
         self.0
             .current_cache
             .lock()

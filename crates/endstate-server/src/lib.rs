@@ -207,7 +207,8 @@ struct Inner {
     desired_cache: Mutex<BTreeMap<RevisionId, Arc<DesiredState>>>,
     /// What every instance should run now ([`blueprint::Current`]), for the hub and the views:
     /// placing every component again on every read would cost more than the rest of a view.
-    current_cache: Mutex<Option<Arc<blueprint::Current>>>,
+    /// The blueprint with the store's changes version it was read at.
+    current_cache: Mutex<Option<(u64, Arc<blueprint::Current>)>>,
     /// Placement bases read back from stored plans, by (change, version of the change).
     basis_cache: Mutex<Vec<blueprint::CachedBasis>>,
     /// The revision in force and hosts in service a rebalance was last looked for on.

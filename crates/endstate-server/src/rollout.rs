@@ -112,8 +112,10 @@ pub(crate) async fn drive(state: &AppState, change: &Change) -> Result<(), ApiEr
     let Some(desired) = state.desired(change.revision).await? else {
         return Ok(());
     };
-    let in_force = state.in_force().await?;
-    let base = in_force.as_ref().map(|b| Arc::clone(&b.desired));
+    // The revision in force as the blueprint holds it: no read of the changes while none was written.
+    let current = state.current().await?;
+    let in_force = current.base.as_ref();
+    let base = in_force.map(|b| Arc::clone(&b.desired));
     let mut progress = match Progress::read(change) {
         Ok(progress) => progress,
         Err(reason) => {
@@ -134,7 +136,7 @@ pub(crate) async fn drive(state: &AppState, change: &Change) -> Result<(), ApiEr
                     change,
                     &plan,
                     progress,
-                    (in_force.as_ref().map(|b| (&*b.desired, &b.hosts[..])), &*desired),
+                    (in_force.map(|b| (&*b.desired, &b.hosts[..])), &*desired),
                     &hosts,
                     digest,
                 )

@@ -72,6 +72,13 @@ pub trait Store: Send + Sync + 'static {
         events: Vec<NewEvent>,
     ) -> Result<Change, StoreError>;
 
+    /// A number that changes after every committed write of changes (a revision submitted, a
+    /// change added or transitioned) made through this store, and only grows: what was read of
+    /// the changes while it stayed the same still holds. Read it before reading the changes it
+    /// guards. Per process: a store shared by several servers needs its own notice of the others'
+    /// writes.
+    fn changes_version(&self) -> u64;
+
     /// Inserts or replaces a host.
     ///
     /// # Errors

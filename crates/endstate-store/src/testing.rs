@@ -40,6 +40,7 @@ pub async fn conformance(store: Arc<dyn Store>) {
     join_tokens_enrol_once(store).await;
     agent_link_state(store).await;
     observations_compare_and_set_on_last_seq(store).await;
+    changes_version_moves_with_every_write_of_changes(store).await;
     // Last: it deletes every instance the other checks made.
     replace_instances_deletes_the_others(store).await;
 }
@@ -494,6 +495,43 @@ async fn submit_is_atomic(store: &dyn Store) {
         Some(revision.id.0),
         before.map(|b| b.0 + 1),
         "a failed submit does not use up a revision number"
+    );
+}
+
+/// The server keeps what it derived from the changes (the revision in force, the change rolling
+/// out) while this number stays the same, so every write of changes must move it.
+async fn changes_version_moves_with_every_write_of_changes(store: &dyn Store) {
+    let before = store.changes_version();
+    let (_, change) = store.submit_revision(new_revision(90), Vec::new()).await.unwrap();
+    let submitted = store.changes_version();
+    assert!(
+        submitted > before,
+        "a submitted revision (with its change) moves the changes version"
+    );
+    store.upsert_host(host("conf-version", &[], 1)).await.unwrap();
+    assert_eq!(
+        store.changes_version(),
+        submitted,
+        "a write of anything else leaves the changes version"
+    );
+    let update = ChangeUpdate {
+        state: ChangeState::Planning,
+        plan: None,
+        reason: Some("planning".into()),
+        wave: None,
+        progress: None,
+        // The same time as its creation: the version must move all the same.
+        now_ms: change.updated_ms,
+        retire_hosts: Vec::new(),
+    };
+    store
+        .transition_change(change.id, ChangeState::Pending, update, Vec::new())
+        .await
+        .unwrap();
+    let transitioned = store.changes_version();
+    assert!(
+        transitioned > submitted,
+        "a transition moves the changes version, at any time"
     );
 }
 

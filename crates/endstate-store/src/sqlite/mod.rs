@@ -245,6 +245,10 @@ impl Store for SqliteStore {
         self.write(|reply| writer::WriteOp::AddChange(new, events, reply)).await
     }
 
+    fn changes_version(&self) -> u64 {
+        self.counters.changes_written.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     async fn get_revision(&self, id: RevisionId) -> Result<Option<Revision>, StoreError> {
         self.read("get a revision", move |conn| read::get_revision(conn, id))
             .await

@@ -110,6 +110,9 @@ pub(crate) struct Counters {
     pub(crate) batches: AtomicU64,
     pub(crate) ops: AtomicU64,
     pub(crate) max_batch: AtomicU64,
+    /// Batches with a write of changes, counted once committed (or failed), before any of them
+    /// is answered ([`Store::changes_version`](crate::Store::changes_version)).
+    pub(crate) changes_written: AtomicU64,
 }
 
 /// What applying one request produced, held until its batch commits.
@@ -182,6 +185,14 @@ pub(crate) fn run(
         counters.batches.fetch_add(1, Ordering::Relaxed);
         counters.ops.fetch_add(n_ops as u64, Ordering::Relaxed);
         counters.max_batch.fetch_max(n_ops as u64, Ordering::Relaxed);
+        if batch.ops.iter().any(|op| {
+            matches!(
+                op,
+                WriteOp::SubmitRevision(..) | WriteOp::AddChange(..) | WriteOp::TransitionChange(..)
+            )
+        }) {
+            counters.changes_written.fetch_add(1, Ordering::SeqCst);
+        }
         let batch_error = committed.as_ref().err();
         let mut outcomes = batch.outcomes.drain(..);
         for op in batch.ops.drain(..) {
