@@ -73,6 +73,12 @@ const PREREQUISITES: &[Prerequisite] = &[
         packages: &["man-db"],
     },
     Prerequisite {
+        what: "git and git-http-backend (the Git source tests push to real repositories)",
+        paths: &["/usr/bin/git", "/usr/lib/git-core/git-http-backend"],
+        any: false,
+        packages: &["git"],
+    },
+    Prerequisite {
         what: "ip from iproute2 (the partition test's network namespaces)",
         paths: &["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"],
         any: true,

@@ -1343,3 +1343,74 @@ mod tests {
         }
     }
 }
+
+/// `POST /v1/sources`: follow a branch of a Git repository as desired state.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddSource {
+    /// Its name: lowercase letters, digits and `-`, at most 63 characters.
+    #[schema(min_length = 1, max_length = 63)]
+    pub name: String,
+    /// The repository: `file://`, `http://`, `https://` or `ssh://` (or `user@host:path`), without
+    /// a password (put it in `credentials_file`).
+    #[schema(min_length = 1)]
+    pub repository: String,
+    /// The branch followed. Default `main`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    /// Directories (or files) of the repository holding its spec files (`*.yaml`, `*.yml`),
+    /// relative. Default: all of it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
+    /// How often the repository is fetched, as a duration (`30s`, `5m`). Default `30s`; at least `1s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    /// A file on the server holding `user:password` (or `user:token`) for HTTP(S). Only its path is kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_file: Option<String>,
+}
+
+/// A Git source: what it follows, what it last saw, and what it owns.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SourceView {
+    /// Its name.
+    pub name: String,
+    /// The repository, without credentials.
+    pub repository: String,
+    /// The branch followed.
+    pub branch: String,
+    /// The paths read (`[""]`: the whole repository).
+    pub paths: Vec<String>,
+    /// How often it is fetched (ms).
+    pub interval_ms: u64,
+    /// The credentials file's path, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_file: Option<String>,
+    /// The branch's head at the last fetch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<String>,
+    /// The last commit handled (applied, unchanged, untouched or refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handled: Option<String>,
+    /// The commit the latest revision holds of this source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest: Option<String>,
+    /// The commit the revision in force holds of this source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_force: Option<String>,
+    /// When it was last fetched (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fetched_at: Option<String>,
+    /// How many fetches of its repository this server made.
+    pub fetches: u64,
+    /// Why the last fetch or commit failed, while it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The problems of the last refused commit, located (`file:line:column`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
+    /// The systems it owns in the latest revision.
+    pub systems: Vec<String>,
+    /// Where it stands, in a sentence: `in force at 3f2a9c0`, `behind: …`, `failing: …`.
+    pub summary: String,
+}

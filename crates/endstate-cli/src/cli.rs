@@ -360,6 +360,9 @@ pub(crate) enum Command {
     /// Manage API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Git sources: branches of repositories followed as desired state.
+    #[command(subcommand)]
+    Source(SourceCommand),
 }
 
 #[derive(Debug, Args)]
@@ -671,6 +674,50 @@ pub(crate) enum TokenCommand {
     /// Revoke the API token of this name: it is refused from now on.
     Revoke {
         /// The token's name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum SourceCommand {
+    /// Follow a branch of a Git repository: each new commit touching the paths becomes a
+    /// revision, and the source owns the systems its documents declare.
+    Add {
+        /// The source's name.
+        name: String,
+        /// The repository: file://, http(s)://, ssh://, git:// or user@host:path.
+        #[arg(long)]
+        repo: String,
+        /// The branch followed.
+        #[arg(long = "ref", default_value = "main")]
+        branch: String,
+        /// A directory (or file) of the repository holding spec files; repeat for several.
+        /// Default: the whole repository.
+        #[arg(long = "path")]
+        paths: Vec<String>,
+        /// How often the repository is fetched (`30s`, `5m`).
+        #[arg(long)]
+        interval: Option<String>,
+        /// A file on the server holding `user:password` for HTTP(S).
+        #[arg(long)]
+        credentials_file: Option<String>,
+    },
+    /// The sources and where each stands.
+    List,
+    /// One source: its head, the commit in the latest revision and in force, its systems, and
+    /// the problems of a refused commit.
+    Show {
+        /// The source's name.
+        name: String,
+    },
+    /// Fetch a source's repository now and apply its new head.
+    Sync {
+        /// The source's name.
+        name: String,
+    },
+    /// Stop following a source; its systems stay as they are, owned by the API.
+    Remove {
+        /// The source's name.
         name: String,
     },
 }

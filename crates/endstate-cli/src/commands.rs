@@ -1441,3 +1441,97 @@ async fn follow_run(
     }
     Ok(run_outcome(&run))
 }
+
+/// `endstate source add|list|show|sync|remove`
+pub(crate) async fn source(global: &Global, command: crate::cli::SourceCommand) -> anyhow::Result<Outcome> {
+    use crate::cli::SourceCommand;
+    let client = client(global)?;
+    let views = match command {
+        SourceCommand::Add {
+            name,
+            repo,
+            branch,
+            paths,
+            interval,
+            credentials_file,
+        } => {
+            let request = endstate_api::AddSource {
+                name,
+                repository: repo,
+                branch: Some(branch),
+                paths,
+                interval,
+                credentials_file,
+            };
+            match refused_or(client.add_source(&request)).await? {
+                Ok(view) => vec![view],
+                Err(outcome) => return Ok(outcome),
+            }
+        }
+        SourceCommand::List => match refused_or(client.sources()).await? {
+            Ok(views) => views,
+            Err(outcome) => return Ok(outcome),
+        },
+        SourceCommand::Show { name } => match refused_or(client.source(&name)).await? {
+            Ok(view) => vec![view],
+            Err(outcome) => return Ok(outcome),
+        },
+        SourceCommand::Sync { name } => match refused_or(client.sync_source(&name)).await? {
+            Ok(view) => vec![view],
+            Err(outcome) => return Ok(outcome),
+        },
+        SourceCommand::Remove { name } => match refused_or(client.remove_source(&name)).await? {
+            Ok(view) => {
+                if global.output != Output::Json {
+                    println!(
+                        "source {} removed; its systems stay, owned by the API: {}",
+                        view.name,
+                        if view.systems.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            view.systems.join(", ")
+                        }
+                    );
+                    return Ok(Outcome::Success);
+                }
+                vec![view]
+            }
+            Err(outcome) => return Ok(outcome),
+        },
+    };
+    if global.output == Output::Json {
+        for view in &views {
+            println!("{}", serde_json::to_string(view)?);
+        }
+        return Ok(Outcome::Success);
+    }
+    if views.is_empty() {
+        println!("No sources.");
+    }
+    for view in &views {
+        let paths = if view.paths.iter().all(String::is_empty) {
+            "the whole repository".to_owned()
+        } else {
+            view.paths.join(", ")
+        };
+        println!("{}: {} branch {} ({paths})", view.name, view.repository, view.branch);
+        println!("  {}", view.summary);
+        let short = |c: &Option<String>| c.as_deref().map_or("-".to_owned(), |c| c.chars().take(12).collect());
+        println!(
+            "  head {}  latest revision {}  in force {}  fetched {} ({} fetches, every {} s)",
+            short(&view.head),
+            short(&view.latest),
+            short(&view.in_force),
+            view.fetched_at.as_deref().unwrap_or("never"),
+            view.fetches,
+            view.interval_ms / 1000
+        );
+        if !view.systems.is_empty() {
+            println!("  owns {}", view.systems.join(", "));
+        }
+        for problem in &view.problems {
+            println!("  problem: {problem}");
+        }
+    }
+    Ok(Outcome::Success)
+}

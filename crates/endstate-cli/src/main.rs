@@ -175,6 +175,7 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
             println!("{}", serde_json::to_string_pretty(&endstate_spec::json_schema())?);
             Ok(Outcome::Success)
         }
+        Command::Source(command) => commands::source(global, command).await,
         Command::Token(cli::TokenCommand::List) => commands::token_list(global).await,
         Command::Token(cli::TokenCommand::Revoke { name }) => commands::token_revoke(global, &name).await,
         Command::Token(cli::TokenCommand::Create {

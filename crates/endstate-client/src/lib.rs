@@ -451,6 +451,47 @@ impl Client {
         self.delete(&format!("/v1/silences/{id}")).await
     }
 
+    /// Follows a branch of a Git repository as desired state.
+    ///
+    /// # Errors
+    /// As the server says (409 when the name is taken, 422 for a bad field).
+    pub async fn add_source(&self, request: &endstate_api::AddSource) -> Result<endstate_api::SourceView, ClientError> {
+        self.post("/v1/sources", request).await
+    }
+
+    /// The sources.
+    ///
+    /// # Errors
+    /// As the server says.
+    pub async fn sources(&self) -> Result<Vec<endstate_api::SourceView>, ClientError> {
+        self.get("/v1/sources").await
+    }
+
+    /// One source.
+    ///
+    /// # Errors
+    /// As the server says (404 when there is none of that name).
+    pub async fn source(&self, name: &str) -> Result<endstate_api::SourceView, ClientError> {
+        self.get(&format!("/v1/sources/{}", segment(name))).await
+    }
+
+    /// Fetches a source's repository now and handles its head.
+    ///
+    /// # Errors
+    /// As the server says (404 when there is none of that name).
+    pub async fn sync_source(&self, name: &str) -> Result<endstate_api::SourceView, ClientError> {
+        self.post(&format!("/v1/sources/{}/sync", segment(name)), &serde_json::json!({}))
+            .await
+    }
+
+    /// Stops following a source; its systems stay, owned by the API.
+    ///
+    /// # Errors
+    /// As the server says (404 when there is none of that name).
+    pub async fn remove_source(&self, name: &str) -> Result<endstate_api::SourceView, ClientError> {
+        self.delete(&format!("/v1/sources/{}", segment(name))).await
+    }
+
     /// Acknowledges the open alert of a check on a target, with a comment.
     ///
     /// # Errors

@@ -196,6 +196,16 @@ events! {
     "note.added" => NoteAdded(NoteAdded),
     /// Retention deleted old events.
     "timeline.compacted" => TimelineCompacted(Compacted),
+    /// A Git source was added: the server follows its branch.
+    "source.added" => SourceAdded(SourceDefinition),
+    /// A Git source was removed: its systems stay as they are, owned by no source.
+    "source.removed" => SourceRemoved(SourceRemoved),
+    /// A new commit of a source's branch was handled: applied as a revision, or not, and why.
+    "source.commit" => SourceCommit(SourceCommitSeen),
+    /// A source's repository could not be fetched or read (said once per new reason).
+    "source.failed" => SourceFailed(SourceFailed),
+    /// A source's repository is fetched again after a failure.
+    "source.recovered" => SourceRecovered(SourceRemoved),
 }
 
 /// What the store holds for an event: a known kind, typed, or anything else, verbatim.
@@ -898,6 +908,74 @@ pub struct Silence {
     pub reason: String,
     /// Who.
     pub author: String,
+}
+
+/// `source.added`: what the server follows.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceDefinition {
+    /// Its name.
+    pub name: String,
+    /// The repository's URL, without credentials.
+    pub repository: String,
+    /// The branch followed.
+    pub branch: String,
+    /// The directories (or files) of the repository read, `""` for all of it.
+    pub paths: Vec<String>,
+    /// How often the repository is fetched (ms).
+    pub interval_ms: u64,
+    /// A file holding `user:password` for HTTP(S), read at each fetch (its path only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_file: Option<String>,
+}
+
+/// `source.removed`, `source.recovered`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceRemoved {
+    /// The source.
+    pub name: String,
+}
+
+/// `source.failed`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceFailed {
+    /// The source.
+    pub name: String,
+    /// Why (never with credentials).
+    pub reason: String,
+}
+
+/// `source.commit`: a new head of a source's branch, and what became of it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceCommitSeen {
+    /// The source.
+    pub name: String,
+    /// The repository, without credentials.
+    pub repository: String,
+    /// The branch.
+    pub branch: String,
+    /// The full commit id.
+    pub commit: String,
+    /// `Name <email>`.
+    pub author: String,
+    /// `Name <email>`.
+    pub committer: String,
+    /// The whole message.
+    pub message: String,
+    /// `applied` (a revision), `unchanged` (the paths declare what is already the latest
+    /// revision), `untouched` (the commit changes nothing under the paths) or `refused`.
+    pub outcome: String,
+    /// The revision it became.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u64>,
+    /// The commits between the previous head and this one, superseded by it (`id subject`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub superseded: Vec<String>,
+    /// The previous head is not an ancestor: history was rewritten (a force-push); its id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewritten_from: Option<String>,
+    /// Why it was refused: each problem, located (`file:line:column`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
 }
 
 /// `silence.removed`, `silence.expired`.

@@ -358,6 +358,34 @@ fn examples() -> Vec<Event> {
         Event::NoteAdded(NoteAdded {
             text: "the CDN is down; expect errors".into(),
         }),
+        Event::SourceAdded(SourceDefinition {
+            name: "shop".into(),
+            repository: "https://forge.example/ops/shop.git".into(),
+            branch: "main".into(),
+            paths: vec!["systems/shop".into()],
+            interval_ms: 30_000,
+            credentials_file: Some("/etc/endstate/forge.credentials".into()),
+        }),
+        Event::SourceRemoved(SourceRemoved { name: "shop".into() }),
+        Event::SourceCommit(SourceCommitSeen {
+            name: "shop".into(),
+            repository: "https://forge.example/ops/shop.git".into(),
+            branch: "main".into(),
+            commit: "3f2a9c0d5e6b7a8f9e0d1c2b3a4f5e6d7c8b9a0f".into(),
+            author: "Ada <ada@example.org>".into(),
+            committer: "Ada <ada@example.org>".into(),
+            message: "shop/web 1.4.2\n\nThe checkout fix.\n".into(),
+            outcome: "refused".into(),
+            revision: None,
+            superseded: vec!["9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e0d shop/web 1.4.1".into()],
+            rewritten_from: None,
+            problems: vec!["systems/shop/web.yaml:7:12: unknown field `verison`".into()],
+        }),
+        Event::SourceFailed(SourceFailed {
+            name: "shop".into(),
+            reason: "fetching https://forge.example/ops/shop.git failed: connection refused".into(),
+        }),
+        Event::SourceRecovered(SourceRemoved { name: "shop".into() }),
         Event::TimelineCompacted(Compacted {
             deleted: vec![KindCount {
                 kind: "check.status".into(),

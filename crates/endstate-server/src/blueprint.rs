@@ -92,18 +92,37 @@ pub(crate) fn basis_of(plan: Option<&serde_json::Value>) -> Option<Vec<HostInfo>
 /// The hosts instances may be placed on now: known, not retired, not revoked, and not
 /// unreachable for longer than [`RolloutConfig::evacuate_after`](crate::RolloutConfig).
 pub(crate) async fn hosts_in_service(state: &AppState) -> Result<Vec<HostInfo>, ApiError> {
+    Ok(fleet_hosts(state).await?.in_service)
+}
+
+/// The hosts in service and the retired ones, from one read of the hosts.
+#[derive(Debug, Default)]
+pub(crate) struct FleetHosts {
+    /// See [`hosts_in_service`].
+    pub(crate) in_service: Vec<HostInfo>,
+    /// Hosts a converged change retired: they run nothing until they enrol again.
+    pub(crate) retired: Vec<String>,
+}
+
+/// The hosts in service and the retired ones, from one read of the hosts (the agent hub renders
+/// a set for each, at every change of what runs).
+pub(crate) async fn fleet_hosts(state: &AppState) -> Result<FleetHosts, ApiError> {
     let (hosts, gone) = tokio::try_join!(
         async { state.store().list_hosts().await.map_err(ApiError::from) },
         hosts_gone(state)
     )?;
-    Ok(hosts
-        .into_iter()
-        .filter(|host| host.retired_ms.is_none() && !gone.contains(&host.name.0))
-        .map(|host| HostInfo {
-            name: host.name.0,
-            labels: host.labels,
-        })
-        .collect())
+    let mut fleet = FleetHosts::default();
+    for host in hosts {
+        if host.retired_ms.is_some() {
+            fleet.retired.push(host.name.0);
+        } else if !gone.contains(&host.name.0) {
+            fleet.in_service.push(HostInfo {
+                name: host.name.0,
+                labels: host.labels,
+            });
+        }
+    }
+    Ok(fleet)
 }
 
 /// Hosts that left the fleet without a change retiring them: their agent was revoked, or has

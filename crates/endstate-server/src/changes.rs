@@ -258,6 +258,12 @@ pub(crate) async fn scale(
             revision.0
         )));
     };
+    if let Some(owner) = crate::compose::system_owner(&latest, &component.system) {
+        return Err(ApiError::Conflict(format!(
+            "{key} belongs to system {}, which the Git source {owner} owns: change its count there (a commit)",
+            component.system
+        )));
+    }
     let (before, after) = match component.placement.count {
         endstate_spec::Count::PerHost(n) => (n, endstate_spec::Count::PerHost(request.count)),
         endstate_spec::Count::Total(n) => (n, endstate_spec::Count::Total(request.count)),

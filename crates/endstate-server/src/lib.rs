@@ -17,6 +17,7 @@ mod auth;
 mod blueprint;
 mod changes;
 mod clock;
+mod compose;
 mod error;
 mod extract;
 mod fleet;
@@ -35,6 +36,7 @@ mod revisions;
 mod rollout;
 mod routes;
 mod runner;
+mod sources;
 mod stream;
 mod systems;
 mod timeline;
@@ -236,6 +238,8 @@ struct Inner {
     monitor: monitor::Monitor,
     /// Runs of actions.
     runs: actions::Runs,
+    /// The Git sources followed.
+    sources: sources::Sources,
     /// Every outgoing call's client (webhooks, tickets, Prometheus): the system's roots and
     /// `ServerConfig::trusted_cas`.
     http: reqwest::Client,
@@ -296,6 +300,7 @@ impl Server {
             recheck_at_ms: std::sync::atomic::AtomicI64::new(0),
             monitor: monitor::Monitor::new(monitor_config, http.clone()),
             runs: actions::Runs::default(),
+            sources: sources::Sources::new(&config.data_dir),
             http,
         }));
         let admin_secret = auth::bootstrap_admin(&state)
@@ -311,6 +316,9 @@ impl Server {
             .await
             .map_err(|error| ServerError::Bootstrap(Box::new(error)))?;
         actions::load_runs(&state)
+            .await
+            .map_err(|error| ServerError::Bootstrap(Box::new(error)))?;
+        sources::load(&state)
             .await
             .map_err(|error| ServerError::Bootstrap(Box::new(error)))?;
         Ok(Server {
@@ -424,6 +432,7 @@ impl Server {
         };
         let stopping = self.state.0.stopping.subscribe();
         let runner = tokio::spawn(runner::run(self.state.clone(), self.runner_interval, stopping));
+        let sources = tokio::spawn(sources::run(self.state.clone(), self.state.0.stopping.subscribe()));
         let retention = tokio::spawn(retention::run(
             self.state.clone(),
             self.retention.clone(),
@@ -467,6 +476,7 @@ impl Server {
         .map_err(ServerError::Serve);
         self.state.0.stopping.send_replace(true);
         let _ = runner.await;
+        let _ = sources.await;
         let _ = retention.await;
         for task in agent_tasks {
             let _ = task.await;
@@ -637,6 +647,10 @@ impl AppState {
 
     pub(crate) fn monitor(&self) -> &monitor::Monitor {
         &self.0.monitor
+    }
+
+    pub(crate) fn sources(&self) -> &sources::Sources {
+        &self.0.sources
     }
 
     pub(crate) fn runs(&self) -> &actions::Runs {

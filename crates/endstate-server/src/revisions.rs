@@ -89,37 +89,75 @@ pub(crate) async fn host_infos(state: &AppState) -> Result<Vec<HostInfo>, ApiErr
         .collect())
 }
 
-/// The hosts a converged change retired: they run nothing until they enrol again.
-pub(crate) async fn retired_hosts(state: &AppState) -> Result<Vec<String>, ApiError> {
-    Ok(state
-        .store()
-        .list_hosts()
-        .await?
-        .into_iter()
-        .filter(|host| host.retired_ms.is_some())
-        .map(|host| host.name.0)
-        .collect())
-}
-
 /// Validation, including the static checks of `Policy` documents (the spec crate runs them, so
 /// their findings are located in the files): the desired state, or every reason it is refused.
-async fn validate(state: &AppState, documents: &[Document]) -> Result<(DesiredState, Vec<SpecDiagnostic>), ApiError> {
+/// Validates a submission through the API and composes it with what the Git sources own in the
+/// latest revision (see [`crate::compose`]): the desired state, its warnings, and the latest
+/// revision it was composed on when a source owns part of it (the submission must land on it).
+async fn validate(
+    state: &AppState,
+    documents: &[Document],
+) -> Result<(DesiredState, Vec<SpecDiagnostic>, Option<RevisionId>), ApiError> {
     let files = source_files(documents)?;
+    let latest = state.latest_desired().await?;
+    let previous = latest.as_ref().map(|(_, d)| d.as_ref());
+    let refused = |diagnostics: Vec<SpecDiagnostic>| {
+        state.metrics().revisions_refused.inc();
+        ApiError::InvalidSpec {
+            n_errors: diagnostics.len().max(1),
+            diagnostics,
+        }
+    };
+    let owned = crate::compose::owned_elsewhere(&files, previous, None, |owner| format!("the Git source {owner}"));
+    if !owned.is_empty() {
+        return Err(refused(
+            owned
+                .into_iter()
+                .map(|r| SpecDiagnostic {
+                    severity: "error".into(),
+                    file: r.path,
+                    line: r.line,
+                    column: r.column,
+                    code: "owned-by-source".into(),
+                    message: r.message,
+                    expected: Some("an object the API owns: apply the others through their Git source".into()),
+                })
+                .collect(),
+        ));
+    }
+    let (stand_in, stand_ins) = crate::compose::stand_ins(previous, |system| {
+        previous.and_then(|p| crate::compose::system_owner(p, system)).is_some()
+    });
+    let mut files = files;
+    files.extend(stand_in);
     let hosts = host_infos(state).await?;
     let Loaded { desired, diagnostics } = endstate_spec::load(&files, &hosts);
     let views: Vec<SpecDiagnostic> = diagnostics.iter().map(diagnostic_view).collect();
     let n_errors = views.iter().filter(|d| d.severity == "error").count();
     let desired = match desired {
         Some(desired) if n_errors == 0 => desired,
-        _ => {
-            state.metrics().revisions_refused.inc();
-            return Err(ApiError::InvalidSpec {
-                n_errors: n_errors.max(1),
-                diagnostics: views,
-            });
-        }
+        _ => return Err(refused(views)),
     };
-    Ok((desired, views))
+    let composed_on = previous.is_some_and(|p| !p.owners.is_empty());
+    let desired = crate::compose::with_api(previous, desired, &stand_ins);
+    let dangling = crate::compose::dangling(&desired);
+    if !dangling.is_empty() {
+        return Err(refused(
+            dangling
+                .into_iter()
+                .map(|message| SpecDiagnostic {
+                    severity: "error".into(),
+                    file: String::new(),
+                    line: 0,
+                    column: 0,
+                    code: "dangling-reference".into(),
+                    message,
+                    expected: Some("keep the object, or change what names it in its Git source first".into()),
+                })
+                .collect(),
+        ));
+    }
+    Ok((desired, views, latest.filter(|_| composed_on).map(|(id, _)| id)))
 }
 
 fn source_word(source: &RevisionSource) -> String {
@@ -192,7 +230,7 @@ pub(crate) async fn submit_revision(
     JsonBody(request): JsonBody<SubmitRevision>,
 ) -> Result<(StatusCode, Json<SubmitResponse>), ApiError> {
     authorize(&actor, Verb::Write, None)?;
-    let (desired, warnings) = validate(&state, &request.documents).await?;
+    let (desired, warnings, composed_on) = validate(&state, &request.documents).await?;
     let source = if request.source.kind.is_empty() {
         RevisionSource {
             kind: "api".into(),
@@ -216,7 +254,8 @@ pub(crate) async fn submit_revision(
         &desired,
         &request.message,
         source_word(&source),
-        request.parent.map(RevisionId),
+        // Composed with the sources' objects of the latest revision: stored on it, or refused.
+        request.parent.map(RevisionId).or(composed_on),
         &options,
     )
     .await?;
@@ -321,7 +360,7 @@ pub(crate) async fn preview_plan(
 ) -> Result<Json<endstate_api::PlanResponse>, ApiError> {
     authorize(&actor, Verb::Read, None)?;
     let latest_revision = state.store().latest_revision().await?.map(|r| r.id.0);
-    let (desired, warnings) = validate(&state, &request.documents).await?;
+    let (desired, warnings, _) = validate(&state, &request.documents).await?;
     let base = state.in_force().await?;
     let hosts = crate::blueprint::hosts_in_service(&state).await?;
     let options = crate::options::resolve(&request.options, &hosts)?;

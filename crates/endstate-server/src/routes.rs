@@ -49,6 +49,12 @@ pub(crate) fn router(state: AppState) -> Router {
             axum::routing::delete(crate::monitor::remove_silence),
         )
         .route("/v1/components/{system}/{name}/scale", post(crate::changes::scale))
+        .route("/v1/sources", post(crate::sources::add).get(crate::sources::list))
+        .route(
+            "/v1/sources/{name}",
+            get(crate::sources::show).delete(crate::sources::remove),
+        )
+        .route("/v1/sources/{name}/sync", post(crate::sources::sync))
         .route("/v1/instances", get(crate::systems::list_instances))
         .route("/v1/hosts", get(crate::hosts::list_hosts))
         .route("/v1/hosts/{host}", get(crate::hosts::get_host))

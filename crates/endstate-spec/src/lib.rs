@@ -254,8 +254,8 @@ pub use duration::Duration;
 pub use model::{
     Action, AppliesTo, Artifact, ArtifactSource, Batch, Check, CheckProbe, Component, ConfigFile, Count, DesiredState,
     Engagement, Escalation, FreezeWindow, Gate, Health, HttpTarget, Link, MaxInFlight, OnFailure, ParamValue,
-    Parameter, ParameterType, Placement, Policy, Port, PortRef, Probe, RateLimit, Rollout, Rules, RunAs, SourceKind,
-    StaticHost, System, Targets,
+    Parameter, ParameterType, Placement, Policy, Port, PortRef, Probe, RateLimit, Rollout, Rules, RunAs, SourceCommit,
+    SourceKind, StaticHost, System, Targets,
 };
 pub use source::{MAX_FILE_BYTES, SourceFile};
 
@@ -318,6 +318,65 @@ pub fn load(files: &[SourceFile], hosts: &[HostInfo]) -> Loaded {
         desired: (!has_errors).then_some(desired),
         diagnostics,
     }
+}
+
+/// What one document declares, located: its kind and name, and the system it belongs to
+/// (`System`: itself; `Component`, `Check`, `Action`: its `system`; `Policy`, `Host`: none).
+/// The server decides from these who owns what (a Git source owns the systems its documents
+/// declare).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Declaration {
+    /// The file.
+    pub path: String,
+    /// 1-based line of what decides the owner: the `system` of a component, check or action,
+    /// else the name.
+    pub line: u64,
+    /// 1-based column of the same.
+    pub column: u64,
+    /// `System`, `Component`, `Check`, `Action`, `Policy` or `Host`.
+    pub kind: &'static str,
+    /// The declared name.
+    pub name: String,
+    /// The system the object belongs to.
+    pub system: Option<String>,
+}
+
+/// Every document's [`Declaration`], in path order, from parsing alone (no validation): a
+/// document that does not parse declares nothing here ([`load`] reports it).
+pub fn declarations(files: &[SourceFile]) -> Vec<Declaration> {
+    let mut order: Vec<usize> = (0..files.len()).collect();
+    order.sort_by(|a, b| files.get(*a).map(|f| &f.path).cmp(&files.get(*b).map(|f| &f.path)));
+    let mut docs = Vec::new();
+    let mut ignored = Vec::new();
+    for &file_idx in &order {
+        let Some(file) = files.get(file_idx) else { continue };
+        if file.text.len() <= MAX_FILE_BYTES {
+            parse::parse_file(file_idx, file, &mut docs, &mut ignored);
+        }
+    }
+    docs.iter()
+        .filter_map(|parsed| {
+            let path = files.get(parsed.file)?.path.clone();
+            // Located at what decides the owner: the name, or the `system` the object belongs to.
+            let (kind, name, system) = match &parsed.doc {
+                parse::RawDoc::System(d) => ("System", &d.name, Some(&d.name)),
+                parse::RawDoc::Component(d) => ("Component", &d.name, Some(&d.system)),
+                parse::RawDoc::Check(d) => ("Check", &d.name, Some(&d.system)),
+                parse::RawDoc::Action(d) => ("Action", &d.name, Some(&d.system)),
+                parse::RawDoc::Policy(d) => ("Policy", &d.name, None),
+                parse::RawDoc::Host(d) => ("Host", &d.name, None),
+            };
+            let pos = parse::spanned_pos(system.unwrap_or(name), parsed.line_offset, parsed.start);
+            Some(Declaration {
+                path,
+                line: pos.line,
+                column: pos.column,
+                kind,
+                name: name.value.clone(),
+                system: system.map(|s| s.value.clone()),
+            })
+        })
+        .collect()
 }
 
 /// The JSON Schema (2020-12) of one spec document, generated from the same types the parser reads.

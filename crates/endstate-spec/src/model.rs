@@ -27,6 +27,30 @@ pub struct DesiredState {
     /// Static inventory entries (machines without an agent) by name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub hosts: BTreeMap<String, StaticHost>,
+    /// The Git source that declares each object it owns, by `System/NAME`, `Policy/NAME` or
+    /// `Host/NAME` (a system's components, checks and actions go with it). An object absent here
+    /// was applied through the API. Set by the server when it composes a revision, never by a
+    /// spec file.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub owners: BTreeMap<String, String>,
+    /// The commit each Git source was at when this desired state was composed, by source name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sources: BTreeMap<String, SourceCommit>,
+}
+
+/// The commit of a Git source a desired state holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceCommit {
+    /// The repository, without credentials.
+    pub repository: String,
+    /// The branch followed.
+    pub branch: String,
+    /// The full commit id.
+    pub commit: String,
+    /// `Name <email>`.
+    pub author: String,
+    /// The first line of the message.
+    pub subject: String,
 }
 
 /// A machine without an agent, declared in the spec so it is in the inventory: network gear, a

@@ -572,6 +572,8 @@ pub(crate) fn validate(
             .into_iter()
             .map(|(name, entry)| (name, entry.host))
             .collect(),
+        owners: BTreeMap::new(),
+        sources: BTreeMap::new(),
     }
 }
 

@@ -18,3 +18,7 @@ pub const DESCRIBE_SHOP: &str = include_str!("../fixtures/describe-shop.yaml");
 /// labels) with a subsystem, platform aggregating by selector, and cache's actions of every
 /// engagement.
 pub const DESCRIBE_CACHE: &str = include_str!("../fixtures/describe-cache.yaml");
+
+/// A system declared in Git (`checkout`, with `checkout/web` at version `1.0.0`), for the Git
+/// source tests: they commit it, and versions of it, to a repository.
+pub const GIT_CHECKOUT: &str = include_str!("../fixtures/git-checkout.yaml");

@@ -12,12 +12,14 @@
 //! - [`agent`]: the protocol-level fake agent (enrolment, a real mutual-TLS link, frame by
 //!   frame), whose [`agent::dial`] and [`agent::hello`] the benchmarks' simulated fleet uses too.
 //! - [`fixtures`]: desired-state documents tests share, as files.
+//! - [`git::GitRepo`]: a real Git repository (bare, over `file://`) and a clone to push from.
 //! - [`webhook::Receiver`]: a plain-HTTP webhook receiver for tests without a runtime (the CLI's).
 
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
 pub mod agent;
 pub mod fixtures;
+pub mod git;
 pub mod server;
 pub mod webhook;
 

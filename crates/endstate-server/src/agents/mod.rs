@@ -267,8 +267,14 @@ impl Hub {
     /// the hosts changed (then also replaces the store's instance records), and sends each
     /// connected host its set when it has not seen its generation.
     pub(crate) async fn refresh(&self, state: &AppState) -> Result<(), ApiError> {
-        let current = state.current().await?;
-        let hosts = crate::blueprint::hosts_in_service(state).await?;
+        // Independent reads, at once: this is on the way of every set sent after a decision.
+        let (
+            current,
+            crate::blueprint::FleetHosts {
+                in_service: hosts,
+                retired,
+            },
+        ) = tokio::try_join!(state.current(), crate::blueprint::fleet_hosts(state))?;
         let key = rendering_key(&current, &hosts);
         let target = current.target();
         let mut assigned = self.assigned.lock().await;
@@ -287,15 +293,28 @@ impl Hub {
                 assign::add_actions(desired, &mut sets, &hosts);
             }
             // A retired host runs nothing: it gets an empty set, not none (it would keep what it has).
-            for host in crate::revisions::retired_hosts(state).await? {
+            for host in retired {
                 sets.entry(host).or_default();
             }
             let mut records = Vec::new();
             let mut problems = Vec::new();
-            let existing: BTreeMap<(String, String, u32), (String, u64)> = state
-                .store()
-                .list_instances(endstate_store::InstanceFilter::default())
-                .await?
+            // Every host's generation at once, so the store commits them together rather than
+            // one transaction per host (thousands of hosts); the instances are read meanwhile.
+            let generations_of = futures_util::future::try_join_all(sets.iter().map(|(host, set)| async move {
+                let name = HostName(host.clone());
+                let generation = state.store().set_agent_desired(&name, set.digest.clone()).await?;
+                Ok::<_, ApiError>((host.clone(), generation))
+            }));
+            let instances = async {
+                state
+                    .store()
+                    .list_instances(endstate_store::InstanceFilter::default())
+                    .await
+                    .map_err(ApiError::from)
+            };
+            let (host_generations, instances) = tokio::try_join!(generations_of, instances)?;
+            let host_generations: BTreeMap<String, u64> = host_generations.into_iter().collect();
+            let existing: BTreeMap<(String, String, u32), (String, u64)> = instances
                 .into_iter()
                 .map(|i| {
                     (
@@ -305,17 +324,6 @@ impl Hub {
                 })
                 .collect();
             let mut generations = BTreeMap::new();
-            // Every host's generation at once, so the store commits them together rather than
-            // one transaction per host (thousands of hosts).
-            let host_generations: BTreeMap<String, u64> =
-                futures_util::future::try_join_all(sets.iter().map(|(host, set)| async move {
-                    let name = HostName(host.clone());
-                    let generation = state.store().set_agent_desired(&name, set.digest.clone()).await?;
-                    Ok::<_, ApiError>((host.clone(), generation))
-                }))
-                .await?
-                .into_iter()
-                .collect();
             for (host, set) in &sets {
                 let name = HostName(host.clone());
                 let host_generation = host_generations.get(host).copied().unwrap_or_default();

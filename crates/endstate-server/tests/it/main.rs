@@ -11,6 +11,7 @@ mod describe;
 mod history;
 mod monitoring;
 mod options;
+mod sources;
 mod systems;
 mod timeline;
 mod why;

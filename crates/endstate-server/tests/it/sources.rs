@@ -1,0 +1,317 @@
+//! Git sources: real repositories (Debian's `git`, over `file://`), a real server fetching them
+//! with gix. A commit becomes a revision owned by its source; the API may not write what a
+//! source owns; a bad commit is refused with located problems and the fix applies after it.
+
+use endstate_api::{AddSource, SourceView};
+use endstate_client::{Client, TimelineQuery};
+use endstate_testkit::fixtures::GIT_CHECKOUT;
+use endstate_testkit::git::{AUTHOR, GitRepo};
+
+use crate::{SYSTEMS, TestServer, submit_request};
+
+fn add(name: &str, repo: &GitRepo, paths: &[&str]) -> AddSource {
+    AddSource {
+        name: name.into(),
+        repository: repo.url(),
+        branch: Some("main".into()),
+        paths: paths.iter().map(|p| (*p).to_owned()).collect(),
+        // The tests sync by hand; the poller must not race them.
+        interval: Some("1h".into()),
+        credentials_file: None,
+    }
+}
+
+/// The `source.commit` events, newest first.
+async fn commits(client: &Client) -> Vec<serde_json::Value> {
+    let page = client
+        .timeline(&TimelineQuery {
+            kind: Some("source.commit".into()),
+            ..TimelineQuery::default()
+        })
+        .await
+        .unwrap();
+    page.items.into_iter().map(|e| e.data).collect()
+}
+
+async fn sync(client: &Client, name: &str) -> SourceView {
+    client.sync_source(name).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_commit_becomes_a_revision_its_source_owns_and_the_api_may_not_write_it() {
+    let server = TestServer::start().await;
+    let client = server.client();
+    // The API's systems first, then checkout in Git (with a file outside the source's paths
+    // that is not even a valid spec).
+    client
+        .submit(&submit_request(&[("systems.yaml", SYSTEMS)], "m"))
+        .await
+        .unwrap();
+    let repo = GitRepo::new();
+    repo.write("systems/checkout/checkout.yaml", GIT_CHECKOUT);
+    repo.write("other/broken.yaml", "kind: [not a spec");
+    let first = repo.commit_and_push("checkout: first version");
+
+    let view = client
+        .add_source(&add("checkout-git", &repo, &["systems/checkout"]))
+        .await
+        .unwrap();
+    assert_eq!(view.paths, ["systems/checkout"]);
+    let view = sync(&client, "checkout-git").await;
+    assert_eq!(view.head.as_deref(), Some(first.as_str()), "{view:?}");
+    assert_eq!(view.latest.as_deref(), Some(first.as_str()), "{view:?}");
+    assert_eq!(view.systems, ["checkout"]);
+    assert!(view.error.is_none() && view.problems.is_empty(), "{view:?}");
+
+    let seen = commits(&client).await;
+    assert_eq!(seen[0]["outcome"], "applied", "{seen:?}");
+    assert_eq!(seen[0]["author"], AUTHOR);
+    assert_eq!(seen[0]["message"], "checkout: first version\n");
+    let revision = client
+        .revision(&seen[0]["revision"].as_u64().unwrap().to_string())
+        .await
+        .unwrap();
+    assert_eq!(revision.source.kind, "git");
+    assert_eq!(
+        revision.source.reference.as_deref(),
+        Some(format!("checkout-git@{first}").as_str())
+    );
+    assert!(
+        revision.message.starts_with("checkout: first version"),
+        "{}",
+        revision.message
+    );
+    let desired = revision.desired.unwrap();
+    // The API's systems stay; checkout is the source's.
+    assert!(desired["systems"]["shop"].is_object(), "{desired}");
+    assert_eq!(desired["owners"]["System/checkout"], "checkout-git", "{desired}");
+    assert_eq!(desired["components"]["checkout/web"]["artifact"]["version"], "1.0.0");
+
+    // The API may not declare what the source owns: refused where it is, naming the source.
+    let refused = client
+        .submit(&submit_request(
+            &[("systems.yaml", SYSTEMS), ("checkout.yaml", GIT_CHECKOUT)],
+            "by hand",
+        ))
+        .await
+        .unwrap_err();
+    let problem = refused.problem().unwrap();
+    assert_eq!(problem.status, 422, "{problem:?}");
+    let text = serde_json::to_string(problem).unwrap();
+    assert!(text.contains("owned-by-source"), "{text}");
+    assert!(
+        text.contains("system checkout is owned by the Git source checkout-git"),
+        "{text}"
+    );
+    // Nor scale it.
+    let scaled = client.scale("checkout/web", 3, None).await.unwrap_err();
+    assert_eq!(scaled.problem().map(|p| p.status), Some(409));
+    assert!(
+        scaled
+            .problem()
+            .unwrap()
+            .detail
+            .contains("the Git source checkout-git owns"),
+        "{scaled:?}"
+    );
+    // What the API owns it may replace: the source's system stays.
+    let applied = client
+        .submit(&submit_request(&[("systems.yaml", SYSTEMS)], "again"))
+        .await
+        .unwrap();
+    let desired = client
+        .revision(&applied.revision.id.to_string())
+        .await
+        .unwrap()
+        .desired
+        .unwrap();
+    assert_eq!(
+        desired["components"]["checkout/web"]["artifact"]["version"], "1.0.0",
+        "{desired}"
+    );
+    assert_eq!(desired["sources"]["checkout-git"]["commit"], first.as_str());
+
+    // A commit outside the paths changes nothing; the source remembers across a restart.
+    repo.write("other/readme.yaml", "# not ours\n");
+    let outside = repo.commit_and_push("docs");
+    let view = sync(&client, "checkout-git").await;
+    assert_eq!(view.head.as_deref(), Some(outside.as_str()));
+    assert_eq!(
+        view.latest.as_deref(),
+        Some(first.as_str()),
+        "no new revision: {view:?}"
+    );
+    assert_eq!(commits(&client).await[0]["outcome"], "untouched");
+    let server = server.restart().await;
+    let client = server.client();
+    let view = client.source("checkout-git").await.unwrap();
+    assert_eq!(view.handled.as_deref(), Some(outside.as_str()), "{view:?}");
+
+    // Removed, its system stays, and is the API's from then on.
+    client.remove_source("checkout-git").await.unwrap();
+    assert!(client.sources().await.unwrap().is_empty());
+    client
+        .submit(&submit_request(
+            &[("systems.yaml", SYSTEMS), ("checkout.yaml", GIT_CHECKOUT)],
+            "taken back",
+        ))
+        .await
+        .unwrap();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_bad_commit_is_refused_located_and_the_fix_pushed_after_it_applies() {
+    let server = TestServer::start().await;
+    let client = server.client();
+    let repo = GitRepo::new();
+    repo.write("checkout.yaml", GIT_CHECKOUT);
+    let first = repo.commit_and_push("checkout 1.0.0");
+    client.add_source(&add("checkout-git", &repo, &[])).await.unwrap();
+    assert_eq!(
+        sync(&client, "checkout-git").await.latest.as_deref(),
+        Some(first.as_str())
+    );
+
+    // A typo: refused with where it is; the latest revision stays.
+    repo.write(
+        "checkout.yaml",
+        &GIT_CHECKOUT.replace("version: \"1.0.0\"", "verison: \"1.1.0\""),
+    );
+    let bad = repo.commit_and_push("checkout 1.1.0, with a typo");
+    let view = sync(&client, "checkout-git").await;
+    assert_eq!(view.head.as_deref(), Some(bad.as_str()));
+    assert_eq!(view.latest.as_deref(), Some(first.as_str()), "{view:?}");
+    assert!(
+        view.problems.iter().any(|p| p.starts_with("checkout.yaml:12:")),
+        "located in the file: {:?}",
+        view.problems
+    );
+    assert!(view.summary.contains("refused"), "{}", view.summary);
+    let seen = commits(&client).await;
+    assert_eq!(seen[0]["outcome"], "refused");
+    assert_eq!(seen[0]["commit"], bad.as_str());
+
+    // Two commits pushed at once: the head applies, the one between is superseded by it.
+    repo.write("checkout.yaml", &GIT_CHECKOUT.replace("1.0.0", "1.1.0"));
+    let between = repo.commit("checkout 1.1.0");
+    repo.write("checkout.yaml", &GIT_CHECKOUT.replace("1.0.0", "1.2.0"));
+    let fix = repo.commit_and_push("checkout 1.2.0");
+    let view = sync(&client, "checkout-git").await;
+    assert_eq!(view.latest.as_deref(), Some(fix.as_str()), "{view:?}");
+    assert!(view.problems.is_empty(), "{view:?}");
+    let seen = commits(&client).await;
+    assert_eq!(seen[0]["outcome"], "applied");
+    let superseded: Vec<&str> = seen[0]["superseded"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    assert_eq!(superseded, [format!("{between} checkout 1.1.0")], "{seen:?}");
+
+    // History rewritten: the new head applies, and the timeline says so.
+    repo.reset_hard(&first);
+    repo.write("checkout.yaml", &GIT_CHECKOUT.replace("1.0.0", "1.3.0"));
+    let rewritten = repo.commit("checkout 1.3.0, rewritten");
+    repo.push(true);
+    let view = sync(&client, "checkout-git").await;
+    assert_eq!(view.latest.as_deref(), Some(rewritten.as_str()), "{view:?}");
+    let seen = commits(&client).await;
+    assert_eq!(seen[0]["rewritten_from"], fix.as_str(), "{seen:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn one_fetch_serves_every_source_of_a_repository() {
+    let server = TestServer::start().await;
+    let client = server.client();
+    let repo = GitRepo::new();
+    repo.write("a/checkout.yaml", GIT_CHECKOUT);
+    // The same system under another name: another source's.
+    repo.write("b/cart.yaml", &GIT_CHECKOUT.replace("checkout", "cart"));
+    repo.commit_and_push("two systems");
+    client.add_source(&add("a", &repo, &["a"])).await.unwrap();
+    client.add_source(&add("b", &repo, &["b"])).await.unwrap();
+    let before = sync(&client, "a").await.fetches;
+    let a = sync(&client, "a").await;
+    let b = client.source("b").await.unwrap();
+    assert_eq!(a.fetches, before + 1, "one fetch for the round");
+    assert_eq!(b.fetches, a.fetches, "per repository");
+    assert_eq!(a.fetched_at, b.fetched_at, "b was handled by a's fetch: {a:?} {b:?}");
+    assert_eq!(b.systems, ["cart"]);
+    assert_eq!(a.systems, ["checkout"]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bad_definitions_are_refused_by_field() {
+    let server = TestServer::start().await;
+    let client = server.client();
+    let repo = GitRepo::new();
+    let cases = [
+        (
+            AddSource {
+                name: "Bad Name".into(),
+                ..add("x", &repo, &[])
+            },
+            "name",
+        ),
+        (
+            AddSource {
+                repository: "ftp://example.org/x".into(),
+                ..add("x", &repo, &[])
+            },
+            "repository",
+        ),
+        (
+            AddSource {
+                repository: "https://bot:s3cret@forge.example/x.git".into(),
+                ..add("x", &repo, &[])
+            },
+            "repository",
+        ),
+        (
+            AddSource {
+                branch: Some("a..b".into()),
+                ..add("x", &repo, &[])
+            },
+            "branch",
+        ),
+        (add("x", &repo, &["../etc"]), "paths[0]"),
+        (
+            AddSource {
+                interval: Some("10ms".into()),
+                ..add("x", &repo, &[])
+            },
+            "interval",
+        ),
+        (
+            AddSource {
+                credentials_file: Some("/nonexistent/creds".into()),
+                ..add("x", &repo, &[])
+            },
+            "credentials_file",
+        ),
+    ];
+    for (request, field) in cases {
+        let error = client.add_source(&request).await.unwrap_err();
+        let problem = error.problem().unwrap();
+        assert_eq!(problem.status, 422, "{field}: {problem:?}");
+        assert_eq!(problem.errors[0].field, field, "{problem:?}");
+        assert!(
+            !serde_json::to_string(problem).unwrap().contains("s3cret"),
+            "{problem:?}"
+        );
+    }
+    client.add_source(&add("x", &repo, &[])).await.unwrap();
+    let taken = client.add_source(&add("x", &repo, &[])).await.unwrap_err();
+    assert_eq!(taken.problem().map(|p| p.status), Some(409));
+    // An empty repository: the branch does not exist yet, said by the source.
+    let view = sync(&client, "x").await;
+    assert!(
+        view.error.as_deref().unwrap_or_default().contains("has no branch main"),
+        "{view:?}"
+    );
+    server.stop().await;
+}
