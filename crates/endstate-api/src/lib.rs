@@ -1368,6 +1368,11 @@ pub struct AddSource {
     /// A file on the server holding `user:password` (or `user:token`) for HTTP(S). Only its path is kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_file: Option<String>,
+    /// A file on the server holding the secret of the forge's webhook (`POST
+    /// /v1/sources/{name}/hook`): GitHub, Gitea and Forgejo sign each call with it (HMAC-SHA256),
+    /// GitLab sends it as its token. Without it, the webhook is refused. Only its path is kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_secret_file: Option<String>,
 }
 
 /// A Git source: what it follows, what it last saw, and what it owns.
@@ -1386,6 +1391,9 @@ pub struct SourceView {
     /// The credentials file's path, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_file: Option<String>,
+    /// The webhook secret file's path, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_secret_file: Option<String>,
     /// The branch's head at the last fetch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub head: Option<String>,
@@ -1413,4 +1421,16 @@ pub struct SourceView {
     pub systems: Vec<String>,
     /// Where it stands, in a sentence: `in force at 3f2a9c0`, `behind: …`, `failing: …`.
     pub summary: String,
+}
+
+/// The answer to a forge's webhook call that was accepted: the source's repository is fetched now.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct HookAccepted {
+    /// The source.
+    pub source: String,
+    /// The forge's delivery id, when it sent one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<String>,
+    /// What happens now.
+    pub detail: String,
 }

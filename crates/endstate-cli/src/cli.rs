@@ -701,6 +701,10 @@ pub(crate) enum SourceCommand {
         /// A file on the server holding `user:password` for HTTP(S).
         #[arg(long)]
         credentials_file: Option<String>,
+        /// A file on the server holding the forge's webhook secret (the webhook is
+        /// `POST /v1/sources/NAME/hook`).
+        #[arg(long)]
+        webhook_secret_file: Option<String>,
     },
     /// The sources and where each stands.
     List,

@@ -1454,6 +1454,7 @@ pub(crate) async fn source(global: &Global, command: crate::cli::SourceCommand) 
             paths,
             interval,
             credentials_file,
+            webhook_secret_file,
         } => {
             let request = endstate_api::AddSource {
                 name,
@@ -1462,6 +1463,7 @@ pub(crate) async fn source(global: &Global, command: crate::cli::SourceCommand) 
                 paths,
                 interval,
                 credentials_file,
+                webhook_secret_file,
             };
             match refused_or(client.add_source(&request)).await? {
                 Ok(view) => vec![view],

@@ -926,6 +926,9 @@ pub struct SourceDefinition {
     /// A file holding `user:password` for HTTP(S), read at each fetch (its path only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_file: Option<String>,
+    /// A file holding the secret the forge signs its webhook calls with (its path only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_secret_file: Option<String>,
 }
 
 /// `source.removed`, `source.recovered`.

@@ -365,6 +365,7 @@ fn examples() -> Vec<Event> {
             paths: vec!["systems/shop".into()],
             interval_ms: 30_000,
             credentials_file: Some("/etc/endstate/forge.credentials".into()),
+            webhook_secret_file: Some("/etc/endstate/forge.webhook-secret".into()),
         }),
         Event::SourceRemoved(SourceRemoved { name: "shop".into() }),
         Event::SourceCommit(SourceCommitSeen {

@@ -23,6 +23,14 @@ pub(crate) struct StateLabels {
     pub(crate) state: String,
 }
 
+/// A Git source's webhook call and what became of it (`accepted`, `bad_signature`,
+/// `unsigned`, `replayed`, `no_secret`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct HookLabels {
+    pub(crate) source: String,
+    pub(crate) outcome: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: String,
@@ -56,6 +64,8 @@ pub(crate) struct Metrics {
     pub(crate) check_status: Family<CheckLabels, Gauge>,
     /// The last performance data of every check on every target, as the plugin gave it.
     pub(crate) check_perfdata: Family<PerfLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// Calls of Git sources' webhooks, by source and outcome.
+    pub(crate) source_hooks: Family<HookLabels, Counter>,
 }
 
 fn request_histogram() -> Histogram {
@@ -122,8 +132,15 @@ impl Metrics {
             "The last performance data of a check on a target, in the plugin's unit",
             check_perfdata.clone(),
         );
+        let source_hooks = Family::<HookLabels, Counter>::default();
+        registry.register(
+            "endstate_source_hooks",
+            "Calls of Git sources' webhooks, by source and outcome (refused ones never fetch)",
+            source_hooks.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
+            source_hooks,
             check_status,
             check_perfdata,
             requests,

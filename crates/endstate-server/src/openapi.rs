@@ -31,6 +31,7 @@ use crate::error::ApiError;
         crate::sources::show,
         crate::sources::sync,
         crate::sources::remove,
+        crate::sources::hook,
         crate::monitor::list_alerts,
         crate::monitor::ack,
         crate::monitor::bulk,

@@ -85,6 +85,11 @@ pub(crate) fn router(state: AppState) -> Router {
             post(crate::agents::routes::enrol)
                 .layer(middleware::from_fn_with_state(state.clone(), auth::limit_by_peer)),
         )
+        // Authenticated by the forge's signature under the source's secret, not a bearer token.
+        .route(
+            "/v1/sources/{name}/hook",
+            post(crate::sources::hook).layer(middleware::from_fn_with_state(state.clone(), auth::limit_by_peer)),
+        )
         .route(
             "/v1/agents/endpoint",
             post(crate::agents::routes::endpoint)

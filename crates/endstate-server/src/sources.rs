@@ -35,6 +35,8 @@ const MIN_INTERVAL_MS: u64 = 1_000;
 const MAX_SOURCES: usize = 1_000;
 /// How many superseded commits a `source.commit` lists.
 const MAX_SUPERSEDED: usize = 50;
+/// How many webhook delivery ids are remembered against replays.
+const MAX_DELIVERIES: usize = 10_000;
 /// After a failed fetch, the next is tried after this long, doubling up to the interval's ten times.
 const RETRY_FIRST_MS: u64 = 1_000;
 
@@ -46,8 +48,10 @@ pub(crate) struct Sources {
     fetches: Mutex<BTreeMap<String, u64>>,
     /// One round at a time (the poller's or a sync's).
     round: tokio::sync::Mutex<()>,
-    /// Wakes the poller (a source was added).
+    /// Wakes the poller (a source was added, a webhook called).
     wake: tokio::sync::Notify,
+    /// The delivery ids of the webhook calls accepted lately, oldest first: a replay is refused.
+    deliveries: Mutex<std::collections::VecDeque<String>>,
 }
 
 /// One source and what this server saw of it.
@@ -75,6 +79,7 @@ impl Sources {
             fetches: Mutex::new(BTreeMap::new()),
             round: tokio::sync::Mutex::new(()),
             wake: tokio::sync::Notify::new(),
+            deliveries: Mutex::new(std::collections::VecDeque::new()),
         }
     }
 
@@ -743,6 +748,19 @@ fn definition_of(request: &AddSource) -> Result<SourceDefinition, ApiError> {
             Some(path.clone())
         }
     };
+    let webhook_secret_file = match &request.webhook_secret_file {
+        None => None,
+        Some(path) => {
+            if !std::path::Path::new(path).is_absolute() {
+                return Err(ApiError::bad_field(
+                    "webhook_secret_file",
+                    format!("{path:?}: an absolute path on the server"),
+                ));
+            }
+            read_secret(path).map_err(|why| ApiError::bad_field("webhook_secret_file", why))?;
+            Some(path.clone())
+        }
+    };
     Ok(SourceDefinition {
         name: name.to_owned(),
         repository: repository.to_owned(),
@@ -750,6 +768,7 @@ fn definition_of(request: &AddSource) -> Result<SourceDefinition, ApiError> {
         paths,
         interval_ms,
         credentials_file,
+        webhook_secret_file,
     })
 }
 
@@ -911,6 +930,7 @@ async fn view_of(state: &AppState, name: &str) -> Result<SourceView, ApiError> {
         paths: definition.paths.clone(),
         interval_ms: definition.interval_ms,
         credentials_file: definition.credentials_file.clone(),
+        webhook_secret_file: definition.webhook_secret_file.clone(),
         head: followed.head.clone(),
         handled: followed.handled.clone(),
         latest: latest_commit,
@@ -924,4 +944,140 @@ async fn view_of(state: &AppState, name: &str) -> Result<SourceView, ApiError> {
         systems,
         summary,
     })
+}
+
+fn read_secret(path: &str) -> Result<Vec<u8>, String> {
+    let text = std::fs::read_to_string(path).map_err(|error| format!("cannot read the secret file {path}: {error}"))?;
+    let secret = text.trim_end_matches(['\n', '\r']);
+    if secret.is_empty() {
+        return Err(format!("the secret file {path} is empty"));
+    }
+    Ok(secret.as_bytes().to_vec())
+}
+
+/// A forge's webhook call, checked: GitHub (`X-Hub-Signature-256: sha256=HEX`), Gitea
+/// (`X-Gitea-Signature: HEX`) and Forgejo (`X-Forgejo-Signature: HEX`) sign the body with
+/// HMAC-SHA256 under the secret; GitLab sends the secret itself (`X-Gitlab-Token`). Compared
+/// in constant time. `Err` is the outcome counted.
+fn verify(secret: &[u8], headers: &axum::http::HeaderMap, body: &[u8]) -> Result<(), &'static str> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    let signed = header("x-hub-signature-256")
+        .map(|v| v.strip_prefix("sha256=").unwrap_or("-"))
+        .or_else(|| header("x-gitea-signature"))
+        .or_else(|| header("x-forgejo-signature"));
+    if let Some(signature) = signed {
+        let tag = unhex(signature).ok_or("bad_signature")?;
+        let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret);
+        return aws_lc_rs::hmac::verify(&key, body, &tag).map_err(|_| "bad_signature");
+    }
+    if let Some(token) = header("x-gitlab-token") {
+        return aws_lc_rs::constant_time::verify_slices_are_equal(token.as_bytes(), secret)
+            .map_err(|_| "bad_signature");
+    }
+    Err("unsigned")
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| text.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
+        .collect()
+}
+
+/// A forge says a repository changed: fetch the source's repository now (its other sources
+/// are served by the same fetch). Authenticated by the forge's signature (or GitLab's token)
+/// under the source's `webhook_secret_file`, not by a bearer token; a call that does not check
+/// out, or a delivery seen before, is refused, counted (`endstate_source_hooks`), and fetches
+/// nothing.
+#[utoipa::path(post, path = "/v1/sources/{name}/hook", params(("name" = String, Path, description = "the source")),
+    request_body(content = String, description = "the forge's event, as it sends it (only its signature is read)", content_type = "application/json"),
+    responses((status = 202, body = endstate_api::HookAccepted), (status = 401, body = endstate_api::Problem),
+        (status = 404, body = endstate_api::Problem), (status = 409, description = "a delivery seen before", body = endstate_api::Problem)),
+    security(()))]
+pub(crate) async fn hook(
+    State(state): State<AppState>,
+    Segment(name): Segment,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<endstate_api::HookAccepted>), ApiError> {
+    let count = |outcome: &str| {
+        state
+            .metrics()
+            .source_hooks
+            .get_or_create(&crate::metrics::HookLabels {
+                source: name.clone(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    };
+    let Some(definition) = state.sources().lock().get(&name).map(|f| f.definition.clone()) else {
+        return Err(ApiError::NotFound(format!("no source named {name:?}")));
+    };
+    let Some(path) = &definition.webhook_secret_file else {
+        count("no_secret");
+        return Err(ApiError::Unauthenticated(
+            "this source has no webhook secret (webhook_secret_file): its webhook is refused",
+        ));
+    };
+    let secret = read_secret(path).map_err(|why| {
+        count("no_secret");
+        tracing::warn!(
+            source = name,
+            why,
+            "A webhook call was refused: the secret cannot be read."
+        );
+        ApiError::Unavailable("the source's webhook secret cannot be read on the server".into())
+    })?;
+    if let Err(outcome) = verify(&secret, &headers, &body) {
+        count(outcome);
+        return Err(ApiError::Unauthenticated(
+            "the webhook call is not signed with the source's secret (X-Hub-Signature-256, X-Gitea-Signature, X-Forgejo-Signature or X-Gitlab-Token)",
+        ));
+    }
+    let delivery = [
+        "x-github-delivery",
+        "x-gitea-delivery",
+        "x-forgejo-delivery",
+        "x-gitlab-event-uuid",
+    ]
+    .iter()
+    .find_map(|h| headers.get(*h).and_then(|v| v.to_str().ok()))
+    .map(|d| d.chars().take(128).collect::<String>());
+    if let Some(id) = &delivery {
+        let mut seen = state
+            .sources()
+            .deliveries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let key = format!("{name} {id}");
+        if seen.contains(&key) {
+            count("replayed");
+            return Err(ApiError::Conflict(format!(
+                "delivery {id} was received before: a replay is not fetched"
+            )));
+        }
+        if seen.len() >= MAX_DELIVERIES {
+            seen.pop_front();
+        }
+        seen.push_back(key);
+    }
+    count("accepted");
+    let now = state.now_ms();
+    for followed in state.sources().lock().values_mut() {
+        if followed.definition.repository == definition.repository {
+            followed.due_ms = followed.due_ms.min(now);
+        }
+    }
+    state.sources().wake.notify_one();
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(endstate_api::HookAccepted {
+            source: name.clone(),
+            delivery,
+            detail: format!("{} is fetched now", definition.repository),
+        }),
+    ))
 }

@@ -18,6 +18,7 @@ fn add(name: &str, repo: &GitRepo, paths: &[&str]) -> AddSource {
         // The tests sync by hand; the poller must not race them.
         interval: Some("1h".into()),
         credentials_file: None,
+        webhook_secret_file: None,
     }
 }
 
@@ -313,5 +314,104 @@ async fn bad_definitions_are_refused_by_field() {
         view.error.as_deref().unwrap_or_default().contains("has no branch main"),
         "{view:?}"
     );
+    server.stop().await;
+}
+
+fn github_signature(secret: &[u8], body: &[u8]) -> String {
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret);
+    let tag = aws_lc_rs::hmac::sign(&key, body);
+    let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256={hex}")
+}
+
+#[tokio::test]
+async fn a_signed_webhook_fetches_at_once_and_a_bad_or_replayed_one_fetches_nothing() {
+    let server = TestServer::start().await;
+    let client = server.client();
+    let repo = GitRepo::new();
+    repo.write("checkout.yaml", GIT_CHECKOUT);
+    let first = repo.commit_and_push("checkout 1.0.0");
+    let secrets = tempfile::tempdir().unwrap();
+    let secret_file = secrets.path().join("hook-secret");
+    std::fs::write(&secret_file, "hook-s3cret\n").unwrap();
+    let request = AddSource {
+        webhook_secret_file: Some(secret_file.display().to_string()),
+        ..add("checkout-git", &repo, &[])
+    };
+    client.add_source(&request).await.unwrap();
+    assert_eq!(
+        sync(&client, "checkout-git").await.latest.as_deref(),
+        Some(first.as_str())
+    );
+    repo.write("checkout.yaml", &GIT_CHECKOUT.replace("1.0.0", "1.1.0"));
+    let second = repo.commit_and_push("checkout 1.1.0");
+
+    let http = crate::http(server.ca_pem.as_deref());
+    let url = format!("{}/v1/sources/checkout-git/hook", server.url);
+    let body = br#"{"ref":"refs/heads/main"}"#.to_vec();
+    let call = |headers: Vec<(&'static str, String)>| {
+        let mut request = http
+            .post(&url)
+            .body(body.clone())
+            .header("content-type", "application/json");
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        request.send()
+    };
+    let fetches = client.source("checkout-git").await.unwrap().fetches;
+    // Refused: unsigned, signed with another secret, GitLab's token wrong. Nothing fetched.
+    for (headers, outcome) in [
+        (vec![], "unsigned"),
+        (
+            vec![("x-hub-signature-256", github_signature(b"other", &body))],
+            "bad_signature",
+        ),
+        (vec![("x-gitea-signature", "zz".to_owned())], "bad_signature"),
+        (vec![("x-gitlab-token", "hook-s3cre".to_owned())], "bad_signature"),
+    ] {
+        let answer = call(headers).await.unwrap();
+        assert_eq!(answer.status(), 401, "{outcome}");
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let view = client.source("checkout-git").await.unwrap();
+    assert_eq!(view.fetches, fetches, "a refused call fetches nothing");
+    assert_eq!(view.latest.as_deref(), Some(first.as_str()));
+
+    // GitHub's signature: accepted, fetched and applied at once (the interval is an hour).
+    let delivery = ("x-github-delivery", "72d3162e-cc78-11e3-81ab-4c9367dc0958".to_owned());
+    let signed = ("x-hub-signature-256", github_signature(b"hook-s3cret", &body));
+    let answer = call(vec![signed.clone(), delivery.clone()]).await.unwrap();
+    assert_eq!(answer.status(), 202);
+    let mut view = client.source("checkout-git").await.unwrap();
+    for _ in 0..100 {
+        if view.latest.as_deref() == Some(second.as_str()) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        view = client.source("checkout-git").await.unwrap();
+    }
+    assert_eq!(view.latest.as_deref(), Some(second.as_str()), "{view:?}");
+    // The same delivery again: a replay, refused.
+    let replay = call(vec![signed, delivery]).await.unwrap();
+    assert_eq!(replay.status(), 409);
+    // GitLab's token and Gitea's signature are accepted too.
+    let gitlab = call(vec![("x-gitlab-token", "hook-s3cret".to_owned())]).await.unwrap();
+    assert_eq!(gitlab.status(), 202);
+    let gitea = github_signature(b"hook-s3cret", &body)
+        .trim_start_matches("sha256=")
+        .to_owned();
+    assert_eq!(call(vec![("x-gitea-signature", gitea)]).await.unwrap().status(), 202);
+
+    let metrics = server.get("/metrics").await.text().await.unwrap();
+    for (outcome, n) in [("unsigned", 1), ("bad_signature", 3), ("replayed", 1), ("accepted", 3)] {
+        let line = format!("endstate_source_hooks_total{{source=\"checkout-git\",outcome=\"{outcome}\"}} {n}");
+        assert!(metrics.contains(&line), "{line} in:\n{metrics}");
+    }
+    // A source without a secret refuses its webhook.
+    client.add_source(&add("open", &repo, &[])).await.unwrap();
+    let url = format!("{}/v1/sources/open/hook", server.url);
+    let answer = http.post(&url).body("{}").send().await.unwrap();
+    assert_eq!(answer.status(), 401);
     server.stop().await;
 }
