@@ -7,6 +7,7 @@
 
 mod agents;
 mod figure;
+mod gitops;
 mod monitoring;
 mod rollout;
 mod spec;
@@ -45,14 +46,14 @@ fn main() -> anyhow::Result<()> {
             }
             "--help" | "-h" => {
                 println!(
-                    "usage: endstate-bench [--smoke] [--out FILE] [--only spec|store|agents|actions|planner|rollout|timeline|monitoring|tls]"
+                    "usage: endstate-bench [--smoke] [--out FILE] [--only spec|store|agents|actions|planner|rollout|timeline|monitoring|tls|gitops]"
                 );
                 return Ok(());
             }
             other => anyhow::bail!("unknown argument {other:?}; see --help"),
         }
     }
-    let groups: [(&str, Group); 9] = [
+    let groups: [(&str, Group); 10] = [
         ("spec", spec::run),
         ("store", store::run),
         ("agents", agents::run),
@@ -62,6 +63,7 @@ fn main() -> anyhow::Result<()> {
         ("timeline", timeline::run),
         ("monitoring", monitoring::run),
         ("tls", tls::run),
+        ("gitops", gitops::run),
     ];
     if let Some(only) = &only {
         anyhow::ensure!(

@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use endstate_spec::{DesiredState, SourceCommit, SourceFile};
+use endstate_spec::{Declaration, DesiredState, SourceCommit, SourceFile};
 
 /// The path given to the stand-in documents (never a real file's: those come from a directory
 /// or a repository).
@@ -102,7 +102,7 @@ impl Refusal {
 /// name, `None` for the API) owns in `previous`. A source may adopt what the API owns; nothing
 /// else changes hands.
 pub(crate) fn owned_elsewhere(
-    files: &[SourceFile],
+    declarations: &[Declaration],
     previous: Option<&DesiredState>,
     origin: Option<&str>,
     describe: impl Fn(&str) -> String,
@@ -111,7 +111,7 @@ pub(crate) fn owned_elsewhere(
         return Vec::new();
     };
     let mut refusals = Vec::new();
-    for declaration in endstate_spec::declarations(files) {
+    for declaration in declarations {
         let owner_key = match (declaration.kind, &declaration.system) {
             ("Policy" | "Host", _) => key(declaration.kind, &declaration.name),
             (_, Some(system)) => key("System", system),
@@ -125,7 +125,7 @@ pub(crate) fn owned_elsewhere(
         }
         let (kind, name) = owner_key.split_once('/').unwrap_or(("", &owner_key));
         refusals.push(Refusal {
-            path: declaration.path,
+            path: declaration.path.clone(),
             line: declaration.line,
             column: declaration.column,
             message: format!(
@@ -359,7 +359,8 @@ mod tests {
             path: "spec/shop.yaml".into(),
             text: component("shop", "2.0"),
         }];
-        let problems = owned_elsewhere(&files, Some(&previous), None, |s| format!("the Git source {s}"));
+        let declarations = endstate_spec::declarations(&files);
+        let problems = owned_elsewhere(&declarations, Some(&previous), None, |s| format!("the Git source {s}"));
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert_eq!(
             problems[0].located(),
@@ -367,10 +368,10 @@ mod tests {
         );
         // Another source may not take it either; the owner may.
         assert_eq!(
-            owned_elsewhere(&files, Some(&previous), Some("other"), |s| s.to_owned()).len(),
+            owned_elsewhere(&declarations, Some(&previous), Some("other"), |s| s.to_owned()).len(),
             1
         );
-        assert!(owned_elsewhere(&files, Some(&previous), Some("git-shop"), |s| s.to_owned()).is_empty());
+        assert!(owned_elsewhere(&declarations, Some(&previous), Some("git-shop"), |s| s.to_owned()).is_empty());
     }
 
     #[test]

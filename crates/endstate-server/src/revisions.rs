@@ -108,7 +108,11 @@ async fn validate(
             diagnostics,
         }
     };
-    let owned = crate::compose::owned_elsewhere(&files, previous, None, |owner| format!("the Git source {owner}"));
+    // Parsed once: who owns what is read from the same parse that is validated.
+    let mut parsed = endstate_spec::ParsedSpec::parse(files);
+    let owned = crate::compose::owned_elsewhere(&parsed.declarations(), previous, None, |owner| {
+        format!("the Git source {owner}")
+    });
     if !owned.is_empty() {
         return Err(refused(
             owned
@@ -128,10 +132,11 @@ async fn validate(
     let (stand_in, stand_ins) = crate::compose::stand_ins(previous, |system| {
         previous.and_then(|p| crate::compose::system_owner(p, system)).is_some()
     });
-    let mut files = files;
-    files.extend(stand_in);
+    if let Some(stand_in) = stand_in {
+        parsed.add(stand_in);
+    }
     let hosts = host_infos(state).await?;
-    let Loaded { desired, diagnostics } = endstate_spec::load(&files, &hosts);
+    let Loaded { desired, diagnostics } = parsed.validate(&hosts);
     let views: Vec<SpecDiagnostic> = diagnostics.iter().map(diagnostic_view).collect();
     let n_errors = views.iter().filter(|d| d.severity == "error").count();
     let desired = match desired {

@@ -415,14 +415,18 @@ async fn compose(
             text: f.content,
         })
         .collect();
-    let refusals =
-        crate::compose::owned_elsewhere(&files, previous, Some(name), |owner| format!("the Git source {owner}"));
+    // Parsed once: who owns what is read from the same parse that is validated.
+    let mut parsed = endstate_spec::ParsedSpec::parse(files);
+    let declarations = parsed.declarations();
+    let refusals = crate::compose::owned_elsewhere(&declarations, previous, Some(name), |owner| {
+        format!("the Git source {owner}")
+    });
     if !refusals.is_empty() {
         return Err(refusals.iter().map(crate::compose::Refusal::located).collect());
     }
     // Stand-ins for the systems of the other origins; a system these files declare is the
     // source's (adopted from the API when the API had it).
-    let declared: std::collections::BTreeSet<String> = endstate_spec::declarations(&files)
+    let declared: std::collections::BTreeSet<String> = declarations
         .into_iter()
         .filter(|d| d.kind == "System")
         .map(|d| d.name)
@@ -430,12 +434,13 @@ async fn compose(
     let (stand_in, stand_ins) = crate::compose::stand_ins(previous, |system| {
         previous.and_then(|p| crate::compose::system_owner(p, system)) != Some(name) && !declared.contains(system)
     });
-    let mut all = files;
-    all.extend(stand_in);
+    if let Some(stand_in) = stand_in {
+        parsed.add(stand_in);
+    }
     let hosts = crate::blueprint::hosts_in_service(state)
         .await
         .map_err(|error| vec![error.to_string()])?;
-    let loaded = endstate_spec::load(&all, &hosts);
+    let loaded = parsed.validate(&hosts);
     let Some(loaded_desired) = loaded.desired else {
         return Err(loaded
             .diagnostics

@@ -291,32 +291,94 @@ impl Loaded {
 /// Files are processed in path order, so "first declared" in duplicate-name errors does not depend on
 /// the order of `files`. Never panics, whatever the input.
 pub fn load(files: &[SourceFile], hosts: &[HostInfo]) -> Loaded {
-    let mut order: Vec<usize> = (0..files.len()).collect();
-    order.sort_by(|a, b| files.get(*a).map(|f| &f.path).cmp(&files.get(*b).map(|f| &f.path)));
-    let mut diagnostics = Vec::new();
-    let mut docs = Vec::new();
-    for &file_idx in &order {
-        let Some(file) = files.get(file_idx) else { continue };
-        if file.text.len() > MAX_FILE_BYTES {
-            diagnostics.push(source::too_large(&file.path, file.text.len()));
-            continue;
+    ParsedSpec::parse(files.to_vec()).validate(hosts)
+}
+
+/// A spec parsed but not validated yet: what its documents declare can be read first (who owns
+/// what), and more files added, each file parsed once. [`load`] is `parse` then `validate`.
+pub struct ParsedSpec {
+    files: Vec<SourceFile>,
+    docs: Vec<parse::Parsed>,
+    diagnostics: Vec<Diagnostic>,
+}
+
+impl ParsedSpec {
+    /// Parses `files`, in path order.
+    pub fn parse(mut files: Vec<SourceFile>) -> ParsedSpec {
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        let mut spec = ParsedSpec {
+            files: Vec::with_capacity(files.len()),
+            docs: Vec::new(),
+            diagnostics: Vec::new(),
+        };
+        for file in files {
+            spec.add(file);
         }
-        parse::parse_file(file_idx, file, &mut docs, &mut diagnostics);
+        spec
     }
-    if files.is_empty() {
-        diagnostics.push(
-            Diagnostic::error("", diagnostic::Pos::FILE, "no-spec-files", "found no spec file")
-                .expected("at least one `*.yaml` or `*.yml` file"),
-        );
+
+    /// Parses one more file, after those already parsed.
+    pub fn add(&mut self, file: SourceFile) {
+        let idx = self.files.len();
+        if file.text.len() > MAX_FILE_BYTES {
+            self.diagnostics.push(source::too_large(&file.path, file.text.len()));
+        } else {
+            parse::parse_file(idx, &file, &mut self.docs, &mut self.diagnostics);
+        }
+        self.files.push(file);
     }
-    let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
-    let desired = validate::validate(&paths, docs, hosts, &mut diagnostics);
-    diagnostics.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
-    diagnostics.dedup();
-    let has_errors = diagnostics.iter().any(Diagnostic::is_error);
-    Loaded {
-        desired: (!has_errors).then_some(desired),
-        diagnostics,
+
+    /// Every document's [`Declaration`], in the order parsed: a document that does not parse
+    /// declares nothing here ([`ParsedSpec::validate`] reports it).
+    pub fn declarations(&self) -> Vec<Declaration> {
+        self.docs
+            .iter()
+            .filter_map(|parsed| {
+                let path = self.files.get(parsed.file)?.path.clone();
+                // Located at what decides the owner: the name, or the `system` the object belongs to.
+                let (kind, name, system) = match &parsed.doc {
+                    parse::RawDoc::System(d) => ("System", &d.name, Some(&d.name)),
+                    parse::RawDoc::Component(d) => ("Component", &d.name, Some(&d.system)),
+                    parse::RawDoc::Check(d) => ("Check", &d.name, Some(&d.system)),
+                    parse::RawDoc::Action(d) => ("Action", &d.name, Some(&d.system)),
+                    parse::RawDoc::Policy(d) => ("Policy", &d.name, None),
+                    parse::RawDoc::Host(d) => ("Host", &d.name, None),
+                };
+                let pos = parse::spanned_pos(system.unwrap_or(name), parsed.line_offset, parsed.start);
+                Some(Declaration {
+                    path,
+                    line: pos.line,
+                    column: pos.column,
+                    kind,
+                    name: name.value.clone(),
+                    system: system.map(|s| s.value.clone()),
+                })
+            })
+            .collect()
+    }
+
+    /// Validates across documents into a desired state.
+    pub fn validate(self, hosts: &[HostInfo]) -> Loaded {
+        let ParsedSpec {
+            files,
+            docs,
+            mut diagnostics,
+        } = self;
+        if files.is_empty() {
+            diagnostics.push(
+                Diagnostic::error("", diagnostic::Pos::FILE, "no-spec-files", "found no spec file")
+                    .expected("at least one `*.yaml` or `*.yml` file"),
+            );
+        }
+        let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
+        let desired = validate::validate(&paths, docs, hosts, &mut diagnostics);
+        diagnostics.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+        diagnostics.dedup();
+        let has_errors = diagnostics.iter().any(Diagnostic::is_error);
+        Loaded {
+            desired: (!has_errors).then_some(desired),
+            diagnostics,
+        }
     }
 }
 
@@ -344,39 +406,7 @@ pub struct Declaration {
 /// Every document's [`Declaration`], in path order, from parsing alone (no validation): a
 /// document that does not parse declares nothing here ([`load`] reports it).
 pub fn declarations(files: &[SourceFile]) -> Vec<Declaration> {
-    let mut order: Vec<usize> = (0..files.len()).collect();
-    order.sort_by(|a, b| files.get(*a).map(|f| &f.path).cmp(&files.get(*b).map(|f| &f.path)));
-    let mut docs = Vec::new();
-    let mut ignored = Vec::new();
-    for &file_idx in &order {
-        let Some(file) = files.get(file_idx) else { continue };
-        if file.text.len() <= MAX_FILE_BYTES {
-            parse::parse_file(file_idx, file, &mut docs, &mut ignored);
-        }
-    }
-    docs.iter()
-        .filter_map(|parsed| {
-            let path = files.get(parsed.file)?.path.clone();
-            // Located at what decides the owner: the name, or the `system` the object belongs to.
-            let (kind, name, system) = match &parsed.doc {
-                parse::RawDoc::System(d) => ("System", &d.name, Some(&d.name)),
-                parse::RawDoc::Component(d) => ("Component", &d.name, Some(&d.system)),
-                parse::RawDoc::Check(d) => ("Check", &d.name, Some(&d.system)),
-                parse::RawDoc::Action(d) => ("Action", &d.name, Some(&d.system)),
-                parse::RawDoc::Policy(d) => ("Policy", &d.name, None),
-                parse::RawDoc::Host(d) => ("Host", &d.name, None),
-            };
-            let pos = parse::spanned_pos(system.unwrap_or(name), parsed.line_offset, parsed.start);
-            Some(Declaration {
-                path,
-                line: pos.line,
-                column: pos.column,
-                kind,
-                name: name.value.clone(),
-                system: system.map(|s| s.value.clone()),
-            })
-        })
-        .collect()
+    ParsedSpec::parse(files.to_vec()).declarations()
 }
 
 /// The JSON Schema (2020-12) of one spec document, generated from the same types the parser reads.
