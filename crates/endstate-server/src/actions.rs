@@ -1268,30 +1268,15 @@ pub(crate) fn output(state: &AppState, host: &str, piece: ActionOutput) {
 pub(crate) async fn load_runs(state: &AppState) -> Result<(), ApiError> {
     let mut runs: BTreeMap<u64, Run> = BTreeMap::new();
     let mut highest = 0;
-    let mut after = Some(endstate_types::EventSeq(0));
-    loop {
-        let page = state
-            .store()
-            .query_events(&endstate_store::EventQuery {
-                kinds: Some(vec!["action.".into()]),
-                after,
-                limit: 1000,
-                ..endstate_store::EventQuery::default()
-            })
-            .await?;
-        for event in &page.items {
-            let Some(typed) = event.typed() else { continue };
-            let Some(n) = run_of(&typed).and_then(parse_run_id) else {
-                continue;
-            };
-            highest = highest.max(n);
-            replay(&mut runs, n, event, typed);
-        }
-        match page.items.last() {
-            Some(last) if page.items.len() == 1000 => after = Some(last.seq),
-            _ => break,
-        }
-    }
+    crate::record::replay_events(state, "action.", |event| {
+        let Some(typed) = event.typed() else { return };
+        let Some(n) = run_of(&typed).and_then(parse_run_id) else {
+            return;
+        };
+        highest = highest.max(n);
+        replay(&mut runs, n, event, typed);
+    })
+    .await?;
     let now = state.now_ms();
     let mut events = Vec::new();
     for run in runs.values_mut() {

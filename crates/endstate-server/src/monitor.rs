@@ -335,38 +335,19 @@ pub(crate) async fn load_silences(state: &AppState) -> Result<(), ApiError> {
     let now = state.now_ms();
     let mut created: BTreeMap<u64, alerts::Silence> = BTreeMap::new();
     let mut highest = 0;
-    // `after` makes the store list oldest first: the order things happened in.
-    let mut after = Some(endstate_types::EventSeq(0));
-    loop {
-        let page = state
-            .store()
-            .query_events(&endstate_store::EventQuery {
-                kinds: Some(vec!["silence.".into()]),
-                // Every silence ever made: their numbers are never reused.
-                since_ms: None,
-                after,
-                limit: 1000,
-                ..endstate_store::EventQuery::default()
-            })
-            .await?;
-        for event in &page.items {
-            match event.typed() {
-                Some(Event::SilenceCreated(silence)) => {
-                    highest = highest.max(silence.id);
-                    created.insert(silence.id, silence.into());
-                }
-                Some(Event::SilenceRemoved(gone) | Event::SilenceExpired(gone)) => {
-                    highest = highest.max(gone.id);
-                    created.remove(&gone.id);
-                }
-                _ => {}
-            }
+    // Every silence ever made: their numbers are never reused.
+    crate::record::replay_events(state, "silence.", |event| match event.typed() {
+        Some(Event::SilenceCreated(silence)) => {
+            highest = highest.max(silence.id);
+            created.insert(silence.id, silence.into());
         }
-        match page.items.last() {
-            Some(last) if page.items.len() == 1000 => after = Some(last.seq),
-            _ => break,
+        Some(Event::SilenceRemoved(gone) | Event::SilenceExpired(gone)) => {
+            highest = highest.max(gone.id);
+            created.remove(&gone.id);
         }
-    }
+        _ => {}
+    })
+    .await?;
     *state.monitor().silences() = created.into_values().filter(|s| s.ends_ms > now).collect();
     state
         .monitor()

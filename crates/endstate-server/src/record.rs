@@ -382,6 +382,34 @@ pub(crate) async fn transition(
     Ok(updated)
 }
 
+/// Every event of the kinds `prefix` starts (`silence.`), oldest first, each given to `each`:
+/// what the server keeps in memory (silences, runs, sources) is rebuilt from these at start.
+pub(crate) async fn replay_events(
+    state: &AppState,
+    prefix: &str,
+    mut each: impl FnMut(&endstate_store::Event),
+) -> Result<(), ApiError> {
+    const PAGE: u32 = 1000;
+    // `after` makes the store list oldest first: the order things happened in.
+    let mut after = Some(endstate_types::EventSeq(0));
+    loop {
+        let page = state
+            .store()
+            .query_events(&endstate_store::EventQuery {
+                kinds: Some(vec![prefix.to_owned()]),
+                after,
+                limit: PAGE,
+                ..endstate_store::EventQuery::default()
+            })
+            .await?;
+        page.items.iter().for_each(&mut each);
+        match page.items.last() {
+            Some(last) if page.items.len() == PAGE as usize => after = Some(last.seq),
+            _ => return Ok(()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use endstate_types::{ChangeId, RevisionId};

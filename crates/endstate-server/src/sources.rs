@@ -100,50 +100,33 @@ impl Sources {
 /// Takes back the sources and what each last handled from the timeline, at start.
 pub(crate) async fn load(state: &AppState) -> Result<(), ApiError> {
     let mut followed: BTreeMap<String, Followed> = BTreeMap::new();
-    let mut after = Some(endstate_types::EventSeq(0));
-    loop {
-        let page = state
-            .store()
-            .query_events(&endstate_store::EventQuery {
-                kinds: Some(vec!["source.".into()]),
-                after,
-                limit: 1000,
-                ..endstate_store::EventQuery::default()
-            })
-            .await?;
-        for event in &page.items {
-            match event.typed() {
-                Some(Event::SourceAdded(definition)) => {
-                    followed.insert(definition.name.clone(), fresh(definition, state.now_ms()));
-                }
-                Some(Event::SourceRemoved(gone)) => {
-                    followed.remove(&gone.name);
-                }
-                Some(Event::SourceCommit(seen)) => {
-                    if let Some(f) = followed.get_mut(&seen.name) {
-                        f.handled = Some(seen.commit.clone());
-                        f.outcome = Some(seen.outcome.clone());
-                        f.problems = seen.problems.clone();
-                    }
-                }
-                Some(Event::SourceFailed(failed)) => {
-                    if let Some(f) = followed.get_mut(&failed.name) {
-                        f.error = Some(failed.reason.clone());
-                    }
-                }
-                Some(Event::SourceRecovered(back)) => {
-                    if let Some(f) = followed.get_mut(&back.name) {
-                        f.error = None;
-                    }
-                }
-                _ => {}
+    crate::record::replay_events(state, "source.", |event| match event.typed() {
+        Some(Event::SourceAdded(definition)) => {
+            followed.insert(definition.name.clone(), fresh(definition, state.now_ms()));
+        }
+        Some(Event::SourceRemoved(gone)) => {
+            followed.remove(&gone.name);
+        }
+        Some(Event::SourceCommit(seen)) => {
+            if let Some(f) = followed.get_mut(&seen.name) {
+                f.handled = Some(seen.commit.clone());
+                f.outcome = Some(seen.outcome.clone());
+                f.problems = seen.problems.clone();
             }
         }
-        match page.items.last() {
-            Some(last) if page.items.len() == 1000 => after = Some(last.seq),
-            _ => break,
+        Some(Event::SourceFailed(failed)) => {
+            if let Some(f) = followed.get_mut(&failed.name) {
+                f.error = Some(failed.reason.clone());
+            }
         }
-    }
+        Some(Event::SourceRecovered(back)) => {
+            if let Some(f) = followed.get_mut(&back.name) {
+                f.error = None;
+            }
+        }
+        _ => {}
+    })
+    .await?;
     *state.sources().lock() = followed;
     Ok(())
 }
