@@ -1423,6 +1423,43 @@ pub struct SourceView {
     pub summary: String,
 }
 
+/// `POST /v1/sources/{name}/plan`: preview a branch of the source's repository against the
+/// revision in force, before it is merged. Nothing is stored or applied.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SourcePlanRequest {
+    /// The branch previewed. Default: the branch the source follows.
+    #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    /// Operational parameters, as the change would be submitted with.
+    #[serde(default, skip_serializing_if = "ChangeOptions::is_empty")]
+    pub options: ChangeOptions,
+}
+
+/// The preview of a branch of a source: the commit read, and either the plan from the revision
+/// in force to what the branch declares (composed with what the other origins own) or the
+/// problems that would refuse it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SourcePlan {
+    /// The source.
+    pub source: String,
+    /// The branch previewed.
+    #[serde(rename = "ref")]
+    pub branch: String,
+    /// The branch's head, previewed.
+    pub commit: String,
+    /// Its author, `Name <email>`.
+    pub author: String,
+    /// The first line of its message.
+    pub subject: String,
+    /// Why the commit would be refused, located (`file:line:column: …`); empty when it plans.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
+    /// The plan, when the commit would be accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview: Option<PlanResponse>,
+}
+
 /// The answer to a forge's webhook call that was accepted: the source's repository is fetched now.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct HookAccepted {

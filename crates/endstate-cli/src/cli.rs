@@ -96,13 +96,22 @@ pub(crate) enum Command {
     /// Show what applying a spec directory would change, field by field, without changing anything.
     ///
     /// With a server, the plan is made against its latest revision and its hosts; with --offline
-    /// (or no server configured), against nothing.
+    /// (or no server configured), against nothing. With --source (and --ref), the server previews
+    /// a branch of a Git source before it is merged: exit 0 when it would apply, 1 when its
+    /// commit would be refused (each problem located).
     Plan {
         /// The spec directory.
-        dir: PathBuf,
+        #[arg(required_unless_present = "source")]
+        dir: Option<PathBuf>,
         /// Plan locally against an empty state, without a server.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "source")]
         offline: bool,
+        /// Preview a Git source's branch (its head under the source's paths) instead of a directory.
+        #[arg(long, conflicts_with = "dir")]
+        source: Option<String>,
+        /// The branch previewed with --source. Default: the branch the source follows.
+        #[arg(long = "ref", requires = "source")]
+        branch: Option<String>,
         #[command(flatten)]
         rollout: RolloutFlags,
     },
@@ -551,6 +560,11 @@ pub(crate) struct DevArgs {
     /// JSON answer (`url`, `link` or `ticket_url`) is stored on the alert and shown with it.
     #[arg(long = "ticket-webhook", value_name = "URL")]
     pub(crate) ticket_webhook: Option<String>,
+    /// Keep the examples in Git instead of applying them: a bare repository `examples.git` of the
+    /// data directory is seeded with them once (with Debian's `git`), and a source `examples`
+    /// follows its branch `main` every 5 s. Clone it, commit, push: each push rolls out.
+    #[arg(long)]
+    pub(crate) git: bool,
     #[command(flatten)]
     pub(crate) tls: ServerTlsFlags,
 }

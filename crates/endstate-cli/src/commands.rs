@@ -228,6 +228,55 @@ pub(crate) async fn plan(
     Ok(Outcome::Success)
 }
 
+/// `endstate plan --source NAME [--ref BRANCH]`
+pub(crate) async fn plan_source(
+    global: &Global,
+    source: &str,
+    branch: Option<String>,
+    options: &endstate_api::ChangeOptions,
+) -> anyhow::Result<Outcome> {
+    let client = client(global)?;
+    let request = endstate_api::SourcePlanRequest {
+        branch,
+        options: options.clone(),
+    };
+    let previewed = match refused_or(client.plan_source(source, &request)).await? {
+        Ok(previewed) => previewed,
+        Err(outcome) => return Ok(outcome),
+    };
+    let outcome = if previewed.problems.is_empty() {
+        Outcome::Success
+    } else {
+        Outcome::Failed
+    };
+    if global.output == Output::Json {
+        print_json(&previewed)?;
+        return Ok(outcome);
+    }
+    let short: String = previewed.commit.chars().take(12).collect();
+    println!(
+        "Source {} at {} ({short} \"{}\" by {}):",
+        previewed.source, previewed.branch, previewed.subject, previewed.author
+    );
+    if !previewed.problems.is_empty() {
+        eprintln!("This commit would be refused; nothing of it would apply:");
+        for problem in &previewed.problems {
+            eprintln!("  {problem}");
+        }
+    }
+    if let Some(preview) = &previewed.preview {
+        println!(
+            "{}",
+            match preview.base_revision {
+                Some(base) => format!("Compared with revision {base}, the last one whose change converged."),
+                None => "Compared with an empty state: no change has converged on this server yet.".to_owned(),
+            }
+        );
+        print!("{}", endstate_plan::render(&preview.plan, color()));
+    }
+    Ok(outcome)
+}
+
 /// Parses a duration the way specs write them (`90s`, `10m`, `1h30m`).
 fn parse_duration(text: &str) -> anyhow::Result<Duration> {
     endstate_spec::Duration::parse(text)

@@ -255,11 +255,16 @@ pub(crate) async fn dev(global: &Global, args: DevArgs) -> anyhow::Result<Outcom
     // so the plan places instances on all of them.
     wait_for_agents(&client, agents.len()).await;
     // The examples are applied once, into an empty server: a restart must not overwrite what
-    // was applied since.
+    // was applied since. With --git, a source follows them in Git instead (added once).
     let latest = client.revision("latest").await.ok();
-    let submitted = match &latest {
-        None => Some(client.submit(&request).await),
-        Some(_) => None,
+    let in_git = if args.git {
+        Some(follow_examples_in_git(&client, &args, &request.documents).await)
+    } else {
+        None
+    };
+    let submitted = match (&latest, &in_git) {
+        (None, None) => Some(client.submit(&request).await),
+        _ => None,
     };
     println!("endstate dev is running.");
     println!("  API:          {url}");
@@ -271,6 +276,14 @@ pub(crate) async fn dev(global: &Global, args: DevArgs) -> anyhow::Result<Outcom
         agents.len(),
         args.data_dir.display()
     );
+    match in_git {
+        Some(Ok(url)) => {
+            println!("  examples:     in Git at {url}, followed by the source `examples` (every 5 s)");
+            println!("                git clone {url} && cd examples && edit, commit, git push: each push rolls out");
+        }
+        Some(Err(error)) => println!("  examples:     not in Git: {error:#}"),
+        None => {}
+    }
     match (submitted, latest) {
         (Some(Ok(submitted)), _) => println!(
             "  examples:     {} applied as revision {} (change {})",
@@ -291,6 +304,88 @@ pub(crate) async fn dev(global: &Global, args: DevArgs) -> anyhow::Result<Outcom
     stop_agents(&mut agents).await;
     served??;
     Ok(Outcome::Success)
+}
+
+/// `endstate dev --git`: the examples in a bare repository of the data directory (seeded once,
+/// with Debian's `git`: the same tool the developer pushes with), followed by the source
+/// `examples` (added once). Its `file://` URL.
+async fn follow_examples_in_git(
+    client: &endstate_client::Client,
+    args: &DevArgs,
+    documents: &[Document],
+) -> anyhow::Result<String> {
+    let bare = std::path::absolute(args.data_dir.join("examples.git"))?;
+    let url = format!("file://{}", bare.display());
+    if !bare.join("HEAD").is_file() {
+        seed_repository(&bare, &args.examples, documents)?;
+    }
+    if client.source("examples").await.is_ok() {
+        return Ok(url);
+    }
+    let request = endstate_api::AddSource {
+        name: "examples".into(),
+        repository: url.clone(),
+        branch: Some("main".into()),
+        paths: Vec::new(),
+        interval: Some("5s".into()),
+        credentials_file: None,
+        webhook_secret_file: None,
+    };
+    client
+        .add_source(&request)
+        .await
+        .context("adding the source `examples`")?;
+    Ok(url)
+}
+
+/// Creates `bare` (branch `main`) with one commit holding the example files.
+fn seed_repository(bare: &std::path::Path, examples: &std::path::Path, documents: &[Document]) -> anyhow::Result<()> {
+    let seed = bare.with_extension("seed");
+    let _ = std::fs::remove_dir_all(&seed);
+    let git = |dir: Option<&std::path::Path>, words: &[&str]| -> anyhow::Result<()> {
+        let mut command = std::process::Command::new("git");
+        command
+            .args(words)
+            .env("GIT_AUTHOR_NAME", "endstate dev")
+            .env("GIT_AUTHOR_EMAIL", "dev@localhost")
+            .env("GIT_COMMITTER_NAME", "endstate dev")
+            .env("GIT_COMMITTER_EMAIL", "dev@localhost");
+        if let Some(dir) = dir {
+            command.current_dir(dir);
+        }
+        let output = command
+            .output()
+            .context("--git runs Debian's `git` (apt install git)")?;
+        anyhow::ensure!(
+            output.status.success(),
+            "git {}: {}",
+            words.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+        Ok(())
+    };
+    let bare_text = bare.to_str().context("the data directory's path is not UTF-8")?;
+    let seed_text = seed.to_str().context("the data directory's path is not UTF-8")?;
+    git(None, &["init", "--quiet", "--bare", "--initial-branch=main", bare_text])?;
+    git(None, &["init", "--quiet", "--initial-branch=main", seed_text])?;
+    for document in documents {
+        let path = std::path::Path::new(&document.path);
+        let relative = path.strip_prefix(examples).unwrap_or(path);
+        let file = seed.join(relative);
+        if let Some(parent) = file.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&file, &document.content).with_context(|| format!("writing {}", file.display()))?;
+    }
+    git(Some(&seed), &["add", "--all"])?;
+    let message = "endstate dev: the example systems";
+    git(
+        Some(&seed),
+        &["-c", "commit.gpgsign=false", "commit", "--quiet", "-m", message],
+    )?;
+    git(Some(&seed), &["push", "--quiet", bare_text, "HEAD:refs/heads/main"])?;
+    std::fs::remove_dir_all(&seed)?;
+    Ok(())
 }
 
 /// Writes the development server's client config where the other commands look, unless a

@@ -98,7 +98,17 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Login { server, ca_sha256, yes } => dev::login(global, &server, ca_sha256.as_deref(), yes).await,
         Command::Agent(args) => dev::agent(global, args).await,
         Command::Validate { dir } => commands::validate(global, &dir),
-        Command::Plan { dir, offline, rollout } => commands::plan(global, &dir, offline, &rollout.options()).await,
+        Command::Plan {
+            dir,
+            offline,
+            source,
+            branch,
+            rollout,
+        } => match (source, dir) {
+            (Some(source), _) => commands::plan_source(global, &source, branch, &rollout.options()).await,
+            (None, Some(dir)) => commands::plan(global, &dir, offline, &rollout.options()).await,
+            (None, None) => anyhow::bail!("name a spec directory, or a Git source with --source"),
+        },
         Command::Apply(args) => commands::apply(global, args).await,
         Command::Status { system } => commands::status(global, system.as_deref()).await,
         Command::Timeline(args) => commands::timeline(global, args).await,

@@ -484,6 +484,19 @@ impl Client {
             .await
     }
 
+    /// Previews a branch of a source against the revision in force (nothing applied).
+    ///
+    /// # Errors
+    /// As the server says (404 for an unknown source, 422 for an unknown branch, 503 when the
+    /// repository cannot be fetched).
+    pub async fn plan_source(
+        &self,
+        name: &str,
+        request: &endstate_api::SourcePlanRequest,
+    ) -> Result<endstate_api::SourcePlan, ClientError> {
+        self.post(&format!("/v1/sources/{}/plan", segment(name)), request).await
+    }
+
     /// Stops following a source; its systems stay, owned by the API.
     ///
     /// # Errors

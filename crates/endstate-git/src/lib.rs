@@ -119,12 +119,25 @@ pub fn redact(url: &str) -> String {
 #[derive(Clone, Debug)]
 pub struct Mirrors {
     root: PathBuf,
+    /// CA certificates (DER) trusted for HTTPS besides the system's roots.
+    trusted: Vec<Vec<u8>>,
 }
 
 impl Mirrors {
     /// Mirrors kept under `root` (created when first needed).
     pub fn new(root: impl Into<PathBuf>) -> Mirrors {
-        Mirrors { root: root.into() }
+        Mirrors {
+            root: root.into(),
+            trusted: Vec::new(),
+        }
+    }
+
+    /// The same, trusting these CA certificates (DER) for HTTPS besides the system's roots (a
+    /// forge behind a private CA).
+    #[must_use]
+    pub fn trusting(mut self, trusted: Vec<Vec<u8>>) -> Mirrors {
+        self.trusted = trusted;
+        self
     }
 
     /// The directory of `url`'s mirror: named by a digest of the URL without credentials.
@@ -160,16 +173,38 @@ impl Mirrors {
             .map_err(|e| fetch_err(e.to_string()))?;
         let connection = remote
             .connect(gix::remote::Direction::Fetch)
-            .map_err(|e| fetch_err(e.to_string()))?;
-        // Only the credentials given: never the user's helpers or a prompt.
+            .map_err(|e| fetch_err(chain(&e)))?;
+        // Only the credentials given: never the user's helpers or a prompt. gix sends them only
+        // over HTTPS.
         let given = credentials.cloned();
-        let connection = connection.with_credentials(move |action| answer(given.as_ref(), action));
+        let mut connection = connection.with_credentials(move |action| answer(given.as_ref(), action));
+        if url.starts_with("https://") && !self.trusted.is_empty() {
+            let options = repo.transport_options(url, None).map_err(|e| fetch_err(chain(&e)))?;
+            if let Some(mut options) = options {
+                use gix::protocol::transport::client::blocking_io::http;
+                if let Some(http_options) = options.downcast_mut::<http::Options>() {
+                    let trusted = self.trusted.clone();
+                    let configure: Box<http::reqwest::ConfigureClientFn> = Box::new(move |builder| {
+                        Ok(builder.tls_certs_merge(
+                            trusted
+                                .iter()
+                                .filter_map(|der| reqwest::Certificate::from_der(der).ok()),
+                        ))
+                    });
+                    http_options.backend = Some(std::sync::Arc::new(std::sync::Mutex::new(http::reqwest::Options {
+                        configure_client: Some(configure),
+                        configure_request: None,
+                    })));
+                }
+                connection = connection.with_transport_options(options);
+            }
+        }
         let interrupt = AtomicBool::new(false);
         let outcome = connection
             .prepare_fetch(gix::progress::Discard, Default::default())
-            .map_err(|e| fetch_err(e.to_string()))?
+            .map_err(|e| fetch_err(chain(&e)))?
             .receive(gix::progress::Discard, &interrupt)
-            .map_err(|e| fetch_err(e.to_string()))?;
+            .map_err(|e| fetch_err(chain(&e)))?;
         let mut branches = BTreeMap::new();
         for reference in &outcome.ref_map.remote_refs {
             let (name, target, _) = reference.unpack();
@@ -391,6 +426,22 @@ fn answer(
         })),
         _ => Ok(None),
     }
+}
+
+/// An error with its causes, `: `-separated (gix's top-level messages alone say little, such as
+/// "Transport handshake failed").
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// Removes a password from a message, wherever a library put it.

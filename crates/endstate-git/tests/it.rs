@@ -1,9 +1,12 @@
-//! Against real repositories made with Debian's `git` (the test kit's `GitRepo`), over `file://`.
+//! Against real repositories made with Debian's `git` (the test kit's `GitRepo`), over `file://`,
+//! over smart HTTP and HTTPS (`git http-backend`, behind basic authentication) and over `git://`
+//! (`git daemon`).
 
 #![allow(clippy::unwrap_used)]
 
 use endstate_git::{Credentials, GitError, Mirrors};
-use endstate_testkit::git::{AUTHOR, GitRepo};
+use endstate_testkit::TestCa;
+use endstate_testkit::git::{AUTHOR, GitDaemon, GitHttp, GitRepo};
 
 fn mirrors() -> (tempfile::TempDir, Mirrors) {
     let dir = tempfile::tempdir().unwrap();
@@ -104,4 +107,100 @@ fn an_unreachable_repository_is_an_error_without_its_credentials() {
         matches!(missing, GitError::Fetch { .. } | GitError::BadUrl { .. }),
         "{missing}"
     );
+}
+
+#[test]
+fn fetches_over_https_only_with_the_right_credentials_and_never_says_them() {
+    let repo = GitRepo::new();
+    repo.write("apps/web.yaml", "a: 1\n");
+    let first = repo.commit_and_push("first");
+    let ca = TestCa::new("forge CA");
+    let http = GitHttp::serve_tls(repo.forge_dir(), Some(("bot", "s3cret-http-password")), ca.current());
+    let url = http.url_of(&repo);
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    let dir = tempfile::tempdir().unwrap();
+    let right = Credentials::parse("bot:s3cret-http-password").unwrap();
+
+    // The forge's CA not trusted: refused before anything is asked.
+    let untrusting = Mirrors::new(dir.path().join("untrusting"));
+    let error = untrusting.fetch(&url, Some(&right)).unwrap_err();
+    assert!(matches!(error, GitError::Fetch { .. }), "{error}");
+    assert!(http.requests().is_empty(), "{:?}", http.requests());
+
+    let mirrors = Mirrors::new(dir.path().join("git")).trusting(vec![ca.der.to_vec()]);
+    // Without credentials, and with a wrong password: the forge refuses, nothing is fetched.
+    let error = mirrors.fetch(&url, None).unwrap_err();
+    assert!(matches!(error, GitError::Fetch { .. }), "{error}");
+    let wrong = Credentials::parse("bot:wrong-s3cret").unwrap();
+    let error = mirrors.fetch(&url, Some(&wrong)).unwrap_err();
+    let text = format!("{error} {error:?}");
+    assert!(text.contains(&http.base), "names the repository: {text}");
+    assert!(!text.contains("s3cret"), "{text}");
+    assert!(http.refused() >= 2, "{:?}", http.requests());
+    assert_eq!(http.fetches(), 0, "{:?}", http.requests());
+
+    let branches = mirrors
+        .fetch(&url, Some(&right))
+        .unwrap_or_else(|e| panic!("{e:?}: {:?}", http.requests()));
+    assert_eq!(branches.get("main"), Some(&first));
+    assert_eq!(
+        http.fetches(),
+        1,
+        "one fetch, one reference advertisement: {:?}",
+        http.requests()
+    );
+    let files = mirrors.files(&url, &first, &["apps".into()]).unwrap();
+    assert_eq!(files.len(), 1);
+    assert_eq!(files[0].content, "a: 1\n");
+
+    // The next commit comes with the next fetch, on top of what the mirror holds.
+    repo.write("apps/web.yaml", "a: 2\n");
+    let second = repo.commit_and_push("second");
+    let branches = mirrors.fetch(&url, Some(&right)).unwrap();
+    assert_eq!(branches.get("main"), Some(&second));
+    assert_eq!(http.fetches(), 2);
+    let (between, ancestor) = mirrors.between(&url, &first, &second, 10).unwrap();
+    assert_eq!(between.len(), 1);
+    assert!(ancestor);
+}
+
+#[test]
+fn fetches_over_plain_http_but_never_sends_credentials_in_clear() {
+    let repo = GitRepo::new();
+    repo.write("apps/web.yaml", "a: 1\n");
+    let first = repo.commit_and_push("first");
+    // Without authentication: smart HTTP fetches.
+    let open = GitHttp::serve(repo.forge_dir(), None);
+    let (_dir, mirrors) = mirrors();
+    let branches = mirrors.fetch(&open.url_of(&repo), None).unwrap();
+    assert_eq!(branches.get("main"), Some(&first));
+    assert_eq!(open.fetches(), 1, "{:?}", open.requests());
+    // Behind basic authentication: the password is not sent over plain HTTP, and the error says why.
+    let guarded = GitHttp::serve(repo.forge_dir(), Some(("bot", "s3cret")));
+    let right = Credentials::parse("bot:s3cret").unwrap();
+    let error = mirrors.fetch(&guarded.url_of(&repo), Some(&right)).unwrap_err();
+    assert!(error.to_string().contains("clear text"), "{error}");
+    assert_eq!(guarded.fetches(), 0);
+    assert!(
+        guarded.requests().iter().all(|r| r.status == 401),
+        "{:?}",
+        guarded.requests()
+    );
+}
+
+#[test]
+fn fetches_over_the_git_protocol_from_git_daemon() {
+    let repo = GitRepo::new();
+    repo.write("apps/web.yaml", "a: 1\n");
+    let first = repo.commit_and_push("first");
+    let daemon = GitDaemon::serve(repo.forge_dir());
+    let url = daemon.url_of(&repo);
+    let (_dir, mirrors) = mirrors();
+    let branches = mirrors.fetch(&url, None).unwrap();
+    assert_eq!(branches.get("main"), Some(&first));
+    assert_eq!(mirrors.files(&url, &first, &[String::new()]).unwrap().len(), 1);
+    // A repository the daemon does not have: an error naming it.
+    let missing = format!("{}nope.git", daemon.base);
+    let error = mirrors.fetch(&missing, None).unwrap_err();
+    assert!(error.to_string().contains("nope.git"), "{error}");
 }

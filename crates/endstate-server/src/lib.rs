@@ -300,7 +300,10 @@ impl Server {
             recheck_at_ms: std::sync::atomic::AtomicI64::new(0),
             monitor: monitor::Monitor::new(monitor_config, http.clone()),
             runs: actions::Runs::default(),
-            sources: sources::Sources::new(&config.data_dir),
+            sources: sources::Sources::new(
+                &config.data_dir,
+                config.trusted_cas.iter().map(|der| der.as_ref().to_vec()).collect(),
+            ),
             http,
         }));
         let admin_secret = auth::bootstrap_admin(&state)

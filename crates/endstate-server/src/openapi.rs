@@ -30,6 +30,7 @@ use crate::error::ApiError;
         crate::sources::list,
         crate::sources::show,
         crate::sources::sync,
+        crate::sources::plan,
         crate::sources::remove,
         crate::sources::hook,
         crate::monitor::list_alerts,

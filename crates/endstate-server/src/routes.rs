@@ -55,6 +55,7 @@ pub(crate) fn router(state: AppState) -> Router {
             get(crate::sources::show).delete(crate::sources::remove),
         )
         .route("/v1/sources/{name}/sync", post(crate::sources::sync))
+        .route("/v1/sources/{name}/plan", post(crate::sources::plan))
         .route("/v1/instances", get(crate::systems::list_instances))
         .route("/v1/hosts", get(crate::hosts::list_hosts))
         .route("/v1/hosts/{host}", get(crate::hosts::get_host))

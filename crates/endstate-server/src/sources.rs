@@ -72,9 +72,10 @@ struct Followed {
 }
 
 impl Sources {
-    pub(crate) fn new(data_dir: &std::path::Path) -> Sources {
+    /// `trusted`: the CA certificates (DER) trusted for HTTPS besides the system's roots.
+    pub(crate) fn new(data_dir: &std::path::Path, trusted: Vec<Vec<u8>>) -> Sources {
         Sources {
-            mirrors: Mirrors::new(endstate_git::mirrors_dir(data_dir)),
+            mirrors: Mirrors::new(endstate_git::mirrors_dir(data_dir)).trusting(trusted),
             inner: Mutex::new(BTreeMap::new()),
             fetches: Mutex::new(BTreeMap::new()),
             round: tokio::sync::Mutex::new(()),
@@ -643,6 +644,17 @@ pub(crate) async fn add(
     Ok((StatusCode::CREATED, Json(view)))
 }
 
+/// Whether `branch` is a branch name Git would take (`git check-ref-format --branch`, roughly).
+fn valid_branch(branch: &str) -> bool {
+    !(branch.is_empty()
+        || branch.contains("..")
+        || branch.starts_with('/')
+        || branch.ends_with('/')
+        || branch
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || "~^:?*[\\".contains(c)))
+}
+
 fn definition_of(request: &AddSource) -> Result<SourceDefinition, ApiError> {
     let name = request.name.trim();
     if name.is_empty()
@@ -684,14 +696,7 @@ fn definition_of(request: &AddSource) -> Result<SourceDefinition, ApiError> {
         }
     }
     let branch = request.branch.as_deref().unwrap_or("main").trim().to_owned();
-    if branch.is_empty()
-        || branch.contains("..")
-        || branch.starts_with('/')
-        || branch.ends_with('/')
-        || branch
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control() || "~^:?*[\\".contains(c))
-    {
+    if !valid_branch(&branch) {
         return Err(ApiError::bad_field(
             "branch",
             format!("{branch:?} is not a branch name"),
@@ -803,6 +808,98 @@ pub(crate) async fn sync(
     }
     round(&state, Some(&name)).await?;
     Ok(Json(view_of(&state, &name).await?))
+}
+
+/// Preview a branch of a source's repository before it is merged: fetch the repository, read
+/// the branch's head under the source's paths, compose it as a commit of the source would be,
+/// and plan it from the revision in force. Nothing is stored or applied; a commit that would be
+/// refused says why, located.
+#[utoipa::path(post, path = "/v1/sources/{name}/plan", params(("name" = String, Path, description = "the source")),
+    request_body = endstate_api::SourcePlanRequest,
+    responses((status = 200, body = endstate_api::SourcePlan), (status = 404, body = endstate_api::Problem),
+        (status = 422, description = "no such branch, or bad options", body = endstate_api::Problem),
+        (status = 503, description = "the repository could not be fetched", body = endstate_api::Problem)),
+    security(("bearer" = [])))]
+pub(crate) async fn plan(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Segment(name): Segment,
+    JsonBody(request): JsonBody<endstate_api::SourcePlanRequest>,
+) -> Result<Json<endstate_api::SourcePlan>, ApiError> {
+    authorize(&actor, Verb::Read, None)?;
+    let Some(followed) = state.sources().lock().get(&name).cloned() else {
+        return Err(ApiError::NotFound(format!("no source named {name:?}")));
+    };
+    let mut definition = followed.definition;
+    if let Some(branch) = &request.branch {
+        let branch = branch.trim();
+        if !valid_branch(branch) {
+            return Err(ApiError::bad_field("ref", format!("{branch:?} is not a branch name")));
+        }
+        definition.branch = branch.to_owned();
+    }
+    let branches = {
+        // One fetch of the mirror at a time.
+        let _round = state.sources().round.lock().await;
+        fetch(&state, &definition.repository, definition.credentials_file.as_deref())
+            .await
+            .map_err(ApiError::Unavailable)?
+    };
+    let Some(head) = branches.get(&definition.branch).cloned() else {
+        let known: Vec<&str> = branches.keys().map(String::as_str).collect();
+        return Err(ApiError::bad_field(
+            "ref",
+            format!(
+                "{} has no branch {} (its branches: {})",
+                definition.repository,
+                definition.branch,
+                known.join(", ")
+            ),
+        ));
+    };
+    let mirrors = state.sources().mirrors.clone();
+    let (url, paths, id) = (definition.repository.clone(), definition.paths.clone(), head.clone());
+    let (commit, files) = tokio::task::spawn_blocking(move || -> Result<_, GitError> {
+        Ok((mirrors.commit(&url, &id)?, mirrors.files(&url, &id, &paths)?))
+    })
+    .await
+    .map_err(|error| ApiError::Internal(format!("reading {} stopped: {error}", definition.repository)))?
+    .map_err(|error| ApiError::Unavailable(error.to_string()))?;
+    let latest = state.latest_desired().await?;
+    let previous = latest.as_ref().map(|(_, d)| d.as_ref());
+    let mut answer = endstate_api::SourcePlan {
+        source: name.clone(),
+        branch: definition.branch.clone(),
+        commit: commit.id.clone(),
+        author: commit.author.clone(),
+        subject: commit.subject().to_owned(),
+        problems: Vec::new(),
+        preview: None,
+    };
+    let desired = match compose(&state, &definition, previous, &commit, files).await {
+        Ok(desired) => desired,
+        Err(problems) => {
+            answer.problems = problems;
+            return Ok(Json(answer));
+        }
+    };
+    let base = state.in_force().await?;
+    let hosts = crate::blueprint::hosts_in_service(&state).await?;
+    let options = crate::options::resolve(&request.options, &hosts)?;
+    let plan = endstate_plan::plan_from(
+        base.as_ref().map(|b| (&*b.desired, &b.hosts[..])),
+        &desired,
+        &hosts,
+        &options,
+    );
+    answer.preview = Some(endstate_api::PlanResponse {
+        basis: crate::options::basis(base.as_ref().map(|b| b.revision), &hosts),
+        base_revision: base.map(|b| b.revision.0),
+        latest_revision: latest.map(|(id, _)| id.0),
+        plan,
+        warnings: Vec::new(),
+    });
+    Ok(Json(answer))
 }
 
 /// Stop following a source. Its systems stay as they are, owned by the API from then on (a

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use endstate_testkit::git::{GitHttp, GitRepo};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -1508,13 +1509,18 @@ fn a_crash_during_a_first_deployment_tears_nothing_down_and_status_names_the_rev
     lab.finish();
 }
 
-/// No secret is kept in clear: not the admin token, an API token, a join token or the webhook
-/// secret, in the server's log or stdout, an agent's log or any file of the server's data
-/// directory (the webhook secret's and the first admin token's own files aside), after they
-/// were all used.
+/// No secret is kept in clear: not the admin token, an API token, a join token, the webhook
+/// secret or a Git source's password (right or wrong), in the server's log or stdout, an agent's
+/// log, any file of the server's data directory (the webhook secret's and the first admin
+/// token's own files aside) or what the CLI said of the sources, after they were all used.
 #[test]
 fn no_secret_is_in_a_log_or_the_stores_files() {
-    let mut lab = Lab::new(None, 0);
+    // The Git forge below serves HTTPS with a private CA the server is told to trust.
+    let ca = endstate_testkit::TestCa::new("forge CA");
+    let ca_dir = tempfile::tempdir().unwrap();
+    let ca_file = ca_dir.path().join("forge-ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let mut lab = Lab::with_flags(None, 0, &["--trust-ca", ca_file.to_str().unwrap()]);
     let join = lab.cli.join_token("s-a", "zone=a");
     let home = AgentHome::new(lab.root(), "s-a", "zone=a");
     let agent = home.start(&lab.server, &lab.root().join("artifacts"), Some(&join), None);
@@ -1534,6 +1540,45 @@ fn no_secret_is_in_a_log_or_the_stores_files() {
         ..lab.cli.clone()
     };
     as_bob.ok(&["status"]).unwrap();
+    // A Git source over HTTPS behind basic authentication, its password in a file; and one whose
+    // file holds a wrong password, refused by the Git server.
+    let repo = GitRepo::new();
+    // Its system only: nothing for the lab's agent to run.
+    let system = endstate_testkit::fixtures::GIT_CHECKOUT
+        .split("\n---\n")
+        .next()
+        .unwrap();
+    repo.write("ops/checkout.yaml", system);
+    repo.commit_and_push("checkout");
+    let git_password = "git-s3cret-in-a-file";
+    let wrong_password = "wrong-git-s3cret";
+    let http = GitHttp::serve_tls(repo.forge_dir(), Some(("bot", git_password)), ca.current());
+    let mut said = Vec::new();
+    for (name, password) in [("ops", git_password), ("ops-wrong", wrong_password)] {
+        let file = lab.root().join(format!("{name}-credentials"));
+        std::fs::write(&file, format!("bot:{password}\n")).unwrap();
+        let url = http.url_of(&repo);
+        let mut args = vec!["source", "add", name, "--repo", url.as_str(), "--path", "ops"];
+        args.extend(["--interval", "1h", "--credentials-file", file.to_str().unwrap()]);
+        said.push(lab.cli.ok(&args).unwrap());
+        said.push(lab.cli.ok(&["source", "sync", name]).unwrap());
+    }
+    let shown = lab.cli.ok(&["source", "show", "ops"]).unwrap();
+    assert!(shown.contains("owns checkout"), "the right password fetched: {shown}");
+    let failed = lab.cli.ok(&["source", "show", "ops-wrong"]).unwrap();
+    assert!(
+        failed.contains("failing:"),
+        "the wrong one is refused and says so: {failed}"
+    );
+    assert!(http.fetches() >= 1 && http.refused() >= 1, "{:?}", http.requests());
+    // The branch it follows, previewed: nothing to change.
+    let previewed = lab.cli.ok(&["plan", "--source", "ops"]).unwrap();
+    assert!(previewed.starts_with("Source ops at main ("), "{previewed}");
+    let timeline = lab.cli.ok(&["timeline", "--kind", "source."]).unwrap();
+    said.extend([shown, failed, previewed, timeline]);
+    for text in &said {
+        assert!(!text.contains(git_password) && !text.contains(wrong_password), "{text}");
+    }
     let data = lab.root().join("server");
     let webhook = std::fs::read_to_string(data.join("webhook-secret")).unwrap();
     let secrets = [
@@ -1541,6 +1586,8 @@ fn no_secret_is_in_a_log_or_the_stores_files() {
         ("an API token", bob),
         ("a join token", join),
         ("the webhook secret", webhook.trim().to_owned()),
+        ("a Git password", git_password.to_owned()),
+        ("a wrong Git password", wrong_password.to_owned()),
     ];
     let mut files = vec![lab.root().join("server.log"), lab.home("s-a").log.clone()];
     let mut dirs = vec![data.clone()];

@@ -784,3 +784,35 @@ fn a_check_gate_on_a_monitoring_plugin_rolls_back_a_version_that_fails_it() {
         ]
     );
 }
+
+/// `endstate dev --git`: the examples live in a Git repository a source follows. A developer
+/// clones it, commits a new version of storefront/web and pushes: the commit becomes revision 2
+/// and rolls out until it converges; the timeline names the commit.
+#[test]
+fn dev_git_a_push_rolls_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.json");
+    let _dev = dev(dir.path(), &["--git"]);
+    let repo = endstate_testkit::git::GitRepo::clone_of(&dir.path().join("data").join("examples.git"));
+    let components = repo.work.join("components.yaml");
+    let body = std::fs::read_to_string(&components).unwrap();
+    // The first component of the file is storefront/web.
+    std::fs::write(
+        &components,
+        body.replacen("version: \"1.0.0\"", "version: \"1.1.0\"", 1),
+    )
+    .unwrap();
+    let commit = repo.commit_and_push("storefront/web 1.1.0");
+    wait_for_event(&config, "change.converged", "at revision 2");
+    let seen = text(&run(&["timeline", "--kind", "source.commit", "-o", "json"], &config).stdout);
+    let applied: Vec<serde_json::Value> = seen
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .filter(|e: &serde_json::Value| e["data"]["commit"] == commit.as_str())
+        .collect();
+    assert_eq!(applied.len(), 1, "{seen}");
+    assert_eq!(applied[0]["data"]["outcome"], "applied", "{seen}");
+    assert_eq!(applied[0]["data"]["revision"], 2, "{seen}");
+    let status = text(&run(&["status"], &config).stdout);
+    assert!(status.contains("storefront/web 1.1.0 (3/3 ready)  healthy"), "{status}");
+}

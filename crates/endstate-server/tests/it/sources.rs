@@ -1,11 +1,12 @@
-//! Git sources: real repositories (Debian's `git`, over `file://`), a real server fetching them
+//! Git sources: real repositories (Debian's `git`, over `file://` and HTTPS), a real server fetching them
 //! with gix. A commit becomes a revision owned by its source; the API may not write what a
 //! source owns; a bad commit is refused with located problems and the fix applies after it.
 
-use endstate_api::{AddSource, SourceView};
+use endstate_api::{AddSource, SourcePlanRequest, SourceView};
 use endstate_client::{Client, TimelineQuery};
+use endstate_testkit::TestCa;
 use endstate_testkit::fixtures::GIT_CHECKOUT;
-use endstate_testkit::git::{AUTHOR, GitRepo};
+use endstate_testkit::git::{AUTHOR, GitHttp, GitRepo};
 
 use crate::{SYSTEMS, TestServer, submit_request};
 
@@ -223,25 +224,148 @@ async fn a_bad_commit_is_refused_located_and_the_fix_pushed_after_it_applies() {
     server.stop().await;
 }
 
+/// A branch is previewed before it is merged: the plan of its head from the revision in force,
+/// and nothing of it applied; a branch whose commit would be refused says why, located; an
+/// unknown branch is refused naming the branches there are.
 #[tokio::test]
-async fn one_fetch_serves_every_source_of_a_repository() {
+async fn a_branch_is_previewed_against_the_revision_in_force_and_nothing_of_it_applies() {
     let server = TestServer::start().await;
     let client = server.client();
     let repo = GitRepo::new();
+    // The system alone: this server has no hosts, and a change with instances to place would wait.
+    let system = GIT_CHECKOUT.split("\n---\n").next().unwrap();
+    repo.write("ops/checkout.yaml", system);
+    let main = repo.commit_and_push("checkout");
+    client.add_source(&add("ops", &repo, &["ops"])).await.unwrap();
+    sync(&client, "ops").await;
+    let revision = commits(&client).await[0]["revision"].as_u64().unwrap();
+    for _ in 0..200 {
+        if client.source("ops").await.unwrap().in_force.as_deref() == Some(main.as_str()) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let view = client.source("ops").await.unwrap();
+    assert_eq!(view.in_force.as_deref(), Some(main.as_str()), "{view:?}");
+
+    // Two branches under review; main does not move.
+    repo.write(
+        "ops/checkout.yaml",
+        &system.replace("Checkout, declared in Git.", "Checkout, reviewed."),
+    );
+    let feature = repo.commit("checkout: a better description");
+    repo.push_branch("feature");
+    repo.write(
+        "ops/broken.yaml",
+        "apiVersion: endstate/v1\nkind: System\nname: [oops\n",
+    );
+    repo.commit("broken");
+    repo.push_branch("broken");
+    repo.reset_hard(&main);
+    let on = |branch: &str| SourcePlanRequest {
+        branch: Some(branch.into()),
+        ..SourcePlanRequest::default()
+    };
+
+    let previewed = client.plan_source("ops", &on("feature")).await.unwrap();
+    assert_eq!(
+        (
+            previewed.branch.as_str(),
+            previewed.commit.as_str(),
+            previewed.author.as_str()
+        ),
+        ("feature", feature.as_str(), AUTHOR)
+    );
+    assert_eq!(previewed.subject, "checkout: a better description");
+    assert!(previewed.problems.is_empty(), "{previewed:?}");
+    let preview = previewed.preview.unwrap();
+    assert_eq!(preview.base_revision, Some(revision));
+    let changed: Vec<(&str, &str)> = preview
+        .plan
+        .objects
+        .iter()
+        .map(|o| (o.kind.as_str(), o.name.as_str()))
+        .collect();
+    assert_eq!(changed, [("system", "checkout")], "only what the branch changes");
+    let fields = serde_json::to_string(&preview.plan.objects[0].fields).unwrap();
+    assert!(fields.contains("Checkout, reviewed."), "{fields}");
+
+    // Nothing of it applied: no commit handled, no revision, the source where it was.
+    assert_eq!(commits(&client).await.len(), 1);
+    let view = client.source("ops").await.unwrap();
+    assert_eq!(view.latest.as_deref(), Some(main.as_str()), "{view:?}");
+    assert_eq!(view.head.as_deref(), Some(main.as_str()), "{view:?}");
+
+    // The branch the source follows, by default: nothing to do.
+    let same = client.plan_source("ops", &SourcePlanRequest::default()).await.unwrap();
+    assert_eq!(same.branch, "main");
+    assert!(same.preview.unwrap().plan.objects.is_empty());
+
+    // A branch that would be refused: each problem located, no plan.
+    let bad = client.plan_source("ops", &on("broken")).await.unwrap();
+    assert!(bad.preview.is_none(), "{bad:?}");
+    assert!(
+        bad.problems.iter().any(|p| p.starts_with("ops/broken.yaml:3:")),
+        "{:?}",
+        bad.problems
+    );
+
+    // No such branch, no such source.
+    let missing = client.plan_source("ops", &on("nope")).await.unwrap_err();
+    let problem = missing.problem().unwrap();
+    assert_eq!(problem.status, 422, "{problem:?}");
+    assert!(
+        problem.detail.contains("has no branch nope") && problem.detail.contains("feature"),
+        "{problem:?}"
+    );
+    let unknown = client.plan_source("nobody", &on("main")).await.unwrap_err();
+    assert_eq!(unknown.problem().map(|p| p.status), Some(404));
+    server.stop().await;
+}
+
+/// Three sources of one repository, served over HTTPS (a forge behind a private CA the server
+/// trusts) behind basic authentication: the Git server itself counts one fetch per round, and
+/// the credentials come from a file.
+#[tokio::test]
+async fn one_fetch_serves_every_source_of_a_repository() {
+    let ca = TestCa::new("forge CA");
+    let trusted = ca.der.clone();
+    let server = TestServer::start_with(|config| config.trusted_cas = vec![trusted]).await;
+    let client = server.client();
+    let repo = GitRepo::new();
     repo.write("a/checkout.yaml", GIT_CHECKOUT);
-    // The same system under another name: another source's.
+    // The same system under other names: other sources'.
     repo.write("b/cart.yaml", &GIT_CHECKOUT.replace("checkout", "cart"));
-    repo.commit_and_push("two systems");
-    client.add_source(&add("a", &repo, &["a"])).await.unwrap();
-    client.add_source(&add("b", &repo, &["b"])).await.unwrap();
-    let before = sync(&client, "a").await.fetches;
+    repo.write("c/till.yaml", &GIT_CHECKOUT.replace("checkout", "till"));
+    repo.commit_and_push("three systems");
+    let http = GitHttp::serve_tls(repo.forge_dir(), Some(("bot", "fetch-s3cret")), ca.current());
+    let secrets = tempfile::tempdir().unwrap();
+    let credentials = secrets.path().join("git-credentials");
+    std::fs::write(&credentials, "bot:fetch-s3cret\n").unwrap();
+    for name in ["a", "b", "c"] {
+        let mut request = add(name, &repo, &[name]);
+        request.repository = http.url_of(&repo);
+        request.credentials_file = Some(credentials.to_str().unwrap().to_owned());
+        client.add_source(&request).await.unwrap();
+    }
+    let before = (sync(&client, "a").await.fetches, http.fetches());
     let a = sync(&client, "a").await;
     let b = client.source("b").await.unwrap();
-    assert_eq!(a.fetches, before + 1, "one fetch for the round");
+    let c = client.source("c").await.unwrap();
+    assert_eq!(a.fetches, before.0 + 1, "one fetch for the round");
+    assert_eq!(
+        http.fetches(),
+        before.1 + 1,
+        "the Git server saw one: {:?}",
+        http.requests()
+    );
     assert_eq!(b.fetches, a.fetches, "per repository");
+    assert_eq!(c.fetches, a.fetches, "per repository");
     assert_eq!(a.fetched_at, b.fetched_at, "b was handled by a's fetch: {a:?} {b:?}");
-    assert_eq!(b.systems, ["cart"]);
+    assert_eq!(a.fetched_at, c.fetched_at, "c was handled by a's fetch: {a:?} {c:?}");
     assert_eq!(a.systems, ["checkout"]);
+    assert_eq!(b.systems, ["cart"]);
+    assert_eq!(c.systems, ["till"]);
     server.stop().await;
 }
 
