@@ -316,7 +316,9 @@ async fn follow_examples_in_git(
 ) -> anyhow::Result<String> {
     let bare = std::path::absolute(args.data_dir.join("examples.git"))?;
     let url = format!("file://{}", bare.display());
-    if !bare.join("HEAD").is_file() {
+    // Seeded unless it has a branch already (a seeding cut short is done again: `git init` of an
+    // existing repository only reinitialises it).
+    if !bare.join("refs/heads/main").is_file() && !bare.join("packed-refs").is_file() {
         seed_repository(&bare, &args.examples, documents)?;
     }
     if client.source("examples").await.is_ok() {

@@ -859,8 +859,10 @@ pub(crate) async fn plan(
     };
     let mirrors = state.sources().mirrors.clone();
     let (url, paths, id) = (definition.repository.clone(), definition.paths.clone(), head.clone());
+    // The files' read may fail for the commit's own sake (a file over the limits): a problem of
+    // the commit, as when it is handled, not of the server.
     let (commit, files) = tokio::task::spawn_blocking(move || -> Result<_, GitError> {
-        Ok((mirrors.commit(&url, &id)?, mirrors.files(&url, &id, &paths)?))
+        Ok((mirrors.commit(&url, &id)?, mirrors.files(&url, &id, &paths)))
     })
     .await
     .map_err(|error| ApiError::Internal(format!("reading {} stopped: {error}", definition.repository)))?
@@ -875,6 +877,14 @@ pub(crate) async fn plan(
         subject: commit.subject().to_owned(),
         problems: Vec::new(),
         preview: None,
+    };
+    let files = match files {
+        Ok(files) => files,
+        Err(error @ GitError::TooLarge { .. }) => {
+            answer.problems = vec![error.to_string()];
+            return Ok(Json(answer));
+        }
+        Err(error) => return Err(ApiError::Unavailable(error.to_string())),
     };
     let desired = match compose(&state, &definition, previous, &commit, files).await {
         Ok(desired) => desired,

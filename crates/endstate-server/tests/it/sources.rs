@@ -262,6 +262,11 @@ async fn a_branch_is_previewed_against_the_revision_in_force_and_nothing_of_it_a
     repo.commit("broken");
     repo.push_branch("broken");
     repo.reset_hard(&main);
+    let big = "x: \"".to_owned() + &"a".repeat(usize::try_from(endstate_git::MAX_FILE_BYTES).unwrap()) + "\"\n";
+    repo.write("ops/big.yaml", &big);
+    repo.commit("big");
+    repo.push_branch("big");
+    repo.reset_hard(&main);
     let on = |branch: &str| SourcePlanRequest {
         branch: Some(branch.into()),
         ..SourcePlanRequest::default()
@@ -308,6 +313,17 @@ async fn a_branch_is_previewed_against_the_revision_in_force_and_nothing_of_it_a
         bad.problems.iter().any(|p| p.starts_with("ops/broken.yaml:3:")),
         "{:?}",
         bad.problems
+    );
+
+    // A file over the limits is the commit's problem too, not the server's.
+    let big = client.plan_source("ops", &on("big")).await.unwrap();
+    assert!(big.preview.is_none(), "{big:?}");
+    assert!(
+        big.problems
+            .iter()
+            .any(|p| p.contains("ops/big.yaml is") && p.contains("over the limit")),
+        "{:?}",
+        big.problems
     );
 
     // No such branch, no such source.
