@@ -366,22 +366,36 @@ pub(crate) async fn preview_plan(
     authorize(&actor, Verb::Read, None)?;
     let latest_revision = state.store().latest_revision().await?.map(|r| r.id.0);
     let (desired, warnings, _) = validate(&state, &request.documents).await?;
+    Ok(Json(
+        preview(&state, &desired, &request.options, latest_revision, warnings).await?,
+    ))
+}
+
+/// The plan from the revision in force to `desired` on the hosts in service, as its change
+/// would be planned; nothing is stored (`POST /v1/plan`, a source's branch previewed).
+pub(crate) async fn preview(
+    state: &AppState,
+    desired: &DesiredState,
+    options: &endstate_api::ChangeOptions,
+    latest_revision: Option<u64>,
+    warnings: Vec<SpecDiagnostic>,
+) -> Result<endstate_api::PlanResponse, ApiError> {
     let base = state.in_force().await?;
-    let hosts = crate::blueprint::hosts_in_service(&state).await?;
-    let options = crate::options::resolve(&request.options, &hosts)?;
+    let hosts = crate::blueprint::hosts_in_service(state).await?;
+    let options = crate::options::resolve(options, &hosts)?;
     let plan = endstate_plan::plan_from(
         base.as_ref().map(|b| (&*b.desired, &b.hosts[..])),
-        &desired,
+        desired,
         &hosts,
         &options,
     );
-    Ok(Json(endstate_api::PlanResponse {
+    Ok(endstate_api::PlanResponse {
         basis: crate::options::basis(base.as_ref().map(|b| b.revision), &hosts),
         base_revision: base.map(|b| b.revision.0),
         latest_revision,
         plan,
         warnings,
-    }))
+    })
 }
 
 /// List revisions, newest first.

@@ -893,22 +893,9 @@ pub(crate) async fn plan(
             return Ok(Json(answer));
         }
     };
-    let base = state.in_force().await?;
-    let hosts = crate::blueprint::hosts_in_service(&state).await?;
-    let options = crate::options::resolve(&request.options, &hosts)?;
-    let plan = endstate_plan::plan_from(
-        base.as_ref().map(|b| (&*b.desired, &b.hosts[..])),
-        &desired,
-        &hosts,
-        &options,
-    );
-    answer.preview = Some(endstate_api::PlanResponse {
-        basis: crate::options::basis(base.as_ref().map(|b| b.revision), &hosts),
-        base_revision: base.map(|b| b.revision.0),
-        latest_revision: latest.map(|(id, _)| id.0),
-        plan,
-        warnings: Vec::new(),
-    });
+    let latest_revision = latest.as_ref().map(|(id, _)| id.0);
+    answer.preview =
+        Some(crate::revisions::preview(&state, &desired, &request.options, latest_revision, Vec::new()).await?);
     Ok(Json(answer))
 }
 
